@@ -1,1 +1,24 @@
-fn main() {}
+//! The one `lodge` binary: CLI verbs, the API daemon (`serve`) and the per-VM
+//! monitor (`supervise`) all live here so a host needs exactly one executable.
+//!
+//! `main` only parses arguments and dispatches. The monitor and the
+//! directory-reading `logs --dir` run without a tokio runtime: they must stay
+//! small (the monitor's resident memory is budgeted at 4 MiB) and start fast.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("lodge: {err:#}");
+            ExitCode::from(cmd::EXIT_USAGE)
+        }
+    }
+}
