@@ -19,6 +19,89 @@ pub enum Command {
     Supervise(SuperviseArgs),
     /// Print (and follow) an instance's logs, or a log directory with --dir
     Logs(LogsArgs),
+    /// Run the API daemon (LODGE_LISTEN, default 127.0.0.1:8080; LODGE_DATA_DIR)
+    Serve,
+    /// Print an API token signed with this host's secret
+    Token(TokenArgs),
+    /// Create and boot an instance
+    Run(RunArgs),
+    /// List instances
+    Ps(PsArgs),
+    /// Stop an instance (graceful power-down, then force)
+    Stop(InstanceArg),
+    /// Boot a stopped instance again
+    Start(InstanceArg),
+    /// Delete instances
+    Rm(RmArgs),
+    /// Show an instance as JSON
+    Inspect(InstanceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Lifetime of the token in seconds
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    pub ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Instance name (lowercase letters, digits, dashes); generated if absent
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Virtual CPUs
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory, e.g. 512MB or 1GB
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Size of the writable overlay disk, e.g. 1GB
+    #[arg(long)]
+    pub overlay_size: Option<String>,
+    /// Environment variable for the program, K=V (repeatable)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Override the entrypoint (a single executable)
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Working directory of the program
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Return as soon as the VM is booting and print its id
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Boot this host directory as the root file system
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// IMAGE (unless --rootfs) followed by the command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all instances (default: only those not stopped)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print only ids
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceArg {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Stop running instances first
+    #[arg(short, long)]
+    pub force: bool,
+    /// Instance ids, names or unique id prefixes
+    #[arg(required = true)]
+    pub instances: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,631 @@
+//! The typed description of one VM, shared by every backend.
+//!
+//! `VmConfig` is plain data (the daemon builds it from an instance's metadata
+//! and may persist it), and [`VmConfig::validate`] is the one place where it is
+//! checked. Backends call `validate` before turning a config into a command
+//! line, so an argument builder never has to re-check a value. The rules here
+//! are the ones every backend shares (sizes, absolute paths, Unix socket path
+//! length, printable strings); what only one backend cannot do is reported by
+//! that backend as `Unsupported`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One mebibyte, the granularity of guest memory.
+pub const MIB: u64 = 1024 * 1024;
+
+/// Smallest guest memory accepted: below this Debian's kernel plus an initrd
+/// does not reach userspace.
+pub const MIN_MEMORY_BYTES: u64 = 64 * MIB;
+
+/// Largest guest memory accepted (a sanity bound, far above this host).
+pub const MAX_MEMORY_BYTES: u64 = 1024 * 1024 * MIB;
+
+/// Largest vCPU count: the x86 limit without interrupt remapping.
+pub const MAX_VCPUS: u32 = 255;
+
+/// Most disks one VM may have (each is a PCI device on the root bus).
+pub const MAX_DISKS: usize = 16;
+
+/// Longest disk serial: virtio-blk exposes at most 20 bytes of it.
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
+
+/// Longest kernel command line (x86 `COMMAND_LINE_SIZE` minus the NUL).
+pub const MAX_CMDLINE_LEN: usize = 2047;
+
+/// Longest Unix socket path: `sun_path` is 108 bytes including the NUL.
+pub const MAX_UNIX_SOCKET_PATH_LEN: usize = 107;
+
+/// Longest VM name or virtio-serial port name.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The guest serial port that carries the console (the monitor's pipe).
+pub const CONSOLE_TTY: &str = "ttyS0";
+
+/// The guest serial port that carries the guest init's status lines.
+pub const STATUS_TTY: &str = "ttyS1";
+
+/// Everything a backend needs to start and control one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// lodge's instance id; used in errors and logs.
+    pub id: String,
+    /// Human-readable name, given to the VMM as the guest name.
+    pub name: String,
+    /// Number of virtual CPUs, at least 1.
+    pub vcpus: u32,
+    /// Guest memory in bytes; a whole number of MiB, at least 64 MiB.
+    pub memory_bytes: u64,
+    /// Guest kernel (bzImage), absolute path.
+    pub kernel: PathBuf,
+    /// Initial ramdisk, absolute path.
+    pub initrd: PathBuf,
+    /// Kernel command line, passed verbatim. The console is on
+    /// [`CONSOLE_TTY`], the status channel on [`STATUS_TTY`].
+    pub cmdline: String,
+    /// Block devices, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// Chipset model.
+    pub machine: MachineType,
+    /// CPU virtualisation method.
+    pub accel: Accel,
+    /// The VMM's control socket (QMP for QEMU), absolute path.
+    pub control_socket: PathBuf,
+    /// File the VMM appends the guest's status serial port to, absolute path.
+    pub status_file: PathBuf,
+    /// Optional host<->guest byte channel for the guest agent.
+    pub agent_channel: Option<VirtioSerialChannel>,
+}
+
+/// One block device backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// Backing file, absolute path.
+    pub path: PathBuf,
+    /// Attach read-only (the guest cannot write, the file is opened `O_RDONLY`).
+    pub read_only: bool,
+    /// Serial number the guest sees (`/dev/disk/by-id/virtio-<serial>`), at
+    /// most 20 bytes.
+    pub serial: Option<String>,
+    /// On-disk format of the backing file.
+    pub format: DiskFormat,
+}
+
+/// On-disk formats lodge attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A plain image, byte for byte.
+    #[default]
+    Raw,
+}
+
+/// Chipset model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    /// Q35 + ICH9, PCIe (the default).
+    #[default]
+    Q35,
+    /// i440FX + PIIX, legacy PCI.
+    Pc,
+}
+
+/// How guest CPUs are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's software emulation (Tiny Code Generator).
+    Tcg,
+}
+
+/// A virtio-serial port wired to a Unix socket on the host, for the guest
+/// agent. The guest sees it as `/dev/vport*` named by `port_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioSerialChannel {
+    /// Host-side Unix socket the VMM listens on, absolute path.
+    pub socket: PathBuf,
+    /// Port name shown to the guest in `/sys/class/virtio-ports/*/name`.
+    pub port_name: String,
+}
+
+/// Why a [`VmConfig`] was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The id is empty or holds a control character.
+    #[error("vm id {0:?} must be non-empty printable text")]
+    InvalidId(String),
+    /// The name is empty, too long or holds a control character.
+    #[error("vm name {0:?} must be 1 to 255 bytes of printable text")]
+    InvalidName(String),
+    /// Fewer than one or more than [`MAX_VCPUS`] vCPUs.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+    /// Memory below [`MIN_MEMORY_BYTES`] or above [`MAX_MEMORY_BYTES`].
+    #[error("memory must be between 64 MiB and 1 TiB, got {0} bytes")]
+    MemorySize(u64),
+    /// Memory that is not a whole number of MiB.
+    #[error("memory must be a whole number of MiB, got {0} bytes")]
+    MemoryAlignment(u64),
+    /// A path that must be absolute is relative (the VMM runs elsewhere).
+    #[error("{what} path {path:?} must be absolute")]
+    RelativePath {
+        /// Which path it is.
+        what: &'static str,
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// A path holding a NUL byte, which no system call accepts.
+    #[error("{what} path {path:?} contains a NUL byte")]
+    NulInPath {
+        /// Which path it is.
+        what: &'static str,
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// A Unix socket path longer than the kernel accepts.
+    #[error("{what} socket path {path:?} is {len} bytes, longer than the {MAX_UNIX_SOCKET_PATH_LEN} a unix socket allows")]
+    SocketPathTooLong {
+        /// Which socket it is.
+        what: &'static str,
+        /// The offending path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The kernel command line is too long or holds a NUL or newline.
+    #[error("kernel command line must be at most {MAX_CMDLINE_LEN} bytes without NUL or newline")]
+    Cmdline,
+    /// More disks than [`MAX_DISKS`].
+    #[error("at most {MAX_DISKS} disks are supported, got {0}")]
+    TooManyDisks(usize),
+    /// A disk serial that is empty, too long or not printable ASCII.
+    #[error("disk {index} serial {serial:?} must be 1 to 20 printable ascii characters")]
+    DiskSerial {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The offending serial.
+        serial: String,
+    },
+    /// The same backing file attached twice.
+    #[error("disk {index} path {path:?} is attached more than once")]
+    DuplicateDisk {
+        /// Position of the second occurrence in `disks`.
+        index: usize,
+        /// The repeated path.
+        path: PathBuf,
+    },
+    /// A virtio-serial port name that is empty, too long or not printable ASCII.
+    #[error("agent channel port name {0:?} must be 1 to 255 printable ascii characters")]
+    PortName(String),
+    /// Two sockets or files of the VM share one path.
+    #[error("{a} and {b} use the same path {path:?}")]
+    PathClash {
+        /// First user of the path.
+        a: &'static str,
+        /// Second user of the path.
+        b: &'static str,
+        /// The shared path.
+        path: PathBuf,
+    },
+}
+
+impl VmConfig {
+    /// A config with lodge's defaults (1 vCPU, 512 MiB, q35, an empty command
+    /// line, no disks, no agent channel) for the given accelerator and paths.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        accel: Accel,
+        kernel: impl Into<PathBuf>,
+        initrd: impl Into<PathBuf>,
+        control_socket: impl Into<PathBuf>,
+        status_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 512 * MIB,
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            cmdline: String::new(),
+            disks: Vec::new(),
+            machine: MachineType::default(),
+            accel,
+            control_socket: control_socket.into(),
+            status_file: status_file.into(),
+            agent_channel: None,
+        }
+    }
+
+    /// Guest memory in MiB (exact once the config is valid).
+    pub fn memory_mib(&self) -> u64 {
+        self.memory_bytes / MIB
+    }
+
+    /// Checks every rule; backends call this before building a command.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.is_empty() || has_control(&self.id) {
+            return Err(ConfigError::InvalidId(self.id.clone()));
+        }
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN || has_control(&self.name) {
+            return Err(ConfigError::InvalidName(self.name.clone()));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&self.memory_bytes) {
+            return Err(ConfigError::MemorySize(self.memory_bytes));
+        }
+        if self.memory_bytes % MIB != 0 {
+            return Err(ConfigError::MemoryAlignment(self.memory_bytes));
+        }
+        check_path("kernel", &self.kernel)?;
+        check_path("initrd", &self.initrd)?;
+        if self.cmdline.len() > MAX_CMDLINE_LEN
+            || self.cmdline.contains(['\0', '\n', '\r'])
+        {
+            return Err(ConfigError::Cmdline);
+        }
+        check_socket("control", &self.control_socket)?;
+        check_path("status file", &self.status_file)?;
+        clash("control socket", &self.control_socket, "status file", &self.status_file)?;
+        if let Some(chan) = &self.agent_channel {
+            check_socket("agent channel", &chan.socket)?;
+            if !is_printable_ascii(&chan.port_name, MAX_NAME_LEN) {
+                return Err(ConfigError::PortName(chan.port_name.clone()));
+            }
+            clash("control socket", &self.control_socket, "agent channel", &chan.socket)?;
+            clash("status file", &self.status_file, "agent channel", &chan.socket)?;
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            check_path("disk", &disk.path)?;
+            if let Some(serial) = &disk.serial {
+                if !is_printable_ascii(serial, MAX_DISK_SERIAL_LEN) {
+                    return Err(ConfigError::DiskSerial {
+                        index,
+                        serial: serial.clone(),
+                    });
+                }
+            }
+            if self.disks[..index].iter().any(|d| d.path == disk.path) {
+                return Err(ConfigError::DuplicateDisk {
+                    index,
+                    path: disk.path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DiskConfig {
+    /// A raw disk without a serial.
+    pub fn raw(path: impl Into<PathBuf>, read_only: bool) -> Self {
+        Self {
+            path: path.into(),
+            read_only,
+            serial: None,
+            format: DiskFormat::Raw,
+        }
+    }
+
+    /// The same disk with a serial number.
+    pub fn with_serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = Some(serial.into());
+        self
+    }
+}
+
+impl MachineType {
+    /// The name QEMU and lodge's API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineType::Q35 => "q35",
+            MachineType::Pc => "pc",
+        }
+    }
+}
+
+impl Accel {
+    /// The name QEMU and `LODGE_ACCEL` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for MachineType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accelerator name that is neither `kvm` nor `tcg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator {0:?}, expected kvm or tcg")]
+pub struct ParseAccelError(pub String);
+
+impl FromStr for Accel {
+    type Err = ParseAccelError;
+
+    /// Accepts `kvm` or `tcg`, ignoring ASCII case and surrounding blanks.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(ParseAccelError(s.to_owned())),
+        }
+    }
+}
+
+/// A machine type name that is neither `q35` nor `pc`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown machine type {0:?}, expected q35 or pc")]
+pub struct ParseMachineTypeError(pub String);
+
+impl FromStr for MachineType {
+    type Err = ParseMachineTypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "q35" => Ok(MachineType::Q35),
+            "pc" => Ok(MachineType::Pc),
+            _ => Err(ParseMachineTypeError(s.to_owned())),
+        }
+    }
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn is_printable_ascii(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+}
+
+fn check_path(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(ConfigError::NulInPath {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    if !path.is_absolute() {
+        return Err(ConfigError::RelativePath {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_socket(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    check_path(what, path)?;
+    let len = path.as_os_str().len();
+    if len > MAX_UNIX_SOCKET_PATH_LEN {
+        return Err(ConfigError::SocketPathTooLong {
+            what,
+            path: path.to_owned(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+fn clash(a: &'static str, pa: &Path, b: &'static str, pb: &Path) -> Result<(), ConfigError> {
+    if pa == pb {
+        return Err(ConfigError::PathClash {
+            a,
+            b,
+            path: pa.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> VmConfig {
+        VmConfig::new(
+            "abc123",
+            "web-1",
+            Accel::Tcg,
+            "/sys/vmlinuz",
+            "/sys/initrd.img",
+            "/run/vm/qmp.sock",
+            "/run/vm/status.log",
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = base();
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.vcpus, 1);
+        assert_eq!(cfg.memory_mib(), 512);
+        assert_eq!(cfg.machine, MachineType::Q35);
+    }
+
+    #[test]
+    fn rejects_zero_and_too_many_vcpus() {
+        let mut cfg = base();
+        cfg.vcpus = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::Vcpus(0)));
+        cfg.vcpus = 256;
+        assert_eq!(cfg.validate(), Err(ConfigError::Vcpus(256)));
+        cfg.vcpus = 255;
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn memory_bounds_and_alignment() {
+        let mut cfg = base();
+        cfg.memory_bytes = 63 * MIB;
+        assert_eq!(cfg.validate(), Err(ConfigError::MemorySize(63 * MIB)));
+        cfg.memory_bytes = 64 * MIB;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.memory_bytes = 1_000_000_000;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::MemoryAlignment(1_000_000_000))
+        );
+        cfg.memory_bytes = MAX_MEMORY_BYTES + MIB;
+        assert!(matches!(cfg.validate(), Err(ConfigError::MemorySize(_))));
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_nul_free() {
+        let mut cfg = base();
+        cfg.kernel = "vmlinuz".into();
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RelativePath { what: "kernel", .. })
+        ));
+        let mut cfg = base();
+        cfg.disks.push(DiskConfig::raw("rootfs.ext4", true));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RelativePath { what: "disk", .. })
+        ));
+        let mut cfg = base();
+        cfg.initrd = "/a\0b".into();
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::NulInPath { what: "initrd", .. })
+        ));
+    }
+
+    #[test]
+    fn socket_path_length_is_bounded() {
+        let mut cfg = base();
+        let long = format!("/{}", "d".repeat(MAX_UNIX_SOCKET_PATH_LEN - 1));
+        cfg.control_socket = long.clone().into();
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.control_socket = format!("{long}x").into();
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::SocketPathTooLong { len: 108, .. })
+        ));
+    }
+
+    #[test]
+    fn disk_serials_are_checked() {
+        let mut cfg = base();
+        cfg.disks
+            .push(DiskConfig::raw("/d/a.raw", false).with_serial("x".repeat(20)));
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.disks[0].serial = Some("x".repeat(21));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DiskSerial { index: 0, .. })
+        ));
+        cfg.disks[0].serial = Some("bad\u{7}".into());
+        assert!(matches!(cfg.validate(), Err(ConfigError::DiskSerial { .. })));
+        cfg.disks[0].serial = Some(String::new());
+        assert!(matches!(cfg.validate(), Err(ConfigError::DiskSerial { .. })));
+    }
+
+    #[test]
+    fn duplicate_disks_and_clashing_paths_are_rejected() {
+        let mut cfg = base();
+        cfg.disks.push(DiskConfig::raw("/d/a.raw", true));
+        cfg.disks.push(DiskConfig::raw("/d/a.raw", false));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DuplicateDisk { index: 1, .. })
+        ));
+        let mut cfg = base();
+        cfg.status_file = cfg.control_socket.clone();
+        assert!(matches!(cfg.validate(), Err(ConfigError::PathClash { .. })));
+    }
+
+    #[test]
+    fn too_many_disks() {
+        let mut cfg = base();
+        cfg.disks = (0..=MAX_DISKS)
+            .map(|i| DiskConfig::raw(format!("/d/{i}.raw"), true))
+            .collect();
+        assert_eq!(cfg.validate(), Err(ConfigError::TooManyDisks(17)));
+    }
+
+    #[test]
+    fn names_and_ids() {
+        let mut cfg = base();
+        cfg.name = String::new();
+        assert!(matches!(cfg.validate(), Err(ConfigError::InvalidName(_))));
+        cfg.name = "a\nb".into();
+        assert!(matches!(cfg.validate(), Err(ConfigError::InvalidName(_))));
+        let mut cfg = base();
+        cfg.id = String::new();
+        assert!(matches!(cfg.validate(), Err(ConfigError::InvalidId(_))));
+    }
+
+    #[test]
+    fn cmdline_rules() {
+        let mut cfg = base();
+        cfg.cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.cmdline.push('x');
+        assert_eq!(cfg.validate(), Err(ConfigError::Cmdline));
+        cfg.cmdline = "console=ttyS0\nfoo".into();
+        assert_eq!(cfg.validate(), Err(ConfigError::Cmdline));
+    }
+
+    #[test]
+    fn agent_port_name() {
+        let mut cfg = base();
+        cfg.agent_channel = Some(VirtioSerialChannel {
+            socket: "/run/vm/agent.sock".into(),
+            port_name: "org.lodge.agent.0".into(),
+        });
+        assert_eq!(cfg.validate(), Ok(()));
+        if let Some(chan) = cfg.agent_channel.as_mut() {
+            chan.port_name = String::new();
+        }
+        assert!(matches!(cfg.validate(), Err(ConfigError::PortName(_))));
+    }
+
+    #[test]
+    fn parse_accel_and_machine() {
+        assert_eq!("kvm".parse::<Accel>(), Ok(Accel::Kvm));
+        assert_eq!(" TCG ".parse::<Accel>(), Ok(Accel::Tcg));
+        assert_eq!(
+            "hvf".parse::<Accel>(),
+            Err(ParseAccelError("hvf".into()))
+        );
+        assert_eq!("pc".parse::<MachineType>(), Ok(MachineType::Pc));
+        assert!("microvm".parse::<MachineType>().is_err());
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut cfg = base();
+        cfg.disks
+            .push(DiskConfig::raw("/d/a.raw", true).with_serial("root"));
+        let json = serde_json::to_string(&cfg).expect("serialize");
+        assert!(json.contains(r#""accel":"tcg""#), "{json}");
+        assert!(json.contains(r#""machine":"q35""#), "{json}");
+        let back: VmConfig = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, cfg);
+    }
+}

@@ -1,0 +1,376 @@
+//! The QEMU command line as pure data: a validated [`VmConfig`] in, the whole
+//! argv (binary included) out, so tests can compare it element by element.
+//!
+//! Two rules shape every line here:
+//!
+//! - The console is QEMU's stdio (`-chardev stdio`), because lodge's monitor
+//!   starts QEMU with stdout on a pipe it owns and is the only writer of the
+//!   console log. QEMU never opens that log itself, so nothing is truncated
+//!   when a VM starts again. The status port is a file QEMU opens with
+//!   `append=on` (`O_APPEND`), for the same reason.
+//! - QEMU option values (`-chardev`, `-drive`, `-device`, `-name`, …) are
+//!   comma-separated `key=value` lists in which a literal comma is written
+//!   twice. Every value that can hold user text goes through [`escape`].
+//!   `-kernel`, `-initrd` and `-append` take their whole argument verbatim
+//!   (QEMU does not split them), so they are passed unescaped.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::config::{ConfigError, DiskFormat, VmConfig};
+
+/// The default QEMU binary, looked up on `PATH`.
+pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Chardev id of the console (guest `ttyS0`).
+pub const CONSOLE_CHARDEV: &str = "console";
+/// Chardev id of the status port (guest `ttyS1`).
+pub const STATUS_CHARDEV: &str = "status";
+/// Chardev id of the QMP control socket.
+pub const QMP_CHARDEV: &str = "qmp";
+/// Chardev id of the agent's virtio-serial channel.
+pub const AGENT_CHARDEV: &str = "agent";
+
+/// Escapes one value for QEMU's `key=value,…` option syntax: every comma is
+/// doubled. Works on raw bytes, so non-UTF-8 paths survive unchanged.
+pub fn escape(value: &OsStr) -> OsString {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    for &b in bytes {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Builds one option string: `head` verbatim, then `,key=value` pairs with
+/// each value escaped.
+struct OptBuf(Vec<u8>);
+
+impl OptBuf {
+    fn new(head: &str) -> Self {
+        Self(head.as_bytes().to_vec())
+    }
+
+    /// Appends `,key=<escaped value>` (or `key=…` when the buffer is empty).
+    fn kv(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        if !self.0.is_empty() {
+            self.0.push(b',');
+        }
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.push(b'=');
+        self.0
+            .extend_from_slice(escape(value.as_ref()).as_bytes());
+        self
+    }
+
+    fn done(self) -> OsString {
+        OsString::from_vec(self.0)
+    }
+}
+
+/// The full QEMU argv for `cfg`, starting with `binary`. Validates `cfg` first.
+pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, ConfigError> {
+    cfg.validate()?;
+    let mut argv: Vec<OsString> = Vec::with_capacity(48);
+    let mut push = |items: &[&dyn AsRef<OsStr>]| {
+        argv.extend(items.iter().map(|s| s.as_ref().to_owned()));
+    };
+
+    push(&[&binary]);
+    push(&[&"-name", &OptBuf::new("").kv("guest", &cfg.name).done()]);
+    push(&[
+        &"-nodefaults",
+        &"-no-user-config",
+        &"-display",
+        &"none",
+        &"-no-reboot",
+    ]);
+    push(&[&"-machine", &cfg.machine.as_str()]);
+    push(&[&"-accel", &cfg.accel.as_str()]);
+    push(&[&"-smp", &cfg.vcpus.to_string()]);
+    push(&[&"-m", &cfg.memory_mib().to_string()]);
+
+    push(&[&"-kernel", &cfg.kernel]);
+    push(&[&"-initrd", &cfg.initrd]);
+    push(&[&"-append", &cfg.cmdline]);
+
+    // Console: QEMU's stdout, a pipe owned by lodge's monitor. signal=off so
+    // a ^C typed into the console reaches the guest instead of killing QEMU.
+    push(&[
+        &"-chardev",
+        &format!("stdio,id={CONSOLE_CHARDEV},signal=off"),
+        &"-serial",
+        &format!("chardev:{CONSOLE_CHARDEV}"),
+    ]);
+    // Status lines of lodge's guest init, appended (O_APPEND) to a file.
+    push(&[
+        &"-chardev",
+        &OptBuf::new(&format!("file,id={STATUS_CHARDEV}"))
+            .kv("path", &cfg.status_file)
+            .kv("append", "on")
+            .done(),
+        &"-serial",
+        &format!("chardev:{STATUS_CHARDEV}"),
+    ]);
+
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        let id = format!("disk{i}");
+        let format = match disk.format {
+            DiskFormat::Raw => "raw",
+        };
+        let mut drive = OptBuf::new("")
+            .kv("file", &disk.path)
+            .kv("if", "none")
+            .kv("id", &id)
+            .kv("format", format);
+        if disk.read_only {
+            drive = drive.kv("readonly", "on");
+        }
+        let mut device = OptBuf::new("virtio-blk-pci").kv("drive", &id);
+        if let Some(serial) = &disk.serial {
+            device = device.kv("serial", serial);
+        }
+        push(&[&"-drive", &drive.done(), &"-device", &device.done()]);
+    }
+
+    if let Some(chan) = &cfg.agent_channel {
+        push(&[
+            &"-device",
+            &"virtio-serial-pci,id=vser0",
+            &"-chardev",
+            &OptBuf::new(&format!("socket,id={AGENT_CHARDEV}"))
+                .kv("path", &chan.socket)
+                .kv("server", "on")
+                .kv("wait", "off")
+                .done(),
+            &"-device",
+            &OptBuf::new(&format!("virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV}"))
+                .kv("name", &chan.port_name)
+                .done(),
+        ]);
+    }
+
+    push(&[
+        &"-chardev",
+        &OptBuf::new(&format!("socket,id={QMP_CHARDEV}"))
+            .kv("path", &cfg.control_socket)
+            .kv("server", "on")
+            .kv("wait", "off")
+            .done(),
+        &"-mon",
+        &format!("chardev={QMP_CHARDEV},mode=control"),
+    ]);
+
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Accel, DiskConfig, MachineType, VirtioSerialChannel, MIB};
+
+    fn argv_strings(argv: &[OsString]) -> Vec<&str> {
+        argv.iter()
+            .map(|a| a.to_str().expect("test argv is utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn escape_doubles_commas_only() {
+        assert_eq!(escape(OsStr::new("/tmp/my vms,2")), "/tmp/my vms,,2");
+        assert_eq!(escape(OsStr::new(",,")), ",,,,");
+        assert_eq!(escape(OsStr::new("a=b:c")), "a=b:c");
+        assert_eq!(escape(OsStr::new("")), "");
+    }
+
+    #[test]
+    fn escape_keeps_non_utf8_bytes() {
+        let raw = OsStr::from_bytes(b"/d/\xff,x");
+        assert_eq!(escape(raw).as_bytes(), b"/d/\xff,,x");
+    }
+
+    /// A minimal VM: no disks, no agent channel, default q35.
+    #[test]
+    fn minimal_vm_whole_argv() {
+        let cfg = VmConfig::new(
+            "id1",
+            "vm1",
+            Accel::Tcg,
+            "/sys/vmlinuz",
+            "/sys/initrd.img",
+            "/data/guests/id1/qmp.sock",
+            "/data/guests/id1/status.log",
+        );
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        assert_eq!(
+            argv_strings(&argv),
+            [
+                "qemu-system-x86_64",
+                "-name",
+                "guest=vm1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-smp",
+                "1",
+                "-m",
+                "512",
+                "-kernel",
+                "/sys/vmlinuz",
+                "-initrd",
+                "/sys/initrd.img",
+                "-append",
+                "",
+                "-chardev",
+                "stdio,id=console,signal=off",
+                "-serial",
+                "chardev:console",
+                "-chardev",
+                "file,id=status,path=/data/guests/id1/status.log,append=on",
+                "-serial",
+                "chardev:status",
+                "-chardev",
+                "socket,id=qmp,path=/data/guests/id1/qmp.sock,server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]
+        );
+    }
+
+    /// hypeman's TestBuildArgs_SerialLog, lodge's way: the console goes to
+    /// stdio, never to a file QEMU opens, and every user path is escaped.
+    #[test]
+    fn full_vm_in_data_dir_with_comma_and_space() {
+        let dir = "/tmp/my vms,2/guests/x,y";
+        let mut cfg = VmConfig::new(
+            "x,y",
+            "web,1",
+            Accel::Kvm,
+            "/tmp/my vms,2/system/vmlinuz",
+            "/tmp/my vms,2/system/initrd.img",
+            format!("{dir}/qmp.sock"),
+            format!("{dir}/status.log"),
+        );
+        cfg.vcpus = 2;
+        cfg.memory_bytes = 1024 * MIB;
+        cfg.machine = MachineType::Pc;
+        cfg.cmdline = "console=ttyS0 quiet lodge.x=a,b".into();
+        cfg.disks = vec![
+            DiskConfig::raw("/tmp/my vms,2/images/rootfs.ext4", true).with_serial("root,fs"),
+            DiskConfig::raw(format!("{dir}/overlay.raw"), false).with_serial("overlay"),
+            DiskConfig::raw(format!("{dir}/config.raw"), true),
+        ];
+        cfg.agent_channel = Some(VirtioSerialChannel {
+            socket: format!("{dir}/agent.sock").into(),
+            port_name: "org.lodge,agent".into(),
+        });
+        let argv = build_argv(OsStr::new("/opt/qemu/bin/qemu-system-x86_64"), &cfg)
+            .expect("valid");
+        assert_eq!(
+            argv_strings(&argv),
+            [
+                "/opt/qemu/bin/qemu-system-x86_64",
+                "-name",
+                "guest=web,,1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-machine",
+                "pc",
+                "-accel",
+                "kvm",
+                "-smp",
+                "2",
+                "-m",
+                "1024",
+                "-kernel",
+                "/tmp/my vms,2/system/vmlinuz",
+                "-initrd",
+                "/tmp/my vms,2/system/initrd.img",
+                "-append",
+                "console=ttyS0 quiet lodge.x=a,b",
+                "-chardev",
+                "stdio,id=console,signal=off",
+                "-serial",
+                "chardev:console",
+                "-chardev",
+                "file,id=status,path=/tmp/my vms,,2/guests/x,,y/status.log,append=on",
+                "-serial",
+                "chardev:status",
+                "-drive",
+                "file=/tmp/my vms,,2/images/rootfs.ext4,if=none,id=disk0,format=raw,readonly=on",
+                "-device",
+                "virtio-blk-pci,drive=disk0,serial=root,,fs",
+                "-drive",
+                "file=/tmp/my vms,,2/guests/x,,y/overlay.raw,if=none,id=disk1,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk1,serial=overlay",
+                "-drive",
+                "file=/tmp/my vms,,2/guests/x,,y/config.raw,if=none,id=disk2,format=raw,readonly=on",
+                "-device",
+                "virtio-blk-pci,drive=disk2",
+                "-device",
+                "virtio-serial-pci,id=vser0",
+                "-chardev",
+                "socket,id=agent,path=/tmp/my vms,,2/guests/x,,y/agent.sock,server=on,wait=off",
+                "-device",
+                "virtserialport,bus=vser0.0,chardev=agent,name=org.lodge,,agent",
+                "-chardev",
+                "socket,id=qmp,path=/tmp/my vms,,2/guests/x,,y/qmp.sock,server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]
+        );
+    }
+
+    /// The console must never be a file QEMU opens (it would truncate it on
+    /// every start), and `-cpu host` must never appear (it fails here).
+    #[test]
+    fn console_is_stdio_and_no_forbidden_options() {
+        let mut cfg = VmConfig::new("i", "n", Accel::Kvm, "/k", "/i", "/q.sock", "/s.log");
+        cfg.disks.push(DiskConfig::raw("/d.raw", false));
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        let all = argv_strings(&argv);
+        assert!(!all.iter().any(|a| a.starts_with("file:")));
+        assert!(!all.contains(&"-cpu"));
+        assert!(!all.contains(&"-daemonize"));
+        let serials: Vec<_> = all
+            .windows(2)
+            .filter(|w| w[0] == "-serial")
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(serials, ["chardev:console", "chardev:status"]);
+    }
+
+    #[test]
+    fn non_utf8_path_is_passed_through_escaped() {
+        let kernel = OsStr::from_bytes(b"/k\xff,1").to_owned();
+        let status = OsStr::from_bytes(b"/s\xfe,2.log").to_owned();
+        let cfg = VmConfig::new("i", "n", Accel::Tcg, kernel.clone(), "/i", "/q.sock", status);
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        assert!(argv.contains(&kernel), "kernel path verbatim");
+        let want = OsStr::from_bytes(b"file,id=status,path=/s\xfe,,2.log,append=on");
+        assert!(argv.iter().any(|a| a == want), "status path escaped");
+    }
+
+    #[test]
+    fn invalid_config_builds_nothing() {
+        let mut cfg = VmConfig::new("i", "n", Accel::Tcg, "/k", "/i", "/q.sock", "/s.log");
+        cfg.vcpus = 0;
+        assert_eq!(
+            build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg),
+            Err(ConfigError::Vcpus(0))
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The CLI's HTTP client for the daemon's API.
+//!
+//! `LODGE_BASE_URL` (default the local daemon) and `LODGE_API_KEY`; with no
+//! key, a short-lived token is minted from this host's secret, so `lodge ps`
+//! just works next to `lodge serve`. API errors come back as
+//! `{code, message}` and are shown as the message.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::config;
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+/// An error the API answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl Client {
+    pub fn from_env() -> Result<Self> {
+        let base = std::env::var("LODGE_BASE_URL")
+            .unwrap_or_else(|_| format!("http://{}", config::DEFAULT_LISTEN));
+        let token = match std::env::var("LODGE_API_KEY") {
+            Ok(t) if !t.is_empty() => t,
+            _ => Auth::load(&config::data_dir_from_env())
+                .context("no LODGE_API_KEY and no local secret to mint a token")?
+                .mint("lodge-cli", 3600)?,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the lodge daemon at {} (is `lodge serve` running?)", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => Err(ApiFailure {
+                status,
+                code: e.code,
+                message: e.message,
+            }
+            .into()),
+            Err(_) => bail!("{status}: {text}"),
+        }
+    }
+
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<T> {
+        let resp = self.send(method, path, body).await?;
+        Ok(resp.json().await?)
+    }
+
+    pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
+        self.send(method, path, None).await?;
+        Ok(())
+    }
+
+    /// Streams log lines (without `\n`) to `on_line` until the server ends
+    /// the stream.
+    pub async fn logs(&self, instance: &str, tail: u64, follow: bool, source: &str, mut on_line: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        let path = format!(
+            "/instances/{}/logs?tail={tail}&follow={follow}&source={source}",
+            encode(instance)
+        );
+        let resp = self.send(Method::GET, &path, None).await?;
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk?);
+            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if let Some(data) = line.strip_prefix("data:") {
+                    let text: String = serde_json::from_str(data.trim_start())
+                        .with_context(|| format!("malformed log event {data:?}"))?;
+                    on_line(&text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

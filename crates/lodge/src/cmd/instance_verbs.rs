@@ -1,0 +1,139 @@
+//! The small instance verbs over the API: ps, stop, start, rm, inspect, logs.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
+use crate::client::{encode, ApiFailure, Client};
+
+fn path(instance: &str) -> String {
+    format!("/instances/{}", encode(instance))
+}
+
+pub fn ps(args: PsArgs) -> Result<u8> {
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let list: Vec<Value> = client.call(Method::GET, "/instances", None).await?;
+        let shown = list.iter().filter(|i| {
+            args.all || !matches!(i["state"].as_str(), Some("Stopped") | Some("Created"))
+        });
+        let mut out = std::io::stdout().lock();
+        if !args.quiet {
+            writeln!(out, "{:<24}  {:<20}  {:<12}  {:<24}  IMAGE", "ID", "NAME", "STATE", "CREATED")?;
+        }
+        for i in shown {
+            let s = |k: &str| i[k].as_str().unwrap_or("").to_string();
+            if args.quiet {
+                writeln!(out, "{}", s("id"))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24}  {:<20}  {:<12}  {:<24}  {}",
+                    s("id"),
+                    s("name"),
+                    s("state"),
+                    s("created_at"),
+                    s("image")
+                )?;
+            }
+        }
+        Ok(0)
+    })
+}
+
+pub fn inspect(args: InstanceArg) -> Result<u8> {
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let inst: Value = client.call(Method::GET, &path(&args.instance), None).await?;
+        println!("{}", serde_json::to_string_pretty(&inst)?);
+        Ok(0)
+    })
+}
+
+pub fn stop(args: InstanceArg) -> Result<u8> {
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let inst: Value = client
+            .call(Method::POST, &format!("{}/stop", path(&args.instance)), None)
+            .await?;
+        println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
+        Ok(0)
+    })
+}
+
+pub fn start(args: InstanceArg) -> Result<u8> {
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let inst: Value = client
+            .call(Method::POST, &format!("{}/start", path(&args.instance)), Some(&serde_json::json!({})))
+            .await?;
+        println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
+        Ok(0)
+    })
+}
+
+pub fn rm(args: RmArgs) -> Result<u8> {
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let mut failed = false;
+        for name in &args.instances {
+            let result: Result<()> = async {
+                if !args.force {
+                    let inst: Value = client.call(Method::GET, &path(name), None).await?;
+                    let state = inst["state"].as_str().unwrap_or("");
+                    if !matches!(state, "Stopped" | "Created" | "Standby") {
+                        anyhow::bail!("instance {name} is {state}: stop it first or use rm -f");
+                    }
+                }
+                client.call_empty(Method::DELETE, &path(name)).await
+            }
+            .await;
+            match result {
+                Ok(()) => println!("{name}"),
+                Err(e) => {
+                    eprintln!("lodge: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        Ok(if failed { 1 } else { 0 })
+    })
+}
+
+pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
+    let tail: u64 = if args.tail == "all" {
+        u64::from(u32::MAX)
+    } else {
+        args.tail
+            .parse()
+            .with_context(|| format!("--tail {:?}: expected a number or `all`", args.tail))?
+    };
+    let source = match args.source.as_str() {
+        "hypeman" => "lodge",
+        s => s,
+    };
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let stdout = std::io::stdout();
+        let result = client
+            .logs(instance, tail, args.follow, source, |line| {
+                let mut out = stdout.lock();
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(0),
+            Err(e) if e.downcast_ref::<ApiFailure>().is_some() => Err(e),
+            Err(e) => match e.downcast_ref::<std::io::Error>() {
+                Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                _ => Err(e),
+            },
+        }
+    })
+}

@@ -1,0 +1,48 @@
+//! `lodge serve`: the API daemon.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::api::{self, AppState};
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::instances::Manager;
+
+pub fn run() -> Result<u8> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LODGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Arc::new(Config::from_env()?);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(serve(cfg))?;
+    Ok(0)
+}
+
+async fn serve(cfg: Arc<Config>) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let auth = Arc::new(Auth::load(&cfg.data_dir)?);
+    let accel = crate::accel::decide(&cfg).await?;
+    let manager = Arc::new(Manager::new(cfg.clone(), accel)?);
+    manager.sweep();
+    let app = api::router(AppState { manager, auth });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(
+        "lodge listening on http://{} (data dir {})",
+        cfg.listen,
+        cfg.data_dir.display()
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! Instances: create, boot, stop, start, delete, and what state each is in.
+//!
+//! The manager owns no VM process: each VM runs under its own detached
+//! monitor (`lodge supervise`), which outlives the daemon. The manager only
+//! writes records, prepares disks, starts monitors and talks to VMMs over
+//! their control sockets; the state it reports is derived from the files and
+//! locks those processes leave (see `state`). Operations on one instance are
+//! serialised by a per-instance lock; different instances proceed in parallel.
+
+pub mod naming;
+pub mod state;
+pub mod store;
+mod view;
+mod vmm;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::config::Config;
+use crate::disks;
+use naming::Name;
+use state::{GuestProgress, Observed, State};
+use store::{Metadata, Paths};
+pub use view::Instance;
+
+/// Default resources, as hypeman's.
+pub const DEFAULT_VCPUS: u32 = 2;
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+pub const DEFAULT_OVERLAY: u64 = 1 << 30;
+pub const MAX_VCPUS: u32 = 64;
+const MIN_MEMORY: u64 = 64 << 20;
+const MIN_OVERLAY: u64 = 16 << 20;
+/// How long a graceful stop may take before the VMM is stopped by force.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("instance {0:?} not found")]
+    NotFound(String),
+    #[error("{0:?} matches more than one instance; use more of the id")]
+    Ambiguous(String),
+    #[error(transparent)]
+    InvalidName(#[from] naming::NameError),
+    #[error("an instance named {0:?} already exists")]
+    NameTaken(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("instance {id} is {state:?}: {action} needs it {needs}")]
+    WrongState {
+        id: String,
+        state: State,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error("{0}")]
+    Disk(#[from] disks::DiskError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Vmm(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Where the root file system of a new instance comes from.
+#[derive(Debug, Clone)]
+pub enum RootSource {
+    /// A host directory, made into a disk for this instance (`--rootfs`).
+    Dir(PathBuf),
+}
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub name: Name,
+    pub root: RootSource,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub overlay_bytes: u64,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+}
+
+impl CreateSpec {
+    /// Checks the limits that do not depend on other instances.
+    pub fn validate(&self) -> Result<()> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(Error::Invalid(format!(
+                "vcpus must be between 1 and {MAX_VCPUS}, got {}",
+                self.vcpus
+            )));
+        }
+        if self.memory_bytes < MIN_MEMORY {
+            return Err(Error::Invalid(format!(
+                "memory must be at least 64MiB, got {} bytes",
+                self.memory_bytes
+            )));
+        }
+        if self.overlay_bytes < MIN_OVERLAY {
+            return Err(Error::Invalid(format!(
+                "overlay size must be at least 16MiB, got {} bytes",
+                self.overlay_bytes
+            )));
+        }
+        if self.entrypoint.is_empty() && self.cmd.is_empty() {
+            return Err(Error::Invalid(
+                "nothing to run: give a command or an entrypoint".into(),
+            ));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(Error::Invalid(format!("invalid environment variable name {key:?}")));
+            }
+        }
+        if !self.workdir.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "working directory must be absolute, got {:?}",
+                self.workdir
+            )));
+        }
+        match &self.root {
+            RootSource::Dir(dir) => {
+                if !dir.is_absolute() {
+                    return Err(Error::Invalid(format!(
+                        "rootfs path must be absolute, got {}",
+                        dir.display()
+                    )));
+                }
+                if !dir.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "rootfs {} is not a directory",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's instance manager.
+pub struct Manager {
+    cfg: Arc<Config>,
+    vmm: vmm::Vmm,
+    locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Serialises name checks with the creation that claims the name.
+    create_lock: AsyncMutex<()>,
+}
+
+impl Manager {
+    pub fn new(cfg: Arc<Config>, accel: lodge_hypervisor::Accel) -> Result<Self> {
+        std::fs::create_dir_all(cfg.guests_dir())
+            .map_err(io(format!("creating {}", cfg.guests_dir().display())))?;
+        let vmm = vmm::Vmm::new(cfg.clone(), accel)?;
+        Ok(Manager {
+            cfg,
+            vmm,
+            locks: Mutex::new(HashMap::new()),
+            create_lock: AsyncMutex::new(()),
+        })
+    }
+
+    fn paths(&self, id: &str) -> Paths {
+        Paths::new(&self.cfg.guests_dir(), id)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<AsyncMutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_string()).or_default().clone()
+    }
+
+    fn all(&self) -> Result<Vec<Metadata>> {
+        let guests = self.cfg.guests_dir();
+        let ids = store::list_ids(&guests).map_err(io(format!("listing {}", guests.display())))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match store::load(&self.paths(&id)) {
+                Ok(m) => out.push(m),
+                // Deleted between listing and reading.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("reading instance {id}"))(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves an id, a name or a unique id prefix to an instance id.
+    pub fn resolve(&self, key: &str) -> Result<String> {
+        let all = self.all()?;
+        if let Some(m) = all.iter().find(|m| m.id == key || m.name == key) {
+            return Ok(m.id.clone());
+        }
+        let mut hits = all.iter().filter(|m| !key.is_empty() && m.id.starts_with(key));
+        match (hits.next(), hits.next()) {
+            (Some(m), None) => Ok(m.id.clone()),
+            (Some(_), Some(_)) => Err(Error::Ambiguous(key.to_string())),
+            _ => Err(Error::NotFound(key.to_string())),
+        }
+    }
+
+    fn observe(&self, meta: &Metadata) -> Observed {
+        let paths = self.paths(&meta.id);
+        Observed {
+            monitor_alive: vmm::monitor_alive(&paths.logs()),
+            ever_started: meta.started_at.is_some(),
+            paused: meta.paused,
+            guest: vmm::read_guest_progress(&paths.status_file()),
+        }
+    }
+
+    fn view(&self, meta: &Metadata) -> Instance {
+        let observed = self.observe(meta);
+        Instance::from_parts(meta, &observed)
+    }
+
+    pub async fn list(&self, filter: Option<State>) -> Result<Vec<Instance>> {
+        let mut out: Vec<Instance> = self.all()?.iter().map(|m| self.view(m)).collect();
+        if let Some(state) = filter {
+            out.retain(|i| i.state == state);
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(out)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Instance> {
+        let id = self.resolve(key)?;
+        let meta = store::load(&self.paths(&id)).map_err(|_| Error::NotFound(key.to_string()))?;
+        Ok(self.view(&meta))
+    }
+
+    /// Directory holding an instance's logs (app, vmm, lodge).
+    pub fn log_dir(&self, key: &str) -> Result<PathBuf> {
+        let id = self.resolve(key)?;
+        Ok(self.paths(&id).logs())
+    }
+
+    /// Creates the instance's disks and record, then boots it.
+    pub async fn create(&self, spec: CreateSpec) -> Result<Instance> {
+        spec.validate()?;
+        let _create = self.create_lock.lock().await;
+        if self.all()?.iter().any(|m| m.name == spec.name.as_str()) {
+            return Err(Error::NameTaken(spec.name.to_string()));
+        }
+        let id = naming::new_id();
+        let paths = self.paths(&id);
+        // Prepared under a staging name that listing ignores, then renamed
+        // into place, so a failed create leaves nothing behind.
+        let staging = Paths {
+            dir: self.cfg.guests_dir().join(format!(".creating-{id}")),
+        };
+        let prepared = {
+            let staging = staging.clone();
+            let spec = spec.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || prepare(&staging, &id, &spec))
+                .await
+                .map_err(|e| Error::Vmm(format!("create task failed: {e}")))?
+        };
+        let meta = match prepared {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging.dir);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&staging.dir, &paths.dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging.dir);
+            io(format!("creating {}", paths.dir.display()))(e)
+        })?;
+        drop(_create);
+        oplog(&paths, &format!("created name={} image={}", meta.name, meta.image));
+
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        if let Err(e) = self.boot(&paths, meta).await {
+            // Do not leave a half-booted instance behind a failed create.
+            let _ = self.vmm.force_stop(&paths).await;
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Err(e);
+        }
+        let meta = store::load(&paths).map_err(io("reading instance record"))?;
+        Ok(self.view(&meta))
+    }
+
+    /// Starts the monitor + VMM for a prepared instance.
+    async fn boot(&self, paths: &Paths, mut meta: Metadata) -> Result<()> {
+        // Status lines of a previous boot must not leak into this one.
+        match std::fs::remove_file(paths.status_file()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("clearing the status channel")(e)),
+        }
+        meta.paused = false;
+        meta.started_at = Some(SystemTime::now());
+        meta.stopped_at = None;
+        store::save(paths, &meta).map_err(io("writing instance record"))?;
+        self.vmm.start(paths, &meta).await?;
+        oplog(paths, "started");
+        Ok(())
+    }
+
+    pub async fn stop(&self, key: &str) -> Result<Instance> {
+        let id = self.resolve(key)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let paths = self.paths(&id);
+        let mut meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        let state = state::derive(&self.observe(&meta));
+        if matches!(state, State::Stopped | State::Created | State::Standby) {
+            return Err(Error::WrongState {
+                id,
+                state,
+                action: "stop",
+                needs: "running",
+            });
+        }
+        oplog(&paths, "stopping");
+        let graceful = self.vmm.stop(&paths, STOP_TIMEOUT).await?;
+        meta.paused = false;
+        meta.stopped_at = Some(SystemTime::now());
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        oplog(
+            &paths,
+            if graceful {
+                "stopped"
+            } else {
+                "stopped by force after the graceful stop timed out"
+            },
+        );
+        Ok(self.view(&meta))
+    }
+
+    pub async fn start(
+        &self,
+        key: &str,
+        entrypoint: Option<Vec<String>>,
+        cmd: Option<Vec<String>>,
+    ) -> Result<Instance> {
+        let id = self.resolve(key)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let paths = self.paths(&id);
+        let mut meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        let state = state::derive(&self.observe(&meta));
+        if !matches!(state, State::Stopped | State::Created) {
+            return Err(Error::WrongState {
+                id,
+                state,
+                action: "start",
+                needs: "stopped",
+            });
+        }
+        if let Some(e) = entrypoint {
+            meta.entrypoint = e;
+        }
+        if let Some(c) = cmd {
+            meta.cmd = c;
+        }
+        if meta.entrypoint.is_empty() && meta.cmd.is_empty() {
+            return Err(Error::Invalid("nothing to run: give a command or an entrypoint".into()));
+        }
+        disks::raw_image(&paths.config_disk(), &guest_config(&meta).encode())?;
+        self.boot(&paths, meta).await?;
+        let meta = store::load(&paths).map_err(io("reading instance record"))?;
+        Ok(self.view(&meta))
+    }
+
+    /// Stops the VM if needed and removes everything of the instance.
+    pub async fn delete(&self, key: &str, graceful: bool) -> Result<()> {
+        let id = self.resolve(key)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let paths = self.paths(&id);
+        if vmm::monitor_alive(&paths.logs()) {
+            if graceful {
+                self.vmm.stop(&paths, STOP_TIMEOUT).await?;
+            } else {
+                self.vmm.force_stop(&paths).await?;
+            }
+        }
+        // Renamed first so that a crash mid-removal leaves no half record.
+        let trash = self.cfg.guests_dir().join(format!(".deleting-{id}"));
+        std::fs::rename(&paths.dir, &trash).map_err(io(format!("deleting instance {id}")))?;
+        std::fs::remove_dir_all(&trash).map_err(io(format!("removing {}", trash.display())))?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    /// Removes debris of creates or deletes interrupted by a crash.
+    pub fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.guests_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".creating-") || name.starts_with(".deleting-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Builds the instance directory's contents: record, disks, log dir.
+fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
+    std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
+    let image = match &spec.root {
+        RootSource::Dir(src) => {
+            disks::ext4_from_dir(src, &dir.rootfs())?;
+            format!("rootfs:{}", src.display())
+        }
+    };
+    disks::empty_ext4(&dir.overlay(), spec.overlay_bytes)?;
+    let meta = Metadata {
+        id: id.to_string(),
+        name: spec.name.to_string(),
+        image,
+        created_at: SystemTime::now(),
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_bytes,
+        overlay_bytes: spec.overlay_bytes,
+        hypervisor: "qemu".into(),
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        env: spec.env.clone(),
+        workdir: spec.workdir.clone(),
+        paused: false,
+        started_at: None,
+        stopped_at: None,
+    };
+    disks::raw_image(&dir.config_disk(), &guest_config(&meta).encode())?;
+    store::save(dir, &meta).map_err(io("writing instance record"))?;
+    Ok(meta)
+}
+
+/// What the guest init runs, from the record.
+fn guest_config(meta: &Metadata) -> lodge_guest::GuestConfig {
+    let mut argv = meta.entrypoint.clone();
+    argv.extend(meta.cmd.iter().cloned());
+    lodge_guest::GuestConfig {
+        argv,
+        env: meta.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        workdir: meta.workdir.clone(),
+        hostname: Some(meta.name.clone()),
+        user: None,
+    }
+}
+
+/// Appends one line to the instance's `lodge` log (lodge's own actions).
+fn oplog(paths: &Paths, msg: &str) {
+    let line = format!(
+        "{} {msg}\n",
+        humantime::format_rfc3339_millis(SystemTime::now())
+    );
+    if let Err(e) = append_oplog(&paths.logs(), line.as_bytes()) {
+        tracing::warn!("writing the lodge log of {}: {e}", paths.dir.display());
+    }
+}
+
+fn append_oplog(dir: &Path, line: &[u8]) -> std::io::Result<()> {
+    let mut w = lodge_logs::RotatingWriter::open(dir, "lodge", 10 << 20, 2)?;
+    w.write_all(line)
+}

@@ -1,0 +1,131 @@
+//! The instance state machine, derived rather than stored.
+//!
+//! A state kept in memory or in a file goes stale the moment a VMM dies or the
+//! daemon restarts. lodge instead derives the state on every read from facts
+//! that cannot lie: whether the monitor still holds its lock, what the guest
+//! init reported on its status channel, and the monitor's exit record. The
+//! function doing it is pure, so every transition is unit-tested.
+
+use serde::{Deserialize, Serialize};
+
+/// hypeman's state names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum State {
+    Created,
+    Initializing,
+    Running,
+    Paused,
+    Shutdown,
+    Stopped,
+    Standby,
+    Unknown,
+}
+
+impl State {
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "Created" => State::Created,
+            "Initializing" => State::Initializing,
+            "Running" => State::Running,
+            "Paused" => State::Paused,
+            "Shutdown" => State::Shutdown,
+            "Stopped" => State::Stopped,
+            "Standby" => State::Standby,
+            "Unknown" => State::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+/// How far the guest program got, from the init's status lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GuestProgress {
+    #[default]
+    NotStarted,
+    Started,
+    Exited(i32),
+    Signaled(i32),
+    /// Init failed before the program could run.
+    Failed(String),
+}
+
+/// The facts the state is derived from.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The monitor (and so the VMM) is alive.
+    pub monitor_alive: bool,
+    /// The VM has been booted at least once.
+    pub ever_started: bool,
+    /// lodge paused the VM and has not resumed it.
+    pub paused: bool,
+    pub guest: GuestProgress,
+}
+
+pub fn derive(o: &Observed) -> State {
+    if !o.monitor_alive {
+        return if o.ever_started {
+            State::Stopped
+        } else {
+            State::Created
+        };
+    }
+    if o.paused {
+        return State::Paused;
+    }
+    match o.guest {
+        GuestProgress::NotStarted => State::Initializing,
+        GuestProgress::Started => State::Running,
+        // The program is done and the VM is powering off.
+        GuestProgress::Exited(_) | GuestProgress::Signaled(_) | GuestProgress::Failed(_) => {
+            State::Shutdown
+        }
+    }
+}
+
+/// Exit code and message the API reports for a finished program.
+pub fn exit_report(guest: &GuestProgress) -> (Option<i32>, Option<String>) {
+    match guest {
+        GuestProgress::Exited(code) => (Some(*code), Some(format!("exited with code {code}"))),
+        GuestProgress::Signaled(sig) => (
+            Some(128 + sig),
+            Some(format!("killed by signal {sig}")),
+        ),
+        GuestProgress::Failed(msg) => (Some(127), Some(msg.clone())),
+        GuestProgress::NotStarted | GuestProgress::Started => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(alive: bool, started: bool, paused: bool, guest: GuestProgress) -> Observed {
+        Observed {
+            monitor_alive: alive,
+            ever_started: started,
+            paused,
+            guest,
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        use GuestProgress::*;
+        assert_eq!(derive(&obs(false, false, false, NotStarted)), State::Created);
+        assert_eq!(derive(&obs(true, true, false, NotStarted)), State::Initializing);
+        assert_eq!(derive(&obs(true, true, false, Started)), State::Running);
+        assert_eq!(derive(&obs(true, true, true, Started)), State::Paused);
+        assert_eq!(derive(&obs(true, true, false, Exited(0))), State::Shutdown);
+        // A dead VMM is never reported as running, whatever the guest said last.
+        assert_eq!(derive(&obs(false, true, false, Started)), State::Stopped);
+        assert_eq!(derive(&obs(false, true, true, Started)), State::Stopped);
+        assert_eq!(derive(&obs(false, true, false, Exited(3))), State::Stopped);
+    }
+
+    #[test]
+    fn exit_reports() {
+        assert_eq!(exit_report(&GuestProgress::Exited(3)).0, Some(3));
+        assert_eq!(exit_report(&GuestProgress::Signaled(9)).0, Some(137));
+        assert_eq!(exit_report(&GuestProgress::Started), (None, None));
+    }
+}

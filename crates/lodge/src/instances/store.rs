@@ -1,0 +1,196 @@
+//! On-disk instance records: `<data dir>/guests/<id>/metadata.json`.
+//!
+//! The files are the source of truth, so a restarted daemon finds every
+//! instance again. Each write goes to a temp file that is fsynced and renamed
+//! over the old one: a reader (or a crash) sees the old record or the new one,
+//! never half of either.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// What lodge remembers about an instance between operations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metadata {
+    pub id: String,
+    pub name: String,
+    /// Image reference, or `rootfs:<dir>` for a VM booted from a directory.
+    pub image: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub created_at: SystemTime,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub overlay_bytes: u64,
+    pub hypervisor: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    /// Set while a VM has been paused by lodge (QMP stop).
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub started_at: Option<SystemTime>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub stopped_at: Option<SystemTime>,
+}
+
+/// Layout of one instance directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(guests_dir: &Path, id: &str) -> Self {
+        Paths {
+            dir: guests_dir.join(id),
+        }
+    }
+    pub fn metadata(&self) -> PathBuf {
+        self.dir.join("metadata.json")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs.ext4")
+    }
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join("overlay.ext4")
+    }
+    pub fn config_disk(&self) -> PathBuf {
+        self.dir.join("config.img")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    /// Guest init's status lines (second serial port), not user output.
+    pub fn status_file(&self) -> PathBuf {
+        self.dir.join("status.log")
+    }
+    pub fn monitor_stderr(&self) -> PathBuf {
+        self.dir.join("monitor.err")
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+pub fn save(paths: &Paths, meta: &Metadata) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    write_atomic(&paths.metadata(), &json)
+}
+
+pub fn load(paths: &Paths) -> std::io::Result<Metadata> {
+    let bytes = std::fs::read(paths.metadata())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", paths.metadata().display()),
+        )
+    })
+}
+
+/// Ids of all instance directories that hold a record. Directories without
+/// one (a create in progress, or debris) are skipped.
+pub fn list_ids(guests_dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(guests_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if super::naming::is_id_like(&name) && entry.path().join("metadata.json").exists() {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// RFC 3339 timestamps in JSON, via humantime.
+mod humantime_serde_compat {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+            let s = Option::<String>::deserialize(d)?;
+            s.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_listing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path(), "abc123");
+        std::fs::create_dir_all(&paths.dir).expect("mkdir");
+        let meta = Metadata {
+            id: "abc123".into(),
+            name: "web".into(),
+            image: "rootfs:/x".into(),
+            created_at: SystemTime::now(),
+            vcpus: 1,
+            memory_bytes: 1 << 30,
+            overlay_bytes: 1 << 30,
+            hypervisor: "qemu".into(),
+            entrypoint: vec![],
+            cmd: vec!["echo".into(), "hi".into()],
+            env: BTreeMap::new(),
+            workdir: "/".into(),
+            paused: false,
+            started_at: None,
+            stopped_at: Some(SystemTime::now()),
+        };
+        save(&paths, &meta).expect("save");
+        let back = load(&paths).expect("load");
+        assert_eq!(back.name, "web");
+        assert!(back.stopped_at.is_some());
+        std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
+        assert_eq!(list_ids(dir.path()).expect("list"), vec!["abc123".to_string()]);
+    }
+}

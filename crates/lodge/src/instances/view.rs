@@ -1,0 +1,92 @@
+//! The instance as the API shows it: hypeman's `Instance` JSON shape.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::state::{self, Observed, State};
+use super::store::Metadata;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_message: Option<String>,
+    pub vcpus: u32,
+    /// Memory, e.g. `1GB` (hypeman's field name).
+    pub size: String,
+    pub overlay_size: String,
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub hypervisor: String,
+    pub has_snapshot: bool,
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `1073741824` → `1GB`, the way hypeman prints sizes (binary units).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
+impl Instance {
+    pub fn from_parts(meta: &Metadata, observed: &Observed) -> Self {
+        let state = state::derive(observed);
+        let (exit_code, exit_message) = if matches!(state, State::Stopped | State::Shutdown) {
+            state::exit_report(&observed.guest)
+        } else {
+            (None, None)
+        };
+        Instance {
+            id: meta.id.clone(),
+            name: meta.name.clone(),
+            image: meta.image.clone(),
+            state,
+            state_error: None,
+            created_at: rfc3339(meta.created_at),
+            started_at: meta.started_at.map(rfc3339),
+            stopped_at: meta.stopped_at.map(rfc3339),
+            exit_code,
+            exit_message,
+            vcpus: meta.vcpus,
+            size: human_size(meta.memory_bytes),
+            overlay_size: human_size(meta.overlay_bytes),
+            env: meta.env.clone(),
+            entrypoint: meta.entrypoint.clone(),
+            cmd: meta.cmd.clone(),
+            hypervisor: meta.hypervisor.clone(),
+            has_snapshot: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(1 << 30), "1GB");
+        assert_eq!(human_size(512 << 20), "512MB");
+        assert_eq!(human_size(1536 << 20), "1536MB");
+        assert_eq!(human_size(1000), "1000B");
+    }
+}
