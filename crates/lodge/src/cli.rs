@@ -68,8 +68,11 @@ pub struct RunArgs {
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
     /// Return as soon as the VM is booting and print its id
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "rm")]
     pub detach: bool,
+    /// Delete the instance once its program has exited
+    #[arg(long)]
+    pub rm: bool,
     /// Boot this host directory as the root file system
     #[arg(long)]
     pub rootfs: Option<PathBuf>,

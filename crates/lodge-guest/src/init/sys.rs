@@ -271,6 +271,13 @@ fn update_termios(fd: &impl AsRawFd, change: impl FnOnce(&mut libc::termios)) ->
     Ok(())
 }
 
+/// `tcdrain(3)`: wait until all output written to the terminal was sent.
+pub fn drain(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: tcdrain takes a plain fd.
+    check(unsafe { libc::tcdrain(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
 /// Make `fd` the process's standard input, output and error.
 pub fn install_stdio(fd: &impl AsRawFd) -> io::Result<()> {
     for target in 0..3 {

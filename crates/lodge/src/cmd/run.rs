@@ -36,16 +36,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let inst: Value = client
             .call(Method::GET, &format!("/instances/{}", encode(&id)), None)
             .await?;
-        match inst["exit_code"].as_i64() {
-            Some(code) => Ok(u8::try_from(code).unwrap_or(1)),
+        let code = match inst["exit_code"].as_i64() {
+            Some(code) => u8::try_from(code).unwrap_or(1),
             None => {
                 eprintln!(
                     "lodge: instance {id} ended without an exit code (state {})",
                     inst["state"]
                 );
-                Ok(1)
+                1
             }
+        };
+        if args.rm {
+            client
+                .call_empty(Method::DELETE, &format!("/instances/{}", encode(&id)))
+                .await?;
         }
+        Ok(code)
     })
 }
 

@@ -1,0 +1,107 @@
+//! The two serial ports: the user's console and the host's status channel.
+//!
+//! The console (ttyS0, whatever `/dev/console` points at) carries only what
+//! the workload and the kernel write: output post-processing is switched off
+//! so a `\n` stays a `\n` and the host's `app.log` holds the workload's bytes
+//! unchanged. Status events go to the second port ([`lodge_guest::STATUS_TTY`])
+//! in raw mode, one line each. A guest booted without a second port still
+//! runs; its status lines are dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use lodge_guest::{StatusEvent, STATUS_TTY};
+
+use super::sys;
+
+/// The terminal device behind `/dev/console`, e.g. `/dev/ttyS0`. Opening
+/// the real device (not `/dev/console`) lets it become the workload's
+/// controlling terminal.
+fn console_device() -> String {
+    std::fs::read_to_string("/sys/class/tty/console/active")
+        .ok()
+        .and_then(|active| active.split_whitespace().last().map(str::to_owned))
+        .map(|name| format!("/dev/{name}"))
+        .filter(|path| std::path::Path::new(path).exists())
+        .unwrap_or_else(|| "/dev/console".to_owned())
+}
+
+fn open_tty(path: &str) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+}
+
+/// The user-visible console, installed as PID 1's stdin/stdout/stderr.
+pub struct Console {
+    tty: Option<File>,
+}
+
+impl Console {
+    /// Open the console device, switch off output processing and make it
+    /// our standard streams. Never fails: without a console the init still
+    /// does its job, it just cannot tell anyone.
+    pub fn open() -> Self {
+        let tty = open_tty(&console_device())
+            .or_else(|_| open_tty("/dev/console"))
+            .ok();
+        if let Some(tty) = &tty {
+            // Not a terminal (or no termios) is fine: bytes pass unchanged.
+            let _ = sys::disable_output_processing(tty);
+            let _ = sys::install_stdio(tty);
+        }
+        Self { tty }
+    }
+
+    /// The console's fd for the workload's standard streams.
+    pub fn raw_fd(&self) -> RawFd {
+        self.tty.as_ref().map_or(2, AsRawFd::as_raw_fd)
+    }
+
+    /// Write `text` exactly as given.
+    pub fn write(&self, text: &str) {
+        if let Some(mut tty) = self.tty.as_ref() {
+            let _ = tty.write_all(text.as_bytes());
+        }
+    }
+
+    /// Wait until the workload's last bytes have left the UART.
+    pub fn drain(&self) {
+        if let Some(tty) = &self.tty {
+            let _ = sys::drain(tty);
+        }
+    }
+}
+
+/// The host's status channel on the second serial port.
+pub struct StatusPort {
+    tty: Option<File>,
+}
+
+impl StatusPort {
+    pub fn open() -> Self {
+        let tty = open_tty(STATUS_TTY).ok();
+        if let Some(tty) = &tty {
+            let _ = sys::make_raw(tty);
+        }
+        Self { tty }
+    }
+
+    pub fn send(&self, event: &StatusEvent) {
+        if let Some(mut tty) = self.tty.as_ref() {
+            let _ = tty.write_all(event.line().as_bytes());
+        }
+    }
+
+    /// Wait until everything written has left the UART, so a power-off
+    /// right after cannot cut the last line.
+    pub fn drain(&self) {
+        if let Some(tty) = &self.tty {
+            let _ = sys::drain(tty);
+        }
+    }
+}

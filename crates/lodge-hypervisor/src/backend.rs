@@ -1,0 +1,332 @@
+//! The narrow interface every hypervisor backend implements.
+//!
+//! A backend does two things. First it turns a [`VmConfig`] into the VMM's
+//! command line ([`Hypervisor::vmm_command`]); lodge's monitor process, not
+//! the backend, starts that command, so the console pipe and the VMM's exit
+//! status belong to the monitor and outlive daemon restarts. Then it controls
+//! the running VMM over the VMM's own control channel (QMP for QEMU, the REST
+//! socket for Cloud Hypervisor): a handful of lifecycle verbs and a state
+//! query. The control verbs hold no connection between calls, so a freshly
+//! restarted daemon controls VMs it did not start.
+//!
+//! Callers choose a backend at run time through the [`Backend`] enum (static
+//! dispatch, no boxed futures). What a backend cannot do it says in
+//! [`Capabilities`] and, if asked anyway, answers with
+//! [`BackendError::Unsupported`], never a panic.
+
+use std::ffi::OsString;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, VmConfig};
+use crate::qemu::{QemuBackend, QmpError};
+
+/// Which hypervisor a backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HypervisorKind {
+    /// QEMU (`qemu-system-x86_64`), controlled over QMP.
+    Qemu,
+    /// Cloud Hypervisor, controlled over its REST API (not built yet).
+    CloudHypervisor,
+}
+
+impl HypervisorKind {
+    /// The name hypeman's API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HypervisorKind::Qemu => "qemu",
+            HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+}
+
+impl std::fmt::Display for HypervisorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The VM's state as its VMM reports it (lodge's instance states are built on
+/// top of this plus the monitor's knowledge of whether the VMM process lives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The VMM is up but the guest has not started running (e.g. QEMU `-S`,
+    /// or waiting for an incoming snapshot).
+    Created,
+    /// Guest CPUs are running.
+    Running,
+    /// Guest CPUs are stopped; [`Hypervisor::resume`] continues them. Also
+    /// covers stops the VMM made on its own (I/O error, watchdog, suspend).
+    Paused,
+    /// The guest shut down and the VMM is about to exit.
+    Shutdown,
+    /// The guest panicked or the VMM hit an internal error.
+    Crashed,
+    /// A state this backend does not know how to classify.
+    Unknown,
+}
+
+/// Optional features, as named in [`BackendError::Unsupported`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// Pausing and resuming guest CPUs.
+    PauseResume,
+    /// Asking the guest to shut down (ACPI power button or equivalent).
+    GracefulShutdown,
+    /// Saving the VM to disk and restoring it.
+    Snapshot,
+    /// A virtio-serial channel for the guest agent.
+    VirtioSerial,
+    /// A vsock device for the guest agent.
+    Vsock,
+}
+
+impl std::fmt::Display for Feature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Feature::PauseResume => "pause/resume",
+            Feature::GracefulShutdown => "graceful shutdown",
+            Feature::Snapshot => "snapshot",
+            Feature::VirtioSerial => "virtio-serial channels",
+            Feature::Vsock => "vsock",
+        })
+    }
+}
+
+/// What a backend can do; callers check this before offering a feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// [`Hypervisor::pause`] and [`Hypervisor::resume`] work.
+    pub pause_resume: bool,
+    /// [`Hypervisor::shutdown`] asks the guest to power off.
+    pub graceful_shutdown: bool,
+    /// The VM can be saved to disk and restored (standby).
+    pub snapshot: bool,
+    /// [`VmConfig::agent_channel`] (virtio-serial) is honoured.
+    pub virtio_serial: bool,
+    /// A vsock device can be attached.
+    pub vsock: bool,
+}
+
+impl Capabilities {
+    /// Whether `feature` is available.
+    pub fn has(&self, feature: Feature) -> bool {
+        match feature {
+            Feature::PauseResume => self.pause_resume,
+            Feature::GracefulShutdown => self.graceful_shutdown,
+            Feature::Snapshot => self.snapshot,
+            Feature::VirtioSerial => self.virtio_serial,
+            Feature::Vsock => self.vsock,
+        }
+    }
+
+    /// `Ok(())` if `feature` is available, else [`BackendError::Unsupported`].
+    pub fn require(&self, backend: HypervisorKind, feature: Feature) -> Result<(), BackendError> {
+        if self.has(feature) {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported { backend, feature })
+        }
+    }
+}
+
+/// Backend failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The VM configuration is invalid.
+    #[error("invalid vm configuration")]
+    Config(#[from] ConfigError),
+    /// The backend lacks a feature.
+    #[error("{backend} does not support {feature}")]
+    Unsupported {
+        /// The backend asked.
+        backend: HypervisorKind,
+        /// The missing feature.
+        feature: Feature,
+    },
+    /// No backend of this kind is built into lodge.
+    #[error("the {0} backend is not available in this build")]
+    Unavailable(HypervisorKind),
+    /// The VMM's control channel did not answer as expected.
+    #[error("qemu control channel of vm {vm} failed")]
+    Qmp {
+        /// The VM's id.
+        vm: String,
+        /// What went wrong.
+        #[source]
+        source: QmpError,
+    },
+}
+
+impl BackendError {
+    /// Whether the error says the VMM is not there to answer: its control
+    /// socket is missing, refuses connections (left behind by a VMM that
+    /// died) or was closed under us. Callers then trust the monitor's record
+    /// of the VMM's exit rather than report a failure.
+    pub fn vmm_gone(&self) -> bool {
+        match self {
+            BackendError::Qmp { source, .. } => match source {
+                QmpError::Connect { source, .. } => matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ),
+                QmpError::Closed => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Lifecycle verbs of one hypervisor. Async verbs return `Send` futures, so
+/// callers may run them on any tokio task.
+pub trait Hypervisor {
+    /// Which hypervisor this is.
+    fn kind(&self) -> HypervisorKind;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The VMM's full argv (binary first) for `cfg`, to be started by lodge's
+    /// monitor with the console on its stdout. Validates `cfg`.
+    fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError>;
+
+    /// The VM's state, asked of the VMM.
+    fn state(&self, cfg: &VmConfig) -> impl Future<Output = Result<VmState, BackendError>> + Send;
+
+    /// Asks the guest to power off (ACPI power button). Returns once the
+    /// request is delivered; the caller waits for the VMM to exit and falls
+    /// back to [`Hypervisor::force_stop`] after its own timeout.
+    fn shutdown(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Makes the VMM exit now, without asking the guest.
+    fn force_stop(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Stops guest CPUs.
+    fn pause(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Continues guest CPUs.
+    fn resume(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// Every backend lodge has, chosen at run time.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// QEMU.
+    Qemu(QemuBackend),
+}
+
+impl Backend {
+    /// The default backend of `kind`, or [`BackendError::Unavailable`].
+    pub fn for_kind(kind: HypervisorKind) -> Result<Self, BackendError> {
+        match kind {
+            HypervisorKind::Qemu => Ok(Backend::Qemu(QemuBackend::default())),
+            HypervisorKind::CloudHypervisor => Err(BackendError::Unavailable(kind)),
+        }
+    }
+}
+
+impl Hypervisor for Backend {
+    fn kind(&self) -> HypervisorKind {
+        match self {
+            Backend::Qemu(b) => b.kind(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self {
+            Backend::Qemu(b) => b.capabilities(),
+        }
+    }
+
+    fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.vmm_command(cfg),
+        }
+    }
+
+    async fn state(&self, cfg: &VmConfig) -> Result<VmState, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.state(cfg).await,
+        }
+    }
+
+    async fn shutdown(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.shutdown(cfg).await,
+        }
+    }
+
+    async fn force_stop(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.force_stop(cfg).await,
+        }
+    }
+
+    async fn pause(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.pause(cfg).await,
+        }
+    }
+
+    async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.resume(cfg).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_reports_missing_feature() {
+        let caps = Capabilities {
+            pause_resume: true,
+            graceful_shutdown: true,
+            snapshot: false,
+            virtio_serial: true,
+            vsock: false,
+        };
+        assert!(caps.require(HypervisorKind::Qemu, Feature::PauseResume).is_ok());
+        let err = caps
+            .require(HypervisorKind::Qemu, Feature::Snapshot)
+            .expect_err("snapshot is missing");
+        assert!(matches!(
+            err,
+            BackendError::Unsupported {
+                feature: Feature::Snapshot,
+                ..
+            }
+        ));
+        assert_eq!(err.to_string(), "qemu does not support snapshot");
+    }
+
+    #[test]
+    fn cloud_hypervisor_is_reported_unavailable() {
+        let err = Backend::for_kind(HypervisorKind::CloudHypervisor).expect_err("not built");
+        assert_eq!(
+            err.to_string(),
+            "the cloud-hypervisor backend is not available in this build"
+        );
+        let qemu = Backend::for_kind(HypervisorKind::Qemu).expect("qemu is built in");
+        assert_eq!(qemu.kind(), HypervisorKind::Qemu);
+    }
+
+    #[test]
+    fn kind_serde_names_match_hypeman() {
+        assert_eq!(
+            serde_json::to_string(&HypervisorKind::CloudHypervisor).expect("serialize"),
+            "\"cloud-hypervisor\""
+        );
+        assert_eq!(
+            serde_json::from_str::<HypervisorKind>("\"qemu\"").expect("deserialize"),
+            HypervisorKind::Qemu
+        );
+    }
+}

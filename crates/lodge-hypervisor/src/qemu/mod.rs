@@ -1,0 +1,205 @@
+//! The QEMU backend: [`args`] builds the command line, [`qmp`] speaks the
+//! control protocol, and [`QemuBackend`] ties them to the [`Hypervisor`]
+//! verbs.
+//!
+//! Each control verb opens its own QMP session on the VM's control socket
+//! and closes it when done. QEMU serves one QMP client at a time, so holding
+//! a session open would lock out every other caller (and a restarted daemon);
+//! the cost of a fresh session is a few milliseconds.
+
+pub mod args;
+pub mod qmp;
+
+use std::ffi::{OsStr, OsString};
+use std::time::Duration;
+
+pub use args::{build_argv, escape, DEFAULT_QEMU_BINARY};
+pub use qmp::{QmpClient, QmpError, QmpEvent, RunState, StatusInfo};
+
+use crate::backend::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
+use crate::config::VmConfig;
+
+/// Default time to wait for the QMP socket to accept a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Default time for the greeting and each QMP command.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    binary: OsString,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Default for QemuBackend {
+    fn default() -> Self {
+        Self {
+            binary: OsString::from(DEFAULT_QEMU_BINARY),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+}
+
+impl QemuBackend {
+    /// The backend with `qemu-system-x86_64` from `PATH` and default timeouts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses another QEMU binary (a path or a name looked up on `PATH`).
+    pub fn with_binary(mut self, binary: impl Into<OsString>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
+    /// Sets how long to wait for the control socket and for each command.
+    pub fn with_timeouts(mut self, connect: Duration, command: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.command_timeout = command;
+        self
+    }
+
+    /// The QEMU binary in use.
+    pub fn binary(&self) -> &OsStr {
+        &self.binary
+    }
+
+    /// Opens a negotiated QMP session on `cfg`'s control socket.
+    pub async fn connect(&self, cfg: &VmConfig) -> Result<QmpClient, BackendError> {
+        QmpClient::connect(&cfg.control_socket, self.connect_timeout, self.command_timeout)
+            .await
+            .map_err(|e| qmp_err(cfg, e))
+    }
+}
+
+fn qmp_err(cfg: &VmConfig, source: QmpError) -> BackendError {
+    BackendError::Qmp {
+        vm: cfg.id.clone(),
+        source,
+    }
+}
+
+/// How lodge reads QEMU's run state.
+pub fn vm_state(state: &RunState) -> VmState {
+    match state {
+        RunState::Running => VmState::Running,
+        RunState::Prelaunch | RunState::InMigrate => VmState::Created,
+        RunState::Paused
+        | RunState::IoError
+        | RunState::Watchdog
+        | RunState::Suspended
+        | RunState::PostMigrate
+        | RunState::Debug => VmState::Paused,
+        RunState::Shutdown => VmState::Shutdown,
+        RunState::GuestPanicked | RunState::InternalError => VmState::Crashed,
+        RunState::Other(_) => VmState::Unknown,
+    }
+}
+
+impl Hypervisor for QemuBackend {
+    fn kind(&self) -> HypervisorKind {
+        HypervisorKind::Qemu
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_resume: true,
+            graceful_shutdown: true,
+            // QEMU can migrate to a file, but lodge's standby is not built.
+            snapshot: false,
+            virtio_serial: true,
+            // No /dev/vhost-vsock on lodge's hosts; not wired up.
+            vsock: false,
+        }
+    }
+
+    fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
+        Ok(build_argv(&self.binary, cfg)?)
+    }
+
+    async fn state(&self, cfg: &VmConfig) -> Result<VmState, BackendError> {
+        let mut qmp = self.connect(cfg).await?;
+        let status = qmp.query_status().await.map_err(|e| qmp_err(cfg, e))?;
+        Ok(vm_state(&status.status))
+    }
+
+    async fn shutdown(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        let mut qmp = self.connect(cfg).await?;
+        qmp.system_powerdown().await.map_err(|e| qmp_err(cfg, e))
+    }
+
+    async fn force_stop(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        let qmp = self.connect(cfg).await?;
+        qmp.quit().await.map_err(|e| qmp_err(cfg, e))
+    }
+
+    async fn pause(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        let mut qmp = self.connect(cfg).await?;
+        qmp.stop().await.map_err(|e| qmp_err(cfg, e))
+    }
+
+    async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        let mut qmp = self.connect(cfg).await?;
+        qmp.cont().await.map_err(|e| qmp_err(cfg, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Accel;
+
+    #[test]
+    fn run_states_map_to_vm_states() {
+        assert_eq!(vm_state(&RunState::Running), VmState::Running);
+        assert_eq!(vm_state(&RunState::Prelaunch), VmState::Created);
+        assert_eq!(vm_state(&RunState::Paused), VmState::Paused);
+        assert_eq!(vm_state(&RunState::IoError), VmState::Paused);
+        assert_eq!(vm_state(&RunState::Shutdown), VmState::Shutdown);
+        assert_eq!(vm_state(&RunState::GuestPanicked), VmState::Crashed);
+        assert_eq!(vm_state(&RunState::Other("colo".into())), VmState::Unknown);
+    }
+
+    #[test]
+    fn vmm_command_uses_the_configured_binary_and_validates() {
+        let backend = QemuBackend::new().with_binary("/opt/q/qemu");
+        let mut cfg = VmConfig::new("i", "n", Accel::Tcg, "/k", "/i", "/q.sock", "/s.log");
+        let argv = backend.vmm_command(&cfg).expect("valid");
+        assert_eq!(argv[0], "/opt/q/qemu");
+        cfg.memory_bytes = 1;
+        assert!(matches!(
+            backend.vmm_command(&cfg),
+            Err(BackendError::Config(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn control_verbs_on_a_missing_socket_fail_fast_and_typed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = VmConfig::new(
+            "gone",
+            "gone",
+            Accel::Tcg,
+            "/k",
+            "/i",
+            dir.path().join("qmp.sock"),
+            dir.path().join("status.log"),
+        );
+        let backend =
+            QemuBackend::new().with_timeouts(Duration::from_millis(100), Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let err = backend.state(&cfg).await.expect_err("no vmm");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.vmm_gone(), "{err:?}");
+        match err {
+            BackendError::Qmp {
+                vm,
+                source: QmpError::Connect { .. },
+            } => assert_eq!(vm, "gone"),
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The one harness for tests that run the real daemon and boot real VMs:
+//! start `lodge serve` on a free loopback port with its own data dir, call
+//! the API, and wait for conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const LODGE: &str = env!("CARGO_BIN_EXE_lodge");
+
+/// Where the guest kernel, initrd and demo rootfs are (scripts/build-guest.sh).
+pub fn system_dir() -> PathBuf {
+    let dir = std::env::var_os("LODGE_SYSTEM_DIR").map(PathBuf::from).expect(
+        "LODGE_SYSTEM_DIR is not set: run the suite with ./scripts/test.sh, which builds the guest",
+    );
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(),
+        "{} has no vmlinuz/initrd.img: run ./scripts/build-guest.sh {}",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+pub fn busybox_rootfs() -> String {
+    system_dir()
+        .join("rootfs-busybox")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub base: String,
+    pub token: String,
+    port: u16,
+    http: reqwest::blocking::Client,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Daemon {
+    /// A daemon on a data dir whose path holds a comma and a space, so every
+    /// test also checks that such paths reach QEMU intact.
+    pub fn start() -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("lodge-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = tmp.path().join("my vms,2");
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        let port = free_port();
+        let mut d = Daemon {
+            child: None,
+            data_dir,
+            _tmp: tmp,
+            base: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            port,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        };
+        d.spawn();
+        let out = d.lodge(&["token"]);
+        assert!(out.status.success(), "lodge token failed");
+        d.token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("serve.log"))
+            .expect("serve log");
+        let child = Command::new(LODGE)
+            .arg("serve")
+            .env("LODGE_DATA_DIR", &self.data_dir)
+            .env("LODGE_SYSTEM_DIR", system_dir())
+            .env("LODGE_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("LODGE_ACCEL", std::env::var("LODGE_ACCEL").unwrap_or_else(|_| "tcg".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn lodge serve");
+        self.child = Some(child);
+        let url = format!("{}/health", self.base);
+        let http = self.http.clone();
+        wait_until("the daemon to answer /health", Duration::from_secs(60), || {
+            http.get(&url).send().ok().filter(|r| r.status().is_success())
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn lodge(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(LODGE);
+        cmd.args(args)
+            .env("LODGE_DATA_DIR", &self.data_dir)
+            .env("LODGE_BASE_URL", &self.base);
+        if !self.token.is_empty() {
+            cmd.env("LODGE_API_KEY", &self.token);
+        }
+        cmd.output().expect("run lodge")
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Response {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.parse().expect("method"), &url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Response { status, body, text }
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        let body = body.map(|b| b.to_string());
+        self.request(method, path, body.as_deref(), Some(&self.token.clone()))
+    }
+
+    pub fn create(&self, body: Value) -> Value {
+        let r = self.api("POST", "/instances", Some(&body));
+        assert_eq!(r.status, 201, "create failed: {}", r.text);
+        r.body
+    }
+
+    pub fn get(&self, id: &str) -> Value {
+        let r = self.api("GET", &format!("/instances/{id}"), None);
+        assert_eq!(r.status, 200, "get {id}: {}", r.text);
+        r.body
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.get(id)["state"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn wait_state(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        wait_until(&format!("{id} to be {want}"), timeout, || {
+            let v = self.get(id);
+            (v["state"] == want).then_some(v)
+        })
+    }
+
+    /// The log lines the API returns (SSE, one JSON string per event).
+    pub fn log_lines(&self, id: &str, query: &str) -> Vec<String> {
+        let r = self.api("GET", &format!("/instances/{id}/logs?{query}"), None);
+        assert_eq!(r.status, 200, "logs: {}", r.text);
+        sse_lines(&r.text)
+    }
+
+    pub fn guests_dir(&self) -> PathBuf {
+        self.data_dir.join("guests")
+    }
+}
+
+pub fn sse_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<String>(d).expect("each event is a JSON string"))
+        .collect()
+}
+
+/// Ends every VM the data dir's monitors still run, then the daemon.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_monitors(&self.data_dir.join("guests"));
+    }
+}
+
+fn kill_monitors(guests: &Path) {
+    let Ok(entries) = std::fs::read_dir(guests) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read(e.path().join("logs/monitor.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+            continue;
+        };
+        for key in ["child_pid", "pid"] {
+            if let Some(pid) = v[key].as_i64() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Quick start, step 1: install everything lodge needs, build it, build the
+# guest kernel + initrd + demo root file system, start the daemon, and boot a
+# real VM (offline). Idempotent: a second run is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (it installs packages and keeps state in /var/lib/lodge)" >&2
+    exit 1
+fi
+
+./scripts/install-deps.sh
+cargo build --release -p lodge
+install -m 0755 target/release/lodge /usr/local/bin/lodge
+
+export LODGE_DATA_DIR="${LODGE_DATA_DIR:-/var/lib/lodge}"
+export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$LODGE_DATA_DIR/system}"
+./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
+
+# Start the daemon unless one already answers.
+if ! lodge ps >/dev/null 2>&1; then
+    echo "setup: starting lodge serve (log: $LODGE_DATA_DIR/serve.log)"
+    mkdir -p "$LODGE_DATA_DIR"
+    setsid nohup lodge serve >>"$LODGE_DATA_DIR/serve.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 300); do
+        lodge ps >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+fi
+
+echo "setup: booting a VM from $LODGE_SYSTEM_DIR/rootfs-busybox"
+lodge run --rm --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox" \
+    sh -c 'echo "hello from a lodge VM: $(uname -sr), $(nproc) vCPUs"; cat /proc/cmdline'

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): installs what the
+# tests need, builds the guest kernel/initrd once, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
+./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
+
+# Software emulation unless told otherwise: this machine's KVM is unusable
+# (the accel probe itself is covered by its own test).
+export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace -- --test-threads="${LODGE_TEST_THREADS:-2}"
