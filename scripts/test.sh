@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 ./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
 
+# hypeman's official Python client, for the API compatibility test.
+venv="$PWD/.lodge-cache/venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import hypeman' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'hypeman==0.28.0'
+fi
+export LODGE_COMPAT_PYTHON="$venv/bin/python"
+
 # Software emulation unless told otherwise: this machine's KVM is unusable
 # (the accel probe itself is covered by its own test).
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"

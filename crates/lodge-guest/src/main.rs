@@ -1,1 +1,51 @@
-fn main() {}
+//! `lodge-init`, the guest's PID 1 (see `init`), plus one host-side helper.
+//!
+//! Run as PID 1 it boots the guest. Run as anything else it refuses to
+//! touch the machine, except for `--print-config-image JSON`, which writes
+//! the config-disk image for JSON to stdout: a small tool for scripts and
+//! manual tests that need a config disk without the lodge daemon.
+
+mod init;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use lodge_guest::GuestConfig;
+
+const USAGE: &str = "\
+usage: lodge-init                          (only as PID 1 inside a lodge guest)
+       lodge-init --print-config-image JSON   write a config-disk image to stdout";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::process::id() == 1 {
+        init::pid1();
+    }
+    match args.as_slice() {
+        [flag, json] if flag == "--print-config-image" => print_config_image(json),
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_config_image(json: &str) -> ExitCode {
+    match GuestConfig::decode(json.as_bytes()) {
+        Ok(config) => match std::io::stdout().lock().write_all(&config.encode()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lodge-init: write config image: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("lodge-init: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

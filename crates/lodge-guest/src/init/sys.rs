@@ -11,7 +11,7 @@
 //! and makes only async-signal-safe calls.
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -498,7 +498,8 @@ pub fn errno_text(errno: i32) -> String {
     }
 }
 
-/// Parse a C string from a buffer that may hold trailing NULs.
-pub fn c_str_prefix(bytes: &[u8]) -> &[u8] {
-    CStr::from_bytes_until_nul(bytes).map_or(bytes, CStr::to_bytes)
+/// [`errno_text`] for an `io::Error`, falling back to its own text.
+pub fn errno_text_of(err: &io::Error) -> String {
+    err.raw_os_error()
+        .map_or_else(|| err.to_string(), errno_text)
 }

@@ -393,8 +393,8 @@ impl QmpClient {
         loop {
             buf.clear();
             let limit = (MAX_MESSAGE_LEN + 1) as u64;
-            let read = (&mut self.reader).take(limit).read_until(b'\n', &mut buf);
-            let n = match timeout_at(deadline, read).await {
+            let mut limited = (&mut self.reader).take(limit);
+            let n = match timeout_at(deadline, limited.read_until(b'\n', &mut buf)).await {
                 Ok(res) => res?,
                 Err(_) => {
                     return Err(QmpError::Timeout {

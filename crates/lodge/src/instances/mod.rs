@@ -220,6 +220,7 @@ impl Manager {
             ever_started: meta.started_at.is_some(),
             paused: meta.paused,
             guest: vmm::read_guest_progress(&paths.status_file()),
+            vmm_exit: vmm::read_vmm_exit(&paths.logs()),
         }
     }
 

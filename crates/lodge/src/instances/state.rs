@@ -59,6 +59,8 @@ pub struct Observed {
     /// lodge paused the VM and has not resumed it.
     pub paused: bool,
     pub guest: GuestProgress,
+    /// How the last VMM process ended, once it has.
+    pub vmm_exit: Option<super::vmm::VmmExit>,
 }
 
 pub fn derive(o: &Observed) -> State {
@@ -83,15 +85,27 @@ pub fn derive(o: &Observed) -> State {
 }
 
 /// Exit code and message the API reports for a finished program.
-pub fn exit_report(guest: &GuestProgress) -> (Option<i32>, Option<String>) {
-    match guest {
+pub fn exit_report(o: &Observed) -> (Option<i32>, Option<String>) {
+    match &o.guest {
         GuestProgress::Exited(code) => (Some(*code), Some(format!("exited with code {code}"))),
         GuestProgress::Signaled(sig) => (
             Some(128 + sig),
             Some(format!("killed by signal {sig}")),
         ),
         GuestProgress::Failed(msg) => (Some(127), Some(msg.clone())),
-        GuestProgress::NotStarted | GuestProgress::Started => (None, None),
+        GuestProgress::NotStarted | GuestProgress::Started => match &o.vmm_exit {
+            // The VM ended without the program reporting an exit: say why.
+            Some(e) if !o.monitor_alive => {
+                let how = match (e.code, e.signal) {
+                    (_, Some(sig)) => format!("was killed by signal {sig}"),
+                    (Some(0), None) => "exited".to_string(),
+                    (Some(code), None) => format!("exited with code {code}"),
+                    (None, None) => "ended".to_string(),
+                };
+                (None, Some(format!("the VMM {how} before the program finished (see the vmm log)")))
+            }
+            _ => (None, None),
+        },
     }
 }
 
@@ -105,6 +119,7 @@ mod tests {
             ever_started: started,
             paused,
             guest,
+            vmm_exit: None,
         }
     }
 
@@ -124,8 +139,18 @@ mod tests {
 
     #[test]
     fn exit_reports() {
-        assert_eq!(exit_report(&GuestProgress::Exited(3)).0, Some(3));
-        assert_eq!(exit_report(&GuestProgress::Signaled(9)).0, Some(137));
-        assert_eq!(exit_report(&GuestProgress::Started), (None, None));
+        use GuestProgress::*;
+        assert_eq!(exit_report(&obs(false, true, false, Exited(3))).0, Some(3));
+        assert_eq!(exit_report(&obs(false, true, false, Signaled(9))).0, Some(137));
+        assert_eq!(exit_report(&obs(true, true, false, Started)), (None, None));
+        let mut crashed = obs(false, true, false, Started);
+        crashed.vmm_exit = Some(super::super::vmm::VmmExit {
+            code: Some(1),
+            signal: None,
+            finished_at: None,
+        });
+        let (code, msg) = exit_report(&crashed);
+        assert_eq!(code, None);
+        assert!(msg.unwrap_or_default().contains("exited with code 1"));
     }
 }

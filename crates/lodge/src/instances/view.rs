@@ -51,7 +51,7 @@ impl Instance {
     pub fn from_parts(meta: &Metadata, observed: &Observed) -> Self {
         let state = state::derive(observed);
         let (exit_code, exit_message) = if matches!(state, State::Stopped | State::Shutdown) {
-            state::exit_report(&observed.guest)
+            state::exit_report(observed)
         } else {
             (None, None)
         };
@@ -63,7 +63,12 @@ impl Instance {
             state_error: None,
             created_at: rfc3339(meta.created_at),
             started_at: meta.started_at.map(rfc3339),
-            stopped_at: meta.stopped_at.map(rfc3339),
+            stopped_at: meta.stopped_at.map(rfc3339).or_else(|| {
+                // The program ended by itself: the monitor recorded when.
+                (state == State::Stopped)
+                    .then(|| observed.vmm_exit.as_ref()?.finished_at.clone())
+                    .flatten()
+            }),
             exit_code,
             exit_message,
             vcpus: meta.vcpus,

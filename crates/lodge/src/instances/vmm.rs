@@ -59,6 +59,25 @@ pub fn read_guest_progress(status_file: &Path) -> GuestProgress {
 /// log is the program's output.
 const KERNEL_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1";
 
+/// How the VMM process ended, from the monitor's `exit.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmmExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub finished_at: Option<String>,
+}
+
+pub fn read_vmm_exit(log_dir: &Path) -> Option<VmmExit> {
+    let text = std::fs::read(log_dir.join("exit.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let int = |k: &str| v.get(k).and_then(|x| x.as_i64()).and_then(|x| i32::try_from(x).ok());
+    Some(VmmExit {
+        code: int("code"),
+        signal: int("signal"),
+        finished_at: v.get("finished_at").and_then(|x| x.as_str()).map(str::to_string),
+    })
+}
+
 pub struct Vmm {
     cfg: Arc<Config>,
     accel: Accel,

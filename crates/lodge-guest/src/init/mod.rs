@@ -1,0 +1,226 @@
+//! `lodge-init` as PID 1: the boot sequence and the one way out.
+//!
+//! Sequence: take over signals, mount proc/sys/dev, open the console,
+//! answer a self-test, open the status port, load modules, find the disks,
+//! read the config, assemble the overlay root, start the workload, reap
+//! until it exits. Every path, success, failure or panic, ends in
+//! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
+//! must never return or exit, since the kernel panics when it does.
+
+mod button;
+mod console;
+mod disks;
+mod modules;
+mod rootfs;
+mod sys;
+mod workload;
+
+use std::fmt;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lodge_guest::{GuestConfig, StatusEvent, SELFTEST_FLAG, SELFTEST_OK};
+
+use console::{Console, StatusPort};
+use rootfs::Mounts;
+use sys::ExitStatus;
+
+/// How long to wait for the virtio disks to appear.
+const DISK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for leftover processes to die after SIGKILL.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound on the config JSON read from the config disk.
+const CONFIG_MAX: usize = 16 << 20;
+/// Hostname when the configuration names none.
+const DEFAULT_HOSTNAME: &str = "localhost";
+
+/// A boot failure, already phrased for the user (one line, lowercase).
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attach what was being done to an OS error.
+pub trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error(format!("{}: {}", what(), sys::errno_text_of(&e))))
+    }
+}
+
+/// How the run ended, before shutdown.
+enum Ending {
+    Exited(ExitStatus),
+    Failed(String),
+}
+
+/// Run as PID 1. Never returns.
+pub fn pid1() -> ! {
+    // Block signals before anything else so none sent early is lost.
+    let signals = sys::block_into_signalfd(workload::SIGNALS).ok();
+    let _ = sys::disable_ctrl_alt_del();
+    let mut mounts = Mounts::default();
+    let early = mounts.mount_early();
+    let console = Console::open();
+
+    if early.is_ok() && selftest_requested() {
+        console.write(&format!("{SELFTEST_OK}\n"));
+        console.drain();
+        power_off(&console);
+    }
+
+    let status = StatusPort::open();
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        early?;
+        run(&console, &status, &mut mounts, signals.as_ref())
+    }));
+    let ending = match ran {
+        Ok(Ok(exit)) => Ending::Exited(exit),
+        Ok(Err(e)) => Ending::Failed(e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".to_owned());
+            Ending::Failed(format!("internal error: {what}"))
+        }
+    };
+    finish(&console, &status, &mut mounts, ending)
+}
+
+fn selftest_requested() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|cmdline| cmdline.split_whitespace().any(|arg| arg == SELFTEST_FLAG))
+        .unwrap_or(false)
+}
+
+fn run(
+    console: &Console,
+    status: &StatusPort,
+    mounts: &mut Mounts,
+    signals: Option<&OwnedFd>,
+) -> Result<ExitStatus> {
+    let module_failures = modules::load_all();
+    let explain = |e: Error| {
+        if module_failures.is_empty() {
+            e
+        } else {
+            Error(format!(
+                "{e} (module load failures: {})",
+                module_failures.join("; ")
+            ))
+        }
+    };
+
+    let disks = disks::find(DISK_TIMEOUT);
+    let missing = |serial: &str| {
+        explain(Error(format!(
+            "no disk with serial {serial} appeared within {}s",
+            DISK_TIMEOUT.as_secs()
+        )))
+    };
+    let root_disk = disks
+        .root
+        .as_deref()
+        .ok_or_else(|| missing(lodge_guest::SERIAL_ROOT))?;
+    let config_disk = disks
+        .config
+        .as_deref()
+        .ok_or_else(|| missing(lodge_guest::SERIAL_CONFIG))?;
+    let config = read_config(config_disk)?;
+    mounts
+        .assemble(root_disk, disks.overlay.as_deref())
+        .map_err(explain)?;
+
+    let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
+    sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
+    let plan = workload::plan(&config, rootfs::NEWROOT, console.raw_fd(), hostname)?;
+    match workload::start(&config, &plan)? {
+        workload::Start::Running(pid) => {
+            status.send(&StatusEvent::Started {
+                pid: u32::try_from(pid).unwrap_or_default(),
+            });
+            workload::supervise(pid, signals)
+        }
+        workload::Start::ExecFailed { message, code } => {
+            console.write(&format!("{message}\n"));
+            Ok(ExitStatus::Code(code))
+        }
+    }
+}
+
+fn read_config(disk: &Path) -> Result<GuestConfig> {
+    let describe = || format!("read config disk {}", disk.display());
+    let mut file = std::fs::File::open(disk).context(describe)?;
+    let mut bytes = Vec::new();
+    let mut block = vec![0u8; lodge_guest::CONFIG_IMAGE_ALIGN];
+    while bytes.len() < CONFIG_MAX {
+        let n = file.read(&mut block).context(describe)?;
+        bytes.extend_from_slice(&block[..n]);
+        if n == 0 || block[..n].contains(&0) {
+            break;
+        }
+    }
+    GuestConfig::decode(&bytes).map_err(|e| Error(format!("{}: {e}", describe())))
+}
+
+/// Stop everything, report, power off.
+fn finish(console: &Console, status: &StatusPort, mounts: &mut Mounts, ending: Ending) -> ! {
+    // Like docker: when the workload ends, whatever it left behind dies.
+    let _ = sys::kill(-1, libc::SIGKILL);
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    while Instant::now() < deadline {
+        match sys::reap_one() {
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) => break,
+        }
+    }
+    let event = match ending {
+        Ending::Exited(ExitStatus::Code(code)) => StatusEvent::Exited { code },
+        Ending::Exited(ExitStatus::Signal(signal)) => StatusEvent::Signaled { signal },
+        Ending::Failed(message) => {
+            console.write(&format!("lodge-init: {message}\n"));
+            StatusEvent::Error(message)
+        }
+    };
+    console.drain();
+    mounts.unmount_all();
+    status.send(&event);
+    status.drain();
+    power_off(console)
+}
+
+fn power_off(console: &Console) -> ! {
+    // The kernel's "reboot: Power down" is an emergency-level message that
+    // `quiet` does not hide; keep it out of the user's console log.
+    let _ = std::fs::write("/proc/sys/kernel/printk", "0");
+    sys::sync();
+    let err = sys::power_off();
+    console.write(&format!(
+        "lodge-init: power off failed: {}\n",
+        sys::errno_text_of(&err)
+    ));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

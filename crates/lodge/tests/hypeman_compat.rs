@@ -1,0 +1,31 @@
+//! hypeman's official Python client, unchanged, against a real lodge daemon
+//! booting a real VM (tests/compat/hypeman_client.py).
+
+mod common;
+
+use std::process::Command;
+
+use common::{busybox_rootfs, Daemon};
+
+#[test]
+fn hypemans_python_client_drives_lodge() {
+    let python = std::env::var("LODGE_COMPAT_PYTHON").expect(
+        "LODGE_COMPAT_PYTHON is not set: run the suite with ./scripts/test.sh, which installs hypeman==0.28.0 in a venv",
+    );
+    let d = Daemon::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/compat/hypeman_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .env("HYPEMAN_BASE_URL", &d.base)
+        .env("HYPEMAN_API_KEY", &d.token)
+        .env("LODGE_ROOTFS", busybox_rootfs())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("compatibility: ok"));
+}
