@@ -3,8 +3,9 @@
 //! The host writes [`GuestConfig::encode`]'s bytes as a raw disk image and
 //! attaches it with the serial [`crate::SERIAL_CONFIG`]; the guest reads the
 //! disk and calls [`GuestConfig::decode`]. A raw image (JSON padded with NUL
-//! bytes to whole 4 KiB blocks) needs no filesystem driver in the guest and
-//! no `mkfs` on the host, and virtio-blk wants a size in whole sectors.
+//! bytes to whole 4 KiB blocks, 64 KiB at least) needs no filesystem driver
+//! in the guest and no `mkfs` on the host, and virtio-blk wants a size in
+//! whole sectors.
 //!
 //! Unknown JSON fields are accepted and ignored: a host one version ahead of
 //! the initrd must still boot the guest, and the only writer of this JSON is
@@ -14,8 +15,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Block size the config image is padded to (and its minimum size).
+/// Block size the config image is padded to.
 pub const CONFIG_IMAGE_ALIGN: usize = 4096;
+
+/// Smallest config image. The kernel's partition scanners read the first
+/// sectors of every disk (Amiga's up to sector 15, Ultrix's sector 31) and
+/// complain on the console when a disk is shorter than that; 64 KiB keeps
+/// them all inside the disk.
+pub const CONFIG_IMAGE_MIN: usize = 64 * 1024;
 
 /// Working directory used when the configuration names none (as docker).
 pub const DEFAULT_WORKDIR: &str = "/";
@@ -158,14 +165,15 @@ impl GuestConfig {
     }
 
     /// The raw config-disk image: the JSON bytes followed by NUL bytes up to
-    /// a multiple of [`CONFIG_IMAGE_ALIGN`] (at least one block). JSON never
+    /// a multiple of [`CONFIG_IMAGE_ALIGN`], at least [`CONFIG_IMAGE_MIN`]
+    /// bytes. JSON never
     /// contains a raw NUL (serde_json escapes it in strings), so the first
     /// NUL marks the end. Does not validate; see [`validate`](Self::validate).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing a struct of strings cannot fail: there are no maps
         // with non-string keys and no custom Serialize impls.
         let mut bytes = serde_json::to_vec(self).expect("guest config serializes to json");
-        let len = bytes.len().div_ceil(CONFIG_IMAGE_ALIGN).max(1) * CONFIG_IMAGE_ALIGN;
+        let len = (bytes.len().div_ceil(CONFIG_IMAGE_ALIGN) * CONFIG_IMAGE_ALIGN).max(CONFIG_IMAGE_MIN);
         bytes.resize(len, 0);
         bytes
     }
@@ -203,7 +211,7 @@ mod tests {
     fn encode_pads_to_whole_blocks_and_round_trips() {
         let config = sample();
         let image = config.encode();
-        assert_eq!(image.len(), CONFIG_IMAGE_ALIGN);
+        assert_eq!(image.len(), CONFIG_IMAGE_MIN);
         let json_len = image.iter().position(|&b| b == 0).expect("padding");
         assert!(image[json_len..].iter().all(|&b| b == 0));
         assert_eq!(GuestConfig::decode(&image), Ok(config));
@@ -212,10 +220,10 @@ mod tests {
     #[test]
     fn large_config_spans_several_blocks() {
         let mut config = sample();
-        config.env = (0..1000).map(|i| format!("VAR{i}=value-{i}")).collect();
+        config.env = (0..10_000).map(|i| format!("VAR{i}=value-{i}")).collect();
         let image = config.encode();
         assert_eq!(image.len() % CONFIG_IMAGE_ALIGN, 0);
-        assert!(image.len() > CONFIG_IMAGE_ALIGN);
+        assert!(image.len() > CONFIG_IMAGE_MIN);
         assert_eq!(GuestConfig::decode(&image), Ok(config));
     }
 

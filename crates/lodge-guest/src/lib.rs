@@ -18,7 +18,9 @@
 pub mod config;
 pub mod status;
 
-pub use config::{ConfigError, GuestConfig, UserSpec, CONFIG_IMAGE_ALIGN, DEFAULT_WORKDIR};
+pub use config::{
+    ConfigError, GuestConfig, UserSpec, CONFIG_IMAGE_ALIGN, CONFIG_IMAGE_MIN, DEFAULT_WORKDIR,
+};
 pub use status::{parse_status_line, StatusEvent, STATUS_PREFIX};
 
 /// Serial of the read-only image disk (ext4 or erofs) that becomes the lower

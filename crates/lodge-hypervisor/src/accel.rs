@@ -250,7 +250,9 @@ impl Accel {
             .map_err(|_| AccelError::InvalidEnv(text.to_owned()))
     }
 
-    /// `LODGE_ACCEL` if set, else [`probe`].
+    /// `LODGE_ACCEL` if set, else [`probe`]. A daemon that persisted an
+    /// earlier (definitive) [`ProbeResult`] should still check
+    /// [`Accel::from_env`] first, so the variable always wins.
     pub async fn from_env_or_probe(opts: &ProbeOptions) -> Result<ProbeResult, AccelError> {
         if let Some(accel) = Self::from_env()? {
             let result = ProbeResult {
@@ -288,9 +290,7 @@ async fn probe_inner(opts: &ProbeOptions) -> ProbeResult {
         .open(&opts.kvm_device)
     {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return tcg(ProbeReason::NoKvmDevice)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return tcg(ProbeReason::NoKvmDevice),
         Err(e) => {
             return tcg(ProbeReason::KvmInaccessible {
                 error: e.to_string(),

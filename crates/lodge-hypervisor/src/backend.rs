@@ -293,7 +293,9 @@ mod tests {
             virtio_serial: true,
             vsock: false,
         };
-        assert!(caps.require(HypervisorKind::Qemu, Feature::PauseResume).is_ok());
+        assert!(caps
+            .require(HypervisorKind::Qemu, Feature::PauseResume)
+            .is_ok());
         let err = caps
             .require(HypervisorKind::Qemu, Feature::Snapshot)
             .expect_err("snapshot is missing");

@@ -262,26 +262,40 @@ impl VmConfig {
         if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&self.memory_bytes) {
             return Err(ConfigError::MemorySize(self.memory_bytes));
         }
-        if self.memory_bytes % MIB != 0 {
+        // MIB is a power of two (no `is_multiple_of` before Rust 1.87).
+        if self.memory_bytes & (MIB - 1) != 0 {
             return Err(ConfigError::MemoryAlignment(self.memory_bytes));
         }
         check_path("kernel", &self.kernel)?;
         check_path("initrd", &self.initrd)?;
-        if self.cmdline.len() > MAX_CMDLINE_LEN
-            || self.cmdline.contains(['\0', '\n', '\r'])
-        {
+        if self.cmdline.len() > MAX_CMDLINE_LEN || self.cmdline.contains(['\0', '\n', '\r']) {
             return Err(ConfigError::Cmdline);
         }
         check_socket("control", &self.control_socket)?;
         check_path("status file", &self.status_file)?;
-        clash("control socket", &self.control_socket, "status file", &self.status_file)?;
+        clash(
+            "control socket",
+            &self.control_socket,
+            "status file",
+            &self.status_file,
+        )?;
         if let Some(chan) = &self.agent_channel {
             check_socket("agent channel", &chan.socket)?;
             if !is_printable_ascii(&chan.port_name, MAX_NAME_LEN) {
                 return Err(ConfigError::PortName(chan.port_name.clone()));
             }
-            clash("control socket", &self.control_socket, "agent channel", &chan.socket)?;
-            clash("status file", &self.status_file, "agent channel", &chan.socket)?;
+            clash(
+                "control socket",
+                &self.control_socket,
+                "agent channel",
+                &chan.socket,
+            )?;
+            clash(
+                "status file",
+                &self.status_file,
+                "agent channel",
+                &chan.socket,
+            )?;
         }
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
@@ -540,9 +554,15 @@ mod tests {
             Err(ConfigError::DiskSerial { index: 0, .. })
         ));
         cfg.disks[0].serial = Some("bad\u{7}".into());
-        assert!(matches!(cfg.validate(), Err(ConfigError::DiskSerial { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DiskSerial { .. })
+        ));
         cfg.disks[0].serial = Some(String::new());
-        assert!(matches!(cfg.validate(), Err(ConfigError::DiskSerial { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DiskSerial { .. })
+        ));
     }
 
     #[test]
@@ -609,10 +629,7 @@ mod tests {
     fn parse_accel_and_machine() {
         assert_eq!("kvm".parse::<Accel>(), Ok(Accel::Kvm));
         assert_eq!(" TCG ".parse::<Accel>(), Ok(Accel::Tcg));
-        assert_eq!(
-            "hvf".parse::<Accel>(),
-            Err(ParseAccelError("hvf".into()))
-        );
+        assert_eq!("hvf".parse::<Accel>(), Err(ParseAccelError("hvf".into())));
         assert_eq!("pc".parse::<MachineType>(), Ok(MachineType::Pc));
         assert!("microvm".parse::<MachineType>().is_err());
     }

@@ -209,17 +209,19 @@ fn tail_from(dir: &Path, base: &str, snap: Snapshot, tail: Tail) -> Result<Optio
             break;
         };
         let len = file.metadata()?.len();
-        let scan = scan_back(&file, len, &mut need, &mut skip_final_newline, &mut buf)?;
-        position.segments.push_front(file);
-        match scan {
+        match scan_back(&file, len, &mut need, &mut skip_final_newline, &mut buf)? {
             Scan::Found(offset) => {
-                if let Some(front) = position.segments.front_mut() {
-                    front.seek(SeekFrom::Start(offset))?;
+                // A segment ending with the newline before our first line
+                // contributes nothing.
+                if offset < len {
+                    let mut file = file;
+                    file.seek(SeekFrom::Start(offset))?;
+                    position.segments.push_front(file);
                 }
                 break;
             }
             Scan::Shrunk => return Ok(None),
-            Scan::NotHere => {}
+            Scan::NotHere => position.segments.push_front(file),
         }
     }
     seek_start(position).map(Some)

@@ -120,10 +120,12 @@ impl RotatingWriter {
             syncer: None,
             deferred: None,
         };
-        writer.reopen().map_err(|source| WriterError::Open {
-            path: writer.live_path(),
-            source,
-        })?;
+        if let Err(source) = writer.reopen() {
+            return Err(WriterError::Open {
+                path: writer.live_path(),
+                source,
+            });
+        }
         writer.prune();
         Ok(writer)
     }

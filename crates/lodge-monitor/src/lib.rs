@@ -1,1 +1,270 @@
-//! placeholder
+//! The per-VM monitor behind `lodge supervise`: runs one command (the VMM)
+//! with its stdout and stderr on pipes, and is the only writer of the log
+//! directory it captures them into.
+//!
+//! It is plain synchronous std code with three threads (signals and child
+//! status on the main thread, one pump per pipe) and no async runtime, so it
+//! starts fast and stays within its memory budget. The sequence:
+//!
+//! 1. validate everything (directory, limits, command on `PATH`), creating
+//!    nothing; any failure is a one-line error and exit code 2;
+//! 2. take the exclusive lock `DIR/monitor.lock` for the whole life of the
+//!    process (a second monitor for the same directory is refused before it
+//!    starts anything), open the live logs for appending, drop a stale
+//!    `exit.json`;
+//! 3. start the command in its own process group with stdin on /dev/null,
+//!    so a terminal's Ctrl-C reaches it only through us, and record
+//!    `monitor.json`;
+//! 4. forward SIGTERM, SIGINT, SIGHUP and SIGQUIT to the command's process
+//!    group until it exits;
+//! 5. wait for both pipes to reach end of file (everything the command and
+//!    its children wrote), fsync, write `exit.json`, release the lock, and
+//!    exit with the command's code (128 + signal if it was killed).
+//!
+//! It needs no terminal and no open stdout: started detached (`setsid`,
+//! stdio on /dev/null) it behaves the same, and the VM and its logs outlive
+//! the daemon that started it.
+
+mod pump;
+mod status;
+mod validate;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use lodge_logs::{MonitorLock, RotatingWriter, Source, WriterError, MONITOR_LOCK};
+use rustix::process::{kill_process_group, Pid, Signal};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+pub use status::{ExitInfo, MonitorInfo, EXIT_JSON, MONITOR_JSON};
+
+/// Pipe capacity asked for each of the child's outputs: a burst of console
+/// output fits without the child blocking while a rotation happens.
+const PIPE_SIZE: usize = 1 << 20;
+/// How long to retry a lock that a reader is probing at this very instant.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// What to supervise and where its output goes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Existing, writable directory receiving `app.log` and `vmm.log`.
+    pub log_dir: PathBuf,
+    /// Rotate a log when it reaches this many bytes (> 0).
+    pub max_size: u64,
+    /// Rotated segments kept per log (>= 1).
+    pub max_files: usize,
+    /// Program and arguments.
+    pub command: Vec<OsString>,
+}
+
+/// Why the monitor could not run the command. All of these happen before
+/// the command starts, except `Spawn`, `Status` and `Signals`.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The log directory does not exist.
+    #[error("log directory {} does not exist", .0.display())]
+    NoDirectory(PathBuf),
+    /// The log directory path names something else.
+    #[error("log directory {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// The log directory could not be inspected.
+    #[error("cannot use log directory {}", path.display())]
+    DirUnusable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Files cannot be created in the log directory.
+    #[error("log directory {} is not writable", path.display())]
+    DirNotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `max_size` was zero.
+    #[error("--max-size must be greater than zero")]
+    ZeroMaxSize,
+    /// `max_files` was zero.
+    #[error("--max-files must be at least 1")]
+    ZeroMaxFiles,
+    /// The command line was empty.
+    #[error("no command given (put it after `--`)")]
+    NoCommand,
+    /// The program is not an executable file, nor on `PATH`.
+    #[error("command not found: {0}")]
+    CommandNotFound(String),
+    /// Another live monitor holds the directory's lock.
+    #[error("another monitor is already running for {}", .0.display())]
+    Busy(PathBuf),
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A live log could not be opened.
+    #[error(transparent)]
+    Log(#[from] WriterError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] io::Error),
+    /// The command could not be started.
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A status file could not be written.
+    #[error("cannot write {}", path.display())]
+    Status {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs the monitor to the end and returns the exit code to exit with.
+pub fn run(config: &Config) -> Result<u8, MonitorError> {
+    validate::validate(config)?;
+    let dir = config.log_dir.as_path();
+
+    let lock_path = dir.join(MONITOR_LOCK);
+    let _lock = MonitorLock::acquire(dir, LOCK_PATIENCE)
+        .map_err(|source| MonitorError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?
+        .ok_or_else(|| MonitorError::Busy(dir.to_owned()))?;
+    let app = RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?;
+    let vmm = RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?;
+    let status_err = |name: &str| {
+        let path = dir.join(name);
+        move |source| MonitorError::Status { path, source }
+    };
+    status::remove_if_present(dir, EXIT_JSON).map_err(status_err(EXIT_JSON))?;
+
+    // Handlers first, so a child that dies at once is still noticed.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
+    let mut child = spawn(&config.command)?;
+    let started_at = SystemTime::now();
+    let child_pid = child.id();
+
+    let info = MonitorInfo {
+        pid: std::process::id(),
+        child_pid,
+        started_at: status::rfc3339(started_at),
+    };
+    if let Err(err) = status::write_atomic(dir, MONITOR_JSON, &info) {
+        // The daemon could not find the child: do not leave it running.
+        kill_group(&child, Signal::KILL);
+        let _ = child.wait();
+        return Err(status_err(MONITOR_JSON)(err));
+    }
+
+    let pumps = match (child.stdout.take(), child.stderr.take()) {
+        (Some(stdout), Some(stderr)) => {
+            let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
+            let _ = rustix::pipe::fcntl_setpipe_size(&stderr, PIPE_SIZE);
+            [pump::spawn("stdout", stdout, app), pump::spawn("stderr", stderr, vmm)]
+        }
+        _ => unreachable_pipes(),
+    };
+
+    let status = wait_forwarding(&mut child, &mut signals);
+    let finished_at = SystemTime::now();
+
+    // Everything the command (and anything it left behind holding the
+    // pipes) wrote is on disk before the exit is recorded.
+    for pump in pumps {
+        match pump {
+            Ok(handle) => match handle.join() {
+                Ok(writer) => {
+                    if let Err(err) = writer.finish() {
+                        eprintln!("lodge: flushing a log: {err}");
+                    }
+                }
+                Err(_) => eprintln!("lodge: a log pump panicked"),
+            },
+            Err(err) => eprintln!("lodge: cannot start a log pump: {err}"),
+        }
+    }
+
+    let exit = match status {
+        Ok(status) => ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+            started_at: status::rfc3339(started_at),
+            finished_at: status::rfc3339(finished_at),
+        },
+        Err(err) => {
+            eprintln!("lodge: waiting for the command: {err}");
+            ExitInfo {
+                code: None,
+                signal: None,
+                started_at: status::rfc3339(started_at),
+                finished_at: status::rfc3339(finished_at),
+            }
+        }
+    };
+    if let Err(err) = status::write_atomic(dir, EXIT_JSON, &exit) {
+        eprintln!("lodge: cannot write {}: {err}", dir.join(EXIT_JSON).display());
+    }
+    Ok(exit.shell_code())
+}
+
+fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 2] {
+    // `spawn` always asks for both pipes; keep the types honest anyway.
+    let err = || Err(io::Error::other("child pipes missing"));
+    [err(), err()]
+}
+
+fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
+    let (program, args) = command.split_first().ok_or(MonitorError::NoCommand)?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| MonitorError::Spawn {
+            program: program.to_string_lossy().into_owned(),
+            source,
+        })
+}
+
+/// Forwards termination signals to the child's process group until the
+/// child exits; returns its status.
+fn wait_forwarding(child: &mut Child, signals: &mut Signals) -> io::Result<std::process::ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    for signal in signals.forever() {
+        if signal == SIGCHLD {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            continue;
+        }
+        if let Some(signal) = Signal::from_named_raw(signal) {
+            kill_group(child, signal);
+        }
+    }
+    // `forever` only ends if the handlers are closed, which we never do.
+    child.wait()
+}
+
+fn kill_group(child: &Child, signal: Signal) {
+    // The child leads its own group (`process_group(0)`), so its pid is the
+    // group id; it cannot be reused while the child is unreaped.
+    if let Some(pgid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process_group(pgid, signal);
+    }
+}

@@ -112,14 +112,16 @@ pub struct SuperviseArgs {
     /// Directory that receives app.log (stdout) and vmm.log (stderr); must exist
     #[arg(long)]
     pub log_dir: PathBuf,
-    /// Rotate a log once it reaches this size (65536, 64KiB, 50MB, 1GiB)
-    #[arg(long, default_value = "50MiB")]
+    /// Rotate a log once it reaches this size (65536, 64KiB, 64K, 50MB, 1GiB)
+    // Kept as text (validated by `cmd::supervise`) so a bad value gets the
+    // same one-line error as every other bad input, not clap's usage block.
+    #[arg(long, default_value = "50MiB", allow_hyphen_values = true)]
     pub max_size: String,
-    /// Rotated segments kept per log
-    #[arg(long, default_value_t = 5)]
-    pub max_files: usize,
+    /// Rotated segments kept per log (at least 1)
+    #[arg(long, default_value = "5", allow_hyphen_values = true)]
+    pub max_files: String,
     /// The command to run, after `--`
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[arg(last = true, num_args = 0..)]
     pub command: Vec<OsString>,
 }
 

@@ -7,6 +7,7 @@
 //! in raw mode, one line each. A guest booted without a second port still
 //! runs; its status lines are dropped.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,9 +17,7 @@ use lodge_guest::{StatusEvent, STATUS_TTY};
 
 use super::sys;
 
-/// The terminal device behind `/dev/console`, e.g. `/dev/ttyS0`. Opening
-/// the real device (not `/dev/console`) lets it become the workload's
-/// controlling terminal.
+/// The terminal device behind `/dev/console`, e.g. `/dev/ttyS0`.
 fn console_device() -> String {
     std::fs::read_to_string("/sys/class/tty/console/active")
         .ok()
@@ -37,8 +36,13 @@ fn open_tty(path: &str) -> std::io::Result<File> {
 }
 
 /// The user-visible console, installed as PID 1's stdin/stdout/stderr.
+///
+/// If a workload makes the console its controlling terminal and exits, the
+/// kernel hangs the terminal up and every open descriptor of it fails from
+/// then on; [`Console::write`] and [`Console::drain`] then reopen it.
 pub struct Console {
-    tty: Option<File>,
+    path: String,
+    tty: RefCell<Option<File>>,
 }
 
 impl Console {
@@ -46,7 +50,16 @@ impl Console {
     /// our standard streams. Never fails: without a console the init still
     /// does its job, it just cannot tell anyone.
     pub fn open() -> Self {
-        let tty = open_tty(&console_device())
+        let console = Self {
+            path: console_device(),
+            tty: RefCell::new(None),
+        };
+        console.reopen();
+        console
+    }
+
+    fn reopen(&self) {
+        let tty = open_tty(&self.path)
             .or_else(|_| open_tty("/dev/console"))
             .ok();
         if let Some(tty) = &tty {
@@ -54,26 +67,34 @@ impl Console {
             let _ = sys::disable_output_processing(tty);
             let _ = sys::install_stdio(tty);
         }
-        Self { tty }
+        *self.tty.borrow_mut() = tty;
     }
 
-    /// The console's fd for the workload's standard streams.
+    /// Retry `op` once on a fresh descriptor if it fails on the old one.
+    fn with_tty(&self, op: impl Fn(&File) -> std::io::Result<()>) {
+        let failed = self.tty.borrow().as_ref().is_none_or(|tty| op(tty).is_err());
+        if failed {
+            self.reopen();
+            if let Some(tty) = self.tty.borrow().as_ref() {
+                let _ = op(tty);
+            }
+        }
+    }
+
+    /// The console's fd for the workload's standard streams (stderr's fd,
+    /// which is the console too, when it could not be opened).
     pub fn raw_fd(&self) -> RawFd {
-        self.tty.as_ref().map_or(2, AsRawFd::as_raw_fd)
+        self.tty.borrow().as_ref().map_or(2, AsRawFd::as_raw_fd)
     }
 
     /// Write `text` exactly as given.
     pub fn write(&self, text: &str) {
-        if let Some(mut tty) = self.tty.as_ref() {
-            let _ = tty.write_all(text.as_bytes());
-        }
+        self.with_tty(|mut tty| tty.write_all(text.as_bytes()));
     }
 
-    /// Wait until the workload's last bytes have left the UART.
+    /// Wait until everything written to the console has left the UART.
     pub fn drain(&self) {
-        if let Some(tty) = &self.tty {
-            let _ = sys::drain(tty);
-        }
+        self.with_tty(|tty: &File| sys::drain(&tty.as_raw_fd()));
     }
 }
 

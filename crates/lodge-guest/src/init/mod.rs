@@ -78,7 +78,7 @@ pub fn pid1() -> ! {
     let signals = sys::block_into_signalfd(workload::SIGNALS).ok();
     let _ = sys::disable_ctrl_alt_del();
     let mut mounts = Mounts::default();
-    let early = mounts.mount_early();
+    let early = Mounts::mount_early();
     let console = Console::open();
 
     if early.is_ok() && selftest_requested() {

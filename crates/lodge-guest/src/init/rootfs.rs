@@ -17,6 +17,8 @@ const LOWER: &str = "/lower";
 const UPPER: &str = "/upper";
 
 /// Mount points in the order they were mounted, for [`Mounts::unmount_all`].
+/// PID 1's own proc, sysfs and devtmpfs are not in the list: they hold no
+/// data and are still needed while powering off.
 #[derive(Default)]
 pub struct Mounts {
     targets: Vec<String>,
@@ -38,14 +40,16 @@ impl Mounts {
     }
 
     /// proc, sysfs and devtmpfs for PID 1 itself.
-    pub fn mount_early(&mut self) -> Result<()> {
+    pub fn mount_early() -> Result<()> {
         let quiet = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         for (fstype, target, flags, data) in [
             ("proc", "/proc", quiet, None),
             ("sysfs", "/sys", quiet, None),
             ("devtmpfs", "/dev", libc::MS_NOSUID, Some("mode=0755")),
         ] {
-            match self.mount(fstype, target, fstype, flags, data) {
+            let mounted = std::fs::create_dir_all(target)
+                .and_then(|()| sys::mount(fstype, target, fstype, flags, data));
+            match mounted {
                 // Already there (a kernel that automounts devtmpfs).
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 other => other.context(|| format!("mount {fstype} on {target}"))?,

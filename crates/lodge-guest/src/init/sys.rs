@@ -443,9 +443,11 @@ fn child(
                 return (ChildStep::Session, errno());
             }
         }
-        // Best effort: without a controlling terminal the workload still
-        // runs, only job control and terminal signals are missing.
-        libc::ioctl(0, libc::TIOCSCTTY, 0);
+        // No TIOCSCTTY on purpose: when a session leader with a controlling
+        // serial terminal exits, the kernel hangs the terminal up, and that
+        // discards output still queued for the UART, the workload's last
+        // bytes. Like `docker run` without -t, the workload has no
+        // controlling terminal.
 
         if libc::chroot(plan.root.as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
             return (ChildStep::Chroot, errno());

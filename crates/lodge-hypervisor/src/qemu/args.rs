@@ -61,8 +61,7 @@ impl OptBuf {
         }
         self.0.extend_from_slice(key.as_bytes());
         self.0.push(b'=');
-        self.0
-            .extend_from_slice(escape(value.as_ref()).as_bytes());
+        self.0.extend_from_slice(escape(value.as_ref()).as_bytes());
         self
     }
 
@@ -147,9 +146,11 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
                 .kv("wait", "off")
                 .done(),
             &"-device",
-            &OptBuf::new(&format!("virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV}"))
-                .kv("name", &chan.port_name)
-                .done(),
+            &OptBuf::new(&format!(
+                "virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV}"
+            ))
+            .kv("name", &chan.port_name)
+            .done(),
         ]);
     }
 
@@ -273,8 +274,7 @@ mod tests {
             socket: format!("{dir}/agent.sock").into(),
             port_name: "org.lodge,agent".into(),
         });
-        let argv = build_argv(OsStr::new("/opt/qemu/bin/qemu-system-x86_64"), &cfg)
-            .expect("valid");
+        let argv = build_argv(OsStr::new("/opt/qemu/bin/qemu-system-x86_64"), &cfg).expect("valid");
         assert_eq!(
             argv_strings(&argv),
             [
@@ -357,7 +357,15 @@ mod tests {
     fn non_utf8_path_is_passed_through_escaped() {
         let kernel = OsStr::from_bytes(b"/k\xff,1").to_owned();
         let status = OsStr::from_bytes(b"/s\xfe,2.log").to_owned();
-        let cfg = VmConfig::new("i", "n", Accel::Tcg, kernel.clone(), "/i", "/q.sock", status);
+        let cfg = VmConfig::new(
+            "i",
+            "n",
+            Accel::Tcg,
+            kernel.clone(),
+            "/i",
+            "/q.sock",
+            status,
+        );
         let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
         assert!(argv.contains(&kernel), "kernel path verbatim");
         let want = OsStr::from_bytes(b"file,id=status,path=/s\xfe,,2.log,append=on");

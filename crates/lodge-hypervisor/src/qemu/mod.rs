@@ -69,9 +69,13 @@ impl QemuBackend {
 
     /// Opens a negotiated QMP session on `cfg`'s control socket.
     pub async fn connect(&self, cfg: &VmConfig) -> Result<QmpClient, BackendError> {
-        QmpClient::connect(&cfg.control_socket, self.connect_timeout, self.command_timeout)
-            .await
-            .map_err(|e| qmp_err(cfg, e))
+        QmpClient::connect(
+            &cfg.control_socket,
+            self.connect_timeout,
+            self.command_timeout,
+        )
+        .await
+        .map_err(|e| qmp_err(cfg, e))
     }
 }
 

@@ -187,7 +187,10 @@ pub struct QmpClient {
 
 /// What one incoming message was.
 enum Incoming {
-    Reply { id: Option<Value>, result: Result<Value, (String, String)> },
+    Reply {
+        id: Option<Value>,
+        result: Result<Value, (String, String)>,
+    },
     Event(QmpEvent),
     Greeting,
 }
@@ -346,7 +349,11 @@ impl QmpClient {
     /// Waits up to `timeout` for an event named `name` (the oldest queued
     /// one, or the next to arrive) and removes it from the queue. Other
     /// events stay queued.
-    pub async fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<QmpEvent, QmpError> {
+    pub async fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<QmpEvent, QmpError> {
         if let Some(pos) = self.events.iter().position(|e| e.name == name) {
             if let Some(ev) = self.events.remove(pos) {
                 return Ok(ev);
@@ -441,7 +448,10 @@ fn parse_message(line: &[u8]) -> Result<Incoming, QmpError> {
     }
     let id = obj.remove("id");
     if let Some(ret) = obj.remove("return") {
-        return Ok(Incoming::Reply { id, result: Ok(ret) });
+        return Ok(Incoming::Reply {
+            id,
+            result: Ok(ret),
+        });
     }
     if let Some(err) = obj.get("error") {
         let field = |k: &str| {
@@ -497,7 +507,10 @@ mod tests {
 
         let x = br#"{"id": "lodge-4", "error": {"class": "GenericError", "desc": "nope"}}"#;
         match parse_message(x) {
-            Ok(Incoming::Reply { result: Err((class, desc)), .. }) => {
+            Ok(Incoming::Reply {
+                result: Err((class, desc)),
+                ..
+            }) => {
                 assert_eq!(class, "GenericError");
                 assert_eq!(desc, "nope");
             }
@@ -507,16 +520,28 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(parse_message(b"[1,2]"), Err(QmpError::Malformed { .. })));
-        assert!(matches!(parse_message(b"{\"x\":1}"), Err(QmpError::Malformed { .. })));
-        assert!(matches!(parse_message(b"not json"), Err(QmpError::Malformed { .. })));
+        assert!(matches!(
+            parse_message(b"[1,2]"),
+            Err(QmpError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_message(b"{\"x\":1}"),
+            Err(QmpError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_message(b"not json"),
+            Err(QmpError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn run_state_names() {
         assert_eq!(RunState::from_qmp("running"), RunState::Running);
         assert_eq!(RunState::from_qmp("prelaunch"), RunState::Prelaunch);
-        assert_eq!(RunState::from_qmp("guest-panicked"), RunState::GuestPanicked);
+        assert_eq!(
+            RunState::from_qmp("guest-panicked"),
+            RunState::GuestPanicked
+        );
         assert_eq!(
             RunState::from_qmp("colo"),
             RunState::Other("colo".to_owned())

@@ -288,9 +288,9 @@ impl Manager {
 
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        if let Err(e) = self.boot(&paths, meta).await {
+        if let Err(e) = self.boot(&paths, meta.clone()).await {
             // Do not leave a half-booted instance behind a failed create.
-            let _ = self.vmm.force_stop(&paths).await;
+            let _ = self.vmm.force_stop(&paths, &meta).await;
             let _ = std::fs::remove_dir_all(&paths.dir);
             return Err(e);
         }
@@ -331,7 +331,7 @@ impl Manager {
             });
         }
         oplog(&paths, "stopping");
-        let graceful = self.vmm.stop(&paths, STOP_TIMEOUT).await?;
+        let graceful = self.vmm.stop(&paths, &meta, STOP_TIMEOUT).await?;
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
@@ -388,10 +388,11 @@ impl Manager {
         let _guard = lock.lock().await;
         let paths = self.paths(&id);
         if vmm::monitor_alive(&paths.logs()) {
+            let meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
             if graceful {
-                self.vmm.stop(&paths, STOP_TIMEOUT).await?;
+                self.vmm.stop(&paths, &meta, STOP_TIMEOUT).await?;
             } else {
-                self.vmm.force_stop(&paths).await?;
+                self.vmm.force_stop(&paths, &meta).await?;
             }
         }
         // Renamed first so that a crash mid-removal leaves no half record.

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lodge_hypervisor::Accel;
+use lodge_hypervisor::{Accel, Backend, Hypervisor, QemuBackend};
 
 use super::state::GuestProgress;
 use super::store::{Metadata, Paths};
@@ -81,14 +81,20 @@ pub fn read_vmm_exit(log_dir: &Path) -> Option<VmmExit> {
 pub struct Vmm {
     cfg: Arc<Config>,
     accel: Accel,
+    backend: Backend,
 }
 
 impl Vmm {
     pub fn new(cfg: Arc<Config>, accel: Accel) -> Result<Self, Error> {
-        Ok(Vmm { cfg, accel })
+        let backend = Backend::Qemu(QemuBackend::new().with_binary(&cfg.qemu_binary));
+        Ok(Vmm {
+            cfg,
+            accel,
+            backend,
+        })
     }
 
-    fn vm_config(&self, paths: &Paths, meta: &Metadata) -> lodge_hypervisor::VmConfig {
+    pub fn vm_config(&self, paths: &Paths, meta: &Metadata) -> lodge_hypervisor::VmConfig {
         use lodge_hypervisor::{DiskConfig, MachineType, VmConfig};
         VmConfig {
             id: meta.id.clone(),
@@ -115,7 +121,10 @@ impl Vmm {
     /// monitor holds its lock (so a follower attached right after sees it).
     pub async fn start(&self, paths: &Paths, meta: &Metadata) -> Result<(), Error> {
         let vm = self.vm_config(paths, meta);
-        let argv = lodge_hypervisor::qemu_command(&vm).map_err(|e| Error::Vmm(e.to_string()))?;
+        let argv = self
+            .backend
+            .vmm_command(&vm)
+            .map_err(|e| Error::Vmm(e.to_string()))?;
         let mut cmd = std::process::Command::new(&self.cfg.lodge_exe);
         cmd.arg("supervise")
             .arg("--log-dir")
@@ -171,28 +180,36 @@ impl Vmm {
 
     /// Graceful power-down, then force after `timeout`. Returns whether the
     /// graceful path was enough.
-    pub async fn stop(&self, paths: &Paths, timeout: Duration) -> Result<bool, Error> {
+    pub async fn stop(&self, paths: &Paths, meta: &Metadata, timeout: Duration) -> Result<bool, Error> {
         let logs = paths.logs();
         if !monitor_alive(&logs) {
             return Ok(true);
         }
-        if let Err(e) = lodge_hypervisor::qmp_powerdown(&paths.qmp_socket()).await {
-            tracing::warn!("graceful stop of {}: {e}", paths.dir.display());
+        let vm = self.vm_config(paths, meta);
+        if let Err(e) = self.backend.shutdown(&vm).await {
+            if !e.vmm_gone() {
+                tracing::warn!("graceful stop of {}: {e}", meta.id);
+            }
         }
         if wait_monitor_exit(&logs, timeout).await {
             return Ok(true);
         }
-        self.force_stop(paths).await?;
+        self.force_stop(paths, meta).await?;
         Ok(false)
     }
 
     /// Ends the VMM at once: QMP quit, then SIGKILL of the VMM process.
-    pub async fn force_stop(&self, paths: &Paths) -> Result<(), Error> {
+    pub async fn force_stop(&self, paths: &Paths, meta: &Metadata) -> Result<(), Error> {
         let logs = paths.logs();
         if !monitor_alive(&logs) {
             return Ok(());
         }
-        let _ = lodge_hypervisor::qmp_quit(&paths.qmp_socket()).await;
+        let vm = self.vm_config(paths, meta);
+        if let Err(e) = self.backend.force_stop(&vm).await {
+            if !e.vmm_gone() {
+                tracing::warn!("force stop of {}: {e}", meta.id);
+            }
+        }
         if wait_monitor_exit(&logs, Duration::from_secs(5)).await {
             return Ok(());
         }

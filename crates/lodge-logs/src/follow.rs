@@ -1,0 +1,652 @@
+//! Reading a log: its tail, then everything written after it, across any
+//! number of rotations, with no gap and no duplicate (G5).
+//!
+//! One descriptor at a time is read to its end, and the reader moves to the
+//! next file only once the one it holds can no longer grow: when `DIR/app.log`
+//! is no longer our inode, the writer has renamed our file aside, and since it
+//! renames only after its last write to it, draining our descriptor to EOF
+//! after seeing the rename gets every byte. The successor is found by inode
+//! and sequence number, never by guessing from timing. If the file got shorter
+//! than our offset (an operator's copytruncate), reading restarts at 0.
+//!
+//! Waiting is on inotify, never on a timer. The watch on the directory is
+//! registered before the tail is read, so nothing written after that point
+//! can be missed: any write, create, rename or delete of our files queues an
+//! event, and the reader checks the files again after every wake-up. The
+//! end of the log is the monitor's exit: at idle we first check the monitor
+//! lock, then drain everything (rotations included); if the lock was already
+//! free before that drain, the log is complete. The lock's release closes a
+//! descriptor opened for writing, which is itself an inotify event.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use inotify::{EventMask, Inotify, WatchMask};
+
+use crate::lock::{monitor_alive, MONITOR_LOCK};
+use crate::segment::{list_segments, segment_name, Source};
+use crate::tail::{self, inode_of, Position, Tail, Tip};
+use crate::ReadError;
+
+/// Largest chunk handed out by one call.
+const CHUNK: usize = 64 * 1024;
+/// Room for a burst of inotify events (each at most 16 + NAME_MAX + 1 bytes).
+const EVENT_BUF: usize = 4096;
+/// Attempts at opening a successor while the directory keeps rotating.
+const ATTEMPTS: u32 = 200;
+
+/// Whether and how long to keep reading after the tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Print the tail and stop.
+    No,
+    /// Follow until the monitor holding `DIR/monitor.lock` is gone and
+    /// everything it wrote was read (`kubectl logs -f`).
+    UntilWriterExits,
+    /// Follow until the directory itself is deleted (for logs whose writer
+    /// is not a monitor, like the daemon's own `lodge.log`).
+    Forever,
+}
+
+/// Outcome of one look at the files.
+enum Step {
+    Data(usize),
+    Wait,
+    Finished,
+}
+
+/// A reader positioned in a log: yields the tail, then follows.
+#[derive(Debug)]
+pub struct Follower {
+    dir: PathBuf,
+    base: &'static str,
+    follow: Follow,
+    position: Position,
+    /// Set once our tip was seen renamed aside: drain it, then move on.
+    tip_rotated: bool,
+    /// The monitor lock was free before the current drain began.
+    writer_gone: bool,
+    notifier: Option<Notifier>,
+    buf: Vec<u8>,
+}
+
+impl Follower {
+    /// Opens `source` in `dir`, positioned `tail` lines from its end.
+    ///
+    /// With a `follow` other than [`Follow::No`] the directory watch is in
+    /// place before this returns, so nothing written afterwards is missed.
+    pub fn open(dir: &Path, source: Source, tail: Tail, follow: Follow) -> Result<Self, ReadError> {
+        let base = source.file_name();
+        let notifier = match follow {
+            Follow::No => None,
+            Follow::UntilWriterExits | Follow::Forever => Some(Notifier::watch(dir, base)?),
+        };
+        let position = tail::position(dir, base, tail)?;
+        Ok(Follower {
+            dir: dir.to_owned(),
+            base,
+            follow,
+            position,
+            tip_rotated: false,
+            writer_gone: false,
+            notifier,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next bytes of the log, blocking until there are some; `None` once
+    /// the log is finished (see [`Follow`]). Chunks are at most 64 KiB and
+    /// are cut wherever the reads fell, not at line ends.
+    pub fn next_blocking(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        self.ensure_buf();
+        loop {
+            match self.step()? {
+                Step::Data(n) => return Ok(Some(self.buf[..n].to_vec())),
+                Step::Finished => return Ok(None),
+                Step::Wait => self.wait_blocking()?,
+            }
+        }
+    }
+
+    /// Like [`Follower::next_blocking`], but reads into `out` and returns the
+    /// number of bytes, 0 meaning finished. Avoids an allocation per chunk.
+    pub fn read_blocking(&mut self, out: &mut [u8]) -> Result<usize, ReadError> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.step_into(out)? {
+                Step::Data(n) => return Ok(n),
+                Step::Finished => return Ok(0),
+                Step::Wait => self.wait_blocking()?,
+            }
+        }
+    }
+
+    /// The next bytes of the log, waiting on the inotify descriptor through
+    /// tokio; `None` once the log is finished. File reads themselves are
+    /// plain reads of at most 64 KiB (page cache), done on the calling task.
+    #[cfg(feature = "async")]
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        self.ensure_buf();
+        loop {
+            match self.step()? {
+                Step::Data(n) => return Ok(Some(self.buf[..n].to_vec())),
+                Step::Finished => return Ok(None),
+                Step::Wait => match &mut self.notifier {
+                    Some(notifier) => notifier.wait_async().await?,
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+
+    fn ensure_buf(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = vec![0; CHUNK];
+        }
+    }
+
+    fn step(&mut self) -> Result<Step, ReadError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let step = self.step_into(&mut buf);
+        self.buf = buf;
+        step
+    }
+
+    fn wait_blocking(&mut self) -> Result<(), ReadError> {
+        match &mut self.notifier {
+            Some(notifier) => notifier.wait_blocking(),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads what is there; decides between data, waiting and the end.
+    fn step_into(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
+        loop {
+            if let Some(segment) = self.position.segments.front_mut() {
+                let n = read_retrying(segment, out)?;
+                if n > 0 {
+                    return Ok(Step::Data(n));
+                }
+                self.position.segments.pop_front();
+                continue;
+            }
+            match &mut self.position.tip {
+                Some(tip) => {
+                    let n = read_retrying(&mut tip.file, out)?;
+                    if n > 0 {
+                        tip.pos += n as u64;
+                        return Ok(Step::Data(n));
+                    }
+                    if self.follow == Follow::No {
+                        return Ok(Step::Finished);
+                    }
+                    if self.tip_rotated {
+                        // Drained after the rename was seen: nothing more can
+                        // come into this file.
+                        self.advance()?;
+                        continue;
+                    }
+                    if tip.file.metadata()?.len() < tip.pos {
+                        // Truncated behind the writer's back: start over.
+                        tip.file.seek(SeekFrom::Start(0))?;
+                        tip.pos = 0;
+                        continue;
+                    }
+                    if inode_of(&self.dir.join(self.base)) != Some(tip.ino) {
+                        self.tip_rotated = true;
+                        continue;
+                    }
+                }
+                None => {
+                    if self.follow == Follow::No {
+                        return Ok(Step::Finished);
+                    }
+                    if self.open_next()? {
+                        continue;
+                    }
+                }
+            }
+            // Idle: everything written so far was read.
+            let dir_gone = self.notifier.as_ref().is_some_and(|n| n.gone);
+            match self.follow {
+                Follow::No => return Ok(Step::Finished),
+                Follow::Forever if dir_gone => return Ok(Step::Finished),
+                Follow::Forever => return Ok(Step::Wait),
+                Follow::UntilWriterExits => {
+                    if self.writer_gone || dir_gone {
+                        return Ok(Step::Finished);
+                    }
+                    if !monitor_alive(&self.dir)? {
+                        // The writer was gone before this drain began: one
+                        // more pass over the files and the log is complete.
+                        self.writer_gone = true;
+                        continue;
+                    }
+                    return Ok(Step::Wait);
+                }
+            }
+        }
+    }
+
+    /// Leaves the drained, rotated tip for the file that follows it.
+    fn advance(&mut self) -> Result<(), ReadError> {
+        self.tip_rotated = false;
+        if let Some(tip) = self.position.tip.take() {
+            let seq = self.seq_of(&tip)?;
+            self.position.next_seq = seq + 1;
+        }
+        self.open_next()?;
+        Ok(())
+    }
+
+    /// The sequence number under which the tip's inode now lives; if
+    /// retention already deleted it, the number we knew it by.
+    fn seq_of(&self, tip: &Tip) -> Result<u64, ReadError> {
+        if inode_of(&self.dir.join(segment_name(self.base, tip.seq))) == Some(tip.ino) {
+            return Ok(tip.seq);
+        }
+        for seq in self.list()? {
+            if inode_of(&self.dir.join(segment_name(self.base, seq))) == Some(tip.ino) {
+                return Ok(seq);
+            }
+        }
+        Ok(tip.seq)
+    }
+
+    fn list(&self) -> Result<Vec<u64>, ReadError> {
+        list_segments(&self.dir, self.base).map_err(|source| ReadError::Dir {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// Opens the first file at or after `next_seq`: the oldest retained
+    /// segment with such a number, else the live file. Returns false if the
+    /// live file does not exist (yet): an inotify event will tell.
+    fn open_next(&mut self) -> Result<bool, ReadError> {
+        let want = self.position.next_seq;
+        let live_path = self.dir.join(self.base);
+        for _ in 0..ATTEMPTS {
+            let before = self.list()?;
+            if let Some(seq) = before.iter().copied().find(|&s| s >= want) {
+                let path = self.dir.join(segment_name(self.base, seq));
+                match File::open(path) {
+                    Ok(file) => {
+                        let ino = file.metadata()?.ino();
+                        self.position.tip = Some(Tip { file, ino, seq, pos: 0 });
+                        return Ok(true);
+                    }
+                    // Deleted by retention meanwhile: look again.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            let file = match File::open(&live_path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(err) => return Err(err.into()),
+            };
+            let ino = file.metadata()?.ino();
+            // The live file we opened must not have a newer segment between
+            // it and `want`, unless that segment is the file itself.
+            let after = self.list()?;
+            let seq = match after.iter().copied().find(|&s| s >= want) {
+                None => after.last().map_or(want, |&last| want.max(last + 1)),
+                Some(s) if inode_of(&self.dir.join(segment_name(self.base, s))) == Some(ino) => s,
+                Some(_) => continue,
+            };
+            self.position.tip = Some(Tip { file, ino, seq, pos: 0 });
+            return Ok(true);
+        }
+        Err(ReadError::Unstable)
+    }
+}
+
+fn read_retrying(file: &mut File, out: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(out) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// The inotify watch on the log directory, blocking or through tokio.
+#[derive(Debug)]
+struct Notifier {
+    fd: NotifyFd,
+    buf: Vec<u8>,
+    base: &'static str,
+    /// The directory was deleted (or unmounted): no event will ever come.
+    gone: bool,
+}
+
+#[derive(Debug)]
+enum NotifyFd {
+    Blocking(Inotify),
+    #[cfg(feature = "async")]
+    Async(tokio::io::unix::AsyncFd<Inotify>),
+    /// Only while switching from one to the other.
+    #[cfg(feature = "async")]
+    Moved,
+}
+
+impl Notifier {
+    fn watch(dir: &Path, base: &'static str) -> Result<Self, ReadError> {
+        let watch_err = |source| ReadError::Watch {
+            path: dir.to_owned(),
+            source,
+        };
+        let inotify = Inotify::init().map_err(watch_err)?;
+        let mask = WatchMask::MODIFY
+            | WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DELETE
+            | WatchMask::DELETE_SELF
+            | WatchMask::ONLYDIR;
+        inotify.watches().add(dir, mask).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ReadError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                }
+            } else {
+                watch_err(source)
+            }
+        })?;
+        Ok(Notifier {
+            fd: NotifyFd::Blocking(inotify),
+            buf: vec![0; EVENT_BUF],
+            base,
+            gone: false,
+        })
+    }
+
+    /// Blocks until an event about our files (or the lock) arrives.
+    fn wait_blocking(&mut self) -> Result<(), ReadError> {
+        #[cfg(feature = "async")]
+        if !matches!(self.fd, NotifyFd::Blocking(_)) {
+            // Used from async code before: the descriptor is non-blocking
+            // and owned by tokio; wait with poll instead.
+            return self.wait_poll();
+        }
+        let Notifier { fd, buf, base, gone } = self;
+        let inotify = match fd {
+            NotifyFd::Blocking(inotify) => inotify,
+            #[cfg(feature = "async")]
+            _ => return Ok(()),
+        };
+        loop {
+            match inotify.read_events_blocking(buf) {
+                Ok(events) => {
+                    if relevant(events, base, gone) {
+                        return Ok(());
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(ReadError::Io(err)),
+            }
+        }
+    }
+
+    #[cfg(feature = "async")]
+    fn wait_poll(&mut self) -> Result<(), ReadError> {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let Notifier { fd, buf, base, gone } = self;
+        let NotifyFd::Async(afd) = fd else {
+            return Ok(());
+        };
+        loop {
+            let inotify = afd.get_mut();
+            match inotify.read_events(buf) {
+                Ok(events) => {
+                    if relevant(events, base, gone) {
+                        return Ok(());
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(&*inotify, PollFlags::IN)];
+                    match poll(&mut fds, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(err) => return Err(ReadError::Io(err.into())),
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(ReadError::Io(err)),
+            }
+        }
+    }
+
+    #[cfg(feature = "async")]
+    async fn wait_async(&mut self) -> Result<(), ReadError> {
+        if let NotifyFd::Blocking(_) = self.fd {
+            if let NotifyFd::Blocking(inotify) = std::mem::replace(&mut self.fd, NotifyFd::Moved) {
+                self.fd = NotifyFd::Async(crate::async_fd::register(inotify).map_err(ReadError::Io)?);
+            }
+        }
+        let Notifier { fd, buf, base, gone } = self;
+        let NotifyFd::Async(afd) = fd else {
+            return Ok(());
+        };
+        loop {
+            let mut guard = afd.readable_mut().await.map_err(ReadError::Io)?;
+            match guard.try_io(|inner| inner.get_mut().read_events(buf).map(|events| relevant(events, base, gone))) {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(err)) => return Err(ReadError::Io(err)),
+                // Spurious readiness: tokio cleared it, wait again.
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// Whether a batch of events concerns our log (`base`, its segments) or the
+/// monitor lock; notes the end of the watch in `gone`.
+fn relevant(events: inotify::Events<'_>, base: &str, gone: &mut bool) -> bool {
+    let mut wake = false;
+    for event in events {
+        if event.mask.intersects(EventMask::DELETE_SELF | EventMask::IGNORED | EventMask::UNMOUNT) {
+            *gone = true;
+            wake = true;
+        } else if event.mask.contains(EventMask::Q_OVERFLOW) {
+            wake = true;
+        } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
+            if name == MONITOR_LOCK || name.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')) {
+                wake = true;
+            }
+        }
+    }
+    wake
+}
+
+/// Reads the whole retained log (the equivalent of `--tail all` without
+/// `-f`) into memory. For small logs and tests.
+pub fn read_all(dir: &Path, source: Source) -> Result<Vec<u8>, ReadError> {
+    let mut follower = Follower::open(dir, source, Tail::All, Follow::No)?;
+    let mut out = Vec::new();
+    while let Some(chunk) = follower.next_blocking()? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Follower>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::MonitorLock;
+    use std::fs;
+    use crate::RotatingWriter;
+    use std::io::Write;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    fn numbers(from: u64, to: u64) -> Vec<u8> {
+        (from..=to).flat_map(|i| format!("{i}\n").into_bytes()).collect()
+    }
+
+    /// Collects a follower's output on a thread, returning it when finished.
+    fn collect(mut follower: Follower) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            while let Some(chunk) = follower.next_blocking().expect("follow") {
+                out.extend_from_slice(&chunk);
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn follows_across_rotations_until_the_writer_exits() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 100, 1000)?;
+        writer.write_all(&numbers(1, 10))?;
+        let follower = Follower::open(dir.path(), Source::App, Tail::Lines(3), Follow::UntilWriterExits)?;
+        let reader = collect(follower);
+        for i in 11..=3000u64 {
+            writer.write_all(format!("{i}\n").as_bytes())?;
+            if i % 500 == 0 {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        writer.finish()?;
+        drop(lock);
+        let out = reader.join().map_err(|_| "reader panicked")?;
+        assert_eq!(out, numbers(8, 3000));
+        Ok(())
+    }
+
+    #[test]
+    fn catches_up_when_retention_deleted_its_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 4, 1)?;
+        writer.write_all(b"aaaa")?;
+        let mut follower = Follower::open(dir.path(), Source::App, Tail::Lines(0), Follow::Forever)?;
+        // Our file (seq 1) and its successor are rotated away and deleted.
+        writer.write_all(b"bbbbccccdd")?;
+        let mut out = Vec::new();
+        while out.len() < 6 {
+            out.extend(follower.next_blocking()?.ok_or("finished early")?);
+        }
+        // seq 1 had nothing new for us; 2 is gone; 3 and the live file remain.
+        assert_eq!(out, b"ccccdd");
+        Ok(())
+    }
+
+    #[test]
+    fn restarts_after_outside_truncate() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 1 << 20, 1)?;
+        writer.write_all(b"before\n")?;
+        let mut follower = Follower::open(dir.path(), Source::App, Tail::All, Follow::Forever)?;
+        assert_eq!(follower.next_blocking()?, Some(b"before\n".to_vec()));
+        fs::OpenOptions::new().write(true).open(dir.path().join("app.log"))?.set_len(0)?;
+        writer.write_all(b"after\n")?;
+        assert_eq!(follower.next_blocking()?, Some(b"after\n".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn waits_for_a_live_file_that_does_not_exist_yet() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
+        let follower = Follower::open(dir.path(), Source::Vmm, Tail::All, Follow::UntilWriterExits)?;
+        let reader = collect(follower);
+        thread::sleep(Duration::from_millis(20));
+        let mut writer = RotatingWriter::open(dir.path(), Source::Vmm, 3, 5)?;
+        writer.write_all(b"hello world")?;
+        writer.finish()?;
+        drop(lock);
+        assert_eq!(reader.join().map_err(|_| "reader panicked")?, b"hello world");
+        Ok(())
+    }
+
+    #[test]
+    fn without_a_writer_follow_ends_after_the_tail() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("app.log"), b"x\ny\n")?;
+        let (tx, rx) = mpsc::channel();
+        let dir_path = dir.path().to_owned();
+        thread::spawn(move || {
+            let _ = tx.send(
+                Follower::open(&dir_path, Source::App, Tail::Lines(1), Follow::UntilWriterExits)
+                    .and_then(|mut f| f.next_blocking().map(|first| (first, f.next_blocking()))),
+            );
+        });
+        let (first, second) = rx.recv_timeout(Duration::from_secs(10))??;
+        assert_eq!(first, Some(b"y\n".to_vec()));
+        assert!(second?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn events_for_other_files_do_not_wake() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut notifier = Notifier::watch(dir.path(), "app.log")?;
+        let mut wakes = |notifier: &mut Notifier| -> io::Result<bool> {
+            let Notifier { fd, buf, base, gone } = notifier;
+            let NotifyFd::Blocking(inotify) = fd else {
+                return Err(io::Error::other("not blocking"));
+            };
+            Ok(relevant(inotify.read_events(buf)?, base, gone))
+        };
+        fs::write(dir.path().join("vmm.log"), b"noise")?;
+        fs::write(dir.path().join("app.logx"), b"noise")?;
+        assert!(!wakes(&mut notifier)?, "other files must not wake an app follower");
+        fs::write(dir.path().join("app.log.00000001"), b"x")?;
+        assert!(wakes(&mut notifier)?);
+        fs::write(dir.path().join(MONITOR_LOCK), b"")?;
+        assert!(wakes(&mut notifier)?);
+        assert!(!notifier.gone);
+        Ok(())
+    }
+
+    #[cfg(feature = "async")]
+    #[test]
+    fn async_follow() -> Result<(), Box<dyn std::error::Error>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 64, 100)?;
+        writer.write_all(b"old\n")?;
+        let mut follower = Follower::open(dir.path(), Source::App, Tail::Lines(1), Follow::UntilWriterExits)?;
+        let writer_thread = thread::spawn(move || -> io::Result<()> {
+            for i in 0..200 {
+                writer.write_all(format!("{i}\n").as_bytes())?;
+                if i % 50 == 0 {
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            writer.finish()?;
+            drop(lock);
+            Ok(())
+        });
+        let out = rt.block_on(async {
+            let mut out = Vec::new();
+            while let Some(chunk) = follower.next().await? {
+                out.extend_from_slice(&chunk);
+            }
+            Ok::<_, ReadError>(out)
+        })?;
+        writer_thread.join().map_err(|_| "writer panicked")??;
+        let mut want = b"old\n".to_vec();
+        want.extend((0..200).flat_map(|i: u32| format!("{i}\n").into_bytes()));
+        assert_eq!(out, want);
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! The two small JSON files through which the monitor talks to the daemon:
+//! `monitor.json` (who is running, written once the child started) and
+//! `exit.json` (how the child ended, written after its output was saved).
+//!
+//! Both are written to a temporary name, flushed and renamed, so a reader
+//! sees either no file or a whole one. Times are RFC 3339 in UTC.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the file describing the running monitor.
+pub const MONITOR_JSON: &str = "monitor.json";
+/// Name of the file recording how the command ended.
+pub const EXIT_JSON: &str = "exit.json";
+
+/// Contents of `monitor.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    /// The monitor's own pid (holder of `monitor.lock`).
+    pub pid: u32,
+    /// The supervised command; also its process group id.
+    pub child_pid: u32,
+    /// When the command was started.
+    pub started_at: String,
+}
+
+/// Contents of `exit.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, if the command exited.
+    pub code: Option<i32>,
+    /// Signal number, if the command was killed by one.
+    pub signal: Option<i32>,
+    /// When the command was started.
+    pub started_at: String,
+    /// When the command ended.
+    pub finished_at: String,
+}
+
+impl ExitInfo {
+    /// The exit code a shell would report: the code, or 128 + signal.
+    pub fn shell_code(&self) -> u8 {
+        match (self.code, self.signal) {
+            // Exit codes are 0..=255 on Linux; the mask documents the truncation.
+            (Some(code), _) => (code & 0xff) as u8,
+            (None, Some(signal)) => (128 + (signal & 0x7f)) as u8,
+            (None, None) => 1,
+        }
+    }
+}
+
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Writes `value` as `dir/name` atomically (temporary file + rename).
+pub(crate) fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut json = serde_json::to_vec(value).map_err(io::Error::other)?;
+    json.push(b'\n');
+    let mut file = File::create(&tmp)?;
+    file.write_all(&json)?;
+    file.sync_data()?;
+    fs::rename(&tmp, dir.join(name))
+}
+
+/// Removes `dir/name` if present.
+pub(crate) fn remove_if_present(dir: &Path, name: &str) -> io::Result<()> {
+    match fs::remove_file(dir.join(name)) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_codes() {
+        let exit = |code, signal| ExitInfo {
+            code,
+            signal,
+            started_at: String::new(),
+            finished_at: String::new(),
+        };
+        assert_eq!(exit(Some(0), None).shell_code(), 0);
+        assert_eq!(exit(Some(3), None).shell_code(), 3);
+        assert_eq!(exit(None, Some(9)).shell_code(), 137);
+        assert_eq!(exit(None, Some(15)).shell_code(), 143);
+    }
+
+    #[test]
+    fn atomic_write_replaces() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let info = MonitorInfo {
+            pid: 1,
+            child_pid: 2,
+            started_at: rfc3339(SystemTime::UNIX_EPOCH),
+        };
+        write_atomic(dir.path(), MONITOR_JSON, &info)?;
+        write_atomic(dir.path(), MONITOR_JSON, &info)?;
+        let text = fs::read_to_string(dir.path().join(MONITOR_JSON))?;
+        assert_eq!(
+            text,
+            "{\"pid\":1,\"child_pid\":2,\"started_at\":\"1970-01-01T00:00:00.000Z\"}\n"
+        );
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no temporary left");
+        Ok(())
+    }
+}

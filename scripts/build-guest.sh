@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# build-guest.sh OUTDIR — build what a lodge guest boots from:
+#
+#   OUTDIR/vmlinuz          Debian's kernel (linux-image-amd64's current 6.1 build)
+#   OUTDIR/initrd.img       lodge-init as /init + the kernel modules it loads
+#   OUTDIR/rootfs-busybox/  a minimal root tree (busybox-static) for demos and tests
+#   OUTDIR/kernel-version   the kernel release, e.g. 6.1.0-56-amd64
+#   OUTDIR/cache/           the downloaded kernel package and its extracted tree
+#
+# Idempotent: every step is skipped when its output is newer than its inputs,
+# and a kernel package already in the cache is reused without asking apt, so
+# a second run is quick and works offline.
+#
+# Environment:
+#   LODGE_INIT=PATH          use this static lodge-init instead of building one
+#   LODGE_KERNEL_PACKAGE=P   kernel package to use (default: what
+#                            linux-image-amd64 depends on)
+#   LODGE_REFRESH_KERNEL=1   ask apt for the current kernel even if one is cached
+set -euo pipefail
+
+if [ $# -ne 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    echo "usage: $0 OUTDIR" >&2
+    exit 2
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+script="$repo/scripts/build-guest.sh"
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
+cache="$out/cache"
+mkdir -p "$cache"
+
+# Modules the guest loads, by name; their dependencies are added from
+# modules.dep, built-in ones are skipped. button+evdev let the guest see the
+# ACPI power button (graceful stop).
+modules=(
+    virtio_pci virtio_blk virtio_console virtio_net
+    ext4 overlay erofs
+    vsock vmw_vsock_virtio_transport
+    button evdev
+)
+
+say() { echo "build-guest: $*"; }
+die() { echo "build-guest: error: $*" >&2; exit 1; }
+
+# stale OUTPUT INPUT... : true when OUTPUT is missing or older than an input.
+stale() {
+    local output=$1 input
+    shift
+    [ -e "$output" ] || return 0
+    for input in "$@"; do
+        [ "$input" -nt "$output" ] && return 0
+    done
+    return 1
+}
+
+# --- 1. the kernel package --------------------------------------------------
+
+apt_updated=
+apt_update_once() {
+    if [ -z "$apt_updated" ]; then
+        say "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+}
+
+resolve_kernel_package() {
+    if [ -n "${LODGE_KERNEL_PACKAGE:-}" ]; then
+        echo "$LODGE_KERNEL_PACKAGE"
+        return
+    fi
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+    if [ -z "$pkg" ]; then
+        apt_update_once >&2
+        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+            awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+    fi
+    [ -n "$pkg" ] || die "cannot resolve linux-image-amd64 to a versioned kernel package"
+    echo "$pkg"
+}
+
+deb=
+if [ -z "${LODGE_REFRESH_KERNEL:-}" ] && [ -z "${LODGE_KERNEL_PACKAGE:-}" ]; then
+    deb=$(ls -t "$cache"/linux-image-*.deb 2>/dev/null | head -n 1 || true)
+fi
+if [ -n "$deb" ]; then
+    say "kernel package: cached $(basename "$deb")"
+else
+    pkg=$(resolve_kernel_package)
+    deb=$(ls -t "$cache/${pkg}"_*.deb 2>/dev/null | head -n 1 || true)
+    if [ -z "$deb" ]; then
+        say "kernel package: downloading $pkg"
+        (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg") ||
+            { apt_update_once && (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg"); } ||
+            die "apt-get download $pkg failed"
+        deb=$(ls -t "$cache/${pkg}"_*.deb | head -n 1)
+    else
+        say "kernel package: cached $(basename "$deb")"
+    fi
+fi
+
+# --- 2. extract it ------------------------------------------------------------
+
+tree="$cache/kernel-tree"
+stamp="$tree/.extracted-from"
+if [ ! -e "$stamp" ] || [ "$(cat "$stamp")" != "$(basename "$deb")" ] || stale "$stamp" "$deb"; then
+    say "extracting $(basename "$deb")"
+    rm -rf "$tree"
+    mkdir -p "$tree"
+    dpkg-deb -x "$deb" "$tree"
+    kver=$(ls "$tree/lib/modules" | head -n 1)
+    [ -n "$kver" ] || die "no lib/modules in $(basename "$deb")"
+    # The package ships no modules.dep (postinst runs depmod); make one.
+    depmod -b "$tree" "$kver"
+    basename "$deb" > "$stamp"
+else
+    say "kernel tree: up to date"
+fi
+kver=$(ls "$tree/lib/modules" | head -n 1)
+echo "$kver" > "$out/kernel-version.tmp"
+if cmp -s "$out/kernel-version.tmp" "$out/kernel-version"; then
+    rm "$out/kernel-version.tmp"
+else
+    mv "$out/kernel-version.tmp" "$out/kernel-version"
+fi
+
+if stale "$out/vmlinuz" "$stamp"; then
+    install -m 0644 "$tree/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+    mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+    say "vmlinuz: $kver"
+else
+    say "vmlinuz: up to date ($kver)"
+fi
+
+# --- 3. lodge-init --------------------------------------------------------------
+
+if [ -n "${LODGE_INIT:-}" ]; then
+    init_bin=$LODGE_INIT
+    [ -x "$init_bin" ] || die "LODGE_INIT=$init_bin is not an executable"
+else
+    say "lodge-init: cargo build (static)"
+    (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --release -p lodge-guest --bin lodge-init \
+        --target x86_64-unknown-linux-gnu)
+    init_bin="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu/release/lodge-init"
+fi
+if ! file -L "$init_bin" | grep -q 'static'; then
+    die "$init_bin is not statically linked"
+fi
+
+# --- 4. the initrd ----------------------------------------------------------------
+
+if stale "$out/initrd.img" "$init_bin" "$stamp" "$script"; then
+    stage="$cache/initrd-root"
+    rm -rf "$stage"
+    mkdir -p "$stage"/{proc,sys,dev,lower,upper,newroot,lib/modules}
+    if [ "$(id -u)" = 0 ]; then
+        mknod -m 0600 "$stage/dev/console" c 5 1
+    fi
+    strip --strip-all -o "$stage/init" "$init_bin" 2>/dev/null || cp "$init_bin" "$stage/init"
+    chmod 0755 "$stage/init"
+
+    # Resolve dependencies (including soft dependencies such as ext4's crc32c)
+    # in load order; modprobe prints "builtin NAME" for built-in modules.
+    declare -A seen=()
+    order=()
+    builtin=()
+    for name in "${modules[@]}"; do
+        deps=$(modprobe --show-depends -d "$tree" -S "$kver" "$name") ||
+            die "module $name not found in $kver"
+        while read -r kind path _; do
+            case $kind in
+            builtin) builtin+=("$path") ;;
+            insmod)
+                if [ -z "${seen[$path]:-}" ]; then
+                    seen[$path]=1
+                    order+=("$path")
+                fi
+                ;;
+            esac
+        done <<<"$deps"
+    done
+
+    : > "$stage/lib/modules/lodge.order"
+    for path in "${order[@]}"; do
+        rel=${path#"$tree"}
+        dest="$stage$rel"
+        mkdir -p "$(dirname "$dest")"
+        case $path in
+        *.ko.xz) xz -dc "$path" > "${dest%.xz}"; rel=${rel%.xz} ;;
+        *.ko.zst) zstd -qdc "$path" > "${dest%.zst}"; rel=${rel%.zst} ;;
+        *.ko.gz) gzip -dc "$path" > "${dest%.gz}"; rel=${rel%.gz} ;;
+        *) cp "$path" "$dest" ;;
+        esac
+        echo "$rel" >> "$stage/lib/modules/lodge.order"
+    done
+
+    # Uncompressed: the kernel unpacks it fastest (no decompressor to run
+    # under software emulation), and its size only costs host page cache.
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio --quiet -o -H newc -R 0:0 --reproducible) > "$out/initrd.img.tmp"
+    mv "$out/initrd.img.tmp" "$out/initrd.img"
+    say "initrd.img: $(du -h "$out/initrd.img" | cut -f1), ${#order[@]} modules:" \
+        "$(for p in "${order[@]}"; do basename "$p" .ko; done | tr '\n' ' ')"
+    if [ ${#builtin[@]} -gt 0 ]; then
+        say "built into the kernel (not in the initrd): $(printf '%s\n' "${builtin[@]}" | sort -u | tr '\n' ' ')"
+    fi
+else
+    say "initrd.img: up to date"
+fi
+
+# --- 5. the busybox root file system --------------------------------------------------
+
+busybox=$(command -v busybox || true)
+[ -n "$busybox" ] || die "busybox not found (install busybox-static)"
+busybox=$(readlink -f "$busybox")
+file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (install busybox-static)"
+
+rootfs="$out/rootfs-busybox"
+rootfs_stamp="$cache/rootfs-busybox.built"
+if [ ! -d "$rootfs" ] || stale "$rootfs_stamp" "$busybox" "$script"; then
+    tmp="$out/rootfs-busybox.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,home,var/log,run,mnt}
+    install -d -m 1777 "$tmp/tmp"
+    install -d -m 0700 "$tmp/root"
+    install -m 0755 "$busybox" "$tmp/bin/busybox"
+    count=0
+    while read -r applet; do
+        [ "$applet" = bin/busybox ] && continue
+        [ -e "$tmp/$applet" ] || [ -L "$tmp/$applet" ] && continue
+        mkdir -p "$tmp/$(dirname "$applet")"
+        ln -s /bin/busybox "$tmp/$applet"
+        count=$((count + 1))
+    done < <("$busybox" --list-full)
+    cat > "$tmp/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat > "$tmp/etc/group" <<'EOF'
+root:x:0:
+tty:x:5:
+nogroup:x:65534:
+EOF
+    echo "lodge" > "$tmp/etc/hostname"
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > "$tmp/etc/hosts"
+    rm -rf "$rootfs"
+    mv "$tmp" "$rootfs"
+    touch "$rootfs_stamp"
+    say "rootfs-busybox: $(du -sh "$rootfs" | cut -f1), $count applets"
+else
+    say "rootfs-busybox: up to date"
+fi
+
+say "done: $out/{vmlinuz,initrd.img,rootfs-busybox}"
