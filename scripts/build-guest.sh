@@ -2,6 +2,8 @@
 # build-guest.sh OUTDIR — build what a lodge guest boots from:
 #
 #   OUTDIR/vmlinuz          Debian's kernel (linux-image-amd64's current 6.1 build)
+#   OUTDIR/vmlinux          the same kernel uncompressed (ELF, PVH boot): much
+#                           faster to boot under TCG; prefer it for -kernel
 #   OUTDIR/initrd.img       lodge-init as /init + the kernel modules it loads
 #   OUTDIR/rootfs-busybox/  a minimal root tree (busybox-static) for demos and tests
 #   OUTDIR/kernel-version   the kernel release, e.g. 6.1.0-56-amd64
@@ -135,6 +137,40 @@ else
     say "vmlinuz: up to date ($kver)"
 fi
 
+# The same kernel as an uncompressed ELF. QEMU boots it through its PVH entry
+# point (Debian builds CONFIG_PVH=y), skipping the in-guest decompression of
+# the xz-compressed bzImage: under software emulation that saves ~2.5 s per
+# boot. Cloud Hypervisor boots this form too.
+extract_vmlinux() {
+    local image=$1 dest=$2 magic off decompress
+    for magic in xz zstd gzip; do
+        case $magic in
+        xz) off=$(LC_ALL=C grep -obUaP '\xfd\x37\x7a\x58\x5a\x00' "$image" | head -n 1 | cut -d: -f1); decompress="xz -dcq" ;;
+        zstd) off=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$image" | head -n 1 | cut -d: -f1); decompress="zstd -dcq" ;;
+        gzip) off=$(LC_ALL=C grep -obUaP '\x1f\x8b\x08' "$image" | head -n 1 | cut -d: -f1); decompress="gzip -dcq" ;;
+        esac
+        [ -n "$off" ] || continue
+        # The payload is followed by other data: decompressors complain about
+        # trailing garbage, so judge by the result, not the exit status.
+        tail -c "+$((off + 1))" "$image" | $decompress > "$dest" 2>/dev/null || true
+        if [ "$(head -c 4 "$dest" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+if stale "$out/vmlinux" "$out/vmlinuz"; then
+    if extract_vmlinux "$out/vmlinuz" "$out/vmlinux.tmp"; then
+        mv "$out/vmlinux.tmp" "$out/vmlinux"
+        say "vmlinux: extracted ($(du -h "$out/vmlinux" | cut -f1), boots via PVH)"
+    else
+        rm -f "$out/vmlinux.tmp"
+        say "vmlinux: could not extract an ELF kernel from vmlinuz (use vmlinuz)"
+    fi
+else
+    say "vmlinux: up to date"
+fi
+
 # --- 3. lodge-init --------------------------------------------------------------
 
 if [ -n "${LODGE_INIT:-}" ]; then
@@ -147,8 +183,8 @@ else
         --target x86_64-unknown-linux-gnu)
     init_bin="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu/release/lodge-init"
 fi
-if ! file -L "$init_bin" | grep -q 'static'; then
-    die "$init_bin is not statically linked"
+if readelf -lW "$init_bin" 2>/dev/null | grep -q 'program interpreter'; then
+    die "$init_bin is dynamically linked; it must be static"
 fi
 
 # --- 4. the initrd ----------------------------------------------------------------
@@ -217,7 +253,9 @@ fi
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] || die "busybox not found (install busybox-static)"
 busybox=$(readlink -f "$busybox")
-file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (install busybox-static)"
+if readelf -lW "$busybox" 2>/dev/null | grep -q 'program interpreter'; then
+    die "$busybox is dynamically linked (install busybox-static)"
+fi
 
 rootfs="$out/rootfs-busybox"
 rootfs_stamp="$cache/rootfs-busybox.built"
@@ -255,4 +293,4 @@ else
     say "rootfs-busybox: up to date"
 fi
 
-say "done: $out/{vmlinuz,initrd.img,rootfs-busybox}"
+say "done: $out/{vmlinuz,vmlinux,initrd.img,rootfs-busybox}"

@@ -133,7 +133,9 @@ impl GuestConfig {
         if let Some(name) = &self.hostname {
             let bad = name.is_empty()
                 || name.len() > HOSTNAME_MAX
-                || name.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace());
+                || name
+                    .chars()
+                    .any(|c| c == '/' || c == '\0' || c.is_whitespace());
             if bad {
                 return Err(ConfigError::BadHostname(name.clone()));
             }
@@ -173,7 +175,8 @@ impl GuestConfig {
         // Serializing a struct of strings cannot fail: there are no maps
         // with non-string keys and no custom Serialize impls.
         let mut bytes = serde_json::to_vec(self).expect("guest config serializes to json");
-        let len = (bytes.len().div_ceil(CONFIG_IMAGE_ALIGN) * CONFIG_IMAGE_ALIGN).max(CONFIG_IMAGE_MIN);
+        let len =
+            (bytes.len().div_ceil(CONFIG_IMAGE_ALIGN) * CONFIG_IMAGE_ALIGN).max(CONFIG_IMAGE_MIN);
         bytes.resize(len, 0);
         bytes
     }
@@ -313,10 +316,7 @@ mod tests {
             c.user_spec()
         };
         assert_eq!(spec(None), Ok(None));
-        assert_eq!(
-            spec(Some("0")),
-            Ok(Some(UserSpec { uid: 0, gid: None }))
-        );
+        assert_eq!(spec(Some("0")), Ok(Some(UserSpec { uid: 0, gid: None })));
         assert_eq!(
             spec(Some("1000:100")),
             Ok(Some(UserSpec {

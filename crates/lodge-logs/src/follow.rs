@@ -197,7 +197,7 @@ impl Follower {
                         continue;
                     }
                     if inode_of(&self.dir.join(self.base)) != Some(tip.ino) {
-                        self.tip_rotated = true;
+                        self.advance()?;
                         continue;
                     }
                 }
@@ -528,6 +528,29 @@ mod tests {
         drop(lock);
         let out = reader.join().map_err(|_| "reader panicked")?;
         assert_eq!(out, numbers(8, 3000));
+        Ok(())
+    }
+
+    /// Thousands of rotations of tiny segments, so that a follower often
+    /// sees the rename between its read at EOF and the writer's last write.
+    #[test]
+    fn no_gap_under_rotation_stress() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 7, 100_000)?;
+        let readers: Vec<_> = (0..2)
+            .map(|_| Follower::open(dir.path(), Source::App, Tail::All, Follow::UntilWriterExits).map(collect))
+            .collect::<Result<_, _>>()?;
+        let want = numbers(1, 20_000);
+        for chunk in want.chunks(3) {
+            writer.write_all(chunk)?;
+        }
+        writer.finish()?;
+        drop(lock);
+        for reader in readers {
+            let out = reader.join().map_err(|_| "reader panicked")?;
+            assert!(out == want, "follower lost or repeated bytes ({} vs {})", out.len(), want.len());
+        }
         Ok(())
     }
 

@@ -72,7 +72,11 @@ impl Console {
 
     /// Retry `op` once on a fresh descriptor if it fails on the old one.
     fn with_tty(&self, op: impl Fn(&File) -> std::io::Result<()>) {
-        let failed = self.tty.borrow().as_ref().is_none_or(|tty| op(tty).is_err());
+        let failed = self
+            .tty
+            .borrow()
+            .as_ref()
+            .is_none_or(|tty| op(tty).is_err());
         if failed {
             self.reopen();
             if let Some(tty) = self.tty.borrow().as_ref() {

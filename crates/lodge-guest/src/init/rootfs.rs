@@ -16,6 +16,41 @@ pub const NEWROOT: &str = "/newroot";
 const LOWER: &str = "/lower";
 const UPPER: &str = "/upper";
 
+/// Superblock magic numbers, little-endian on disk.
+const EXT4_MAGIC_OFFSET: usize = 1024 + 0x38;
+const EXT4_MAGIC: u16 = 0xef53;
+const EROFS_MAGIC_OFFSET: usize = 1024;
+const EROFS_MAGIC: u32 = 0xe0f5_e1e2;
+
+/// The filesystem type of a superblock read from the start of a disk
+/// (at least 2 KiB), if it is one the root disk may hold. Looking first
+/// avoids the kernel's console complaints from a failed trial mount.
+fn fstype_of(head: &[u8]) -> Option<&'static str> {
+    let ext4 = head.get(EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2)?;
+    if u16::from_le_bytes([ext4[0], ext4[1]]) == EXT4_MAGIC {
+        return Some("ext4");
+    }
+    let erofs = head.get(EROFS_MAGIC_OFFSET..EROFS_MAGIC_OFFSET + 4)?;
+    if u32::from_le_bytes([erofs[0], erofs[1], erofs[2], erofs[3]]) == EROFS_MAGIC {
+        return Some("erofs");
+    }
+    None
+}
+
+fn detect_fstype(disk: &Path) -> Result<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(2048);
+    std::fs::File::open(disk)
+        .and_then(|f| f.take(2048).read_to_end(&mut head))
+        .context(|| format!("read root disk {}", disk.display()))?;
+    fstype_of(&head).ok_or_else(|| {
+        Error::new(format!(
+            "root disk {} holds neither ext4 nor erofs",
+            disk.display()
+        ))
+    })
+}
+
 /// Mount points in the order they were mounted, for [`Mounts::unmount_all`].
 /// PID 1's own proc, sysfs and devtmpfs are not in the list: they hold no
 /// data and are still needed while powering off.
@@ -61,23 +96,10 @@ impl Mounts {
     /// Build the overlay root from the image disk and the (optional)
     /// writable disk, with the usual pseudo filesystems inside.
     pub fn assemble(&mut self, root_disk: &Path, overlay_disk: Option<&Path>) -> Result<()> {
+        let fstype = detect_fstype(root_disk)?;
         let root_disk = root_disk.to_string_lossy();
-        let mut attempts = Vec::new();
-        for fstype in ["ext4", "erofs"] {
-            match self.mount(&root_disk, LOWER, fstype, libc::MS_RDONLY, None) {
-                Ok(()) => {
-                    attempts.clear();
-                    break;
-                }
-                Err(e) => attempts.push(format!("{fstype}: {}", sys::errno_text_of(&e))),
-            }
-        }
-        if !attempts.is_empty() {
-            return Err(Error::new(format!(
-                "mount root disk {root_disk} on {LOWER} ({})",
-                attempts.join(", ")
-            )));
-        }
+        self.mount(&root_disk, LOWER, fstype, libc::MS_RDONLY, None)
+            .context(|| format!("mount root disk {root_disk} ({fstype}) on {LOWER}"))?;
 
         match overlay_disk {
             Some(disk) => {
@@ -127,5 +149,57 @@ impl Mounts {
             }
         }
         sys::sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_magic_decides_the_fstype() {
+        let mut head = vec![0u8; 2048];
+        assert_eq!(fstype_of(&head), None);
+        assert_eq!(fstype_of(&head[..100]), None);
+        head[EXT4_MAGIC_OFFSET..EXT4_MAGIC_OFFSET + 2].copy_from_slice(&EXT4_MAGIC.to_le_bytes());
+        assert_eq!(fstype_of(&head), Some("ext4"));
+        let mut head = vec![0u8; 2048];
+        head[EROFS_MAGIC_OFFSET..EROFS_MAGIC_OFFSET + 4]
+            .copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        assert_eq!(fstype_of(&head), Some("erofs"));
+    }
+
+    #[test]
+    fn real_images_are_recognised() {
+        // Images made by the tools the host uses, when they are installed.
+        let dir = std::env::temp_dir().join(format!("lodge-fstype-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(dir.join("tree"));
+        let made = |cmd: &mut std::process::Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ext4 = dir.join("ext4.img");
+        if made(
+            std::process::Command::new("truncate")
+                .arg("-s8M")
+                .arg(&ext4),
+        ) && made(
+            std::process::Command::new("mkfs.ext4")
+                .arg("-qF")
+                .arg(&ext4),
+        ) {
+            assert_eq!(detect_fstype(&ext4).ok(), Some("ext4"));
+        }
+        let erofs = dir.join("erofs.img");
+        if made(
+            std::process::Command::new("mkfs.erofs")
+                .arg(&erofs)
+                .arg(dir.join("tree")),
+        ) {
+            assert_eq!(detect_fstype(&erofs).ok(), Some("erofs"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

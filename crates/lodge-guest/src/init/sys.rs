@@ -358,8 +358,12 @@ pub fn spawn(plan: &ExecPlan) -> io::Result<Spawned> {
     // SAFETY: `pipe_fds` has room for the two fds pipe2 writes.
     check(unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 returned two fresh fds that nothing else owns.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(pipe_fds[0]), OwnedFd::from_raw_fd(pipe_fds[1])) };
+    let (read_end, write_end) = unsafe {
+        (
+            OwnedFd::from_raw_fd(pipe_fds[0]),
+            OwnedFd::from_raw_fd(pipe_fds[1]),
+        )
+    };
 
     // SAFETY: PID 1 is single-threaded, so the child may run any code; it
     // still only makes async-signal-safe calls on data prepared above.
@@ -419,7 +423,9 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// The child half of [`spawn`]; returns only on failure.
@@ -483,7 +489,10 @@ fn child(
                 _ => return (ChildStep::Exec, last),
             }
         }
-        (ChildStep::Exec, if saw_eacces { libc::EACCES } else { last })
+        (
+            ChildStep::Exec,
+            if saw_eacces { libc::EACCES } else { last },
+        )
     }
 }
 

@@ -169,7 +169,10 @@ pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) ->
 pub enum Start {
     Running(libc::pid_t),
     /// The exec itself failed: report like docker, with this exit code.
-    ExecFailed { message: String, code: i32 },
+    ExecFailed {
+        message: String,
+        code: i32,
+    },
 }
 
 /// Fork and exec the workload.
@@ -189,10 +192,9 @@ pub fn start(config: &GuestConfig, plan: &ExecPlan) -> Result<Start> {
                 ChildStep::Session => "set up the workload's session and console".to_owned(),
                 ChildStep::Chroot => "enter the root filesystem".to_owned(),
                 ChildStep::Workdir => format!("chdir to working directory {}", config.workdir),
-                ChildStep::User => format!(
-                    "switch to user {}",
-                    config.user.as_deref().unwrap_or("0")
-                ),
+                ChildStep::User => {
+                    format!("switch to user {}", config.user.as_deref().unwrap_or("0"))
+                }
                 ChildStep::Exec => "exec".to_owned(),
             };
             Err(Error::new(format!("{what}: {}", sys::errno_text(errno))))
@@ -277,7 +279,13 @@ mod tests {
         );
         assert_eq!(
             env,
-            strings(&["PATH=/bin", "A=2", "HOME=/home/x", "HOSTNAME=mine", "EMPTY="])
+            strings(&[
+                "PATH=/bin",
+                "A=2",
+                "HOME=/home/x",
+                "HOSTNAME=mine",
+                "EMPTY="
+            ])
         );
     }
 
@@ -296,7 +304,10 @@ mod tests {
             strings(&["/usr/bin/sh", "/bin/sh", "./sh", "/opt/sh"])
         );
         assert_eq!(exec_candidates("./run", "/bin"), strings(&["./run"]));
-        assert_eq!(exec_candidates("/bin/sh", "/usr/bin"), strings(&["/bin/sh"]));
+        assert_eq!(
+            exec_candidates("/bin/sh", "/usr/bin"),
+            strings(&["/bin/sh"])
+        );
     }
 
     #[test]
