@@ -45,7 +45,7 @@ impl Config {
             Ok(s) => s
                 .parse::<lodge_logs::ByteSize>()
                 .with_context(|| format!("LODGE_LOG_MAX_SIZE {s:?}"))?
-                .bytes(),
+                .as_u64(),
             Err(_) => 50 << 20,
         };
         let log_max_files = match std::env::var("LODGE_LOG_MAX_FILES") {

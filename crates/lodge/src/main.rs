@@ -5,8 +5,16 @@
 //! directory-reading `logs --dir` run without a tokio runtime: they must stay
 //! small (the monitor's resident memory is budgeted at 4 MiB) and start fast.
 
+mod accel;
+mod api;
+mod auth;
 mod cli;
+mod client;
 mod cmd;
+mod config;
+mod disks;
+mod instances;
+mod sizes;
 
 use std::process::ExitCode;
 

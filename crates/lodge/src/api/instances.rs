@@ -16,8 +16,7 @@ use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateSpec, Instance, RootSource};
 use crate::sizes::parse_size;
 
-/// hypeman's create body (fields lodge does not implement yet are refused
-/// when set, rather than silently ignored), plus lodge's `rootfs`.
+/// hypeman's create body, plus lodge's `rootfs` and `workdir`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateInstance {
     pub name: String,
@@ -45,18 +44,39 @@ pub struct CreateInstance {
     pub workdir: Option<String>,
     #[serde(default)]
     pub hypervisor: Option<String>,
-    #[serde(default)]
+    /// Every other hypeman field: the ones lodge cannot honour yet are
+    /// refused when set; the rest (tags, hints) are accepted and ignored.
+    #[serde(flatten)]
     #[schema(value_type = Object)]
-    pub tags: Option<serde_json::Value>,
-    #[serde(default)]
-    pub skip_guest_agent: Option<bool>,
-    #[serde(default)]
-    pub skip_kernel_headers: Option<bool>,
+    pub other: BTreeMap<String, serde_json::Value>,
 }
+
+/// hypeman create fields whose effect lodge does not provide yet.
+const UNSUPPORTED: &[&str] = &[
+    "volumes",
+    "devices",
+    "gpu",
+    "network",
+    "credentials",
+    "snapshot_policy",
+    "restart_policy",
+    "health_check",
+    "auto_standby",
+    "hotplug_size",
+    "disk_io_bps",
+    "expires_at",
+    "ttl",
+];
 
 impl CreateInstance {
     fn into_spec(self) -> Result<CreateSpec, ApiError> {
         let name = Name::parse(&self.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(key) = UNSUPPORTED
+            .iter()
+            .find(|k| self.other.get(**k).is_some_and(|v| !v.is_null()))
+        {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported yet")));
+        }
         if let Some(h) = &self.hypervisor {
             if h != "qemu" {
                 return Err(ApiError::bad_request(format!(

@@ -24,12 +24,12 @@ pub struct LogsQuery {
     source: Option<String>,
 }
 
-/// Map an API source name to the log file name.
-pub fn log_name(source: Option<&str>) -> Result<&'static str, ApiError> {
+/// Map an API source name to the log.
+pub fn log_source(source: Option<&str>) -> Result<lodge_logs::Source, ApiError> {
     match source.unwrap_or("app") {
-        "app" => Ok("app"),
-        "vmm" => Ok("vmm"),
-        "lodge" | "hypeman" => Ok("lodge"),
+        "app" => Ok(lodge_logs::Source::App),
+        "vmm" => Ok(lodge_logs::Source::Vmm),
+        "lodge" | "hypeman" => Ok(lodge_logs::Source::Lodge),
         other => Err(ApiError::bad_request(format!(
             "unknown log source {other:?}: use app, vmm or lodge"
         ))),
@@ -82,31 +82,29 @@ pub async fn logs(
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let name = log_name(q.source.as_deref())?;
+    let source = log_source(q.source.as_deref())?;
     let dir = state.manager.log_dir(&id)?;
     let tail = lodge_logs::Tail::Lines(q.tail.unwrap_or(100));
-    // The ops log is written by the daemon itself, not a monitor: following it
-    // never ends by itself.
-    let until = if name == "lodge" {
-        lodge_logs::FollowUntil::Forever
-    } else {
-        lodge_logs::FollowUntil::WriterExits
+    let follow = match (q.follow.unwrap_or(false), source) {
+        (false, _) => lodge_logs::Follow::No,
+        // The ops log is written by the daemon itself, not a monitor:
+        // following it never ends by itself.
+        (true, lodge_logs::Source::Lodge) => lodge_logs::Follow::Forever,
+        (true, _) => lodge_logs::Follow::UntilWriterExits,
     };
-    let (head, follower) = tokio::task::spawn_blocking(move || lodge_logs::open(&dir, name, tail, until))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
-    let follow = q.follow.unwrap_or(false);
-    Ok(Sse::new(line_events(head, follow.then_some(follower))).into_response())
+    let follower = tokio::task::spawn_blocking(move || {
+        lodge_logs::Follower::open(&dir, source, tail, follow)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
+    Ok(Sse::new(line_events(follower)).into_response())
 }
 
-fn line_events(
-    head: Vec<u8>,
-    follower: Option<lodge_logs::Follower>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut splitter = LineSplitter::default();
-    let first: Vec<Event> = splitter.push(&head).iter().map(|l| event(l)).collect();
-    let state = (splitter, follower, first.into_iter(), false);
+/// The follower yields the tail first, then (when following) new output.
+fn line_events(follower: lodge_logs::Follower) -> impl Stream<Item = Result<Event, Infallible>> {
+    let ready: Vec<Event> = Vec::new();
+    let state = (LineSplitter::default(), follower, ready.into_iter(), false);
     stream::unfold(state, |(mut splitter, mut follower, mut ready, mut done)| async move {
         loop {
             if let Some(ev) = ready.next() {
@@ -115,10 +113,7 @@ fn line_events(
             if done {
                 return None;
             }
-            let chunk = match follower.as_mut() {
-                Some(f) => f.next().await,
-                None => Ok(None),
-            };
+            let chunk = follower.next().await;
             let lines: Vec<Event> = match chunk {
                 Ok(Some(bytes)) => splitter.push(&bytes).iter().map(|l| event(l)).collect(),
                 Ok(None) => {
@@ -151,8 +146,8 @@ mod tests {
 
     #[test]
     fn source_names() {
-        assert_eq!(log_name(None).ok(), Some("app"));
-        assert_eq!(log_name(Some("hypeman")).ok(), Some("lodge"));
-        assert!(log_name(Some("../x")).is_err());
+        assert_eq!(log_source(None).ok(), Some(lodge_logs::Source::App));
+        assert_eq!(log_source(Some("hypeman")).ok(), Some(lodge_logs::Source::Lodge));
+        assert!(log_source(Some("../x")).is_err());
     }
 }

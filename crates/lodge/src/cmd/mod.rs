@@ -1,7 +1,10 @@
 //! One file per verb (or group of small verbs): turns parsed arguments into
 //! calls and an exit code.
 
+mod instance_verbs;
 mod logs_dir;
+mod run;
+mod serve;
 mod supervise;
 
 use anyhow::Result;
@@ -14,11 +17,29 @@ pub const EXIT_USAGE: u8 = 2;
 pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Supervise(args) => supervise::run(args),
-        Command::Logs(args) => match &args.dir {
-            Some(dir) => logs_dir::run(dir, &args),
-            None => anyhow::bail!("logs for an instance: being wired up"),
+        Command::Logs(args) => match (&args.dir, &args.instance) {
+            (Some(dir), _) => logs_dir::run(dir, &args),
+            (None, Some(instance)) => instance_verbs::logs(instance, &args),
+            (None, None) => anyhow::bail!("give an INSTANCE or --dir DIR"),
         },
-        _ => anyhow::bail!("this verb is being wired up"),
+        Command::Serve => serve::run(),
+        Command::Token(args) => {
+            let auth = crate::auth::Auth::load(&crate::config::data_dir_from_env())?;
+            println!("{}", auth.mint("lodge", args.ttl)?);
+            Ok(0)
+        }
+        Command::Run(args) => run::run(args),
+        Command::Ps(args) => instance_verbs::ps(args),
+        Command::Stop(args) => instance_verbs::stop(args),
+        Command::Start(args) => instance_verbs::start(args),
+        Command::Rm(args) => instance_verbs::rm(args),
+        Command::Inspect(args) => instance_verbs::inspect(args),
     }
 }
 
+/// A runtime for the client verbs; the monitor and `logs --dir` never build one.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -23,7 +23,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::config::Config;
 use crate::disks;
 use naming::Name;
-use state::{GuestProgress, Observed, State};
+use state::{Observed, State};
 use store::{Metadata, Paths};
 pub use view::Instance;
 
@@ -478,6 +478,9 @@ fn oplog(paths: &Paths, msg: &str) {
 }
 
 fn append_oplog(dir: &Path, line: &[u8]) -> std::io::Result<()> {
-    let mut w = lodge_logs::RotatingWriter::open(dir, "lodge", 10 << 20, 2)?;
-    w.write_all(line)
+    use std::io::Write;
+    let mut w = lodge_logs::RotatingWriter::open(dir, lodge_logs::Source::Lodge, 10 << 20, 2)
+        .map_err(std::io::Error::other)?;
+    w.write_all(line)?;
+    w.finish()
 }

@@ -68,9 +68,6 @@ impl Paths {
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
-    pub fn agent_socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
-    }
     /// Guest init's status lines (second serial port), not user output.
     pub fn status_file(&self) -> PathBuf {
         self.dir.join("status.log")
