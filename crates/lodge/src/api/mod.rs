@@ -77,7 +77,27 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(reject_declared_oversize))
         .with_state(state)
+}
+
+/// Refuses a body whose declared length is over the limit before reading
+/// it (bodies without a length are cut off by `DefaultBodyLimit`).
+async fn reject_declared_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_BODY as u64 => ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!("request body of {len} bytes is over the {MAX_BODY}-byte limit"),
+        }
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -16,6 +16,7 @@ pub fn run() -> Result<u8> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Arc::new(Config::from_env()?);
     let rt = tokio::runtime::Runtime::new()?;

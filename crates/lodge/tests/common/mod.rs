@@ -158,6 +158,30 @@ impl Daemon {
         Response { status, body, text }
     }
 
+    /// Sends only the head of a POST that declares `len` body bytes, and
+    /// returns the status and body of the answer.
+    pub fn raw_post_declaring_length(&self, path: &str, len: usize) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{{",
+            self.token
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
     pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
         let body = body.map(|b| b.to_string());
         self.request(method, path, body.as_deref(), Some(&self.token.clone()))
@@ -226,7 +250,11 @@ fn kill_monitors(guests: &Path) {
         };
         for key in ["child_pid", "pid"] {
             if let Some(pid) = v[key].as_i64() {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
