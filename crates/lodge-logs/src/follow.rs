@@ -277,7 +277,12 @@ impl Follower {
                 match File::open(path) {
                     Ok(file) => {
                         let ino = file.metadata()?.ino();
-                        self.position.tip = Some(Tip { file, ino, seq, pos: 0 });
+                        self.position.tip = Some(Tip {
+                            file,
+                            ino,
+                            seq,
+                            pos: 0,
+                        });
                         return Ok(true);
                     }
                     // Deleted by retention meanwhile: look again.
@@ -299,7 +304,12 @@ impl Follower {
                 Some(s) if inode_of(&self.dir.join(segment_name(self.base, s))) == Some(ino) => s,
                 Some(_) => continue,
             };
-            self.position.tip = Some(Tip { file, ino, seq, pos: 0 });
+            self.position.tip = Some(Tip {
+                file,
+                ino,
+                seq,
+                pos: 0,
+            });
             return Ok(true);
         }
         Err(ReadError::Unstable)
@@ -376,7 +386,12 @@ impl Notifier {
             // and owned by tokio; wait with poll instead.
             return self.wait_poll();
         }
-        let Notifier { fd, buf, base, gone } = self;
+        let Notifier {
+            fd,
+            buf,
+            base,
+            gone,
+        } = self;
         let inotify = match fd {
             NotifyFd::Blocking(inotify) => inotify,
             #[cfg(feature = "async")]
@@ -398,7 +413,12 @@ impl Notifier {
     #[cfg(feature = "async")]
     fn wait_poll(&mut self) -> Result<(), ReadError> {
         use rustix::event::{poll, PollFd, PollFlags};
-        let Notifier { fd, buf, base, gone } = self;
+        let Notifier {
+            fd,
+            buf,
+            base,
+            gone,
+        } = self;
         let NotifyFd::Async(afd) = fd else {
             return Ok(());
         };
@@ -427,16 +447,27 @@ impl Notifier {
     async fn wait_async(&mut self) -> Result<(), ReadError> {
         if let NotifyFd::Blocking(_) = self.fd {
             if let NotifyFd::Blocking(inotify) = std::mem::replace(&mut self.fd, NotifyFd::Moved) {
-                self.fd = NotifyFd::Async(crate::async_fd::register(inotify).map_err(ReadError::Io)?);
+                self.fd =
+                    NotifyFd::Async(crate::async_fd::register(inotify).map_err(ReadError::Io)?);
             }
         }
-        let Notifier { fd, buf, base, gone } = self;
+        let Notifier {
+            fd,
+            buf,
+            base,
+            gone,
+        } = self;
         let NotifyFd::Async(afd) = fd else {
             return Ok(());
         };
         loop {
             let mut guard = afd.readable_mut().await.map_err(ReadError::Io)?;
-            match guard.try_io(|inner| inner.get_mut().read_events(buf).map(|events| relevant(events, base, gone))) {
+            match guard.try_io(|inner| {
+                inner
+                    .get_mut()
+                    .read_events(buf)
+                    .map(|events| relevant(events, base, gone))
+            }) {
                 Ok(Ok(true)) => return Ok(()),
                 Ok(Ok(false)) => {}
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -453,13 +484,20 @@ impl Notifier {
 fn relevant(events: inotify::Events<'_>, base: &str, gone: &mut bool) -> bool {
     let mut wake = false;
     for event in events {
-        if event.mask.intersects(EventMask::DELETE_SELF | EventMask::IGNORED | EventMask::UNMOUNT) {
+        if event
+            .mask
+            .intersects(EventMask::DELETE_SELF | EventMask::IGNORED | EventMask::UNMOUNT)
+        {
             *gone = true;
             wake = true;
         } else if event.mask.contains(EventMask::Q_OVERFLOW) {
             wake = true;
         } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-            if name == MONITOR_LOCK || name.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')) {
+            if name == MONITOR_LOCK
+                || name
+                    .strip_prefix(base)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            {
                 wake = true;
             }
         }
@@ -488,15 +526,17 @@ fn _assert_send() {
 mod tests {
     use super::*;
     use crate::lock::MonitorLock;
-    use std::fs;
     use crate::RotatingWriter;
+    use std::fs;
     use std::io::Write;
     use std::sync::mpsc;
     use std::thread;
     use std::time::Duration;
 
     fn numbers(from: u64, to: u64) -> Vec<u8> {
-        (from..=to).flat_map(|i| format!("{i}\n").into_bytes()).collect()
+        (from..=to)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect()
     }
 
     /// Collects a follower's output on a thread, returning it when finished.
@@ -516,7 +556,12 @@ mod tests {
         let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
         let mut writer = RotatingWriter::open(dir.path(), Source::App, 100, 1000)?;
         writer.write_all(&numbers(1, 10))?;
-        let follower = Follower::open(dir.path(), Source::App, Tail::Lines(3), Follow::UntilWriterExits)?;
+        let follower = Follower::open(
+            dir.path(),
+            Source::App,
+            Tail::Lines(3),
+            Follow::UntilWriterExits,
+        )?;
         let reader = collect(follower);
         for i in 11..=3000u64 {
             writer.write_all(format!("{i}\n").as_bytes())?;
@@ -539,7 +584,10 @@ mod tests {
         let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
         let mut writer = RotatingWriter::open(dir.path(), Source::App, 7, 100_000)?;
         let readers: Vec<_> = (0..2)
-            .map(|_| Follower::open(dir.path(), Source::App, Tail::All, Follow::UntilWriterExits).map(collect))
+            .map(|_| {
+                Follower::open(dir.path(), Source::App, Tail::All, Follow::UntilWriterExits)
+                    .map(collect)
+            })
             .collect::<Result<_, _>>()?;
         let want = numbers(1, 20_000);
         for chunk in want.chunks(3) {
@@ -549,7 +597,12 @@ mod tests {
         drop(lock);
         for reader in readers {
             let out = reader.join().map_err(|_| "reader panicked")?;
-            assert!(out == want, "follower lost or repeated bytes ({} vs {})", out.len(), want.len());
+            assert!(
+                out == want,
+                "follower lost or repeated bytes ({} vs {})",
+                out.len(),
+                want.len()
+            );
         }
         Ok(())
     }
@@ -559,7 +612,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut writer = RotatingWriter::open(dir.path(), Source::App, 4, 1)?;
         writer.write_all(b"aaaa")?;
-        let mut follower = Follower::open(dir.path(), Source::App, Tail::Lines(0), Follow::Forever)?;
+        let mut follower =
+            Follower::open(dir.path(), Source::App, Tail::Lines(0), Follow::Forever)?;
         // Our file (seq 1) and its successor are rotated away and deleted.
         writer.write_all(b"bbbbccccdd")?;
         let mut out = Vec::new();
@@ -578,7 +632,10 @@ mod tests {
         writer.write_all(b"before\n")?;
         let mut follower = Follower::open(dir.path(), Source::App, Tail::All, Follow::Forever)?;
         assert_eq!(follower.next_blocking()?, Some(b"before\n".to_vec()));
-        fs::OpenOptions::new().write(true).open(dir.path().join("app.log"))?.set_len(0)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("app.log"))?
+            .set_len(0)?;
         writer.write_all(b"after\n")?;
         assert_eq!(follower.next_blocking()?, Some(b"after\n".to_vec()));
         Ok(())
@@ -588,14 +645,18 @@ mod tests {
     fn waits_for_a_live_file_that_does_not_exist_yet() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
-        let follower = Follower::open(dir.path(), Source::Vmm, Tail::All, Follow::UntilWriterExits)?;
+        let follower =
+            Follower::open(dir.path(), Source::Vmm, Tail::All, Follow::UntilWriterExits)?;
         let reader = collect(follower);
         thread::sleep(Duration::from_millis(20));
         let mut writer = RotatingWriter::open(dir.path(), Source::Vmm, 3, 5)?;
         writer.write_all(b"hello world")?;
         writer.finish()?;
         drop(lock);
-        assert_eq!(reader.join().map_err(|_| "reader panicked")?, b"hello world");
+        assert_eq!(
+            reader.join().map_err(|_| "reader panicked")?,
+            b"hello world"
+        );
         Ok(())
     }
 
@@ -607,8 +668,13 @@ mod tests {
         let dir_path = dir.path().to_owned();
         thread::spawn(move || {
             let _ = tx.send(
-                Follower::open(&dir_path, Source::App, Tail::Lines(1), Follow::UntilWriterExits)
-                    .and_then(|mut f| f.next_blocking().map(|first| (first, f.next_blocking()))),
+                Follower::open(
+                    &dir_path,
+                    Source::App,
+                    Tail::Lines(1),
+                    Follow::UntilWriterExits,
+                )
+                .and_then(|mut f| f.next_blocking().map(|first| (first, f.next_blocking()))),
             );
         });
         let (first, second) = rx.recv_timeout(Duration::from_secs(10))??;
@@ -622,7 +688,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut notifier = Notifier::watch(dir.path(), "app.log")?;
         let mut wakes = |notifier: &mut Notifier| -> io::Result<bool> {
-            let Notifier { fd, buf, base, gone } = notifier;
+            let Notifier {
+                fd,
+                buf,
+                base,
+                gone,
+            } = notifier;
             let NotifyFd::Blocking(inotify) = fd else {
                 return Err(io::Error::other("not blocking"));
             };
@@ -630,7 +701,10 @@ mod tests {
         };
         fs::write(dir.path().join("vmm.log"), b"noise")?;
         fs::write(dir.path().join("app.logx"), b"noise")?;
-        assert!(!wakes(&mut notifier)?, "other files must not wake an app follower");
+        assert!(
+            !wakes(&mut notifier)?,
+            "other files must not wake an app follower"
+        );
         fs::write(dir.path().join("app.log.00000001"), b"x")?;
         assert!(wakes(&mut notifier)?);
         fs::write(dir.path().join(MONITOR_LOCK), b"")?;
@@ -642,12 +716,19 @@ mod tests {
     #[cfg(feature = "async")]
     #[test]
     fn async_follow() -> Result<(), Box<dyn std::error::Error>> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let dir = tempfile::tempdir()?;
         let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
         let mut writer = RotatingWriter::open(dir.path(), Source::App, 64, 100)?;
         writer.write_all(b"old\n")?;
-        let mut follower = Follower::open(dir.path(), Source::App, Tail::Lines(1), Follow::UntilWriterExits)?;
+        let mut follower = Follower::open(
+            dir.path(),
+            Source::App,
+            Tail::Lines(1),
+            Follow::UntilWriterExits,
+        )?;
         let writer_thread = thread::spawn(move || -> io::Result<()> {
             for i in 0..200 {
                 writer.write_all(format!("{i}\n").as_bytes())?;

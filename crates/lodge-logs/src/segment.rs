@@ -133,14 +133,23 @@ mod tests {
     fn round_trip() {
         for seq in [1, 9, 10, 99_999_999, 100_000_000, u64::MAX] {
             let name = Source::Lodge.segment_name(seq);
-            assert_eq!(Source::Lodge.parse_segment_name(OsStr::new(&name)), Some(seq));
+            assert_eq!(
+                Source::Lodge.parse_segment_name(OsStr::new(&name)),
+                Some(seq)
+            );
         }
     }
 
     #[test]
     fn list_sorts_numerically() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        for name in ["app.log.100000000", "app.log.00000002", "app.log.1", "app.log", "vmm.log.00000001"] {
+        for name in [
+            "app.log.100000000",
+            "app.log.00000002",
+            "app.log.1",
+            "app.log",
+            "vmm.log.00000001",
+        ] {
             std::fs::write(dir.path().join(name), b"")?;
         }
         assert_eq!(list_segments(dir.path(), "app.log")?, vec![2, 100_000_000]);

@@ -60,7 +60,9 @@ impl FromStr for Tail {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(InvalidTail(s.to_owned()));
         }
-        s.parse().map(Tail::Lines).map_err(|_| InvalidTail(s.to_owned()))
+        s.parse()
+            .map(Tail::Lines)
+            .map_err(|_| InvalidTail(s.to_owned()))
     }
 }
 
@@ -90,7 +92,12 @@ pub(crate) struct Position {
 /// and the live file with its size when opened.
 struct Snapshot {
     segments: Vec<u64>,
-    live: Option<(File, u64 /* ino */, u64 /* seq */, u64 /* len */)>,
+    live: Option<(
+        File,
+        u64, /* ino */
+        u64, /* seq */
+        u64, /* len */
+    )>,
 }
 
 /// Opens the log `base` in `dir` and positions it `tail` lines from its end.
@@ -142,7 +149,12 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
         let after = list(dir, base)?;
         let seq = match after.iter().copied().find(|&s| s > newest) {
             None => newest + 1,
-            Some(s) if s == newest + 1 && inode_of(&dir.join(segment_name(base, s))) == Some(meta.ino()) => s,
+            Some(s)
+                if s == newest + 1
+                    && inode_of(&dir.join(segment_name(base, s))) == Some(meta.ino()) =>
+            {
+                s
+            }
             Some(_) => continue,
         };
         return Ok(Snapshot {
@@ -159,10 +171,23 @@ pub(crate) fn inode_of(path: &Path) -> Option<u64> {
 
 /// Scans backwards for the start of the last `tail` lines. `None` means the
 /// view turned out inconsistent (a file shrank under us): take a new one.
-fn tail_from(dir: &Path, base: &str, snap: Snapshot, tail: Tail) -> Result<Option<Position>, ReadError> {
+fn tail_from(
+    dir: &Path,
+    base: &str,
+    snap: Snapshot,
+    tail: Tail,
+) -> Result<Option<Position>, ReadError> {
     let next_seq = snap.segments.last().map_or(1, |s| s + 1);
     let (tip, live_len) = match snap.live {
-        Some((file, ino, seq, len)) => (Some(Tip { file, ino, seq, pos: 0 }), len),
+        Some((file, ino, seq, len)) => (
+            Some(Tip {
+                file,
+                ino,
+                seq,
+                pos: 0,
+            }),
+            len,
+        ),
         None => (None, 0),
     };
     let mut position = Position {
@@ -193,7 +218,13 @@ fn tail_from(dir: &Path, base: &str, snap: Snapshot, tail: Tail) -> Result<Optio
     let mut skip_final_newline = true;
     // The live file first, then older segments as long as lines are missing.
     if let Some(tip) = &mut position.tip {
-        match scan_back(&tip.file, live_len, &mut need, &mut skip_final_newline, &mut buf)? {
+        match scan_back(
+            &tip.file,
+            live_len,
+            &mut need,
+            &mut skip_final_newline,
+            &mut buf,
+        )? {
             Scan::Found(offset) => {
                 tip.pos = offset;
                 return seek_start(position).map(Some);
@@ -301,7 +332,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (live, segments) = parts.split_last().expect("at least the live file");
         for (i, part) in segments.iter().enumerate() {
-            std::fs::write(dir.path().join(segment_name("app.log", i as u64 + 1)), part).expect("write");
+            std::fs::write(dir.path().join(segment_name("app.log", i as u64 + 1)), part)
+                .expect("write");
         }
         std::fs::write(dir.path().join("app.log"), live).expect("write");
         dir

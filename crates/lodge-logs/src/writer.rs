@@ -189,7 +189,10 @@ impl RotatingWriter {
     /// Renames the live file to the next segment and opens a fresh one.
     fn rotate(&mut self) -> io::Result<()> {
         let seq = self.last_seq + 1;
-        fs::rename(self.live_path(), self.dir.join(segment_name(self.base, seq)))?;
+        fs::rename(
+            self.live_path(),
+            self.dir.join(segment_name(self.base, seq)),
+        )?;
         self.last_seq = seq;
         self.segments.push_back(seq);
         self.live_size = 0;
@@ -325,7 +328,12 @@ impl Syncer {
         if self.handle.join().is_err() {
             return Err(io::Error::other("log fsync thread panicked"));
         }
-        match self.error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        match self
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             Some(err) => Err(err),
             None => Ok(()),
         }
@@ -360,13 +368,17 @@ mod tests {
             RotatingWriter::open(dir.path(), Source::App, 10, 0),
             Err(WriterError::ZeroMaxFiles)
         ));
-        assert!(names(dir.path()).is_empty(), "nothing created on bad limits");
+        assert!(
+            names(dir.path()).is_empty(),
+            "nothing created on bad limits"
+        );
     }
 
     #[test]
     fn segments_are_cut_exactly_at_max_size() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 4, 10).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 4, 10).map_err(io::Error::other)?;
         w.write_all(b"0123456789")?;
         w.finish()?;
         assert_eq!(
@@ -382,9 +394,14 @@ mod tests {
     #[test]
     fn rotation_is_lazy() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::Vmm, 4, 10).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::Vmm, 4, 10).map_err(io::Error::other)?;
         w.write_all(b"abcd")?;
-        assert_eq!(names(dir.path()), ["vmm.log"], "a full file waits for the next byte");
+        assert_eq!(
+            names(dir.path()),
+            ["vmm.log"],
+            "a full file waits for the next byte"
+        );
         w.write_all(b"e")?;
         assert_eq!(names(dir.path()), ["vmm.log", "vmm.log.00000001"]);
         Ok(())
@@ -393,7 +410,8 @@ mod tests {
     #[test]
     fn retention_keeps_max_files_newest() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 2, 2).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 2, 2).map_err(io::Error::other)?;
         w.write_all(b"aabbccddee")?;
         assert_eq!(w.segments().collect::<Vec<_>>(), [3, 4]);
         w.finish()?;
@@ -410,36 +428,47 @@ mod tests {
     fn reopening_appends_and_continues_numbering() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         fs::write(dir.path().join("app.log.1"), b"operator's")?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 3, 5).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 3, 5).map_err(io::Error::other)?;
         w.write_all(b"abcde")?;
         w.finish()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 3, 5).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 3, 5).map_err(io::Error::other)?;
         assert_eq!(w.live_size(), 2);
         w.write_all(b"fgh")?;
         w.finish()?;
         assert_eq!(read(dir.path(), "app.log.00000001"), b"abc");
         assert_eq!(read(dir.path(), "app.log.00000002"), b"def");
         assert_eq!(read(dir.path(), "app.log"), b"gh");
-        assert_eq!(read(dir.path(), "app.log.1"), b"operator's", "not ours, untouched");
+        assert_eq!(
+            read(dir.path(), "app.log.1"),
+            b"operator's",
+            "not ours, untouched"
+        );
         Ok(())
     }
 
     #[test]
     fn reopening_with_fewer_files_prunes() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 1, 10).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 1, 10).map_err(io::Error::other)?;
         w.write_all(b"abcde")?;
         w.finish()?;
         let w = RotatingWriter::open(dir.path(), Source::App, 1, 2).map_err(io::Error::other)?;
         assert_eq!(w.segments().collect::<Vec<_>>(), [3, 4]);
-        assert_eq!(names(dir.path()), ["app.log", "app.log.00000003", "app.log.00000004"]);
+        assert_eq!(
+            names(dir.path()),
+            ["app.log", "app.log.00000003", "app.log.00000004"]
+        );
         Ok(())
     }
 
     #[test]
     fn outside_truncate_leaves_no_hole() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut w = RotatingWriter::open(dir.path(), Source::App, 1 << 20, 1).map_err(io::Error::other)?;
+        let mut w =
+            RotatingWriter::open(dir.path(), Source::App, 1 << 20, 1).map_err(io::Error::other)?;
         w.write_all(b"first line\n")?;
         OpenOptions::new()
             .write(true)

@@ -151,7 +151,8 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
     status::remove_if_present(dir, EXIT_JSON).map_err(status_err(EXIT_JSON))?;
 
     // Handlers first, so a child that dies at once is still noticed.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
     let mut child = spawn(&config.command)?;
     let started_at = SystemTime::now();
     let child_pid = child.id();
@@ -172,7 +173,10 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         (Some(stdout), Some(stderr)) => {
             let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
             let _ = rustix::pipe::fcntl_setpipe_size(&stderr, PIPE_SIZE);
-            [pump::spawn("stdout", stdout, app), pump::spawn("stderr", stderr, vmm)]
+            [
+                pump::spawn("stdout", stdout, app),
+                pump::spawn("stderr", stderr, vmm),
+            ]
         }
         _ => unreachable_pipes(),
     };
@@ -214,7 +218,10 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         }
     };
     if let Err(err) = status::write_atomic(dir, EXIT_JSON, &exit) {
-        eprintln!("lodge: cannot write {}: {err}", dir.join(EXIT_JSON).display());
+        eprintln!(
+            "lodge: cannot write {}: {err}",
+            dir.join(EXIT_JSON).display()
+        );
     }
     Ok(exit.shell_code())
 }
@@ -242,7 +249,10 @@ fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
 
 /// Forwards termination signals to the child's process group until the
 /// child exits; returns its status.
-fn wait_forwarding(child: &mut Child, signals: &mut Signals) -> io::Result<std::process::ExitStatus> {
+fn wait_forwarding(
+    child: &mut Child,
+    signals: &mut Signals,
+) -> io::Result<std::process::ExitStatus> {
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }

@@ -32,7 +32,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), MonitorError> {
     };
     check_dir(&config.log_dir)?;
     if resolve(program).is_none() {
-        return Err(MonitorError::CommandNotFound(program.to_string_lossy().into_owned()));
+        return Err(MonitorError::CommandNotFound(
+            program.to_string_lossy().into_owned(),
+        ));
     }
     Ok(())
 }
@@ -67,7 +69,10 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
         Ok(_fd) => Ok(()),
         Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
             let probe = dir.join(format!(".lodge-write-probe.{}", std::process::id()));
-            fs::OpenOptions::new().write(true).create_new(true).open(&probe)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)?;
             fs::remove_file(&probe)
         }
         Err(err) => Err(err.into()),
@@ -102,7 +107,10 @@ mod tests {
         assert!(resolve(OsStr::new("sh")).is_some());
         assert!(resolve(OsStr::new("/bin/sh")).is_some());
         assert!(resolve(OsStr::new("lodge-no-such-command")).is_none());
-        assert!(resolve(OsStr::new("/etc/hostname")).is_none(), "not executable");
+        assert!(
+            resolve(OsStr::new("/etc/hostname")).is_none(),
+            "not executable"
+        );
         assert!(resolve(OsStr::new("/")).is_none(), "a directory");
         assert!(resolve(OsStr::new("")).is_none());
     }

@@ -41,7 +41,10 @@ pub async fn decide(cfg: &Config) -> Result<Accel> {
     if let Ok(bytes) = std::fs::read(&cache) {
         if let Ok(c) = serde_json::from_slice::<Cached>(&bytes) {
             if c.kernel_key == key {
-                log_verdict(c.accel, &format!("{} (cached in {})", c.message, cache.display()));
+                log_verdict(
+                    c.accel,
+                    &format!("{} (cached in {})", c.message, cache.display()),
+                );
                 return Ok(c.accel);
             }
         }

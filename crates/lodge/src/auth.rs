@@ -111,9 +111,13 @@ mod tests {
         assert!(auth.verify_header(Some(&format!("Bearer {token}"))).is_ok());
         assert!(auth.verify_header(None).is_err());
         assert!(auth.verify_header(Some(&token)).is_err());
-        assert!(auth.verify_header(Some(&format!("Bearer {token}x"))).is_err());
+        assert!(auth
+            .verify_header(Some(&format!("Bearer {token}x")))
+            .is_err());
         // The same data dir yields the same secret.
         let again = Auth::load(dir.path()).expect("auth");
-        assert!(again.verify_header(Some(&format!("Bearer {token}"))).is_ok());
+        assert!(again
+            .verify_header(Some(&format!("Bearer {token}")))
+            .is_ok());
     }
 }

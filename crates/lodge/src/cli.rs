@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lodge", version, about = "Run OCI container images as virtual machines")]
+#[command(
+    name = "lodge",
+    version,
+    about = "Run OCI container images as virtual machines"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

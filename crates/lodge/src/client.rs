@@ -57,16 +57,23 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the lodge daemon at {} (is `lodge serve` running?)", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the lodge daemon at {} (is `lodge serve` running?)",
+                self.base
+            )
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -83,7 +90,12 @@ impl Client {
         }
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
         let resp = self.send(method, path, body).await?;
         Ok(resp.json().await?)
     }
@@ -95,7 +107,14 @@ impl Client {
 
     /// Streams log lines (without `\n`) to `on_line` until the server ends
     /// the stream.
-    pub async fn logs(&self, instance: &str, tail: u64, follow: bool, source: &str, mut on_line: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    pub async fn logs(
+        &self,
+        instance: &str,
+        tail: u64,
+        follow: bool,
+        source: &str,
+        mut on_line: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
         let path = format!(
             "/instances/{}/logs?tail={tail}&follow={follow}&source={source}",
             encode(instance)

@@ -34,9 +34,9 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join("system"));
         let listen = std::env::var("LODGE_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("LODGE_LISTEN {listen:?} is not an address like 127.0.0.1:8080"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("LODGE_LISTEN {listen:?} is not an address like 127.0.0.1:8080")
+        })?;
         let lodge_exe = std::env::current_exe().context("cannot locate the lodge executable")?;
         let qemu_binary = std::env::var_os("LODGE_QEMU")
             .map(PathBuf::from)
@@ -49,7 +49,9 @@ impl Config {
             Err(_) => 50 << 20,
         };
         let log_max_files = match std::env::var("LODGE_LOG_MAX_FILES") {
-            Ok(s) => s.parse().with_context(|| format!("LODGE_LOG_MAX_FILES {s:?}"))?,
+            Ok(s) => s
+                .parse()
+                .with_context(|| format!("LODGE_LOG_MAX_FILES {s:?}"))?,
             Err(_) => 5,
         };
         Ok(Config {

@@ -18,7 +18,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
         return Err(SizeError::Invalid(s.to_string()));
     }
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| SizeError::Overflow(s.to_string()))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| SizeError::Overflow(s.to_string()))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -45,6 +47,9 @@ mod tests {
         for bad in ["", "12XB", "-5", "GB", "1.5GB", "1 G B"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        assert!(matches!(parse_size("99999999999TB"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999TB"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 }

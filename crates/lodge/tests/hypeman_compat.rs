@@ -13,7 +13,10 @@ fn hypemans_python_client_drives_lodge() {
         "LODGE_COMPAT_PYTHON is not set: run the suite with ./scripts/test.sh, which installs hypeman==0.28.0 in a venv",
     );
     let d = Daemon::start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/compat/hypeman_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/compat/hypeman_client.py"
+    );
     let out = Command::new(python)
         .arg(script)
         .env("HYPEMAN_BASE_URL", &d.base)

@@ -46,7 +46,11 @@ fn follower(dir: &Path, flags: &[&str]) -> std::io::Result<(Child, JoinHandle<Ve
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let mut stdout = child.stdout.take().ok_or("no stdout").map_err(std::io::Error::other)?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or("no stdout")
+        .map_err(std::io::Error::other)?;
     let reader = thread::spawn(move || {
         let mut out = Vec::new();
         let _ = stdout.read_to_end(&mut out);
@@ -56,7 +60,12 @@ fn follower(dir: &Path, flags: &[&str]) -> std::io::Result<(Child, JoinHandle<Ve
 }
 
 fn logs(dir: &Path, flags: &[&str]) -> std::io::Result<Output> {
-    lodge().arg("logs").arg("--dir").arg(dir).args(flags).output()
+    lodge()
+        .arg("logs")
+        .arg("--dir")
+        .arg(dir)
+        .args(flags)
+        .output()
 }
 
 /// Waits for `child` at most `limit`; kills it and fails after that.
@@ -88,7 +97,11 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Re
 }
 
 fn seq(from: u64, to: u64) -> std::io::Result<Vec<u8>> {
-    Ok(Command::new("seq").arg(from.to_string()).arg(to.to_string()).output()?.stdout)
+    Ok(Command::new("seq")
+        .arg(from.to_string())
+        .arg(to.to_string())
+        .output()?
+        .stdout)
 }
 
 fn mkfifo(path: &Path) -> std::io::Result<()> {
@@ -101,7 +114,10 @@ fn mkfifo(path: &Path) -> std::io::Result<()> {
 
 /// Lets a writer blocked in `cat FIFO` go.
 fn open_gate(fifo: &Path) -> std::io::Result<()> {
-    OpenOptions::new().write(true).open(fifo)?.write_all(b"go\n")
+    OpenOptions::new()
+        .write(true)
+        .open(fifo)?
+        .write_all(b"go\n")
 }
 
 /// A shell command that waits for the gate, then runs `then`.
@@ -171,17 +187,28 @@ fn stderr_of(child: &mut Child) -> String {
 }
 
 fn kill(pid: u64, signal: &str) -> std::io::Result<()> {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
     if !status.success() {
-        return Err(std::io::Error::other(format!("kill -{signal} {pid} failed")));
+        return Err(std::io::Error::other(format!(
+            "kill -{signal} {pid} failed"
+        )));
     }
     Ok(())
 }
 
 /// Where a difference starts, for readable failures on big outputs.
 fn first_difference(got: &[u8], want: &[u8]) -> String {
-    let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    let show = |d: &[u8]| String::from_utf8_lossy(&d[at.saturating_sub(20)..(at + 20).min(d.len())]).into_owned();
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let show = |d: &[u8]| {
+        String::from_utf8_lossy(&d[at.saturating_sub(20)..(at + 20).min(d.len())]).into_owned()
+    };
     format!(
         "lengths {} vs {} (wanted); first difference at byte {at}: got {:?}, wanted {:?}",
         got.len(),
@@ -207,7 +234,11 @@ fn integrity_under_load_with_two_followers() -> TestResult {
     mkfifo(&fifo)?;
     let command = gated(&fifo, &format!("exec seq 1 {N}"));
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    let mut monitor = supervise(&dir, &["--max-size", "64KiB", "--max-files", "1000"], &command)?;
+    let mut monitor = supervise(
+        &dir,
+        &["--max-size", "64KiB", "--max-files", "1000"],
+        &command,
+    )?;
     wait_monitor_started(&dir)?;
 
     let (mut f1, out1) = follower(&dir, &["--tail", "all", "-f"])?;
@@ -216,7 +247,11 @@ fn integrity_under_load_with_two_followers() -> TestResult {
     open_gate(&fifo)?;
 
     let status = wait_for(&mut monitor, Duration::from_secs(40), "monitor")?;
-    assert!(status.success(), "monitor: {status:?} {}", stderr_of(&mut monitor));
+    assert!(
+        status.success(),
+        "monitor: {status:?} {}",
+        stderr_of(&mut monitor)
+    );
     // Followers end by themselves once the monitor is gone.
     for (f, name) in [(&mut f1, "follower 1"), (&mut f2, "follower 2")] {
         let status = wait_for(f, Duration::from_secs(20), name)?;
@@ -229,7 +264,12 @@ fn integrity_under_load_with_two_followers() -> TestResult {
     let segs = segments(&dir, "app.log")?;
     assert!(segs.len() >= 500, "only {} rotations", segs.len());
     for (_, path) in &segs {
-        assert_eq!(fs::metadata(path)?.len(), 64 * 1024, "{} not cut at the limit", path.display());
+        assert_eq!(
+            fs::metadata(path)?.len(),
+            64 * 1024,
+            "{} not cut at the limit",
+            path.display()
+        );
     }
     assert_same(&retained(&dir, "app.log")?, &want, "segments + live file");
     let tail_all = logs(&dir, &["--tail", "all"])?;
@@ -264,7 +304,10 @@ fn outside_copytruncate_leaves_no_hole() -> TestResult {
     }
     let status = wait_for(&mut monitor, Duration::from_secs(20), "monitor")?;
     assert!(status.success(), "{status:?}");
-    assert!(rounds >= 10, "only {rounds} truncations happened while writing");
+    assert!(
+        rounds >= 10,
+        "only {rounds} truncations happened while writing"
+    );
     let data = fs::read(&live)?;
     assert!(!data.is_empty(), "writes after the last truncate must land");
     assert!(!data.contains(&0), "NUL hole after copytruncate");
@@ -287,7 +330,11 @@ fn stalled_follower_does_not_block_the_writer() -> TestResult {
     mkfifo(&fifo)?;
     let command = gated(&fifo, &format!("exec seq 1 {N}"));
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    let mut monitor = supervise(&dir, &["--max-size", "1MiB", "--max-files", "100"], &command)?;
+    let mut monitor = supervise(
+        &dir,
+        &["--max-size", "1MiB", "--max-files", "100"],
+        &command,
+    )?;
     wait_monitor_started(&dir)?;
     // stdout is a pipe that is never read.
     let mut stalled = lodge()
@@ -297,9 +344,16 @@ fn stalled_follower_does_not_block_the_writer() -> TestResult {
         .spawn()?;
     thread::sleep(Duration::from_millis(200));
     open_gate(&fifo)?;
-    let status = wait_for(&mut monitor, Duration::from_secs(30), "monitor with a stalled follower")?;
+    let status = wait_for(
+        &mut monitor,
+        Duration::from_secs(30),
+        "monitor with a stalled follower",
+    )?;
     assert!(status.success(), "{status:?}");
-    assert!(stalled.try_wait()?.is_none(), "the follower should still be stuck on its full pipe");
+    assert!(
+        stalled.try_wait()?.is_none(),
+        "the follower should still be stuck on its full pipe"
+    );
     stalled.kill()?;
     stalled.wait()?;
     assert_same(&retained(&dir, "app.log")?, &seq(1, N)?, "capture");
@@ -313,7 +367,11 @@ fn killed_follower_restarted_resumes_from_tail() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let writer = "i=1; while [ $i -le 150 ]; do echo $i; i=$((i+1)); sleep 0.01; done";
-    let mut monitor = supervise(dir, &["--max-size", "64", "--max-files", "1000"], &["sh", "-c", writer])?;
+    let mut monitor = supervise(
+        dir,
+        &["--max-size", "64", "--max-files", "1000"],
+        &["sh", "-c", writer],
+    )?;
     wait_monitor_started(dir)?;
 
     let (mut first, first_out) = follower(dir, &["--tail", "0", "-f"])?;
@@ -331,13 +389,24 @@ fn killed_follower_restarted_resumes_from_tail() -> TestResult {
     assert!(status.success());
     let text = String::from_utf8(second_out.join().map_err(|_| "reader")?)?;
     let numbers: Vec<u32> = text.lines().map(str::parse).collect::<Result<_, _>>()?;
-    let first_number = *numbers.first().ok_or("restarted follower printed nothing")?;
-    assert!(first_number >= 36, "--tail 5 after 40 lines must not start at {first_number}");
+    let first_number = *numbers
+        .first()
+        .ok_or("restarted follower printed nothing")?;
+    assert!(
+        first_number >= 36,
+        "--tail 5 after 40 lines must not start at {first_number}"
+    );
     let want: Vec<u32> = (first_number..=150).collect();
-    assert_eq!(numbers, want, "restarted follower must continue without gap or duplicate");
+    assert_eq!(
+        numbers, want,
+        "restarted follower must continue without gap or duplicate"
+    );
     // The killed one printed a gapless run too, up to where it died.
     let seen: Vec<u32> = seen.lines().map(str::parse).collect::<Result<_, _>>()?;
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "first follower: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1] == w[0] + 1),
+        "first follower: {seen:?}"
+    );
     Ok(())
 }
 
@@ -380,7 +449,11 @@ fn exit_status_is_recorded_and_reported() -> TestResult {
         let time = exit[key].as_str().ok_or(key)?;
         humantime::parse_rfc3339(time)?;
     }
-    wait_for(&mut tail, Duration::from_secs(10), "follower after the monitor exited")?;
+    wait_for(
+        &mut tail,
+        Duration::from_secs(10),
+        "follower after the monitor exited",
+    )?;
     assert_eq!(tail_out.join().map_err(|_| "reader")?, b"up\n");
 
     // SIGTERM to the monitor reaches the child.
@@ -442,7 +515,10 @@ fn make_unwritable(dir: &Path) -> std::io::Result<bool> {
 }
 
 fn unmount(dir: &Path) {
-    let _ = Command::new("umount").arg(dir).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
 }
 
 // Bad input: a clear one-line error, exit code 2, nothing created.
@@ -456,25 +532,62 @@ fn bad_input_exits_2_and_creates_nothing() -> TestResult {
     let missing = tmp.path().join("missing");
     let d = dir.to_str().ok_or("path")?;
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--log-dir", missing.to_str().ok_or("path")?, "--", "true"], "does not exist"),
-        (vec!["--log-dir", file.to_str().ok_or("path")?, "--", "true"], "not a directory"),
-        (vec!["--log-dir", d, "--max-size", "0", "--", "true"], "greater than zero"),
-        (vec!["--log-dir", d, "--max-size", "-5", "--", "true"], "negative"),
-        (vec!["--log-dir", d, "--max-size", "12XB", "--", "true"], "unknown unit"),
-        (vec!["--log-dir", d, "--max-size", "", "--", "true"], "empty"),
-        (vec!["--log-dir", d, "--max-files", "0", "--", "true"], "at least 1"),
-        (vec!["--log-dir", d, "--max-files", "-1", "--", "true"], "--max-files"),
+        (
+            vec!["--log-dir", missing.to_str().ok_or("path")?, "--", "true"],
+            "does not exist",
+        ),
+        (
+            vec!["--log-dir", file.to_str().ok_or("path")?, "--", "true"],
+            "not a directory",
+        ),
+        (
+            vec!["--log-dir", d, "--max-size", "0", "--", "true"],
+            "greater than zero",
+        ),
+        (
+            vec!["--log-dir", d, "--max-size", "-5", "--", "true"],
+            "negative",
+        ),
+        (
+            vec!["--log-dir", d, "--max-size", "12XB", "--", "true"],
+            "unknown unit",
+        ),
+        (
+            vec!["--log-dir", d, "--max-size", "", "--", "true"],
+            "empty",
+        ),
+        (
+            vec!["--log-dir", d, "--max-files", "0", "--", "true"],
+            "at least 1",
+        ),
+        (
+            vec!["--log-dir", d, "--max-files", "-1", "--", "true"],
+            "--max-files",
+        ),
         (vec!["--log-dir", d], "no command"),
         (vec!["--log-dir", d, "--"], "no command"),
-        (vec!["--log-dir", d, "--", "lodge-no-such-command", "x"], "command not found"),
-        (vec!["--log-dir", d, "--", file.to_str().ok_or("path")?], "command not found"),
+        (
+            vec!["--log-dir", d, "--", "lodge-no-such-command", "x"],
+            "command not found",
+        ),
+        (
+            vec!["--log-dir", d, "--", file.to_str().ok_or("path")?],
+            "command not found",
+        ),
     ];
     let check = |args: &[&str], expect: &str| -> TestResult {
         let out = lodge().arg("supervise").args(args).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line wanted, got {stderr:?}");
-        assert!(stderr.starts_with("lodge: ") && stderr.contains(expect), "{args:?}: {stderr:?}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line wanted, got {stderr:?}"
+        );
+        assert!(
+            stderr.starts_with("lodge: ") && stderr.contains(expect),
+            "{args:?}: {stderr:?}"
+        );
         Ok(())
     };
     for (args, expect) in &cases {
@@ -486,7 +599,10 @@ fn bad_input_exits_2_and_creates_nothing() -> TestResult {
     let ro = tmp.path().join("read-only");
     fs::create_dir(&ro)?;
     if make_unwritable(&ro)? {
-        let result = check(&["--log-dir", ro.to_str().ok_or("path")?, "--", "true"], "not writable");
+        let result = check(
+            &["--log-dir", ro.to_str().ok_or("path")?, "--", "true"],
+            "not writable",
+        );
         let created = fs::read_dir(&ro).map(|d| d.count()).unwrap_or(0);
         unmount(&ro);
         result?;
@@ -517,7 +633,10 @@ fn second_monitor_for_a_directory_is_refused() -> TestResult {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another monitor"), "{stderr}");
-    assert!(!marker.exists(), "the refused monitor must not run its command");
+    assert!(
+        !marker.exists(),
+        "the refused monitor must not run its command"
+    );
     kill(u64::from(first.id()), "TERM")?;
     wait_for(&mut first, Duration::from_secs(10), "first monitor")?;
     Ok(())
@@ -533,7 +652,11 @@ fn output_is_byte_exact() -> TestResult {
     let stderr: &[u8] = b"\x00vmm \xc3\x28\r\n";
     let script = r"printf 'a\r\nb\377\376\000c\r\n\nno newline'; printf '\000vmm \303\050\r\n' >&2";
     // A 5-byte limit cuts segments in the middle of lines.
-    let mut monitor = supervise(dir, &["--max-size", "5", "--max-files", "100"], &["sh", "-c", script])?;
+    let mut monitor = supervise(
+        dir,
+        &["--max-size", "5", "--max-files", "100"],
+        &["sh", "-c", script],
+    )?;
     assert!(wait_for(&mut monitor, Duration::from_secs(10), "monitor")?.success());
     assert!(segments(dir, "app.log")?.len() >= 3);
     assert_same(&retained(dir, "app.log")?, stdout, "app files");
@@ -607,8 +730,16 @@ fn disk_use_stays_bounded() -> TestResult {
     let peak = sampler.join().map_err(|_| "sampler")?;
     // A sample is not atomic: it may see a segment about to be deleted and
     // the file that replaces it, so allow one file of slack while running.
-    assert!(peak.0 <= (FILES + 2) * SIZE, "app.log peak {} bytes", peak.0);
-    assert!(peak.1 <= (FILES + 2) * SIZE, "vmm.log peak {} bytes", peak.1);
+    assert!(
+        peak.0 <= (FILES + 2) * SIZE,
+        "app.log peak {} bytes",
+        peak.0
+    );
+    assert!(
+        peak.1 <= (FILES + 2) * SIZE,
+        "vmm.log peak {} bytes",
+        peak.1
+    );
     for base in ["app.log", "vmm.log"] {
         assert!(disk_use(&dir, base) <= (FILES + 1) * SIZE, "{base} at rest");
         assert_eq!(segments(&dir, base)?.len() as u64, FILES, "{base} segments");
@@ -697,22 +828,40 @@ fn monitor_continues_an_existing_directory() -> TestResult {
     let mut first = supervise(dir, &flags, &["seq", "1", "3000"])?;
     assert!(wait_for(&mut first, Duration::from_secs(10), "first run")?.success());
     let before = segments(dir, "app.log")?;
-    let saved: Vec<Vec<u8>> = before.iter().map(|(_, p)| fs::read(p)).collect::<Result<_, _>>()?;
+    let saved: Vec<Vec<u8>> = before
+        .iter()
+        .map(|(_, p)| fs::read(p))
+        .collect::<Result<_, _>>()?;
     let live_ino = fs::metadata(dir.join("app.log"))?.ino();
     let first_exit = read_exit_json(dir)?;
 
     let mut second = supervise(dir, &flags, &["sh", "-c", "seq 3001 6000; exit 4"])?;
-    assert_eq!(wait_for(&mut second, Duration::from_secs(10), "second run")?.code(), Some(4));
+    assert_eq!(
+        wait_for(&mut second, Duration::from_secs(10), "second run")?.code(),
+        Some(4)
+    );
     let after = segments(dir, "app.log")?;
-    assert_eq!(&after[..before.len()], &before[..], "old segments keep their numbers");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "old segments keep their numbers"
+    );
     for ((_, path), data) in before.iter().zip(&saved) {
         assert_eq!(&fs::read(path)?, data, "{} rewritten", path.display());
     }
     assert!(after.len() > before.len());
-    assert_eq!(after[before.len()].0, before.last().map_or(1, |s| s.0 + 1), "numbering continues");
+    assert_eq!(
+        after[before.len()].0,
+        before.last().map_or(1, |s| s.0 + 1),
+        "numbering continues"
+    );
     // The first run's live file was appended to, then rotated as the next seq.
     assert_eq!(fs::metadata(&after[before.len()].1)?.ino(), live_ino);
-    assert_same(&retained(dir, "app.log")?, &seq(1, 6000)?, "both runs, in order");
+    assert_same(
+        &retained(dir, "app.log")?,
+        &seq(1, 6000)?,
+        "both runs, in order",
+    );
     let second_exit = read_exit_json(dir)?;
     assert_eq!(second_exit["code"].as_i64(), Some(4));
     assert_ne!(first_exit, second_exit);
@@ -723,7 +872,11 @@ fn monitor_continues_an_existing_directory() -> TestResult {
 #[test]
 fn closed_stdout_is_a_quiet_exit() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut monitor = supervise(tmp.path(), &["--max-size", "256KiB", "--max-files", "10"], &["seq", "1", "400000"])?;
+    let mut monitor = supervise(
+        tmp.path(),
+        &["--max-size", "256KiB", "--max-files", "10"],
+        &["seq", "1", "400000"],
+    )?;
     assert!(wait_for(&mut monitor, Duration::from_secs(10), "monitor")?.success());
     let mut reader = lodge()
         .args(["logs", "--tail", "all", "--dir"])
@@ -732,7 +885,11 @@ fn closed_stdout_is_a_quiet_exit() -> TestResult {
         .stderr(Stdio::piped())
         .spawn()?;
     let mut head = [0u8; 16];
-    reader.stdout.take().ok_or("stdout")?.read_exact(&mut head)?;
+    reader
+        .stdout
+        .take()
+        .ok_or("stdout")?
+        .read_exact(&mut head)?;
     // stdout is dropped (closed) here.
     let status = wait_for(&mut reader, Duration::from_secs(10), "reader")?;
     assert_eq!(status.code(), Some(0));

@@ -27,14 +27,21 @@ fn echo_hello_reaches_running_then_stops_with_code_zero() {
     let inst = d.create(sh("hello", "echo hello; sleep 3"));
     let id = inst["id"].as_str().expect("id").to_string();
     assert!(
-        matches!(inst["state"].as_str(), Some("Initializing") | Some("Running")),
+        matches!(
+            inst["state"].as_str(),
+            Some("Initializing") | Some("Running")
+        ),
         "{inst}"
     );
     d.wait_state(&id, "Running", BOOT);
     let stopped = d.wait_state(&id, "Stopped", BOOT);
     assert_eq!(stopped["exit_code"], 0, "{stopped}");
     let lines = d.log_lines(&id, "tail=100");
-    assert_eq!(lines, vec!["hello".to_string()], "console log is exactly the program's output");
+    assert_eq!(
+        lines,
+        vec!["hello".to_string()],
+        "console log is exactly the program's output"
+    );
     // Found by name and by unique id prefix too.
     assert_eq!(d.get("hello")["id"], id.as_str());
     assert_eq!(d.get(&id[..6])["id"], id.as_str());
@@ -49,10 +56,29 @@ fn cli_run_streams_the_console_and_exits_with_the_program_code() {
     let d = Daemon::start();
     let root = busybox_rootfs();
     let out = d.lodge(&[
-        "run", "--name", "three", "--cpus", "1", "--memory", "256MB", "-e", "GREETING=hi there",
-        "-w", "/tmp", "--rootfs", &root, "sh", "-c", "echo \"$GREETING from $(pwd)\"; exit 3",
+        "run",
+        "--name",
+        "three",
+        "--cpus",
+        "1",
+        "--memory",
+        "256MB",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "echo \"$GREETING from $(pwd)\"; exit 3",
     ]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there from /tmp\n");
     let inst = d.get("three");
     assert_eq!(inst["state"], "Stopped");
@@ -67,15 +93,24 @@ fn stop_is_graceful_and_start_appends_to_the_same_log() {
     let id = inst["id"].as_str().expect("id").to_string();
     d.wait_state(&id, "Running", BOOT);
     common::wait_until("boot on the console", BOOT, || {
-        d.log_lines(&id, "tail=10").contains(&"boot".to_string()).then_some(())
+        d.log_lines(&id, "tail=10")
+            .contains(&"boot".to_string())
+            .then_some(())
     });
     let r = d.api("POST", &format!("/instances/{id}/stop"), None);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["state"], "Stopped", "{}", r.text);
     let lines = d.log_lines(&id, "tail=100");
-    assert_eq!(lines, vec!["boot", "got TERM"], "the program saw SIGTERM and exited cleanly");
+    assert_eq!(
+        lines,
+        vec!["boot", "got TERM"],
+        "the program saw SIGTERM and exited cleanly"
+    );
     let ops = d.log_lines(&id, "source=lodge");
-    assert!(ops.iter().any(|l| l.ends_with(" stopped")), "graceful, not forced: {ops:?}");
+    assert!(
+        ops.iter().any(|l| l.ends_with(" stopped")),
+        "graceful, not forced: {ops:?}"
+    );
 
     // Stopping a stopped instance is a conflict, with the error shape.
     let again = d.api("POST", &format!("/instances/{id}/stop"), None);
@@ -89,7 +124,11 @@ fn stop_is_graceful_and_start_appends_to_the_same_log() {
         (l.iter().filter(|x| *x == "boot").count() == 2).then_some(())
     });
     let lines = d.log_lines(&id, "tail=100");
-    assert_eq!(&lines[..3], &["boot", "got TERM", "boot"], "appended, never truncated");
+    assert_eq!(
+        &lines[..3],
+        &["boot", "got TERM", "boot"],
+        "appended, never truncated"
+    );
     let r = d.api("DELETE", &format!("/instances/{id}"), None);
     assert_eq!(r.status, 204, "{}", r.text);
 }
@@ -108,11 +147,20 @@ fn delete_works_from_every_state_and_removes_everything() {
         b["id"].as_str().expect("id").to_string(),
         c["id"].as_str().expect("id").to_string(),
     );
-    assert_eq!(d.api("DELETE", &format!("/instances/{a}"), None).status, 204);
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{a}"), None).status,
+        204
+    );
     d.wait_state(&b, "Running", BOOT);
-    assert_eq!(d.api("DELETE", &format!("/instances/{b}"), None).status, 204);
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{b}"), None).status,
+        204
+    );
     d.wait_state(&c, "Stopped", BOOT);
-    assert_eq!(d.api("DELETE", &format!("/instances/{c}"), None).status, 204);
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{c}"), None).status,
+        204
+    );
     for id in [&a, &b, &c] {
         assert_eq!(d.api("GET", &format!("/instances/{id}"), None).status, 404);
         assert!(!d.guests_dir().join(id).exists(), "{id} left files behind");
@@ -124,25 +172,36 @@ fn delete_works_from_every_state_and_removes_everything() {
         .args(["-f", d.data_dir.to_str().expect("utf-8")])
         .output()
         .expect("pgrep");
-    assert!(ps.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&ps.stdout));
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
 }
 
 #[test]
 fn daemon_kill9_loses_no_console_output_and_finds_the_vm_again() {
     let mut d = Daemon::start();
     let n = 300;
-    let script = format!("i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; sleep 0.02; done");
+    let script =
+        format!("i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; sleep 0.02; done");
     let inst = d.create(sh("survivor", &script));
     let id = inst["id"].as_str().expect("id").to_string();
     common::wait_until("output to start", BOOT, || {
-        d.log_lines(&id, "tail=1").iter().any(|l| l.starts_with("line-")).then_some(())
+        d.log_lines(&id, "tail=1")
+            .iter()
+            .any(|l| l.starts_with("line-"))
+            .then_some(())
     });
     d.kill9();
     std::thread::sleep(Duration::from_secs(2));
     d.spawn();
     // The restarted daemon still knows the instance and its state is honest.
     let st = d.state(&id);
-    assert!(matches!(st.as_str(), "Running" | "Stopped"), "state after restart: {st}");
+    assert!(
+        matches!(st.as_str(), "Running" | "Stopped"),
+        "state after restart: {st}"
+    );
     d.wait_state(&id, "Stopped", BOOT);
     let lines = d.log_lines(&id, &format!("tail={}", n + 10));
     let want: Vec<String> = (1..=n).map(|i| format!("line-{i}")).collect();
@@ -155,21 +214,45 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     let d = Daemon::start();
     let root = busybox_rootfs();
     let cases = [
-        (json!({"name": "Bad_Name", "rootfs": root, "cmd": ["true"]}), 400),
+        (
+            json!({"name": "Bad_Name", "rootfs": root, "cmd": ["true"]}),
+            400,
+        ),
         (json!({"name": "-x", "rootfs": root, "cmd": ["true"]}), 400),
-        (json!({"name": "ok", "rootfs": root, "cmd": ["true"], "vcpus": 0}), 400),
-        (json!({"name": "ok", "rootfs": root, "cmd": ["true"], "size": "12XB"}), 400),
-        (json!({"name": "ok", "rootfs": "/no/such/dir", "cmd": ["true"]}), 400),
-        (json!({"name": "ok", "rootfs": "relative/dir", "cmd": ["true"]}), 400),
+        (
+            json!({"name": "ok", "rootfs": root, "cmd": ["true"], "vcpus": 0}),
+            400,
+        ),
+        (
+            json!({"name": "ok", "rootfs": root, "cmd": ["true"], "size": "12XB"}),
+            400,
+        ),
+        (
+            json!({"name": "ok", "rootfs": "/no/such/dir", "cmd": ["true"]}),
+            400,
+        ),
+        (
+            json!({"name": "ok", "rootfs": "relative/dir", "cmd": ["true"]}),
+            400,
+        ),
         (json!({"name": "ok", "rootfs": root}), 400),
         (json!({"name": "ok"}), 400),
     ];
     for (body, status) in cases {
         let r = d.api("POST", "/instances", Some(&body));
         assert_eq!(r.status, status, "{body} -> {}", r.text);
-        assert!(r.body["code"].is_string() && r.body["message"].is_string(), "{}", r.text);
+        assert!(
+            r.body["code"].is_string() && r.body["message"].is_string(),
+            "{}",
+            r.text
+        );
     }
-    let r = d.request("POST", "/instances", Some("{not json"), Some(&d.token.clone()));
+    let r = d.request(
+        "POST",
+        "/instances",
+        Some("{not json"),
+        Some(&d.token.clone()),
+    );
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.body["code"], "bad_request");
     // An oversized body is refused from its declared length, before it is read.
@@ -203,5 +286,85 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     let r = d.api("POST", "/instances", Some(&sh("dup", "true")));
     assert_eq!(r.status, 409, "{}", r.text);
     let id = inst["id"].as_str().expect("id");
-    assert_eq!(d.api("DELETE", &format!("/instances/{id}"), None).status, 204);
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{id}"), None).status,
+        204
+    );
+}
+
+#[test]
+fn cli_verbs_and_following_the_console_through_the_api() {
+    let d = Daemon::start();
+    let root = busybox_rootfs();
+    let out = d.lodge(&[
+        "run",
+        "-d",
+        "--name",
+        "clicheck",
+        "--cpus",
+        "1",
+        "--memory",
+        "256MB",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 24, "run -d prints the id: {id:?}");
+
+    // `lodge logs -f` follows until the VM is done, then ends by itself.
+    let out = d.lodge(&["logs", "-f", "--tail", "all", "clicheck"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = (1..=30).map(|i| format!("tick-{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+
+    let ps = d.lodge(&["ps"]);
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("clicheck"),
+        "ps hides stopped"
+    );
+    let ps = d.lodge(&["ps", "-a"]);
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(ps.contains("clicheck") && ps.contains("Stopped"), "{ps}");
+    let inspect = d.lodge(&["inspect", &id[..8]]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect is JSON");
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["stopped_at"].is_string(), "{v}");
+
+    // Follow over SSE from a start: the stream carries the new boot's lines
+    // after the old ones, then ends when the VM does.
+    let start = d.lodge(&["start", "clicheck"]);
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let lines = d.log_lines(&id, "tail=5&follow=true");
+    let mut expect: Vec<String> = (26..=30).map(|i| format!("tick-{i}")).collect();
+    expect.extend((1..=30).map(|i| format!("tick-{i}")));
+    assert_eq!(lines, expect);
+
+    let rm = d.lodge(&["rm", "clicheck"]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let missing = d.lodge(&["inspect", "clicheck"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }

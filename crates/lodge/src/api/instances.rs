@@ -75,7 +75,9 @@ impl CreateInstance {
             .iter()
             .find(|k| self.other.get(**k).is_some_and(|v| !v.is_null()))
         {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported yet")));
+            return Err(ApiError::bad_request(format!(
+                "`{key}` is not supported yet"
+            )));
         }
         if let Some(h) = &self.hypervisor {
             if h != "qemu" {
@@ -145,7 +147,8 @@ pub async fn list(
     let filter = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
-            InstanceState::parse(s).ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
+            InstanceState::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
         ),
     };
     Ok(Json(state.manager.list(filter).await?))
@@ -208,12 +211,10 @@ pub async fn start(
     let req: StartInstance = if body.iter().all(u8::is_ascii_whitespace) {
         StartInstance::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     Ok(Json(
-        state
-            .manager
-            .start(&id, req.entrypoint, req.cmd)
-            .await?,
+        state.manager.start(&id, req.entrypoint, req.cmd).await?,
     ))
 }

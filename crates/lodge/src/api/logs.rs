@@ -92,12 +92,11 @@ pub async fn logs(
         (true, lodge_logs::Source::Lodge) => lodge_logs::Follow::Forever,
         (true, _) => lodge_logs::Follow::UntilWriterExits,
     };
-    let follower = tokio::task::spawn_blocking(move || {
-        lodge_logs::Follower::open(&dir, source, tail, follow)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
+    let follower =
+        tokio::task::spawn_blocking(move || lodge_logs::Follower::open(&dir, source, tail, follow))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
     Ok(Sse::new(line_events(follower)).into_response())
 }
 
@@ -105,30 +104,33 @@ pub async fn logs(
 fn line_events(follower: lodge_logs::Follower) -> impl Stream<Item = Result<Event, Infallible>> {
     let ready: Vec<Event> = Vec::new();
     let state = (LineSplitter::default(), follower, ready.into_iter(), false);
-    stream::unfold(state, |(mut splitter, mut follower, mut ready, mut done)| async move {
-        loop {
-            if let Some(ev) = ready.next() {
-                return Some((Ok(ev), (splitter, follower, ready, done)));
-            }
-            if done {
-                return None;
-            }
-            let chunk = follower.next().await;
-            let lines: Vec<Event> = match chunk {
-                Ok(Some(bytes)) => splitter.push(&bytes).iter().map(|l| event(l)).collect(),
-                Ok(None) => {
-                    done = true;
-                    splitter.finish().iter().map(|l| event(l)).collect()
+    stream::unfold(
+        state,
+        |(mut splitter, mut follower, mut ready, mut done)| async move {
+            loop {
+                if let Some(ev) = ready.next() {
+                    return Some((Ok(ev), (splitter, follower, ready, done)));
                 }
-                Err(e) => {
-                    tracing::warn!("following logs: {e}");
-                    done = true;
-                    splitter.finish().iter().map(|l| event(l)).collect()
+                if done {
+                    return None;
                 }
-            };
-            ready = lines.into_iter();
-        }
-    })
+                let chunk = follower.next().await;
+                let lines: Vec<Event> = match chunk {
+                    Ok(Some(bytes)) => splitter.push(&bytes).iter().map(|l| event(l)).collect(),
+                    Ok(None) => {
+                        done = true;
+                        splitter.finish().iter().map(|l| event(l)).collect()
+                    }
+                    Err(e) => {
+                        tracing::warn!("following logs: {e}");
+                        done = true;
+                        splitter.finish().iter().map(|l| event(l)).collect()
+                    }
+                };
+                ready = lines.into_iter();
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -147,7 +149,10 @@ mod tests {
     #[test]
     fn source_names() {
         assert_eq!(log_source(None).ok(), Some(lodge_logs::Source::App));
-        assert_eq!(log_source(Some("hypeman")).ok(), Some(lodge_logs::Source::Lodge));
+        assert_eq!(
+            log_source(Some("hypeman")).ok(),
+            Some(lodge_logs::Source::Lodge)
+        );
         assert!(log_source(Some("../x")).is_err());
     }
 }

@@ -38,7 +38,10 @@ pub struct AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "lodge", description = "Run OCI images as VMs (hypeman-compatible API)"),
+    info(
+        title = "lodge",
+        description = "Run OCI images as VMs (hypeman-compatible API)"
+    ),
     paths(
         health,
         instances::create,

@@ -22,7 +22,11 @@ pub fn ps(args: PsArgs) -> Result<u8> {
         });
         let mut out = std::io::stdout().lock();
         if !args.quiet {
-            writeln!(out, "{:<24}  {:<20}  {:<12}  {:<24}  IMAGE", "ID", "NAME", "STATE", "CREATED")?;
+            writeln!(
+                out,
+                "{:<24}  {:<20}  {:<12}  {:<24}  IMAGE",
+                "ID", "NAME", "STATE", "CREATED"
+            )?;
         }
         for i in shown {
             let s = |k: &str| i[k].as_str().unwrap_or("").to_string();
@@ -47,7 +51,9 @@ pub fn ps(args: PsArgs) -> Result<u8> {
 pub fn inspect(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client.call(Method::GET, &path(&args.instance), None).await?;
+        let inst: Value = client
+            .call(Method::GET, &path(&args.instance), None)
+            .await?;
         println!("{}", serde_json::to_string_pretty(&inst)?);
         Ok(0)
     })
@@ -57,7 +63,11 @@ pub fn stop(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client
-            .call(Method::POST, &format!("{}/stop", path(&args.instance)), None)
+            .call(
+                Method::POST,
+                &format!("{}/stop", path(&args.instance)),
+                None,
+            )
             .await?;
         println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
         Ok(0)
@@ -68,7 +78,11 @@ pub fn start(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client
-            .call(Method::POST, &format!("{}/start", path(&args.instance)), Some(&serde_json::json!({})))
+            .call(
+                Method::POST,
+                &format!("{}/start", path(&args.instance)),
+                Some(&serde_json::json!({})),
+            )
             .await?;
         println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
         Ok(0)

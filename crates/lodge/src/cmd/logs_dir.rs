@@ -31,7 +31,12 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
     let mut follower = Follower::open(dir, source, tail, follow)?;
 
     // An unbuffered handle on fd 1: std's stdout is line-buffered.
-    let mut out = File::from(io::stdout().as_fd().try_clone_to_owned().context("cannot use stdout")?);
+    let mut out = File::from(
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot use stdout")?,
+    );
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = follower.read_blocking(&mut buf)?;

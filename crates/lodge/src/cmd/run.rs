@@ -17,7 +17,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client.call(Method::POST, "/instances", Some(&body)).await?;
-        let id = inst["id"].as_str().context("daemon returned no id")?.to_string();
+        let id = inst["id"]
+            .as_str()
+            .context("daemon returned no id")?
+            .to_string();
         if args.detach {
             println!("{id}");
             return Ok(0);
@@ -59,8 +62,8 @@ fn request_body(args: &RunArgs) -> Result<Value> {
     let mut rest = args.args.clone();
     let (image, rootfs) = match &args.rootfs {
         Some(dir) => {
-            let abs = std::path::absolute(dir)
-                .with_context(|| format!("rootfs {}", dir.display()))?;
+            let abs =
+                std::path::absolute(dir).with_context(|| format!("rootfs {}", dir.display()))?;
             let abs = abs
                 .to_str()
                 .context("rootfs path is not valid UTF-8")?

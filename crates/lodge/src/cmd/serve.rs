@@ -40,10 +40,26 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         cfg.listen,
         cfg.data_dir.display()
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // Follow streams may stay open for days, so a signal ends the daemon at
+    // once instead of waiting for them; VMs live on under their monitors.
+    tokio::select! {
+        r = axum::serve(listener, app) => r?,
+        _ = shutdown_signal() => tracing::info!("lodge: shutting down; VMs keep running"),
+    }
     Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -14,10 +14,12 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
         .max_size
         .parse()
         .map_err(|err| anyhow!("invalid --max-size {:?}: {err}", args.max_size))?;
-    let max_files: usize = args
-        .max_files
-        .parse()
-        .map_err(|_| anyhow!("invalid --max-files {:?}: expected a whole number", args.max_files))?;
+    let max_files: usize = args.max_files.parse().map_err(|_| {
+        anyhow!(
+            "invalid --max-files {:?}: expected a whole number",
+            args.max_files
+        )
+    })?;
     let config = lodge_monitor::Config {
         log_dir: args.log_dir,
         max_size: max_size.as_u64(),

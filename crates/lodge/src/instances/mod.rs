@@ -124,7 +124,9 @@ impl CreateSpec {
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(Error::Invalid(format!("invalid environment variable name {key:?}")));
+                return Err(Error::Invalid(format!(
+                    "invalid environment variable name {key:?}"
+                )));
             }
         }
         if !self.workdir.starts_with('/') {
@@ -158,8 +160,8 @@ pub struct Manager {
     cfg: Arc<Config>,
     vmm: vmm::Vmm,
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
-    /// Serialises name checks with the creation that claims the name.
-    create_lock: AsyncMutex<()>,
+    /// Names claimed by creates still preparing their disks.
+    reserved: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Manager {
@@ -171,7 +173,7 @@ impl Manager {
             cfg,
             vmm,
             locks: Mutex::new(HashMap::new()),
-            create_lock: AsyncMutex::new(()),
+            reserved: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -182,6 +184,20 @@ impl Manager {
     fn lock_for(&self, id: &str) -> Arc<AsyncMutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Reserves `name` until the returned guard drops (the record is on
+    /// disk by then, so the name stays taken).
+    fn claim_name(&self, name: &str) -> Result<NameClaim<'_>> {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if reserved.contains(name) || self.all()?.iter().any(|m| m.name == name) {
+            return Err(Error::NameTaken(name.to_string()));
+        }
+        reserved.insert(name.to_string());
+        Ok(NameClaim {
+            manager: self,
+            name: name.to_string(),
+        })
     }
 
     fn all(&self) -> Result<Vec<Metadata>> {
@@ -205,7 +221,9 @@ impl Manager {
         if let Some(m) = all.iter().find(|m| m.id == key || m.name == key) {
             return Ok(m.id.clone());
         }
-        let mut hits = all.iter().filter(|m| !key.is_empty() && m.id.starts_with(key));
+        let mut hits = all
+            .iter()
+            .filter(|m| !key.is_empty() && m.id.starts_with(key));
         match (hits.next(), hits.next()) {
             (Some(m), None) => Ok(m.id.clone()),
             (Some(_), Some(_)) => Err(Error::Ambiguous(key.to_string())),
@@ -253,10 +271,9 @@ impl Manager {
     /// Creates the instance's disks and record, then boots it.
     pub async fn create(&self, spec: CreateSpec) -> Result<Instance> {
         spec.validate()?;
-        let _create = self.create_lock.lock().await;
-        if self.all()?.iter().any(|m| m.name == spec.name.as_str()) {
-            return Err(Error::NameTaken(spec.name.to_string()));
-        }
+        // Claim the name, so slow disk preparation runs outside any lock
+        // while a second create of the same name is refused at once.
+        let _claim = self.claim_name(spec.name.as_str())?;
         let id = naming::new_id();
         let paths = self.paths(&id);
         // Prepared under a staging name that listing ignores, then renamed
@@ -283,8 +300,10 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&staging.dir);
             io(format!("creating {}", paths.dir.display()))(e)
         })?;
-        drop(_create);
-        oplog(&paths, &format!("created name={} image={}", meta.name, meta.image));
+        oplog(
+            &paths,
+            &format!("created name={} image={}", meta.name, meta.image),
+        );
 
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -373,7 +392,9 @@ impl Manager {
             meta.cmd = c;
         }
         if meta.entrypoint.is_empty() && meta.cmd.is_empty() {
-            return Err(Error::Invalid("nothing to run: give a command or an entrypoint".into()));
+            return Err(Error::Invalid(
+                "nothing to run: give a command or an entrypoint".into(),
+            ));
         }
         disks::raw_image(&paths.config_disk(), &guest_config(&meta).encode())?;
         self.boot(&paths, meta).await?;
@@ -418,6 +439,21 @@ impl Manager {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+    }
+}
+
+struct NameClaim<'a> {
+    manager: &'a Manager,
+    name: String,
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        self.manager
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
     }
 }
 

@@ -71,7 +71,8 @@ pub fn new_id() -> String {
 pub fn is_id_like(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= ID_LEN
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -88,10 +88,7 @@ pub fn derive(o: &Observed) -> State {
 pub fn exit_report(o: &Observed) -> (Option<i32>, Option<String>) {
     match &o.guest {
         GuestProgress::Exited(code) => (Some(*code), Some(format!("exited with code {code}"))),
-        GuestProgress::Signaled(sig) => (
-            Some(128 + sig),
-            Some(format!("killed by signal {sig}")),
-        ),
+        GuestProgress::Signaled(sig) => (Some(128 + sig), Some(format!("killed by signal {sig}"))),
         GuestProgress::Failed(msg) => (Some(127), Some(msg.clone())),
         GuestProgress::NotStarted | GuestProgress::Started => match &o.vmm_exit {
             // The VM ended without the program reporting an exit: say why.
@@ -102,7 +99,12 @@ pub fn exit_report(o: &Observed) -> (Option<i32>, Option<String>) {
                     (Some(code), None) => format!("exited with code {code}"),
                     (None, None) => "ended".to_string(),
                 };
-                (None, Some(format!("the VMM {how} before the program finished (see the vmm log)")))
+                (
+                    None,
+                    Some(format!(
+                        "the VMM {how} before the program finished (see the vmm log)"
+                    )),
+                )
             }
             _ => (None, None),
         },
@@ -126,8 +128,14 @@ mod tests {
     #[test]
     fn transitions() {
         use GuestProgress::*;
-        assert_eq!(derive(&obs(false, false, false, NotStarted)), State::Created);
-        assert_eq!(derive(&obs(true, true, false, NotStarted)), State::Initializing);
+        assert_eq!(
+            derive(&obs(false, false, false, NotStarted)),
+            State::Created
+        );
+        assert_eq!(
+            derive(&obs(true, true, false, NotStarted)),
+            State::Initializing
+        );
         assert_eq!(derive(&obs(true, true, false, Started)), State::Running);
         assert_eq!(derive(&obs(true, true, true, Started)), State::Paused);
         assert_eq!(derive(&obs(true, true, false, Exited(0))), State::Shutdown);
@@ -141,7 +149,10 @@ mod tests {
     fn exit_reports() {
         use GuestProgress::*;
         assert_eq!(exit_report(&obs(false, true, false, Exited(3))).0, Some(3));
-        assert_eq!(exit_report(&obs(false, true, false, Signaled(9))).0, Some(137));
+        assert_eq!(
+            exit_report(&obs(false, true, false, Signaled(9))).0,
+            Some(137)
+        );
         assert_eq!(exit_report(&obs(true, true, false, Started)), (None, None));
         let mut crashed = obs(false, true, false, Started);
         crashed.vmm_exit = Some(super::super::vmm::VmmExit {

@@ -149,7 +149,9 @@ mod humantime_serde_compat {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
             s.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
                 .transpose()
@@ -188,6 +190,9 @@ mod tests {
         assert_eq!(back.name, "web");
         assert!(back.stopped_at.is_some());
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
-        assert_eq!(list_ids(dir.path()).expect("list"), vec!["abc123".to_string()]);
+        assert_eq!(
+            list_ids(dir.path()).expect("list"),
+            vec!["abc123".to_string()]
+        );
     }
 }

@@ -38,7 +38,12 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// `1073741824` → `1GB`, the way hypeman prints sizes (binary units).
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TB", 1 << 40),
+        ("GB", 1 << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);

@@ -81,11 +81,18 @@ pub struct VmmExit {
 pub fn read_vmm_exit(log_dir: &Path) -> Option<VmmExit> {
     let text = std::fs::read(log_dir.join("exit.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    let int = |k: &str| v.get(k).and_then(|x| x.as_i64()).and_then(|x| i32::try_from(x).ok());
+    let int = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_i64())
+            .and_then(|x| i32::try_from(x).ok())
+    };
     Some(VmmExit {
         code: int("code"),
         signal: int("signal"),
-        finished_at: v.get("finished_at").and_then(|x| x.as_str()).map(str::to_string),
+        finished_at: v
+            .get("finished_at")
+            .and_then(|x| x.as_str())
+            .map(str::to_string),
     })
 }
 
@@ -191,7 +198,12 @@ impl Vmm {
 
     /// Graceful power-down, then force after `timeout`. Returns whether the
     /// graceful path was enough.
-    pub async fn stop(&self, paths: &Paths, meta: &Metadata, timeout: Duration) -> Result<bool, Error> {
+    pub async fn stop(
+        &self,
+        paths: &Paths,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<bool, Error> {
         let logs = paths.logs();
         if !monitor_alive(&logs) {
             return Ok(true);
@@ -251,7 +263,9 @@ impl Vmm {
 fn child_pid(log_dir: &Path) -> Option<i32> {
     let text = std::fs::read(log_dir.join("monitor.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("child_pid")?.as_i64().and_then(|p| i32::try_from(p).ok())
+    v.get("child_pid")?
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
 }
 
 async fn wait_monitor_exit(log_dir: &Path, timeout: Duration) -> bool {

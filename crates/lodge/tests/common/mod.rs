@@ -14,7 +14,9 @@ pub const LODGE: &str = env!("CARGO_BIN_EXE_lodge");
 
 /// Where the guest kernel, initrd and demo rootfs are (scripts/build-guest.sh).
 pub fn system_dir() -> PathBuf {
-    let dir = std::env::var_os("LODGE_SYSTEM_DIR").map(PathBuf::from).expect(
+    let dir = std::env::var_os("LODGE_SYSTEM_DIR")
+        .map(PathBuf::from)
+        .expect(
         "LODGE_SYSTEM_DIR is not set: run the suite with ./scripts/test.sh, which builds the guest",
     );
     assert!(
@@ -45,7 +47,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -92,7 +97,10 @@ impl Daemon {
         d.spawn();
         let out = d.lodge(&["token"]);
         assert!(out.status.success(), "lodge token failed");
-        d.token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+        d.token = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
         d
     }
 
@@ -107,7 +115,10 @@ impl Daemon {
             .env("LODGE_DATA_DIR", &self.data_dir)
             .env("LODGE_SYSTEM_DIR", system_dir())
             .env("LODGE_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("LODGE_ACCEL", std::env::var("LODGE_ACCEL").unwrap_or_else(|_| "tcg".into()))
+            .env(
+                "LODGE_ACCEL",
+                std::env::var("LODGE_ACCEL").unwrap_or_else(|_| "tcg".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -116,9 +127,16 @@ impl Daemon {
         self.child = Some(child);
         let url = format!("{}/health", self.base);
         let http = self.http.clone();
-        wait_until("the daemon to answer /health", Duration::from_secs(60), || {
-            http.get(&url).send().ok().filter(|r| r.status().is_success())
-        });
+        wait_until(
+            "the daemon to answer /health",
+            Duration::from_secs(60),
+            || {
+                http.get(&url)
+                    .send()
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            },
+        );
     }
 
     pub fn kill9(&mut self) {
@@ -140,16 +158,22 @@ impl Daemon {
         cmd.output().expect("run lodge")
     }
 
-    pub fn request(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Response {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method.parse().expect("method"), &url);
+        let mut req = self.http.request(method.parse().expect("method"), &url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().expect("request");
         let status = resp.status().as_u16();
@@ -164,7 +188,8 @@ impl Daemon {
         use std::io::{Read, Write};
         let addr = self.base.trim_start_matches("http://");
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{{",
             self.token
