@@ -460,13 +460,24 @@ impl Drop for NameClaim<'_> {
 /// Builds the instance directory's contents: record, disks, log dir.
 fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
     std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
+    // The two disks are independent: make them side by side.
+    let overlay = {
+        let path = dir.overlay();
+        let size = spec.overlay_bytes;
+        std::thread::spawn(move || disks::empty_ext4(&path, size))
+    };
     let image = match &spec.root {
         RootSource::Dir(src) => {
-            disks::ext4_from_dir(src, &dir.rootfs())?;
-            format!("rootfs:{}", src.display())
+            disks::ext4_from_dir(src, &dir.rootfs()).map(|()| format!("rootfs:{}", src.display()))
         }
     };
-    disks::empty_ext4(&dir.overlay(), spec.overlay_bytes)?;
+    // Joined before any error returns, so nothing writes into the staging
+    // directory once the caller removes it.
+    let overlay = overlay
+        .join()
+        .map_err(|_| Error::Vmm("overlay disk task panicked".into()))?;
+    let image = image?;
+    overlay?;
     let meta = Metadata {
         id: id.to_string(),
         name: spec.name.to_string(),
