@@ -29,6 +29,12 @@ if ! lodge ps >/dev/null 2>&1; then
     done
 fi
 
-echo "setup: booting a VM from $LODGE_SYSTEM_DIR/rootfs-busybox"
-lodge run --rm --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox" \
-    sh -c 'echo "hello from a lodge VM: $(uname -sr), $(nproc) vCPUs"; cat /proc/cmdline'
+# The demo image: the busybox tree as a one-layer OCI archive, built here
+# (no network), imported like any image and booted from it.
+demo_archive="$LODGE_DATA_DIR/lodge-demo.oci.tar"
+lodge mk-image --layer "$LODGE_SYSTEM_DIR/rootfs-busybox" --name lodge-demo:latest \
+    -e GREETING="hello from a lodge VM" -o "$demo_archive" \
+    -- sh -c 'echo "$GREETING: $(uname -sr), $(nproc) vCPUs"; cat /proc/cmdline'
+lodge pull "oci-archive:$demo_archive"
+echo "setup: booting a VM from the image lodge-demo"
+lodge run --rm lodge-demo

@@ -11,10 +11,14 @@
 //! 3. **Status** ([`StatusEvent`]): one-line events the guest writes to the
 //!    second serial port ([`STATUS_TTY`]), so that the first port, the
 //!    user's console, carries only what the workload and the kernel wrote.
+//! 4. **Agent** ([`agent`]): the framed, multiplexed protocol the host
+//!    daemon speaks with the guest agent (exec, copy, stat) over a
+//!    virtio-serial port named [`agent::AGENT_PORT`].
 //!
 //! The library depends on serde only (plus serde_json and thiserror) so the
 //! host daemon can use it without pulling in anything of the guest binary.
 
+pub mod agent;
 pub mod config;
 pub mod status;
 

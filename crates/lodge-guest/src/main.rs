@@ -1,10 +1,13 @@
-//! `lodge-init`, the guest's PID 1 (see `init`), plus one host-side helper.
+//! `lodge-init`, the guest's PID 1 (see `init`), its guest agent (see
+//! `agentd`), plus one host-side helper.
 //!
-//! Run as PID 1 it boots the guest. Run as anything else it refuses to
-//! touch the machine, except for `--print-config-image JSON`, which writes
-//! the config-disk image for JSON to stdout: a small tool for scripts and
-//! manual tests that need a config disk without the lodge daemon.
+//! Run as PID 1 it boots the guest. PID 1 runs the same binary again as
+//! `lodge-init agent CONFIG` for the guest agent. Run as anything else it
+//! refuses to touch the machine, except for `--print-config-image JSON`,
+//! which writes the config-disk image for JSON to stdout: a small tool for
+//! scripts and manual tests that need a config disk without the lodge daemon.
 
+mod agentd;
 mod init;
 
 use std::io::Write;
@@ -14,6 +17,7 @@ use lodge_guest::GuestConfig;
 
 const USAGE: &str = "\
 usage: lodge-init                          (only as PID 1 inside a lodge guest)
+       lodge-init agent CONFIG              (the guest agent, started by PID 1)
        lodge-init --print-config-image JSON   write a config-disk image to stdout";
 
 fn main() -> ExitCode {
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
         init::pid1();
     }
     match args.as_slice() {
+        [mode, config] if mode == "agent" => agentd::main(config),
         [flag, json] if flag == "--print-config-image" => print_config_image(json),
         [flag] if flag == "--help" || flag == "-h" => {
             println!("{USAGE}");

@@ -27,7 +27,9 @@ use std::time::Duration;
 use crate::segment::{list_segments, segment_name};
 use crate::ReadError;
 
-/// Bytes read per step of the backward scan.
+/// Bytes read per step of the backward scan: small first (a hundred lines
+/// usually fit), then growing to `BLOCK`.
+const FIRST_BLOCK: u64 = 16 * 1024;
 const BLOCK: usize = 64 * 1024;
 /// Attempts at a consistent view of a directory that keeps rotating.
 const ATTEMPTS: u32 = 200;
@@ -88,10 +90,11 @@ pub(crate) struct Position {
     pub next_seq: u64,
 }
 
-/// A consistent view: the segments listed before the live file was opened,
-/// and the live file with its size when opened.
+/// A consistent view: the newest rotated segment, and the live file that
+/// follows it with its size when opened.
 struct Snapshot {
-    segments: Vec<u64>,
+    /// Sequence number of the newest rotated segment, 0 if there is none.
+    newest: u64,
     live: Option<(
         File,
         u64, /* ino */
@@ -118,15 +121,21 @@ fn list(dir: &Path, base: &str) -> Result<Vec<u64>, ReadError> {
     })
 }
 
-/// Lists the segments, opens the live file, lists again: the view is
-/// consistent if no segment appeared in between, or if the one that did is
-/// the live file we hold (rotated after we opened it).
+/// Finds the newest segment, opens the live file, and checks that no
+/// rotation came between: the segment after the newest must not exist, or
+/// must be the very file we opened (rotated after we opened it).
+///
+/// A directory listing only gives a starting point: a `readdir` that runs
+/// while the writer renames may miss the entry just renamed, so newer
+/// names are probed one by one before they are trusted to be absent.
 fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
     let live_path = dir.join(base);
     let mut missing = 0;
     for _ in 0..ATTEMPTS {
-        let before = list(dir, base)?;
-        let newest = before.last().copied().unwrap_or(0);
+        let mut newest = list(dir, base)?.last().copied().unwrap_or(0);
+        while inode_of(&dir.join(segment_name(base, newest + 1))).is_some() {
+            newest += 1;
+        }
         let file = match File::open(&live_path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -134,11 +143,8 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
                 // rename of a rotation and the creation of the new live file
                 // (a few microseconds), or the writer died right there.
                 missing += 1;
-                if before.is_empty() || missing == MISSING_LIVE_LOOKS {
-                    return Ok(Snapshot {
-                        segments: before,
-                        live: None,
-                    });
+                if newest == 0 || missing == MISSING_LIVE_LOOKS {
+                    return Ok(Snapshot { newest, live: None });
                 }
                 thread::sleep(RETRY_PAUSE);
                 continue;
@@ -146,19 +152,15 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
             Err(err) => return Err(err.into()),
         };
         let meta = file.metadata()?;
-        let after = list(dir, base)?;
-        let seq = match after.iter().copied().find(|&s| s > newest) {
-            None => newest + 1,
-            Some(s)
-                if s == newest + 1
-                    && inode_of(&dir.join(segment_name(base, s))) == Some(meta.ino()) =>
-            {
-                s
-            }
+        let seq = newest + 1;
+        match inode_of(&dir.join(segment_name(base, seq))) {
+            None => {}
+            Some(ino) if ino == meta.ino() => {}
+            // A rotation between the probe and the open: look again.
             Some(_) => continue,
-        };
+        }
         return Ok(Snapshot {
-            segments: before,
+            newest,
             live: Some((file, meta.ino(), seq, meta.len())),
         });
     }
@@ -177,7 +179,6 @@ fn tail_from(
     snap: Snapshot,
     tail: Tail,
 ) -> Result<Option<Position>, ReadError> {
-    let next_seq = snap.segments.last().map_or(1, |s| s + 1);
     let (tip, live_len) = match snap.live {
         Some((file, ino, seq, len)) => (
             Some(Tip {
@@ -193,8 +194,12 @@ fn tail_from(
     let mut position = Position {
         segments: VecDeque::new(),
         tip,
-        next_seq,
+        next_seq: snap.newest + 1,
     };
+    // Rotated segments, newest first, by name: retention deletes the oldest
+    // first, so the retained ones are contiguous and the first missing
+    // number marks the start of the log.
+    let mut older = (1..=snap.newest).rev();
 
     let mut need = match tail {
         Tail::Lines(0) => {
@@ -205,9 +210,10 @@ fn tail_from(
         }
         Tail::Lines(n) => n,
         Tail::All => {
-            for &seq in &snap.segments {
-                if let Some(file) = open_segment(dir, base, seq)? {
-                    position.segments.push_back(file);
+            for seq in older {
+                match open_segment(dir, base, seq)? {
+                    Some(file) => position.segments.push_front(file),
+                    None => break,
                 }
             }
             return seek_start(position).map(Some);
@@ -233,10 +239,10 @@ fn tail_from(
             Scan::NotHere => {}
         }
     }
-    for &seq in snap.segments.iter().rev() {
+    for seq in older.by_ref() {
         let Some(file) = open_segment(dir, base, seq)? else {
-            // Deleted by retention while we read: the retained log starts
-            // with the newer files we already hold.
+            // Deleted by retention (maybe while we read): the retained log
+            // starts with the newer files we already hold.
             break;
         };
         let len = file.metadata()?.len();
@@ -293,8 +299,10 @@ fn scan_back(
     skip_final_newline: &mut bool,
     buf: &mut [u8],
 ) -> io::Result<Scan> {
+    let mut step = FIRST_BLOCK.min(buf.len() as u64);
     while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
+        let start = end.saturating_sub(step);
+        step = (step * 2).min(buf.len() as u64);
         // Bounded by buf.len(), so the cast is lossless.
         let block = &mut buf[..(end - start) as usize];
         if let Err(err) = file.read_exact_at(block, start) {

@@ -39,6 +39,117 @@ pub enum Command {
     Rm(RmArgs),
     /// Show an instance as JSON
     Inspect(InstanceArg),
+    /// Run a command in a running instance
+    Exec(ExecArgs),
+    /// Copy files or directories between an instance and the host (INSTANCE:PATH on one side)
+    Cp(CpArgs),
+    /// Pull an image from a registry, or import oci-archive:PATH / docker-archive:PATH
+    Pull(PullArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Delete images
+    Rmi(RmiArgs),
+    /// Write an image (one layer per --layer directory) as an OCI or docker archive
+    #[command(hide = true)]
+    MkImage(MkImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open and send it to the command
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Run the command on a terminal (raw mode here, window size followed)
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variable for the command, K=V or K to pass on ours (repeatable)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the instance (default: the workload's)
+    #[arg(short = 'w', long)]
+    pub cwd: Option<String>,
+    /// Kill the command after this many seconds (exit code 124)
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// Seconds to keep trying to reach the guest agent (after a fresh boot)
+    #[arg(long, default_value_t = 0)]
+    pub wait_for_agent: u32,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// The command and its arguments
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Archive mode: keep uid and gid
+    #[arg(short, long)]
+    pub archive: bool,
+    /// Always follow symbolic links in SRC
+    #[arg(short = 'L', long)]
+    pub follow_link: bool,
+    /// Source: a host path, or INSTANCE:PATH
+    pub src: String,
+    /// Destination: a host path, or INSTANCE:PATH
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Platform as os/arch[/variant] (default linux/amd64)
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print only the image name
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image reference (alpine, 127.0.0.1:5000/app:v1, name@sha256:…), oci-archive:PATH[:REF] or docker-archive:PATH[:REF]
+    pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Image names
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MkImageArgs {
+    /// A directory whose tree becomes one layer (repeatable, bottom first)
+    #[arg(long = "layer", required = true)]
+    pub layers: Vec<PathBuf>,
+    /// Name recorded in the archive (e.g. lodge-demo:latest)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Entrypoint argument (repeatable, in order)
+    #[arg(long = "entrypoint", allow_hyphen_values = true)]
+    pub entrypoint: Vec<String>,
+    /// Environment variable, K=V (repeatable)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User to run as
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Write docker-archive format instead of oci-archive
+    #[arg(long)]
+    pub docker: bool,
+    /// Output file
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The image's CMD, after `--`
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,16 @@ impl Client {
         })
     }
 
+    /// The daemon's base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token requests carry.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     async fn send(
         &self,
         method: Method,

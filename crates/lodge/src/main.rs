@@ -6,6 +6,7 @@
 //! small (the monitor's resident memory is budgeted at 4 MiB) and start fast.
 
 mod accel;
+mod agent;
 mod api;
 mod auth;
 mod cli;

@@ -2,18 +2,19 @@
 //!
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
 //! answer a self-test, open the status port, load modules, find the disks,
-//! read the config, assemble the overlay root, start the workload, reap
-//! until it exits. Every path, success, failure or panic, ends in
+//! read the config, assemble the overlay root, start the guest agent and
+//! the workload, reap until the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 
+mod agent;
 mod button;
 mod console;
 mod disks;
 mod modules;
 mod rootfs;
-mod sys;
-mod workload;
+pub(crate) mod sys;
+pub(crate) mod workload;
 
 use std::fmt;
 use std::io::Read;
@@ -154,12 +155,14 @@ fn run(
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
     let plan = workload::plan(&config, rootfs::NEWROOT, console.raw_fd(), hostname)?;
+    let mut agent =
+        agent::Agent::start(&workload::agent_config(&config, rootfs::NEWROOT, hostname)?);
     match workload::start(&config, &plan)? {
         workload::Start::Running(pid) => {
             status.send(&StatusEvent::Started {
                 pid: u32::try_from(pid).unwrap_or_default(),
             });
-            workload::supervise(pid, signals)
+            workload::supervise(pid, signals, &mut agent)
         }
         workload::Start::ExecFailed { message, code } => {
             console.write(&format!("{message}\n"));

@@ -8,8 +8,9 @@
 //! in docker's words with its exit codes (127 not found, 126 not runnable).
 //!
 //! While it runs, PID 1 waits on a signalfd and the power-button devices:
-//! it reaps every orphan, forwards the usual termination signals to the
-//! workload, and turns a power-button press into SIGTERM.
+//! it reaps every orphan (and the guest agent, restarting it if it
+//! crashed), forwards the usual termination signals to the workload, and
+//! turns a power-button press into SIGTERM.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -18,6 +19,9 @@ use std::path::Path;
 
 use lodge_guest::GuestConfig;
 
+use crate::agentd::AgentConfig;
+
+use super::agent::Agent;
 use super::sys::{self, ChildStep, ExecPlan, ExitStatus, Spawned};
 use super::{button, Context, Error, Result};
 
@@ -127,8 +131,9 @@ fn cstrings(strings: impl IntoIterator<Item = String>, what: &str) -> Result<Vec
         .collect()
 }
 
-/// Prepare everything the child needs to become the workload.
-pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) -> Result<ExecPlan> {
+/// The workload's `(uid, gid)` (`None`: root) and home directory, from the
+/// configuration and the image's own `/etc/passwd`.
+fn identity(config: &GuestConfig, root: &str) -> Result<(Option<(u32, u32)>, String)> {
     let user = config.user_spec().map_err(|e| Error::new(e.to_string()))?;
     let passwd = std::fs::read_to_string(Path::new(root).join("etc/passwd")).unwrap_or_default();
     let uid = user.map_or(0, |u| u.uid);
@@ -142,7 +147,24 @@ pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) ->
         (_, 0) => "/root".to_owned(),
         _ => "/".to_owned(),
     };
+    Ok((user.map(|u| (u.uid, gid)), home))
+}
 
+/// What the guest agent needs to run commands the way the workload runs:
+/// the same root, environment, working directory and user.
+pub fn agent_config(config: &GuestConfig, root: &str, hostname: &str) -> Result<AgentConfig> {
+    let (ids, home) = identity(config, root)?;
+    Ok(AgentConfig {
+        root: root.to_owned(),
+        env: build_env(&config.env, hostname, &home),
+        workdir: config.workdir.clone(),
+        user: ids,
+    })
+}
+
+/// Prepare everything the child needs to become the workload.
+pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) -> Result<ExecPlan> {
+    let (ids, home) = identity(config, root)?;
     let env = build_env(&config.env, hostname, &home);
     let path = env
         .iter()
@@ -157,7 +179,7 @@ pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) ->
         root: cstrings([root.to_owned()], "root")?.remove(0),
         workdir_prefixes: cstrings(dir_prefixes(&config.workdir), "workdir")?,
         workdir: cstrings([config.workdir.clone()], "workdir")?.remove(0),
-        ids: user.map(|u| (u.uid, gid)),
+        ids,
         console,
         candidates: cstrings(exec_candidates(program, path), "argv[0]")?,
         argv: cstrings(config.argv.iter().cloned(), "argv")?,
@@ -203,14 +225,20 @@ pub fn start(config: &GuestConfig, plan: &ExecPlan) -> Result<Start> {
 }
 
 /// Reap children until the workload exits; forward signals meanwhile.
-pub fn supervise(pid: libc::pid_t, signals: Option<&OwnedFd>) -> Result<ExitStatus> {
+pub fn supervise(
+    pid: libc::pid_t,
+    signals: Option<&OwnedFd>,
+    agent: &mut Agent,
+) -> Result<ExitStatus> {
     let buttons: Vec<File> = button::open_all();
     loop {
         // Reap first: the workload may have exited before we got here.
         loop {
             match sys::reap_one() {
                 Ok(Some((reaped, status))) if reaped == pid => return Ok(status),
-                Ok(Some(_)) => continue,
+                Ok(Some((reaped, status))) => {
+                    agent.reaped(reaped, status);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     return Err(Error::new(format!(
@@ -220,12 +248,20 @@ pub fn supervise(pid: libc::pid_t, signals: Option<&OwnedFd>) -> Result<ExitStat
                 }
             }
         }
+        agent.tick();
         let mut fds: Vec<RawFd> = buttons.iter().map(AsRawFd::as_raw_fd).collect();
         if let Some(signals) = signals {
             fds.push(signals.as_raw_fd());
         }
         // Without a signalfd nothing wakes us on SIGCHLD: poll on a timer.
-        let timeout = if signals.is_some() { -1 } else { 50 };
+        let mut timeout = if signals.is_some() { -1 } else { 50 };
+        if let Some(restart) = agent.timeout_ms() {
+            timeout = if timeout < 0 {
+                restart
+            } else {
+                timeout.min(restart)
+            };
+        }
         let ready = sys::poll_readable(&fds, timeout).context(|| "poll".to_owned())?;
         for (button, _) in buttons.iter().zip(&ready).filter(|(_, r)| **r) {
             if button::pressed(button) {

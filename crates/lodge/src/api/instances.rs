@@ -69,7 +69,8 @@ const UNSUPPORTED: &[&str] = &[
 ];
 
 impl CreateInstance {
-    fn into_spec(self) -> Result<CreateSpec, ApiError> {
+    /// The checks that need no image: done before pulling one.
+    fn precheck(&self) -> Result<Name, ApiError> {
         let name = Name::parse(&self.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if let Some(key) = UNSUPPORTED
             .iter()
@@ -86,14 +87,68 @@ impl CreateInstance {
                 )));
             }
         }
-        let root = match (self.rootfs, self.image.as_deref()) {
-            (Some(dir), _) => RootSource::Dir(PathBuf::from(dir)),
-            (None, Some(image)) if !image.is_empty() => {
-                return Err(ApiError::bad_request(format!(
-                    "image {image:?}: pulling images is not supported yet; give `rootfs` (a host directory)"
-                )))
+        if self.rootfs.is_none() && self.image().is_none() {
+            return Err(ApiError::bad_request(
+                "one of `image` or `rootfs` is required",
+            ));
+        }
+        Ok(name)
+    }
+
+    /// The image to boot, unless a host directory (`rootfs`) is given.
+    fn image(&self) -> Option<&str> {
+        match (&self.rootfs, self.image.as_deref().map(str::trim)) {
+            (None, Some(i)) if !i.is_empty() => Some(i),
+            _ => None,
+        }
+    }
+
+    /// hypeman's `platform` for the image (os/arch[/variant]).
+    fn platform(&self) -> Option<&str> {
+        self.other.get("platform").and_then(|v| v.as_str())
+    }
+
+    /// The create spec; with an image, its configuration supplies the
+    /// defaults that the request's fields override (docker's rules).
+    fn into_spec(self, image: Option<&lodge_images::ImageLease>) -> Result<CreateSpec, ApiError> {
+        let name = self.precheck()?;
+        let (root, run) = match (self.rootfs, image) {
+            (Some(dir), _) => (
+                RootSource::Dir(PathBuf::from(dir)),
+                lodge_images::runconfig::RunConfig {
+                    entrypoint: self.entrypoint.unwrap_or_default(),
+                    cmd: self.cmd.unwrap_or_default(),
+                    env: self.env.unwrap_or_default(),
+                    workdir: self.workdir.unwrap_or_else(|| "/".to_string()),
+                    user: None,
+                },
+            ),
+            (None, Some(lease)) => {
+                let overrides = lodge_images::runconfig::Overrides {
+                    entrypoint: self.entrypoint,
+                    cmd: self.cmd,
+                    env: self.env.unwrap_or_default(),
+                    workdir: self.workdir,
+                    user: None,
+                };
+                let run = lodge_images::runconfig::resolve(
+                    &lease.record.config,
+                    lease.record.user.as_deref(),
+                    overrides,
+                )
+                .map_err(|e| ApiError::bad_request(format!("image {}: {e}", lease.record.name)))?;
+                let root = RootSource::Image {
+                    name: lease.record.name.clone(),
+                    digest: lease.digest.to_string(),
+                    disk: lease.disk.clone(),
+                };
+                (root, run)
             }
-            _ => return Err(ApiError::bad_request("one of `image` or `rootfs` is required")),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "one of `image` or `rootfs` is required",
+                ))
+            }
         };
         let memory_bytes = match &self.size {
             Some(s) => parse_size(s).map_err(|e| ApiError::bad_request(format!("size: {e}")))?,
@@ -111,10 +166,11 @@ impl CreateInstance {
             vcpus: self.vcpus.unwrap_or(instances::DEFAULT_VCPUS),
             memory_bytes,
             overlay_bytes,
-            entrypoint: self.entrypoint.unwrap_or_default(),
-            cmd: self.cmd.unwrap_or_default(),
-            env: self.env.unwrap_or_default(),
-            workdir: self.workdir.unwrap_or_else(|| "/".to_string()),
+            entrypoint: run.entrypoint,
+            cmd: run.cmd,
+            env: run.env,
+            workdir: run.workdir,
+            user: run.user,
         })
     }
 }
@@ -126,8 +182,16 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let spec = body.into_spec()?;
+    body.precheck()?;
+    // An image that is not local is pulled first; the lease keeps its disk
+    // from being deleted until the instance record names it.
+    let lease = match body.image() {
+        Some(image) => Some(state.images.ensure(image, body.platform()).await?),
+        None => None,
+    };
+    let spec = body.into_spec(lease.as_ref())?;
     let instance = state.manager.create(spec).await?;
+    drop(lease);
     Ok((StatusCode::CREATED, Json(instance)))
 }
 

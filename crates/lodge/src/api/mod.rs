@@ -6,7 +6,10 @@
 //! axum's own (bad JSON, oversized body, unknown route), is turned into the
 //! `{code, message}` error shape.
 
+mod cp;
 mod error;
+mod exec;
+mod images;
 mod instances;
 mod logs;
 
@@ -23,6 +26,7 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 pub use error::ApiError;
+pub use images::open as open_images;
 
 use crate::auth::Auth;
 use crate::instances::Manager;
@@ -34,6 +38,7 @@ pub const MAX_BODY: usize = 1 << 20;
 pub struct AppState {
     pub manager: Arc<Manager>,
     pub auth: Arc<Auth>,
+    pub images: Arc<lodge_images::Images>,
 }
 
 #[derive(OpenApi)]
@@ -51,6 +56,14 @@ pub struct AppState {
         instances::stop,
         instances::start,
         logs::logs,
+        exec::exec,
+        exec::stat,
+        cp::cp,
+        cp::throughput,
+        images::create,
+        images::list,
+        images::get_one,
+        images::delete,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -58,6 +71,14 @@ pub struct AppState {
         instances::CreateInstance,
         instances::StartInstance,
         error::ErrorBody,
+        exec::ExecRequest,
+        exec::PathInfo,
+        cp::CpRequest,
+        cp::Throughput,
+        images::Image,
+        images::ImageProgress,
+        images::CreateImage,
+        images::RegistryCredentials,
         Health,
     ))
 )]
@@ -73,6 +94,15 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
         .route("/instances/{id}/logs", get(logs::logs))
+        .route("/instances/{id}/exec", get(exec::exec))
+        .route("/instances/{id}/cp", get(cp::cp))
+        .route("/instances/{id}/stat", get(exec::stat))
+        .route("/instances/{id}/agent/throughput", get(cp::throughput))
+        .route("/images", post(images::create).get(images::list))
+        .route(
+            "/images/{name}",
+            get(images::get_one).delete(images::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))

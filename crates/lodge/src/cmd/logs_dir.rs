@@ -5,7 +5,12 @@
 //! starting the process. Bytes go to stdout exactly as the program wrote
 //! them, one unbuffered write per chunk so `-f` output appears at once. A
 //! closed stdout (`| head`) ends it quietly with status 0.
+//!
+//! [`fast`] parses `logs --dir ...` without clap, for `main` to try first:
+//! skipping clap's setup is most of what separates `--tail 100` from GNU
+//! tail's start-up time (see scripts/bench-logs.sh).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -15,6 +20,7 @@ use anyhow::{Context, Result};
 use lodge_logs::{Follow, Follower, Source, Tail};
 
 use crate::cli::LogsArgs;
+use crate::cmd::supervise::split_flag;
 
 /// Bytes read from the log per write to stdout.
 const CHUNK: usize = 64 * 1024;
@@ -48,5 +54,75 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
             Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
             Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
         }
+    }
+}
+
+/// Runs `lodge logs --dir ...` (`args` after the verb) without clap, or
+/// returns `None` if the arguments need clap (or the daemon).
+#[allow(dead_code)] // called from main before clap parses, see the module doc
+pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
+    let parsed = parse_fast(args)?;
+    let dir = parsed.dir.clone()?;
+    Some(run(&dir, &parsed))
+}
+
+/// `--dir`, `--source`, `--tail` (`--flag VALUE` or `--flag=VALUE`), `-f`.
+fn parse_fast(args: &[OsString]) -> Option<LogsArgs> {
+    let mut parsed = LogsArgs {
+        dir: None,
+        source: "app".into(),
+        tail: "100".into(),
+        follow: false,
+        instance: None,
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "-f" || arg == "--follow" {
+            parsed.follow = true;
+            continue;
+        }
+        let (flag, inline) = split_flag(arg)?;
+        let mut value = || inline.clone().or_else(|| rest.next().cloned());
+        match flag {
+            "--dir" => parsed.dir = Some(value()?.into()),
+            "--source" => parsed.source = value()?.into_string().ok()?,
+            "--tail" => parsed.tail = value()?.into_string().ok()?,
+            _ => return None,
+        }
+    }
+    parsed.dir.is_some().then_some(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn fast_parse() {
+        let args = parse_fast(&os(&["--dir", "/d", "-f", "--tail=all", "--source", "vmm"]))
+            .expect("parsed");
+        assert_eq!(args.dir, Some("/d".into()));
+        assert!(args.follow);
+        assert_eq!((args.tail.as_str(), args.source.as_str()), ("all", "vmm"));
+        let args = parse_fast(&os(&["--dir=/d"])).expect("parsed");
+        assert_eq!(
+            (args.tail.as_str(), args.source.as_str(), args.follow),
+            ("100", "app", false)
+        );
+    }
+
+    #[test]
+    fn fast_parse_leaves_the_rest_to_clap() {
+        assert!(
+            parse_fast(&os(&["my-vm", "-f"])).is_none(),
+            "instances need the daemon"
+        );
+        assert!(parse_fast(&os(&["--tail", "5"])).is_none(), "no --dir");
+        assert!(parse_fast(&os(&["--dir", "/d", "--help"])).is_none());
+        assert!(parse_fast(&os(&["--dir"])).is_none());
     }
 }

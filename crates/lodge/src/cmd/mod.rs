@@ -1,6 +1,9 @@
 //! One file per verb (or group of small verbs): turns parsed arguments into
 //! calls and an exit code.
 
+mod cp;
+mod exec;
+mod images;
 mod instance_verbs;
 mod logs_dir;
 mod run;
@@ -34,6 +37,12 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Start(args) => instance_verbs::start(args),
         Command::Rm(args) => instance_verbs::rm(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Cp(args) => cp::run(args),
+        Command::Pull(args) => images::pull(args),
+        Command::Images(args) => images::images(args),
+        Command::Rmi(args) => images::rmi(args),
+        Command::MkImage(args) => images::mk_image(args),
     }
 }
 

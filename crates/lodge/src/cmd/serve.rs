@@ -31,7 +31,12 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     let accel = crate::accel::decide(&cfg).await?;
     let manager = Arc::new(Manager::new(cfg.clone(), accel)?);
     manager.sweep();
-    let app = api::router(AppState { manager, auth });
+    let images = crate::api::open_images(&cfg, manager.clone())?;
+    let app = api::router(AppState {
+        manager,
+        auth,
+        images,
+    });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;

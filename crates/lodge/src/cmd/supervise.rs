@@ -3,6 +3,14 @@
 //! Turns the raw flags into a validated `lodge_monitor::Config`; every
 //! error here or in the monitor's own checks becomes one `lodge: ...` line
 //! and exit code 2 before anything is created.
+//!
+//! [`fast`] parses the common spellings without clap, for `main` to try
+//! before building the full CLI: the monitor's resident memory is budgeted
+//! at 4 MiB, and clap plus the code it touches costs about 2 MiB of it
+//! (measured in scripts/bench-logs.sh). Anything it does not recognise
+//! (`--help`, a typo) falls through to clap and its usual messages.
+
+use std::ffi::{OsStr, OsString};
 
 use anyhow::{anyhow, Result};
 use lodge_logs::ByteSize;
@@ -27,4 +35,105 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
         command: args.command,
     };
     Ok(lodge_monitor::run(&config)?)
+}
+
+/// Runs `lodge supervise ARGS` (`args` after the verb) without clap, or
+/// returns `None` if the arguments need clap.
+#[allow(dead_code)] // called from main before clap parses, see the module doc
+pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
+    parse_fast(args).map(run)
+}
+
+/// `--log-dir`, `--max-size`, `--max-files` (as `--flag VALUE` or
+/// `--flag=VALUE`), then `--` and the command.
+fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
+    let mut parsed = SuperviseArgs {
+        log_dir: Default::default(),
+        max_size: "50MiB".into(),
+        max_files: "5".into(),
+        command: Vec::new(),
+    };
+    let mut log_dir = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            parsed.command = rest.cloned().collect();
+            break;
+        }
+        let (flag, inline) = split_flag(arg)?;
+        let mut value = || inline.clone().or_else(|| rest.next().cloned());
+        match flag {
+            "--log-dir" => log_dir = Some(value()?),
+            "--max-size" => parsed.max_size = value()?.into_string().ok()?,
+            "--max-files" => parsed.max_files = value()?.into_string().ok()?,
+            _ => return None,
+        }
+    }
+    parsed.log_dir = log_dir?.into();
+    Some(parsed)
+}
+
+/// `--flag=value` into (`--flag`, Some(value)); `--flag` into (`--flag`, None).
+pub(crate) fn split_flag(arg: &OsStr) -> Option<(&str, Option<OsString>)> {
+    let text = arg.to_str()?;
+    match text.split_once('=') {
+        Some((flag, value)) => Some((flag, Some(value.into()))),
+        None => Some((text, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn fast_parse_matches_clap_spellings() {
+        let args = parse_fast(&os(&[
+            "--log-dir",
+            "/d",
+            "--max-size=1MiB",
+            "--max-files",
+            "3",
+            "--",
+            "seq",
+            "--",
+            "-5",
+        ]))
+        .expect("parsed");
+        assert_eq!(args.log_dir, std::path::PathBuf::from("/d"));
+        assert_eq!(args.max_size, "1MiB");
+        assert_eq!(args.max_files, "3");
+        assert_eq!(args.command, os(&["seq", "--", "-5"]));
+
+        let args = parse_fast(&os(&["--log-dir=/d"])).expect("parsed");
+        assert_eq!(
+            (args.max_size.as_str(), args.max_files.as_str()),
+            ("50MiB", "5")
+        );
+        assert!(args.command.is_empty());
+        // Negative sizes reach our validation, as with clap.
+        assert_eq!(
+            parse_fast(&os(&["--log-dir", "/d", "--max-size", "-5"])).map(|a| a.max_size),
+            Some("-5".into())
+        );
+    }
+
+    #[test]
+    fn fast_parse_leaves_the_rest_to_clap() {
+        assert!(parse_fast(&os(&["--help"])).is_none());
+        assert!(
+            parse_fast(&os(&["--max-size", "1M", "--", "true"])).is_none(),
+            "no --log-dir"
+        );
+        assert!(parse_fast(&os(&["--log-dir"])).is_none(), "missing value");
+        assert!(parse_fast(&os(&["--log-dir", "/d", "--bogus", "--", "true"])).is_none());
+        assert!(
+            parse_fast(&os(&["--log-dir", "/d", "true"])).is_none(),
+            "command without --"
+        );
+    }
 }

@@ -80,6 +80,13 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 pub enum RootSource {
     /// A host directory, made into a disk for this instance (`--rootfs`).
     Dir(PathBuf),
+    /// A pulled image: the instance boots the image's shared read-only
+    /// disk in place (never copied); its writes go to the overlay disk.
+    Image {
+        name: String,
+        digest: String,
+        disk: PathBuf,
+    },
 }
 
 /// A validated create request.
@@ -94,6 +101,8 @@ pub struct CreateSpec {
     pub cmd: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub workdir: String,
+    /// Numeric `uid[:gid]` to run as (an image's `User`); `None` is root.
+    pub user: Option<String>,
 }
 
 impl CreateSpec {
@@ -150,6 +159,11 @@ impl CreateSpec {
                     )));
                 }
             }
+            RootSource::Image { name, disk, .. } => {
+                if !disk.is_file() {
+                    return Err(Error::Invalid(format!("image {name} has no root disk")));
+                }
+            }
         }
         Ok(())
     }
@@ -162,6 +176,15 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Names claimed by creates still preparing their disks.
     reserved: Mutex<std::collections::HashSet<String>>,
+    /// Connections to the guest agents of running instances.
+    agents: crate::agent::Pool,
+}
+
+/// Where a running instance's guest agent is reached.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoint {
+    pub id: String,
+    pub socket: PathBuf,
 }
 
 impl Manager {
@@ -174,7 +197,34 @@ impl Manager {
             vmm,
             locks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(std::collections::HashSet::new()),
+            agents: crate::agent::Pool::default(),
         })
+    }
+
+    /// The guest agent of a running instance (exec, cp, stat); any other
+    /// state is refused as `action` needing it running.
+    pub fn agent_endpoint(&self, key: &str, action: &'static str) -> Result<AgentEndpoint> {
+        let id = self.resolve(key)?;
+        let paths = self.paths(&id);
+        let meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        let state = state::derive(&self.observe(&meta));
+        if state != State::Running {
+            return Err(Error::WrongState {
+                id,
+                state,
+                action,
+                needs: "running",
+            });
+        }
+        Ok(AgentEndpoint {
+            socket: paths.agent_socket(),
+            id,
+        })
+    }
+
+    /// The daemon's connections to guest agents.
+    pub fn agents(&self) -> &crate::agent::Pool {
+        &self.agents
     }
 
     fn paths(&self, id: &str) -> Paths {
@@ -440,6 +490,20 @@ impl Manager {
             }
         }
     }
+
+    /// Names of the instances (in any state) booting from the image disk
+    /// of manifest `digest`; the image may not be deleted while any exist.
+    pub fn instances_using_image(&self, digest: &str) -> Vec<String> {
+        match self.all() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|m| m.image_digest.as_deref() == Some(digest))
+                .map(|m| m.name)
+                .collect(),
+            // Unknown users: keep the image rather than risk a dangling disk.
+            Err(e) => vec![format!("(instance records unreadable: {e})")],
+        }
+    }
 }
 
 struct NameClaim<'a> {
@@ -470,6 +534,11 @@ fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
         RootSource::Dir(src) => {
             disks::ext4_from_dir(src, &dir.rootfs()).map(|()| format!("rootfs:{}", src.display()))
         }
+        RootSource::Image { name, .. } => Ok(name.clone()),
+    };
+    let (root_disk, image_digest) = match &spec.root {
+        RootSource::Dir(_) => (None, None),
+        RootSource::Image { digest, disk, .. } => (Some(disk.clone()), Some(digest.clone())),
     };
     // Joined before any error returns, so nothing writes into the staging
     // directory once the caller removes it.
@@ -491,6 +560,9 @@ fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
         cmd: spec.cmd.clone(),
         env: spec.env.clone(),
         workdir: spec.workdir.clone(),
+        user: spec.user.clone(),
+        root_disk,
+        image_digest,
         paused: false,
         started_at: None,
         stopped_at: None,
@@ -509,7 +581,7 @@ fn guest_config(meta: &Metadata) -> lodge_guest::GuestConfig {
         env: meta.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         workdir: meta.workdir.clone(),
         hostname: Some(meta.name.clone()),
-        user: None,
+        user: meta.user.clone(),
     }
 }
 

@@ -29,6 +29,16 @@ pub struct Metadata {
     pub cmd: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub workdir: String,
+    /// Numeric `uid[:gid]` the program runs as; `None` is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An image's shared read-only disk the VM boots; `None` means the
+    /// instance's own `rootfs.ext4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk: Option<PathBuf>,
+    /// Manifest digest of the image behind `root_disk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Set while a VM has been paused by lodge (QMP stop).
     #[serde(default)]
     pub paused: bool,
@@ -67,6 +77,18 @@ impl Paths {
     }
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+    /// Host end of the guest agent's virtio-serial port. A Unix socket path
+    /// must fit in 107 bytes; when the instance directory is too deep for
+    /// that, the socket goes to the temp dir as `lodge-agent-<id>.sock`.
+    pub fn agent_socket(&self) -> PathBuf {
+        const SUN_PATH_MAX: usize = 107;
+        let socket = self.dir.join("agent.sock");
+        if socket.as_os_str().len() <= SUN_PATH_MAX {
+            return socket;
+        }
+        let id = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        std::env::temp_dir().join(format!("lodge-agent-{id}.sock"))
     }
     /// Guest init's status lines (second serial port), not user output.
     pub fn status_file(&self) -> PathBuf {
@@ -181,6 +203,9 @@ mod tests {
             cmd: vec!["echo".into(), "hi".into()],
             env: BTreeMap::new(),
             workdir: "/".into(),
+            user: None,
+            root_disk: None,
+            image_digest: None,
             paused: false,
             started_at: None,
             stopped_at: Some(SystemTime::now()),

@@ -123,7 +123,11 @@ impl Vmm {
             initrd: self.cfg.system_dir.join("initrd.img"),
             cmdline: KERNEL_CMDLINE.to_string(),
             disks: vec![
-                DiskConfig::raw(paths.rootfs(), true).with_serial(lodge_guest::SERIAL_ROOT),
+                DiskConfig::raw(
+                    meta.root_disk.clone().unwrap_or_else(|| paths.rootfs()),
+                    true,
+                )
+                .with_serial(lodge_guest::SERIAL_ROOT),
                 DiskConfig::raw(paths.overlay(), false).with_serial(lodge_guest::SERIAL_OVERLAY),
                 DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
             ],
@@ -131,7 +135,10 @@ impl Vmm {
             accel: self.accel,
             control_socket: paths.qmp_socket(),
             status_file: paths.status_file(),
-            agent_channel: None,
+            agent_channel: Some(lodge_hypervisor::VirtioSerialChannel {
+                socket: paths.agent_socket(),
+                port_name: lodge_guest::agent::AGENT_PORT.to_string(),
+            }),
         }
     }
 

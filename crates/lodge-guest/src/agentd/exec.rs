@@ -1,0 +1,384 @@
+//! One exec session: start the command, stream its stdin in and its output
+//! out, enforce the timeout, report how it ended.
+//!
+//! The command gets the workload's environment overlaid with the request's,
+//! the workload's user, its own session (so the whole process group can be
+//! killed on timeout or cancel), and either three pipes or a fresh
+//! pseudo-terminal (then stdout and stderr are one stream, as in docker).
+//!
+//! Output ends when the command's pipes reach end-of-file. A command may
+//! leave a background process holding them open, so once the command has
+//! exited each pump drains what is already buffered and stops, instead of
+//! waiting for a reader that may never close.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lodge_guest::agent::{Event, ExecStart, Kind, DATA_CHUNK};
+
+use crate::init::sys as isys;
+use crate::init::workload;
+
+use super::sys;
+use super::wire::{InputCredit, StreamOut};
+use super::{Agent, Input, SessionControl};
+
+/// Exit code reported when the timeout killed the command (as `timeout(1)`).
+pub const TIMEOUT_CODE: i32 = 124;
+
+/// Resize and cancel for a running exec.
+#[derive(Default)]
+pub struct Control {
+    /// Process group (= pid) of the command once started, else 0.
+    pgid: AtomicI32,
+    cancelled: AtomicBool,
+    /// The terminal's master side, for resizes.
+    master: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl Control {
+    fn kill(&self) {
+        let pgid = self.pgid.load(Ordering::SeqCst);
+        if pgid > 0 {
+            let _ = isys::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+impl SessionControl for Control {
+    fn resize(&self, rows: u16, cols: u16) {
+        let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(master) = master.as_ref() {
+            let _ = sys::set_winsize(master.as_ref(), rows, cols);
+        }
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.kill();
+    }
+}
+
+/// `base` overlaid with `extra` (`KEY=VALUE`; a later key wins, keeping the
+/// first position), plus `TERM` for a terminal when unset.
+pub fn merge_env(base: &[String], extra: &[String], tty: bool) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+    let mut env: Vec<String> = Vec::with_capacity(base.len() + extra.len() + 1);
+    for entry in base.iter().chain(extra) {
+        let k = key(entry);
+        match env.iter_mut().find(|e| key(e) == k) {
+            Some(existing) => existing.clone_from(entry),
+            None => env.push(entry.clone()),
+        }
+    }
+    if tty && !env.iter().any(|e| key(e) == "TERM") {
+        env.push("TERM=xterm".to_owned());
+    }
+    env
+}
+
+fn failed(out: &StreamOut, message: String, code: i32) {
+    out.event(&Event::Failed { message, code });
+}
+
+/// Run one exec to completion (the session's thread).
+pub fn run(
+    agent: &Agent,
+    out: &StreamOut,
+    start: ExecStart,
+    input: Receiver<Input>,
+    ctl: Arc<Control>,
+) {
+    let Some(program) = start.command.first().filter(|p| !p.is_empty()) else {
+        return failed(out, "no command given: the command is empty".into(), 127);
+    };
+    let cwd = start
+        .cwd
+        .clone()
+        .unwrap_or_else(|| agent.config.workdir.clone());
+    if !cwd.starts_with('/') {
+        return failed(
+            out,
+            format!("working directory must be absolute, got {cwd:?}"),
+            126,
+        );
+    }
+    match std::fs::metadata(&cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return failed(
+                out,
+                format!("chdir to working directory {cwd:?}: not a directory"),
+                126,
+            )
+        }
+        Err(e) => {
+            return failed(
+                out,
+                format!(
+                    "chdir to working directory {cwd:?}: {}",
+                    isys::errno_text_of(&e)
+                ),
+                126,
+            )
+        }
+    }
+
+    let mut cmd = Command::new(program);
+    cmd.args(&start.command[1..])
+        .env_clear()
+        .envs(
+            merge_env(&agent.config.env, &start.env, start.tty)
+                .iter()
+                .map(|e| e.split_once('=').unwrap_or((e.as_str(), ""))),
+        )
+        .current_dir(&cwd);
+    if let Some((uid, gid)) = agent.config.user {
+        cmd.uid(uid).gid(gid);
+    }
+    sys::new_session_on_exec(&mut cmd, start.tty);
+
+    // Set up the streams: a terminal, or three pipes.
+    let mut master: Option<Arc<OwnedFd>> = None;
+    if start.tty {
+        let (m, slave) = match sys::openpty(start.rows, start.cols) {
+            Ok(pair) => pair,
+            Err(e) => return failed(out, format!("open a terminal: {e}"), 126),
+        };
+        let stdio = || slave.try_clone().map(Stdio::from);
+        match (stdio(), stdio(), stdio()) {
+            (Ok(i), Ok(o), Ok(e)) => {
+                cmd.stdin(i).stdout(o).stderr(e);
+            }
+            _ => return failed(out, "duplicate the terminal".into(), 126),
+        }
+        master = Some(Arc::new(m));
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            let (message, code) = workload::exec_failure(program, errno);
+            return failed(out, message, code);
+        }
+    };
+    // The command holds the terminal's slave side now; ours must go so
+    // the master reads EIO once the command's side is closed.
+    drop(cmd);
+    let pid = child.id();
+    ctl.pgid.store(pid as i32, Ordering::SeqCst);
+    if ctl.cancelled.load(Ordering::SeqCst) {
+        ctl.kill();
+    }
+    *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = master.clone();
+    out.event(&Event::Started { pid });
+
+    // The exit notice for the pumps: the write end is dropped on exit.
+    let (exit_rx, exit_tx) = match std::io::pipe() {
+        Ok(pair) => pair,
+        Err(e) => {
+            ctl.kill();
+            let _ = child.wait();
+            return failed(out, format!("create a pipe: {e}"), 126);
+        }
+    };
+    let exit_rx: Arc<OwnedFd> = Arc::new(exit_rx.into());
+
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    let stdin_sink: Option<Box<dyn Write + Send>> = match &master {
+        Some(m) => {
+            let Ok(reader) = m.try_clone() else {
+                ctl.kill();
+                let _ = child.wait();
+                return failed(out, "duplicate the terminal".into(), 126);
+            };
+            pumps.push(spawn_pump(reader, Kind::Stdout, out, &exit_rx));
+            m.try_clone()
+                .ok()
+                .map(|w| Box::new(File::from(w)) as Box<dyn Write + Send>)
+        }
+        None => {
+            if let Some(o) = child.stdout.take() {
+                pumps.push(spawn_pump(o.into(), Kind::Stdout, out, &exit_rx));
+            }
+            if let Some(e) = child.stderr.take() {
+                pumps.push(spawn_pump(e.into(), Kind::Stderr, out, &exit_rx));
+            }
+            child
+                .stdin
+                .take()
+                .map(|i| Box::new(i) as Box<dyn Write + Send>)
+        }
+    };
+    spawn_stdin(stdin_sink, input, out.clone(), start.tty);
+
+    // The timeout: a timer thread kills the group unless the command ends
+    // first (dropping `done` wakes it).
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let (done, timer_rx) = channel::<()>();
+    if let Some(secs) = start.timeout_secs.filter(|s| *s > 0) {
+        let control = ctl.clone();
+        let timed_out = timed_out.clone();
+        let _ = std::thread::Builder::new()
+            .name("timeout".into())
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) =
+                    timer_rx.recv_timeout(Duration::from_secs(u64::from(secs)))
+                {
+                    timed_out.store(true, Ordering::SeqCst);
+                    control.kill();
+                }
+            });
+    }
+
+    let status = child.wait();
+    drop(done);
+    drop(exit_tx);
+    for pump in pumps {
+        let _ = pump.join();
+    }
+    *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
+
+    let event = match status {
+        Ok(_) if timed_out.load(Ordering::SeqCst) => Event::Exit {
+            code: TIMEOUT_CODE,
+            signal: Some(libc::SIGKILL),
+            timed_out: true,
+        },
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => Event::Exit {
+                code,
+                signal: None,
+                timed_out: false,
+            },
+            (None, Some(signal)) => Event::Exit {
+                code: 128 + signal,
+                signal: Some(signal),
+                timed_out: false,
+            },
+            (None, None) => Event::Exit {
+                code: 255,
+                signal: None,
+                timed_out: false,
+            },
+        },
+        Err(e) => Event::Failed {
+            message: format!("wait for the command: {e}"),
+            code: 255,
+        },
+    };
+    out.event(&event);
+}
+
+/// Forward one output stream until end-of-file, or until the command has
+/// exited and nothing is left buffered.
+fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -> JoinHandle<()> {
+    let out = out.clone();
+    let exited = exited.clone();
+    let run = move || {
+        let mut file = File::from(fd);
+        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut draining = false;
+        loop {
+            if !draining {
+                let ready = isys::poll_readable(&[file.as_raw_fd(), exited.as_raw_fd()], -1)
+                    .unwrap_or_else(|_| vec![true, false]);
+                if !ready[0] && ready[1] {
+                    draining = true;
+                    if sys::set_nonblocking(&file).is_err() {
+                        return;
+                    }
+                }
+                if !ready[0] && !ready[1] {
+                    continue;
+                }
+            }
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if !out.data(kind, &buf[..n]) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // WouldBlock while draining: all that was written is sent.
+                // EIO: the terminal's other side is closed.
+                Err(_) => return,
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("pump".into())
+        .spawn(run)
+        .unwrap_or_else(|e| super::fatal(&format!("start a thread: {e}")))
+}
+
+/// Feed the command's stdin from the host's `Data`, returning credit as it
+/// goes; end-of-input closes a pipe (a terminal stays open).
+fn spawn_stdin(
+    sink: Option<Box<dyn Write + Send>>,
+    input: Receiver<Input>,
+    out: StreamOut,
+    tty: bool,
+) {
+    let run = move || {
+        let mut sink = sink;
+        let mut credit = InputCredit::new();
+        for item in input {
+            match item {
+                Input::Data(bytes) => {
+                    if let Some(s) = sink.as_mut() {
+                        if s.write_all(&bytes).is_err() {
+                            // The command closed its stdin: keep taking
+                            // input so the host is not left without credit.
+                            sink = None;
+                        }
+                    }
+                    credit.consumed(&out, bytes.len());
+                }
+                Input::Eof if !tty => sink = None,
+                Input::Eof | Input::Entry(_) | Input::EntryEnd => {}
+            }
+        }
+    };
+    let _ = std::thread::Builder::new().name("stdin".into()).spawn(run);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn request_env_overrides_the_workloads() {
+        let base = strings(&["PATH=/bin", "HOME=/root", "A=1"]);
+        assert_eq!(
+            merge_env(&base, &strings(&["A=2", "B=3"]), false),
+            strings(&["PATH=/bin", "HOME=/root", "A=2", "B=3"])
+        );
+        assert_eq!(
+            merge_env(&base, &[], true),
+            strings(&["PATH=/bin", "HOME=/root", "A=1", "TERM=xterm"])
+        );
+        assert_eq!(
+            merge_env(&base, &strings(&["TERM=dumb"]), true),
+            strings(&["PATH=/bin", "HOME=/root", "A=1", "TERM=dumb"])
+        );
+    }
+}

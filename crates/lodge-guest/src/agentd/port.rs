@@ -1,0 +1,87 @@
+//! Finding the agent's virtio-serial port and waiting for a host on it.
+//!
+//! The kernel names ports `vportNpM` in probe order, so the agent looks the
+//! port up by the name QEMU gave it (`/sys/class/virtio-ports/*/name`).
+//! While no host is connected, reads return 0 at once and `poll` reports a
+//! hang-up, so neither can be used to wait; the port sends SIGIO when the
+//! host side connects, and the agent waits for that on a signalfd (with a
+//! slow timer as a safety net).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::init::sys as isys;
+
+use super::sys;
+
+const PORTS_DIR: &str = "/sys/class/virtio-ports";
+
+/// The device node of the port named `name`, once it exists.
+pub fn find(name: &str, timeout: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(device) = lookup(name) {
+            if device.exists() {
+                return Some(device);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lookup(name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(PORTS_DIR)
+        .ok()?
+        .flatten()
+        .find(|entry| {
+            std::fs::read_to_string(entry.path().join("name"))
+                .is_ok_and(|n| n.trim_end_matches('\n') == name)
+        })
+        .map(|entry| Path::new("/dev").join(entry.file_name()))
+}
+
+/// The open port and the signalfd that says when a host connects.
+pub struct Port {
+    file: File,
+    sigio: Option<OwnedFd>,
+}
+
+impl Port {
+    pub fn open(device: &Path) -> std::io::Result<Port> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)?;
+        // Blocked (and so queued for the signalfd) in every thread the
+        // agent starts later, since threads inherit the mask.
+        let sigio = isys::block_into_signalfd(&[libc::SIGIO])
+            .ok()
+            .filter(|_| sys::request_sigio(&file).is_ok());
+        Ok(Port { file, sigio })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// A second descriptor for the writer thread.
+    pub fn writer(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Block until the host side may have connected.
+    pub fn wait_for_host(&self) {
+        match &self.sigio {
+            Some(fd) => {
+                let _ = isys::poll_readable(&[fd.as_raw_fd()], 1000);
+                while let Ok(Some(_)) = isys::read_signal(fd) {}
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The agent's sending side: one writer thread owns the port's write end;
+//! sessions hand it whole frames through a bounded queue, so frames never
+//! interleave and a stalled host slows senders instead of growing memory.
+//!
+//! Every queued frame carries the connection *epoch* it belongs to. A new
+//! host connection bumps the epoch, and the writer drops frames of older
+//! epochs instead of sending them, so output of sessions that belonged to a
+//! gone client cannot leak into the next connection.
+//!
+//! Flow control towards the host is a [`Window`] per stream: a sender takes
+//! credit before queueing data and the host gives it back (`Credit`
+//! frames) as its consumer takes the bytes.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use lodge_guest::agent::frame::{encode_credit, encode_json};
+use lodge_guest::agent::{encode, Event, Kind, CREDIT_BATCH, DATA_CHUNK};
+
+/// Frames queued towards the writer thread.
+const QUEUE: usize = 128;
+
+struct Outgoing {
+    epoch: u64,
+    bytes: Vec<u8>,
+}
+
+/// The shared handle to the writer thread.
+#[derive(Clone)]
+pub struct Wire {
+    tx: SyncSender<Outgoing>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Wire {
+    /// Start the writer thread on `port`.
+    pub fn start(port: std::fs::File) -> Wire {
+        let (tx, rx) = sync_channel(QUEUE);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let current = epoch.clone();
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || writer(port, rx, current))
+            .unwrap_or_else(|e| crate::agentd::fatal(&format!("start the writer thread: {e}")));
+        Wire { tx, epoch }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Start a new connection epoch; returns it.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Queue a frame of `epoch`; false when the writer is gone.
+    pub fn send(&self, epoch: u64, bytes: Vec<u8>) -> bool {
+        self.tx.send(Outgoing { epoch, bytes }).is_ok()
+    }
+}
+
+fn writer(mut port: std::fs::File, rx: Receiver<Outgoing>, epoch: Arc<AtomicU64>) {
+    for out in rx {
+        if out.epoch != epoch.load(Ordering::SeqCst) {
+            continue;
+        }
+        // A write blocks while no host is connected and resumes once one
+        // is; an error (the port went away) drops the frame.
+        if port.write_all(&out.bytes).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Send credit of one stream and direction, as in the module docs.
+pub struct Window {
+    state: Mutex<(u64, bool)>,
+    cv: Condvar,
+}
+
+impl Window {
+    pub fn new(initial: u32) -> Arc<Window> {
+        Arc::new(Window {
+            state: Mutex::new((u64::from(initial), false)),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Wait for credit and take up to `want` bytes of it; `None` once the
+    /// stream is closed.
+    pub fn take(&self, want: usize) -> Option<usize> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let (avail, closed) = *state;
+            if closed {
+                return None;
+            }
+            if avail > 0 {
+                let n = (want as u64).min(avail);
+                state.0 -= n;
+                return Some(n as usize);
+            }
+            state = self.cv.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn add(&self, bytes: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = state.0.saturating_add(u64::from(bytes));
+        self.cv.notify_all();
+    }
+
+    pub fn close(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// What a session uses to answer on its stream.
+#[derive(Clone)]
+pub struct StreamOut {
+    pub id: u32,
+    pub epoch: u64,
+    wire: Wire,
+    window: Arc<Window>,
+}
+
+impl StreamOut {
+    pub fn new(id: u32, epoch: u64, wire: Wire, window: Arc<Window>) -> Self {
+        StreamOut {
+            id,
+            epoch,
+            wire,
+            window,
+        }
+    }
+
+    pub fn event(&self, event: &Event) {
+        self.wire
+            .send(self.epoch, encode_json(Kind::Event, self.id, event));
+    }
+
+    /// Send output or file bytes, waiting for credit as needed; false when
+    /// the stream was closed under us (the host went away or cancelled).
+    pub fn data(&self, kind: Kind, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let Some(n) = self.window.take(bytes.len().min(DATA_CHUNK)) else {
+                return false;
+            };
+            if !self
+                .wire
+                .send(self.epoch, encode(kind, self.id, &bytes[..n]))
+            {
+                return false;
+            }
+            bytes = &bytes[n..];
+        }
+        true
+    }
+
+    /// The stream is finished.
+    pub fn close(&self) {
+        self.wire
+            .send(self.epoch, encode(Kind::Close, self.id, b""));
+    }
+
+    fn credit(&self, bytes: u32) {
+        self.wire.send(self.epoch, encode_credit(self.id, bytes));
+    }
+}
+
+/// Returns credit for input the session consumed, in batches.
+pub struct InputCredit {
+    pending: u32,
+}
+
+impl InputCredit {
+    pub fn new() -> Self {
+        InputCredit { pending: 0 }
+    }
+
+    pub fn consumed(&mut self, out: &StreamOut, bytes: usize) {
+        self.pending = self
+            .pending
+            .saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX));
+        if self.pending >= CREDIT_BATCH {
+            out.credit(self.pending);
+            self.pending = 0;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The daemon's side of the guest agent: one multiplexed connection per VM
+//! (see [`lodge_guest::agent`] for the protocol), shared by every exec,
+//! copy and stat the API serves for that VM.
+//!
+//! - [`Transport`] opens the raw byte stream. QEMU's virtio-serial port is
+//!   a Unix socket in the instance directory ([`UnixSocket`]); Cloud
+//!   Hypervisor's vsock (a Unix socket plus a `CONNECT port` line) will be
+//!   a second implementation, and nothing above this trait changes.
+//! - [`Conn`] ([`conn`]) does the handshake and runs one reader and one
+//!   writer task; sessions get a [`StreamTx`]/[`StreamRx`] pair.
+//! - [`Pool`] keeps one live connection per instance, reconnecting after
+//!   the VM restarted. A QEMU socket serves one client at a time, so all
+//!   sessions must share the daemon's connection; the pool also makes sure
+//!   two requests never race to open a second one.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use conn::{Conn, Inbound, StreamRx, StreamTx};
+
+/// Least time given to reach the agent (and hear its answer), even when
+/// the client did not ask to wait: under software emulation a busy guest
+/// can take a moment to answer.
+pub const MIN_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot reach the guest agent at {what}")]
+    Connect {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent did not answer within {0} s (is the guest still booting?)")]
+    NoAnswer(u64),
+    #[error("the guest agent speaks protocol version {agent}, this lodge speaks {host}: rebuild the guest with scripts/build-guest.sh")]
+    Version { agent: u32, host: u32 },
+    #[error("the connection to the guest agent was lost")]
+    Lost,
+    #[error("the guest agent restarted")]
+    Restarted,
+}
+
+/// A byte stream to an agent.
+pub trait AgentStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AgentStream for T {}
+
+type Connecting<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn AgentStream>>> + Send + 'a>>;
+
+/// How to open a byte stream to one VM's agent.
+pub trait Transport: Send + Sync {
+    fn connect(&self) -> Connecting<'_>;
+    /// For messages: where the agent is reached.
+    fn describe(&self) -> String;
+}
+
+/// QEMU: the host end of the virtio-serial port, a Unix socket QEMU
+/// listens on.
+pub struct UnixSocket(pub PathBuf);
+
+impl Transport for UnixSocket {
+    fn connect(&self) -> Connecting<'_> {
+        Box::pin(async move {
+            let s = tokio::net::UnixStream::connect(&self.0).await?;
+            Ok(Box::new(s) as Box<dyn AgentStream>)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
+/// One live connection per instance.
+#[derive(Default)]
+pub struct Pool {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Pool {
+    /// The live connection to instance `key`'s agent, opening one through
+    /// `transport` if needed and waiting up to `wait` (at least
+    /// [`MIN_WAIT`]) for the agent to answer.
+    pub async fn connect(
+        &self,
+        key: &str,
+        transport: &dyn Transport,
+        wait: Duration,
+    ) -> Result<Arc<Conn>, AgentError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock()
+                        .is_ok_and(|c| c.as_ref().is_some_and(|c| c.is_alive()))
+            });
+            slots.entry(key.to_string()).or_default().clone()
+        };
+        let mut current = slot.lock().await;
+        if let Some(conn) = current.as_ref().filter(|c| c.is_alive()) {
+            return Ok(conn.clone());
+        }
+        let conn = Conn::establish(transport, wait.max(MIN_WAIT)).await?;
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+}

@@ -1,0 +1,503 @@
+//! `GET /instances/{id}/cp`: copying files in and out of the guest over a
+//! WebSocket, as hypeman speaks it, plus lodge's raw-channel measurement.
+//!
+//! The client's first text message is a [`CpRequest`]; its `direction`:
+//!
+//! - `"stat"`: one text answer `{"type":"stat", …PathInfo}`.
+//! - `"from"`: the server streams the source as, per entry, a text
+//!   `{"type":"header", path, mode, is_dir, is_symlink, link_target, size,
+//!   mtime, uid, gid}`, binary messages with a file's contents, and
+//!   `{"type":"end","final":bool}`; paths start with the source's base
+//!   name. A failure is `{"type":"error","message","path"}`.
+//! - `"to"` (hypeman): one file or directory lands at `guest_path`: binary
+//!   messages with the contents, then `{"type":"end"}`; the answer is
+//!   `{"type":"result","success","error","bytes_written"}`.
+//! - `"to"` with `"stream": true` (lodge): a whole tree in one connection,
+//!   entries shaped as in `"from"` (`header`, binary, `end`); the first
+//!   entry is the root and lands at `guest_path`; `{"type":"end",
+//!   "final":true}` ends the upload. The guest refuses entries that would
+//!   land outside `guest_path`.
+//!
+//! A failure while receiving is answered as soon as it happens; the server
+//! then keeps reading (and discarding) until the client's final `end`, so
+//! a client that only reads after sending everything still gets it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use lodge_guest::agent::paths::base_name;
+use lodge_guest::agent::{Control, EntryHeader, Event, Request};
+
+use super::exec::{
+    close, close_and_drain, connect, drain, endpoint, first_text, send_json, unavailable, Sink,
+    Source,
+};
+use super::{ApiError, AppState};
+use crate::agent::{AgentError, Inbound, StreamRx, StreamTx};
+use crate::instances::{AgentEndpoint, Manager};
+
+/// hypeman's copy request, plus lodge's `stream` and `mtime`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct CpRequest {
+    /// `to`, `from` or `stat`.
+    pub direction: String,
+    pub guest_path: String,
+    #[serde(default)]
+    pub is_dir: bool,
+    /// Permission bits for `to` (default 0644, or 0755 for a directory).
+    #[serde(default)]
+    pub mode: u32,
+    #[serde(default)]
+    pub follow_links: bool,
+    /// Owner for `to` (archive mode); 0 keeps root.
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// lodge extension: modification time for `to`, seconds since the epoch.
+    #[serde(default)]
+    pub mtime: i64,
+    /// lodge extension: `to` carries a tree of entries (see the module docs).
+    #[serde(default)]
+    pub stream: bool,
+    /// Seconds to keep trying to reach the guest agent.
+    #[serde(default)]
+    pub wait_for_agent: u32,
+}
+
+/// A copy header on the WebSocket (hypeman's shape).
+#[derive(Debug, Serialize, Deserialize)]
+struct WireHeader {
+    path: String,
+    #[serde(default)]
+    mode: u32,
+    #[serde(default)]
+    is_dir: bool,
+    #[serde(default)]
+    is_symlink: bool,
+    #[serde(default)]
+    link_target: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+}
+
+impl From<EntryHeader> for WireHeader {
+    fn from(h: EntryHeader) -> Self {
+        WireHeader {
+            path: h.path,
+            mode: h.mode,
+            is_dir: h.is_dir,
+            is_symlink: h.is_symlink,
+            link_target: h.link_target,
+            size: h.size,
+            mtime: h.mtime,
+            uid: h.uid,
+            gid: h.gid,
+        }
+    }
+}
+
+impl From<WireHeader> for EntryHeader {
+    fn from(h: WireHeader) -> Self {
+        EntryHeader {
+            path: h.path,
+            mode: h.mode,
+            is_dir: h.is_dir,
+            is_symlink: h.is_symlink,
+            link_target: h.link_target,
+            size: h.size,
+            mtime: h.mtime,
+            uid: h.uid,
+            gid: h.gid,
+        }
+    }
+}
+
+fn tagged(kind: &str, value: impl Serialize) -> Value {
+    let mut v = serde_json::to_value(value).unwrap_or_else(|_| json!({}));
+    v["type"] = json!(kind);
+    v
+}
+
+fn cp_error(message: impl Into<String>, path: &str) -> Value {
+    json!({ "type": "error", "message": message.into(), "path": path })
+}
+
+/// Copy files in or out of the instance, or stat a path.
+#[utoipa::path(get, path = "/instances/{id}/cp",
+    description = "WebSocket. First client message: CpRequest as JSON text; see the module documentation for the messages that follow.",
+    responses((status = 101, description = "switching to the WebSocket"),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn cp(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ep = match endpoint(&state, &id, "cp") {
+        Ok(ep) => ep,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::bad_request(format!("cp needs a WebSocket: {}", e.body_text()))
+                .into_response()
+        }
+    };
+    let manager = state.manager.clone();
+    ws.on_upgrade(move |socket| async move { run(socket, manager, ep).await })
+}
+
+async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
+    let (mut sink, mut source) = socket.split();
+    let req: CpRequest = match first_text(&mut source)
+        .await
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("invalid JSON: {e}")))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            send_json(&mut sink, &cp_error(e, "")).await;
+            return close_and_drain(sink, source).await;
+        }
+    };
+    let request = match req.direction.as_str() {
+        "stat" => Request::Stat {
+            path: req.guest_path.clone(),
+            follow_links: req.follow_links,
+        },
+        "from" => Request::CopyFrom {
+            path: req.guest_path.clone(),
+            follow_links: req.follow_links,
+        },
+        "to" => Request::CopyTo {
+            path: req.guest_path.clone(),
+        },
+        other => {
+            let message = format!("invalid direction: {other} (must be 'to', 'from', or 'stat')");
+            send_json(&mut sink, &cp_error(message, "")).await;
+            return close_and_drain(sink, source).await;
+        }
+    };
+    if !req.guest_path.starts_with('/') {
+        let message = format!("guest_path must be absolute, got {:?}", req.guest_path);
+        send_json(&mut sink, &cp_error(message, &req.guest_path)).await;
+        return close_and_drain(sink, source).await;
+    }
+    let opened = match connect(&manager, &ep, req.wait_for_agent).await {
+        Ok(conn) => conn.open(&request).await,
+        Err(e) => Err(e),
+    };
+    let (tx, rx) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            send_json(&mut sink, &cp_error(e.to_string(), &req.guest_path)).await;
+            return close_and_drain(sink, source).await;
+        }
+    };
+    tracing::info!(instance = %ep.id, direction = %req.direction, path = %req.guest_path, "cp started");
+    match req.direction.as_str() {
+        "to" => copy_to(sink, source, tx, rx, req).await,
+        _ => copy_out(sink, source, rx, &req.guest_path).await,
+    }
+}
+
+/// `stat` and `from`: forward what the agent sends.
+async fn copy_out(mut sink: Sink, mut source: Source, mut rx: StreamRx, path: &str) {
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            msg = source.next() => match msg {
+                // Nothing is expected from the client; only its leaving.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let message = match item {
+            Ok(Inbound::Data(bytes)) => {
+                let n = bytes.len();
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    return;
+                }
+                if rx.consumed(n).await.is_err() {
+                    send_json(&mut sink, &cp_error(AgentError::Lost.to_string(), path)).await;
+                    break;
+                }
+                continue;
+            }
+            Ok(Inbound::Event(Event::Header(h))) => tagged("header", WireHeader::from(h)),
+            Ok(Inbound::Event(Event::End { last })) => {
+                let done = json!({ "type": "end", "final": last });
+                if last {
+                    send_json(&mut sink, &done).await;
+                    break;
+                }
+                done
+            }
+            Ok(Inbound::Event(Event::Stat(info))) => {
+                send_json(&mut sink, &tagged("stat", info)).await;
+                break;
+            }
+            Ok(Inbound::Event(Event::Error { message, path })) => {
+                send_json(&mut sink, &cp_error(message, &path)).await;
+                break;
+            }
+            Ok(Inbound::Event(_)) | Ok(Inbound::Stdout(_)) | Ok(Inbound::Stderr(_)) => continue,
+            Ok(Inbound::Closed) => {
+                send_json(
+                    &mut sink,
+                    &cp_error("copy stream ended without completion marker", path),
+                )
+                .await;
+                break;
+            }
+            Err(e) => {
+                send_json(&mut sink, &cp_error(e.to_string(), path)).await;
+                break;
+            }
+        };
+        if !send_json(&mut sink, &message).await {
+            return;
+        }
+    }
+    close(sink).await;
+    drain(source).await;
+}
+
+/// What the client sends in a `to` copy.
+#[derive(Debug, Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, rename = "final")]
+    last: bool,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+/// `to`: forward the client's entries to the agent; answer with the
+/// agent's result (or its first error) as soon as it is known.
+async fn copy_to(
+    mut sink: Sink,
+    mut source: Source,
+    tx: StreamTx,
+    mut rx: StreamRx,
+    req: CpRequest,
+) {
+    let stream = req.stream;
+    if !stream {
+        // hypeman's one-entry form: the request describes the entry.
+        let root = EntryHeader {
+            path: base_name(&req.guest_path).to_string(),
+            mode: match (req.mode & 0o7777, req.is_dir) {
+                (0, true) => 0o755,
+                (0, false) => 0o644,
+                (m, _) => m,
+            },
+            is_dir: req.is_dir,
+            mtime: req.mtime,
+            uid: (req.uid > 0 || req.gid > 0).then_some(req.uid),
+            gid: (req.uid > 0 || req.gid > 0).then_some(req.gid),
+            ..EntryHeader::default()
+        };
+        if let Err(e) = tx.control(&Control::Entry(root)).await {
+            send_json(&mut sink, &cp_error(e.to_string(), &req.guest_path)).await;
+            return close_and_drain(sink, source).await;
+        }
+    }
+
+    // Client → guest on its own task, so the answer can go out while the
+    // client is still sending.
+    let mut input = tokio::spawn(async move {
+        let mut forwarding = true;
+        let mut entry_open = !stream;
+        while let Some(msg) = source.next().await {
+            let sent = match msg {
+                Ok(Message::Binary(b)) if forwarding => tx.data(&b).await,
+                Ok(Message::Text(t)) => {
+                    let Ok(m) = serde_json::from_str::<ClientMessage>(&t) else {
+                        continue;
+                    };
+                    match m.kind.as_str() {
+                        "end" => {
+                            let finished = !stream || m.last;
+                            let mut r = Ok(());
+                            if forwarding && entry_open {
+                                entry_open = false;
+                                r = tx.control(&Control::EntryEnd).await;
+                            }
+                            if forwarding && finished && r.is_ok() {
+                                r = tx.eof().await;
+                            }
+                            if finished {
+                                return (true, source);
+                            }
+                            r
+                        }
+                        "header" if stream && forwarding => {
+                            match serde_json::from_value::<WireHeader>(Value::Object(m.rest)) {
+                                Ok(h) => {
+                                    entry_open = true;
+                                    tx.control(&Control::Entry(h.into())).await
+                                }
+                                // The guest refuses what it cannot place;
+                                // a malformed header is refused here.
+                                Err(_) => Err(AgentError::Lost),
+                            }
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => return (false, source),
+                Ok(_) => Ok(()),
+            };
+            if sent.is_err() {
+                // The guest ended the copy (its answer is on the way):
+                // read on until the client's end, discarding.
+                forwarding = false;
+            }
+        }
+        (false, source)
+    });
+
+    // The client's half once it sent its final `end`.
+    let mut client_done: Option<Source> = None;
+    let answer = loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            done = &mut input, if client_done.is_none() => match done {
+                Ok((true, source)) => {
+                    client_done = Some(source);
+                    continue;
+                }
+                // The client went away mid-copy: dropping the stream
+                // cancels it in the guest.
+                _ => return,
+            }
+        };
+        match item {
+            Ok(Inbound::Event(Event::Result { bytes })) => {
+                break json!({ "type": "result", "success": true, "bytes_written": bytes })
+            }
+            Ok(Inbound::Event(Event::Error { message, .. })) => {
+                break json!({ "type": "result", "success": false, "error": message })
+            }
+            Ok(Inbound::Closed) => {
+                break json!({ "type": "result", "success": false,
+                    "error": "the guest agent ended the copy without a result" })
+            }
+            Ok(_) => continue,
+            Err(e) => break json!({ "type": "result", "success": false, "error": e.to_string() }),
+        }
+    };
+    send_json(&mut sink, &answer).await;
+    drop(rx);
+    let source = match client_done {
+        Some(source) => Some(source),
+        // A failure answered early: read on until the client's end.
+        None => input.await.ok().map(|(_, source)| source),
+    };
+    close(sink).await;
+    if let Some(source) = source {
+        drain(source).await;
+    }
+}
+
+/// Query of the throughput measurement.
+#[derive(Debug, Deserialize)]
+pub struct ThroughputQuery {
+    /// `from` (guest to host) or `to` (host to guest).
+    direction: String,
+    /// Bytes to move (default 64 MiB).
+    bytes: Option<u64>,
+}
+
+/// The result of a throughput measurement.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Throughput {
+    pub direction: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mib_per_s: f64,
+}
+
+/// lodge extension: the raw rate of the instance's agent channel. Moves
+/// zero bytes through the same framing and flow control a copy uses, with
+/// no files and no WebSocket, between the daemon and the guest agent.
+#[utoipa::path(get, path = "/instances/{id}/agent/throughput",
+    params(("direction" = String, Query, description = "`from` (guest to host) or `to`"),
+        ("bytes" = Option<u64>, Query, description = "bytes to move, default 64 MiB")),
+    responses((status = 200, body = Throughput), (status = 409, body = super::error::ErrorBody)))]
+pub async fn throughput(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<ThroughputQuery>, QueryRejection>,
+) -> Result<axum::Json<Throughput>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let bytes = q.bytes.unwrap_or(64 << 20);
+    let ep = endpoint(&state, &id, "measure")?;
+    let conn = connect(&state.manager, &ep, 0).await.map_err(unavailable)?;
+    let t0 = Instant::now();
+    let moved = match q.direction.as_str() {
+        "from" => {
+            let (_tx, mut rx) = conn
+                .open(&Request::Generate { bytes })
+                .await
+                .map_err(unavailable)?;
+            let mut got = 0u64;
+            loop {
+                match rx.recv().await.map_err(unavailable)? {
+                    Inbound::Data(d) => {
+                        got += d.len() as u64;
+                        rx.consumed(d.len()).await.map_err(unavailable)?;
+                    }
+                    Inbound::Event(Event::End { .. }) | Inbound::Closed => break got,
+                    _ => {}
+                }
+            }
+        }
+        "to" => {
+            let (tx, mut rx) = conn.open(&Request::Discard).await.map_err(unavailable)?;
+            let chunk = vec![0u8; 256 << 10];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                tx.data(&chunk[..n]).await.map_err(unavailable)?;
+                left -= n as u64;
+            }
+            tx.eof().await.map_err(unavailable)?;
+            loop {
+                match rx.recv().await.map_err(unavailable)? {
+                    Inbound::Event(Event::Result { bytes }) => break bytes,
+                    Inbound::Closed => return Err(unavailable(AgentError::Lost)),
+                    _ => {}
+                }
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be `from` or `to`, got {other:?}"
+            )))
+        }
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(axum::Json(Throughput {
+        direction: q.direction,
+        bytes: moved,
+        seconds,
+        mib_per_s: moved as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+    }))
+}

@@ -1,0 +1,436 @@
+//! `lodge cp [-a] [-L] SRC DST`: copy between the host and an instance,
+//! with `INSTANCE:PATH` on one side, following `docker cp`'s rules:
+//!
+//! - a file lands at DST, or inside DST when DST is a directory; a DST
+//!   ending in `/` must be an existing directory;
+//! - a directory becomes DST when DST does not exist, or DST/NAME when it
+//!   does (SRC ending in `/.` copies its contents into DST instead);
+//! - DST's parent must exist; nothing else is created on the way;
+//! - modes and times are kept, owners only with `-a`; symlinks are copied
+//!   as links unless `-L`.
+//!
+//! Both directions stream entries over the API's cp WebSocket (uploads use
+//! lodge's one-connection `stream` form), file contents in chunks. The
+//! walking and unpacking rules are [`lodge_guest::agent::tree`]'s, the same
+//! code the guest agent runs, so an entry the other side sends that would
+//! land outside DST is refused on either side.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use lodge_guest::agent::paths::base_name;
+use lodge_guest::agent::tree::{check_parent, Unpacker, Walk};
+use lodge_guest::agent::EntryHeader;
+
+use super::exec::{open_ws, Ws};
+use crate::cli::CpArgs;
+use crate::client::{encode, Client};
+
+/// One side of a copy.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    Host(String),
+    Guest { instance: String, path: String },
+}
+
+impl Location {
+    /// docker's rule: a path starting with `/`, `.` or `~` is local; else
+    /// `NAME:PATH` with no `/` in NAME is an instance's path.
+    fn parse(arg: &str) -> Location {
+        if arg.starts_with('/') || arg.starts_with('.') || arg.starts_with('~') {
+            return Location::Host(arg.to_string());
+        }
+        match arg.split_once(':') {
+            Some((instance, path)) if !instance.is_empty() && !instance.contains('/') => {
+                let path = if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    // As docker: relative to the instance's root.
+                    format!("/{path}")
+                };
+                Location::Guest {
+                    instance: instance.to_string(),
+                    path,
+                }
+            }
+            _ => Location::Host(arg.to_string()),
+        }
+    }
+}
+
+pub fn run(args: CpArgs) -> Result<u8> {
+    let src = Location::parse(&args.src);
+    let dst = Location::parse(&args.dst);
+    super::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        match (src, dst) {
+            (Location::Host(src), Location::Guest { instance, path }) => {
+                upload(&client, &instance, &src, &path, &args).await
+            }
+            (Location::Guest { instance, path }, Location::Host(dst)) => {
+                download(&client, &instance, &path, &dst, &args).await
+            }
+            (Location::Guest { .. }, Location::Guest { .. }) => {
+                bail!("copying between instances is not supported: one side must be a host path")
+            }
+            (Location::Host(_), Location::Host(_)) => {
+                bail!("one of SRC and DST must be INSTANCE:PATH")
+            }
+        }?;
+        Ok(0)
+    })
+}
+
+/// What `stat` says about a guest path.
+async fn guest_stat(client: &Client, instance: &str, path: &str) -> Result<Value> {
+    let query = format!(
+        "/instances/{}/stat?path={}&follow_links=true",
+        encode(instance),
+        encode(path)
+    );
+    let info: Value = client.call(reqwest::Method::GET, &query, None).await?;
+    if let Some(e) = info["error"].as_str() {
+        bail!("{e}");
+    }
+    Ok(info)
+}
+
+/// `SRC/.` means "the contents of SRC".
+fn contents_only(path: &str) -> Option<&str> {
+    path.strip_suffix("/.")
+        .map(|p| if p.is_empty() { "/" } else { p })
+}
+
+async fn upload(
+    client: &Client,
+    instance: &str,
+    src: &str,
+    dst: &str,
+    args: &CpArgs,
+) -> Result<()> {
+    let (src_path, contents) = match contents_only(src) {
+        Some(p) => (p, true),
+        None => (src, false),
+    };
+    let md = if args.follow_link {
+        std::fs::metadata(src_path)
+    } else {
+        std::fs::symlink_metadata(src_path)
+    }
+    .with_context(|| src_path.to_string())?;
+    let info = guest_stat(client, instance, dst).await?;
+    let exists = info["exists"] == json!(true);
+    let is_dir = info["is_dir"] == json!(true);
+    let name = base_name(src_path);
+    let target = if md.is_dir() {
+        match (exists, is_dir, contents) {
+            (true, false, _) => {
+                bail!("cannot copy a directory to a file: {dst} is not a directory")
+            }
+            (true, true, true) | (false, _, _) => dst.to_string(),
+            (true, true, false) => format!("{}/{name}", dst.trim_end_matches('/')),
+        }
+    } else {
+        match (exists, is_dir) {
+            (false, _) if dst.ends_with('/') => {
+                bail!("destination directory {dst} does not exist")
+            }
+            (true, true) => format!("{}/{name}", dst.trim_end_matches('/')),
+            _ => dst.to_string(),
+        }
+    };
+
+    let ws = open_ws(client, &format!("/instances/{}/cp", encode(instance))).await?;
+    let (mut sink, mut stream) = ws.split();
+    let request = json!({ "direction": "to", "guest_path": target, "stream": true });
+    sink.send(Message::Text(request.to_string().into())).await?;
+
+    // The walk reads files on a thread; messages come back in order.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Message, String>>(16);
+    let (root, follow, archive) = (PathBuf::from(src_path), args.follow_link, args.archive);
+    let name = name.to_string();
+    std::thread::spawn(move || walk_messages(&root, &name, follow, archive, &tx));
+
+    let mut sent_all = false;
+    let answer = loop {
+        tokio::select! {
+            msg = rx.recv(), if !sent_all => match msg {
+                Some(Ok(m)) => sink.send(m).await?,
+                Some(Err(e)) => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    bail!("{e}");
+                }
+                None => sent_all = true,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if v["type"] == "result" || v["type"] == "error" {
+                        break v;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => bail!("the daemon closed the copy before it finished"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("connection to the daemon: {e}"),
+            },
+        }
+    };
+    let _ = sink.send(Message::Close(None)).await;
+    if answer["success"] == json!(true) {
+        return Ok(());
+    }
+    let message = answer["error"]
+        .as_str()
+        .or_else(|| answer["message"].as_str())
+        .unwrap_or("the copy failed");
+    Err(anyhow!("copy to {instance}:{target}: {message}"))
+}
+
+fn header_message(mut header: EntryHeader, archive: bool) -> Message {
+    if !archive {
+        header.uid = None;
+        header.gid = None;
+    }
+    let mut v = serde_json::to_value(&header).unwrap_or_else(|_| json!({}));
+    v["type"] = json!("header");
+    Message::Text(v.to_string().into())
+}
+
+/// The upload's messages: per entry a header, the contents, an end; then
+/// the final end.
+fn walk_messages(
+    root: &Path,
+    name: &str,
+    follow: bool,
+    archive: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<Message, String>>,
+) {
+    let send = |m: Result<Message, String>| tx.blocking_send(m).is_ok();
+    let walk = match Walk::new(root, name, follow) {
+        Ok(w) => w,
+        Err((p, e)) => {
+            send(Err(format!("{}: {e}", p.display())));
+            return;
+        }
+    };
+    let end =
+        |last: bool| Message::Text(json!({ "type": "end", "final": last }).to_string().into());
+    let mut buf = vec![0u8; 256 << 10];
+    for item in walk {
+        let found = match item {
+            Ok(f) => f,
+            Err((p, e)) => {
+                send(Err(format!("{}: {e}", p.display())));
+                return;
+            }
+        };
+        if !send(Ok(header_message(found.header, archive))) {
+            return;
+        }
+        if found.is_file {
+            let mut file = match std::fs::File::open(&found.full) {
+                Ok(f) => f,
+                Err(e) => {
+                    send(Err(format!("{}: {e}", found.full.display())));
+                    return;
+                }
+            };
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if !send(Ok(Message::Binary(buf[..n].to_vec().into()))) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        send(Err(format!("{}: {e}", found.full.display())));
+                        return;
+                    }
+                }
+            }
+        }
+        if !send(Ok(end(false))) {
+            return;
+        }
+    }
+    send(Ok(end(true)));
+}
+
+async fn download(
+    client: &Client,
+    instance: &str,
+    src: &str,
+    dst: &str,
+    args: &CpArgs,
+) -> Result<()> {
+    let (src_path, contents) = match contents_only(src) {
+        Some(p) => (p, true),
+        None => (src, false),
+    };
+    let dst_md = std::fs::metadata(dst).ok();
+    let ws: Ws = open_ws(client, &format!("/instances/{}/cp", encode(instance))).await?;
+    let (mut sink, mut stream) = ws.split();
+    let request =
+        json!({ "direction": "from", "guest_path": src_path, "follow_links": args.follow_link });
+    sink.send(Message::Text(request.to_string().into())).await?;
+
+    let mut unpacker: Option<Unpacker> = None;
+    let mut target = PathBuf::new();
+    let done = loop {
+        let Some(msg) = stream.next().await else {
+            break Err(anyhow!("the daemon closed the copy before it finished"));
+        };
+        let t = match msg.context("connection to the daemon")? {
+            Message::Binary(data) => {
+                let Some(u) = unpacker.as_mut() else {
+                    break Err(anyhow!("file contents before any header"));
+                };
+                if let Err(e) = u.write(&data) {
+                    break Err(anyhow!(e));
+                }
+                continue;
+            }
+            Message::Text(t) => t,
+            Message::Close(_) => {
+                break Err(anyhow!("the daemon closed the copy before it finished"))
+            }
+            _ => continue,
+        };
+        let v: Value = serde_json::from_str(&t).context("unreadable message from the daemon")?;
+        match v["type"].as_str() {
+            Some("header") => {
+                let header: EntryHeader =
+                    serde_json::from_value(v.clone()).context("unreadable copy header")?;
+                if unpacker.is_none() {
+                    target =
+                        resolve_download_target(&header, src_path, dst, dst_md.as_ref(), contents)?;
+                    unpacker = Some(Unpacker::new(target.clone(), args.archive));
+                }
+                if let Some(u) = unpacker.as_mut() {
+                    if let Err(e) = u.begin(header) {
+                        break Err(anyhow!(e));
+                    }
+                }
+            }
+            Some("end") => {
+                if let Some(u) = unpacker.as_mut() {
+                    if let Err(e) = u.end() {
+                        break Err(anyhow!(e));
+                    }
+                }
+                if v["final"] == json!(true) {
+                    break Ok(());
+                }
+            }
+            Some("error") => {
+                let message = v["message"].as_str().unwrap_or("the copy failed");
+                break Err(anyhow!("copy from {instance}:{src}: {message}"));
+            }
+            _ => {}
+        }
+    };
+    let _ = sink.send(Message::Close(None)).await;
+    done?;
+    if let Some(u) = unpacker {
+        u.finish()
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("{}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Where the download's root lands, by docker's rules (see the module).
+fn resolve_download_target(
+    root: &EntryHeader,
+    src: &str,
+    dst: &str,
+    dst_md: Option<&std::fs::Metadata>,
+    contents: bool,
+) -> Result<PathBuf> {
+    let name = base_name(src);
+    let dst_path = PathBuf::from(dst);
+    let target = match (root.is_dir, dst_md) {
+        (true, Some(md)) if !md.is_dir() => {
+            bail!("cannot copy a directory to a file: {dst} is not a directory")
+        }
+        (true, Some(_)) if contents => dst_path,
+        (_, Some(md)) if md.is_dir() => dst_path.join(name),
+        (false, None) if dst.ends_with('/') => bail!("destination directory {dst} does not exist"),
+        _ => dst_path,
+    };
+    check_parent(&target).map_err(|e| anyhow!(e))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_like_docker() {
+        let guest = |i: &str, p: &str| Location::Guest {
+            instance: i.into(),
+            path: p.into(),
+        };
+        assert_eq!(
+            Location::parse("web:/etc/passwd"),
+            guest("web", "/etc/passwd")
+        );
+        assert_eq!(Location::parse("web:tmp/x"), guest("web", "/tmp/x"));
+        assert_eq!(Location::parse("web:"), guest("web", "/"));
+        assert_eq!(Location::parse("./web:x"), Location::Host("./web:x".into()));
+        assert_eq!(Location::parse("/a:b"), Location::Host("/a:b".into()));
+        assert_eq!(Location::parse("dir/a:b"), Location::Host("dir/a:b".into()));
+        assert_eq!(
+            Location::parse("file.txt"),
+            Location::Host("file.txt".into())
+        );
+    }
+
+    #[test]
+    fn download_targets_follow_docker() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().to_string_lossy().to_string();
+        std::fs::write(dir.path().join("f"), "").expect("write");
+        let md = |p: &str| std::fs::metadata(p).ok();
+        let file = EntryHeader {
+            path: "x".into(),
+            ..EntryHeader::default()
+        };
+        let tree = EntryHeader {
+            path: "x".into(),
+            is_dir: true,
+            ..EntryHeader::default()
+        };
+        let t = |h: &EntryHeader, src: &str, dst: &str, contents| {
+            resolve_download_target(h, src, dst, md(dst).as_ref(), contents)
+        };
+        // File into an existing directory, or to a new name.
+        assert_eq!(
+            t(&file, "/g/x", &d, false).expect("ok"),
+            dir.path().join("x")
+        );
+        let new = format!("{d}/new");
+        assert_eq!(
+            t(&file, "/g/x", &new, false).expect("ok"),
+            dir.path().join("new")
+        );
+        // A missing directory named with a trailing slash, or a missing parent.
+        assert!(t(&file, "/g/x", &format!("{d}/no/"), false).is_err());
+        assert!(t(&file, "/g/x", &format!("{d}/no/x"), false).is_err());
+        // Directory onto a file is refused; into a directory nests; `/.` merges.
+        assert!(t(&tree, "/g/x", &format!("{d}/f"), false).is_err());
+        assert_eq!(
+            t(&tree, "/g/x", &d, false).expect("ok"),
+            dir.path().join("x")
+        );
+        assert_eq!(t(&tree, "/g/x", &d, true).expect("ok"), dir.path());
+    }
+}

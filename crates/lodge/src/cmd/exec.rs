@@ -1,0 +1,277 @@
+//! `lodge exec [-i] [-t] INSTANCE CMD...`: run a command in a running
+//! instance over the API's exec WebSocket, exit with its exit code.
+//!
+//! stdout and stderr stay apart (the request sets `split_stderr`). Without
+//! `-i` the command's stdin is closed at once, as `docker exec`; with `-i`
+//! ours is streamed in until end-of-file. With `-t` the command runs on a
+//! terminal in the guest; when our stdin is a terminal it is put in raw
+//! mode for the session (restored however the session ends) and window
+//! size changes (SIGWINCH) are sent along.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::cli::ExecArgs;
+use crate::client::{encode, ApiFailure, Client};
+
+pub(super) type Ws = WebSocketStream<TcpStream>;
+
+/// Open an API WebSocket at `path` (e.g. `/instances/x/exec`). An HTTP
+/// error answer (404, 409, …) becomes its `{code, message}` as an error.
+pub(super) async fn open_ws(client: &Client, path: &str) -> Result<Ws> {
+    let base = client.base_url();
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("exec and cp need an http:// LODGE_BASE_URL, got {base}"))?;
+    let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", prefix.trim_end_matches('/'))
+    };
+    let mut request = format!("ws://{authority}{prefix}{path}").into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", client.token())
+            .parse()
+            .context("the API token is not a valid header value")?,
+    );
+    let tcp = TcpStream::connect(authority).await.with_context(|| {
+        format!("cannot reach the lodge daemon at {base} (is `lodge serve` running?)")
+    })?;
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status();
+            let body = resp.body().clone().unwrap_or_default();
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v) if v["message"].is_string() => Err(ApiFailure {
+                    status: reqwest::StatusCode::from_u16(status.as_u16())
+                        .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
+                    code: v["code"].as_str().unwrap_or_default().to_string(),
+                    message: v["message"].as_str().unwrap_or_default().to_string(),
+                }
+                .into()),
+                _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
+            }
+        }
+        Err(e) => Err(anyhow!(e).context("WebSocket handshake with the lodge daemon")),
+    }
+}
+
+/// `K=V`, or `K` alone for our own value of K (skipped when unset).
+fn parse_env(entries: &[String]) -> Result<serde_json::Map<String, Value>> {
+    let mut env = serde_json::Map::new();
+    for entry in entries {
+        let (k, v) = match entry.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(entry) {
+                Ok(v) => (entry.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        if k.is_empty() {
+            bail!("invalid environment variable {entry:?}: the name is empty");
+        }
+        env.insert(k, Value::String(v));
+    }
+    Ok(env)
+}
+
+/// The terminal in raw mode for as long as this lives.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enable() -> Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(stdin.as_fd()).context("read the terminal mode")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &raw)
+            .context("put the terminal in raw mode")?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+/// Our terminal's size, if stdout or stdin is one.
+fn window_size() -> Option<(u16, u16)> {
+    let from = |fd: std::os::fd::BorrowedFd<'_>| rustix::termios::tcgetwinsize(fd).ok();
+    from(std::io::stdout().as_fd())
+        .or_else(|| from(std::io::stdin().as_fd()))
+        .filter(|w| w.ws_row > 0 && w.ws_col > 0)
+        .map(|w| (w.ws_row, w.ws_col))
+}
+
+pub fn run(args: ExecArgs) -> Result<u8> {
+    if args.command.first().is_none_or(|c| c.is_empty()) {
+        bail!("no command given: the command is empty");
+    }
+    let env = parse_env(&args.env)?;
+    super::runtime()?.block_on(session(args, env))
+}
+
+/// Read stdin on a thread (it blocks) and hand it over; `None` is EOF.
+fn stdin_reader() -> tokio::sync::mpsc::Receiver<Option<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.blocking_send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<u8> {
+    let client = Client::from_env()?;
+    let ws = open_ws(
+        &client,
+        &format!("/instances/{}/exec", encode(&args.instance)),
+    )
+    .await?;
+    let (mut sink, mut stream) = ws.split();
+    let size = if args.tty { window_size() } else { None };
+    let (rows, cols) = size.unwrap_or((0, 0));
+    let request = json!({
+        "command": args.command,
+        "tty": args.tty,
+        "env": env,
+        "cwd": args.cwd,
+        "timeout": args.timeout.unwrap_or(0),
+        "wait_for_agent": args.wait_for_agent,
+        "rows": rows,
+        "cols": cols,
+        "split_stderr": true,
+    });
+    let close_stdin = Message::Text(json!({ "close_stdin": true }).to_string().into());
+    sink.send(Message::Text(request.to_string().into())).await?;
+    let mut stdin = if args.interactive {
+        Some(stdin_reader())
+    } else {
+        sink.send(close_stdin.clone()).await?;
+        None
+    };
+    let raw = if args.tty && std::io::stdin().is_terminal() {
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
+    let mut winch = if args.tty {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
+    } else {
+        None
+    };
+
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let last: Value = loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    let (out, data): (&mut dyn Write, &[u8]) = match b.first() {
+                        Some(2) => (&mut stderr, &b[1..]),
+                        _ => (&mut stdout, b.get(1..).unwrap_or_default()),
+                    };
+                    out.write_all(data)?;
+                    out.flush()?;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if v.get("exitCode").is_some() || v.get("error").is_some() {
+                        break v;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    break json!({ "error": "the connection closed before the command finished" })
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break json!({ "error": format!("connection to the daemon: {e}") }),
+            },
+            chunk = async { stdin.as_mut()?.recv().await }, if stdin.is_some() => match chunk {
+                Some(Some(data)) => sink.send(Message::Binary(data.into())).await?,
+                _ => {
+                    stdin = None;
+                    sink.send(close_stdin.clone()).await?;
+                }
+            },
+            _ = async { winch.as_mut()?.recv().await }, if winch.is_some() => {
+                if let Some((rows, cols)) = window_size() {
+                    let resize = json!({ "resize": { "rows": rows, "cols": cols } });
+                    sink.send(Message::Text(resize.to_string().into())).await?;
+                }
+            }
+        }
+    };
+    drop(raw);
+    let _ = sink.send(Message::Close(None)).await;
+
+    if let Some(error) = last["error"].as_str() {
+        eprintln!("lodge: {error}");
+    }
+    if last["timed_out"] == json!(true) {
+        eprintln!(
+            "lodge: the command timed out after {} s and was killed",
+            args.timeout.unwrap_or(0)
+        );
+    }
+    let code = match last["exitCode"].as_i64() {
+        Some(c) => u8::try_from(c.clamp(0, 255)).unwrap_or(255),
+        // No exit status at all: lodge itself failed.
+        None => 255,
+    };
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_entries_parse_like_docker() {
+        std::env::set_var("LODGE_EXEC_TEST_VAR", "from-here");
+        let env = parse_env(&[
+            "A=1".into(),
+            "B=x=y".into(),
+            "C=".into(),
+            "LODGE_EXEC_TEST_VAR".into(),
+            "LODGE_EXEC_TEST_UNSET_VAR".into(),
+        ])
+        .expect("env");
+        assert_eq!(
+            Value::Object(env),
+            json!({"A": "1", "B": "x=y", "C": "", "LODGE_EXEC_TEST_VAR": "from-here"})
+        );
+        assert!(parse_env(&["=1".into()]).is_err());
+    }
+}

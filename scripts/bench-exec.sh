@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the guest agent's exec latency and copy rate.
+#
+# - `lodge exec INSTANCE true`, 100 runs: p50 and p99 of the whole round
+#   trip (CLI start, WebSocket, agent connection, fork+exec in the guest,
+#   exit status back), next to `lodge inspect INSTANCE` (same CLI, one plain
+#   HTTP request) as the floor the CLI itself costs.
+# - `lodge cp` of a 100 MiB file into and out of the guest (median of 3),
+#   against the raw rate of the same virtio-serial channel: the daemon's
+#   /instances/{id}/agent/throughput endpoint moves the same number of zero
+#   bytes through the agent protocol's framing and flow control, with no
+#   files, no WebSocket and no CLI (the agent generates or discards them).
+#   The ratio cp/raw is what files, the WebSocket hop and the CLI cost.
+#
+# usage: scripts/bench-exec.sh   (needs the guest: scripts/build-guest.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
+export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
+runs="${RUNS:-100}"
+cargo build --release -q -p lodge
+lodge="${CARGO_TARGET_DIR:-$PWD/target}/release/lodge"
+work="$(mktemp -d /tmp/lodge-bench-exec.XXXXXX)"
+export LODGE_DATA_DIR="$work/data"
+export LODGE_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
+export LODGE_BASE_URL="http://$LODGE_LISTEN"
+"$lodge" serve >"$work/serve.log" 2>&1 &
+daemon=$!
+cleanup() {
+    "$lodge" rm -f bench >/dev/null 2>&1 || true
+    kill "$daemon" 2>/dev/null || true
+    wait "$daemon" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do "$lodge" ps >/dev/null 2>&1 && break; sleep 0.1; done
+token=$("$lodge" token)
+
+"$lodge" run -d --name bench --cpus 1 --memory 256MB --overlay-size 1GB \
+    --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox" sh -c 'while :; do sleep 3600; done' >/dev/null
+until [ "$("$lodge" inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = Running ]; do
+    sleep 0.1
+done
+"$lodge" exec --wait-for-agent 60 bench true
+
+now() { date +%s%N; }
+# percentile P VALUES...: nearest-rank percentile.
+percentile() {
+    local p=$1
+    shift
+    printf '%s\n' "$@" | sort -n | awk -v p="$p" '{a[NR]=$1} END {i=int((p*NR+99)/100); if (i<1) i=1; print a[i]}'
+}
+median() { percentile 50 "$@"; }
+
+exec_us=(); inspect_us=()
+for _ in $(seq "$runs"); do
+    t0=$(now); "$lodge" exec bench true; exec_us+=($(( ($(now) - t0) / 1000 )))
+    t0=$(now); "$lodge" inspect bench >/dev/null; inspect_us+=($(( ($(now) - t0) / 1000 )))
+done
+
+size=$((100 << 20))
+head -c "$size" /dev/urandom >"$work/big"
+rate() { awk -v b="$1" -v ns="$2" 'BEGIN {printf "%.1f", b / 1048576 / (ns / 1e9)}'; }
+raw() {
+    curl -sf -H "Authorization: Bearer $token" \
+        "$LODGE_BASE_URL/instances/bench/agent/throughput?direction=$1&bytes=$size" |
+        python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["mib_per_s"])'
+}
+cp_in=(); cp_out=(); raw_to=(); raw_from=()
+for _ in 1 2 3; do
+    raw_to+=("$(raw to)")
+    t0=$(now); "$lodge" cp "$work/big" bench:/tmp/big; cp_in+=("$(rate "$size" $(( $(now) - t0 )))")
+    raw_from+=("$(raw from)")
+    t0=$(now); "$lodge" cp bench:/tmp/big "$work/back"; cp_out+=("$(rate "$size" $(( $(now) - t0 )))")
+    cmp -s "$work/big" "$work/back" || { echo "bench-exec: the copy came back different" >&2; exit 1; }
+    rm -f "$work/back"
+done
+
+ep50=$(percentile 50 "${exec_us[@]}"); ep99=$(percentile 99 "${exec_us[@]}")
+ip50=$(percentile 50 "${inspect_us[@]}"); ip99=$(percentile 99 "${inspect_us[@]}")
+ci=$(median "${cp_in[@]}"); co=$(median "${cp_out[@]}")
+rt=$(median "${raw_to[@]}"); rf=$(median "${raw_from[@]}")
+echo "accel: $LODGE_ACCEL, $runs runs"
+awk -v a="$ep50" -v b="$ep99" 'BEGIN {printf "lodge exec true:     p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
+awk -v a="$ip50" -v b="$ip99" 'BEGIN {printf "lodge inspect (CLI): p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
+awk -v a="$ep50" -v b="$ip50" 'BEGIN {printf "exec/inspect p50 ratio: %.2f\n", a/b}'
+echo "cp into the guest:   ${cp_in[*]} MiB/s (median $ci); raw channel host->guest ${raw_to[*]} (median $rt)"
+echo "cp out of the guest: ${cp_out[*]} MiB/s (median $co); raw channel guest->host ${raw_from[*]} (median $rf)"
+awk -v c="$ci" -v r="$rt" 'BEGIN {printf "ratio cp in / raw:  %.2f\n", c/r}'
+awk -v c="$co" -v r="$rf" 'BEGIN {printf "ratio cp out / raw: %.2f\n", c/r}'
