@@ -15,8 +15,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -p lodge --manifest-path "$ROOT/Cargo.toml" >&2
-LODGE="$ROOT/target/release/lodge"
+LODGE="$("$ROOT/scripts/build-release.sh")"
 RUNS=${RUNS:-5}
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/lodge-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -11,8 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 ./scripts/install-deps.sh
-cargo build --release -p lodge
-install -m 0755 target/release/lodge /usr/local/bin/lodge
+install -m 0755 "$(./scripts/build-release.sh)" /usr/local/bin/lodge
 
 export LODGE_DATA_DIR="${LODGE_DATA_DIR:-/var/lib/lodge}"
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$LODGE_DATA_DIR/system}"

@@ -22,8 +22,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cmd::dispatch(cli) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = match cmd::fast_path(&args) {
+        Some(result) => result,
+        None => cmd::dispatch(cli::Cli::parse_from(args)),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("lodge: {err:#}");

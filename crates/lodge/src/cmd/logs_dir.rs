@@ -59,7 +59,6 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
 
 /// Runs `lodge logs --dir ...` (`args` after the verb) without clap, or
 /// returns `None` if the arguments need clap (or the daemon).
-#[allow(dead_code)] // called from main before clap parses, see the module doc
 pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
     let parsed = parse_fast(args)?;
     let dir = parsed.dir.clone()?;

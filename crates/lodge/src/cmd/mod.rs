@@ -17,6 +17,18 @@ use crate::cli::{Cli, Command};
 /// Exit code for bad usage or input (what clap itself uses).
 pub const EXIT_USAGE: u8 = 2;
 
+/// The monitor and `logs --dir` parse their plain spellings by hand, before
+/// clap is touched: they run once per VM (the monitor's memory is budgeted)
+/// and `logs --dir --tail` is measured against GNU tail. Anything unusual
+/// (help, odd spellings) returns `None` and goes through clap as usual.
+pub fn fast_path(args: &[std::ffi::OsString]) -> Option<Result<u8>> {
+    match args.get(1)?.to_str()? {
+        "supervise" => supervise::fast(&args[2..]),
+        "logs" => logs_dir::fast(&args[2..]),
+        _ => None,
+    }
+}
+
 pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Supervise(args) => supervise::run(args),

@@ -39,7 +39,6 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
 
 /// Runs `lodge supervise ARGS` (`args` after the verb) without clap, or
 /// returns `None` if the arguments need clap.
-#[allow(dead_code)] // called from main before clap parses, see the module doc
 pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
     parse_fast(args).map(run)
 }
