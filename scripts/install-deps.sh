@@ -19,7 +19,8 @@ packages=(
     docker-registry   # a real OCI registry on loopback for tests
     skopeo umoci      # reference tools for image pull/unpack comparisons
     python3-venv      # hypeman's Python client for API compatibility tests
-    tmux              # running daemon + client side by side in demos
+    tmux              # demos; the exec tests drive a real terminal with it
+    curl              # scripts/bench-exec.sh calls the API directly
     hyperfine         # benchmarks
 )
 

@@ -322,6 +322,9 @@ impl Unpacker {
                 self.cached = None;
                 return self.opaque(&parent, &shown);
             }
+            if rest == b"." || rest == b".." {
+                return Err(unsafe_entry(&shown, "whiteout of '.' or '..'"));
+            }
             if rest.starts_with(WHITEOUT_PREFIX.as_bytes()) || rest.is_empty() {
                 // Other aufs metadata (`.wh..wh.plnk` …) carries no meaning here.
                 return Ok(());

@@ -351,3 +351,42 @@ async fn tampered_and_hostile_archives_fail_and_leave_nothing() {
         .expect_err("missing archive");
     assert_eq!(r.kind, ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn a_restart_fails_interrupted_pulls_and_drops_orphan_disks() {
+    let e = env();
+    let archive = e.dir.parent().expect("parent").join("r.tar");
+    Layout::single(&image("r"), Some("r:1"))
+        .expect("layout")
+        .write_archive(&archive)
+        .expect("archive");
+    let r = pull(&e, &format!("oci-archive:{}", archive.display()), None).await;
+    assert_eq!(r.status, Status::Ready, "{:?}", r.error);
+    // A record left mid-pull, a disk no record names, and work debris.
+    let mut stuck = r.clone();
+    stuck.name = "docker.io/library/stuck:1".into();
+    stuck.status = Status::Pulling;
+    stuck.digest = None;
+    stuck.disk = None;
+    let records = lodge_images::store::Records::open(&e.dir).expect("records");
+    records.save(&stuck).expect("save");
+    let orphan = e
+        .dir
+        .join("disks")
+        .join(format!("{}.ext4", "ab".repeat(32)));
+    std::fs::write(&orphan, b"x").expect("orphan");
+    std::fs::create_dir_all(e.dir.join("tmp/pull-dead/rootfs")).expect("debris");
+
+    let again =
+        Images::open(&e.dir, Options::default(), Arc::new(|_: &str| Vec::new())).expect("reopen");
+    let stuck = again.get("stuck:1").expect("stuck").record;
+    assert_eq!(stuck.status, Status::Failed);
+    assert!(stuck.error.unwrap_or_default().contains("interrupted"));
+    assert!(!orphan.exists(), "orphan disk swept");
+    assert!(!e.dir.join("tmp/pull-dead").exists(), "debris swept");
+    let ready = again.get("r:1").expect("r").record;
+    assert!(
+        e.dir.join("disks").join(ready.disk.expect("disk")).exists(),
+        "a named disk stays"
+    );
+}

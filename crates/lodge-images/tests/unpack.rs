@@ -306,6 +306,13 @@ fn hostile_layers_are_refused() {
     );
     refused(
         &[tar(|b| {
+            b.dir("d", 0o755)?.file("d/.wh...", 0o644, b"")?;
+            Ok(())
+        })],
+        "whiteout of the parent directory",
+    );
+    refused(
+        &[tar(|b| {
             b.symlink("loop", "loop")?
                 .raw(b"loop/x", tar::EntryType::Regular, None, b"x")?;
             Ok(())

@@ -71,7 +71,7 @@ pub struct ExecArgs {
     /// Kill the command after this many seconds (exit code 124)
     #[arg(long)]
     pub timeout: Option<u32>,
-    /// Seconds to keep trying to reach the guest agent (after a fresh boot)
+    /// Seconds to wait for a booting instance and its guest agent
     #[arg(long, default_value_t = 0)]
     pub wait_for_agent: u32,
     /// Instance id, name or unique id prefix

@@ -16,8 +16,6 @@ use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
-const BOOT: Duration = Duration::from_secs(120);
-
 /// `lodge ARGS` against the daemon, with `stdin` piped in when given.
 fn lodge(d: &Daemon, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(LODGE);
@@ -185,16 +183,18 @@ fn exec_cp_and_stat_in_a_running_vm() {
         "cmd": ["sh", "-c", "while :; do sleep 3600; done"],
     }));
     let id = vm["id"].as_str().expect("id").to_string();
-    d.wait_state(&id, "Running", BOOT);
-    section("boot to Running", t0);
 
     // --- exec basics ----------------------------------------------------
-    let t0 = Instant::now();
+    // Right after create: --wait-for-agent waits out the boot.
+    assert!(
+        matches!(vm["state"].as_str(), Some("Initializing" | "Running")),
+        "{vm}"
+    );
     let (code, out, err) = exec(
         &d,
         &[
             "--wait-for-agent",
-            "30",
+            "120",
             "agent",
             "sh",
             "-c",
@@ -202,7 +202,7 @@ fn exec_cp_and_stat_in_a_running_vm() {
         ],
     );
     assert_eq!((code, out.as_str()), (0, "42\n"), "stderr: {err}");
-    section("first exec", t0);
+    section("create to the first exec's answer", t0);
 
     let t0 = Instant::now();
     assert_eq!(exec(&d, &["agent", "sh", "-c", "exit 3"]).0, 3);
@@ -585,6 +585,28 @@ fn exec_cp_and_stat_in_a_running_vm() {
     assert_eq!(stat("/evil"), json!({ "exists": false }));
     assert_eq!(stat("/tmp/evil"), json!({ "exists": false }));
 
+    // A header too large for the agent protocol is refused by the daemon.
+    let mut socket = ws(&d, &format!("/instances/{id}/cp")).expect("ws");
+    send_json(
+        &mut socket,
+        json!({"direction": "to", "guest_path": "/tmp/huge", "stream": true}),
+    );
+    send_json(
+        &mut socket,
+        json!({"type": "header", "path": "x".repeat(2 << 20), "mode": 0o644}),
+    );
+    send_json(&mut socket, json!({"type": "end", "final": true}));
+    let answer = next_json(&mut socket);
+    assert_eq!(answer["success"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too large"),
+        "{answer}"
+    );
+    let _ = socket.close(None);
+
     // hypeman's one-file upload and its download shape.
     let mut socket = ws(&d, &format!("/instances/{id}/cp")).expect("ws");
     send_json(
@@ -634,6 +656,19 @@ fn exec_cp_and_stat_in_a_running_vm() {
     let (code, out, err) = exec(&d, &["agent", "echo", "still serving"]);
     assert_eq!((code, out.as_str()), (0, "still serving\n"), "{err}");
     section("bad input", t0);
+
+    // --- the daemon restarts; the VM and its agent serve the new one -----------------
+    let t0 = Instant::now();
+    let mut d = d;
+    d.kill9();
+    d.spawn();
+    let (code, out, err) = exec(&d, &["agent", "echo", "after a daemon restart"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "after a daemon restart\n"),
+        "{err}"
+    );
+    section("daemon restart", t0);
 
     // --- a stopped instance ---------------------------------------------------------
     let t0 = Instant::now();

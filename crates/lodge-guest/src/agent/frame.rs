@@ -110,11 +110,20 @@ pub fn encode_credit(stream: u32, bytes: u32) -> Vec<u8> {
     encode(Kind::Credit, stream, &bytes.to_le_bytes())
 }
 
-/// A JSON payload frame.
+/// A JSON payload frame, for messages whose size the caller bounds (a
+/// hello, a cancel); anything holding outside input goes through
+/// [`try_encode_json`].
 pub fn encode_json<T: serde::Serialize>(kind: Kind, stream: u32, value: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail.
     let json = serde_json::to_vec(value).unwrap_or_default();
     encode(kind, stream, &json)
+}
+
+/// A JSON payload frame, or `None` when the JSON is over [`MAX_PAYLOAD`]
+/// (a request or reply carrying huge strings).
+pub fn try_encode_json<T: serde::Serialize>(kind: Kind, stream: u32, value: &T) -> Option<Vec<u8>> {
+    let json = serde_json::to_vec(value).ok()?;
+    (json.len() <= MAX_PAYLOAD).then(|| encode(kind, stream, &json))
 }
 
 /// Turns a byte stream into frames, skipping whatever is not a frame.
@@ -362,6 +371,13 @@ mod tests {
             "buffer grew to {}",
             d.buf.capacity()
         );
+    }
+
+    #[test]
+    fn oversized_json_is_refused_not_sent() {
+        let huge = "x".repeat(MAX_PAYLOAD);
+        assert!(try_encode_json(Kind::Open, 1, &huge).is_none());
+        assert!(try_encode_json(Kind::Open, 1, &"small").is_some());
     }
 
     #[test]

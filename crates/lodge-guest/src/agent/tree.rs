@@ -228,10 +228,12 @@ impl Unpacker {
             dest.push(part);
             match fs::symlink_metadata(&dest) {
                 Ok(md) if md.is_dir() => {}
-                Ok(_) => return Err(format!(
+                Ok(_) => {
+                    return Err(format!(
                     "archive entry {entry:?} escapes the target directory: {} is not a directory",
                     dest.display()
-                )),
+                ))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(&dest)
                     .map_err(|e| format!("create {}: {}", dest.display(), io_text(&e)))?,
                 Err(e) => return Err(format!("{}: {}", dest.display(), io_text(&e))),

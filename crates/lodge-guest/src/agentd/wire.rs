@@ -17,7 +17,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use lodge_guest::agent::frame::{encode_credit, encode_json};
+use lodge_guest::agent::frame::{encode_credit, encode_json, try_encode_json};
 use lodge_guest::agent::{encode, Event, Kind, CREDIT_BATCH, DATA_CHUNK};
 
 /// Frames queued towards the writer thread.
@@ -141,8 +141,15 @@ impl StreamOut {
     }
 
     pub fn event(&self, event: &Event) {
-        self.wire
-            .send(self.epoch, encode_json(Kind::Event, self.id, event));
+        let frame = try_encode_json(Kind::Event, self.id, event).unwrap_or_else(|| {
+            // A reply echoing huge input (a megabyte-long program name).
+            let error = Event::Error {
+                message: "the reply is too large to send".into(),
+                path: String::new(),
+            };
+            encode_json(Kind::Event, self.id, &error)
+        });
+        self.wire.send(self.epoch, frame);
     }
 
     /// Send output or file bytes, waiting for credit as needed; false when

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 
-use lodge_guest::agent::frame::{encode_credit, encode_json};
+use lodge_guest::agent::frame::{encode_credit, encode_json, try_encode_json};
 use lodge_guest::agent::{
     encode, Control, Decoder, Event, Frame, Hello, HelloAck, Kind, Request, CONNECTION_STREAM,
     CREDIT_BATCH, DATA_CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION,
@@ -161,7 +161,8 @@ impl Conn {
             pending_credit: 0,
             finished: false,
         };
-        self.send(encode_json(Kind::Open, id, request)).await?;
+        let open = try_encode_json(Kind::Open, id, request).ok_or(AgentError::TooLarge("request"));
+        self.send(open?).await?;
         Ok((
             StreamTx {
                 id,
@@ -332,7 +333,13 @@ impl StreamTx {
                 .window
                 .acquire_many(chunk.len() as u32)
                 .await
-                .map_err(|_| self.conn.lost_reason())?;
+                .map_err(|_| {
+                    if self.conn.is_alive() {
+                        AgentError::StreamClosed
+                    } else {
+                        self.conn.lost_reason()
+                    }
+                })?;
             permit.forget();
             self.conn.send(encode(Kind::Data, self.id, chunk)).await?;
         }
@@ -341,7 +348,10 @@ impl StreamTx {
 
     pub async fn control(&self, control: &Control) -> Result<(), AgentError> {
         self.conn
-            .send(encode_json(Kind::Control, self.id, control))
+            .send(
+                try_encode_json(Kind::Control, self.id, control)
+                    .ok_or(AgentError::TooLarge("control message"))?,
+            )
             .await
     }
 

@@ -45,6 +45,10 @@ pub enum AgentError {
     Version { agent: u32, host: u32 },
     #[error("the connection to the guest agent was lost")]
     Lost,
+    #[error("the guest agent ended the session")]
+    StreamClosed,
+    #[error("the {0} is too large to send to the guest agent")]
+    TooLarge(&'static str),
     #[error("the guest agent restarted")]
     Restarted,
 }

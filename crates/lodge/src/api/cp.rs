@@ -343,7 +343,7 @@ async fn copy_to(
                                 r = tx.eof().await;
                             }
                             if finished {
-                                return (true, source);
+                                return (Upload::Finished, source);
                             }
                             r
                         }
@@ -353,39 +353,46 @@ async fn copy_to(
                                     entry_open = true;
                                     tx.control(&Control::Entry(h.into())).await
                                 }
-                                // The guest refuses what it cannot place;
-                                // a malformed header is refused here.
-                                Err(_) => Err(AgentError::Lost),
+                                Err(e) => {
+                                    let message = format!("malformed copy header: {e}");
+                                    return (Upload::Failed(message), source);
+                                }
                             }
                         }
                         _ => Ok(()),
                     }
                 }
-                Ok(Message::Close(_)) | Err(_) => return (false, source),
+                Ok(Message::Close(_)) | Err(_) => return (Upload::Left, source),
                 Ok(_) => Ok(()),
             };
-            if sent.is_err() {
+            match sent {
+                Ok(()) => {}
+                Err(e @ AgentError::TooLarge(_)) => return (Upload::Failed(e.to_string()), source),
                 // The guest ended the copy (its answer is on the way):
                 // read on until the client's end, discarding.
-                forwarding = false;
+                Err(_) => forwarding = false,
             }
         }
-        (false, source)
+        (Upload::Left, source)
     });
 
-    // The client's half once it sent its final `end`.
-    let mut client_done: Option<Source> = None;
+    // The client's half, once its part is over.
+    let mut client_half: Option<Source> = None;
     let answer = loop {
         let item = tokio::select! {
             item = rx.recv() => item,
-            done = &mut input, if client_done.is_none() => match done {
-                Ok((true, source)) => {
-                    client_done = Some(source);
+            done = &mut input, if client_half.is_none() => match done {
+                Ok((Upload::Finished, source)) => {
+                    client_half = Some(source);
                     continue;
+                }
+                Ok((Upload::Failed(message), source)) => {
+                    client_half = Some(source);
+                    break json!({ "type": "result", "success": false, "error": message });
                 }
                 // The client went away mid-copy: dropping the stream
                 // cancels it in the guest.
-                _ => return,
+                Ok((Upload::Left, _)) | Err(_) => return,
             }
         };
         match item {
@@ -404,8 +411,9 @@ async fn copy_to(
         }
     };
     send_json(&mut sink, &answer).await;
+    // A failed copy is cancelled in the guest.
     drop(rx);
-    let source = match client_done {
+    let source = match client_half {
         Some(source) => Some(source),
         // A failure answered early: read on until the client's end.
         None => input.await.ok().map(|(_, source)| source),
@@ -414,6 +422,16 @@ async fn copy_to(
     if let Some(source) = source {
         drain(source).await;
     }
+}
+
+/// How the client's part of an upload ended.
+enum Upload {
+    /// It sent its final `end`.
+    Finished,
+    /// It closed the connection first.
+    Left,
+    /// It sent something that cannot be forwarded.
+    Failed(String),
 }
 
 /// Query of the throughput measurement.

@@ -153,8 +153,26 @@ fn stdin_reader() -> tokio::sync::mpsc::Receiver<Option<Vec<u8>>> {
     rx
 }
 
+/// With `--wait-for-agent`, an instance still booting is waited for (the
+/// API refuses exec until it is Running).
+async fn wait_while_booting(client: &Client, instance: &str, secs: u32) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
+    let path = format!("/instances/{}", encode(instance));
+    while std::time::Instant::now() < deadline {
+        let inst: Value = client.call(reqwest::Method::GET, &path, None).await?;
+        if inst["state"] != "Initializing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<u8> {
     let client = Client::from_env()?;
+    if args.wait_for_agent > 0 {
+        wait_while_booting(&client, &args.instance, args.wait_for_agent).await?;
+    }
     let ws = open_ws(
         &client,
         &format!("/instances/{}/exec", encode(&args.instance)),

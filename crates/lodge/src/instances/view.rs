@@ -45,7 +45,7 @@ pub fn human_size(bytes: u64) -> String {
         ("KB", 1 << 10),
     ];
     for (unit, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
