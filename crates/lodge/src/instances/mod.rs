@@ -531,9 +531,9 @@ fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
         std::thread::spawn(move || disks::empty_ext4(&path, size))
     };
     let image = match &spec.root {
-        RootSource::Dir(src) => {
-            disks::ext4_from_dir(src, &dir.rootfs()).map(|()| format!("rootfs:{}", src.display()))
-        }
+        RootSource::Dir(src) => lodge_images::disk::ext4(src, &dir.rootfs())
+            .map(|()| format!("rootfs:{}", src.display()))
+            .map_err(disks::DiskError::from),
         RootSource::Image { name, .. } => Ok(name.clone()),
     };
     let (root_disk, image_digest) = match &spec.root {
