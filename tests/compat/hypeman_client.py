@@ -1,8 +1,9 @@
 """hypeman's official Python client (hypeman==0.28.0 from PyPI), unchanged,
 driving a running lodge daemon: proof that lodge speaks hypeman's API.
 
-Needs HYPEMAN_BASE_URL, HYPEMAN_API_KEY and LODGE_ROOTFS (a root directory to
-boot, since lodge's create takes `rootfs` where hypeman would pull an image).
+Needs HYPEMAN_BASE_URL, HYPEMAN_API_KEY, LODGE_ROOTFS (a root directory to
+boot through lodge's `rootfs` extension) and LODGE_ARCHIVE (a local OCI archive,
+imported through hypeman's own images API, then booted).
 """
 
 import os
@@ -12,6 +13,7 @@ import time
 import hypeman
 
 ROOTFS = os.environ["LODGE_ROOTFS"]
+ARCHIVE = os.environ["LODGE_ARCHIVE"]
 
 
 def wait_state(client, ident, want, timeout=120):
@@ -79,6 +81,29 @@ def main():
 
     client.instances.delete(inst.id)
     assert all(i.id != inst.id for i in client.instances.list())
+
+    # Images: hypeman's async pull, then boot an instance from the image.
+    ref = f"oci-archive:{ARCHIVE}"
+    img = client.images.create(name=ref)
+    assert img.status in ("pending", "pulling", "converting", "ready"), img
+    deadline = time.time() + 120
+    while img.status not in ("ready", "failed") and time.time() < deadline:
+        time.sleep(0.2)
+        img = client.images.get(img.name)
+    assert img.status == "ready", img
+    assert img.digest.startswith("sha256:"), img
+    assert any(i.name == img.name for i in client.images.list())
+    boot = client.instances.create(image=img.name, name="py-image", vcpus=1, size="256MB")
+    done = wait_state(client, boot.id, "Stopped")
+    assert done.exit_code == 0, done
+    assert list(client.instances.logs(boot.id)) == ["hello from the compat image"]
+    client.instances.delete(boot.id)
+    client.images.delete(img.name)
+    try:
+        client.images.get(img.name)
+        raise AssertionError("expected NotFoundError after delete")
+    except hypeman.NotFoundError:
+        pass
     print("hypeman client compatibility: ok")
 
 

@@ -13,6 +13,20 @@ fn hypemans_python_client_drives_lodge() {
         "LODGE_COMPAT_PYTHON is not set: run the suite with ./scripts/test.sh, which installs hypeman==0.28.0 in a venv",
     );
     let d = Daemon::start();
+    let archive = d.data_dir.join("compat.oci.tar");
+    let made = d.lodge(&[
+        "mk-image",
+        "--layer",
+        &busybox_rootfs(),
+        "--name",
+        "compat:v1",
+        "-o",
+        archive.to_str().expect("utf-8"),
+        "--",
+        "echo",
+        "hello from the compat image",
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/compat/hypeman_client.py"
@@ -22,6 +36,7 @@ fn hypemans_python_client_drives_lodge() {
         .env("HYPEMAN_BASE_URL", &d.base)
         .env("HYPEMAN_API_KEY", &d.token)
         .env("LODGE_ROOTFS", busybox_rootfs())
+        .env("LODGE_ARCHIVE", &archive)
         .output()
         .expect("run python");
     assert!(
