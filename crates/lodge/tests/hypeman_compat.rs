@@ -26,7 +26,11 @@ fn hypemans_python_client_drives_lodge() {
         "echo",
         "hello from the compat image",
     ]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/compat/hypeman_client.py"

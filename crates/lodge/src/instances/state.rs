@@ -158,7 +158,8 @@ mod tests {
         crashed.vmm_exit = Some(super::super::vmm::VmmExit {
             code: Some(1),
             signal: None,
-            finished_at: None,
+            started_at: String::new(),
+            finished_at: String::new(),
         });
         let (code, msg) = exit_report(&crashed);
         assert_eq!(code, None);

@@ -71,7 +71,7 @@ impl Instance {
             stopped_at: meta.stopped_at.map(rfc3339).or_else(|| {
                 // The program ended by itself: the monitor recorded when.
                 (state == State::Stopped)
-                    .then(|| observed.vmm_exit.as_ref()?.finished_at.clone())
+                    .then(|| observed.vmm_exit.as_ref().map(|e| e.finished_at.clone()))
                     .flatten()
             }),
             exit_code,

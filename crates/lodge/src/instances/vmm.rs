@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -23,16 +23,10 @@ use super::store::{Metadata, Paths};
 use super::Error;
 use crate::config::Config;
 
-/// Whether a monitor currently owns the log directory.
+/// Whether a monitor currently owns the log directory (an unreadable lock
+/// counts as no monitor: nothing can be controlled through it anyway).
 pub fn monitor_alive(log_dir: &Path) -> bool {
-    let Ok(f) = File::open(log_dir.join("monitor.lock")) else {
-        return false;
-    };
-    match f.try_lock_shared() {
-        Ok(()) => false,
-        Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(_)) => false,
-    }
+    lodge_logs::monitor_alive(log_dir).unwrap_or(false)
 }
 
 /// The last thing guest init reported on its status channel.
@@ -70,30 +64,12 @@ pub fn kernel_image(system_dir: &Path) -> std::path::PathBuf {
     }
 }
 
-/// How the VMM process ended, from the monitor's `exit.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VmmExit {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub finished_at: Option<String>,
-}
+/// How the VMM process ended: the monitor's `exit.json`.
+pub type VmmExit = lodge_monitor::ExitInfo;
 
 pub fn read_vmm_exit(log_dir: &Path) -> Option<VmmExit> {
-    let text = std::fs::read(log_dir.join("exit.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    let int = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_i64())
-            .and_then(|x| i32::try_from(x).ok())
-    };
-    Some(VmmExit {
-        code: int("code"),
-        signal: int("signal"),
-        finished_at: v
-            .get("finished_at")
-            .and_then(|x| x.as_str())
-            .map(str::to_string),
-    })
+    let text = std::fs::read(log_dir.join(lodge_monitor::EXIT_JSON)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 pub struct Vmm {
@@ -181,7 +157,9 @@ impl Vmm {
             .map_err(|e| Error::Vmm(format!("starting the monitor: {e}")))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if monitor_alive(&paths.logs()) && paths.logs().join("monitor.json").exists() {
+            if monitor_alive(&paths.logs())
+                && paths.logs().join(lodge_monitor::MONITOR_JSON).exists()
+            {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -268,11 +246,9 @@ impl Vmm {
 }
 
 fn child_pid(log_dir: &Path) -> Option<i32> {
-    let text = std::fs::read(log_dir.join("monitor.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("child_pid")?
-        .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
+    let text = std::fs::read(log_dir.join(lodge_monitor::MONITOR_JSON)).ok()?;
+    let info: lodge_monitor::MonitorInfo = serde_json::from_slice(&text).ok()?;
+    i32::try_from(info.child_pid).ok()
 }
 
 async fn wait_monitor_exit(log_dir: &Path, timeout: Duration) -> bool {
