@@ -11,12 +11,12 @@
 #
 # Needs: hyperfine, python3, GNU coreutils. Uses the release binary (built if
 # missing or stale). Scratch data (about 3 GiB) goes under ${BENCH_TMP:-/tmp}
-# and is removed on exit. RUNS sets hyperfine's run count (default 5).
+# and is removed on exit. RUNS sets hyperfine's run count (default 10).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LODGE="$("$ROOT/scripts/build-release.sh")"
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-10}
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/lodge-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -49,7 +49,7 @@ mkdir -p "$SEG"
 seg_size=$((GiB / 100 + 1))
 "$LODGE" supervise --log-dir "$SEG" --max-size "$seg_size" --max-files 100 -- cat "$DATA"
 echo "segments: $(ls "$SEG" | grep -c 'app.log.') rotated + live, $(du -sh "$SEG" | cut -f1)" >&2
-hyperfine -N --runs $((RUNS * 20)) --warmup 5 --export-json "$WORK/tail.json" \
+hyperfine -N --runs $((RUNS * 200)) --warmup 50 --export-json "$WORK/tail.json" \
     -n "lodge logs --tail 100" "$LODGE logs --dir $SEG --tail 100" \
     -n "tail -n 100" "tail -n 100 $DATA" >&2
 t_lodge=$(mean "$WORK/tail.json" 0)
