@@ -231,6 +231,23 @@ impl Manager {
         Paths::new(&self.cfg.guests_dir(), id)
     }
 
+    /// Resolves `key`, takes the instance's lock and reads its record: the
+    /// caller's operation is the only one on this instance until the guard
+    /// drops.
+    async fn lock_instance(&self, key: &str) -> Result<Locked> {
+        let id = self.resolve(key)?;
+        let _guard = self.lock_for(&id).lock_owned().await;
+        let paths = self.paths(&id);
+        // Re-read under the lock: a delete may have won the race.
+        let meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        Ok(Locked {
+            _guard,
+            id,
+            paths,
+            meta,
+        })
+    }
+
     fn lock_for(&self, id: &str) -> Arc<AsyncMutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id.to_string()).or_default().clone()
@@ -385,11 +402,12 @@ impl Manager {
     }
 
     pub async fn stop(&self, key: &str) -> Result<Instance> {
-        let id = self.resolve(key)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
-        let paths = self.paths(&id);
-        let mut meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        let Locked {
+            _guard,
+            id,
+            paths,
+            mut meta,
+        } = self.lock_instance(key).await?;
         let state = state::derive(&self.observe(&meta));
         if matches!(state, State::Stopped | State::Created | State::Standby) {
             return Err(Error::WrongState {
@@ -421,11 +439,12 @@ impl Manager {
         entrypoint: Option<Vec<String>>,
         cmd: Option<Vec<String>>,
     ) -> Result<Instance> {
-        let id = self.resolve(key)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
-        let paths = self.paths(&id);
-        let mut meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
+        let Locked {
+            _guard,
+            id,
+            paths,
+            mut meta,
+        } = self.lock_instance(key).await?;
         let state = state::derive(&self.observe(&meta));
         if !matches!(state, State::Stopped | State::Created) {
             return Err(Error::WrongState {
@@ -454,12 +473,13 @@ impl Manager {
 
     /// Stops the VM if needed and removes everything of the instance.
     pub async fn delete(&self, key: &str, graceful: bool) -> Result<()> {
-        let id = self.resolve(key)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
-        let paths = self.paths(&id);
+        let Locked {
+            _guard,
+            id,
+            paths,
+            meta,
+        } = self.lock_instance(key).await?;
         if vmm::monitor_alive(&paths.logs()) {
-            let meta = store::load(&paths).map_err(|_| Error::NotFound(key.to_string()))?;
             if graceful {
                 self.vmm.stop(&paths, &meta, STOP_TIMEOUT).await?;
             } else {
@@ -504,6 +524,14 @@ impl Manager {
             Err(e) => vec![format!("(instance records unreadable: {e})")],
         }
     }
+}
+
+/// An instance held under its lock, with its record as read under it.
+struct Locked {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    id: String,
+    paths: Paths,
+    meta: Metadata,
 }
 
 struct NameClaim<'a> {
