@@ -394,16 +394,7 @@ impl Unpacker {
                     .into_owned();
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent.fd, *name)
                     .map_err(io_err(&shown))?;
-                if self.privileged {
-                    rustix::fs::chownat(
-                        &parent.fd,
-                        *name,
-                        Some(meta.uid()),
-                        Some(meta.gid()),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(io_err(&shown))?;
-                }
+                self.chown_entry(&parent.fd, name, &meta, &shown)?;
                 let _ = rustix::fs::utimensat(
                     &parent.fd,
                     *name,
@@ -456,16 +447,7 @@ impl Unpacker {
                     rustix::fs::makedev(major, minor),
                 )
                 .map_err(io_err(&shown))?;
-                if self.privileged {
-                    rustix::fs::chownat(
-                        &parent.fd,
-                        *name,
-                        Some(meta.uid()),
-                        Some(meta.gid()),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(io_err(&shown))?;
-                }
+                self.chown_entry(&parent.fd, name, &meta, &shown)?;
                 rustix::fs::chmodat(
                     &parent.fd,
                     *name,
@@ -488,6 +470,28 @@ impl Unpacker {
         }
         self.written.insert(resolved);
         Ok(())
+    }
+
+    /// Gives a non-directory entry the owner the layer recorded (without
+    /// following it, for symlinks); only when running privileged.
+    fn chown_entry(
+        &self,
+        dir: impl AsFd,
+        name: &OsStr,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), UnpackError> {
+        if !self.privileged {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(meta.uid()),
+            Some(meta.gid()),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err(shown))
     }
 
     fn set_meta_fd(&self, fd: impl AsFd, meta: &Meta, shown: &str) -> Result<(), UnpackError> {

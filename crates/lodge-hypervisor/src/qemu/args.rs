@@ -16,6 +16,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 use crate::config::{ConfigError, DiskFormat, VmConfig};
 
@@ -68,6 +69,16 @@ impl OptBuf {
     fn done(self) -> OsString {
         OsString::from_vec(self.0)
     }
+}
+
+/// A socket chardev on which QEMU listens at `path` without waiting for a
+/// client (QMP, the guest agent).
+fn listening_socket(id: &str, path: &Path) -> OsString {
+    OptBuf::new(&format!("socket,id={id}"))
+        .kv("path", path)
+        .kv("server", "on")
+        .kv("wait", "off")
+        .done()
 }
 
 /// The full QEMU argv for `cfg`, starting with `binary`. Validates `cfg` first.
@@ -140,11 +151,7 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
             &"-device",
             &"virtio-serial-pci,id=vser0",
             &"-chardev",
-            &OptBuf::new(&format!("socket,id={AGENT_CHARDEV}"))
-                .kv("path", &chan.socket)
-                .kv("server", "on")
-                .kv("wait", "off")
-                .done(),
+            &listening_socket(AGENT_CHARDEV, &chan.socket),
             &"-device",
             &OptBuf::new(&format!(
                 "virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV}"
@@ -156,11 +163,7 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
 
     push(&[
         &"-chardev",
-        &OptBuf::new(&format!("socket,id={QMP_CHARDEV}"))
-            .kv("path", &cfg.control_socket)
-            .kv("server", "on")
-            .kv("wait", "off")
-            .done(),
+        &listening_socket(QMP_CHARDEV, &cfg.control_socket),
         &"-mon",
         &format!("chardev={QMP_CHARDEV},mode=control"),
     ]);

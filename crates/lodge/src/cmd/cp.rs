@@ -100,10 +100,14 @@ async fn guest_stat(client: &Client, instance: &str, path: &str) -> Result<Value
     Ok(info)
 }
 
-/// `SRC/.` means "the contents of SRC".
-fn contents_only(path: &str) -> Option<&str> {
-    path.strip_suffix("/.")
-        .map(|p| if p.is_empty() { "/" } else { p })
+/// `SRC/.` means "the contents of SRC": the path without it, and whether
+/// it was there.
+fn contents_only(path: &str) -> (&str, bool) {
+    match path.strip_suffix("/.") {
+        Some("") => ("/", true),
+        Some(p) => (p, true),
+        None => (path, false),
+    }
 }
 
 async fn upload(
@@ -113,10 +117,7 @@ async fn upload(
     dst: &str,
     args: &CpArgs,
 ) -> Result<()> {
-    let (src_path, contents) = match contents_only(src) {
-        Some(p) => (p, true),
-        None => (src, false),
-    };
+    let (src_path, contents) = contents_only(src);
     let md = if args.follow_link {
         std::fs::metadata(src_path)
     } else {
@@ -270,10 +271,7 @@ async fn download(
     dst: &str,
     args: &CpArgs,
 ) -> Result<()> {
-    let (src_path, contents) = match contents_only(src) {
-        Some(p) => (p, true),
-        None => (src, false),
-    };
+    let (src_path, contents) = contents_only(src);
     let dst_md = std::fs::metadata(dst).ok();
     let ws: Ws = open_ws(client, &format!("/instances/{}/cp", encode(instance))).await?;
     let (mut sink, mut stream) = ws.split();
