@@ -120,7 +120,7 @@ impl GuestConfig {
                 return Err(ConfigError::Nul("env"));
             }
             match entry.split_once('=') {
-                Some((key, _)) if !key.is_empty() => {}
+                Some((key, _)) if crate::env::is_valid_name(key) => {}
                 _ => return Err(ConfigError::BadEnv(entry.clone())),
             }
         }

@@ -11,16 +11,24 @@
 //! 3. **Status** ([`StatusEvent`]): one-line events the guest writes to the
 //!    second serial port ([`STATUS_TTY`]), so that the first port, the
 //!    user's console, carries only what the workload and the kernel wrote.
-//! 4. **Agent** ([`agent`]): the framed, multiplexed protocol the host
-//!    daemon speaks with the guest agent (exec, copy, stat) over a
-//!    virtio-serial port named [`agent::AGENT_PORT`].
+//! 4. **Agent protocol** ([`protocol`]): the framed, multiplexed protocol
+//!    the host daemon speaks with the guest agent (exec, copy, stat) over a
+//!    virtio-serial port named [`protocol::AGENT_PORT`].
+//!
+//! [`env`] holds the rule for environment variable names and repeated keys
+//! that both sides apply.
 //!
 //! The library depends on serde only (plus serde_json and thiserror) so the
 //! host daemon can use it without pulling in anything of the guest binary.
 
-pub mod agent;
 pub mod config;
+pub mod env;
+pub mod protocol;
 pub mod status;
+
+/// The agent protocol under its earlier name, for the host crates that
+/// import `lodge_guest::agent::...`.
+pub use protocol as agent;
 
 pub use config::{
     ConfigError, GuestConfig, UserSpec, CONFIG_IMAGE_ALIGN, CONFIG_IMAGE_MIN, DEFAULT_WORKDIR,

@@ -1,6 +1,11 @@
 //! `lodge-init`, the guest's PID 1 (see `init`), its guest agent (see
 //! `agentd`), plus one host-side helper.
 //!
+//! Modules: `init` (PID 1) and `agentd` (the agent) share the OS-call layer
+//! `sys` and the process starter `spawn`; `init` knows the agent only as
+//! the configuration it hands over (`agentd::AgentConfig`), and `agentd`
+//! imports nothing of `init`.
+//!
 //! Run as PID 1 it boots the guest. PID 1 runs the same binary again as
 //! `lodge-init agent CONFIG` for the guest agent. Run as anything else it
 //! refuses to touch the machine, except for `--print-config-image JSON`,
@@ -9,6 +14,8 @@
 
 mod agentd;
 mod init;
+mod spawn;
+mod sys;
 
 use std::io::Write;
 use std::process::ExitCode;

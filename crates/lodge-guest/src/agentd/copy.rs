@@ -2,7 +2,7 @@
 //!
 //! Both copy directions are streams of entries (header, contents, end), so
 //! a file of any size is streamed in [`DATA_CHUNK`] pieces and never held
-//! whole. Walking and unpacking follow [`lodge_guest::agent::tree`], the
+//! whole. Walking and unpacking follow [`lodge_guest::protocol::tree`], the
 //! same code `lodge cp` uses on the host: entry paths are checked, nothing
 //! is written through a symlink, modes and times are kept. The
 //! destination's parent must exist, as in `docker cp`.
@@ -13,17 +13,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
-use lodge_guest::agent::paths::base_name;
-use lodge_guest::agent::tree::{check_parent, Unpacker, Walk};
-use lodge_guest::agent::{Event, Kind, PathInfo, DATA_CHUNK};
+use lodge_guest::protocol::paths::base_name;
+use lodge_guest::protocol::tree::{check_parent, Unpacker, Walk};
+use lodge_guest::protocol::{Event, Kind, PathInfo, DATA_CHUNK};
 
-use crate::init::sys as isys;
+use crate::sys;
 
 use super::wire::{InputCredit, StreamOut};
 use super::Input;
 
 fn text(e: &std::io::Error) -> String {
-    isys::errno_text_of(e)
+    sys::errno_text_of(e)
 }
 
 fn error(out: &StreamOut, message: String, path: &str) {

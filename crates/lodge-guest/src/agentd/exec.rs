@@ -3,7 +3,8 @@
 //!
 //! The command gets the workload's environment overlaid with the request's,
 //! the workload's user, its own session (so the whole process group can be
-//! killed on timeout or cancel), and either three pipes or a fresh
+//! killed on timeout or cancel), default signal dispositions and an empty
+//! signal mask (see `spawn`), and either three pipes or a fresh
 //! pseudo-terminal (then stdout and stderr are one stream, as in docker).
 //!
 //! Output ends when the command's pipes reach end-of-file. A command may
@@ -22,12 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lodge_guest::agent::{Event, ExecStart, Kind, DATA_CHUNK};
+use lodge_guest::protocol::{Event, ExecStart, Kind, DATA_CHUNK};
 
-use crate::init::sys as isys;
-use crate::init::workload;
+use crate::spawn::{self, Session};
+use crate::sys;
 
-use super::sys;
 use super::wire::{InputCredit, StreamOut};
 use super::{Agent, Input, SessionControl};
 
@@ -48,7 +48,7 @@ impl Control {
     fn kill(&self) {
         let pgid = self.pgid.load(Ordering::SeqCst);
         if pgid > 0 {
-            let _ = isys::kill(-pgid, libc::SIGKILL);
+            let _ = sys::kill(-pgid, libc::SIGKILL);
         }
     }
 }
@@ -70,16 +70,8 @@ impl SessionControl for Control {
 /// `base` overlaid with `extra` (`KEY=VALUE`; a later key wins, keeping the
 /// first position), plus `TERM` for a terminal when unset.
 pub fn merge_env(base: &[String], extra: &[String], tty: bool) -> Vec<String> {
-    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
-    let mut env: Vec<String> = Vec::with_capacity(base.len() + extra.len() + 1);
-    for entry in base.iter().chain(extra) {
-        let k = key(entry);
-        match env.iter_mut().find(|e| key(e) == k) {
-            Some(existing) => existing.clone_from(entry),
-            None => env.push(entry.clone()),
-        }
-    }
-    if tty && !env.iter().any(|e| key(e) == "TERM") {
+    let mut env = lodge_guest::env::collapse(base.iter().chain(extra));
+    if tty && !env.iter().any(|e| lodge_guest::env::key(e) == "TERM") {
         env.push("TERM=xterm".to_owned());
     }
     env
@@ -125,7 +117,7 @@ pub fn run(
                 out,
                 format!(
                     "chdir to working directory {cwd:?}: {}",
-                    isys::errno_text_of(&e)
+                    sys::errno_text_of(&e)
                 ),
                 126,
             )
@@ -144,7 +136,12 @@ pub fn run(
     if let Some((uid, gid)) = agent.config.user {
         cmd.uid(uid).gid(gid);
     }
-    sys::new_session_on_exec(&mut cmd, start.tty);
+    spawn::prepare(
+        &mut cmd,
+        Session::New {
+            terminal: start.tty,
+        },
+    );
 
     // Set up the streams: a terminal, or three pipes.
     let mut master: Option<Arc<OwnedFd>> = None;
@@ -171,7 +168,7 @@ pub fn run(
         Ok(c) => c,
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            let (message, code) = workload::exec_failure(program, errno);
+            let (message, code) = spawn::exec_failure(program, errno);
             return failed(out, message, code);
         }
     };
@@ -294,7 +291,7 @@ fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -
         let mut draining = false;
         loop {
             if !draining {
-                let ready = isys::poll_readable(&[file.as_raw_fd(), exited.as_raw_fd()], -1)
+                let ready = sys::poll_readable(&[file.as_raw_fd(), exited.as_raw_fd()], -1)
                     .unwrap_or_else(|_| vec![true, false]);
                 if !ready[0] && ready[1] {
                     draining = true;

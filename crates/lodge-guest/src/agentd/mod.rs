@@ -1,6 +1,8 @@
 //! The guest agent: `lodge-init agent CONFIG`, started by PID 1 before the
 //! workload, serving exec, copy and stat to the host over the virtio-serial
-//! port named [`AGENT_PORT`] (protocol: [`lodge_guest::agent`]).
+//! port named [`AGENT_PORT`] (protocol: [`lodge_guest::protocol`]).
+//! PID 1 starts and restarts it (`init::agent_supervisor`); the agent
+//! itself imports nothing of the init, only the shared `sys` and `spawn`.
 //!
 //! Shape, and why:
 //!
@@ -27,7 +29,6 @@
 mod copy;
 mod exec;
 mod port;
-mod sys;
 mod wire;
 
 use std::collections::HashMap;
@@ -39,11 +40,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use lodge_guest::agent::frame::encode_json;
-use lodge_guest::agent::{
+use lodge_guest::protocol::frame::encode_json;
+use lodge_guest::protocol::{
     encode, Control, Decoder, EntryHeader, Event, Frame, Hello, HelloAck, Kind, Request,
     AGENT_PORT, CONNECTION_STREAM, INITIAL_WINDOW, PROTOCOL_VERSION,
 };
+
+use crate::sys;
 
 use wire::{StreamOut, Window, Wire};
 

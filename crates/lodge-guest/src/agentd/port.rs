@@ -12,9 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::init::sys as isys;
-
-use super::sys;
+use crate::sys;
 
 const PORTS_DIR: &str = "/sys/class/virtio-ports";
 
@@ -59,7 +57,7 @@ impl Port {
             .open(device)?;
         // Blocked (and so queued for the signalfd) in every thread the
         // agent starts later, since threads inherit the mask.
-        let sigio = isys::block_into_signalfd(&[libc::SIGIO])
+        let sigio = sys::block_into_signalfd(&[libc::SIGIO])
             .ok()
             .filter(|_| sys::request_sigio(&file).is_ok());
         Ok(Port { file, sigio })
@@ -78,8 +76,8 @@ impl Port {
     pub fn wait_for_host(&self) {
         match &self.sigio {
             Some(fd) => {
-                let _ = isys::poll_readable(&[fd.as_raw_fd()], 1000);
-                while let Ok(Some(_)) = isys::read_signal(fd) {}
+                let _ = sys::poll_readable(&[fd.as_raw_fd()], 1000);
+                while let Ok(Some(_)) = sys::read_signal(fd) {}
             }
             None => std::thread::sleep(Duration::from_millis(200)),
         }

@@ -17,8 +17,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use lodge_guest::agent::frame::{encode_credit, encode_json, try_encode_json};
-use lodge_guest::agent::{encode, Event, Kind, CREDIT_BATCH, DATA_CHUNK};
+use lodge_guest::protocol::frame::{encode_credit, encode_json, try_encode_json};
+use lodge_guest::protocol::{encode, Event, Kind, CREDIT_BATCH, DATA_CHUNK};
 
 /// Frames queued towards the writer thread.
 const QUEUE: usize = 128;

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use lodge_guest::{StatusEvent, STATUS_TTY};
 
-use super::sys;
+use crate::sys;
 
 /// The terminal device behind `/dev/console`, e.g. `/dev/ttyS0`.
 fn console_device() -> String {

@@ -7,14 +7,13 @@
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 
-mod agent;
+mod agent_supervisor;
 mod button;
 mod console;
 mod disks;
 mod modules;
 mod rootfs;
-pub(crate) mod sys;
-pub(crate) mod workload;
+mod workload;
 
 use std::fmt;
 use std::io::Read;
@@ -25,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use lodge_guest::{GuestConfig, StatusEvent, SELFTEST_FLAG, SELFTEST_OK};
 
+use crate::sys::{self, ExitStatus};
+
 use console::{Console, StatusPort};
 use rootfs::Mounts;
-use sys::ExitStatus;
 
 /// How long to wait for the virtio disks to appear.
 const DISK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,8 +155,11 @@ fn run(
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
     let plan = workload::plan(&config, rootfs::NEWROOT, console.raw_fd(), hostname)?;
-    let mut agent =
-        agent::Agent::start(&workload::agent_config(&config, rootfs::NEWROOT, hostname)?);
+    let mut agent = agent_supervisor::AgentSupervisor::start(&workload::agent_config(
+        &config,
+        rootfs::NEWROOT,
+        hostname,
+    )?);
     match workload::start(&config, &plan)? {
         workload::Start::Running(pid) => {
             status.send(&StatusEvent::Started {

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::io;
 
-use super::sys;
+use crate::sys;
 
 /// The load-order file inside the initrd.
 pub const ORDER_FILE: &str = "/lib/modules/lodge.order";

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use super::{sys, Context, Error, Result};
+use crate::sys;
+
+use super::{Context, Error, Result};
 
 /// Where the overlay root is assembled; the workload's `/`.
 pub const NEWROOT: &str = "/newroot";

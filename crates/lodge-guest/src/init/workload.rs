@@ -4,8 +4,9 @@
 //! configured environment plus `PATH` and `HOME` when absent and `HOSTNAME`,
 //! in docker's order; its working directory created if missing; the user
 //! resolved from the image's own `/etc/passwd` (parsed here, since a static
-//! binary must not use glibc's name service). Exec failures are reported
-//! in docker's words with its exit codes (127 not found, 126 not runnable).
+//! binary must not use glibc's name service). The fork+exec itself is
+//! `spawn`'s; exec failures are reported in docker's words with its exit
+//! codes (127 not found, 126 not runnable).
 //!
 //! While it runs, PID 1 waits on a signalfd and the power-button devices:
 //! it reaps every orphan (and the guest agent, restarting it if it
@@ -20,9 +21,10 @@ use std::path::Path;
 use lodge_guest::GuestConfig;
 
 use crate::agentd::AgentConfig;
+use crate::spawn::{self, ChildStep, ExecPlan, Spawned};
+use crate::sys::{self, ExitStatus};
 
-use super::agent::Agent;
-use super::sys::{self, ChildStep, ExecPlan, ExitStatus, Spawned};
+use super::agent_supervisor::AgentSupervisor;
 use super::{button, Context, Error, Result};
 
 /// docker's `PATH` for a container whose image sets none.
@@ -42,17 +44,8 @@ pub const SIGNALS: &[libc::c_int] = &[
 
 /// The environment handed to the workload.
 pub fn build_env(configured: &[String], hostname: &str, home: &str) -> Vec<String> {
-    let key = |entry: &str| entry.split_once('=').map_or(entry, |(k, _)| k).to_owned();
-    // Later entries override earlier ones but keep the first position.
-    let mut user: Vec<String> = Vec::with_capacity(configured.len());
-    for entry in configured {
-        let k = key(entry);
-        match user.iter_mut().find(|e| key(e) == k) {
-            Some(existing) => existing.clone_from(entry),
-            None => user.push(entry.clone()),
-        }
-    }
-    let has = |k: &str| user.iter().any(|e| key(e) == k);
+    let user = lodge_guest::env::collapse(configured);
+    let has = |k: &str| user.iter().any(|e| lodge_guest::env::key(e) == k);
     let mut env = Vec::with_capacity(user.len() + 3);
     if !has("PATH") {
         env.push(format!("PATH={DEFAULT_PATH}"));
@@ -104,24 +97,6 @@ pub fn dir_prefixes(dir: &str) -> Vec<String> {
         prefixes.push(current.clone());
     }
     prefixes
-}
-
-/// The console message and exit code for a failed exec, in docker's words.
-pub fn exec_failure(program: &str, errno: i32) -> (String, i32) {
-    match errno {
-        libc::ENOENT | libc::ENOTDIR if !program.contains('/') => (
-            format!("exec: \"{program}\": executable file not found in $PATH"),
-            127,
-        ),
-        libc::ENOENT | libc::ENOTDIR => (
-            format!("exec: \"{program}\": {}", sys::errno_text(errno)),
-            127,
-        ),
-        _ => (
-            format!("exec: \"{program}\": {}", sys::errno_text(errno)),
-            126,
-        ),
-    }
 }
 
 fn cstrings(strings: impl IntoIterator<Item = String>, what: &str) -> Result<Vec<CString>> {
@@ -199,14 +174,14 @@ pub enum Start {
 
 /// Fork and exec the workload.
 pub fn start(config: &GuestConfig, plan: &ExecPlan) -> Result<Start> {
-    match sys::spawn(plan).context(|| "fork the workload".to_owned())? {
+    match spawn::spawn(plan).context(|| "fork the workload".to_owned())? {
         Spawned::Running(pid) => Ok(Start::Running(pid)),
         Spawned::Failed {
             step: ChildStep::Exec,
             errno,
         } => {
             let program = config.argv.first().map_or("", String::as_str);
-            let (message, code) = exec_failure(program, errno);
+            let (message, code) = spawn::exec_failure(program, errno);
             Ok(Start::ExecFailed { message, code })
         }
         Spawned::Failed { step, errno } => {
@@ -228,7 +203,7 @@ pub fn start(config: &GuestConfig, plan: &ExecPlan) -> Result<Start> {
 pub fn supervise(
     pid: libc::pid_t,
     signals: Option<&OwnedFd>,
-    agent: &mut Agent,
+    agent: &mut AgentSupervisor,
 ) -> Result<ExitStatus> {
     let buttons: Vec<File> = button::open_all();
     loop {
@@ -350,28 +325,5 @@ mod tests {
     fn dir_prefixes_walk_down_from_the_root() {
         assert_eq!(dir_prefixes("/"), Vec::<String>::new());
         assert_eq!(dir_prefixes("/a//b/"), strings(&["/a", "/a/b"]));
-    }
-
-    #[test]
-    fn exec_failures_read_like_docker() {
-        assert_eq!(
-            exec_failure("foo", libc::ENOENT),
-            (
-                "exec: \"foo\": executable file not found in $PATH".into(),
-                127
-            )
-        );
-        assert_eq!(
-            exec_failure("/foo", libc::ENOENT),
-            ("exec: \"/foo\": no such file or directory".into(), 127)
-        );
-        assert_eq!(
-            exec_failure("/etc/passwd", libc::EACCES),
-            ("exec: \"/etc/passwd\": permission denied".into(), 126)
-        );
-        assert_eq!(
-            exec_failure("/bin/x", libc::ENOEXEC),
-            ("exec: \"/bin/x\": exec format error".into(), 126)
-        );
     }
 }

@@ -5,31 +5,32 @@
 //! exits with success when the VM has no agent port, and is then left
 //! alone; any other end is a crash (or a workload that killed it), and it
 //! is restarted, at most once per [`RESTART_INTERVAL`] so a crash loop
-//! cannot eat the guest.
+//! cannot eat the guest. It starts through `spawn` like every child, so
+//! it does not inherit the signals PID 1 blocks for its signalfd.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agentd::AgentConfig;
-
-use super::sys::ExitStatus;
+use crate::spawn::{self, Session};
+use crate::sys::ExitStatus;
 
 /// Least time between two starts of the agent.
 pub const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The agent process as PID 1 sees it.
-pub struct Agent {
+pub struct AgentSupervisor {
     config: String,
     pid: Option<libc::pid_t>,
     started: Instant,
     restart_at: Option<Instant>,
 }
 
-impl Agent {
+impl AgentSupervisor {
     /// Start the agent now. A failure to start is not fatal: the workload
     /// runs anyway, only exec and copy are unavailable.
-    pub fn start(config: &AgentConfig) -> Agent {
-        let mut agent = Agent {
+    pub fn start(config: &AgentConfig) -> AgentSupervisor {
+        let mut agent = AgentSupervisor {
             config: serde_json::to_string(config).unwrap_or_default(),
             pid: None,
             started: Instant::now(),
@@ -42,12 +43,14 @@ impl Agent {
     fn spawn(&mut self) {
         self.started = Instant::now();
         self.restart_at = None;
-        let spawned = Command::new("/proc/self/exe")
-            .arg("agent")
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("agent")
             .arg(&self.config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn();
+            .stdout(Stdio::null());
+        // The agent calls setsid itself.
+        spawn::prepare(&mut cmd, Session::Inherit);
+        let spawned = cmd.spawn();
         self.pid = match spawned {
             // PID 1 reaps it through waitpid(-1); the handle is not needed.
             Ok(child) => libc::pid_t::try_from(child.id()).ok(),
