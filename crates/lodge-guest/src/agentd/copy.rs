@@ -19,8 +19,8 @@ use lodge_guest::protocol::{Event, Kind, PathInfo, DATA_CHUNK};
 
 use crate::sys;
 
+use super::session::Input;
 use super::wire::{InputCredit, StreamOut};
-use super::Input;
 
 fn text(e: &std::io::Error) -> String {
     sys::errno_text_of(e)

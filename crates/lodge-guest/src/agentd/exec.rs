@@ -28,8 +28,9 @@ use lodge_guest::protocol::{Event, ExecStart, Kind, DATA_CHUNK};
 use crate::spawn::{self, Session};
 use crate::sys;
 
+use super::config::AgentConfig;
+use super::session::{fatal, Input, SessionControl};
 use super::wire::{InputCredit, StreamOut};
-use super::{Agent, Input, SessionControl};
 
 /// Exit code reported when the timeout killed the command (as `timeout(1)`).
 pub const TIMEOUT_CODE: i32 = 124;
@@ -83,7 +84,7 @@ fn failed(out: &StreamOut, message: String, code: i32) {
 
 /// Run one exec to completion (the session's thread).
 pub fn run(
-    agent: &Agent,
+    config: &AgentConfig,
     out: &StreamOut,
     start: ExecStart,
     input: Receiver<Input>,
@@ -92,10 +93,7 @@ pub fn run(
     let Some(program) = start.command.first().filter(|p| !p.is_empty()) else {
         return failed(out, "no command given: the command is empty".into(), 127);
     };
-    let cwd = start
-        .cwd
-        .clone()
-        .unwrap_or_else(|| agent.config.workdir.clone());
+    let cwd = start.cwd.clone().unwrap_or_else(|| config.workdir.clone());
     if !cwd.starts_with('/') {
         return failed(
             out,
@@ -128,12 +126,12 @@ pub fn run(
     cmd.args(&start.command[1..])
         .env_clear()
         .envs(
-            merge_env(&agent.config.env, &start.env, start.tty)
+            merge_env(&config.env, &start.env, start.tty)
                 .iter()
                 .map(|e| e.split_once('=').unwrap_or((e.as_str(), ""))),
         )
         .current_dir(&cwd);
-    if let Some((uid, gid)) = agent.config.user {
+    if let Some((uid, gid)) = config.user {
         cmd.uid(uid).gid(gid);
     }
     spawn::prepare(
@@ -320,7 +318,7 @@ fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -
     std::thread::Builder::new()
         .name("pump".into())
         .spawn(run)
-        .unwrap_or_else(|e| super::fatal(&format!("start a thread: {e}")))
+        .unwrap_or_else(|e| fatal(&format!("start a thread: {e}")))
 }
 
 /// Feed the command's stdin from the host's `Data`, returning credit as it

@@ -26,9 +26,11 @@
 //!   commands), waits for SIGIO (sent when the host side connects) and
 //!   starts over with the next `Hello`.
 
+mod config;
 mod copy;
 mod exec;
 mod port;
+mod session;
 mod wire;
 
 use std::collections::HashMap;
@@ -38,40 +40,20 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use lodge_guest::protocol::frame::encode_json;
 use lodge_guest::protocol::{
-    encode, Control, Decoder, EntryHeader, Event, Frame, Hello, HelloAck, Kind, Request,
-    AGENT_PORT, CONNECTION_STREAM, INITIAL_WINDOW, PROTOCOL_VERSION,
+    encode, Control, Decoder, Event, Frame, Hello, HelloAck, Kind, Request, AGENT_PORT,
+    CONNECTION_STREAM, INITIAL_WINDOW, PROTOCOL_VERSION,
 };
 
 use crate::sys;
 
+pub use config::AgentConfig;
+use session::{fatal, Input, NoControl, SessionControl};
 use wire::{StreamOut, Window, Wire};
 
 /// How long to wait for the port device to show up after boot.
 const PORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What PID 1 tells the agent, as JSON in its second argument.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentConfig {
-    /// Directory to chroot into: the workload's root.
-    pub root: String,
-    /// The workload's environment (`KEY=VALUE`), the base of every exec's.
-    pub env: Vec<String>,
-    /// The workload's working directory, the default for exec.
-    pub workdir: String,
-    /// `(uid, gid)` commands run as; `None` is root.
-    pub user: Option<(u32, u32)>,
-}
-
-/// Print a one-line message on the console and exit with failure. Used
-/// only when the agent cannot work at all.
-pub fn fatal(message: &str) -> ! {
-    eprintln!("lodge-agent: {message}");
-    std::process::exit(1)
-}
 
 /// Run the agent. Returns only when it cannot run (no port: success, so
 /// PID 1 does not restart it).
@@ -100,7 +82,8 @@ pub fn main(config: &str) -> ExitCode {
     };
     let agent = Arc::new(Agent {
         config,
-        wire: Wire::start(writer),
+        wire: Wire::start(writer)
+            .unwrap_or_else(|e| fatal(&format!("start the writer thread: {e}"))),
         sessions: Mutex::new(HashMap::new()),
     });
     // Tell a host that may still hold a connection that we are new.
@@ -111,28 +94,6 @@ pub fn main(config: &str) -> ExitCode {
     agent.serve(port)
 }
 
-/// What the reader routes to a session.
-pub enum Input {
-    Data(Vec<u8>),
-    Entry(EntryHeader),
-    EntryEnd,
-    Eof,
-}
-
-/// How the reader reaches into a running session besides its input.
-pub trait SessionControl: Send + Sync {
-    fn resize(&self, _rows: u16, _cols: u16) {}
-    /// The client went away (or the connection did): stop.
-    fn cancel(&self);
-}
-
-/// A control for sessions that stop by noticing their closed input.
-struct NoControl;
-
-impl SessionControl for NoControl {
-    fn cancel(&self) {}
-}
-
 struct Session {
     epoch: u64,
     input: Option<Sender<Input>>,
@@ -140,8 +101,8 @@ struct Session {
     control: Arc<dyn SessionControl>,
 }
 
-pub struct Agent {
-    pub config: AgentConfig,
+struct Agent {
+    config: AgentConfig,
     wire: Wire,
     sessions: Mutex<HashMap<u32, Session>>,
 }
@@ -313,7 +274,7 @@ impl Agent {
             .name(format!("stream-{id}"))
             .spawn(move || {
                 match request {
-                    Request::Exec(start) => exec::run(&agent, &out, start, rx, exec_control),
+                    Request::Exec(start) => exec::run(&agent.config, &out, start, rx, exec_control),
                     Request::CopyTo { path } => copy::copy_to(&out, &path, rx),
                     Request::CopyFrom { path, follow_links } => {
                         copy::copy_from(&out, &path, follow_links)

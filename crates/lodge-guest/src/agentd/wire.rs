@@ -37,15 +37,14 @@ pub struct Wire {
 
 impl Wire {
     /// Start the writer thread on `port`.
-    pub fn start(port: std::fs::File) -> Wire {
+    pub fn start(port: std::fs::File) -> std::io::Result<Wire> {
         let (tx, rx) = sync_channel(QUEUE);
         let epoch = Arc::new(AtomicU64::new(0));
         let current = epoch.clone();
         std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || writer(port, rx, current))
-            .unwrap_or_else(|e| crate::agentd::fatal(&format!("start the writer thread: {e}")));
-        Wire { tx, epoch }
+            .spawn(move || writer(port, rx, current))?;
+        Ok(Wire { tx, epoch })
     }
 
     pub fn epoch(&self) -> u64 {

@@ -11,11 +11,11 @@ mod agent_supervisor;
 mod button;
 mod console;
 mod disks;
+mod error;
 mod modules;
 mod rootfs;
 mod workload;
 
-use std::fmt;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use lodge_guest::{GuestConfig, StatusEvent, SELFTEST_FLAG, SELFTEST_OK};
 
 use crate::sys::{self, ExitStatus};
+
+use error::{Context, Error, Result};
 
 use console::{Console, StatusPort};
 use rootfs::Mounts;
@@ -37,35 +39,6 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 const CONFIG_MAX: usize = 16 << 20;
 /// Hostname when the configuration names none.
 const DEFAULT_HOSTNAME: &str = "localhost";
-
-/// A boot failure, already phrased for the user (one line, lowercase).
-#[derive(Debug)]
-pub struct Error(String);
-
-impl Error {
-    pub fn new(message: String) -> Self {
-        Self(message)
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
-
-/// Attach what was being done to an OS error.
-pub trait Context<T> {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T> Context<T> for std::io::Result<T> {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error(format!("{}: {}", what(), sys::errno_text_of(&e))))
-    }
-}
 
 /// How the run ended, before shutdown.
 enum Ending {
@@ -125,7 +98,7 @@ fn run(
         if module_failures.is_empty() {
             e
         } else {
-            Error(format!(
+            Error::new(format!(
                 "{e} (module load failures: {})",
                 module_failures.join("; ")
             ))
@@ -134,7 +107,7 @@ fn run(
 
     let disks = disks::find(DISK_TIMEOUT);
     let missing = |serial: &str| {
-        explain(Error(format!(
+        explain(Error::new(format!(
             "no disk with serial {serial} appeared within {}s",
             DISK_TIMEOUT.as_secs()
         )))
@@ -186,7 +159,7 @@ fn read_config(disk: &Path) -> Result<GuestConfig> {
             break;
         }
     }
-    GuestConfig::decode(&bytes).map_err(|e| Error(format!("{}: {e}", describe())))
+    GuestConfig::decode(&bytes).map_err(|e| Error::new(format!("{}: {e}", describe())))
 }
 
 /// Stop everything, report, power off.

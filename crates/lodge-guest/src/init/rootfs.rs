@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::sys;
 
-use super::{Context, Error, Result};
+use super::error::{Context, Error, Result};
 
 /// Where the overlay root is assembled; the workload's `/`.
 pub const NEWROOT: &str = "/newroot";

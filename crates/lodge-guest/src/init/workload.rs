@@ -25,7 +25,8 @@ use crate::spawn::{self, ChildStep, ExecPlan, Spawned};
 use crate::sys::{self, ExitStatus};
 
 use super::agent_supervisor::AgentSupervisor;
-use super::{button, Context, Error, Result};
+use super::button;
+use super::error::{Context, Error, Result};
 
 /// docker's `PATH` for a container whose image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -21,8 +21,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::messages::EntryHeader;
 use super::paths::below_root;
-use super::EntryHeader;
 
 /// An OS error as a short lowercase text, without Rust's "(os error N)".
 pub fn io_text(e: &std::io::Error) -> String {

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use crate::sys;
 
-use super::{ChildStep, ExecPlan, Session, Spawned};
+use super::plan::{ChildStep, ExecPlan, Session, Spawned};
 
 /// The highest signal number, asked of the C library in the parent (the
 /// child must not call anything that might not be async-signal-safe).

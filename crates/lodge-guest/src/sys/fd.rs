@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::check;
+use super::cvt::check;
 
 /// `poll(2)` for readability on `fds`; returns which ones are readable (or
 /// hung up). `timeout_ms < 0` waits forever.

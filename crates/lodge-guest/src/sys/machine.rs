@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use super::{check, cstring};
+use super::cvt::{check, cstring};
 
 /// `mount(2)`.
 pub fn mount(

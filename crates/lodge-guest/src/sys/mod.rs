@@ -8,15 +8,16 @@
 //! `sys::kill`, `sys::mount`. Starting processes is not here but in
 //! `spawn`, which owns the code that runs between fork and exec.
 
+mod cvt;
 mod fd;
 mod machine;
 mod process;
 mod signal;
 mod term;
 
-use std::ffi::CString;
 use std::io;
 
+pub(crate) use cvt::check;
 pub use fd::{install_stdio, poll_readable, set_nonblocking};
 pub use machine::{
     chroot, disable_ctrl_alt_del, finit_module, mount, power_off, sethostname, sync, umount,
@@ -24,20 +25,6 @@ pub use machine::{
 pub use process::{kill, reap_one, setsid, wait_for, ExitStatus};
 pub use signal::{block_into_signalfd, read_signal, request_sigio};
 pub use term::{disable_output_processing, drain, make_raw, openpty, set_winsize};
-
-/// A libc return value as a `Result`: negative means `errno` is set.
-pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// `s` as a C string; a NUL byte inside is an invalid-input error.
-pub(crate) fn cstring(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in string"))
-}
 
 /// The `strerror` text of an errno, lowercased like Go's error strings.
 pub fn errno_text(errno: i32) -> String {

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::check;
+use super::cvt::check;
 
 /// `kill(2)`.
 pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {

@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::check;
+use super::cvt::check;
 
 /// Put a terminal in raw mode (no echo, no line editing, no output
 /// processing) so status lines reach the host byte for byte.
