@@ -124,7 +124,11 @@ async fn copy_out(mut sink: Sink, mut source: Source, mut rx: StreamRx, path: &s
                     return;
                 }
                 if rx.consumed(n).await.is_err() {
-                    send_json(&mut sink, &CpMessage::error(AgentError::Lost.to_string(), path)).await;
+                    send_json(
+                        &mut sink,
+                        &CpMessage::error(AgentError::Lost.to_string(), path),
+                    )
+                    .await;
                     break;
                 }
                 continue;
@@ -285,9 +289,7 @@ async fn copy_to(
             }
         };
         match item {
-            Ok(Inbound::Event(Event::Result { bytes })) => {
-                break CpMessage::written(bytes)
-            }
+            Ok(Inbound::Event(Event::Result { bytes })) => break CpMessage::written(bytes),
             Ok(Inbound::Event(Event::Error { message, .. })) => {
                 break CpMessage::not_written(message)
             }

@@ -200,13 +200,13 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
                 code,
                 signal,
                 timed_out,
-            })) => {
-                break ending(code, signal, timed_out)
-            }
+            })) => break ending(code, signal, timed_out),
             Ok(Inbound::Event(Event::Failed { message, code })) => {
                 break ExecExit::failed(code, message)
             }
-            Ok(Inbound::Event(Event::Error { message, .. })) => break ExecExit::failed(127, message),
+            Ok(Inbound::Event(Event::Error { message, .. })) => {
+                break ExecExit::failed(127, message)
+            }
             Ok(Inbound::Event(_)) => continue,
             Ok(Inbound::Closed) => {
                 break ExecExit::failed(

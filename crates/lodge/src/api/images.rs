@@ -8,13 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::types::{CreateImage, Image, ImageProgress};
+use super::{ApiError, ApiJson, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use lodge_images::{Credentials, ErrorKind, ImageInfo, PullRequest};
-use super::types::{CreateImage, Image, ImageProgress};
-use super::{ApiError, ApiJson, AppState};
 
 impl From<ImageInfo> for Image {
     fn from(i: ImageInfo) -> Self {

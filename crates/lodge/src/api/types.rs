@@ -91,11 +91,7 @@ pub struct CloseStdin {
 /// not be read ends with `{"error": …}` alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecExit {
-    #[serde(
-        rename = "exitCode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
@@ -435,6 +431,7 @@ pub struct CreateImage {
 /// The `{code, message}` of an API error, as a client reads it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ErrorReply {
+    #[serde(default)]
     pub code: String,
     pub message: String,
 }

@@ -54,11 +54,8 @@ where
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {
-            return ApiError::bad_request(format!(
-                "{action} needs a WebSocket: {}",
-                e.body_text()
-            ))
-            .into_response()
+            return ApiError::bad_request(format!("{action} needs a WebSocket: {}", e.body_text()))
+                .into_response()
         }
     };
     let manager = state.manager.clone();
