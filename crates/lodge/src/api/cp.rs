@@ -391,3 +391,19 @@ pub async fn throughput(
         mib_per_s: moved as f64 / (1 << 20) as f64 / seconds.max(1e-9),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unreadable_headers_end_an_upload() {
+        assert_eq!(
+            malformed_header(r#"{"type":"header","mode":420}"#).as_deref(),
+            Some("malformed copy header: missing field `path`")
+        );
+        assert_eq!(malformed_header(r#"{"type":"header","path":"x"}"#), None);
+        assert_eq!(malformed_header(r#"{"type":"end","final":"no"}"#), None);
+        assert_eq!(malformed_header("plain text"), None);
+    }
+}

@@ -59,11 +59,14 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
+        let restored = rustix::termios::tcsetattr(
             std::io::stdin().as_fd(),
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
+        if let Err(e) = restored {
+            eprintln!("lodge: cannot restore the terminal mode (try `reset`): {e}");
+        }
     }
 }
 
@@ -93,7 +96,8 @@ fn stdin_reader() -> tokio::sync::mpsc::Receiver<Option<Vec<u8>>> {
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.blocking_send(None);
+                    // Unsent only when the session is over already.
+                    tx.blocking_send(None).ok();
                     return;
                 }
                 Ok(n) => {
