@@ -96,7 +96,8 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T> {
-        let resp = self.send(self.request(method, path).json(body)).await?;
+        let body = json_body(body)?;
+        let resp = self.send(self.request(method, path).json(&body)).await?;
         Ok(resp.json().await?)
     }
 
@@ -145,6 +146,13 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A request body or message as JSON with its keys sorted (through
+/// [`serde_json::Value`]), as the CLI has always sent them: the bytes do not
+/// depend on the order the wire types declare their fields in.
+pub fn json_body<T: Serialize + ?Sized>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).context("encode a request for the daemon")
 }
 
 /// The error an API answer with `status` and `body` stands for: its

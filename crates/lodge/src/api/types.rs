@@ -7,6 +7,9 @@
 //! Their JSON is hypeman's (plus the lodge extensions noted on each field);
 //! whether an absent optional field is left out or sent as `null` is part of
 //! that shape and is fixed by the `skip_serializing_if` attributes here.
+//! WebSocket messages and the CLI's request bodies are sent through
+//! `serde_json::Value`, so their keys come out sorted, byte for byte as
+//! before these types existed; HTTP answers keep the declared field order.
 //!
 //! This module knows nothing of axum; it converts to and from the guest
 //! agent's own messages where the shapes meet (copy headers, `stat`), since
@@ -524,6 +527,28 @@ mod tests {
         assert_eq!(end, CpMessage::End { last: false });
         let other: CpMessage = serde_json::from_str(r#"{"type":"later","x":1}"#).expect("other");
         assert_eq!(other, CpMessage::Unknown);
+    }
+
+    /// How `api/ws.rs` and the CLI put a message on the wire.
+    fn bytes<T: Serialize>(value: &T) -> String {
+        serde_json::to_value(value).expect("json").to_string()
+    }
+
+    #[test]
+    fn sent_through_value_the_bytes_are_as_before() {
+        // What `json!` produced before these types: keys sorted.
+        assert_eq!(
+            bytes(&ExecExit::failed(127, "nope")),
+            r#"{"error":"nope","exitCode":127}"#
+        );
+        assert_eq!(
+            bytes(&CpMessage::End { last: true }),
+            r#"{"final":true,"type":"end"}"#
+        );
+        assert_eq!(
+            bytes(&CpMessage::written(6)),
+            r#"{"bytes_written":6,"success":true,"type":"result"}"#
+        );
     }
 
     #[test]

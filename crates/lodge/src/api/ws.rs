@@ -117,10 +117,12 @@ pub async fn first_request<T: DeserializeOwned>(source: &mut Source) -> Result<T
     serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))
 }
 
-/// Send `value` as a text message; false when the client is gone.
+/// Send `value` as a text message; false when the client is gone. The
+/// keys go out sorted (through [`serde_json::Value`]), as they always have,
+/// so the bytes do not depend on the order fields are declared in.
 pub async fn send_json<T: Serialize>(sink: &mut Sink, value: &T) -> bool {
-    let text = match serde_json::to_string(value) {
-        Ok(t) => t,
+    let text = match serde_json::to_value(value) {
+        Ok(v) => v.to_string(),
         Err(e) => {
             tracing::error!("cannot encode a WebSocket message: {e}");
             return false;

@@ -56,10 +56,10 @@ pub async fn open(client: &Client, path: &str) -> Result<Ws> {
     }
 }
 
-/// `value` as a text message.
+/// `value` as a text message, keys sorted (see [`crate::client::json_body`]).
 pub fn text<T: Serialize>(value: &T) -> Result<Message> {
-    let json = serde_json::to_string(value).context("encode a message for the daemon")?;
-    Ok(Message::Text(json.into()))
+    let json = crate::client::json_body(value)?;
+    Ok(Message::Text(json.to_string().into()))
 }
 
 /// Send `value` as a text message.
