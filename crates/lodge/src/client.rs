@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::Serialize;
 
+use crate::api::types::{ErrorReply, LogsQuery};
 use crate::auth::Auth;
 use crate::config;
 
@@ -20,12 +21,6 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
 }
 
 /// An error the API answered with.
@@ -67,17 +62,13 @@ impl Client {
         &self.token
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<reqwest::Response> {
+    /// A request to `path` carrying the token.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+        self.http.request(method, &url).bearer_auth(&self.token)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.with_context(|| {
             format!(
                 "cannot reach the lodge daemon at {} (is `lodge serve` running?)",
@@ -88,30 +79,42 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => Err(ApiFailure {
-                status,
-                code: e.code,
-                message: e.message,
-            }
-            .into()),
-            Err(_) => bail!("{status}: {text}"),
-        }
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(failure(status, &body))
     }
 
-    pub async fn call<T: DeserializeOwned>(
+    /// A request without a body, answered with JSON.
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T> {
+        let resp = self.send(self.request(method, path)).await?;
+        Ok(resp.json().await?)
+    }
+
+    /// A request with a JSON body, answered with JSON.
+    pub async fn call_with<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: &B,
     ) -> Result<T> {
-        let resp = self.send(method, path, body).await?;
+        let body = json_body(body)?;
+        let resp = self.send(self.request(method, path).json(&body)).await?;
+        Ok(resp.json().await?)
+    }
+
+    /// A `GET` with a query, answered with JSON.
+    pub async fn get_with<Q: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T> {
+        let resp = self
+            .send(self.request(Method::GET, path).query(query))
+            .await?;
         Ok(resp.json().await?)
     }
 
     pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
-        self.send(method, path, None).await?;
+        self.send(self.request(method, path)).await?;
         Ok(())
     }
 
@@ -120,16 +123,13 @@ impl Client {
     pub async fn logs(
         &self,
         instance: &str,
-        tail: u64,
-        follow: bool,
-        source: &str,
+        query: &LogsQuery,
         mut on_line: impl FnMut(&str) -> Result<()>,
     ) -> Result<()> {
-        let path = format!(
-            "/instances/{}/logs?tail={tail}&follow={follow}&source={source}",
-            encode(instance)
-        );
-        let resp = self.send(Method::GET, &path, None).await?;
+        let path = format!("/instances/{}/logs", encode(instance));
+        let resp = self
+            .send(self.request(Method::GET, &path).query(query))
+            .await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = body.next().await {
@@ -145,6 +145,27 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// A request body or message as JSON with its keys sorted (through
+/// [`serde_json::Value`]), as the CLI has always sent them: the bytes do not
+/// depend on the order the wire types declare their fields in.
+pub fn json_body<T: Serialize + ?Sized>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).context("encode a request for the daemon")
+}
+
+/// The error an API answer with `status` and `body` stands for: its
+/// `{code, message}` when it has one, else the status and the raw body.
+pub fn failure(status: StatusCode, body: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorReply>(body) {
+        Ok(e) => ApiFailure {
+            status,
+            code: e.code,
+            message: e.message,
+        }
+        .into(),
+        Err(_) => anyhow::anyhow!("{status}: {}", String::from_utf8_lossy(body)),
     }
 }
 

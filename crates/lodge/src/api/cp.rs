@@ -28,114 +28,20 @@ use std::time::Instant;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use lodge_guest::agent::paths::base_name;
 use lodge_guest::agent::{Control, EntryHeader, Event, Request};
 
-use super::exec::{
-    close, close_and_drain, connect, drain, endpoint, first_text, send_json, unavailable, Sink,
-    Source,
+use super::types::{direction, CpMessage, CpRequest, Throughput, ThroughputQuery, WireHeader};
+use super::ws::{
+    close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
+    upgrade, Sink, Source,
 };
 use super::{ApiError, AppState};
 use crate::agent::{AgentError, Inbound, StreamRx, StreamTx};
 use crate::instances::{AgentEndpoint, Manager};
-
-/// hypeman's copy request, plus lodge's `stream` and `mtime`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-pub struct CpRequest {
-    /// `to`, `from` or `stat`.
-    pub direction: String,
-    pub guest_path: String,
-    #[serde(default)]
-    pub is_dir: bool,
-    /// Permission bits for `to` (default 0644, or 0755 for a directory).
-    #[serde(default)]
-    pub mode: u32,
-    #[serde(default)]
-    pub follow_links: bool,
-    /// Owner for `to` (archive mode); 0 keeps root.
-    #[serde(default)]
-    pub uid: u32,
-    #[serde(default)]
-    pub gid: u32,
-    /// lodge extension: modification time for `to`, seconds since the epoch.
-    #[serde(default)]
-    pub mtime: i64,
-    /// lodge extension: `to` carries a tree of entries (see the module docs).
-    #[serde(default)]
-    pub stream: bool,
-    /// Seconds to keep trying to reach the guest agent.
-    #[serde(default)]
-    pub wait_for_agent: u32,
-}
-
-/// A copy header on the WebSocket (hypeman's shape).
-#[derive(Debug, Serialize, Deserialize)]
-struct WireHeader {
-    path: String,
-    #[serde(default)]
-    mode: u32,
-    #[serde(default)]
-    is_dir: bool,
-    #[serde(default)]
-    is_symlink: bool,
-    #[serde(default)]
-    link_target: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    mtime: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    gid: Option<u32>,
-}
-
-impl From<EntryHeader> for WireHeader {
-    fn from(h: EntryHeader) -> Self {
-        WireHeader {
-            path: h.path,
-            mode: h.mode,
-            is_dir: h.is_dir,
-            is_symlink: h.is_symlink,
-            link_target: h.link_target,
-            size: h.size,
-            mtime: h.mtime,
-            uid: h.uid,
-            gid: h.gid,
-        }
-    }
-}
-
-impl From<WireHeader> for EntryHeader {
-    fn from(h: WireHeader) -> Self {
-        EntryHeader {
-            path: h.path,
-            mode: h.mode,
-            is_dir: h.is_dir,
-            is_symlink: h.is_symlink,
-            link_target: h.link_target,
-            size: h.size,
-            mtime: h.mtime,
-            uid: h.uid,
-            gid: h.gid,
-        }
-    }
-}
-
-fn tagged(kind: &str, value: impl Serialize) -> Value {
-    let mut v = serde_json::to_value(value).unwrap_or_else(|_| json!({}));
-    v["type"] = json!(kind);
-    v
-}
-
-fn cp_error(message: impl Into<String>, path: &str) -> Value {
-    json!({ "type": "error", "message": message.into(), "path": path })
-}
 
 /// Copy files in or out of the instance, or stat a path.
 #[utoipa::path(get, path = "/instances/{id}/cp",
@@ -147,54 +53,39 @@ pub async fn cp(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ep = match endpoint(&state, &id, "cp") {
-        Ok(ep) => ep,
-        Err(e) => return e.into_response(),
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::bad_request(format!("cp needs a WebSocket: {}", e.body_text()))
-                .into_response()
-        }
-    };
-    let manager = state.manager.clone();
-    ws.on_upgrade(move |socket| async move { run(socket, manager, ep).await })
+    upgrade(&state, &id, "cp", ws, run)
 }
 
 async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (mut sink, mut source) = socket.split();
-    let req: CpRequest = match first_text(&mut source)
-        .await
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("invalid JSON: {e}")))
-    {
+    let req: CpRequest = match first_request(&mut source).await {
         Ok(r) => r,
         Err(e) => {
-            send_json(&mut sink, &cp_error(e, "")).await;
+            send_json(&mut sink, &CpMessage::error(e, "")).await;
             return close_and_drain(sink, source).await;
         }
     };
     let request = match req.direction.as_str() {
-        "stat" => Request::Stat {
+        direction::STAT => Request::Stat {
             path: req.guest_path.clone(),
             follow_links: req.follow_links,
         },
-        "from" => Request::CopyFrom {
+        direction::FROM => Request::CopyFrom {
             path: req.guest_path.clone(),
             follow_links: req.follow_links,
         },
-        "to" => Request::CopyTo {
+        direction::TO => Request::CopyTo {
             path: req.guest_path.clone(),
         },
         other => {
             let message = format!("invalid direction: {other} (must be 'to', 'from', or 'stat')");
-            send_json(&mut sink, &cp_error(message, "")).await;
+            send_json(&mut sink, &CpMessage::error(message, "")).await;
             return close_and_drain(sink, source).await;
         }
     };
     if !req.guest_path.starts_with('/') {
         let message = format!("guest_path must be absolute, got {:?}", req.guest_path);
-        send_json(&mut sink, &cp_error(message, &req.guest_path)).await;
+        send_json(&mut sink, &CpMessage::error(message, &req.guest_path)).await;
         return close_and_drain(sink, source).await;
     }
     let opened = match connect(&manager, &ep, req.wait_for_agent).await {
@@ -204,13 +95,13 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (tx, rx) = match opened {
         Ok(pair) => pair,
         Err(e) => {
-            send_json(&mut sink, &cp_error(e.to_string(), &req.guest_path)).await;
+            send_json(&mut sink, &CpMessage::error(e.to_string(), &req.guest_path)).await;
             return close_and_drain(sink, source).await;
         }
     };
     tracing::info!(instance = %ep.id, direction = %req.direction, path = %req.guest_path, "cp started");
     match req.direction.as_str() {
-        "to" => copy_to(sink, source, tx, rx, req).await,
+        direction::TO => copy_to(sink, source, tx, rx, req).await,
         _ => copy_out(sink, source, rx, &req.guest_path).await,
     }
 }
@@ -233,14 +124,18 @@ async fn copy_out(mut sink: Sink, mut source: Source, mut rx: StreamRx, path: &s
                     return;
                 }
                 if rx.consumed(n).await.is_err() {
-                    send_json(&mut sink, &cp_error(AgentError::Lost.to_string(), path)).await;
+                    send_json(
+                        &mut sink,
+                        &CpMessage::error(AgentError::Lost.to_string(), path),
+                    )
+                    .await;
                     break;
                 }
                 continue;
             }
-            Ok(Inbound::Event(Event::Header(h))) => tagged("header", WireHeader::from(h)),
+            Ok(Inbound::Event(Event::Header(h))) => CpMessage::Header(h.into()),
             Ok(Inbound::Event(Event::End { last })) => {
-                let done = json!({ "type": "end", "final": last });
+                let done = CpMessage::End { last };
                 if last {
                     send_json(&mut sink, &done).await;
                     break;
@@ -248,24 +143,24 @@ async fn copy_out(mut sink: Sink, mut source: Source, mut rx: StreamRx, path: &s
                 done
             }
             Ok(Inbound::Event(Event::Stat(info))) => {
-                send_json(&mut sink, &tagged("stat", info)).await;
+                send_json(&mut sink, &CpMessage::Stat(info.into())).await;
                 break;
             }
             Ok(Inbound::Event(Event::Error { message, path })) => {
-                send_json(&mut sink, &cp_error(message, &path)).await;
+                send_json(&mut sink, &CpMessage::error(message, &path)).await;
                 break;
             }
             Ok(Inbound::Event(_)) | Ok(Inbound::Stdout(_)) | Ok(Inbound::Stderr(_)) => continue,
             Ok(Inbound::Closed) => {
                 send_json(
                     &mut sink,
-                    &cp_error("copy stream ended without completion marker", path),
+                    &CpMessage::error("copy stream ended without completion marker", path),
                 )
                 .await;
                 break;
             }
             Err(e) => {
-                send_json(&mut sink, &cp_error(e.to_string(), path)).await;
+                send_json(&mut sink, &CpMessage::error(e.to_string(), path)).await;
                 break;
             }
         };
@@ -277,15 +172,15 @@ async fn copy_out(mut sink: Sink, mut source: Source, mut rx: StreamRx, path: &s
     drain(source).await;
 }
 
-/// What the client sends in a `to` copy.
-#[derive(Debug, Deserialize)]
-struct ClientMessage {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, rename = "final")]
-    last: bool,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, Value>,
+/// Why a text message that calls itself a header cannot be read, if it
+/// is one: it ends the upload, where other unreadable messages are ignored.
+fn malformed_header(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v.get("type")?.as_str()? != "header" {
+        return None;
+    }
+    let e = serde_json::from_value::<WireHeader>(v).err()?;
+    Some(format!("malformed copy header: {e}"))
 }
 
 /// `to`: forward the client's entries to the agent; answer with the
@@ -314,7 +209,7 @@ async fn copy_to(
             ..EntryHeader::default()
         };
         if let Err(e) = tx.control(&Control::Entry(root)).await {
-            send_json(&mut sink, &cp_error(e.to_string(), &req.guest_path)).await;
+            send_json(&mut sink, &CpMessage::error(e.to_string(), &req.guest_path)).await;
             return close_and_drain(sink, source).await;
         }
     }
@@ -328,12 +223,18 @@ async fn copy_to(
             let sent = match msg {
                 Ok(Message::Binary(b)) if forwarding => tx.data(&b).await,
                 Ok(Message::Text(t)) => {
-                    let Ok(m) = serde_json::from_str::<ClientMessage>(&t) else {
-                        continue;
+                    let m = match serde_json::from_str::<CpMessage>(&t) {
+                        Ok(m) => m,
+                        Err(_) => match malformed_header(&t) {
+                            Some(message) if stream && forwarding => {
+                                return (Upload::Failed(message), source)
+                            }
+                            _ => continue,
+                        },
                     };
-                    match m.kind.as_str() {
-                        "end" => {
-                            let finished = !stream || m.last;
+                    match m {
+                        CpMessage::End { last } => {
+                            let finished = !stream || last;
                             let mut r = Ok(());
                             if forwarding && entry_open {
                                 entry_open = false;
@@ -347,17 +248,9 @@ async fn copy_to(
                             }
                             r
                         }
-                        "header" if stream && forwarding => {
-                            match serde_json::from_value::<WireHeader>(Value::Object(m.rest)) {
-                                Ok(h) => {
-                                    entry_open = true;
-                                    tx.control(&Control::Entry(h.into())).await
-                                }
-                                Err(e) => {
-                                    let message = format!("malformed copy header: {e}");
-                                    return (Upload::Failed(message), source);
-                                }
-                            }
+                        CpMessage::Header(h) if stream && forwarding => {
+                            entry_open = true;
+                            tx.control(&Control::Entry(h.into())).await
                         }
                         _ => Ok(()),
                     }
@@ -388,7 +281,7 @@ async fn copy_to(
                 }
                 Ok((Upload::Failed(message), source)) => {
                     client_half = Some(source);
-                    break json!({ "type": "result", "success": false, "error": message });
+                    break CpMessage::not_written(message);
                 }
                 // The client went away mid-copy: dropping the stream
                 // cancels it in the guest.
@@ -396,18 +289,15 @@ async fn copy_to(
             }
         };
         match item {
-            Ok(Inbound::Event(Event::Result { bytes })) => {
-                break json!({ "type": "result", "success": true, "bytes_written": bytes })
-            }
+            Ok(Inbound::Event(Event::Result { bytes })) => break CpMessage::written(bytes),
             Ok(Inbound::Event(Event::Error { message, .. })) => {
-                break json!({ "type": "result", "success": false, "error": message })
+                break CpMessage::not_written(message)
             }
             Ok(Inbound::Closed) => {
-                break json!({ "type": "result", "success": false,
-                    "error": "the guest agent ended the copy without a result" })
+                break CpMessage::not_written("the guest agent ended the copy without a result")
             }
             Ok(_) => continue,
-            Err(e) => break json!({ "type": "result", "success": false, "error": e.to_string() }),
+            Err(e) => break CpMessage::not_written(e.to_string()),
         }
     };
     send_json(&mut sink, &answer).await;
@@ -432,24 +322,6 @@ enum Upload {
     Left,
     /// It sent something that cannot be forwarded.
     Failed(String),
-}
-
-/// Query of the throughput measurement.
-#[derive(Debug, Deserialize)]
-pub struct ThroughputQuery {
-    /// `from` (guest to host) or `to` (host to guest).
-    direction: String,
-    /// Bytes to move (default 64 MiB).
-    bytes: Option<u64>,
-}
-
-/// The result of a throughput measurement.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Throughput {
-    pub direction: String,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub mib_per_s: f64,
 }
 
 /// lodge extension: the raw rate of the instance's agent channel. Moves
@@ -518,4 +390,20 @@ pub async fn throughput(
         seconds,
         mib_per_s: moved as f64 / (1 << 20) as f64 / seconds.max(1e-9),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unreadable_headers_end_an_upload() {
+        assert_eq!(
+            malformed_header(r#"{"type":"header","mode":420}"#).as_deref(),
+            Some("malformed copy header: missing field `path`")
+        );
+        assert_eq!(malformed_header(r#"{"type":"header","path":"x"}"#), None);
+        assert_eq!(malformed_header(r#"{"type":"end","final":"no"}"#), None);
+        assert_eq!(malformed_header("plain text"), None);
+    }
 }

@@ -19,156 +19,24 @@
 //! The handler only translates between the WebSocket and an agent stream
 //! ([`crate::agent`]); the command runs in the guest agent.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use lodge_guest::agent::{Control, Event, ExecStart, Request};
 
+use super::types::{CloseStdin, ExecExit, ExecRequest, PathInfo, ResizeMessage, StatQuery};
+use super::ws::{
+    close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
+    upgrade, Sink, CLOSE_TIMEOUT,
+};
 use super::{ApiError, AppState};
-use crate::agent::{AgentError, Conn, Inbound, UnixSocket};
+use crate::agent::{AgentError, Inbound};
 use crate::instances::{AgentEndpoint, Manager};
-
-/// How long the server waits for the client's first message.
-pub(super) const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub(super) type Sink = SplitSink<WebSocket, Message>;
-pub(super) type Source = SplitStream<WebSocket>;
-
-/// hypeman's exec request, plus `split_stderr`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-pub struct ExecRequest {
-    /// Program and arguments; `["/bin/sh"]` when empty (as hypeman).
-    #[serde(default)]
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub tty: bool,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Absolute working directory (default: the workload's).
-    #[serde(default)]
-    pub cwd: Option<String>,
-    /// Kill the command after this many seconds (0: never).
-    #[serde(default)]
-    pub timeout: u32,
-    /// Seconds to keep trying to reach the guest agent (it may still be
-    /// starting right after boot).
-    #[serde(default)]
-    pub wait_for_agent: u32,
-    /// Initial terminal size (0: 24 rows, 80 columns).
-    #[serde(default)]
-    pub rows: u16,
-    #[serde(default)]
-    pub cols: u16,
-    /// lodge extension: prefix output messages with 1 (stdout) or 2 (stderr).
-    #[serde(default)]
-    pub split_stderr: bool,
-}
-
-/// Client → server control messages.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResizeMessage {
-    resize: Size,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Size {
-    rows: u16,
-    cols: u16,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CloseStdin {
-    close_stdin: bool,
-}
-
-/// The instance's agent, or the error to answer the upgrade with.
-pub(super) fn endpoint(
-    state: &AppState,
-    id: &str,
-    action: &'static str,
-) -> Result<AgentEndpoint, ApiError> {
-    Ok(state.manager.agent_endpoint(id, action)?)
-}
-
-/// The live connection to the instance's agent.
-pub(super) async fn connect(
-    manager: &Manager,
-    ep: &AgentEndpoint,
-    wait_secs: u32,
-) -> Result<Arc<Conn>, AgentError> {
-    manager
-        .agents()
-        .connect(
-            &ep.id,
-            &UnixSocket(ep.socket.clone()),
-            Duration::from_secs(u64::from(wait_secs)),
-        )
-        .await
-}
-
-/// Read the client's first message, which must be text.
-pub(super) async fn first_text(source: &mut Source) -> Result<String, String> {
-    match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, source.next()).await {
-        Err(_) => Err(format!(
-            "no request within {} s",
-            FIRST_MESSAGE_TIMEOUT.as_secs()
-        )),
-        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-            Err("the connection closed before the request".into())
-        }
-        Ok(Some(Ok(Message::Text(t)))) => Ok(t.to_string()),
-        Ok(Some(Ok(_))) => Err("first message must be JSON text".into()),
-    }
-}
-
-pub(super) async fn send_json(sink: &mut Sink, value: &Value) -> bool {
-    sink.send(Message::Text(value.to_string().into()))
-        .await
-        .is_ok()
-}
-
-/// How long the server waits for the client's side of the closing
-/// handshake before dropping the connection.
-pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Close the WebSocket politely.
-pub(super) async fn close(mut sink: Sink) {
-    let _ = sink.send(Message::Close(None)).await;
-    let _ = sink.close().await;
-}
-
-/// Close, then wait for the client's close.
-pub(super) async fn close_and_drain(sink: Sink, source: Source) {
-    close(sink).await;
-    drain(source).await;
-}
-
-/// Read (and drop) what the client still sends until it closes too.
-/// Dropping a TCP connection with unread input makes the kernel send a
-/// reset, which can destroy the final message before the client read it.
-pub(super) async fn drain(mut source: Source) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(msg)) = source.next().await {
-            if matches!(msg, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
-}
 
 /// Run a command in the instance.
 #[utoipa::path(get, path = "/instances/{id}/exec",
@@ -181,64 +49,29 @@ pub async fn exec(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ep = match endpoint(&state, &id, "exec") {
-        Ok(ep) => ep,
-        Err(e) => return e.into_response(),
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::bad_request(format!("exec needs a WebSocket: {}", e.body_text()))
-                .into_response()
-        }
-    };
-    let manager = state.manager.clone();
-    ws.on_upgrade(move |socket| async move { run(socket, manager, ep).await })
+    upgrade(&state, &id, "exec", ws, run)
 }
 
-/// How the session ended, for the final message.
-struct Ending {
-    code: i32,
-    signal: Option<i32>,
-    timed_out: bool,
-    error: Option<String>,
-}
-
-impl Ending {
-    fn error(code: i32, message: String) -> Self {
-        Ending {
-            code,
-            signal: None,
-            timed_out: false,
-            error: Some(message),
-        }
-    }
-
-    fn message(&self) -> Value {
-        let mut v = json!({ "exitCode": self.code });
-        if let Some(s) = self.signal {
-            v["signal"] = json!(s);
-        }
-        if self.timed_out {
-            v["timed_out"] = json!(true);
-        }
-        if let Some(e) = &self.error {
-            v["error"] = json!(e);
-        }
-        v
+/// How the session ended: the final message.
+fn ending(code: i32, signal: Option<i32>, timed_out: bool) -> ExecExit {
+    ExecExit {
+        exit_code: Some(code),
+        signal,
+        timed_out,
+        error: None,
     }
 }
 
-async fn finish(mut sink: Sink, split: bool, ending: Ending) {
+async fn finish(mut sink: Sink, split: bool, ending: ExecExit) {
     if let (Some(e), false) = (&ending.error, split) {
-        // hypeman's clients show binary messages only.
-        let _ = sink
-            .send(Message::Binary(
-                format!("Error: {e}\r\n").into_bytes().into(),
-            ))
-            .await;
+        // hypeman's clients show binary messages only; one that is gone
+        // misses nothing.
+        let shown = Message::Binary(format!("Error: {e}\r\n").into_bytes().into());
+        if sink.send(shown).await.is_err() {
+            tracing::debug!("the exec client left before the error");
+        }
     }
-    send_json(&mut sink, &ending.message()).await;
+    send_json(&mut sink, &ending).await;
     close(sink).await;
 }
 
@@ -274,17 +107,10 @@ fn exec_start(req: &ExecRequest) -> Result<ExecStart, String> {
 
 async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (mut sink, mut source) = socket.split();
-    let text = match first_text(&mut source).await {
-        Ok(t) => t,
-        Err(e) => {
-            send_json(&mut sink, &json!({ "error": e })).await;
-            return close_and_drain(sink, source).await;
-        }
-    };
-    let req: ExecRequest = match serde_json::from_str(&text) {
+    let req: ExecRequest = match first_request(&mut source).await {
         Ok(r) => r,
         Err(e) => {
-            send_json(&mut sink, &json!({ "error": format!("invalid JSON: {e}") })).await;
+            send_json(&mut sink, &ExecExit::refused(e)).await;
             return close_and_drain(sink, source).await;
         }
     };
@@ -292,21 +118,21 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let start = match exec_start(&req) {
         Ok(s) => s,
         Err(e) => {
-            finish(sink, split, Ending::error(127, e)).await;
+            finish(sink, split, ExecExit::failed(127, e)).await;
             return drain(source).await;
         }
     };
     let conn = match connect(&manager, &ep, req.wait_for_agent).await {
         Ok(c) => c,
         Err(e) => {
-            finish(sink, split, Ending::error(127, e.to_string())).await;
+            finish(sink, split, ExecExit::failed(127, e.to_string())).await;
             return drain(source).await;
         }
     };
     let (tx, mut rx) = match conn.open(&Request::Exec(start)).await {
         Ok(pair) => pair,
         Err(e) => {
-            finish(sink, split, Ending::error(127, e.to_string())).await;
+            finish(sink, split, ExecExit::failed(127, e.to_string())).await;
             return drain(source).await;
         }
     };
@@ -374,26 +200,21 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
                 code,
                 signal,
                 timed_out,
-            })) => {
-                break Ending {
-                    code,
-                    signal,
-                    timed_out,
-                    error: None,
-                }
-            }
+            })) => break ending(code, signal, timed_out),
             Ok(Inbound::Event(Event::Failed { message, code })) => {
-                break Ending::error(code, message)
+                break ExecExit::failed(code, message)
             }
-            Ok(Inbound::Event(Event::Error { message, .. })) => break Ending::error(127, message),
+            Ok(Inbound::Event(Event::Error { message, .. })) => {
+                break ExecExit::failed(127, message)
+            }
             Ok(Inbound::Event(_)) => continue,
             Ok(Inbound::Closed) => {
-                break Ending::error(
+                break ExecExit::failed(
                     127,
-                    "the guest agent ended the session without an exit status".into(),
+                    "the guest agent ended the session without an exit status",
                 )
             }
-            Err(e) => break Ending::error(127, e.to_string()),
+            Err(e) => break ExecExit::failed(127, e.to_string()),
         };
         let n = bytes.len();
         let message = if split {
@@ -409,10 +230,10 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
             return;
         }
         if rx.consumed(n).await.is_err() {
-            break Ending::error(127, AgentError::Lost.to_string());
+            break ExecExit::failed(127, AgentError::Lost.to_string());
         }
     };
-    tracing::info!(instance = %ep.id, code = ending.code, "exec ended");
+    tracing::info!(instance = %ep.id, code = ?ending.exit_code, "exec ended");
     finish(sink, split, ending).await;
     // The input task reads on until the client's close (see `drain`).
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut input)
@@ -420,58 +241,6 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
         .is_err()
     {
         input.abort();
-    }
-}
-
-/// Query of `GET /instances/{id}/stat`.
-#[derive(Debug, Deserialize)]
-pub struct StatQuery {
-    path: Option<String>,
-    #[serde(default)]
-    follow_links: bool,
-}
-
-/// What `stat` answers: hypeman's `PathInfo`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PathInfo {
-    pub exists: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_dir: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_file: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_symlink: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub link_target: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-}
-
-impl From<lodge_guest::agent::PathInfo> for PathInfo {
-    fn from(p: lodge_guest::agent::PathInfo) -> Self {
-        PathInfo {
-            exists: p.exists,
-            error: p.error,
-            is_dir: p.is_dir,
-            is_file: p.is_file,
-            is_symlink: p.is_symlink,
-            link_target: p.link_target,
-            mode: p.mode,
-            size: p.size,
-        }
-    }
-}
-
-/// An agent failure as an API error.
-pub(super) fn unavailable(e: AgentError) -> ApiError {
-    ApiError {
-        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        code: "agent_unavailable",
-        message: e.to_string(),
     }
 }
 
@@ -552,20 +321,5 @@ mod tests {
         // Anything else is stdin.
         assert!(serde_json::from_str::<ResizeMessage>(r#"{"resize":{"rows":3}}"#).is_err());
         assert!(serde_json::from_str::<CloseStdin>("hello").is_err());
-    }
-
-    #[test]
-    fn the_final_message_has_hypemans_shape() {
-        let e = Ending {
-            code: 137,
-            signal: Some(9),
-            timed_out: false,
-            error: None,
-        };
-        assert_eq!(e.message(), json!({"exitCode": 137, "signal": 9}));
-        assert_eq!(
-            Ending::error(127, "nope".into()).message(),
-            json!({"exitCode": 127, "error": "nope"})
-        );
     }
 }

@@ -8,53 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::types::{CreateImage, Image, ImageProgress};
+use super::{ApiError, ApiJson, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use lodge_images::{Credentials, ErrorKind, ImageInfo, PullRequest};
-use serde::{Deserialize, Serialize};
-
-use super::{ApiError, ApiJson, AppState};
-
-/// hypeman's `Image`, plus lodge's `user`, `source` and live `progress`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Image {
-    /// Normalised reference (`docker.io/library/alpine:latest`).
-    pub name: String,
-    /// Manifest digest of the platform image (empty until resolved).
-    pub digest: String,
-    /// pending, pulling, converting, ready or failed.
-    pub status: String,
-    pub error: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// os/arch[/variant].
-    pub platform: Option<String>,
-    pub queue_position: Option<u32>,
-    /// Size of the root disk (null until ready).
-    pub size_bytes: Option<u64>,
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub working_dir: Option<String>,
-    pub tags: Option<BTreeMap<String, String>>,
-    /// lodge: the image's user (numeric when resolved in the image).
-    pub user: Option<String>,
-    /// lodge: what was pulled (a reference, or `oci-archive:PATH`).
-    pub source: String,
-    /// lodge: bytes and layers while pulling.
-    pub progress: Option<ImageProgress>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ImageProgress {
-    pub layers_total: u32,
-    pub layers_done: u32,
-    pub layers_cached: u32,
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-}
 
 impl From<ImageInfo> for Image {
     fn from(i: ImageInfo) -> Self {
@@ -112,32 +72,6 @@ impl From<lodge_images::Error> for ApiError {
             message: e.message,
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-pub struct RegistryCredentials {
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub registry_token: Option<String>,
-}
-
-/// hypeman's pull request. `credentials` are used for this pull only and
-/// never stored.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct CreateImage {
-    /// Reference (`alpine`, `127.0.0.1:5000/app:v1`, `x@sha256:…`) or an
-    /// offline source (`oci-archive:/path.tar[:ref]`, `docker-archive:/path.tar[:ref]`).
-    pub name: String,
-    /// os/arch[/variant]; default linux/amd64.
-    #[serde(default)]
-    pub platform: Option<String>,
-    #[serde(default)]
-    pub credentials: Option<RegistryCredentials>,
-    #[serde(default)]
-    pub tags: Option<BTreeMap<String, String>>,
 }
 
 /// Pull and convert an image (asynchronous).

@@ -9,20 +9,12 @@
 
 use std::convert::Infallible;
 
+use super::types::LogsQuery;
+use super::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
-
-use super::{ApiError, AppState};
-
-#[derive(Debug, Deserialize)]
-pub struct LogsQuery {
-    tail: Option<u64>,
-    follow: Option<bool>,
-    source: Option<String>,
-}
 
 /// Map an API source name to the log.
 pub fn log_source(source: Option<&str>) -> Result<lodge_logs::Source, ApiError> {

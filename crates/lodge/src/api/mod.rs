@@ -12,6 +12,8 @@ mod exec;
 mod images;
 mod instances;
 mod logs;
+pub mod types;
+mod ws;
 
 use std::sync::Arc;
 
@@ -71,14 +73,14 @@ pub struct AppState {
         instances::CreateInstance,
         instances::StartInstance,
         error::ErrorBody,
-        exec::ExecRequest,
-        exec::PathInfo,
-        cp::CpRequest,
-        cp::Throughput,
-        images::Image,
-        images::ImageProgress,
-        images::CreateImage,
-        images::RegistryCredentials,
+        types::ExecRequest,
+        types::PathInfo,
+        types::CpRequest,
+        types::Throughput,
+        types::Image,
+        types::ImageProgress,
+        types::CreateImage,
+        types::RegistryCredentials,
         Health,
     ))
 )]

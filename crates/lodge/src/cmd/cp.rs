@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use lodge_guest::agent::paths::base_name;
 use lodge_guest::agent::tree::{check_parent, Unpacker, Walk};
 use lodge_guest::agent::EntryHeader;
 
-use super::exec::{open_ws, Ws};
+use super::ws;
+use crate::api::types::{direction, CpMessage, CpRequest, PathInfo, StatQuery};
 use crate::cli::CpArgs;
 use crate::client::{encode, Client};
 
@@ -87,14 +87,14 @@ pub fn run(args: CpArgs) -> Result<u8> {
 }
 
 /// What `stat` says about a guest path.
-async fn guest_stat(client: &Client, instance: &str, path: &str) -> Result<Value> {
-    let query = format!(
-        "/instances/{}/stat?path={}&follow_links=true",
-        encode(instance),
-        encode(path)
-    );
-    let info: Value = client.call(reqwest::Method::GET, &query, None).await?;
-    if let Some(e) = info["error"].as_str() {
+async fn guest_stat(client: &Client, instance: &str, path: &str) -> Result<PathInfo> {
+    let query = StatQuery {
+        path: Some(path.to_string()),
+        follow_links: true,
+    };
+    let stat = format!("/instances/{}/stat", encode(instance));
+    let info: PathInfo = client.get_with(&stat, &query).await?;
+    if let Some(e) = &info.error {
         bail!("{e}");
     }
     Ok(info)
@@ -125,8 +125,8 @@ async fn upload(
     }
     .with_context(|| src_path.to_string())?;
     let info = guest_stat(client, instance, dst).await?;
-    let exists = info["exists"] == json!(true);
-    let is_dir = info["is_dir"] == json!(true);
+    let exists = info.exists;
+    let is_dir = info.is_dir == Some(true);
     let name = base_name(src_path);
     let target = if md.is_dir() {
         match (exists, is_dir, contents) {
@@ -146,10 +146,15 @@ async fn upload(
         }
     };
 
-    let ws = open_ws(client, &format!("/instances/{}/cp", encode(instance))).await?;
-    let (mut sink, mut stream) = ws.split();
-    let request = json!({ "direction": "to", "guest_path": target, "stream": true });
-    sink.send(Message::Text(request.to_string().into())).await?;
+    let socket = ws::open(client, &format!("/instances/{}/cp", encode(instance))).await?;
+    let (mut sink, mut stream) = socket.split();
+    let request = CpRequest {
+        direction: direction::TO.into(),
+        guest_path: target.clone(),
+        stream: true,
+        ..CpRequest::default()
+    };
+    ws::send_json(&mut sink, &request).await?;
 
     // The walk reads files on a thread; messages come back in order.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Message, String>>(16);
@@ -163,43 +168,41 @@ async fn upload(
             msg = rx.recv(), if !sent_all => match msg {
                 Some(Ok(m)) => sink.send(m).await?,
                 Some(Err(e)) => {
-                    let _ = sink.send(Message::Close(None)).await;
+                    ws::close(&mut sink).await;
                     bail!("{e}");
                 }
                 None => sent_all = true,
             },
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                    if v["type"] == "result" || v["type"] == "error" {
-                        break v;
-                    }
-                }
+                Some(Ok(Message::Text(t))) => match ws::parse::<CpMessage>(&t) {
+                    Some(CpMessage::Result { success: true, .. }) => break None,
+                    Some(CpMessage::Result { error, .. }) => break Some(error),
+                    Some(CpMessage::Error { message, .. }) => break Some(Some(message)),
+                    _ => {}
+                },
                 Some(Ok(Message::Close(_))) | None => bail!("the daemon closed the copy before it finished"),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => bail!("connection to the daemon: {e}"),
             },
         }
     };
-    let _ = sink.send(Message::Close(None)).await;
-    if answer["success"] == json!(true) {
-        return Ok(());
+    ws::close(&mut sink).await;
+    // `None`: written; else the failure, when the daemon gave one.
+    match answer {
+        None => Ok(()),
+        Some(message) => {
+            let message = message.as_deref().unwrap_or("the copy failed");
+            Err(anyhow!("copy to {instance}:{target}: {message}"))
+        }
     }
-    let message = answer["error"]
-        .as_str()
-        .or_else(|| answer["message"].as_str())
-        .unwrap_or("the copy failed");
-    Err(anyhow!("copy to {instance}:{target}: {message}"))
 }
 
-fn header_message(mut header: EntryHeader, archive: bool) -> Message {
+fn header_message(mut header: EntryHeader, archive: bool) -> Result<Message, String> {
     if !archive {
         header.uid = None;
         header.gid = None;
     }
-    let mut v = serde_json::to_value(&header).unwrap_or_else(|_| json!({}));
-    v["type"] = json!("header");
-    Message::Text(v.to_string().into())
+    ws::text(&CpMessage::Header(header.into())).map_err(|e| e.to_string())
 }
 
 /// The upload's messages: per entry a header, the contents, an end; then
@@ -219,8 +222,7 @@ fn walk_messages(
             return;
         }
     };
-    let end =
-        |last: bool| Message::Text(json!({ "type": "end", "final": last }).to_string().into());
+    let end = |last: bool| ws::text(&CpMessage::End { last }).map_err(|e| e.to_string());
     let mut buf = vec![0u8; 256 << 10];
     for item in walk {
         let found = match item {
@@ -230,7 +232,7 @@ fn walk_messages(
                 return;
             }
         };
-        if !send(Ok(header_message(found.header, archive))) {
+        if !send(header_message(found.header, archive)) {
             return;
         }
         if found.is_file {
@@ -257,11 +259,11 @@ fn walk_messages(
                 }
             }
         }
-        if !send(Ok(end(false))) {
+        if !send(end(false)) {
             return;
         }
     }
-    send(Ok(end(true)));
+    send(end(true));
 }
 
 async fn download(
@@ -273,11 +275,15 @@ async fn download(
 ) -> Result<()> {
     let (src_path, contents) = contents_only(src);
     let dst_md = std::fs::metadata(dst).ok();
-    let ws: Ws = open_ws(client, &format!("/instances/{}/cp", encode(instance))).await?;
-    let (mut sink, mut stream) = ws.split();
-    let request =
-        json!({ "direction": "from", "guest_path": src_path, "follow_links": args.follow_link });
-    sink.send(Message::Text(request.to_string().into())).await?;
+    let socket = ws::open(client, &format!("/instances/{}/cp", encode(instance))).await?;
+    let (mut sink, mut stream) = socket.split();
+    let request = CpRequest {
+        direction: direction::FROM.into(),
+        guest_path: src_path.to_string(),
+        follow_links: args.follow_link,
+        ..CpRequest::default()
+    };
+    ws::send_json(&mut sink, &request).await?;
 
     let mut unpacker: Option<Unpacker> = None;
     let mut target = PathBuf::new();
@@ -301,11 +307,11 @@ async fn download(
             }
             _ => continue,
         };
-        let v: Value = serde_json::from_str(&t).context("unreadable message from the daemon")?;
-        match v["type"].as_str() {
-            Some("header") => {
-                let header: EntryHeader =
-                    serde_json::from_value(v.clone()).context("unreadable copy header")?;
+        let message: CpMessage =
+            serde_json::from_str(&t).context("unreadable message from the daemon")?;
+        match message {
+            CpMessage::Header(header) => {
+                let header = EntryHeader::from(header);
                 if unpacker.is_none() {
                     target =
                         resolve_download_target(&header, src_path, dst, dst_md.as_ref(), contents)?;
@@ -317,24 +323,23 @@ async fn download(
                     }
                 }
             }
-            Some("end") => {
+            CpMessage::End { last } => {
                 if let Some(u) = unpacker.as_mut() {
                     if let Err(e) = u.end() {
                         break Err(anyhow!(e));
                     }
                 }
-                if v["final"] == json!(true) {
+                if last {
                     break Ok(());
                 }
             }
-            Some("error") => {
-                let message = v["message"].as_str().unwrap_or("the copy failed");
+            CpMessage::Error { message, .. } => {
                 break Err(anyhow!("copy from {instance}:{src}: {message}"));
             }
             _ => {}
         }
     };
-    let _ = sink.send(Message::Close(None)).await;
+    ws::close(&mut sink).await;
     done?;
     if let Some(u) = unpacker {
         u.finish()

@@ -8,68 +8,22 @@
 //! mode for the session (restored however the session ends) and window
 //! size changes (SIGWINCH) are sent along.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
+use super::ws;
+use crate::api::types::{CloseStdin, ExecExit, ExecRequest, ResizeMessage, TermSize};
 use crate::cli::ExecArgs;
-use crate::client::{encode, ApiFailure, Client};
-
-pub(super) type Ws = WebSocketStream<TcpStream>;
-
-/// Open an API WebSocket at `path` (e.g. `/instances/x/exec`). An HTTP
-/// error answer (404, 409, …) becomes its `{code, message}` as an error.
-pub(super) async fn open_ws(client: &Client, path: &str) -> Result<Ws> {
-    let base = client.base_url();
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("exec and cp need an http:// LODGE_BASE_URL, got {base}"))?;
-    let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let prefix = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("/{}", prefix.trim_end_matches('/'))
-    };
-    let mut request = format!("ws://{authority}{prefix}{path}").into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", client.token())
-            .parse()
-            .context("the API token is not a valid header value")?,
-    );
-    let tcp = TcpStream::connect(authority).await.with_context(|| {
-        format!("cannot reach the lodge daemon at {base} (is `lodge serve` running?)")
-    })?;
-    match tokio_tungstenite::client_async(request, tcp).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(resp)) => {
-            let status = resp.status();
-            let body = resp.body().clone().unwrap_or_default();
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(v) if v["message"].is_string() => Err(ApiFailure {
-                    status: reqwest::StatusCode::from_u16(status.as_u16())
-                        .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
-                    code: v["code"].as_str().unwrap_or_default().to_string(),
-                    message: v["message"].as_str().unwrap_or_default().to_string(),
-                }
-                .into()),
-                _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
-            }
-        }
-        Err(e) => Err(anyhow!(e).context("WebSocket handshake with the lodge daemon")),
-    }
-}
+use crate::client::{encode, Client};
 
 /// `K=V`, or `K` alone for our own value of K (skipped when unset).
-fn parse_env(entries: &[String]) -> Result<serde_json::Map<String, Value>> {
-    let mut env = serde_json::Map::new();
+fn parse_env(entries: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
     for entry in entries {
         let (k, v) = match entry.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
@@ -81,7 +35,7 @@ fn parse_env(entries: &[String]) -> Result<serde_json::Map<String, Value>> {
         if k.is_empty() {
             bail!("invalid environment variable {entry:?}: the name is empty");
         }
-        env.insert(k, Value::String(v));
+        env.insert(k, v);
     }
     Ok(env)
 }
@@ -105,11 +59,14 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
+        let restored = rustix::termios::tcsetattr(
             std::io::stdin().as_fd(),
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
+        if let Err(e) = restored {
+            eprintln!("lodge: cannot restore the terminal mode (try `reset`): {e}");
+        }
     }
 }
 
@@ -139,7 +96,8 @@ fn stdin_reader() -> tokio::sync::mpsc::Receiver<Option<Vec<u8>>> {
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.blocking_send(None);
+                    // Unsent only when the session is over already.
+                    tx.blocking_send(None).ok();
                     return;
                 }
                 Ok(n) => {
@@ -159,7 +117,9 @@ async fn wait_while_booting(client: &Client, instance: &str, secs: u32) -> Resul
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
     let path = format!("/instances/{}", encode(instance));
     while std::time::Instant::now() < deadline {
-        let inst: Value = client.call(reqwest::Method::GET, &path, None).await?;
+        // The instance's shape is `crate::instances::Instance`, which has
+        // no client-side reading yet: only its state is looked at.
+        let inst: serde_json::Value = client.call(reqwest::Method::GET, &path).await?;
         if inst["state"] != "Initializing" {
             break;
         }
@@ -168,32 +128,32 @@ async fn wait_while_booting(client: &Client, instance: &str, secs: u32) -> Resul
     Ok(())
 }
 
-async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<u8> {
+async fn session(args: ExecArgs, env: BTreeMap<String, String>) -> Result<u8> {
     let client = Client::from_env()?;
     if args.wait_for_agent > 0 {
         wait_while_booting(&client, &args.instance, args.wait_for_agent).await?;
     }
-    let ws = open_ws(
+    let socket = ws::open(
         &client,
         &format!("/instances/{}/exec", encode(&args.instance)),
     )
     .await?;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, mut stream) = socket.split();
     let size = if args.tty { window_size() } else { None };
     let (rows, cols) = size.unwrap_or((0, 0));
-    let request = json!({
-        "command": args.command,
-        "tty": args.tty,
-        "env": env,
-        "cwd": args.cwd,
-        "timeout": args.timeout.unwrap_or(0),
-        "wait_for_agent": args.wait_for_agent,
-        "rows": rows,
-        "cols": cols,
-        "split_stderr": true,
-    });
-    let close_stdin = Message::Text(json!({ "close_stdin": true }).to_string().into());
-    sink.send(Message::Text(request.to_string().into())).await?;
+    let request = ExecRequest {
+        command: args.command.clone(),
+        tty: args.tty,
+        env,
+        cwd: args.cwd.clone(),
+        timeout: args.timeout.unwrap_or(0),
+        wait_for_agent: args.wait_for_agent,
+        rows,
+        cols,
+        split_stderr: true,
+    };
+    let close_stdin = ws::text(&CloseStdin { close_stdin: true })?;
+    ws::send_json(&mut sink, &request).await?;
     let mut stdin = if args.interactive {
         Some(stdin_reader())
     } else {
@@ -213,7 +173,7 @@ async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<
 
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    let last: Value = loop {
+    let last = loop {
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
@@ -225,16 +185,15 @@ async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<
                     out.flush()?;
                 }
                 Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                    if v.get("exitCode").is_some() || v.get("error").is_some() {
-                        break v;
+                    if let Some(last) = ws::parse::<ExecExit>(&t).filter(ExecExit::is_final) {
+                        break last;
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => {
-                    break json!({ "error": "the connection closed before the command finished" })
+                    break ExecExit::refused("the connection closed before the command finished")
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break json!({ "error": format!("connection to the daemon: {e}") }),
+                Some(Err(e)) => break ExecExit::refused(format!("connection to the daemon: {e}")),
             },
             chunk = async { stdin.as_mut()?.recv().await }, if stdin.is_some() => match chunk {
                 Some(Some(data)) => sink.send(Message::Binary(data.into())).await?,
@@ -245,25 +204,25 @@ async fn session(args: ExecArgs, env: serde_json::Map<String, Value>) -> Result<
             },
             _ = async { winch.as_mut()?.recv().await }, if winch.is_some() => {
                 if let Some((rows, cols)) = window_size() {
-                    let resize = json!({ "resize": { "rows": rows, "cols": cols } });
-                    sink.send(Message::Text(resize.to_string().into())).await?;
+                    let resize = ResizeMessage { resize: TermSize { rows, cols } };
+                    ws::send_json(&mut sink, &resize).await?;
                 }
             }
         }
     };
     drop(raw);
-    let _ = sink.send(Message::Close(None)).await;
+    ws::close(&mut sink).await;
 
-    if let Some(error) = last["error"].as_str() {
+    if let Some(error) = &last.error {
         eprintln!("lodge: {error}");
     }
-    if last["timed_out"] == json!(true) {
+    if last.timed_out {
         eprintln!(
             "lodge: the command timed out after {} s and was killed",
             args.timeout.unwrap_or(0)
         );
     }
-    let code = match last["exitCode"].as_i64() {
+    let code = match last.exit_code {
         Some(c) => u8::try_from(c.clamp(0, 255)).unwrap_or(255),
         // No exit status at all: lodge itself failed.
         None => 255,
@@ -286,10 +245,14 @@ mod tests {
             "LODGE_EXEC_TEST_UNSET_VAR".into(),
         ])
         .expect("env");
-        assert_eq!(
-            Value::Object(env),
-            json!({"A": "1", "B": "x=y", "C": "", "LODGE_EXEC_TEST_VAR": "from-here"})
-        );
+        let want = [
+            ("A", "1"),
+            ("B", "x=y"),
+            ("C", ""),
+            ("LODGE_EXEC_TEST_VAR", "from-here"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(env, BTreeMap::from(want));
         assert!(parse_env(&["=1".into()]).is_err());
     }
 }

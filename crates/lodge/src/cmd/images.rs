@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
-use serde_json::{json, Value};
 
+use crate::api::types::{CreateImage, Image};
 use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs};
 use crate::client::{encode, Client};
 
@@ -54,18 +54,16 @@ fn human(bytes: u64) -> String {
 
 pub fn pull(args: PullArgs) -> Result<u8> {
     let name = absolutize_source(&args.image)?;
-    let mut body = json!({ "name": name });
-    if let Some(p) = &args.platform {
-        body["platform"] = json!(p);
-    }
+    let body = CreateImage {
+        name,
+        platform: args.platform.clone(),
+        ..CreateImage::default()
+    };
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let started = Instant::now();
-        let mut img: Value = client.call(Method::POST, "/images", Some(&body)).await?;
-        let name = img["name"]
-            .as_str()
-            .context("daemon returned no image name")?
-            .to_string();
+        let mut img: Image = client.call_with(Method::POST, "/images", &body).await?;
+        let name = img.name.clone();
         let path = format!("/images/{}", encode(&name));
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -80,16 +78,13 @@ pub fn pull(args: PullArgs) -> Result<u8> {
         }
         let mut delay = Duration::from_millis(10);
         loop {
-            let status = img["status"].as_str().unwrap_or("");
-            if let Some(p) = img.get("progress").filter(|p| p.is_object()) {
-                let n = |k: &str| p[k].as_u64().unwrap_or(0);
-                bar.set_length(n("bytes_total"));
-                bar.set_position(n("bytes_done"));
+            let status = img.status.as_str();
+            if let Some(p) = &img.progress {
+                bar.set_length(p.bytes_total);
+                bar.set_position(p.bytes_done);
                 bar.set_message(format!(
                     "{status} {name}: layers {}/{} ({} cached)",
-                    n("layers_done"),
-                    n("layers_total"),
-                    n("layers_cached")
+                    p.layers_done, p.layers_total, p.layers_cached
                 ));
             } else {
                 bar.set_message(format!("{status} {name}"));
@@ -100,21 +95,21 @@ pub fn pull(args: PullArgs) -> Result<u8> {
                     bar.finish_and_clear();
                     bail!(
                         "pull of {name} failed: {}",
-                        img["error"].as_str().unwrap_or("unknown error")
+                        img.error.as_deref().unwrap_or("unknown error")
                     );
                 }
                 _ => {}
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(200));
-            img = client.call(Method::GET, &path, None).await?;
+            img = client.call(Method::GET, &path).await?;
         }
         bar.finish_and_clear();
         if !args.quiet {
             eprintln!(
                 "pulled {name} {} ({}) in {:.2}s",
-                img["digest"].as_str().unwrap_or(""),
-                human(img["size_bytes"].as_u64().unwrap_or(0)),
+                img.digest,
+                human(img.size_bytes.unwrap_or(0)),
                 started.elapsed().as_secs_f64()
             );
         }
@@ -126,24 +121,23 @@ pub fn pull(args: PullArgs) -> Result<u8> {
 pub fn images(args: ImagesArgs) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let list: Vec<Value> = client.call(Method::GET, "/images", None).await?;
+        let list: Vec<Image> = client.call(Method::GET, "/images").await?;
         if args.quiet {
             for i in &list {
-                println!("{}", i["name"].as_str().unwrap_or(""));
+                println!("{}", i.name);
             }
             return Ok(0);
         }
         let rows: Vec<[String; 5]> = list
             .iter()
             .map(|i| {
-                let digest = i["digest"].as_str().unwrap_or("");
-                let short = digest.strip_prefix("sha256:").unwrap_or(digest);
+                let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
                 [
-                    i["name"].as_str().unwrap_or("").to_string(),
+                    i.name.clone(),
                     short.chars().take(12).collect(),
-                    i["status"].as_str().unwrap_or("").to_string(),
-                    i["size_bytes"].as_u64().map(human).unwrap_or_default(),
-                    i["created_at"].as_str().unwrap_or("").to_string(),
+                    i.status.clone(),
+                    i.size_bytes.map(human).unwrap_or_default(),
+                    i.created_at.clone(),
                 ]
             })
             .collect();

@@ -1,4 +1,8 @@
 //! The small instance verbs over the API: ps, stop, start, rm, inspect, logs.
+//!
+//! The instance comes back as `crate::instances::Instance`, which is only
+//! serialisable today; these verbs read the few fields they show from the
+//! JSON (`inspect` prints it whole, as the daemon sent it).
 
 use std::io::Write;
 
@@ -6,6 +10,7 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::api::types::LogsQuery;
 use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
 use crate::client::{encode, ApiFailure, Client};
 
@@ -16,7 +21,7 @@ fn path(instance: &str) -> String {
 pub fn ps(args: PsArgs) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let list: Vec<Value> = client.call(Method::GET, "/instances", None).await?;
+        let list: Vec<Value> = client.call(Method::GET, "/instances").await?;
         let shown = list.iter().filter(|i| {
             args.all || !matches!(i["state"].as_str(), Some("Stopped") | Some("Created"))
         });
@@ -51,9 +56,7 @@ pub fn ps(args: PsArgs) -> Result<u8> {
 pub fn inspect(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client
-            .call(Method::GET, &path(&args.instance), None)
-            .await?;
+        let inst: Value = client.call(Method::GET, &path(&args.instance)).await?;
         println!("{}", serde_json::to_string_pretty(&inst)?);
         Ok(0)
     })
@@ -63,11 +66,7 @@ pub fn stop(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client
-            .call(
-                Method::POST,
-                &format!("{}/stop", path(&args.instance)),
-                None,
-            )
+            .call(Method::POST, &format!("{}/stop", path(&args.instance)))
             .await?;
         println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
         Ok(0)
@@ -78,10 +77,11 @@ pub fn start(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client
-            .call(
+            .call_with(
                 Method::POST,
                 &format!("{}/start", path(&args.instance)),
-                Some(&serde_json::json!({})),
+                // hypeman's StartInstance with nothing overridden.
+                &serde_json::Map::new(),
             )
             .await?;
         println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
@@ -96,7 +96,7 @@ pub fn rm(args: RmArgs) -> Result<u8> {
         for name in &args.instances {
             let result: Result<()> = async {
                 if !args.force {
-                    let inst: Value = client.call(Method::GET, &path(name), None).await?;
+                    let inst: Value = client.call(Method::GET, &path(name)).await?;
                     let state = inst["state"].as_str().unwrap_or("");
                     if !matches!(state, "Stopped" | "Created" | "Standby") {
                         anyhow::bail!("instance {name} is {state}: stop it first or use rm -f");
@@ -125,15 +125,19 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
             .parse()
             .with_context(|| format!("--tail {:?}: expected a number or `all`", args.tail))?
     };
-    let source = match args.source.as_str() {
-        "hypeman" => "lodge",
-        s => s,
+    let query = LogsQuery {
+        tail: Some(tail),
+        follow: Some(args.follow),
+        source: Some(match args.source.as_str() {
+            "hypeman" => "lodge".to_string(),
+            s => s.to_string(),
+        }),
     };
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let stdout = std::io::stdout();
         let result = client
-            .logs(instance, tail, args.follow, source, |line| {
+            .logs(instance, &query, |line| {
                 let mut out = stdout.lock();
                 out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")?;

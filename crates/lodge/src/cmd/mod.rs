@@ -9,6 +9,7 @@ mod logs_dir;
 mod run;
 mod serve;
 mod supervise;
+mod ws;
 
 use anyhow::Result;
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::api::types::LogsQuery;
 use crate::cli::RunArgs;
 use crate::client::{encode, Client};
 use crate::instances::naming::new_id;
@@ -16,7 +17,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let body = request_body(&args)?;
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client.call(Method::POST, "/instances", Some(&body)).await?;
+        let inst: Value = client.call_with(Method::POST, "/instances", &body).await?;
         let id = inst["id"]
             .as_str()
             .context("daemon returned no id")?
@@ -27,8 +28,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
         eprintln!("{id}");
         let stdout = std::io::stdout();
+        let query = LogsQuery {
+            tail: Some(u64::from(u32::MAX)),
+            follow: Some(true),
+            source: Some("app".to_string()),
+        };
         client
-            .logs(&id, u64::from(u32::MAX), true, "app", |line| {
+            .logs(&id, &query, |line| {
                 let mut out = stdout.lock();
                 out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")?;
@@ -37,7 +43,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             })
             .await?;
         let inst: Value = client
-            .call(Method::GET, &format!("/instances/{}", encode(&id)), None)
+            .call(Method::GET, &format!("/instances/{}", encode(&id)))
             .await?;
         let code = match inst["exit_code"].as_i64() {
             Some(code) => u8::try_from(code).unwrap_or(1),
