@@ -286,7 +286,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(req.memory_bytes, Some(512 << 20));
+        assert_eq!(req.memory_bytes, parse_size("512MB").ok());
         assert_eq!(req.overlay_bytes, None);
         assert_eq!(req.run.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(req.run.env.get("A").map(String::as_str), Some("1"));
