@@ -88,7 +88,7 @@ impl Launcher {
                 DiskConfig::raw(paths.overlay(), false).with_serial(lodge_guest::SERIAL_OVERLAY),
                 DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
             ],
-            control_socket: paths.qmp_socket(),
+            control_socket: paths.control_socket(),
             status_file: paths.status_file(),
             // The guest agent's transport; without it the VM still runs,
             // and exec/cp are refused (see `Manager::agent_endpoint`).

@@ -78,7 +78,9 @@ impl Paths {
     pub fn config_disk(&self) -> PathBuf {
         self.dir.join("config.img")
     }
-    pub fn qmp_socket(&self) -> PathBuf {
+    /// The VMM's control socket. Named `qmp.sock` since lodge's first
+    /// (QEMU) VMs; the name stays so running VMs are still found.
+    pub fn control_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
     /// Host end of the guest agent's virtio-serial port. A Unix socket path
