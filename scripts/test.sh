@@ -20,6 +20,10 @@ export LODGE_COMPAT_PYTHON="$venv/bin/python"
 # (the accel probe itself is covered by its own test).
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 
+# Here every VM test must run: a missing guest or client is a failure, not
+# the skip a plain `cargo test` on a machine without a guest gets.
+export LODGE_REQUIRE_GUEST=1
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads="${LODGE_TEST_THREADS:-2}"

@@ -27,8 +27,9 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::config::{Accel, ConfigError, VmConfig, MIB};
+use crate::config::{ConfigError, VmConfig, MIB};
 use crate::qemu::args::{build_argv, DEFAULT_QEMU_BINARY};
+use crate::qemu::{Accel, QemuOptions};
 
 /// Environment variable that forces the accelerator.
 pub const ACCEL_ENV: &str = "LODGE_ACCEL";
@@ -338,7 +339,6 @@ pub async fn self_test(accel: Accel, opts: &ProbeOptions) -> Result<Duration, Se
     let mut cfg = VmConfig::new(
         "selftest",
         "lodge-selftest",
-        accel,
         abs(&opts.kernel),
         abs(&opts.initrd),
         scratch.path().join("qmp.sock"),
@@ -346,7 +346,7 @@ pub async fn self_test(accel: Accel, opts: &ProbeOptions) -> Result<Duration, Se
     );
     cfg.memory_bytes = 256 * MIB;
     cfg.cmdline = SELFTEST_CMDLINE.to_owned();
-    let argv = build_argv(&opts.qemu_binary, &cfg)?;
+    let argv = build_argv(&opts.qemu_binary, &QemuOptions::new(accel), &cfg)?;
 
     let started = Instant::now();
     let mut child = Command::new(&argv[0])

@@ -6,10 +6,11 @@
 //! line, so an argument builder never has to re-check a value. The rules here
 //! are the ones every backend shares (sizes, absolute paths, Unix socket path
 //! length, printable strings); what only one backend cannot do is reported by
-//! that backend as `Unsupported`.
+//! that backend as `Unsupported`. Options only one VMM has (QEMU's machine
+//! type and TCG, the chardev syntax of the status file) live with that
+//! backend, e.g. `qemu::QemuOptions`, never here.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,12 +42,6 @@ pub const MAX_UNIX_SOCKET_PATH_LEN: usize = 107;
 /// Longest VM name or virtio-serial port name.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// The guest serial port that carries the console (the monitor's pipe).
-pub const CONSOLE_TTY: &str = "ttyS0";
-
-/// The guest serial port that carries the guest init's status lines.
-pub const STATUS_TTY: &str = "ttyS1";
-
 /// Everything a backend needs to start and control one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -62,18 +57,15 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initial ramdisk, absolute path.
     pub initrd: PathBuf,
-    /// Kernel command line, passed verbatim. The console is on
-    /// [`CONSOLE_TTY`], the status channel on [`STATUS_TTY`].
+    /// Kernel command line, passed verbatim.
     pub cmdline: String,
     /// Block devices, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
-    /// Chipset model.
-    pub machine: MachineType,
-    /// CPU virtualisation method.
-    pub accel: Accel,
     /// The VMM's control socket (QMP for QEMU), absolute path.
     pub control_socket: PathBuf,
-    /// File the VMM appends the guest's status serial port to, absolute path.
+    /// File the VMM appends the guest init's status channel to (never
+    /// truncates), absolute path. How the guest's bytes get there is the
+    /// backend's business (a second serial port for QEMU).
     pub status_file: PathBuf,
     /// Optional host<->guest byte channel for the guest agent.
     pub agent_channel: Option<VirtioSerialChannel>,
@@ -100,27 +92,6 @@ pub enum DiskFormat {
     /// A plain image, byte for byte.
     #[default]
     Raw,
-}
-
-/// Chipset model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineType {
-    /// Q35 + ICH9, PCIe (the default).
-    #[default]
-    Q35,
-    /// i440FX + PIIX, legacy PCI.
-    Pc,
-}
-
-/// How guest CPUs are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// Hardware virtualisation through `/dev/kvm`.
-    Kvm,
-    /// QEMU's software emulation (Tiny Code Generator).
-    Tcg,
 }
 
 /// A virtio-serial port wired to a Unix socket on the host, for the guest
@@ -215,12 +186,11 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
-    /// A config with lodge's defaults (1 vCPU, 512 MiB, q35, an empty command
-    /// line, no disks, no agent channel) for the given accelerator and paths.
+    /// A config with lodge's defaults (1 vCPU, 512 MiB, an empty command
+    /// line, no disks, no agent channel) for the given paths.
     pub fn new(
         id: impl Into<String>,
         name: impl Into<String>,
-        accel: Accel,
         kernel: impl Into<PathBuf>,
         initrd: impl Into<PathBuf>,
         control_socket: impl Into<PathBuf>,
@@ -235,8 +205,6 @@ impl VmConfig {
             initrd: initrd.into(),
             cmdline: String::new(),
             disks: Vec::new(),
-            machine: MachineType::default(),
-            accel,
             control_socket: control_socket.into(),
             status_file: status_file.into(),
             agent_channel: None,
@@ -339,73 +307,6 @@ impl DiskConfig {
     }
 }
 
-impl MachineType {
-    /// The name QEMU and lodge's API use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MachineType::Q35 => "q35",
-            MachineType::Pc => "pc",
-        }
-    }
-}
-
-impl Accel {
-    /// The name QEMU and `LODGE_ACCEL` use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for MachineType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An accelerator name that is neither `kvm` nor `tcg`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown accelerator {0:?}, expected kvm or tcg")]
-pub struct ParseAccelError(pub String);
-
-impl FromStr for Accel {
-    type Err = ParseAccelError;
-
-    /// Accepts `kvm` or `tcg`, ignoring ASCII case and surrounding blanks.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(ParseAccelError(s.to_owned())),
-        }
-    }
-}
-
-/// A machine type name that is neither `q35` nor `pc`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown machine type {0:?}, expected q35 or pc")]
-pub struct ParseMachineTypeError(pub String);
-
-impl FromStr for MachineType {
-    type Err = ParseMachineTypeError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "q35" => Ok(MachineType::Q35),
-            "pc" => Ok(MachineType::Pc),
-            _ => Err(ParseMachineTypeError(s.to_owned())),
-        }
-    }
-}
-
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
@@ -463,7 +364,6 @@ mod tests {
         VmConfig::new(
             "abc123",
             "web-1",
-            Accel::Tcg,
             "/sys/vmlinuz",
             "/sys/initrd.img",
             "/run/vm/qmp.sock",
@@ -477,7 +377,6 @@ mod tests {
         assert_eq!(cfg.validate(), Ok(()));
         assert_eq!(cfg.vcpus, 1);
         assert_eq!(cfg.memory_mib(), 512);
-        assert_eq!(cfg.machine, MachineType::Q35);
     }
 
     #[test]
@@ -626,22 +525,12 @@ mod tests {
     }
 
     #[test]
-    fn parse_accel_and_machine() {
-        assert_eq!("kvm".parse::<Accel>(), Ok(Accel::Kvm));
-        assert_eq!(" TCG ".parse::<Accel>(), Ok(Accel::Tcg));
-        assert_eq!("hvf".parse::<Accel>(), Err(ParseAccelError("hvf".into())));
-        assert_eq!("pc".parse::<MachineType>(), Ok(MachineType::Pc));
-        assert!("microvm".parse::<MachineType>().is_err());
-    }
-
-    #[test]
     fn serde_round_trip() {
         let mut cfg = base();
         cfg.disks
             .push(DiskConfig::raw("/d/a.raw", true).with_serial("root"));
         let json = serde_json::to_string(&cfg).expect("serialize");
-        assert!(json.contains(r#""accel":"tcg""#), "{json}");
-        assert!(json.contains(r#""machine":"q35""#), "{json}");
+        assert!(json.contains(r#""memory_bytes":536870912"#), "{json}");
         let back: VmConfig = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, cfg);
     }

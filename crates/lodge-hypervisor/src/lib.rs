@@ -1,25 +1,35 @@
 //! lodge's hypervisor backends behind one narrow interface.
 //!
+//! The dependency arrows point one way: [`hypervisor`] (the trait and its
+//! neutral types) and [`config`] (the generic VM description) know no
+//! backend; each backend module ([`qemu`]) implements them; [`dispatch`] is
+//! the only module that names every backend and picks one by
+//! [`HypervisorKind`].
+//!
 //! - [`config`]: the typed, validated description of one VM ([`VmConfig`]).
-//! - [`backend`]: the [`Hypervisor`] trait (command line + lifecycle verbs +
-//!   [`Capabilities`]) and the [`Backend`] enum callers hold.
-//! - [`qemu`]: the QEMU backend: a pure argument builder and a QMP client.
-//! - [`accel`]: choosing KVM or TCG, with a bounded boot self-test.
+//! - [`hypervisor`]: the [`Hypervisor`] trait (command line + lifecycle verbs
+//!   + [`Capabilities`]) and [`BackendError`].
+//! - [`dispatch`]: the [`Backend`] enum callers hold and [`Backends`], the
+//!   configured backends of one daemon.
+//! - [`qemu`]: the QEMU backend: a pure argument builder, a QMP client and
+//!   the QEMU-only [`QemuOptions`] (machine type, accelerator).
+//! - [`accel`]: choosing KVM or TCG for QEMU, with a bounded boot self-test.
 //!
 //! Starting the VMM is not done here: lodge's monitor (`lodge supervise`)
 //! runs the argv from [`Hypervisor::vmm_command`] with the console on a pipe
 //! it owns. This crate only builds that argv and talks to the running VMM.
 
 pub mod accel;
-pub mod backend;
 pub mod config;
+pub mod dispatch;
+pub mod hypervisor;
 pub mod qemu;
 
 pub use accel::{AccelError, ProbeOptions, ProbeReason, ProbeResult};
-pub use backend::{
-    Backend, BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, VmState,
+pub use config::{ConfigError, DiskConfig, DiskFormat, VirtioSerialChannel, VmConfig};
+pub use dispatch::{Backend, Backends};
+pub use hypervisor::{
+    BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, ParseHypervisorKindError,
+    VmState,
 };
-pub use config::{
-    Accel, ConfigError, DiskConfig, DiskFormat, MachineType, VirtioSerialChannel, VmConfig,
-};
-pub use qemu::QemuBackend;
+pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions};

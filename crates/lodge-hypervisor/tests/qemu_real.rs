@@ -66,7 +66,6 @@ impl Fixture {
         let mut cfg = VmConfig::new(
             "id,1",
             "web,1",
-            Accel::Tcg,
             self.dir.join("vm,linuz"),
             self.dir.join("init,rd.img"),
             self.dir.join("q,mp.sock"),

@@ -26,7 +26,7 @@
 //! the daemon that started it.
 
 mod pump;
-mod status;
+pub mod status;
 mod validate;
 
 use std::ffi::OsString;
@@ -41,7 +41,9 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-pub use status::{ExitInfo, MonitorInfo, EXIT_JSON, MONITOR_JSON};
+pub use status::{
+    read_exit_info, read_monitor_info, ExitInfo, MonitorInfo, EXIT_JSON, MONITOR_JSON,
+};
 
 /// Pipe capacity asked for each of the child's outputs: a burst of console
 /// output fits without the child blocking while a rotation happens.

@@ -3,7 +3,9 @@
 //! `exit.json` (how the child ended, written after its output was saved).
 //!
 //! Both are written to a temporary name, flushed and renamed, so a reader
-//! sees either no file or a whole one. Times are RFC 3339 in UTC.
+//! sees either no file or a whole one. Times are RFC 3339 in UTC. Readers
+//! (the daemon) use [`read_monitor_info`] and [`read_exit_info`], so the
+//! format has one owner: the writer's own types.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -51,6 +53,32 @@ impl ExitInfo {
             (None, None) => 1,
         }
     }
+}
+
+/// Reads `dir/monitor.json`: `Ok(None)` when there is none (the monitor
+/// has not started its command yet, or never ran).
+pub fn read_monitor_info(dir: &Path) -> io::Result<Option<MonitorInfo>> {
+    read_json(dir, MONITOR_JSON)
+}
+
+/// Reads `dir/exit.json`: `Ok(None)` while the command runs or never ran.
+pub fn read_exit_info(dir: &Path) -> io::Result<Option<ExitInfo>> {
+    read_json(dir, EXIT_JSON)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+    let path = dir.join(name);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|err| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {err}", path.display()),
+        )
+    })
 }
 
 pub(crate) fn rfc3339(time: SystemTime) -> String {
@@ -110,6 +138,25 @@ mod tests {
             "{\"pid\":1,\"child_pid\":2,\"started_at\":\"1970-01-01T00:00:00.000Z\"}\n"
         );
         assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no temporary left");
+        Ok(())
+    }
+
+    #[test]
+    fn readers_see_none_a_record_or_invalid_data() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert_eq!(read_monitor_info(dir.path())?, None);
+        assert_eq!(read_exit_info(dir.path())?, None);
+        let exit = ExitInfo {
+            code: Some(3),
+            signal: None,
+            started_at: rfc3339(SystemTime::UNIX_EPOCH),
+            finished_at: rfc3339(SystemTime::UNIX_EPOCH),
+        };
+        write_atomic(dir.path(), EXIT_JSON, &exit)?;
+        assert_eq!(read_exit_info(dir.path())?, Some(exit));
+        fs::write(dir.path().join(MONITOR_JSON), b"{not json")?;
+        let err = read_monitor_info(dir.path()).expect_err("garbage");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         Ok(())
     }
 }

@@ -58,7 +58,13 @@ pub async fn decide(cfg: &Config) -> Result<Accel> {
             message: probe.to_string(),
         };
         if let Ok(json) = serde_json::to_vec(&record) {
-            let _ = crate::instances::store::write_atomic(&cache, &json);
+            // Only a cache: without it the next start probes again.
+            if let Err(e) = crate::instances::store::write_atomic(&cache, &json) {
+                tracing::warn!(
+                    "caching the accelerator verdict in {}: {e}",
+                    cache.display()
+                );
+            }
         }
     }
     Ok(probe.accel)

@@ -171,6 +171,7 @@ fn shell_quote(s: &str) -> String {
 
 #[test]
 fn exec_cp_and_stat_in_a_running_vm() {
+    require_guest!();
     let all = Instant::now();
     let d = Daemon::start();
     let t0 = Instant::now();

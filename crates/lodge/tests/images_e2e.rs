@@ -191,6 +191,7 @@ fn image_debris(d: &Daemon) -> Vec<String> {
 
 #[test]
 fn one_layer_busybox_is_pulled_once_and_boots() {
+    require_guest!();
     let reg = Registry::start();
     let image = Image::new(
         ContainerConfig {
@@ -320,6 +321,7 @@ fn layered_image() -> Image {
 
 #[test]
 fn layered_image_gives_dockers_view_and_config_defaults_and_overrides() {
+    require_guest!();
     let reg = Registry::start();
     reg.push(
         &Layout::single(&layered_image(), None).expect("layout"),
@@ -445,6 +447,7 @@ fn layered_image_gives_dockers_view_and_config_defaults_and_overrides() {
 
 #[test]
 fn multi_platform_index_boots_the_amd64_image() {
+    require_guest!();
     let reg = Registry::start();
     let tagged = |arch: &str| {
         layer(|b| {
@@ -508,6 +511,7 @@ fn multi_platform_index_boots_the_amd64_image() {
 
 #[test]
 fn bad_input_fails_clearly_and_leaves_nothing() {
+    require_guest!();
     let reg = Registry::start();
     let small = |marker: &str| {
         Image::new(
@@ -677,6 +681,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
 
 #[test]
 fn archives_import_offline_through_the_cli() {
+    require_guest!();
     let d = Daemon::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let oci = tmp.path().join("demo.tar");

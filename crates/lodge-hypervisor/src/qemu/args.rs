@@ -1,13 +1,15 @@
-//! The QEMU command line as pure data: a validated [`VmConfig`] in, the whole
-//! argv (binary included) out, so tests can compare it element by element.
+//! The QEMU command line as pure data: a validated [`VmConfig`] and the
+//! backend's [`QemuOptions`] in, the whole argv (binary included) out, so
+//! tests can compare it element by element.
 //!
 //! Two rules shape every line here:
 //!
 //! - The console is QEMU's stdio (`-chardev stdio`), because lodge's monitor
 //!   starts QEMU with stdout on a pipe it owns and is the only writer of the
 //!   console log. QEMU never opens that log itself, so nothing is truncated
-//!   when a VM starts again. The status port is a file QEMU opens with
-//!   `append=on` (`O_APPEND`), for the same reason.
+//!   when a VM starts again. The guest's status channel is its second
+//!   serial port ([`STATUS_TTY`]), a file QEMU opens with `append=on`
+//!   (`O_APPEND`), for the same reason.
 //! - QEMU option values (`-chardev`, `-drive`, `-device`, `-name`, …) are
 //!   comma-separated `key=value` lists in which a literal comma is written
 //!   twice. Every value that can hold user text goes through [`escape`].
@@ -18,10 +20,17 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
+use super::options::QemuOptions;
 use crate::config::{ConfigError, DiskFormat, VmConfig};
 
 /// The default QEMU binary, looked up on `PATH`.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// The guest serial port that carries the console (the monitor's pipe).
+pub const CONSOLE_TTY: &str = "ttyS0";
+
+/// The guest serial port that carries the guest init's status lines.
+pub const STATUS_TTY: &str = "ttyS1";
 
 /// Chardev id of the console (guest `ttyS0`).
 pub const CONSOLE_CHARDEV: &str = "console";
@@ -81,8 +90,13 @@ fn listening_socket(id: &str, path: &Path) -> OsString {
         .done()
 }
 
-/// The full QEMU argv for `cfg`, starting with `binary`. Validates `cfg` first.
-pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, ConfigError> {
+/// The full QEMU argv for `cfg` under `opts`, starting with `binary`.
+/// Validates `cfg` first.
+pub fn build_argv(
+    binary: &OsStr,
+    opts: &QemuOptions,
+    cfg: &VmConfig,
+) -> Result<Vec<OsString>, ConfigError> {
     cfg.validate()?;
     let mut argv: Vec<OsString> = Vec::with_capacity(48);
     let mut push = |items: &[&dyn AsRef<OsStr>]| {
@@ -98,8 +112,8 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
         &"none",
         &"-no-reboot",
     ]);
-    push(&[&"-machine", &cfg.machine.as_str()]);
-    push(&[&"-accel", &cfg.accel.as_str()]);
+    push(&[&"-machine", &opts.machine.as_str()]);
+    push(&[&"-accel", &opts.accel.as_str()]);
     push(&[&"-smp", &cfg.vcpus.to_string()]);
     push(&[&"-m", &cfg.memory_mib().to_string()]);
 
@@ -174,7 +188,12 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Accel, DiskConfig, MachineType, VirtioSerialChannel, MIB};
+    use crate::config::{DiskConfig, VirtioSerialChannel, MIB};
+    use crate::qemu::options::{Accel, MachineType};
+
+    fn tcg() -> QemuOptions {
+        QemuOptions::new(Accel::Tcg)
+    }
 
     fn argv_strings(argv: &[OsString]) -> Vec<&str> {
         argv.iter()
@@ -202,13 +221,12 @@ mod tests {
         let cfg = VmConfig::new(
             "id1",
             "vm1",
-            Accel::Tcg,
             "/sys/vmlinuz",
             "/sys/initrd.img",
             "/data/guests/id1/qmp.sock",
             "/data/guests/id1/status.log",
         );
-        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg).expect("valid");
         assert_eq!(
             argv_strings(&argv),
             [
@@ -258,7 +276,6 @@ mod tests {
         let mut cfg = VmConfig::new(
             "x,y",
             "web,1",
-            Accel::Kvm,
             "/tmp/my vms,2/system/vmlinuz",
             "/tmp/my vms,2/system/initrd.img",
             format!("{dir}/qmp.sock"),
@@ -266,7 +283,6 @@ mod tests {
         );
         cfg.vcpus = 2;
         cfg.memory_bytes = 1024 * MIB;
-        cfg.machine = MachineType::Pc;
         cfg.cmdline = "console=ttyS0 quiet lodge.x=a,b".into();
         cfg.disks = vec![
             DiskConfig::raw("/tmp/my vms,2/images/rootfs.ext4", true).with_serial("root,fs"),
@@ -277,7 +293,15 @@ mod tests {
             socket: format!("{dir}/agent.sock").into(),
             port_name: "org.lodge,agent".into(),
         });
-        let argv = build_argv(OsStr::new("/opt/qemu/bin/qemu-system-x86_64"), &cfg).expect("valid");
+        let argv = build_argv(
+            OsStr::new("/opt/qemu/bin/qemu-system-x86_64"),
+            &QemuOptions {
+                machine: MachineType::Pc,
+                accel: Accel::Kvm,
+            },
+            &cfg,
+        )
+        .expect("valid");
         assert_eq!(
             argv_strings(&argv),
             [
@@ -341,9 +365,14 @@ mod tests {
     /// every start), and `-cpu host` must never appear (it fails here).
     #[test]
     fn console_is_stdio_and_no_forbidden_options() {
-        let mut cfg = VmConfig::new("i", "n", Accel::Kvm, "/k", "/i", "/q.sock", "/s.log");
+        let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
         cfg.disks.push(DiskConfig::raw("/d.raw", false));
-        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        let argv = build_argv(
+            OsStr::new(DEFAULT_QEMU_BINARY),
+            &QemuOptions::new(Accel::Kvm),
+            &cfg,
+        )
+        .expect("valid");
         let all = argv_strings(&argv);
         assert!(!all.iter().any(|a| a.starts_with("file:")));
         assert!(!all.contains(&"-cpu"));
@@ -360,16 +389,8 @@ mod tests {
     fn non_utf8_path_is_passed_through_escaped() {
         let kernel = OsStr::from_bytes(b"/k\xff,1").to_owned();
         let status = OsStr::from_bytes(b"/s\xfe,2.log").to_owned();
-        let cfg = VmConfig::new(
-            "i",
-            "n",
-            Accel::Tcg,
-            kernel.clone(),
-            "/i",
-            "/q.sock",
-            status,
-        );
-        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg).expect("valid");
+        let cfg = VmConfig::new("i", "n", kernel.clone(), "/i", "/q.sock", status);
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg).expect("valid");
         assert!(argv.contains(&kernel), "kernel path verbatim");
         let want = OsStr::from_bytes(b"file,id=status,path=/s\xfe,,2.log,append=on");
         assert!(argv.iter().any(|a| a == want), "status path escaped");
@@ -377,10 +398,10 @@ mod tests {
 
     #[test]
     fn invalid_config_builds_nothing() {
-        let mut cfg = VmConfig::new("i", "n", Accel::Tcg, "/k", "/i", "/q.sock", "/s.log");
+        let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
         cfg.vcpus = 0;
         assert_eq!(
-            build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &cfg),
+            build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg),
             Err(ConfigError::Vcpus(0))
         );
     }

@@ -1,6 +1,8 @@
 //! The QEMU backend: [`args`] builds the command line, [`qmp`] speaks the
-//! control protocol, and [`QemuBackend`] ties them to the [`Hypervisor`]
-//! verbs.
+//! control protocol, [`options`] holds what only QEMU has a choice about,
+//! and [`QemuBackend`] ties them to the [`Hypervisor`] verbs. QMP's errors
+//! never leave this module as such: they become the source of a neutral
+//! [`BackendError::Control`], which says whether the VMM is gone.
 //!
 //! Each control verb opens its own QMP session on the VM's control socket
 //! and closes it when done. QEMU serves one QMP client at a time, so holding
@@ -8,16 +10,18 @@
 //! the cost of a fresh session is a few milliseconds.
 
 pub mod args;
+pub mod options;
 pub mod qmp;
 
 use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
-pub use args::{build_argv, escape, DEFAULT_QEMU_BINARY};
+pub use args::{build_argv, escape, CONSOLE_TTY, DEFAULT_QEMU_BINARY, STATUS_TTY};
+pub use options::{Accel, MachineType, ParseAccelError, ParseMachineTypeError, QemuOptions};
 pub use qmp::{QmpClient, QmpError, QmpEvent, RunState, StatusInfo};
 
-use crate::backend::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
 use crate::config::VmConfig;
+use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
 
 /// Default time to wait for the QMP socket to accept a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,6 +33,7 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     binary: OsString,
+    options: QemuOptions,
     connect_timeout: Duration,
     command_timeout: Duration,
 }
@@ -37,6 +42,7 @@ impl Default for QemuBackend {
     fn default() -> Self {
         Self {
             binary: OsString::from(DEFAULT_QEMU_BINARY),
+            options: QemuOptions::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
@@ -44,7 +50,8 @@ impl Default for QemuBackend {
 }
 
 impl QemuBackend {
-    /// The backend with `qemu-system-x86_64` from `PATH` and default timeouts.
+    /// The backend with `qemu-system-x86_64` from `PATH`, q35 under TCG and
+    /// default timeouts.
     pub fn new() -> Self {
         Self::default()
     }
@@ -53,6 +60,23 @@ impl QemuBackend {
     pub fn with_binary(mut self, binary: impl Into<OsString>) -> Self {
         self.binary = binary.into();
         self
+    }
+
+    /// Uses `options` (machine type, accelerator) for every VM.
+    pub fn with_options(mut self, options: QemuOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs guests under `accel`.
+    pub fn with_accel(mut self, accel: Accel) -> Self {
+        self.options.accel = accel;
+        self
+    }
+
+    /// The QEMU-only options in use.
+    pub fn options(&self) -> &QemuOptions {
+        &self.options
     }
 
     /// Sets how long to wait for the control socket and for each command.
@@ -80,9 +104,25 @@ impl QemuBackend {
 }
 
 fn qmp_err(cfg: &VmConfig, source: QmpError) -> BackendError {
-    BackendError::Qmp {
+    BackendError::Control {
+        backend: HypervisorKind::Qemu,
         vm: cfg.id.clone(),
-        source,
+        gone: vmm_gone(&source),
+        source: Box::new(source),
+    }
+}
+
+/// Whether a QMP failure means no QEMU is there to answer: its socket is
+/// missing, refuses connections (left behind by a QEMU that died) or was
+/// closed under us.
+fn vmm_gone(err: &QmpError) -> bool {
+    match err {
+        QmpError::Connect { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ),
+        QmpError::Closed => true,
+        _ => false,
     }
 }
 
@@ -121,7 +161,7 @@ impl Hypervisor for QemuBackend {
     }
 
     fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
-        Ok(build_argv(&self.binary, cfg)?)
+        Ok(build_argv(&self.binary, &self.options, cfg)?)
     }
 
     async fn state(&self, cfg: &VmConfig) -> Result<VmState, BackendError> {
@@ -154,7 +194,6 @@ impl Hypervisor for QemuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Accel;
 
     #[test]
     fn run_states_map_to_vm_states() {
@@ -170,9 +209,12 @@ mod tests {
     #[test]
     fn vmm_command_uses_the_configured_binary_and_validates() {
         let backend = QemuBackend::new().with_binary("/opt/q/qemu");
-        let mut cfg = VmConfig::new("i", "n", Accel::Tcg, "/k", "/i", "/q.sock", "/s.log");
+        let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
         let argv = backend.vmm_command(&cfg).expect("valid");
         assert_eq!(argv[0], "/opt/q/qemu");
+        let kvm = backend.clone().with_accel(Accel::Kvm);
+        let argv = kvm.vmm_command(&cfg).expect("valid");
+        assert!(argv.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"));
         cfg.memory_bytes = 1;
         assert!(matches!(
             backend.vmm_command(&cfg),
@@ -186,7 +228,6 @@ mod tests {
         let cfg = VmConfig::new(
             "gone",
             "gone",
-            Accel::Tcg,
             "/k",
             "/i",
             dir.path().join("qmp.sock"),
@@ -199,10 +240,21 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(err.vmm_gone(), "{err:?}");
         match err {
-            BackendError::Qmp {
+            BackendError::Control {
+                backend: HypervisorKind::Qemu,
                 vm,
-                source: QmpError::Connect { .. },
-            } => assert_eq!(vm, "gone"),
+                gone: true,
+                source,
+            } => {
+                assert_eq!(vm, "gone");
+                assert!(
+                    matches!(
+                        source.downcast_ref::<QmpError>(),
+                        Some(QmpError::Connect { .. })
+                    ),
+                    "{source:?}"
+                );
+            }
             other => panic!("unexpected error {other:?}"),
         }
     }

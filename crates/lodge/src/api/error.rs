@@ -77,24 +77,106 @@ fn chain(err: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Status and code of a manager error (a failed create whose cleanup
+/// failed too answers as its cause would).
+fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
+    use instances::Error as E;
+    use lodge_hypervisor::BackendError as B;
+    match err {
+        E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous"),
+        E::InvalidName(_) | E::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        // A hypervisor this build lacks, or a feature its backend lacks.
+        E::Backend(B::Unavailable(_) | B::Unsupported { .. }) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        E::NameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
+        E::CreateFailed(failed) => status_of(&failed.run),
+        E::Image(_)
+        | E::Disk(_)
+        | E::Io { .. }
+        | E::Backend(_)
+        | E::Monitor(_)
+        | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
 impl From<instances::Error> for ApiError {
     fn from(err: instances::Error) -> Self {
-        use instances::Error as E;
-        let (status, code) = match &err {
-            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            E::Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous"),
-            E::InvalidName(_) | E::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            E::NameTaken(_) => (StatusCode::CONFLICT, "conflict"),
-            E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
-            E::Disk(_) | E::Io { .. } | E::Vmm(_) => {
-                tracing::error!("{}", chain(&err));
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-            }
+        // Image failures keep the image API's statuses and codes.
+        let err = match err {
+            instances::Error::Image(e) => return ApiError::from(e),
+            other => other,
         };
+        let (status, code) = status_of(&err);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{}", chain(&err));
+        }
         ApiError {
             status,
             code,
             message: chain(&err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instances::error::{CreateFailed, Error, MonitorError};
+    use crate::instances::spec::SpecError;
+    use lodge_hypervisor::{BackendError, HypervisorKind};
+
+    #[test]
+    fn typed_errors_keep_todays_statuses() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::NotFound("x".into()), 404, "not_found"),
+            (Error::Ambiguous("a".into()), 409, "ambiguous"),
+            (Error::NameTaken("web".into()), 409, "conflict"),
+            (SpecError::NothingToRun.into(), 400, "bad_request"),
+            (
+                BackendError::Unavailable(HypervisorKind::CloudHypervisor).into(),
+                400,
+                "bad_request",
+            ),
+            (MonitorError::StartTimeout.into(), 500, "internal_error"),
+            (
+                Error::CreateFailed(Box::new(CreateFailed {
+                    run: SpecError::NothingToRun.into(),
+                    cleanup: vec![MonitorError::VmmDidNotStop.into()],
+                })),
+                400,
+                "bad_request",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let api = ApiError::from(err);
+            assert_eq!(
+                (api.status.as_u16(), api.code),
+                (status, code),
+                "{}",
+                api.message
+            );
+        }
+    }
+
+    #[test]
+    fn unavailable_hypervisor_says_so() {
+        let api = ApiError::from(Error::from(BackendError::Unavailable(
+            HypervisorKind::CloudHypervisor,
+        )));
+        assert_eq!(
+            api.message,
+            "the cloud-hypervisor backend is not available in this build"
+        );
+    }
+
+    #[test]
+    fn image_errors_keep_the_image_codes() {
+        let e = lodge_images::Error::new(lodge_images::ErrorKind::NotFound, "no such image");
+        let api = ApiError::from(Error::Image(e));
+        assert_eq!((api.status.as_u16(), api.code), (404, "not_found"));
+        assert_eq!(api.message, "no such image");
     }
 }

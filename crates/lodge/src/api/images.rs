@@ -150,13 +150,11 @@ pub async fn delete(
 
 /// Opens the image store under `<data dir>/images`; an image's users are
 /// the instances whose records name its digest.
-pub fn open(
-    cfg: &crate::config::Config,
-    manager: std::sync::Arc<crate::instances::Manager>,
-) -> anyhow::Result<std::sync::Arc<lodge_images::Images>> {
+pub fn open(cfg: &crate::config::Config) -> anyhow::Result<std::sync::Arc<lodge_images::Images>> {
     let opts = lodge_images::Options::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guests = cfg.guests_dir();
     let users: lodge_images::UsersFn =
-        std::sync::Arc::new(move |digest: &str| manager.instances_using_image(digest));
+        std::sync::Arc::new(move |digest: &str| crate::instances::image_users(&guests, digest));
     lodge_images::Images::open(&cfg.data_dir.join("images"), opts, users)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }

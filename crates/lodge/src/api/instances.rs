@@ -1,4 +1,8 @@
 //! `/instances` handlers: JSON in, a typed manager call, JSON out.
+//!
+//! A handler only parses: the create body becomes a [`CreateRequest`]
+//! (names, sizes and the hypervisor parsed, nothing looked up); resolving
+//! the image, defaults and limits are the manager's.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,10 +14,12 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
+use lodge_hypervisor::HypervisorKind;
+
 use super::{ApiError, ApiJson, AppState};
 use crate::instances::naming::Name;
 use crate::instances::state::State as InstanceState;
-use crate::instances::{self, CreateSpec, Instance, RootSource};
+use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
 use crate::sizes::parse_size;
 
 /// hypeman's create body, plus lodge's `rootfs` and `workdir`.
@@ -42,6 +48,7 @@ pub struct CreateInstance {
     /// lodge extension: working directory of the program (default `/`).
     #[serde(default)]
     pub workdir: Option<String>,
+    /// hypeman's hypervisor name (`qemu`, `cloud-hypervisor`); default qemu.
     #[serde(default)]
     pub hypervisor: Option<String>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
@@ -69,8 +76,9 @@ const UNSUPPORTED: &[&str] = &[
 ];
 
 impl CreateInstance {
-    /// The checks that need no image: done before pulling one.
-    fn precheck(&self) -> Result<Name, ApiError> {
+    /// The typed create call: every field parsed, nothing resolved (the
+    /// manager resolves the image and applies defaults).
+    fn into_request(self) -> Result<CreateRequest, ApiError> {
         let name = Name::parse(&self.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if let Some(key) = UNSUPPORTED
             .iter()
@@ -80,97 +88,52 @@ impl CreateInstance {
                 "`{key}` is not supported yet"
             )));
         }
-        if let Some(h) = &self.hypervisor {
-            if h != "qemu" {
-                return Err(ApiError::bad_request(format!(
-                    "hypervisor {h:?} is not supported yet; lodge runs \"qemu\""
-                )));
-            }
-        }
-        if self.rootfs.is_none() && self.image().is_none() {
-            return Err(ApiError::bad_request(
-                "one of `image` or `rootfs` is required",
-            ));
-        }
-        Ok(name)
-    }
-
-    /// The image to boot, unless a host directory (`rootfs`) is given.
-    fn image(&self) -> Option<&str> {
-        match (&self.rootfs, self.image.as_deref().map(str::trim)) {
-            (None, Some(i)) if !i.is_empty() => Some(i),
-            _ => None,
-        }
-    }
-
-    /// hypeman's `platform` for the image (os/arch[/variant]).
-    fn platform(&self) -> Option<&str> {
-        self.other.get("platform").and_then(|v| v.as_str())
-    }
-
-    /// The create spec; with an image, its configuration supplies the
-    /// defaults that the request's fields override (docker's rules).
-    fn into_spec(self, image: Option<&lodge_images::ImageLease>) -> Result<CreateSpec, ApiError> {
-        let name = self.precheck()?;
-        let (root, run) = match (self.rootfs, image) {
-            (Some(dir), _) => (
-                RootSource::Dir(PathBuf::from(dir)),
-                lodge_images::runconfig::RunConfig {
-                    entrypoint: self.entrypoint.unwrap_or_default(),
-                    cmd: self.cmd.unwrap_or_default(),
-                    env: self.env.unwrap_or_default(),
-                    workdir: self.workdir.unwrap_or_else(|| "/".to_string()),
-                    user: None,
-                },
-            ),
-            (None, Some(lease)) => {
-                let overrides = lodge_images::runconfig::Overrides {
-                    entrypoint: self.entrypoint,
-                    cmd: self.cmd,
-                    env: self.env.unwrap_or_default(),
-                    workdir: self.workdir,
-                    user: None,
-                };
-                let run = lodge_images::runconfig::resolve(
-                    &lease.record.config,
-                    lease.record.user.as_deref(),
-                    overrides,
-                )
-                .map_err(|e| ApiError::bad_request(format!("image {}: {e}", lease.record.name)))?;
-                let root = RootSource::Image {
-                    name: lease.record.name.clone(),
-                    digest: lease.digest.to_string(),
-                    disk: lease.disk.clone(),
-                };
-                (root, run)
-            }
-            (None, None) => {
+        // Whether the named hypervisor is built in is the manager's answer.
+        let hypervisor = match &self.hypervisor {
+            None => instances::spec::DEFAULT_HYPERVISOR,
+            Some(h) => h
+                .parse::<HypervisorKind>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        };
+        let root = match (self.rootfs, self.image.as_deref().map(str::trim)) {
+            (Some(dir), _) => RootRequest::Dir(PathBuf::from(dir)),
+            (None, Some(image)) if !image.is_empty() => RootRequest::Image {
+                reference: image.to_string(),
+                platform: self
+                    .other
+                    .get("platform")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            },
+            _ => {
                 return Err(ApiError::bad_request(
                     "one of `image` or `rootfs` is required",
                 ))
             }
         };
-        let memory_bytes = match &self.size {
-            Some(s) => parse_size(s).map_err(|e| ApiError::bad_request(format!("size: {e}")))?,
-            None => instances::DEFAULT_MEMORY,
-        };
-        let overlay_bytes = match &self.overlay_size {
-            Some(s) => {
-                parse_size(s).map_err(|e| ApiError::bad_request(format!("overlay_size: {e}")))?
-            }
-            None => instances::DEFAULT_OVERLAY,
-        };
-        Ok(CreateSpec {
+        let memory_bytes = self
+            .size
+            .as_deref()
+            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("size: {e}"))))
+            .transpose()?;
+        let overlay_bytes = self
+            .overlay_size
+            .as_deref()
+            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("overlay_size: {e}"))))
+            .transpose()?;
+        Ok(CreateRequest {
             name,
+            hypervisor,
             root,
-            vcpus: self.vcpus.unwrap_or(instances::DEFAULT_VCPUS),
+            vcpus: self.vcpus,
             memory_bytes,
             overlay_bytes,
-            entrypoint: run.entrypoint,
-            cmd: run.cmd,
-            env: run.env,
-            workdir: run.workdir,
-            user: run.user,
+            run: RunOverrides {
+                entrypoint: self.entrypoint,
+                cmd: self.cmd,
+                env: self.env.unwrap_or_default(),
+                workdir: self.workdir,
+            },
         })
     }
 }
@@ -182,16 +145,7 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> Result<impl IntoResponse, ApiError> {
-    body.precheck()?;
-    // An image that is not local is pulled first; the lease keeps its disk
-    // from being deleted until the instance record names it.
-    let lease = match body.image() {
-        Some(image) => Some(state.images.ensure(image, body.platform()).await?),
-        None => None,
-    };
-    let spec = body.into_spec(lease.as_ref())?;
-    let instance = state.manager.create(spec).await?;
-    drop(lease);
+    let instance = state.manager.create(body.into_request()?).await?;
     Ok((StatusCode::CREATED, Json(instance)))
 }
 
@@ -281,4 +235,68 @@ pub async fn start(
     Ok(Json(
         state.manager.start(&id, req.entrypoint, req.cmd).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> CreateInstance {
+        serde_json::from_value(json).expect("a create body")
+    }
+
+    #[test]
+    fn hypervisor_is_parsed_here_and_checked_by_the_manager() {
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r"}))
+            .into_request()
+            .expect("valid");
+        assert_eq!(req.hypervisor, HypervisorKind::Qemu);
+        let req = body(
+            serde_json::json!({"name": "a", "rootfs": "/r", "hypervisor": "cloud-hypervisor"}),
+        )
+        .into_request()
+        .expect("a known name");
+        assert_eq!(req.hypervisor, HypervisorKind::CloudHypervisor);
+        let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "hypervisor": "xen"}))
+            .into_request()
+            .expect_err("unknown");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(
+            err.message.contains("unknown hypervisor \"xen\""),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn root_sizes_and_overrides_are_translated() {
+        let req = body(serde_json::json!({
+            "name": "a", "image": " busybox ", "platform": "linux/amd64",
+            "size": "512MB", "cmd": ["sh"], "env": {"A": "1"}
+        }))
+        .into_request()
+        .expect("valid");
+        match req.root {
+            RootRequest::Image {
+                reference,
+                platform,
+            } => {
+                assert_eq!(reference, "busybox");
+                assert_eq!(platform.as_deref(), Some("linux/amd64"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(req.memory_bytes, parse_size("512MB").ok());
+        assert_eq!(req.overlay_bytes, None);
+        assert_eq!(req.run.cmd, Some(vec!["sh".to_string()]));
+        assert_eq!(req.run.env.get("A").map(String::as_str), Some("1"));
+        let err = body(serde_json::json!({"name": "a", "image": "  "}))
+            .into_request()
+            .expect_err("no root");
+        assert_eq!(err.message, "one of `image` or `rootfs` is required");
+        let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "volumes": [1]}))
+            .into_request()
+            .expect_err("unsupported");
+        assert_eq!(err.message, "`volumes` is not supported yet");
+    }
 }

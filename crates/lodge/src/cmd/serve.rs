@@ -29,9 +29,9 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let auth = Arc::new(Auth::load(&cfg.data_dir)?);
     let accel = crate::accel::decide(&cfg).await?;
-    let manager = Arc::new(Manager::new(cfg.clone(), accel)?);
+    let images = crate::api::open_images(&cfg)?;
+    let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone())?);
     manager.sweep();
-    let images = crate::api::open_images(&cfg, manager.clone())?;
     let app = api::router(AppState {
         manager,
         auth,

@@ -3,9 +3,12 @@
 //! Names follow hypeman (and DNS labels): lowercase letters, digits and
 //! dashes, not starting or ending with a dash. Ids are random lowercase
 //! alphanumerics starting with a letter, so an id never looks like a number
-//! and any unique prefix of it can address the instance.
+//! and any unique prefix of it can address the instance. [`Claims`] keeps
+//! a name taken while a create prepares its disks, before its record exists.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Mutex;
 
 use rand::Rng;
 
@@ -23,7 +26,7 @@ pub enum NameError {
     #[error("name {0:?} is longer than {MAX_NAME_LEN} characters")]
     TooLong(String),
     #[error("name {0:?} may only contain lowercase letters, digits and dashes, and must not start or end with a dash")]
-    Invalid(String),
+    BadCharacters(String),
 }
 
 impl Name {
@@ -38,7 +41,7 @@ impl Name {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !allowed || s.starts_with('-') || s.ends_with('-') {
-            return Err(NameError::Invalid(s.to_string()));
+            return Err(NameError::BadCharacters(s.to_string()));
         }
         Ok(Name(s.to_string()))
     }
@@ -75,9 +78,76 @@ pub fn is_id_like(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// Names claimed by creates still preparing their disks.
+#[derive(Debug, Default)]
+pub struct Claims {
+    reserved: Mutex<HashSet<String>>,
+}
+
+/// A claimed name; released when dropped (by then the record is on disk,
+/// so the name stays taken, or the create failed and the name is free).
+#[derive(Debug)]
+pub struct Claim<'a> {
+    claims: &'a Claims,
+    name: String,
+}
+
+impl Claims {
+    /// Claims `name` unless another create holds it or `taken` (the names
+    /// of existing records) says it is in use; `None` if it is not free.
+    pub fn claim<E>(
+        &self,
+        name: &str,
+        taken: impl FnOnce(&str) -> Result<bool, E>,
+    ) -> Result<Option<Claim<'_>>, E> {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if reserved.contains(name) || taken(name)? {
+            return Ok(None);
+        }
+        reserved.insert(name.to_string());
+        Ok(Some(Claim {
+            claims: self,
+            name: name.to_string(),
+        }))
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.claims
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_name_is_refused_until_released() {
+        let claims = Claims::default();
+        let free = |_: &str| Ok::<_, ()>(false);
+        let first = claims.claim("web", free).expect("no error");
+        assert!(first.is_some());
+        assert!(claims.claim("web", free).expect("no error").is_none());
+        assert!(claims.claim("db", free).expect("no error").is_some());
+        drop(first);
+        assert!(claims.claim("web", free).expect("no error").is_some());
+    }
+
+    #[test]
+    fn an_existing_record_takes_the_name() {
+        let claims = Claims::default();
+        let taken = |n: &str| Ok::<_, ()>(n == "web");
+        assert!(claims.claim("web", taken).expect("no error").is_none());
+        assert_eq!(
+            claims.claim("x", |_| Err("unreadable")).err(),
+            Some("unreadable")
+        );
+    }
 
     #[test]
     fn names() {

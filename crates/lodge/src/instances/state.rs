@@ -3,8 +3,9 @@
 //! A state kept in memory or in a file goes stale the moment a VMM dies or the
 //! daemon restarts. lodge instead derives the state on every read from facts
 //! that cannot lie: whether the monitor still holds its lock, what the guest
-//! init reported on its status channel, and the monitor's exit record. The
-//! function doing it is pure, so every transition is unit-tested.
+//! init reported on its status channel, and the monitor's exit record (read
+//! in `observe`, typed by lodge-monitor). The function doing it is pure, so
+//! every transition is unit-tested.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +61,7 @@ pub struct Observed {
     pub paused: bool,
     pub guest: GuestProgress,
     /// How the last VMM process ended, once it has.
-    pub vmm_exit: Option<super::vmm::VmmExit>,
+    pub vmm_exit: Option<lodge_monitor::ExitInfo>,
 }
 
 pub fn derive(o: &Observed) -> State {
@@ -155,7 +156,7 @@ mod tests {
         );
         assert_eq!(exit_report(&obs(true, true, false, Started)), (None, None));
         let mut crashed = obs(false, true, false, Started);
-        crashed.vmm_exit = Some(super::super::vmm::VmmExit {
+        crashed.vmm_exit = Some(lodge_monitor::ExitInfo {
             code: Some(1),
             signal: None,
             started_at: String::new(),

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use lodge_hypervisor::HypervisorKind;
 use serde::{Deserialize, Serialize};
 
 /// What lodge remembers about an instance between operations.
@@ -24,7 +25,9 @@ pub struct Metadata {
     pub vcpus: u32,
     pub memory_bytes: u64,
     pub overlay_bytes: u64,
-    pub hypervisor: String,
+    /// The hypervisor the instance was created with and is always driven
+    /// by; stored under hypeman's name (e.g. `qemu`), as records always were.
+    pub hypervisor: HypervisorKind,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -75,7 +78,9 @@ impl Paths {
     pub fn config_disk(&self) -> PathBuf {
         self.dir.join("config.img")
     }
-    pub fn qmp_socket(&self) -> PathBuf {
+    /// The VMM's control socket. Named `qmp.sock` since lodge's first
+    /// (QEMU) VMs; the name stays so running VMs are still found.
+    pub fn control_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
     /// Host end of the guest agent's virtio-serial port. A Unix socket path
@@ -198,7 +203,7 @@ mod tests {
             vcpus: 1,
             memory_bytes: 1 << 30,
             overlay_bytes: 1 << 30,
-            hypervisor: "qemu".into(),
+            hypervisor: HypervisorKind::Qemu,
             entrypoint: vec![],
             cmd: vec!["echo".into(), "hi".into()],
             env: BTreeMap::new(),
@@ -213,11 +218,31 @@ mod tests {
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");
         assert_eq!(back.name, "web");
+        assert_eq!(back.hypervisor, HypervisorKind::Qemu);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(paths.metadata()).expect("read")).expect("json");
+        assert_eq!(json["hypervisor"], HypervisorKind::Qemu.as_str());
         assert!(back.stopped_at.is_some());
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
             list_ids(dir.path()).expect("list"),
             vec!["abc123".to_string()]
         );
+    }
+
+    /// A record written before the hypervisor was typed (a plain string)
+    /// still loads, and is QEMU.
+    #[test]
+    fn old_records_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path(), "old1");
+        std::fs::create_dir_all(&paths.dir).expect("mkdir");
+        // A record as lodge wrote it when `hypervisor` was a plain string.
+        let old = include_str!("../../tests/data/metadata-before-typed-hypervisor.json");
+        std::fs::write(paths.metadata(), old).expect("write");
+        let meta = load(&paths).expect("an old record loads");
+        assert_eq!(meta.hypervisor, HypervisorKind::Qemu);
+        assert!(!meta.paused);
+        assert_eq!(meta.root_disk, None);
     }
 }

@@ -82,7 +82,7 @@ impl Instance {
             env: meta.env.clone(),
             entrypoint: meta.entrypoint.clone(),
             cmd: meta.cmd.clone(),
-            hypervisor: meta.hypervisor.clone(),
+            hypervisor: meta.hypervisor.to_string(),
             has_snapshot: false,
         }
     }

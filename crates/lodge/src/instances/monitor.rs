@@ -1,61 +1,48 @@
-//! The bridge from an instance record to a running VMM: builds the
-//! hypervisor's command line, starts it under a detached monitor, and stops it.
+//! The bridge from an instance record to a running VMM: builds the VM's
+//! generic config, asks the instance's own hypervisor backend for the VMM
+//! command line, starts it under a detached monitor, and stops it.
+//!
+//! The backend is looked up per call from the record's `hypervisor`, so each
+//! instance is driven by the hypervisor it was created with. Optional
+//! backend features are asked of [`Capabilities`] first.
 //!
 //! The monitor (`lodge supervise`) is started in its own session so that it,
 //! the VMM and the console capture survive the daemon being restarted or
 //! killed. Liveness is the monitor's lock on `logs/monitor.lock`, which the
 //! kernel releases however the monitor ends, so no pid can go stale.
+//!
+//! [`Capabilities`]: lodge_hypervisor::Capabilities
 
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lodge_hypervisor::{Accel, Backend, Hypervisor, QemuBackend};
+use lodge_hypervisor::{
+    Backend, BackendError, Backends, DiskConfig, Feature, Hypervisor, HypervisorKind,
+    VirtioSerialChannel, VmConfig,
+};
 
-use super::state::GuestProgress;
+use super::error::{MonitorError, Result};
+use super::observe::monitor_alive;
 use super::store::{Metadata, Paths};
-use super::Error;
 use crate::config::Config;
-
-/// Whether a monitor currently owns the log directory (an unreadable lock
-/// counts as no monitor: nothing can be controlled through it anyway).
-pub fn monitor_alive(log_dir: &Path) -> bool {
-    lodge_logs::monitor_alive(log_dir).unwrap_or(false)
-}
-
-/// The last thing guest init reported on its status channel.
-pub fn read_guest_progress(status_file: &Path) -> GuestProgress {
-    let Ok(text) = std::fs::read(status_file) else {
-        return GuestProgress::NotStarted;
-    };
-    let mut progress = GuestProgress::NotStarted;
-    for line in String::from_utf8_lossy(&text).lines() {
-        let Some(event) = lodge_guest::parse_status_line(line.trim_end_matches('\r')) else {
-            continue;
-        };
-        progress = match event {
-            lodge_guest::StatusEvent::Started { .. } => GuestProgress::Started,
-            lodge_guest::StatusEvent::Exited { code } => GuestProgress::Exited(code),
-            lodge_guest::StatusEvent::Signaled { signal } => GuestProgress::Signaled(signal),
-            lodge_guest::StatusEvent::Error(msg) => GuestProgress::Failed(msg),
-        };
-    }
-    progress
-}
 
 /// Console on the first serial port; the kernel stays quiet so the console
 /// log is the program's output.
 const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 
+/// How long a monitor may take to hold its lock and record its child.
+const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The uncompressed ELF kernel boots ~2 s faster under TCG (no in-guest
 /// decompression; QEMU enters it through PVH); the bzImage is the fallback.
-pub fn kernel_image(system_dir: &Path) -> std::path::PathBuf {
+pub fn kernel_image(system_dir: &Path) -> PathBuf {
     let elf = system_dir.join("vmlinux");
     if elf.exists() {
         elf
@@ -64,32 +51,26 @@ pub fn kernel_image(system_dir: &Path) -> std::path::PathBuf {
     }
 }
 
-/// How the VMM process ended: the monitor's `exit.json`.
-pub type VmmExit = lodge_monitor::ExitInfo;
-
-pub fn read_vmm_exit(log_dir: &Path) -> Option<VmmExit> {
-    let text = std::fs::read(log_dir.join(lodge_monitor::EXIT_JSON)).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-pub struct Vmm {
+/// Starts monitors and controls the VMMs under them.
+pub struct Launcher {
     cfg: Arc<Config>,
-    accel: Accel,
-    backend: Backend,
+    backends: Backends,
 }
 
-impl Vmm {
-    pub fn new(cfg: Arc<Config>, accel: Accel) -> Result<Self, Error> {
-        let backend = Backend::Qemu(QemuBackend::new().with_binary(&cfg.qemu_binary));
-        Ok(Vmm {
-            cfg,
-            accel,
-            backend,
-        })
+impl Launcher {
+    pub fn new(cfg: Arc<Config>, backends: Backends) -> Self {
+        Launcher { cfg, backends }
     }
 
-    pub fn vm_config(&self, paths: &Paths, meta: &Metadata) -> lodge_hypervisor::VmConfig {
-        use lodge_hypervisor::{DiskConfig, MachineType, VmConfig};
+    /// The backend driving instances of `kind`, or
+    /// [`BackendError::Unavailable`] when this build has none.
+    pub fn backend(&self, kind: HypervisorKind) -> Result<Backend, BackendError> {
+        self.backends.get(kind)
+    }
+
+    /// The generic VM description of an instance.
+    pub fn vm_config(&self, backend: &Backend, paths: &Paths, meta: &Metadata) -> VmConfig {
+        let caps = backend.capabilities();
         VmConfig {
             id: meta.id.clone(),
             name: meta.name.clone(),
@@ -107,25 +88,32 @@ impl Vmm {
                 DiskConfig::raw(paths.overlay(), false).with_serial(lodge_guest::SERIAL_OVERLAY),
                 DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
             ],
-            machine: MachineType::Q35,
-            accel: self.accel,
-            control_socket: paths.qmp_socket(),
+            control_socket: paths.control_socket(),
             status_file: paths.status_file(),
-            agent_channel: Some(lodge_hypervisor::VirtioSerialChannel {
+            // The guest agent's transport; without it the VM still runs,
+            // and exec/cp are refused (see `Manager::agent_endpoint`).
+            agent_channel: caps.virtio_serial.then(|| VirtioSerialChannel {
                 socket: paths.agent_socket(),
                 port_name: lodge_guest::agent::AGENT_PORT.to_string(),
             }),
         }
     }
 
+    /// Fails unless the instance's backend can reach a guest agent.
+    pub fn require_agent(&self, meta: &Metadata) -> Result<()> {
+        let backend = self.backend(meta.hypervisor)?;
+        backend
+            .capabilities()
+            .require(backend.kind(), Feature::VirtioSerial)?;
+        Ok(())
+    }
+
     /// Starts `lodge supervise … -- <vmm argv>` detached and waits until the
     /// monitor holds its lock (so a follower attached right after sees it).
-    pub async fn start(&self, paths: &Paths, meta: &Metadata) -> Result<(), Error> {
-        let vm = self.vm_config(paths, meta);
-        let argv = self
-            .backend
-            .vmm_command(&vm)
-            .map_err(|e| Error::Vmm(e.to_string()))?;
+    pub async fn start(&self, paths: &Paths, meta: &Metadata) -> Result<()> {
+        let backend = self.backend(meta.hypervisor)?;
+        let vm = self.vm_config(&backend, paths, meta);
+        let argv = backend.vmm_command(&vm)?;
         let mut cmd = std::process::Command::new(&self.cfg.lodge_exe);
         cmd.arg("supervise")
             .arg("--log-dir")
@@ -136,8 +124,7 @@ impl Vmm {
             .arg(self.cfg.log_max_files.to_string())
             .arg("--")
             .args(argv.iter().map(OsString::as_os_str));
-        let stderr = File::create(paths.monitor_stderr())
-            .map_err(|e| Error::Vmm(format!("creating monitor error file: {e}")))?;
+        let stderr = File::create(paths.monitor_stderr()).map_err(MonitorError::ErrorFile)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -154,8 +141,8 @@ impl Vmm {
         }
         let mut child = tokio::process::Command::from(cmd)
             .spawn()
-            .map_err(|e| Error::Vmm(format!("starting the monitor: {e}")))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+            .map_err(MonitorError::Spawn)?;
+        let deadline = Instant::now() + MONITOR_START_TIMEOUT;
         loop {
             if monitor_alive(&paths.logs())
                 && paths.logs().join(lodge_monitor::MONITOR_JSON).exists()
@@ -164,41 +151,45 @@ impl Vmm {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let msg = std::fs::read_to_string(paths.monitor_stderr()).unwrap_or_default();
-                return Err(Error::Vmm(format!(
-                    "the monitor exited at once ({status}): {}",
-                    msg.trim()
-                )));
+                return Err(MonitorError::ExitedAtOnce {
+                    status,
+                    stderr: msg.trim().to_string(),
+                }
+                .into());
             }
             if Instant::now() > deadline {
-                return Err(Error::Vmm("the monitor did not start within 10s".into()));
+                return Err(MonitorError::StartTimeout.into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Reap the monitor when it ends, as long as this daemon lives.
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            if let Err(e) = child.wait().await {
+                tracing::warn!("reaping a monitor: {e}");
+            }
         });
         Ok(())
     }
 
     /// Graceful power-down, then force after `timeout`. Returns whether the
-    /// graceful path was enough.
-    pub async fn stop(
-        &self,
-        paths: &Paths,
-        meta: &Metadata,
-        timeout: Duration,
-    ) -> Result<bool, Error> {
+    /// graceful path was enough. A backend without graceful shutdown goes
+    /// straight to force.
+    pub async fn stop(&self, paths: &Paths, meta: &Metadata, timeout: Duration) -> Result<bool> {
         let logs = paths.logs();
         if !monitor_alive(&logs) {
             return Ok(true);
         }
-        let vm = self.vm_config(paths, meta);
+        let backend = self.backend(meta.hypervisor)?;
+        if !backend.capabilities().has(Feature::GracefulShutdown) {
+            self.force_stop(paths, meta).await?;
+            return Ok(false);
+        }
+        let vm = self.vm_config(&backend, paths, meta);
         // A power-button press is lost if it lands before the guest watches
         // the button, so press again every second until the deadline.
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Err(e) = self.backend.shutdown(&vm).await {
+            if let Err(e) = backend.shutdown(&vm).await {
                 if e.vmm_gone() {
                     break;
                 }
@@ -216,17 +207,24 @@ impl Vmm {
         Ok(false)
     }
 
-    /// Ends the VMM at once: QMP quit, then SIGKILL of the VMM process.
-    pub async fn force_stop(&self, paths: &Paths, meta: &Metadata) -> Result<(), Error> {
+    /// Ends the VMM at once: the backend's force stop, then SIGKILL of the
+    /// VMM process.
+    pub async fn force_stop(&self, paths: &Paths, meta: &Metadata) -> Result<()> {
         let logs = paths.logs();
         if !monitor_alive(&logs) {
             return Ok(());
         }
-        let vm = self.vm_config(paths, meta);
-        if let Err(e) = self.backend.force_stop(&vm).await {
-            if !e.vmm_gone() {
-                tracing::warn!("force stop of {}: {e}", meta.id);
+        match self.backend(meta.hypervisor) {
+            Ok(backend) => {
+                let vm = self.vm_config(&backend, paths, meta);
+                if let Err(e) = backend.force_stop(&vm).await {
+                    if !e.vmm_gone() {
+                        tracing::warn!("force stop of {}: {e}", meta.id);
+                    }
+                }
             }
+            // Killing the process below needs no backend.
+            Err(e) => tracing::warn!("force stop of {}: {e}", meta.id),
         }
         if wait_monitor_exit(&logs, Duration::from_secs(5)).await {
             return Ok(());
@@ -240,15 +238,20 @@ impl Vmm {
         if wait_monitor_exit(&logs, Duration::from_secs(5)).await {
             Ok(())
         } else {
-            Err(Error::Vmm("the VMM did not stop".into()))
+            Err(MonitorError::VmmDidNotStop.into())
         }
     }
 }
 
+/// The VMM's pid from the monitor's record, if there is a readable one.
 fn child_pid(log_dir: &Path) -> Option<i32> {
-    let text = std::fs::read(log_dir.join(lodge_monitor::MONITOR_JSON)).ok()?;
-    let info: lodge_monitor::MonitorInfo = serde_json::from_slice(&text).ok()?;
-    i32::try_from(info.child_pid).ok()
+    match lodge_monitor::read_monitor_info(log_dir) {
+        Ok(info) => info.and_then(|i| i32::try_from(i.child_pid).ok()),
+        Err(e) => {
+            tracing::warn!("reading the monitor record in {}: {e}", log_dir.display());
+            None
+        }
+    }
 }
 
 async fn wait_monitor_exit(log_dir: &Path, timeout: Duration) -> bool {

@@ -9,18 +9,21 @@
 //! query. The control verbs hold no connection between calls, so a freshly
 //! restarted daemon controls VMs it did not start.
 //!
-//! Callers choose a backend at run time through the [`Backend`] enum (static
-//! dispatch, no boxed futures). What a backend cannot do it says in
-//! [`Capabilities`] and, if asked anyway, answers with
+//! This file names no backend: the backends depend on it, never the other
+//! way round, and [`crate::dispatch`] is the one place that knows them all.
+//! Errors are neutral too: a backend wraps its control-protocol error as the
+//! [`BackendError::Control`] source and says whether the VMM is gone, so
+//! callers never see QMP (or Cloud Hypervisor's REST) types. What a backend
+//! cannot do it says in [`Capabilities`] and, if asked anyway, answers with
 //! [`BackendError::Unsupported`], never a panic.
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, VmConfig};
-use crate::qemu::{QemuBackend, QmpError};
 
 /// Which hypervisor a backend drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,6 +48,23 @@ impl HypervisorKind {
 impl std::fmt::Display for HypervisorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A hypervisor name lodge does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown hypervisor {0:?}, expected qemu or cloud-hypervisor")]
+pub struct ParseHypervisorKindError(pub String);
+
+impl FromStr for HypervisorKind {
+    type Err = ParseHypervisorKindError;
+
+    /// hypeman's names, exactly (`qemu`, `cloud-hypervisor`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [HypervisorKind::Qemu, HypervisorKind::CloudHypervisor]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| ParseHypervisorKindError(s.to_owned()))
     }
 }
 
@@ -152,33 +172,28 @@ pub enum BackendError {
     #[error("the {0} backend is not available in this build")]
     Unavailable(HypervisorKind),
     /// The VMM's control channel did not answer as expected.
-    #[error("qemu control channel of vm {vm} failed")]
-    Qmp {
+    #[error("{backend} control channel of vm {vm} failed")]
+    Control {
+        /// The backend that failed.
+        backend: HypervisorKind,
         /// The VM's id.
         vm: String,
-        /// What went wrong.
+        /// Whether the VMM is not there to answer: its control socket is
+        /// missing, refuses connections (left behind by a VMM that died) or
+        /// was closed under us.
+        gone: bool,
+        /// The backend's own protocol error.
         #[source]
-        source: QmpError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
 impl BackendError {
-    /// Whether the error says the VMM is not there to answer: its control
-    /// socket is missing, refuses connections (left behind by a VMM that
-    /// died) or was closed under us. Callers then trust the monitor's record
+    /// Whether the error says the VMM is not there to answer (see
+    /// [`BackendError::Control`]). Callers then trust the monitor's record
     /// of the VMM's exit rather than report a failure.
     pub fn vmm_gone(&self) -> bool {
-        match self {
-            BackendError::Qmp { source, .. } => match source {
-                QmpError::Connect { source, .. } => matches!(
-                    source.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ),
-                QmpError::Closed => true,
-                _ => false,
-            },
-            _ => false,
-        }
+        matches!(self, BackendError::Control { gone: true, .. })
     }
 }
 
@@ -213,73 +228,6 @@ pub trait Hypervisor {
     fn resume(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
-/// Every backend lodge has, chosen at run time.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// QEMU.
-    Qemu(QemuBackend),
-}
-
-impl Backend {
-    /// The default backend of `kind`, or [`BackendError::Unavailable`].
-    pub fn for_kind(kind: HypervisorKind) -> Result<Self, BackendError> {
-        match kind {
-            HypervisorKind::Qemu => Ok(Backend::Qemu(QemuBackend::default())),
-            HypervisorKind::CloudHypervisor => Err(BackendError::Unavailable(kind)),
-        }
-    }
-}
-
-impl Hypervisor for Backend {
-    fn kind(&self) -> HypervisorKind {
-        match self {
-            Backend::Qemu(b) => b.kind(),
-        }
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        match self {
-            Backend::Qemu(b) => b.capabilities(),
-        }
-    }
-
-    fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
-        match self {
-            Backend::Qemu(b) => b.vmm_command(cfg),
-        }
-    }
-
-    async fn state(&self, cfg: &VmConfig) -> Result<VmState, BackendError> {
-        match self {
-            Backend::Qemu(b) => b.state(cfg).await,
-        }
-    }
-
-    async fn shutdown(&self, cfg: &VmConfig) -> Result<(), BackendError> {
-        match self {
-            Backend::Qemu(b) => b.shutdown(cfg).await,
-        }
-    }
-
-    async fn force_stop(&self, cfg: &VmConfig) -> Result<(), BackendError> {
-        match self {
-            Backend::Qemu(b) => b.force_stop(cfg).await,
-        }
-    }
-
-    async fn pause(&self, cfg: &VmConfig) -> Result<(), BackendError> {
-        match self {
-            Backend::Qemu(b) => b.pause(cfg).await,
-        }
-    }
-
-    async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
-        match self {
-            Backend::Qemu(b) => b.resume(cfg).await,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,17 +258,6 @@ mod tests {
     }
 
     #[test]
-    fn cloud_hypervisor_is_reported_unavailable() {
-        let err = Backend::for_kind(HypervisorKind::CloudHypervisor).expect_err("not built");
-        assert_eq!(
-            err.to_string(),
-            "the cloud-hypervisor backend is not available in this build"
-        );
-        let qemu = Backend::for_kind(HypervisorKind::Qemu).expect("qemu is built in");
-        assert_eq!(qemu.kind(), HypervisorKind::Qemu);
-    }
-
-    #[test]
     fn kind_serde_names_match_hypeman() {
         assert_eq!(
             serde_json::to_string(&HypervisorKind::CloudHypervisor).expect("serialize"),
@@ -329,6 +266,39 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<HypervisorKind>("\"qemu\"").expect("deserialize"),
             HypervisorKind::Qemu
+        );
+    }
+
+    #[test]
+    fn kind_parses_hypemans_names_only() {
+        assert_eq!("qemu".parse(), Ok(HypervisorKind::Qemu));
+        assert_eq!(
+            "cloud-hypervisor".parse(),
+            Ok(HypervisorKind::CloudHypervisor)
+        );
+        let err = "firecracker"
+            .parse::<HypervisorKind>()
+            .expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "unknown hypervisor \"firecracker\", expected qemu or cloud-hypervisor"
+        );
+    }
+
+    #[test]
+    fn only_a_gone_control_error_says_vmm_gone() {
+        let control = |gone| BackendError::Control {
+            backend: HypervisorKind::Qemu,
+            vm: "v".into(),
+            gone,
+            source: "boom".into(),
+        };
+        assert!(control(true).vmm_gone());
+        assert!(!control(false).vmm_gone());
+        assert!(!BackendError::Unavailable(HypervisorKind::Qemu).vmm_gone());
+        assert_eq!(
+            control(false).to_string(),
+            "qemu control channel of vm v failed"
         );
     }
 }

@@ -1,0 +1,130 @@
+//! Choosing a backend: the one module that knows every backend lodge has.
+//!
+//! [`Backend`] is an enum rather than a boxed trait object so the async
+//! verbs stay plain `async fn`s (static dispatch, no boxed futures).
+//! [`Backends`] holds the backends this daemon was configured with (binary,
+//! accelerator, timeouts), and hands out the one an instance's stored
+//! [`HypervisorKind`] names, so each instance is driven by the hypervisor it
+//! was created with. Adding a backend is one module beside `qemu/`, one arm
+//! in each `match` here and one field in [`Backends`].
+
+use std::ffi::OsString;
+
+use crate::config::VmConfig;
+use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
+use crate::qemu::QemuBackend;
+
+/// Every backend lodge has, chosen at run time.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// QEMU.
+    Qemu(QemuBackend),
+}
+
+impl Backend {
+    /// The default backend of `kind`, or [`BackendError::Unavailable`].
+    pub fn for_kind(kind: HypervisorKind) -> Result<Self, BackendError> {
+        Backends::default().get(kind)
+    }
+}
+
+/// The configured backends of one daemon, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    qemu: QemuBackend,
+}
+
+impl Backends {
+    /// Backends with QEMU configured as given.
+    pub fn new(qemu: QemuBackend) -> Self {
+        Self { qemu }
+    }
+
+    /// The backend for `kind`, or [`BackendError::Unavailable`] when this
+    /// build has none of that kind.
+    pub fn get(&self, kind: HypervisorKind) -> Result<Backend, BackendError> {
+        match kind {
+            HypervisorKind::Qemu => Ok(Backend::Qemu(self.qemu.clone())),
+            HypervisorKind::CloudHypervisor => Err(BackendError::Unavailable(kind)),
+        }
+    }
+}
+
+impl Hypervisor for Backend {
+    fn kind(&self) -> HypervisorKind {
+        match self {
+            Backend::Qemu(b) => b.kind(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self {
+            Backend::Qemu(b) => b.capabilities(),
+        }
+    }
+
+    fn vmm_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.vmm_command(cfg),
+        }
+    }
+
+    async fn state(&self, cfg: &VmConfig) -> Result<VmState, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.state(cfg).await,
+        }
+    }
+
+    async fn shutdown(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.shutdown(cfg).await,
+        }
+    }
+
+    async fn force_stop(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.force_stop(cfg).await,
+        }
+    }
+
+    async fn pause(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.pause(cfg).await,
+        }
+    }
+
+    async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.resume(cfg).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_hypervisor_is_reported_unavailable() {
+        let err = Backend::for_kind(HypervisorKind::CloudHypervisor).expect_err("not built");
+        assert_eq!(
+            err.to_string(),
+            "the cloud-hypervisor backend is not available in this build"
+        );
+        let qemu = Backend::for_kind(HypervisorKind::Qemu).expect("qemu is built in");
+        assert_eq!(qemu.kind(), HypervisorKind::Qemu);
+    }
+
+    #[test]
+    fn configured_backends_are_handed_out_by_kind() {
+        let backends = Backends::new(QemuBackend::new().with_binary("/opt/q/qemu"));
+        match backends.get(HypervisorKind::Qemu) {
+            Ok(Backend::Qemu(q)) => assert_eq!(q.binary(), "/opt/q/qemu"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            backends.get(HypervisorKind::CloudHypervisor),
+            Err(BackendError::Unavailable(HypervisorKind::CloudHypervisor))
+        ));
+    }
+}

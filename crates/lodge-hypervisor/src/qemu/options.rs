@@ -1,0 +1,151 @@
+//! What only QEMU has a choice about: the chipset model and how guest CPUs
+//! run (KVM or QEMU's own software emulation, TCG).
+//!
+//! These are host-wide settings of the QEMU backend (lodge decides the
+//! accelerator once per daemon, see `crate::accel`), so they live in
+//! [`QemuOptions`] held by `QemuBackend`, not in the generic `VmConfig`.
+//! Names are the ones QEMU's command line and `LODGE_ACCEL` use.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// QEMU-only settings applied to every VM the backend starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuOptions {
+    /// Chipset model.
+    pub machine: MachineType,
+    /// CPU virtualisation method.
+    pub accel: Accel,
+}
+
+impl QemuOptions {
+    /// The default machine (q35) with `accel`.
+    pub fn new(accel: Accel) -> Self {
+        Self {
+            machine: MachineType::default(),
+            accel,
+        }
+    }
+}
+
+impl Default for QemuOptions {
+    /// q35 under TCG, which runs everywhere; the daemon sets the probed
+    /// accelerator.
+    fn default() -> Self {
+        Self::new(Accel::Tcg)
+    }
+}
+
+/// Chipset model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    /// Q35 + ICH9, PCIe (the default).
+    #[default]
+    Q35,
+    /// i440FX + PIIX, legacy PCI.
+    Pc,
+}
+
+/// How guest CPUs are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's software emulation (Tiny Code Generator).
+    Tcg,
+}
+
+impl MachineType {
+    /// The name QEMU and lodge's API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineType::Q35 => "q35",
+            MachineType::Pc => "pc",
+        }
+    }
+}
+
+impl Accel {
+    /// The name QEMU and `LODGE_ACCEL` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for MachineType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accelerator name that is neither `kvm` nor `tcg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator {0:?}, expected kvm or tcg")]
+pub struct ParseAccelError(pub String);
+
+impl FromStr for Accel {
+    type Err = ParseAccelError;
+
+    /// Accepts `kvm` or `tcg`, ignoring ASCII case and surrounding blanks.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(ParseAccelError(s.to_owned())),
+        }
+    }
+}
+
+/// A machine type name that is neither `q35` nor `pc`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown machine type {0:?}, expected q35 or pc")]
+pub struct ParseMachineTypeError(pub String);
+
+impl FromStr for MachineType {
+    type Err = ParseMachineTypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "q35" => Ok(MachineType::Q35),
+            "pc" => Ok(MachineType::Pc),
+            _ => Err(ParseMachineTypeError(s.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accel_and_machine() {
+        assert_eq!("kvm".parse::<Accel>(), Ok(Accel::Kvm));
+        assert_eq!(" TCG ".parse::<Accel>(), Ok(Accel::Tcg));
+        assert_eq!("hvf".parse::<Accel>(), Err(ParseAccelError("hvf".into())));
+        assert_eq!("pc".parse::<MachineType>(), Ok(MachineType::Pc));
+        assert!("microvm".parse::<MachineType>().is_err());
+    }
+
+    #[test]
+    fn serde_names_and_defaults() {
+        let opts = QemuOptions::new(Accel::Tcg);
+        assert_eq!(opts, QemuOptions::default());
+        let json = serde_json::to_string(&opts).expect("serialize");
+        assert!(json.contains(r#""accel":"tcg""#), "{json}");
+        assert!(json.contains(r#""machine":"q35""#), "{json}");
+        let back: QemuOptions = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, opts);
+    }
+}

@@ -1,0 +1,168 @@
+//! The create verb: resolve the request (pull the image if needed), claim
+//! the name, prepare the instance directory under a staging name, move it
+//! into place and boot it.
+//!
+//! A failed create leaves nothing behind; when undoing it fails too, the
+//! caller gets both errors ([`Error::with_cleanup`]) instead of a cleanup
+//! silently dropped.
+
+use std::time::SystemTime;
+
+use super::error::{io, Error, Result};
+use super::lifecycle::guest_config;
+use super::manager::Manager;
+use super::naming;
+use super::oplog::oplog;
+use super::spec::{CreateRequest, CreateSpec, RootRequest, RootSource};
+use super::store::{self, Metadata, Paths};
+use super::view::Instance;
+use crate::disks;
+
+impl Manager {
+    /// Creates the instance's disks and record, then boots it.
+    pub async fn create(&self, req: CreateRequest) -> Result<Instance> {
+        // Asked first, before any pull: is this hypervisor built in?
+        self.launcher.backend(req.hypervisor)?;
+        // An image that is not local is pulled first; the lease keeps its
+        // disk from being deleted until the instance record names it.
+        let lease = match &req.root {
+            RootRequest::Image {
+                reference,
+                platform,
+            } => Some(self.images.ensure(reference, platform.as_deref()).await?),
+            RootRequest::Dir(_) => None,
+        };
+        let spec = CreateSpec::resolve(req, lease.as_ref())?;
+        let instance = self.create_from_spec(spec).await;
+        drop(lease);
+        instance
+    }
+
+    async fn create_from_spec(&self, spec: CreateSpec) -> Result<Instance> {
+        spec.validate()?;
+        // Claim the name, so slow disk preparation runs outside any lock
+        // while a second create of the same name is refused at once.
+        let name = spec.name.as_str();
+        let _claim = self
+            .claims
+            .claim(name, |n| {
+                Ok::<_, Error>(self.all()?.iter().any(|m| m.name == n))
+            })?
+            .ok_or_else(|| Error::NameTaken(name.to_string()))?;
+        let id = naming::new_id();
+        let paths = self.paths(&id);
+        // Prepared under a staging name that listing ignores, then renamed
+        // into place, so a failed create leaves nothing behind.
+        let staging = Paths {
+            dir: self.cfg.guests_dir().join(format!(".creating-{id}")),
+        };
+        let prepared = {
+            let staging = staging.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || prepare(&staging, &id, &spec))
+                .await
+                .map_err(|e| Error::Task {
+                    what: "create",
+                    source: Some(e),
+                })
+                .and_then(|r| r)
+        };
+        let meta = match prepared {
+            Ok(meta) => meta,
+            Err(e) => {
+                return Err(Error::with_cleanup(
+                    e,
+                    remove_dir(&staging).err().into_iter().collect(),
+                ))
+            }
+        };
+        if let Err(e) = std::fs::rename(&staging.dir, &paths.dir) {
+            let run = io(format!("creating {}", paths.dir.display()))(e);
+            return Err(Error::with_cleanup(
+                run,
+                remove_dir(&staging).err().into_iter().collect(),
+            ));
+        }
+        oplog(
+            &paths,
+            &format!("created name={} image={}", meta.name, meta.image),
+        );
+
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        if let Err(e) = self.boot(&paths, meta.clone()).await {
+            // Do not leave a half-booted instance behind a failed create.
+            let mut cleanup = Vec::new();
+            if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
+                cleanup.push(c);
+            }
+            if let Err(c) = remove_dir(&paths) {
+                cleanup.push(c);
+            }
+            return Err(Error::with_cleanup(e, cleanup));
+        }
+        let meta = store::load(&paths).map_err(io("reading instance record"))?;
+        Ok(self.view(&meta))
+    }
+}
+
+/// Removes an instance (or staging) directory.
+fn remove_dir(paths: &Paths) -> Result<()> {
+    match std::fs::remove_dir_all(&paths.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing {}", paths.dir.display()))(e)),
+    }
+}
+
+/// Builds the instance directory's contents: record, disks, log dir.
+fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
+    std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
+    // The two disks are independent: make them side by side.
+    let overlay = {
+        let path = dir.overlay();
+        let size = spec.overlay_bytes;
+        std::thread::spawn(move || disks::empty_ext4(&path, size))
+    };
+    let image = match &spec.root {
+        RootSource::Dir(src) => lodge_images::disk::ext4(src, &dir.rootfs())
+            .map(|()| format!("rootfs:{}", src.display()))
+            .map_err(disks::DiskError::from),
+        RootSource::Image { name, .. } => Ok(name.clone()),
+    };
+    let (root_disk, image_digest) = match &spec.root {
+        RootSource::Dir(_) => (None, None),
+        RootSource::Image { digest, disk, .. } => (Some(disk.clone()), Some(digest.clone())),
+    };
+    // Joined before any error returns, so nothing writes into the staging
+    // directory once the caller removes it.
+    let overlay = overlay.join().map_err(|_| Error::Task {
+        what: "overlay disk",
+        source: None,
+    })?;
+    let image = image?;
+    overlay?;
+    let meta = Metadata {
+        id: id.to_string(),
+        name: spec.name.to_string(),
+        image,
+        created_at: SystemTime::now(),
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_bytes,
+        overlay_bytes: spec.overlay_bytes,
+        hypervisor: spec.hypervisor,
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        env: spec.env.clone(),
+        workdir: spec.workdir.clone(),
+        user: spec.user.clone(),
+        root_disk,
+        image_digest,
+        paused: false,
+        started_at: None,
+        stopped_at: None,
+    };
+    disks::raw_image(&dir.config_disk(), &guest_config(&meta).encode())?;
+    store::save(dir, &meta).map_err(io("writing instance record"))?;
+    Ok(meta)
+}
