@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use lodge_hypervisor::HypervisorKind;
 
@@ -23,33 +23,34 @@ use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides}
 use crate::sizes::parse_size;
 
 /// hypeman's create body, plus lodge's `rootfs` and `workdir`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The daemon parses it; `lodge run` builds it (unset options are left out).
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateInstance {
     pub name: String,
     /// Image reference. Use `rootfs` instead to boot a host directory.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// lodge extension: absolute path of a directory to use as the root file system.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
     /// Memory, e.g. `1GB` or `512MB` (binary units).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_size: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
     /// lodge extension: working directory of the program (default `/`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// hypeman's hypervisor name (`qemu`, `cloud-hypervisor`); default qemu.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<String>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
     /// refused when set; the rest (tags, hints) are accepted and ignored.

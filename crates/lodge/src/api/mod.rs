@@ -10,7 +10,7 @@ mod cp;
 mod error;
 mod exec;
 mod images;
-mod instances;
+pub mod instances;
 mod logs;
 pub mod types;
 mod ws;

@@ -117,10 +117,8 @@ async fn wait_while_booting(client: &Client, instance: &str, secs: u32) -> Resul
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
     let path = format!("/instances/{}", encode(instance));
     while std::time::Instant::now() < deadline {
-        // The instance's shape is `crate::instances::Instance`, which has
-        // no client-side reading yet: only its state is looked at.
-        let inst: serde_json::Value = client.call(reqwest::Method::GET, &path).await?;
-        if inst["state"] != "Initializing" {
+        let inst: crate::instances::Instance = client.call(reqwest::Method::GET, &path).await?;
+        if inst.state != crate::instances::State::Initializing {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

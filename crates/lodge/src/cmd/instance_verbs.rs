@@ -1,8 +1,7 @@
 //! The small instance verbs over the API: ps, stop, start, rm, inspect, logs.
 //!
-//! The instance comes back as `crate::instances::Instance`, which is only
-//! serialisable today; these verbs read the few fields they show from the
-//! JSON (`inspect` prints it whole, as the daemon sent it).
+//! Instances are read as the API's own `Instance` type; `inspect` prints the
+//! JSON whole, as the daemon sent it.
 
 use std::io::Write;
 
@@ -13,6 +12,7 @@ use serde_json::Value;
 use crate::api::types::LogsQuery;
 use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
 use crate::client::{encode, ApiFailure, Client};
+use crate::instances::{Instance, State};
 
 fn path(instance: &str) -> String {
     format!("/instances/{}", encode(instance))
@@ -21,10 +21,10 @@ fn path(instance: &str) -> String {
 pub fn ps(args: PsArgs) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let list: Vec<Value> = client.call(Method::GET, "/instances").await?;
-        let shown = list.iter().filter(|i| {
-            args.all || !matches!(i["state"].as_str(), Some("Stopped") | Some("Created"))
-        });
+        let list: Vec<Instance> = client.call(Method::GET, "/instances").await?;
+        let shown = list
+            .iter()
+            .filter(|i| args.all || !matches!(i.state, State::Stopped | State::Created));
         let mut out = std::io::stdout().lock();
         if !args.quiet {
             writeln!(
@@ -34,18 +34,17 @@ pub fn ps(args: PsArgs) -> Result<u8> {
             )?;
         }
         for i in shown {
-            let s = |k: &str| i[k].as_str().unwrap_or("").to_string();
             if args.quiet {
-                writeln!(out, "{}", s("id"))?;
+                writeln!(out, "{}", i.id)?;
             } else {
                 writeln!(
                     out,
                     "{:<24}  {:<20}  {:<12}  {:<24}  {}",
-                    s("id"),
-                    s("name"),
-                    s("state"),
-                    s("created_at"),
-                    s("image")
+                    i.id,
+                    i.name,
+                    format!("{:?}", i.state),
+                    i.created_at,
+                    i.image
                 )?;
             }
         }
@@ -65,10 +64,10 @@ pub fn inspect(args: InstanceArg) -> Result<u8> {
 pub fn stop(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client
+        let inst: Instance = client
             .call(Method::POST, &format!("{}/stop", path(&args.instance)))
             .await?;
-        println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
+        println!("{}", inst.id);
         Ok(0)
     })
 }
@@ -76,7 +75,7 @@ pub fn stop(args: InstanceArg) -> Result<u8> {
 pub fn start(args: InstanceArg) -> Result<u8> {
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client
+        let inst: Instance = client
             .call_with(
                 Method::POST,
                 &format!("{}/start", path(&args.instance)),
@@ -84,7 +83,7 @@ pub fn start(args: InstanceArg) -> Result<u8> {
                 &serde_json::Map::new(),
             )
             .await?;
-        println!("{}", inst["id"].as_str().unwrap_or(&args.instance));
+        println!("{}", inst.id);
         Ok(0)
     })
 }
@@ -96,10 +95,12 @@ pub fn rm(args: RmArgs) -> Result<u8> {
         for name in &args.instances {
             let result: Result<()> = async {
                 if !args.force {
-                    let inst: Value = client.call(Method::GET, &path(name)).await?;
-                    let state = inst["state"].as_str().unwrap_or("");
-                    if !matches!(state, "Stopped" | "Created" | "Standby") {
-                        anyhow::bail!("instance {name} is {state}: stop it first or use rm -f");
+                    let inst: Instance = client.call(Method::GET, &path(name)).await?;
+                    if !matches!(inst.state, State::Stopped | State::Created | State::Standby) {
+                        anyhow::bail!(
+                            "instance {name} is {:?}: stop it first or use rm -f",
+                            inst.state
+                        );
                     }
                 }
                 client.call_empty(Method::DELETE, &path(name)).await

@@ -6,22 +6,20 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
-use serde_json::{json, Value};
 
+use crate::api::instances::CreateInstance;
 use crate::api::types::LogsQuery;
 use crate::cli::RunArgs;
 use crate::client::{encode, Client};
 use crate::instances::naming::new_id;
+use crate::instances::Instance;
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let body = request_body(&args)?;
     super::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let inst: Value = client.call_with(Method::POST, "/instances", &body).await?;
-        let id = inst["id"]
-            .as_str()
-            .context("daemon returned no id")?
-            .to_string();
+        let inst: Instance = client.call_with(Method::POST, "/instances", &body).await?;
+        let id = inst.id;
         if args.detach {
             println!("{id}");
             return Ok(0);
@@ -42,15 +40,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 Ok(())
             })
             .await?;
-        let inst: Value = client
+        let inst: Instance = client
             .call(Method::GET, &format!("/instances/{}", encode(&id)))
             .await?;
-        let code = match inst["exit_code"].as_i64() {
+        let code = match inst.exit_code {
             Some(code) => u8::try_from(code).unwrap_or(1),
             None => {
                 eprintln!(
-                    "lodge: instance {id} ended without an exit code (state {})",
-                    inst["state"]
+                    "lodge: instance {id} ended without an exit code (state {:?})",
+                    inst.state
                 );
                 1
             }
@@ -64,7 +62,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     })
 }
 
-fn request_body(args: &RunArgs) -> Result<Value> {
+fn request_body(args: &RunArgs) -> Result<CreateInstance> {
     let mut rest = args.args.clone();
     let (image, rootfs) = match &args.rootfs {
         Some(dir) => {
@@ -94,30 +92,17 @@ fn request_body(args: &RunArgs) -> Result<Value> {
         .name
         .clone()
         .unwrap_or_else(|| format!("vm-{}", &new_id()[..8]));
-    let mut body = json!({ "name": name, "env": env });
-    if let Some(i) = image {
-        body["image"] = json!(i);
-    }
-    if let Some(r) = rootfs {
-        body["rootfs"] = json!(r);
-    }
-    if let Some(c) = args.cpus {
-        body["vcpus"] = json!(c);
-    }
-    if let Some(m) = &args.memory {
-        body["size"] = json!(m);
-    }
-    if let Some(o) = &args.overlay_size {
-        body["overlay_size"] = json!(o);
-    }
-    if let Some(e) = &args.entrypoint {
-        body["entrypoint"] = json!([e]);
-    }
-    if let Some(w) = &args.workdir {
-        body["workdir"] = json!(w);
-    }
-    if !rest.is_empty() {
-        body["cmd"] = json!(rest);
-    }
-    Ok(body)
+    Ok(CreateInstance {
+        name,
+        image,
+        rootfs,
+        vcpus: args.cpus,
+        size: args.memory.clone(),
+        overlay_size: args.overlay_size.clone(),
+        entrypoint: args.entrypoint.as_ref().map(|e| vec![e.clone()]),
+        cmd: (!rest.is_empty()).then_some(rest),
+        env: Some(env),
+        workdir: args.workdir.clone(),
+        ..CreateInstance::default()
+    })
 }

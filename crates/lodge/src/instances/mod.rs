@@ -38,4 +38,5 @@ mod view;
 pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
+pub use state::State;
 pub use view::Instance;

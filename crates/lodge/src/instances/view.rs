@@ -2,18 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::state::{self, Observed, State};
 use super::store::Metadata;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Serialised by the daemon and read back by the CLI: one definition of the shape.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
     pub name: String,
     pub image: String,
     pub state: State,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_error: Option<String>,
     /// RFC 3339.
     pub created_at: String,
