@@ -104,6 +104,21 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     fs::rename(&tmp, path).map_err(|e| discard(&tmp, e))
 }
 
+/// [`write_atomic`] for contents produced by streaming into the file
+/// (`fill` writes and flushes whatever buffering it adds); mode 0644.
+pub fn write_atomic_with<F>(path: &Path, fill: F) -> io::Result<()>
+where
+    F: FnOnce(&mut File) -> io::Result<()>,
+{
+    let (tmp, mut file) = create_temp(path, 0o644)?;
+    let filled = fill(&mut file).and_then(|()| file.sync_all());
+    drop(file);
+    match filled {
+        Ok(()) => fs::rename(&tmp, path).map_err(|e| discard(&tmp, e)),
+        Err(e) => Err(discard(&tmp, e)),
+    }
+}
+
 /// Creates `path` holding `bytes` (mode `mode`) unless it already exists,
 /// and returns the contents that ended up there: `bytes` if this call won,
 /// the winner's otherwise. Safe against any number of concurrent callers
@@ -158,6 +173,22 @@ mod tests {
         write_atomic(&path, b"two")?;
         assert_eq!(fs::read(&path)?, b"two");
         assert_eq!(entries(dir.path())?, ["record.json"]);
+        Ok(())
+    }
+
+    #[test]
+    fn write_atomic_with_streams_and_cleans_up_on_error() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("image.tar");
+        write_atomic_with(&path, |f| f.write_all(b"streamed"))?;
+        assert_eq!(fs::read(&path)?, b"streamed");
+        let failed = write_atomic_with(&path, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("boom"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&path)?, b"streamed", "the old file stays");
+        assert_eq!(entries(dir.path())?, ["image.tar"]);
         Ok(())
     }
 
