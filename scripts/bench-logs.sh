@@ -73,7 +73,7 @@ SEG="$WORK/segments"
 mkdir -p "$SEG"
 seg_size=$((SIZE / 100 + 1))
 "$LODGE" supervise --log-dir "$SEG" --max-size "$seg_size" --max-files 100 -- cat "$DATA"
-echo "segments: $(ls "$SEG" | grep -c 'app.log.') rotated + live, $(du -sh "$SEG" | cut -f1)" >&2
+echo "segments: $(find "$SEG" -maxdepth 1 -name 'app.log.*' | wc -l) rotated + live, $(du -sh "$SEG" | cut -f1)" >&2
 hyperfine -N --runs $((RUNS * 200)) --warmup 50 --export-json "$WORK/tail.json" \
     -n "lodge logs --tail 100" "$LODGE logs --dir $SEG --tail 100" \
     -n "tail -n 100" "tail -n 100 $DATA" >&2
