@@ -145,8 +145,12 @@ pub fn create_once(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Vec<u8>> 
     match linked {
         Ok(()) => Ok(bytes.to_vec()),
         // Someone else published first, with a complete file: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_existing()?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_existing()?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} vanished", path.display()),
+            )
+        }),
         Err(e) => Err(e),
     }
 }
@@ -264,7 +268,10 @@ mod tests {
                 .collect();
             let mut seen = Vec::new();
             for t in threads {
-                seen.push(t.join().map_err(|_| io::Error::other("thread panicked"))??);
+                seen.push(
+                    t.join()
+                        .map_err(|_| io::Error::other("thread panicked"))??,
+                );
             }
             let on_disk = fs::read(path.as_path())?;
             assert!(seen.iter().all(|s| *s == on_disk), "round {round}");

@@ -98,7 +98,10 @@ mod tests {
         .map_err(|_| io::Error::other("thread panicked"))??;
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive(child_pid) {
-            assert!(Instant::now() < deadline, "child {child_pid} outlived its parent thread");
+            assert!(
+                Instant::now() < deadline,
+                "child {child_pid} outlived its parent thread"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())

@@ -28,8 +28,8 @@ use std::path::PathBuf;
 
 pub use follow::{read_all, Follow, Follower};
 pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
-pub use segment::{Source, UnknownSource};
 pub use lodge_common::size::{ByteSize, SizeError};
+pub use segment::{Source, UnknownSource};
 pub use tail::{InvalidTail, Tail};
 pub use writer::{RotatingWriter, WriterError};
 

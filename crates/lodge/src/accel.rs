@@ -62,7 +62,10 @@ pub async fn decide(cfg: &Config) -> Result<Accel> {
             .map_err(std::io::Error::other)
             .and_then(|json| lodge_common::fsutil::write_atomic(&cache, &json));
         if let Err(e) = written {
-            tracing::warn!("cannot cache the accelerator verdict in {}: {e}", cache.display());
+            tracing::warn!(
+                "cannot cache the accelerator verdict in {}: {e}",
+                cache.display()
+            );
         }
     }
     Ok(probe.accel)

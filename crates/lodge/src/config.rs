@@ -42,8 +42,7 @@ impl Config {
         let qemu_binary = std::env::var_os("LODGE_QEMU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-        let log_max_size =
-            log_max_size_from(std::env::var("LODGE_LOG_MAX_SIZE").ok().as_deref())?;
+        let log_max_size = log_max_size_from(std::env::var("LODGE_LOG_MAX_SIZE").ok().as_deref())?;
         let log_max_files = match std::env::var("LODGE_LOG_MAX_FILES") {
             Ok(s) => s
                 .parse()

@@ -72,7 +72,9 @@ fn wait_healthy(
 }
 
 fn round(n: usize, http: &reqwest::blocking::Client) -> TestResult {
-    let tmp = tempfile::Builder::new().prefix("lodge-auth-race").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("lodge-auth-race")
+        .tempdir()?;
     let data_dir = tmp.path().join("data");
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -109,7 +111,10 @@ fn round(n: usize, http: &reqwest::blocking::Client) -> TestResult {
     for m in minters {
         let out = m.wait_with_output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "round {n}: lodge token failed: {stderr}");
+        assert!(
+            out.status.success(),
+            "round {n}: lodge token failed: {stderr}"
+        );
         let token = String::from_utf8(out.stdout)?.trim().to_owned();
         assert!(!token.is_empty(), "round {n}: lodge token printed nothing");
         tokens.push(token);
@@ -128,16 +133,31 @@ fn round(n: usize, http: &reqwest::blocking::Client) -> TestResult {
             r.text().unwrap_or_default()
         );
     }
-    let r = http.get(format!("{base}/instances")).bearer_auth("nope").send()?;
-    assert_eq!(r.status().as_u16(), 401, "round {n}: a bad token was accepted");
+    let r = http
+        .get(format!("{base}/instances"))
+        .bearer_auth("nope")
+        .send()?;
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "round {n}: a bad token was accepted"
+    );
 
     let mut names: Vec<String> = std::fs::read_dir(&data_dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     names.retain(|n| n.contains("jwt-secret"));
-    assert_eq!(names, ["jwt-secret"], "round {n}: one secret, no temporaries");
+    assert_eq!(
+        names,
+        ["jwt-secret"],
+        "round {n}: one secret, no temporaries"
+    );
     let secret = std::fs::read(data_dir.join("jwt-secret"))?;
-    assert_eq!(secret.len(), 64, "round {n}: a whole secret (64 hex digits)");
+    assert_eq!(
+        secret.len(),
+        64,
+        "round {n}: a whole secret (64 hex digits)"
+    );
     Ok(())
 }
 

@@ -94,7 +94,11 @@ impl Drop for Parent {
     }
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -144,7 +148,9 @@ fn probe_qemu_dies_when_the_daemon_is_stopped_during_the_probe() -> TestResult {
             return Ok(());
         }
     };
-    let tmp = tempfile::Builder::new().prefix("lodge-probe-life").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("lodge-probe-life")
+        .tempdir()?;
     let data_dir = tmp.path().join("data");
     let log_path = tmp.path().join("serve.log");
     let log = std::fs::File::create(&log_path)?;
@@ -171,12 +177,16 @@ fn probe_qemu_dies_when_the_daemon_is_stopped_during_the_probe() -> TestResult {
     // Stop the daemon mid-probe, as an operator or a service manager would.
     std::thread::sleep(Duration::from_millis(300));
     signal(daemon_pid, Signal::TERM)?;
-    wait_for("the daemon to exit on SIGTERM", Duration::from_secs(20), || {
-        daemon.0.try_wait().ok().flatten()
-    })?;
-    wait_for("the probe QEMU to die with the daemon", Duration::from_secs(10), || {
-        (!alive(probe)).then_some(())
-    })
+    wait_for(
+        "the daemon to exit on SIGTERM",
+        Duration::from_secs(20),
+        || daemon.0.try_wait().ok().flatten(),
+    )?;
+    wait_for(
+        "the probe QEMU to die with the daemon",
+        Duration::from_secs(10),
+        || (!alive(probe)).then_some(()),
+    )
     .map_err(|e| format!("{e}: pid {} `{}`", probe.pid, cmdline(probe.pid)))?;
     Ok(())
 }
@@ -205,9 +215,11 @@ fn vmm_dies_when_its_monitor_is_killed() -> TestResult {
     let monitor_pid = i32::try_from(monitor.0.id())?;
 
     let mut reaper = Reaper(None);
-    let vmm = wait_for("the monitor to start its child", Duration::from_secs(20), || {
-        children_with(monitor_pid, &marker).first().copied()
-    })?;
+    let vmm = wait_for(
+        "the monitor to start its child",
+        Duration::from_secs(20),
+        || children_with(monitor_pid, &marker).first().copied(),
+    )?;
     reaper.0 = Some(vmm);
     wait_for("monitor.json", Duration::from_secs(20), || {
         logs.join("monitor.json").exists().then_some(())
@@ -218,9 +230,11 @@ fn vmm_dies_when_its_monitor_is_killed() -> TestResult {
     wait_for("the monitor to die", Duration::from_secs(10), || {
         monitor.0.try_wait().ok().flatten()
     })?;
-    wait_for("the VMM to die with its monitor", Duration::from_secs(10), || {
-        (!alive(vmm)).then_some(())
-    })
+    wait_for(
+        "the VMM to die with its monitor",
+        Duration::from_secs(10),
+        || (!alive(vmm)).then_some(()),
+    )
     .map_err(|e| format!("{e}: pid {} `{}`", vmm.pid, cmdline(vmm.pid)))?;
     Ok(())
 }

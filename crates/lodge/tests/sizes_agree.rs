@@ -36,7 +36,9 @@ fn memory_50mb_is_52428800_bytes() -> TestResult {
     let data_dir = tmp.path().join("data");
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(tmp.path().join("serve.log"))?;
     let mut daemon = Daemon(
@@ -97,7 +99,16 @@ fn max_size_50mb_is_52428800_bytes() -> TestResult {
         .arg("supervise")
         .arg("--log-dir")
         .arg(&logs)
-        .args(["--max-size", "50MB", "--max-files", "5", "--", "sh", "-c", &writer])
+        .args([
+            "--max-size",
+            "50MB",
+            "--max-files",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            &writer,
+        ])
         .stdin(Stdio::null())
         .output()?;
     assert!(
@@ -108,13 +119,23 @@ fn max_size_50mb_is_52428800_bytes() -> TestResult {
     let mut sizes: Vec<(String, u64)> = std::fs::read_dir(&logs)?
         .map(|e| -> std::io::Result<(String, u64)> {
             let e = e?;
-            Ok((e.file_name().to_string_lossy().into_owned(), e.metadata()?.len()))
+            Ok((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata()?.len(),
+            ))
         })
         .collect::<Result<_, _>>()?;
     sizes.retain(|(name, _)| name.starts_with("app.log"));
     sizes.sort();
-    assert_eq!(sizes.len(), 2, "one rotated segment and the live file: {sizes:?}");
+    assert_eq!(
+        sizes.len(),
+        2,
+        "one rotated segment and the live file: {sizes:?}"
+    );
     assert_eq!(sizes[0], ("app.log".to_owned(), 1), "{sizes:?}");
-    assert_eq!(sizes[1].1, FIFTY_MB, "--max-size 50MB should be {FIFTY_MB} bytes: {sizes:?}");
+    assert_eq!(
+        sizes[1].1, FIFTY_MB,
+        "--max-size 50MB should be {FIFTY_MB} bytes: {sizes:?}"
+    );
     Ok(())
 }
