@@ -15,8 +15,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -p lodge --manifest-path "$ROOT/Cargo.toml" >&2
-LODGE="$ROOT/target/release/lodge"
+# The binary users install (static, scripts/build-release.sh), not the
+# dynamic target/release one, whose start-up is slower.
+LODGE="$("$ROOT/scripts/build-release.sh")"
 RUNS=${RUNS:-5}
 SYSTEM=${LODGE_SYSTEM_DIR:-/var/lib/lodge/system}
 BUSYBOX="$SYSTEM/rootfs-busybox"
@@ -78,7 +79,7 @@ http:
 YML
 docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$REG_PORT) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REG_PORT") 2>/dev/null && break; sleep 0.1; done
 REF="127.0.0.1:$REG_PORT/bench/app:1"
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci-archive:$WORK/image.tar" "docker://$REF"
 

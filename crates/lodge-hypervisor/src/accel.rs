@@ -321,7 +321,10 @@ async fn probe_inner(opts: &ProbeOptions) -> ProbeResult {
 
 /// Boots the self-test guest under `accel` and waits for
 /// [`SELFTEST_MARKER`] on its console. Returns the time from starting QEMU to
-/// the marker. QEMU never outlives this call.
+/// the marker. QEMU never outlives this call, nor the calling thread (it
+/// gets SIGKILL when the thread that spawned it exits; call this from a
+/// thread that lives as long as the process, such as the main thread or a
+/// runtime worker, not from `spawn_blocking`).
 pub async fn self_test(accel: Accel, opts: &ProbeOptions) -> Result<Duration, SelfTestError> {
     for (what, path) in [("kernel", &opts.kernel), ("initrd", &opts.initrd)] {
         if !path.is_file() {
@@ -348,12 +351,21 @@ pub async fn self_test(accel: Accel, opts: &ProbeOptions) -> Result<Duration, Se
     cfg.cmdline = SELFTEST_CMDLINE.to_owned();
     let argv = build_argv(&opts.qemu_binary, &QemuOptions::new(accel), &cfg)?;
 
-    let started = Instant::now();
-    let mut child = Command::new(&argv[0])
+    // QEMU has no deadline of its own, so three things bound its life:
+    // the deadline below (killed by us), `kill_on_drop` (our future is
+    // dropped, e.g. on shutdown), and for when we cannot act at all (the
+    // daemon is SIGKILLed or dies on SIGTERM mid-probe) the kernel: SIGKILL
+    // when its parent dies, and a CPU-time limit as its own last deadline.
+    let mut std_cmd = std::process::Command::new(&argv[0]);
+    std_cmd
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    lodge_common::process::die_with_parent(&mut std_cmd);
+    lodge_common::process::limit_cpu_seconds(&mut std_cmd, selftest_cpu_limit(opts.timeout));
+    let started = Instant::now();
+    let mut child = Command::from(std_cmd)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| SelfTestError::Spawn {
@@ -432,6 +444,15 @@ pub async fn self_test(accel: Accel, opts: &ProbeOptions) -> Result<Duration, Se
             console: printable(&tail),
         })
     }
+}
+
+/// CPU seconds the self-test QEMU may use before the kernel kills it: four
+/// busy threads for the whole timeout plus the exit grace, at least 10 s.
+/// Far above what a passing probe uses (about a second), and a bound on a
+/// QEMU nobody is left to kill.
+fn selftest_cpu_limit(timeout: Duration) -> u64 {
+    let wall = timeout + SELFTEST_EXIT_GRACE;
+    (wall.as_secs() + 1).saturating_mul(4).max(10)
 }
 
 /// The last few hundred bytes of `bytes` as one line of printable text.
@@ -569,5 +590,12 @@ mod tests {
         let p = printable(long.as_bytes());
         assert!(p.starts_with('…'));
         assert_eq!(p.chars().count(), 301);
+    }
+
+    #[test]
+    fn cpu_limit_covers_the_whole_probe() {
+        assert_eq!(selftest_cpu_limit(DEFAULT_SELFTEST_TIMEOUT), 48);
+        assert_eq!(selftest_cpu_limit(Duration::ZERO), 16);
+        assert!(selftest_cpu_limit(Duration::from_secs(60)) > 60);
     }
 }

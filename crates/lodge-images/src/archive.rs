@@ -415,8 +415,8 @@ pub fn import(
             {
                 AnyManifest::Image(m) => (entry.digest.clone(), m, None),
                 AnyManifest::Index(idx) => {
-                    let d = platform
-                        .select(&idx)
+                    let d = idx
+                        .select(platform)
                         .map_err(|e| Error::new(ErrorKind::PlatformNotFound, e))?
                         .digest
                         .clone();

@@ -14,6 +14,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use lodge_common::paths::ImagePaths;
+
 use crate::digest::{Digest, Hasher};
 
 /// Why a blob was not stored.
@@ -51,7 +53,7 @@ impl BlobStore {
     /// Opens (creating) the cache under `images_dir/blobs/sha256` and removes
     /// temp files a crash left behind.
     pub fn open(images_dir: &Path) -> io::Result<Self> {
-        let dir = images_dir.join("blobs").join("sha256");
+        let dir = ImagePaths::new(images_dir).blobs();
         std::fs::create_dir_all(&dir)?;
         for e in std::fs::read_dir(&dir)?.flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {

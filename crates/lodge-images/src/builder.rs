@@ -419,10 +419,8 @@ impl Layout {
 }
 
 fn write_tar(path: &Path, dirs: &[&str], files: &[(String, Vec<u8>)]) -> io::Result<()> {
-    let tmp = path.with_extension("partial");
-    {
-        let f = io::BufWriter::new(File::create(&tmp)?);
-        let mut t = tar::Builder::new(f);
+    lodge_common::fsutil::write_atomic_with(path, |file| {
+        let mut t = tar::Builder::new(io::BufWriter::new(file));
         for d in dirs {
             let mut h = header(tar::EntryType::Directory, 0o755, 0);
             t.append_data(&mut h, d, io::empty())?;
@@ -431,9 +429,8 @@ fn write_tar(path: &Path, dirs: &[&str], files: &[(String, Vec<u8>)]) -> io::Res
             let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
             t.append_data(&mut h, name, &bytes[..])?;
         }
-        t.into_inner()?.flush()?;
-    }
-    std::fs::rename(tmp, path)
+        t.into_inner()?.flush()
+    })
 }
 
 /// Writes `image` as `docker save` would (`manifest.json`, config, one

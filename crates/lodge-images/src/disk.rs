@@ -151,7 +151,7 @@ fn mkfs_ext4(src: &Path, out: &Path, size: u64, inodes: &str) -> Result<(), Disk
     })?;
     drop(f);
     let blocks = (size / BLOCK).to_string();
-    let output = Command::new("mkfs.ext4")
+    let output = dies_with_us(Command::new("mkfs.ext4"))
         .args([
             "-q",
             "-F",
@@ -184,9 +184,18 @@ fn mkfs_ext4(src: &Path, out: &Path, size: u64, inodes: &str) -> Result<(), Disk
     Ok(())
 }
 
+/// `cmd`, set to be killed if lodge dies while it runs: a daemon killed
+/// mid-pull must not leave a mkfs writing into its data dir. Safe with
+/// `output()`: the spawning thread waits for the child, so it cannot exit
+/// (and fire the signal) first.
+fn dies_with_us(mut cmd: Command) -> Command {
+    lodge_common::process::die_with_parent(&mut cmd);
+    cmd
+}
+
 /// An erofs image of `src` (owners kept as they are in the tree).
 pub fn erofs(src: &Path, out: &Path) -> Result<(), DiskError> {
-    let output = Command::new("mkfs.erofs")
+    let output = dies_with_us(Command::new("mkfs.erofs"))
         .arg("--quiet")
         .arg(out)
         .arg(src)

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, TryStreamExt};
+use lodge_common::paths::ImagePaths;
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
@@ -171,7 +172,7 @@ struct DiskMeta {
 }
 
 fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    lodge_common::time::now_rfc3339()
 }
 
 impl Images {
@@ -182,11 +183,11 @@ impl Images {
         let blobs = BlobStore::open(dir)
             .map_err(io(format!("opening the blob cache in {}", dir.display())))?;
         let records = Records::open(dir).map_err(io("opening image records"))?;
-        for sub in ["disks", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(io(format!("creating {}", dir.join(sub).display())))?;
+        let paths = ImagePaths::new(dir);
+        for sub in [paths.disks(), paths.tmp()] {
+            std::fs::create_dir_all(&sub).map_err(io(format!("creating {}", sub.display())))?;
         }
-        if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        if let Ok(entries) = std::fs::read_dir(paths.tmp()) {
             for e in entries.flatten() {
                 let _ = remove_tree(&e.path());
             }
@@ -221,8 +222,12 @@ impl Images {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn paths(&self) -> ImagePaths {
+        ImagePaths::new(&self.dir)
+    }
+
     fn disks_dir(&self) -> PathBuf {
-        self.dir.join("disks")
+        self.paths().disks()
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -381,8 +386,8 @@ impl Images {
         self.set_status(&mut record, Status::Pulling);
         let old_digest = record.digest.clone();
         let tmp = self
-            .dir
-            .join("tmp")
+            .paths()
+            .tmp()
             .join(format!("pull-{:016x}", rand::random::<u64>()));
         let result = self
             .fetch_and_build(
@@ -452,8 +457,8 @@ impl Images {
                 let (manifest_digest, manifest, index_digest) = match parsed {
                     AnyManifest::Image(m) => (digest, m, None),
                     AnyManifest::Index(idx) => {
-                        let chosen = platform
-                            .select(&idx)
+                        let chosen = idx
+                            .select(platform)
                             .map_err(|e| {
                                 Error::new(ErrorKind::PlatformNotFound, format!("{reference}: {e}"))
                             })?
@@ -784,7 +789,7 @@ impl Images {
             }
             let meta = serde_json::to_vec(&DiskMeta { user: user.clone() })
                 .map_err(|e| internal(e.to_string()))?;
-            std::fs::write(&mp, meta).map_err(io("writing disk metadata"))?;
+            lodge_common::fsutil::write_atomic(&mp, &meta).map_err(io("writing disk metadata"))?;
             std::fs::rename(&disk_tmp, &dp).map_err(|e| {
                 let _ = std::fs::remove_file(&disk_tmp);
                 io("placing the root disk")(e)

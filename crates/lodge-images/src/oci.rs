@@ -105,6 +105,38 @@ pub struct Index {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl Index {
+    /// Picks `platform`'s manifest; the error lists what the index offers.
+    pub fn select(&self, platform: &Platform) -> Result<&Descriptor, String> {
+        let fits = |d: &&Descriptor| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        };
+        if let Some(d) = self.manifests.iter().find(fits) {
+            return Ok(d);
+        }
+        let offered: Vec<String> = self
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .filter(|p| p.os != "unknown")
+            .map(|p| match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            })
+            .collect();
+        Err(format!(
+            "the image has no {platform} variant (it offers: {})",
+            if offered.is_empty() {
+                "none".to_string()
+            } else {
+                offered.join(", ")
+            }
+        ))
+    }
+}
+
 /// A manifest document of either kind.
 #[derive(Debug, Clone)]
 pub enum AnyManifest {
@@ -180,4 +212,50 @@ pub struct RootFs {
     pub kind: String,
     #[serde(default)]
     pub diff_ids: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(os: &str, arch: &str, variant: Option<&str>) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: Digest::of(format!("{os}/{arch}/{variant:?}").as_bytes()),
+            size: 1,
+            platform: Some(DescriptorPlatform {
+                os: os.into(),
+                architecture: arch.into(),
+                variant: variant.map(str::to_owned),
+            }),
+            annotations: BTreeMap::new(),
+            urls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn index_selects_the_platform_or_lists_the_offer() {
+        let index = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![
+                entry("unknown", "unknown", None),
+                entry("linux", "arm64", Some("v8")),
+                entry("linux", "amd64", None),
+            ],
+            annotations: BTreeMap::new(),
+        };
+        let amd64 = Platform::parse("linux/amd64").expect("valid");
+        assert_eq!(index.select(&amd64), Ok(&index.manifests[2]));
+        let arm64 = Platform::parse("linux/arm64").expect("valid");
+        assert_eq!(index.select(&arm64), Ok(&index.manifests[1]));
+        let only_arm = Index {
+            manifests: vec![entry("linux", "arm64", Some("v8"))],
+            ..index.clone()
+        };
+        assert_eq!(
+            only_arm.select(&amd64),
+            Err("the image has no linux/amd64 variant (it offers: linux/arm64/v8)".into())
+        );
+    }
 }

@@ -1,9 +1,10 @@
-//! Target platforms (`os/arch[/variant]`, as docker's `--platform`) and
-//! choosing one manifest from an image index.
+//! Target platforms (`os/arch[/variant]`, as docker's `--platform`).
+//!
+//! A plain value with no knowledge of OCI documents: the OCI types in
+//! [`crate::oci`] build on it (an index picks its manifest for a
+//! [`Platform`] with `Index::select`), never the other way round.
 
 use std::fmt;
-
-use crate::oci::{Descriptor, Index};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
@@ -66,37 +67,6 @@ impl Platform {
             (Some(want), Some(have)) => want == have,
             (Some(want), None) => self.architecture == "arm64" && want == "v8",
         }
-    }
-
-    /// Picks this platform's manifest from an index; the error lists what
-    /// the index offers.
-    pub fn select<'a>(&self, index: &'a Index) -> Result<&'a Descriptor, String> {
-        let fits = |d: &&Descriptor| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| self.matches(&p.os, &p.architecture, p.variant.as_deref()))
-        };
-        if let Some(d) = index.manifests.iter().find(fits) {
-            return Ok(d);
-        }
-        let offered: Vec<String> = index
-            .manifests
-            .iter()
-            .filter_map(|d| d.platform.as_ref())
-            .filter(|p| p.os != "unknown")
-            .map(|p| match &p.variant {
-                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                None => format!("{}/{}", p.os, p.architecture),
-            })
-            .collect();
-        Err(format!(
-            "the image has no {self} variant (it offers: {})",
-            if offered.is_empty() {
-                "none".to_string()
-            } else {
-                offered.join(", ")
-            }
-        ))
     }
 }
 

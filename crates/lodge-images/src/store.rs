@@ -9,9 +9,9 @@
 //! instance) of that manifest.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use lodge_common::paths::ImagePaths;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -88,7 +88,7 @@ pub struct Records {
 
 impl Records {
     pub fn open(images_dir: &Path) -> std::io::Result<Self> {
-        let dir = images_dir.join("records");
+        let dir = ImagePaths::new(images_dir).records();
         std::fs::create_dir_all(&dir)?;
         Ok(Records { dir })
     }
@@ -100,18 +100,7 @@ impl Records {
 
     pub fn save(&self, r: &ImageRecord) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
-        let path = self.path(&r.name);
-        let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        lodge_common::fsutil::write_atomic(&self.path(&r.name), &json)
     }
 
     pub fn load(&self, name: &str) -> std::io::Result<Option<ImageRecord>> {

@@ -8,7 +8,8 @@
 //! daemon: they find where the last N lines begin reading backwards, then
 //! follow the same descriptors through rotations, woken by inotify. The
 //! monitor's lock file ([`MONITOR_LOCK`]) tells readers when the log is
-//! complete. [`ByteSize`] is the size syntax shared by every size flag.
+//! complete. [`ByteSize`] (from lodge-common) is the size syntax shared by
+//! every size flag; it is re-exported here for the writer's callers.
 //!
 //! Everything here is synchronous std code so the per-VM monitor can use it
 //! without an async runtime; the `async` feature adds [`Follower::next`]
@@ -19,7 +20,6 @@ mod async_fd;
 mod follow;
 mod lock;
 mod segment;
-mod size;
 mod tail;
 mod writer;
 
@@ -28,8 +28,8 @@ use std::path::PathBuf;
 
 pub use follow::{read_all, Follow, Follower};
 pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
+pub use lodge_common::size::{ByteSize, SizeError};
 pub use segment::{Source, UnknownSource};
-pub use size::{ByteSize, SizeError};
 pub use tail::{InvalidTail, Tail};
 pub use writer::{RotatingWriter, WriterError};
 

@@ -13,7 +13,8 @@
 //!    starts anything), open the live logs for appending, drop a stale
 //!    `exit.json`;
 //! 3. start the command in its own process group with stdin on /dev/null,
-//!    so a terminal's Ctrl-C reaches it only through us, and record
+//!    so a terminal's Ctrl-C reaches it only through us and with
+//!    `PR_SET_PDEATHSIG` so it dies with us if we are killed, and record
 //!    `monitor.json`;
 //! 4. forward SIGTERM, SIGINT, SIGHUP and SIGQUIT to the command's process
 //!    group until it exits;
@@ -236,12 +237,16 @@ fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 
 
 fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
     let (program, args) = command.split_first().ok_or(MonitorError::NoCommand)?;
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    // The VMM must not outlive its monitor (killed, crashed): nobody else
+    // would collect its output or exit status. The monitor spawns from its
+    // main thread, which lives as long as the monitor.
+    lodge_common::process::die_with_parent(&mut cmd)
         .spawn()
         .map_err(|source| MonitorError::Spawn {
             program: program.to_string_lossy().into_owned(),

@@ -2,13 +2,14 @@
 //! `monitor.json` (who is running, written once the child started) and
 //! `exit.json` (how the child ended, written after its output was saved).
 //!
-//! Both are written to a temporary name, flushed and renamed, so a reader
-//! sees either no file or a whole one. Times are RFC 3339 in UTC. Readers
+//! Both are written with lodge-common's atomic write (unique temporary
+//! name, fsync, rename), so a reader sees either no file or a whole one.
+//! Times use lodge-common's RFC 3339 format (UTC, milliseconds). Readers
 //! (the daemon) use [`read_monitor_info`] and [`read_exit_info`], so the
 //! format has one owner: the writer's own types.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -82,18 +83,14 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Resu
 }
 
 pub(crate) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    lodge_common::time::rfc3339(time)
 }
 
 /// Writes `value` as `dir/name` atomically (temporary file + rename).
 pub(crate) fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
     let mut json = serde_json::to_vec(value).map_err(io::Error::other)?;
     json.push(b'\n');
-    let mut file = File::create(&tmp)?;
-    file.write_all(&json)?;
-    file.sync_data()?;
-    fs::rename(&tmp, dir.join(name))
+    lodge_common::fsutil::write_atomic(&dir.join(name), &json)
 }
 
 /// Removes `dir/name` if present.

@@ -37,7 +37,7 @@ pub async fn decide(cfg: &Config) -> Result<Accel> {
     let mut options = ProbeOptions::for_system_dir(&cfg.system_dir);
     options.qemu_binary = cfg.qemu_binary.clone().into_os_string();
     let key = kernel_key(&options.kernel);
-    let cache = cfg.data_dir.join("accel.json");
+    let cache = cfg.paths().accel_cache();
     if let Ok(bytes) = std::fs::read(&cache) {
         if let Ok(c) = serde_json::from_slice::<Cached>(&bytes) {
             if c.kernel_key == key {
@@ -57,14 +57,15 @@ pub async fn decide(cfg: &Config) -> Result<Accel> {
             accel: probe.accel,
             message: probe.to_string(),
         };
-        if let Ok(json) = serde_json::to_vec(&record) {
-            // Only a cache: without it the next start probes again.
-            if let Err(e) = crate::instances::store::write_atomic(&cache, &json) {
-                tracing::warn!(
-                    "caching the accelerator verdict in {}: {e}",
-                    cache.display()
-                );
-            }
+        // A cache that cannot be written costs the next start a probe.
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| lodge_common::fsutil::write_atomic(&cache, &json));
+        if let Err(e) = written {
+            tracing::warn!(
+                "cannot cache the accelerator verdict in {}: {e}",
+                cache.display()
+            );
         }
     }
     Ok(probe.accel)

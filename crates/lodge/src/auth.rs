@@ -2,15 +2,16 @@
 //!
 //! The signing secret is `LODGE_JWT_SECRET` or, when unset, a random secret
 //! kept in `<data dir>/jwt-secret` (created on first use, mode 0600), so that
-//! `lodge token` on the same host mints tokens the daemon accepts.
+//! `lodge token` on the same host mints tokens the daemon accepts. Creating
+//! it is race-free: a daemon starting while CLIs mint tokens all end up with
+//! the one secret that was published first.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lodge_common::paths::Paths;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ impl Auth {
     pub fn load(data_dir: &Path) -> Result<Self> {
         let secret = match std::env::var("LODGE_JWT_SECRET") {
             Ok(s) if !s.is_empty() => s.into_bytes(),
-            _ => load_or_create_secret(&data_dir.join("jwt-secret"))?,
+            _ => load_or_create_secret(&Paths::new(data_dir).jwt_secret())?,
         };
         Ok(Auth {
             encoding: EncodingKey::from_secret(&secret),
@@ -66,37 +67,19 @@ impl Auth {
     }
 }
 
+/// The secret in `path`, creating it if there is none yet. Any number of
+/// daemons and CLIs may race here: each writes a fresh secret under its own
+/// temporary name and `link`s it into place, which only the first manages;
+/// everyone then uses the secret that landed (see `lodge_common::fsutil`).
 fn load_or_create_secret(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(s) if !s.is_empty() => return Ok(s),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let secret: [u8; 32] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(hex.as_bytes())?;
-    f.sync_all()?;
-    // A concurrent creator may have won; keep whichever secret landed first.
-    match std::fs::hard_link(&tmp, path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
-    }
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    lodge_common::fsutil::create_once(path, hex.as_bytes(), 0o600)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use lodge_common::paths::Paths;
 
 /// Where the daemon keeps its state and listens.
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ impl Config {
         let data_dir = data_dir_from_env();
         let system_dir = std::env::var_os("LODGE_SYSTEM_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join("system"));
+            .unwrap_or_else(|| Paths::new(DEFAULT_DATA_DIR).system_dir());
         let listen = std::env::var("LODGE_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen.parse().with_context(|| {
             format!("LODGE_LISTEN {listen:?} is not an address like 127.0.0.1:8080")
@@ -41,13 +42,7 @@ impl Config {
         let qemu_binary = std::env::var_os("LODGE_QEMU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-        let log_max_size = match std::env::var("LODGE_LOG_MAX_SIZE") {
-            Ok(s) => s
-                .parse::<lodge_logs::ByteSize>()
-                .with_context(|| format!("LODGE_LOG_MAX_SIZE {s:?}"))?
-                .as_u64(),
-            Err(_) => 50 << 20,
-        };
+        let log_max_size = log_max_size_from(std::env::var("LODGE_LOG_MAX_SIZE").ok().as_deref())?;
         let log_max_files = match std::env::var("LODGE_LOG_MAX_FILES") {
             Ok(s) => s
                 .parse()
@@ -65,8 +60,22 @@ impl Config {
         })
     }
 
+    /// Every path under the data dir.
+    pub fn paths(&self) -> Paths {
+        Paths::new(&self.data_dir)
+    }
+
     pub fn guests_dir(&self) -> PathBuf {
-        self.data_dir.join("guests")
+        self.paths().guests_dir()
+    }
+}
+
+/// `LODGE_LOG_MAX_SIZE` (unset: 50MiB), in lodge-common's size syntax.
+pub fn log_max_size_from(value: Option<&str>) -> Result<u64> {
+    match value {
+        Some(s) => Ok(lodge_common::size::parse_size(s)
+            .with_context(|| format!("LODGE_LOG_MAX_SIZE {s:?}"))?),
+        None => Ok(50 << 20),
     }
 }
 

@@ -1,41 +1,16 @@
 //! Memory and disk sizes as hypeman writes them (`512MB`, `1GB`, `2G`).
 //!
-//! Units are binary (`1KB` = 1024 bytes), as in hypeman and docker; the IEC
-//! spellings (`KiB`, `MiB`, `GiB`) mean the same.
+//! A thin re-export of lodge-common's one size parser, so the API handler
+//! and the CLI keep their `crate::sizes::parse_size` calls. Units are binary
+//! everywhere (`1MB` = `1MiB` = 1024² bytes, as in hypeman and docker); see
+//! `lodge_common::size` for the grammar and why.
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SizeError {
-    #[error("{0:?} is not a size like 512MB or 1GB")]
-    Invalid(String),
-    #[error("{0:?} is too large")]
-    Overflow(String),
-}
-
-pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(SizeError::Invalid(s.to_string()));
-    }
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| SizeError::Overflow(s.to_string()))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(SizeError::Invalid(s.to_string())),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| SizeError::Overflow(s.to_string()))
-}
+pub use lodge_common::size::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_common::size::SizeError;
 
     #[test]
     fn sizes() {
@@ -49,7 +24,22 @@ mod tests {
         }
         assert!(matches!(
             parse_size("99999999999TB"),
-            Err(SizeError::Overflow(_))
+            Err(SizeError::Overflow)
         ));
+    }
+
+    /// `50MB` is the same number of bytes for an instance's memory (the API's
+    /// `size`, which `lodge run --memory` sends), for `LODGE_LOG_MAX_SIZE`
+    /// and for `lodge supervise --max-size` (lodge-logs' `ByteSize`).
+    /// tests/sizes_agree.rs checks the same through the running programs.
+    #[test]
+    fn fifty_megabytes_means_one_thing() -> anyhow::Result<()> {
+        let memory = parse_size("50MB")?;
+        let log_env = crate::config::log_max_size_from(Some("50MB"))?;
+        let max_size = "50MB".parse::<lodge_logs::ByteSize>()?.as_u64();
+        assert_eq!(memory, 52_428_800);
+        assert_eq!(log_env, memory);
+        assert_eq!(max_size, memory);
+        Ok(())
     }
 }
