@@ -146,41 +146,7 @@ async fn configure(
             source: std::io::Error::other("the new TAP vanished"),
         })?
         .index;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .controller(bridge_index)
-                .mtu(MTU)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| NetError::netlink(format!("attach {tap} to the bridge"), e))?;
-    handle
-        .link()
-        .set_port(
-            LinkBridgePort::new(index)
-                .isolated(true)
-                .learning(false)
-                .flood(false)
-                .mcast_flood(false)
-                .bcast_flood(true)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| NetError::netlink(format!("set bridge port flags of {tap}"), e))?;
-    handle
-        .neighbours()
-        .add_bridge(index, &mac.octets())
-        .state(NeighbourState::Noarp)
-        .flags(NeighbourFlags::Controller)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| NetError::netlink(format!("add FDB entry {mac} on {tap}"), e))?;
-    set_up(handle, index, tap).await?;
+    attach_port(handle, bridge_index, index, tap, mac).await?;
 
     if let Some(rate) = limits.download {
         shape_egress(tap, rate).await?;
@@ -219,6 +185,69 @@ async fn configure(
         .await?;
     }
     Ok(())
+}
+
+/// Puts an existing link on the default network's bridge as an isolated
+/// port (see the module docs) with a static FDB entry for `mac`, and sets it
+/// up. [`create_tap`] does this for TAPs; it is public so tests (and any
+/// future non-TAP guest link) get exactly the same port setup.
+pub async fn attach_to_bridge(net: &Network, port: &IfName, mac: MacAddr) -> Result<(), NetError> {
+    let handle = nl::connect()?;
+    let bridge = nl::link_by_name(&handle, net.bridge.as_str())
+        .await?
+        .filter(|l| l.kind == Some(InfoKind::Bridge))
+        .ok_or_else(|| NetError::BridgeMissing(net.bridge.to_string()))?;
+    let link = nl::link_by_name(&handle, port.as_str())
+        .await?
+        .ok_or_else(|| NetError::Io {
+            op: format!("attach {port} to {}", net.bridge),
+            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+        })?;
+    attach_port(&handle, bridge.index, link.index, port, mac).await
+}
+
+async fn attach_port(
+    handle: &Handle,
+    bridge_index: u32,
+    index: u32,
+    port: &IfName,
+    mac: MacAddr,
+) -> Result<(), NetError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge_index)
+                .mtu(MTU)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| NetError::netlink(format!("attach {port} to the bridge"), e))?;
+    handle
+        .link()
+        .set_port(
+            LinkBridgePort::new(index)
+                .isolated(true)
+                .learning(false)
+                .flood(false)
+                .mcast_flood(false)
+                .bcast_flood(true)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| NetError::netlink(format!("set bridge port flags of {port}"), e))?;
+    handle
+        .neighbours()
+        .add_bridge(index, &mac.octets())
+        .state(NeighbourState::Noarp)
+        .flags(NeighbourFlags::Controller)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| NetError::netlink(format!("add FDB entry {mac} on {port}"), e))?;
+    set_up(handle, index, port).await
 }
 
 async fn set_up(handle: &Handle, index: u32, name: &IfName) -> Result<(), NetError> {

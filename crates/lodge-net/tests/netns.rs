@@ -21,8 +21,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use lodge_net::{
-    create_tap, delete_tap, reap_orphans, setup_default, tap_name, teardown_default, Allocator,
-    Bandwidth, IfName, Limits, MacAddr, NetConfig, NetError,
+    attach_to_bridge, create_tap, delete_tap, reap_orphans, setup_default, tap_name,
+    teardown_default, Allocator, Bandwidth, IfName, Limits, MacAddr, NetConfig, NetError,
 };
 
 const INNER: &str = "LODGE_NET_TEST_INNER";
@@ -277,103 +277,123 @@ fn without_privilege_says_root_is_needed() {
 
 #[test]
 fn tap_is_isolated_with_static_fdb_and_deleted() {
-    in_netns("tap_is_isolated_with_static_fdb_and_deleted", false, || async {
-        fake_uplink();
-        let net = setup_default(&cfg()).await.expect("setup");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let leases = Allocator::open(dir.path(), net.subnet).expect("leases");
-        let id = "k3xq9z0abcdefghijklmnopq";
-        let lease = leases.allocate(id).expect("lease");
-        let tap = create_tap(&net, id, lease.mac, Limits::default())
-            .await
-            .expect("create tap");
-        assert_eq!(tap, tap_name(id).expect("name"));
-        assert_eq!(tap.as_str(), "lt-k3xq9z0abc");
+    in_netns(
+        "tap_is_isolated_with_static_fdb_and_deleted",
+        false,
+        || async {
+            fake_uplink();
+            let net = setup_default(&cfg()).await.expect("setup");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let leases = Allocator::open(dir.path(), net.subnet).expect("leases");
+            let id = "k3xq9z0abcdefghijklmnopq";
+            let lease = leases.allocate(id).expect("lease");
+            let tap = create_tap(&net, id, lease.mac, Limits::default())
+                .await
+                .expect("create tap");
+            assert_eq!(tap, tap_name(id).expect("name"));
+            assert_eq!(tap.as_str(), "lt-k3xq9z0abc");
 
-        let port = sh(&format!("bridge -d link show dev {tap}"));
-        for want in [
-            "master lodge0",
-            "learning off",
-            "flood off",
-            "mcast_flood off",
-            "bcast_flood on",
-            "isolated on",
-        ] {
-            assert!(port.contains(want), "missing {want:?} in {port}");
-        }
-        assert!(sh(&format!("ip -d link show dev {tap}")).contains("tun type tap"));
-        let fdb = sh(&format!("bridge fdb show dev {tap}"));
-        let line = fdb
-            .lines()
-            .find(|l| l.starts_with(&lease.mac.to_string()))
-            .unwrap_or_else(|| panic!("no FDB entry for {} in {fdb}", lease.mac));
-        assert!(line.contains("master lodge0") && line.contains("static"), "{line}");
-        assert!(!line.contains("permanent"), "{line}");
-        // No qdisc of lodge's without limits.
-        assert!(sh(&format!("tc class show dev {tap}")).trim().is_empty());
+            let port = sh(&format!("bridge -d link show dev {tap}"));
+            for want in [
+                "master lodge0",
+                "learning off",
+                "flood off",
+                "mcast_flood off",
+                "bcast_flood on",
+                "isolated on",
+            ] {
+                assert!(port.contains(want), "missing {want:?} in {port}");
+            }
+            assert!(sh(&format!("ip -d link show dev {tap}")).contains("tun type tap"));
+            let fdb = sh(&format!("bridge fdb show dev {tap}"));
+            let line = fdb
+                .lines()
+                .find(|l| l.starts_with(&lease.mac.to_string()))
+                .unwrap_or_else(|| panic!("no FDB entry for {} in {fdb}", lease.mac));
+            assert!(
+                line.contains("master lodge0") && line.contains("static"),
+                "{line}"
+            );
+            assert!(!line.contains("permanent"), "{line}");
+            // No qdisc of lodge's without limits.
+            assert!(sh(&format!("tc class show dev {tap}")).trim().is_empty());
 
-        // Re-creating (a leftover of a failed create) works.
-        create_tap(&net, id, lease.mac, Limits::default())
-            .await
-            .expect("recreate");
-        assert!(delete_tap(id).await.expect("delete"));
-        assert!(!link_exists(tap.as_str()));
-        assert!(!delete_tap(id).await.expect("delete again"));
-        assert!(sh("bridge fdb show br lodge0")
-            .lines()
-            .all(|l| !l.contains(&lease.mac.to_string())));
+            // Re-creating (a leftover of a failed create) works.
+            create_tap(&net, id, lease.mac, Limits::default())
+                .await
+                .expect("recreate");
+            assert!(delete_tap(id).await.expect("delete"));
+            assert!(!link_exists(tap.as_str()));
+            assert!(!delete_tap(id).await.expect("delete again"));
+            assert!(sh("bridge fdb show br lodge0")
+                .lines()
+                .all(|l| !l.contains(&lease.mac.to_string())));
 
-        // Without the bridge, nothing is created.
-        teardown_default(&net.bridge).await.expect("teardown");
-        let err = create_tap(&net, id, lease.mac, Limits::default())
-            .await
-            .expect_err("no bridge");
-        assert!(matches!(err, NetError::BridgeMissing(_)), "{err}");
-        assert!(!link_exists(tap.as_str()));
-    });
+            // Without the bridge, nothing is created.
+            teardown_default(&net.bridge).await.expect("teardown");
+            let err = create_tap(&net, id, lease.mac, Limits::default())
+                .await
+                .expect_err("no bridge");
+            assert!(matches!(err, NetError::BridgeMissing(_)), "{err}");
+            assert!(!link_exists(tap.as_str()));
+        },
+    );
 }
 
 #[test]
 fn bandwidth_limits_live_and_die_with_the_tap() {
-    in_netns("bandwidth_limits_live_and_die_with_the_tap", false, || async {
-        fake_uplink();
-        let net = setup_default(&cfg()).await.expect("setup");
-        let id = "bw0instance";
-        let limits = Limits {
-            download: Some("10Mbps".parse::<Bandwidth>().expect("bw")),
-            upload: Some("1MB/s".parse::<Bandwidth>().expect("bw")),
-        };
-        let mac = MacAddr::for_ip(Ipv4Addr::new(10, 100, 0, 9));
-        let tap = create_tap(&net, id, mac, limits).await.expect("tap");
-        let down = sh(&format!("tc class show dev {tap}"));
-        assert!(down.contains("htb 1:1") && down.contains("rate 10Mbit"), "{down}");
-        let ifb = lodge_net::ifb_name(id).expect("ifb");
-        assert!(sh(&format!("ip -d link show dev {ifb}")).contains("ifb"));
-        let up = sh(&format!("tc class show dev {ifb}"));
-        // 1 MiB/s = 8388608 bit/s; tc prints it rounded.
-        assert!(up.contains("htb 1:1") && up.contains("rate 8388Kbit"), "{up}");
-        let filt = sh(&format!("tc filter show dev {tap} ingress"));
-        assert!(filt.contains("mirred") && filt.contains(ifb.as_str()), "{filt}");
+    in_netns(
+        "bandwidth_limits_live_and_die_with_the_tap",
+        false,
+        || async {
+            fake_uplink();
+            let net = setup_default(&cfg()).await.expect("setup");
+            let id = "bw0instance";
+            let limits = Limits {
+                download: Some("10Mbps".parse::<Bandwidth>().expect("bw")),
+                upload: Some("1MB/s".parse::<Bandwidth>().expect("bw")),
+            };
+            let mac = MacAddr::for_ip(Ipv4Addr::new(10, 100, 0, 9));
+            let tap = create_tap(&net, id, mac, limits).await.expect("tap");
+            let down = sh(&format!("tc class show dev {tap}"));
+            assert!(
+                down.contains("htb 1:1") && down.contains("rate 10Mbit"),
+                "{down}"
+            );
+            let ifb = lodge_net::ifb_name(id).expect("ifb");
+            assert!(sh(&format!("ip -d link show dev {ifb}")).contains("ifb"));
+            let up = sh(&format!("tc class show dev {ifb}"));
+            // 1 MiB/s = 8388608 bit/s; tc prints it rounded.
+            assert!(
+                up.contains("htb 1:1") && up.contains("rate 8388Kbit"),
+                "{up}"
+            );
+            let filt = sh(&format!("tc filter show dev {tap} ingress"));
+            assert!(
+                filt.contains("mirred") && filt.contains(ifb.as_str()),
+                "{filt}"
+            );
 
-        // Only-download leaves no IFB.
-        let only_down = Limits {
-            upload: None,
-            ..limits
-        };
-        create_tap(&net, "bw1instance", mac, only_down)
-            .await
-            .expect("tap 2");
-        assert!(!link_exists("li-bw1instanc"));
+            // Only-download leaves no IFB.
+            let only_down = Limits {
+                upload: None,
+                ..limits
+            };
+            create_tap(&net, "bw1instance", mac, only_down)
+                .await
+                .expect("tap 2");
+            assert!(!link_exists("li-bw1instanc"));
 
-        assert!(delete_tap(id).await.expect("delete"));
-        assert!(delete_tap("bw1instance").await.expect("delete"));
-        assert!(!link_exists(tap.as_str()) && !link_exists(ifb.as_str()));
-        // No traffic-control class is left anywhere in the namespace.
-        for dev in sh("ls /sys/class/net").split_whitespace() {
-            let classes = sh(&format!("tc class show dev {dev}"));
-            assert!(classes.trim().is_empty(), "{dev}: {classes}");
-        }
-    });
+            assert!(delete_tap(id).await.expect("delete"));
+            assert!(delete_tap("bw1instance").await.expect("delete"));
+            assert!(!link_exists(tap.as_str()) && !link_exists(ifb.as_str()));
+            // No traffic-control class is left anywhere in the namespace.
+            for dev in sh("ls /sys/class/net").split_whitespace() {
+                let classes = sh(&format!("tc class show dev {dev}"));
+                assert!(classes.trim().is_empty(), "{dev}: {classes}");
+            }
+        },
+    );
 }
 
 #[test]
@@ -386,8 +406,12 @@ fn reap_orphans_keeps_only_live_instances() {
             upload: Some("100Mbps".parse().expect("bw")),
         };
         let mac = |n: u8| MacAddr::for_ip(Ipv4Addr::new(10, 100, 0, n));
-        create_tap(&net, "alive00000aaaa", mac(2), bw).await.expect("a");
-        create_tap(&net, "gone100000bbbb", mac(3), bw).await.expect("b");
+        create_tap(&net, "alive00000aaaa", mac(2), bw)
+            .await
+            .expect("a");
+        create_tap(&net, "gone100000bbbb", mac(3), bw)
+            .await
+            .expect("b");
         create_tap(&net, "gone200000cccc", mac(4), Limits::default())
             .await
             .expect("c");
@@ -418,4 +442,118 @@ fn reap_orphans_keeps_only_live_instances() {
         assert!(reap_orphans(["x"]).await.expect("nothing left").is_empty());
         assert!(link_exists("keepme0"));
     });
+}
+
+fn ping(ns: Option<&str>, ip: &str) -> bool {
+    let prefix = ns
+        .map(|n| format!("ip netns exec {n} "))
+        .unwrap_or_default();
+    sh_ok(&format!("{prefix}busybox ping -c 1 -W 2 {ip}"))
+}
+
+fn rx_packets(ns: &str, dev: &str) -> u64 {
+    sh(&format!(
+        "ip netns exec {ns} cat /sys/class/net/{dev}/statistics/rx_packets"
+    ))
+    .trim()
+    .parse()
+    .expect("rx_packets")
+}
+
+/// Guests stood in for by namespaces on veth pairs, attached to the bridge
+/// exactly as TAPs are: they reach the gateway and (through NAT) the outside,
+/// the outside cannot open connections to them, and they cannot reach each
+/// other by ARP, by a known MAC, by routing through the gateway, or by
+/// unknown-unicast flooding.
+#[test]
+fn guests_reach_out_and_host_but_not_each_other() {
+    in_netns(
+        "guests_reach_out_and_host_but_not_each_other",
+        false,
+        || async {
+            if !sh_ok("command -v busybox") {
+                panic!("busybox (busybox-static) is needed for ping");
+            }
+            let pid = std::process::id();
+            let outside = Netns(format!("lodge-test-{pid}-out"));
+            let ga = Netns(format!("lodge-test-{pid}-ga"));
+            let gb = Netns(format!("lodge-test-{pid}-gb"));
+            for ns in [&outside, &ga, &gb] {
+                sh(&format!(
+                    "ip netns add {0} && ip netns exec {0} sh -c \
+                 'sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+                  && ip link set lo up'",
+                    ns.0
+                ));
+            }
+            sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+            fake_uplink();
+            sh(&format!(
+                "ip link set up0p netns {0} && ip -n {0} addr add 192.0.2.1/24 dev up0p \
+             && ip -n {0} link set up0p up",
+                outside.0
+            ));
+            let net = setup_default(&cfg()).await.expect("setup");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let leases = Allocator::open(dir.path(), net.subnet).expect("leases");
+            let a = leases.allocate("guesta").expect("lease a");
+            let b = leases.allocate("guestb").expect("lease b");
+            for (ns, host_end, lease) in [(&ga, "vg-a", &a), (&gb, "vg-b", &b)] {
+                sh(&format!(
+                    "ip link add {host_end} type veth peer name eth0 netns {ns} \
+                 && ip -n {ns} link set eth0 address {mac} \
+                 && ip -n {ns} addr add {ip}/16 dev eth0 && ip -n {ns} link set eth0 up \
+                 && ip -n {ns} route add default via 10.100.0.1",
+                    ns = ns.0,
+                    mac = lease.mac,
+                    ip = lease.ip
+                ));
+                attach_to_bridge(&net, &IfName::new(host_end).expect("name"), lease.mac)
+                    .await
+                    .expect("attach");
+            }
+            let (a_ip, b_ip) = (a.ip.to_string(), b.ip.to_string());
+
+            assert!(ping(None, &a_ip), "host -> guest a");
+            assert!(ping(None, &b_ip), "host -> guest b");
+            assert!(ping(Some(&ga.0), "10.100.0.1"), "guest a -> gateway");
+            // The outside has no route to the subnet: a reply means NAT worked.
+            assert!(ping(Some(&ga.0), "192.0.2.1"), "guest a -> outside via NAT");
+            sh(&format!(
+                "ip -n {} route add 10.100.0.0/16 via 192.0.2.2",
+                outside.0
+            ));
+            assert!(
+                !ping(Some(&outside.0), &a_ip),
+                "outside -> guest must be refused"
+            );
+
+            // On-link: ARP broadcasts do not cross isolated ports.
+            assert!(!ping(Some(&ga.0), &b_ip), "a -> b by ARP");
+            // Known MAC on both sides: isolation alone must stop it.
+            sh(&format!(
+                "ip -n {} neigh replace {b_ip} lladdr {} dev eth0 nud permanent \
+             && ip -n {} neigh replace {a_ip} lladdr {} dev eth0 nud permanent",
+                ga.0, b.mac, gb.0, a.mac
+            ));
+            assert!(!ping(Some(&ga.0), &b_ip), "a -> b by static neighbour");
+            // Through the gateway: the firewall drops bridge -> bridge.
+            sh(&format!(
+            "ip -n {} route add {b_ip}/32 via 10.100.0.1 && ip -n {} route add {a_ip}/32 via 10.100.0.1",
+            ga.0, gb.0
+        ));
+            assert!(!ping(Some(&ga.0), &b_ip), "a -> b routed via the gateway");
+            // Unknown unicast is not flooded to b (hypeman #476).
+            sh(&format!(
+            "ip -n {} neigh replace 10.100.0.99 lladdr 02:4c:0a:64:00:63 dev eth0 nud permanent",
+            ga.0
+        ));
+            let before = rx_packets(&gb.0, "eth0");
+            assert!(!ping(Some(&ga.0), "10.100.0.99"));
+            assert_eq!(rx_packets(&gb.0, "eth0"), before, "b saw unknown unicast");
+            // And the same routed hop works for the outside, so the drops above
+            // are the isolation, not a broken path.
+            assert!(ping(Some(&gb.0), "192.0.2.1"), "guest b -> outside via NAT");
+        },
+    );
 }
