@@ -132,6 +132,12 @@ pub async fn setup_default(cfg: &NetConfig) -> Result<Network, NetError> {
         uplink,
         dns: cfg.dns.clone().unwrap_or_else(host_resolvers),
     };
+    if net.dns.is_empty() {
+        tracing::warn!(
+            "the host has no resolver a guest can reach (only loopback ones); \
+             guests get no DNS server unless LODGE_DNS is set"
+        );
+    }
 
     let created = existing.is_none();
     let index = match existing {
@@ -242,7 +248,7 @@ async fn configure(handle: &Handle, net: &Network, index: u32) -> Result<(), Net
         .map_err(|e| NetError::netlink(format!("set {} up", net.bridge), e))?;
 
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
-        .map_err(|e| NetError::io("enable net.ipv4.ip_forward", e))?;
+        .map_err(|e| NetError::net_io("enable net.ipv4.ip_forward", e))?;
 
     tool::run("nft", &["-f", "-"], Some(&nft_ruleset(net))).await
 }

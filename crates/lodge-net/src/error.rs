@@ -87,8 +87,19 @@ pub enum NetError {
 
 impl NetError {
     pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
-        if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES)
-        {
+        NetError::Io {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// As [`NetError::io`] for operations on the kernel's network state
+    /// (TAP ioctls, `/proc/sys/net`), where EPERM/EACCES means "not root".
+    pub(crate) fn net_io(op: impl Into<String>, source: io::Error) -> Self {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::EACCES)
+        ) {
             return NetError::PermissionDenied;
         }
         NetError::Io {

@@ -15,7 +15,10 @@
 //! - `learning off`, `flood off` (unknown unicast), `mcast_flood off`: hypeman
 //!   #476 shows isolated ports still flood unknown-unicast frames to other
 //!   guests; with no flooding and no learning nothing reaches a port unless
-//!   the bridge knows the destination MAC is there. Broadcast flooding stays
+//!   the bridge knows the destination MAC is there. (The kernels tested here
+//!   already keep unknown unicast off other isolated ports; flood off is what
+//!   makes that hold regardless of kernel, and learning off stops a guest
+//!   from claiming another guest's MAC by sending from it.) Broadcast flooding stays
 //!   on: the host's ARP requests for the guest's address are broadcasts, and
 //!   isolation already keeps guests' broadcasts from each other;
 //! - a static FDB entry (`NUD_NOARP`, on the port, `master`) for the guest's
@@ -114,7 +117,8 @@ pub async fn create_tap(
     nl::delete_link(&handle, ifb.as_str()).await?;
     nl::delete_link(&handle, tap.as_str()).await?;
 
-    tun::create_persistent_tap(&tap).map_err(|e| NetError::io(format!("create TAP {tap}"), e))?;
+    tun::create_persistent_tap(&tap)
+        .map_err(|e| NetError::net_io(format!("create TAP {tap}"), e))?;
     match configure(&handle, bridge.index, &tap, &ifb, mac, limits).await {
         Ok(()) => Ok(tap),
         Err(err) => {
