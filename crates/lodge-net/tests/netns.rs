@@ -568,3 +568,70 @@ fn guests_reach_out_and_host_but_not_each_other() {
         },
     );
 }
+
+fn carrier(dev: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/carrier"))
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
+}
+
+/// QEMU, given `qemu_args`, attaches to the TAP lodge made (carrier comes up),
+/// and the TAP outlives QEMU until lodge deletes it.
+#[test]
+fn qemu_attaches_to_the_persistent_tap() {
+    if std::env::var_os(INNER).is_none() && !sh_ok("command -v qemu-system-x86_64") {
+        eprintln!("skipping: qemu-system-x86_64 not installed");
+        return;
+    }
+    in_netns("qemu_attaches_to_the_persistent_tap", false, || async {
+        fake_uplink();
+        let net = setup_default(&cfg()).await.expect("setup");
+        let id = "qemuinstance";
+        let mac = MacAddr::for_ip(Ipv4Addr::new(10, 100, 0, 2));
+        let tap = create_tap(&net, id, mac, Limits::default())
+            .await
+            .expect("tap");
+        assert!(!carrier(tap.as_str()), "no carrier before QEMU attaches");
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-m",
+                "64",
+                "-S",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "none",
+            ])
+            .args(lodge_net::qemu_args(&tap, mac))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start qemu");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !carrier(tap.as_str()) && std::time::Instant::now() < deadline {
+            if let Some(status) = qemu.try_wait().expect("poll qemu") {
+                let out = qemu.wait_with_output().expect("qemu output");
+                panic!(
+                    "qemu exited early ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let attached = carrier(tap.as_str());
+        qemu.kill().expect("stop qemu");
+        qemu.wait().expect("reap qemu");
+        assert!(attached, "QEMU did not attach to {tap}");
+        assert!(link_exists(tap.as_str()), "the TAP outlives QEMU");
+        assert!(!carrier(tap.as_str()));
+        assert!(sh(&format!("bridge -d link show dev {tap}")).contains("isolated on"));
+        assert!(delete_tap(id).await.expect("delete"));
+    });
+}
