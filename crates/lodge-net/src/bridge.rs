@@ -6,7 +6,8 @@
 //! - the bridge is created only if missing, and a same-named link that is not
 //!   a bridge is refused rather than taken over;
 //! - the bridge carries exactly the gateway address (a stale address from an
-//!   earlier `LODGE_SUBNET` is removed);
+//!   earlier `LODGE_SUBNET` is removed) and a fixed MAC (see
+//!   [`Network::bridge_mac`]);
 //! - `net.ipv4.ip_forward=1` is written to `/proc/sys` (per network
 //!   namespace); teardown leaves it on, as other software may rely on it;
 //! - the whole firewall lives in one table of lodge's own, `inet lodge`,
@@ -38,7 +39,8 @@ use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use crate::config::host_resolvers;
-use crate::{nl, tool, IfName, NetConfig, NetError, Subnet, MTU};
+use crate::error::netlink_errno;
+use crate::{nl, tool, IfName, MacAddr, NetConfig, NetError, Subnet, MTU};
 
 /// The nftables family and name of lodge's table.
 pub const NFT_TABLE: &str = "inet lodge";
@@ -66,6 +68,14 @@ impl Network {
 
     pub fn mtu(&self) -> u32 {
         MTU
+    }
+
+    /// The bridge's (gateway's) fixed MAC, lodge's scheme applied to the
+    /// gateway address. Set explicitly because a bridge with a kernel-chosen
+    /// address takes the lowest MAC among its ports, so the guests' gateway
+    /// MAC would change as TAPs come and go and their ARP caches go stale.
+    pub fn bridge_mac(&self) -> MacAddr {
+        MacAddr::for_ip(self.gateway())
     }
 }
 
@@ -143,12 +153,22 @@ pub async fn setup_default(cfg: &NetConfig) -> Result<Network, NetError> {
     let index = match existing {
         Some(link) => link.index,
         None => {
-            handle
+            let add = handle
                 .link()
-                .add(LinkBridge::new(bridge_name).mtu(MTU).build())
+                .add(
+                    LinkBridge::new(bridge_name)
+                        .mtu(MTU)
+                        .address(net.bridge_mac().octets().to_vec())
+                        .build(),
+                )
                 .execute()
-                .await
-                .map_err(|e| NetError::netlink(format!("create bridge {bridge_name}"), e))?;
+                .await;
+            match add {
+                Ok(()) => {}
+                // Another process (a second daemon start) won the race.
+                Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => return Err(NetError::netlink(format!("create bridge {bridge_name}"), e)),
+            }
             nl::link_by_name(&handle, bridge_name)
                 .await?
                 .ok_or_else(|| NetError::Io {
@@ -242,7 +262,12 @@ async fn configure(handle: &Handle, net: &Network, index: u32) -> Result<(), Net
     }
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(net.bridge_mac().octets().to_vec())
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| NetError::netlink(format!("set {} up", net.bridge), e))?;

@@ -44,7 +44,8 @@ pub use bridge::{nft_ruleset, setup_default, teardown_default, Network};
 pub use config::{IfName, NetConfig, Subnet};
 pub use error::NetError;
 pub use tap::{
-    attach_to_bridge, create_tap, delete_tap, ifb_name, qemu_args, reap_orphans, tap_name, Limits,
+    attach_to_bridge, create_tap, delete_tap, ifb_name, qemu_args, reap_orphans, tap_exists,
+    tap_name, Limits,
 };
 
 /// The MTU lodge uses on the bridge, the TAPs and (to be told to) the guest.

@@ -286,6 +286,14 @@ async fn shape_egress(dev: &IfName, rate: Bandwidth) -> Result<(), NetError> {
     .await
 }
 
+/// Whether the instance's TAP exists (a restarted daemon adopts a running
+/// VM's TAP as it is instead of calling [`create_tap`]).
+pub async fn tap_exists(instance_id: &str) -> Result<bool, NetError> {
+    let tap = tap_name(instance_id)?;
+    let handle = nl::connect()?;
+    Ok(nl::link_by_name(&handle, tap.as_str()).await?.is_some())
+}
+
 /// Deletes the instance's TAP and IFB (and with them all their traffic
 /// control state). Devices already gone are fine; returns whether anything
 /// was deleted.

@@ -167,7 +167,9 @@ fn setup_is_idempotent_and_teardown_leaves_nothing() {
                 assert_eq!(addrs.lines().count(), 1, "{addrs}");
                 assert!(addrs.contains("inet 10.100.0.1/16"), "{addrs}");
                 assert!(sh("ip -d link show dev lodge0").contains("bridge"));
-                assert!(sh("ip link show dev lodge0").contains(",UP"));
+                let link = sh("ip link show dev lodge0");
+                assert!(link.contains(",UP"), "{link}");
+                assert!(link.contains("link/ether 02:4c:0a:64:00:01"), "{link}");
                 assert_eq!(
                     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                         .expect("read ip_forward")
@@ -305,6 +307,9 @@ fn tap_is_isolated_with_static_fdb_and_deleted() {
                 assert!(port.contains(want), "missing {want:?} in {port}");
             }
             assert!(sh(&format!("ip -d link show dev {tap}")).contains("tun type tap"));
+            assert!(lodge_net::tap_exists(id).await.expect("exists"));
+            // The gateway MAC does not follow the ports'.
+            assert!(sh("ip link show dev lodge0").contains("link/ether 02:4c:0a:64:00:01"));
             let fdb = sh(&format!("bridge fdb show dev {tap}"));
             let line = fdb
                 .lines()
@@ -325,6 +330,7 @@ fn tap_is_isolated_with_static_fdb_and_deleted() {
             assert!(delete_tap(id).await.expect("delete"));
             assert!(!link_exists(tap.as_str()));
             assert!(!delete_tap(id).await.expect("delete again"));
+            assert!(!lodge_net::tap_exists(id).await.expect("exists"));
             assert!(sh("bridge fdb show br lodge0")
                 .lines()
                 .all(|l| !l.contains(&lease.mac.to_string())));
