@@ -23,6 +23,19 @@
 //!   two processes, never hand out one address twice.
 //! - [`bandwidth`] parses hypeman's size strings into a typed rate.
 //!
+//! How the daemon drives it:
+//! - start: `NetConfig::from_env()?` → `setup_default(&cfg).await?` (keep
+//!   the returned [`Network`]) → `Allocator::open(<data>/network/leases,
+//!   net.subnet)?` → `reap_orphans(live_ids).await?` (and again
+//!   periodically); running VMs' TAPs are adopted as they are;
+//! - create: `alloc.allocate(id)?` (persist `ip`/`mac` with the instance) →
+//!   `create_tap(&net, id, lease.mac, limits).await?` → QEMU gets
+//!   [`qemu_args`]; the guest gets `ip/prefix_len`, `gateway`, `mtu`, `dns`;
+//!   a failed create calls `delete_tap(id)` and `alloc.release(id)`;
+//! - stop: `delete_tap(id).await?` (the lease stays with the instance);
+//!   start again: `create_tap` with the same lease;
+//! - delete: `delete_tap(id).await?` then `alloc.release(id)?`.
+//!
 //! Links, addresses, routes and FDB entries go through netlink (`rtnetlink`);
 //! only the firewall (`nft -f -`, one atomic transaction) and traffic control
 //! (`tc`) are driven through their command-line tools, whose input languages
