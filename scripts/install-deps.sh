@@ -22,6 +22,7 @@ packages=(
     tmux              # demos; the exec tests drive a real terminal with it
     curl              # scripts/bench-exec.sh calls the API directly
     hyperfine         # benchmarks
+    nftables          # nft: lodge's own `inet lodge` firewall table (lodge-net)
 )
 
 check_only=
