@@ -610,6 +610,7 @@ fn guest_config(meta: &Metadata) -> lodge_guest::GuestConfig {
         workdir: meta.workdir.clone(),
         hostname: Some(meta.name.clone()),
         user: meta.user.clone(),
+        network: None,
     }
 }
 
