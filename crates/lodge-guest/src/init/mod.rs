@@ -2,8 +2,9 @@
 //!
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
 //! answer a self-test, open the status port, load modules, find the disks,
-//! read the config, assemble the overlay root, start the guest agent and
-//! the workload, reap until the workload exits. Every path, success, failure or panic, ends in
+//! read the config, assemble the overlay root, bring up the network
+//! (loopback always, the NIC when the config has one), start the guest
+//! agent and the workload, reap until the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 
@@ -13,6 +14,8 @@ mod console;
 mod disks;
 mod error;
 mod modules;
+mod netlink;
+mod network;
 mod rootfs;
 mod workload;
 
@@ -33,6 +36,8 @@ use rootfs::Mounts;
 
 /// How long to wait for the virtio disks to appear.
 const DISK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the configured NIC to appear.
+const NIC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for leftover processes to die after SIGKILL.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound on the config JSON read from the config disk.
@@ -124,6 +129,12 @@ fn run(
     mounts
         .assemble(root_disk, disks.overlay.as_deref())
         .map_err(explain)?;
+    network::apply(
+        config.network.as_ref(),
+        Path::new(rootfs::NEWROOT),
+        NIC_TIMEOUT,
+    )
+    .map_err(explain)?;
 
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
