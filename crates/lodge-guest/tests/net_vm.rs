@@ -149,6 +149,7 @@ fn boot(system: &Path, work: &Path, config: &GuestConfig, nic: bool) -> Boot {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if line.contains("workload-start") {
+                eprintln!("{line}");
                 if let Ok(mut first) = seen.lock() {
                     first.get_or_insert(started.elapsed());
                 }
@@ -253,7 +254,7 @@ fn guest_gets_its_address_route_resolvers_and_reaches_the_gateway() {
     // (No `wget -T`: this static busybox crashes with it; `timeout` bounds
     // the fetch instead.)
     let mut config = sh(&format!(
-        "echo workload-start; busybox ip addr; busybox ip route; \
+        "echo workload-start uptime $(cat /proc/uptime); busybox ip addr; busybox ip route; \
          echo '--- resolv.conf'; cat /etc/resolv.conf; \
          echo '--- hosts'; cat /etc/hosts; echo '--- fetch'; \
          busybox timeout 60 busybox wget -q -O - http://10.0.2.2:{port}/probe; \
@@ -311,9 +312,11 @@ fn without_a_network_section_only_loopback_comes_up_and_files_stay() {
         return;
     };
     let work = tempfile::tempdir().expect("tempdir");
-    let config = sh("echo workload-start; busybox ip addr; busybox ip route; \
+    let config = sh(
+        "echo workload-start uptime $(cat /proc/uptime); busybox ip addr; busybox ip route; \
          echo '--- hosts'; cat /etc/hosts; echo '--- resolv'; \
-         busybox readlink /etc/resolv.conf");
+         busybox readlink /etc/resolv.conf",
+    );
     let boot = boot(&system, work.path(), &config, true);
     let console = &boot.console;
     eprintln!("--- console\n{console}--- status {:?}", boot.events);

@@ -2,9 +2,9 @@
 //!
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
 //! answer a self-test, open the status port, load modules, find the disks,
-//! read the config, assemble the overlay root, bring up the network
-//! (loopback always, the NIC when the config has one), start the guest
-//! agent and the workload, reap until the workload exits. Every path, success, failure or panic, ends in
+//! read the config, assemble the overlay root while the network comes up
+//! (loopback always, the NIC when the config has one), write the network's
+//! files into the root, start the guest agent and the workload, reap until the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 
@@ -126,15 +126,12 @@ fn run(
         .as_deref()
         .ok_or_else(|| missing(lodge_guest::SERIAL_CONFIG))?;
     let config = read_config(config_disk)?;
+    let links = network::Links::start(config.network.clone(), NIC_TIMEOUT);
     mounts
         .assemble(root_disk, disks.overlay.as_deref())
         .map_err(explain)?;
-    network::apply(
-        config.network.as_ref(),
-        Path::new(rootfs::NEWROOT),
-        NIC_TIMEOUT,
-    )
-    .map_err(explain)?;
+    links.wait().map_err(explain)?;
+    network::write_files(config.network.as_ref(), Path::new(rootfs::NEWROOT))?;
 
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;

@@ -5,10 +5,13 @@
 //! Steps: bring `lo` up (always, as every Linux system expects); with a
 //! network section, wait for the NIC whose MAC the host assigned (the
 //! virtio-net module loaded with the others), set its MTU, bring it up, add
-//! the address and the default route (all by rtnetlink, see `netlink`), then
-//! write `/etc/hosts` and, when resolvers are given, `/etc/resolv.conf`
-//! into the new root. Any failure stops the boot: a workload that expects a
-//! network must not start without one.
+//! the address and the default route (all by rtnetlink, see `netlink`).
+//! These link steps need only the config, so they run on a thread of their
+//! own ([`Links`]) while PID 1 mounts the root, keeping them off the boot's
+//! critical path. Once the root is up, [`write_files`] writes `/etc/hosts`
+//! and, when resolvers are given, `/etc/resolv.conf` into it. Any failure
+//! stops the boot: a workload that expects a network must not start
+//! without one.
 //!
 //! The files are written through the overlay: to a fresh temporary file in
 //! the root's `etc`, renamed over the old one. A rename replaces a symlink
@@ -19,6 +22,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lodge_guest::{MacAddr, NetworkConfig};
@@ -31,9 +35,43 @@ const SYS_CLASS_NET: &str = "/sys/class/net";
 /// How often the interfaces are re-scanned while waiting for the NIC.
 const POLL: Duration = Duration::from_millis(5);
 
-/// Bring up loopback and, with `network`, the guest's NIC; then write the
-/// name-service files under `root`.
-pub fn apply(network: Option<&NetworkConfig>, root: &Path, nic_timeout: Duration) -> Result<()> {
+/// The link half of the setup, started on its own thread so that it runs
+/// while PID 1 assembles the root; [`Links::wait`] collects its outcome.
+pub enum Links {
+    Running(JoinHandle<Result<()>>),
+    /// The thread could not be started.
+    Failed(Error),
+}
+
+impl Links {
+    /// Start bringing up loopback and, with `network`, the guest's NIC.
+    pub fn start(network: Option<NetworkConfig>, nic_timeout: Duration) -> Self {
+        let spawned = std::thread::Builder::new()
+            .name("network".into())
+            .spawn(move || configure_links(network.as_ref(), nic_timeout));
+        match spawned {
+            Ok(handle) => Self::Running(handle),
+            Err(e) => Self::Failed(Error::new(format!(
+                "start the network thread: {}",
+                crate::sys::errno_text_of(&e)
+            ))),
+        }
+    }
+
+    /// Wait for the links to be configured.
+    pub fn wait(self) -> Result<()> {
+        match self {
+            Self::Running(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::new("the network thread panicked".to_owned()))),
+            Self::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Bring up loopback and, with `network`, the guest's NIC: MTU, up,
+/// address, default route.
+fn configure_links(network: Option<&NetworkConfig>, nic_timeout: Duration) -> Result<()> {
     let mut rtnl = Rtnl::open().context(|| "open rtnetlink socket".to_owned())?;
     let lo = ifindex(Path::new(SYS_CLASS_NET), "lo").context(|| "find lo".to_owned())?;
     rtnl.link_up(lo, None)
@@ -41,7 +79,6 @@ pub fn apply(network: Option<&NetworkConfig>, root: &Path, nic_timeout: Duration
     let Some(net) = network else {
         return Ok(());
     };
-
     let (name, index) = wait_for_nic(net.mac, nic_timeout)?;
     rtnl.link_up(index, net.mtu).context(|| match net.mtu {
         Some(mtu) => format!("set mtu {mtu} and bring up {name}"),
@@ -51,7 +88,15 @@ pub fn apply(network: Option<&NetworkConfig>, root: &Path, nic_timeout: Duration
         .context(|| format!("add address {}/{} to {name}", net.ip, net.prefix_len))?;
     rtnl.add_default_route(index, net.gateway)
         .context(|| format!("add default route via {} dev {name}", net.gateway))?;
+    Ok(())
+}
 
+/// Write `/etc/hosts` and, when resolvers are given, `/etc/resolv.conf`
+/// under `root`; nothing without a network section.
+pub fn write_files(network: Option<&NetworkConfig>, root: &Path) -> Result<()> {
+    let Some(net) = network else {
+        return Ok(());
+    };
     write_etc(root, "hosts", &net.hosts())?;
     if let Some(resolv) = net.resolv_conf() {
         write_etc(root, "resolv.conf", &resolv)?;
