@@ -4,7 +4,8 @@
 //! answer a self-test, open the status port, load modules, find the disks,
 //! read the config, assemble the overlay root while the network comes up
 //! (loopback always, the NIC when the config has one), write the network's
-//! files into the root, start the guest agent and the workload, reap until the workload exits. Every path, success, failure or panic, ends in
+//! files into the root, start the guest agent and the workload, reap until
+//! the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 

@@ -1,6 +1,6 @@
-//! The guest's network, set up by PID 1 once the root is assembled and
-//! before the guest agent or the workload start, so that the workload's
-//! first connection already has an address and a route.
+//! The guest's network, set up by PID 1 before the guest agent or the
+//! workload start, so that the workload's first connection already has an
+//! address and a route.
 //!
 //! Steps: bring `lo` up (always, as every Linux system expects); with a
 //! network section, wait for the NIC whose MAC the host assigned (the
