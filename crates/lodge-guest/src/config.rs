@@ -12,6 +12,10 @@
 //! the host's own code built from this type, so a typo cannot slip in the
 //! way `deny_unknown_fields` protects against elsewhere. Everything the guest
 //! relies on is checked by [`GuestConfig::validate`], which `decode` runs.
+//!
+//! Fields added later are optional and left out of the JSON when unset
+//! (`network`, see [`crate::network`]), so configs written before them
+//! still parse and a config that does not use them encodes as before.
 
 use serde::{Deserialize, Serialize};
 
