@@ -136,5 +136,6 @@ pub(super) fn guest_config(meta: &Metadata) -> lodge_guest::GuestConfig {
         workdir: meta.workdir.clone(),
         hostname: Some(meta.name.clone()),
         user: meta.user.clone(),
+        network: None,
     }
 }
