@@ -25,7 +25,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::segment::{list_segments, segment_name};
-use crate::ReadError;
+use crate::error::ReadError;
 
 /// Bytes read per step of the backward scan: small first (a hundred lines
 /// usually fit), then growing to `BLOCK`.

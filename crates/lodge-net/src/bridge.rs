@@ -40,7 +40,10 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use crate::config::host_resolvers;
 use crate::error::netlink_errno;
-use crate::{nl, tool, IfName, MacAddr, NetConfig, NetError, Subnet, MTU};
+use crate::alloc::MacAddr;
+use crate::config::{IfName, NetConfig, Subnet, MTU};
+use crate::error::NetError;
+use crate::{nl, tool};
 
 /// The nftables family and name of lodge's table.
 pub const NFT_TABLE: &str = "inet lodge";
