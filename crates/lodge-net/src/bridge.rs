@@ -38,10 +38,10 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
-use crate::config::host_resolvers;
-use crate::error::netlink_errno;
 use crate::alloc::MacAddr;
+use crate::config::host_resolvers;
 use crate::config::{IfName, NetConfig, Subnet, MTU};
+use crate::error::netlink_errno;
 use crate::error::NetError;
 use crate::{nl, tool};
 
