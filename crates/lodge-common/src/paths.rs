@@ -147,8 +147,9 @@ impl GuestPaths {
     pub fn config_disk(&self) -> PathBuf {
         self.dir.join("config.img")
     }
-    /// The VMM's control socket.
-    pub fn qmp_socket(&self) -> PathBuf {
+    /// The VMM's control socket. Named `qmp.sock` since lodge's first
+    /// (QEMU) VMs; the name stays so running VMs are still found.
+    pub fn control_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
     /// Host end of the guest agent's port. When `dir/agent.sock` is longer
@@ -233,7 +234,7 @@ mod tests {
         assert_eq!(g.rootfs(), Path::new("/d/guests/abc/rootfs.ext4"));
         assert_eq!(g.overlay(), Path::new("/d/guests/abc/overlay.ext4"));
         assert_eq!(g.config_disk(), Path::new("/d/guests/abc/config.img"));
-        assert_eq!(g.qmp_socket(), Path::new("/d/guests/abc/qmp.sock"));
+        assert_eq!(g.control_socket(), Path::new("/d/guests/abc/qmp.sock"));
         assert_eq!(g.agent_socket(), Path::new("/d/guests/abc/agent.sock"));
         assert_eq!(g.status_file(), Path::new("/d/guests/abc/status.log"));
         assert_eq!(g.monitor_stderr(), Path::new("/d/guests/abc/monitor.err"));

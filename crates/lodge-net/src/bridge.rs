@@ -41,8 +41,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use crate::alloc::MacAddr;
 use crate::config::host_resolvers;
 use crate::config::{IfName, NetConfig, Subnet, MTU};
-use crate::error::netlink_errno;
-use crate::error::NetError;
+use crate::error::{netlink_errno, NetError};
 use crate::{nl, tool};
 
 /// The nftables family and name of lodge's table.

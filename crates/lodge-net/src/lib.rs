@@ -54,9 +54,11 @@ mod tun;
 pub use alloc::{Allocator, Lease, MacAddr};
 pub use bandwidth::Bandwidth;
 pub use bridge::{nft_ruleset, setup_default, teardown_default, Network};
-pub use config::{IfName, NetConfig, Subnet, MTU};
+pub use config::{IfName, NetConfig, Subnet};
 pub use error::NetError;
 pub use tap::{
     attach_to_bridge, create_tap, delete_tap, ifb_name, qemu_args, reap_orphans, tap_exists,
     tap_name, Limits,
 };
+
+pub use config::MTU;

@@ -54,7 +54,7 @@ impl Manager {
         // Prepared under a staging name that listing ignores, then renamed
         // into place, so a failed create leaves nothing behind.
         let staging = Paths {
-            dir: self.cfg.guests_dir().join(format!(".creating-{id}")),
+            dir: self.cfg.paths().guest_creating(&id),
         };
         let prepared = {
             let staging = staging.clone();

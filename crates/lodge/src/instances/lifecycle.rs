@@ -118,7 +118,7 @@ impl Manager {
             }
         }
         // Renamed first so that a crash mid-removal leaves no half record.
-        let trash = self.cfg.guests_dir().join(format!(".deleting-{id}"));
+        let trash = self.cfg.paths().guest_deleting(&id);
         std::fs::rename(&paths.dir, &trash).map_err(io(format!("deleting instance {id}")))?;
         std::fs::remove_dir_all(&trash).map_err(io(format!("removing {}", trash.display())))?;
         self.forget_lock(&id);

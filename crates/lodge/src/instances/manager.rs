@@ -100,7 +100,7 @@ impl Manager {
     }
 
     pub(super) fn paths(&self, id: &str) -> Paths {
-        Paths::new(&self.cfg.guests_dir(), id)
+        self.cfg.paths().guest(id)
     }
 
     /// Resolves `key`, takes the instance's lock and reads its record: the
@@ -202,7 +202,7 @@ fn all_records(guests: &Path) -> Result<Vec<Metadata>> {
     let ids = store::list_ids(guests).map_err(io(format!("listing {}", guests.display())))?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        match store::load(&Paths::new(guests, &id)) {
+        match store::load(&Paths::new(guests.join(&id))) {
             Ok(m) => out.push(m),
             // Deleted between listing and reading.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -3,16 +3,12 @@
 //! it never fails the action; it is logged instead.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use super::store::Paths;
 
 /// Appends one line to the instance's `lodge` log.
 pub fn oplog(paths: &Paths, msg: &str) {
-    let line = format!(
-        "{} {msg}\n",
-        humantime::format_rfc3339_millis(SystemTime::now())
-    );
+    let line = format!("{} {msg}\n", lodge_common::time::now_rfc3339());
     if let Err(e) = append_oplog(&paths.logs(), line.as_bytes()) {
         tracing::warn!("writing the lodge log of {}: {e}", paths.dir.display());
     }

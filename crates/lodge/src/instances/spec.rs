@@ -194,7 +194,7 @@ impl CreateSpec {
         if let Some(key) = self
             .env
             .keys()
-            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+            .find(|k| !lodge_common::env::is_valid_name(k))
         {
             return Err(SpecError::EnvName(key.clone()));
         }

@@ -6,7 +6,6 @@
 //! never half of either.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -51,72 +50,12 @@ pub struct Metadata {
     pub stopped_at: Option<SystemTime>,
 }
 
-/// Layout of one instance directory.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub dir: PathBuf,
-}
-
-impl Paths {
-    pub fn new(guests_dir: &Path, id: &str) -> Self {
-        Paths {
-            dir: guests_dir.join(id),
-        }
-    }
-    pub fn metadata(&self) -> PathBuf {
-        self.dir.join("metadata.json")
-    }
-    pub fn logs(&self) -> PathBuf {
-        self.dir.join("logs")
-    }
-    pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("rootfs.ext4")
-    }
-    pub fn overlay(&self) -> PathBuf {
-        self.dir.join("overlay.ext4")
-    }
-    pub fn config_disk(&self) -> PathBuf {
-        self.dir.join("config.img")
-    }
-    /// The VMM's control socket. Named `qmp.sock` since lodge's first
-    /// (QEMU) VMs; the name stays so running VMs are still found.
-    pub fn control_socket(&self) -> PathBuf {
-        self.dir.join("qmp.sock")
-    }
-    /// Host end of the guest agent's virtio-serial port. A Unix socket path
-    /// must fit in 107 bytes; when the instance directory is too deep for
-    /// that, the socket goes to the temp dir as `lodge-agent-<id>.sock`.
-    pub fn agent_socket(&self) -> PathBuf {
-        const SUN_PATH_MAX: usize = 107;
-        let socket = self.dir.join("agent.sock");
-        if socket.as_os_str().len() <= SUN_PATH_MAX {
-            return socket;
-        }
-        let id = self.dir.file_name().unwrap_or_default().to_string_lossy();
-        std::env::temp_dir().join(format!("lodge-agent-{id}.sock"))
-    }
-    /// Guest init's status lines (second serial port), not user output.
-    pub fn status_file(&self) -> PathBuf {
-        self.dir.join("status.log")
-    }
-    pub fn monitor_stderr(&self) -> PathBuf {
-        self.dir.join("monitor.err")
-    }
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
+/// Layout of one instance directory: lodge-common's, the one definition.
+pub use lodge_common::paths::GuestPaths as Paths;
 
 pub fn save(paths: &Paths, meta: &Metadata) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
-    write_atomic(&paths.metadata(), &json)
+    lodge_common::fsutil::write_atomic(&paths.metadata(), &json)
 }
 
 pub fn load(paths: &Paths) -> std::io::Result<Metadata> {
@@ -151,19 +90,19 @@ pub fn list_ids(guests_dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(ids)
 }
 
-/// RFC 3339 timestamps in JSON, via humantime.
+/// RFC 3339 timestamps in JSON, in lodge-common's one format.
 mod humantime_serde_compat {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+        s.serialize_str(&lodge_common::time::rfc3339(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+        lodge_common::time::parse_rfc3339(&s).map_err(serde::de::Error::custom)
     }
 
     pub mod option {
@@ -180,7 +119,7 @@ mod humantime_serde_compat {
             d: D,
         ) -> Result<Option<SystemTime>, D::Error> {
             let s = Option::<String>::deserialize(d)?;
-            s.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+            s.map(|s| lodge_common::time::parse_rfc3339(&s).map_err(serde::de::Error::custom))
                 .transpose()
         }
     }
@@ -193,7 +132,7 @@ mod tests {
     #[test]
     fn round_trip_and_listing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let paths = Paths::new(dir.path(), "abc123");
+        let paths = Paths::new(dir.path().join("abc123"));
         std::fs::create_dir_all(&paths.dir).expect("mkdir");
         let meta = Metadata {
             id: "abc123".into(),
@@ -235,7 +174,7 @@ mod tests {
     #[test]
     fn old_records_still_load() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let paths = Paths::new(dir.path(), "old1");
+        let paths = Paths::new(dir.path().join("old1"));
         std::fs::create_dir_all(&paths.dir).expect("mkdir");
         // A record as lodge wrote it when `hypervisor` was a plain string.
         let old = include_str!("../../tests/data/metadata-before-typed-hypervisor.json");

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use lodge_common::size::format_hypeman as human_size;
+use lodge_common::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 use super::state::{self, Observed, State};
@@ -31,26 +33,6 @@ pub struct Instance {
     pub cmd: Vec<String>,
     pub hypervisor: String,
     pub has_snapshot: bool,
-}
-
-fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// `1073741824` → `1GB`, the way hypeman prints sizes (binary units).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TB", 1 << 40),
-        ("GB", 1 << 30),
-        ("MB", 1 << 20),
-        ("KB", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size && bytes.is_multiple_of(size) {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    format!("{bytes}B")
 }
 
 impl Instance {
