@@ -82,8 +82,11 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Copying out of an instance, the guest is not trusted: every entry lands \
+inside DST (never through a symlink, nor through one the copy itself created), setuid and \
+setgid bits are dropped unless -a is given, and device nodes are never created.")]
 pub struct CpArgs {
-    /// Archive mode: keep uid and gid
+    /// Archive mode: keep uid and gid, and out of an instance its setuid/setgid bits
     #[arg(short, long)]
     pub archive: bool,
     /// Always follow symbolic links in SRC

@@ -7,13 +7,17 @@
 //!   does (SRC ending in `/.` copies its contents into DST instead);
 //! - DST's parent must exist; nothing else is created on the way;
 //! - modes and times are kept, owners only with `-a`; symlinks are copied
-//!   as links unless `-L`.
+//!   as links unless `-L`;
+//! - out of an instance, setuid and setgid bits are dropped unless `-a`,
+//!   and no device node is ever created: the guest is not trusted.
 //!
 //! Both directions stream entries over the API's cp WebSocket (uploads use
 //! lodge's one-connection `stream` form), file contents in chunks. The
 //! walking and unpacking rules are [`lodge_guest::agent::tree`]'s, the same
 //! code the guest agent runs, so an entry the other side sends that would
-//! land outside DST is refused on either side.
+//! land outside DST (through `..`, an absolute name, or a symlink, the root
+//! included) is refused on either side. The daemon only forwards entries;
+//! it writes no host files for a copy.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -315,7 +319,7 @@ async fn download(
                 if unpacker.is_none() {
                     target =
                         resolve_download_target(&header, src_path, dst, dst_md.as_ref(), contents)?;
-                    unpacker = Some(Unpacker::new(target.clone(), args.archive));
+                    unpacker = Some(Unpacker::untrusted(target.clone(), args.archive));
                 }
                 if let Some(u) = unpacker.as_mut() {
                     if let Err(e) = u.begin(header) {
