@@ -8,7 +8,8 @@
 //! daemon: they find where the last N lines begin reading backwards, then
 //! follow the same descriptors through rotations, woken by inotify. The
 //! monitor's lock file ([`MONITOR_LOCK`]) tells readers when the log is
-//! complete. [`ByteSize`] is the size syntax shared by every size flag.
+//! complete. [`LineSplitter`] cuts what they read into lines of bounded
+//! size. [`ByteSize`] is the size syntax shared by every size flag.
 //!
 //! Everything here is synchronous std code so the per-VM monitor can use it
 //! without an async runtime; the `async` feature adds [`Follower::next`]
@@ -17,6 +18,7 @@
 #[cfg(feature = "async")]
 mod async_fd;
 mod follow;
+mod lines;
 mod lock;
 mod segment;
 mod size;
@@ -27,6 +29,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use follow::{read_all, Follow, Follower};
+pub use lines::{LineChunk, LineSplitter, MAX_LINE_CHUNK};
 pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
 pub use segment::{Source, UnknownSource};
 pub use size::{ByteSize, SizeError};

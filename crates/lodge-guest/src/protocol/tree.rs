@@ -291,8 +291,8 @@ impl Unpacker {
                 }
                 None => (self.root.as_path(), None),
             };
-            let fd = fs::File::open(dir)
-                .map_err(|e| format!("{}: {}", dir.display(), io_text(&e)))?;
+            let fd =
+                fs::File::open(dir).map_err(|e| format!("{}: {}", dir.display(), io_text(&e)))?;
             if !fd.metadata().is_ok_and(|m| m.is_dir()) {
                 return Err(format!("{} is not a directory", dir.display()));
             }
@@ -318,7 +318,12 @@ impl Unpacker {
 
     /// The directory at `names` below the anchor, each component opened
     /// without following symlinks; missing ones are created if `create`.
-    fn open_dir(&mut self, names: &[OsString], entry: &str, create: bool) -> Result<OwnedFd, String> {
+    fn open_dir(
+        &mut self,
+        names: &[OsString],
+        entry: &str,
+        create: bool,
+    ) -> Result<OwnedFd, String> {
         if let Some((cached, fd)) = &self.parent {
             if cached.as_slice() == names {
                 return fd.try_clone().map_err(|e| io_text(&e));
