@@ -3,7 +3,7 @@
 //! Instances are read as the API's own `Instance` type; `inspect` prints the
 //! JSON whole, as the daemon sent it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use reqwest::Method;
@@ -13,6 +13,8 @@ use crate::api::types::LogsQuery;
 use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
 use crate::client::{encode, ApiFailure, Client};
 use crate::instances::{Instance, State};
+
+use super::logs_escape::escape_controls;
 
 fn path(instance: &str) -> String {
     format!("/instances/{}", encode(instance))
@@ -137,11 +139,22 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let stdout = std::io::stdout();
+        // A guest's escape sequences are shown, not acted on, on a terminal.
+        let escape = !args.raw && stdout.is_terminal();
+        let mut escaped = Vec::new();
         let result = client
-            .logs(instance, &query, |line| {
+            .logs(instance, &query, |line, ends| {
                 let mut out = stdout.lock();
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
+                if escape {
+                    escaped.clear();
+                    escape_controls(line.as_bytes(), true, &mut escaped);
+                    out.write_all(&escaped)?;
+                } else {
+                    out.write_all(line.as_bytes())?;
+                }
+                if ends {
+                    out.write_all(b"\n")?;
+                }
                 out.flush()?;
                 Ok(())
             })

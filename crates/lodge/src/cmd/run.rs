@@ -32,10 +32,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
             source: Some("app".to_string()),
         };
         client
-            .logs(&id, &query, |line| {
+            .logs(&id, &query, |line, ends| {
                 let mut out = stdout.lock();
                 out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
+                if ends {
+                    out.write_all(b"\n")?;
+                }
                 out.flush()?;
                 Ok(())
             })
