@@ -193,6 +193,10 @@ pub struct RunArgs {
     /// Delete the instance once its program has exited
     #[arg(long)]
     pub rm: bool,
+    /// On a terminal, print the console's control characters as they are
+    /// instead of escaped (\x1b); output to a pipe or file is always byte-exact
+    #[arg(long)]
+    pub raw: bool,
     /// Boot this host directory as the root file system
     #[arg(long)]
     pub rootfs: Option<PathBuf>,

@@ -3,7 +3,7 @@
 //! Instances are read as the API's own `Instance` type; `inspect` prints the
 //! JSON whole, as the daemon sent it.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use reqwest::Method;
@@ -14,7 +14,7 @@ use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
 use crate::client::{encode, ApiFailure, Client};
 use crate::instances::{Instance, State};
 
-use super::logs_escape::escape_controls;
+use super::logs_escape::ConsoleOut;
 
 fn path(instance: &str) -> String {
     format!("/instances/{}", encode(instance))
@@ -138,26 +138,10 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
     };
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let stdout = std::io::stdout();
         // A guest's escape sequences are shown, not acted on, on a terminal.
-        let escape = !args.raw && stdout.is_terminal();
-        let mut escaped = Vec::new();
+        let mut out = ConsoleOut::new(args.raw);
         let result = client
-            .logs(instance, &query, |line, ends| {
-                let mut out = stdout.lock();
-                if escape {
-                    escaped.clear();
-                    escape_controls(line.as_bytes(), true, &mut escaped);
-                    out.write_all(&escaped)?;
-                } else {
-                    out.write_all(line.as_bytes())?;
-                }
-                if ends {
-                    out.write_all(b"\n")?;
-                }
-                out.flush()?;
-                Ok(())
-            })
+            .logs(instance, &query, |line, ends| Ok(out.write(line, ends)?))
             .await;
         match result {
             Ok(()) => Ok(0),

@@ -79,6 +79,44 @@ fn hex(b: u8, out: &mut Vec<u8>) {
     ]);
 }
 
+/// Where `lodge logs` and an attached `lodge run` print console lines: to
+/// stdout, escaped when it is a terminal and `raw` was not asked for.
+pub struct ConsoleOut {
+    stdout: std::io::Stdout,
+    escape: bool,
+    escaped: Vec<u8>,
+}
+
+impl ConsoleOut {
+    pub fn new(raw: bool) -> Self {
+        use std::io::IsTerminal;
+        let stdout = std::io::stdout();
+        let escape = !raw && stdout.is_terminal();
+        ConsoleOut {
+            stdout,
+            escape,
+            escaped: Vec::new(),
+        }
+    }
+
+    /// Prints one piece of a line; `ends` says whether the line ends here.
+    pub fn write(&mut self, line: &str, ends: bool) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = self.stdout.lock();
+        if self.escape {
+            self.escaped.clear();
+            escape_controls(line.as_bytes(), true, &mut self.escaped);
+            out.write_all(&self.escaped)?;
+        } else {
+            out.write_all(line.as_bytes())?;
+        }
+        if ends {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
