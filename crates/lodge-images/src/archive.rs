@@ -110,7 +110,9 @@ fn archive_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 /// bytes of a file.
 pub fn tar_failure(e: &std::io::Error) -> &'static str {
     let text = e.to_string();
-    if e.kind() == std::io::ErrorKind::UnexpectedEof || text.starts_with("failed to read entire block") {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || text.starts_with("failed to read entire block")
+    {
         "the tar stream ends in the middle of a member"
     } else if text.starts_with("archive header checksum mismatch") {
         "not a tar archive (a header's checksum does not match)"
@@ -125,7 +127,6 @@ pub fn tar_failure(e: &std::io::Error) -> &'static str {
 fn tar_err(path: &Path, e: &std::io::Error) -> Error {
     archive_err(path, tar_failure(e))
 }
-
 
 /// Normalises a member name; `None` for names that would leave the archive.
 fn member_name(raw: &[u8]) -> Option<String> {

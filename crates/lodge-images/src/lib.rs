@@ -26,9 +26,9 @@ pub mod runconfig;
 pub mod store;
 pub mod unpack;
 
+pub use archive::ArchiveFormat;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind};
-pub use archive::ArchiveFormat;
 pub use manager::{
     ImageInfo, ImageLease, Images, LoadRequest, Options, Progress, PullRequest, Upload, UsersFn,
 };

@@ -148,8 +148,8 @@ impl AnyManifest {
     /// Parses by the `mediaType` field, or by shape when it is absent (OCI
     /// makes it optional).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| crate::error::json_failure("the manifest", &e))?;
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| crate::error::json_failure("the manifest", &e))?;
         let media = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
         if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
             return Err(

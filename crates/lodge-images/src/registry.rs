@@ -195,7 +195,12 @@ pub fn auth_from_file(file: &Path, registry: &str) -> Result<Option<RegistryAuth
         return Ok(None);
     };
     let what = format!("the entry for {registry} in {}", file.display());
-    let field = |k: &str| entry.get(k).and_then(|a| a.as_str()).filter(|a| !a.is_empty());
+    let field = |k: &str| {
+        entry
+            .get(k)
+            .and_then(|a| a.as_str())
+            .filter(|a| !a.is_empty())
+    };
     if let Some(token) = field("registrytoken") {
         check_token(&what, token)?;
         return Ok(Some(RegistryAuth::Bearer(token.to_string())));
@@ -205,10 +210,12 @@ pub fn auth_from_file(file: &Path, registry: &str) -> Result<Option<RegistryAuth
             .decode(b64.trim())
             .ok()
             .and_then(|raw| String::from_utf8(raw).ok())
-            .ok_or_else(|| bad_credential(&what, "has an `auth` that is not base64 of user:password"))?;
-        let (u, p) = raw
-            .split_once(':')
-            .ok_or_else(|| bad_credential(&what, "has an `auth` without ':' between user and password"))?;
+            .ok_or_else(|| {
+                bad_credential(&what, "has an `auth` that is not base64 of user:password")
+            })?;
+        let (u, p) = raw.split_once(':').ok_or_else(|| {
+            bad_credential(&what, "has an `auth` without ':' between user and password")
+        })?;
         check_basic(&what, u, p)?;
         return Ok(Some(RegistryAuth::Basic(u.to_string(), p.to_string())));
     }
@@ -493,7 +500,10 @@ mod tests {
             registry_token: Some("abc\ndef".into()),
             ..Default::default()
         };
-        assert_eq!(bad.validate().expect_err("newline").kind, ErrorKind::Invalid);
+        assert_eq!(
+            bad.validate().expect_err("newline").kind,
+            ErrorKind::Invalid
+        );
         let bad = Credentials {
             username: Some("a:b".into()),
             password: Some("p".into()),

@@ -70,8 +70,12 @@ impl Env {
 
 fn env_with(opts: Options) -> Env {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let images = Images::open(&tmp.path().join("images"), opts, Arc::new(|_: &str| Vec::new()))
-        .expect("open");
+    let images = Images::open(
+        &tmp.path().join("images"),
+        opts,
+        Arc::new(|_: &str| Vec::new()),
+    )
+    .expect("open");
     Env { tmp, images }
 }
 
@@ -119,7 +123,9 @@ async fn a_panicking_pull_ends_failed_and_can_be_deleted_and_pulled_again() {
             "no job left behind"
         );
     }
-    e.images.delete(&name).expect("a failed image can be deleted");
+    e.images
+        .delete(&name)
+        .expect("a failed image can be deleted");
     assert_eq!(
         e.images.get(&name).expect_err("gone").kind,
         ErrorKind::NotFound

@@ -317,7 +317,12 @@ impl Images {
         }
     }
 
-    async fn run(self: &Arc<Self>, mut record: ImageRecord, s: Start, progress: Arc<Mutex<Progress>>) {
+    async fn run(
+        self: &Arc<Self>,
+        mut record: ImageRecord,
+        s: Start,
+        progress: Arc<Mutex<Progress>>,
+    ) {
         let _permit = self.pulls.acquire().await;
         self.set_status(&mut record, Status::Pulling);
         let old_digest = record.digest.clone();
@@ -385,8 +390,15 @@ impl Images {
         tmp: &Path,
     ) -> Result<super::build::Built> {
         self.ensure_free(0, "pulling")?;
-        self.fetch_and_build(record, &s.origin, &s.platform, s.creds.as_ref(), progress, tmp)
-            .await
+        self.fetch_and_build(
+            record,
+            &s.origin,
+            &s.platform,
+            s.creds.as_ref(),
+            progress,
+            tmp,
+        )
+        .await
     }
 }
 

@@ -137,6 +137,8 @@ impl Images {
             }
             joined_other = true;
         }
-        Err(internal(format!("image {key} did not become ready for {wanted}")))
+        Err(internal(format!(
+            "image {key} did not become ready for {wanted}"
+        )))
     }
 }

@@ -34,7 +34,7 @@ mod sources;
 mod state;
 
 pub use jobs::{LoadRequest, PullRequest};
-pub use sources::{human, Upload, UPLOAD_HINT};
 pub use lease::ImageLease;
 pub use options::{Options, UsersFn, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE};
+pub use sources::{human, Upload, UPLOAD_HINT};
 pub use state::{ImageInfo, Images, Progress};

@@ -166,8 +166,7 @@ impl Unpacker {
     }
 
     fn over_budget(&self) -> bool {
-        self.budget.read.get() > self.limits.max_bytes
-            || self.written_bytes > self.limits.max_bytes
+        self.budget.read.get() > self.limits.max_bytes || self.written_bytes > self.limits.max_bytes
     }
 
     /// Counts `n` bytes of file data; checks the limit, and the free space

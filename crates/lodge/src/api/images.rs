@@ -73,20 +73,20 @@ impl From<ImageInfo> for Image {
 /// The HTTP status and error code of an image error class.
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
-            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
-            ErrorKind::InvalidPlatform => (StatusCode::BAD_REQUEST, "invalid_platform"),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::PlatformNotFound => (StatusCode::NOT_FOUND, "platform_not_found"),
-            ErrorKind::Unauthorized => (StatusCode::FORBIDDEN, "registry_denied"),
-            ErrorKind::Unreachable => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
-            ErrorKind::Registry => (StatusCode::BAD_GATEWAY, "registry_error"),
-            ErrorKind::Integrity => (StatusCode::BAD_GATEWAY, "digest_mismatch"),
-            ErrorKind::UnsafeLayer => (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_layer"),
-            ErrorKind::Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image"),
-            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
-            ErrorKind::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::InvalidPlatform => (StatusCode::BAD_REQUEST, "invalid_platform"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::PlatformNotFound => (StatusCode::NOT_FOUND, "platform_not_found"),
+        ErrorKind::Unauthorized => (StatusCode::FORBIDDEN, "registry_denied"),
+        ErrorKind::Unreachable => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
+        ErrorKind::Registry => (StatusCode::BAD_GATEWAY, "registry_error"),
+        ErrorKind::Integrity => (StatusCode::BAD_GATEWAY, "digest_mismatch"),
+        ErrorKind::UnsafeLayer => (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_layer"),
+        ErrorKind::Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+        ErrorKind::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
 
@@ -169,7 +169,12 @@ pub async fn load(
             "no archive in the request body: send the tar as the body",
         ));
     }
-    let opt = |k: &str| query.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let opt = |k: &str| {
+        query
+            .get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let info = state
         .images
         .load(
@@ -191,10 +196,7 @@ pub async fn load(
 /// authenticated like every other route.
 pub fn upload_routes(state: AppState) -> Router<AppState> {
     Router::new()
-        .route(
-            "/images/load",
-            post(load).get(get_one).delete(delete),
-        )
+        .route("/images/load", post(load).get(get_one).delete(delete))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             super::require_token,
