@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use lodge_images::builder::{Image, Layer, LayerBuilder, Layout};
+use lodge_images::oci::ContainerConfig;
 use lodge_images::{ErrorKind, Images, Options, PullRequest, Status};
 
 /// A fake registry on loopback: `/v2/` asks for a bearer token, and the
@@ -131,4 +133,196 @@ async fn a_panicking_pull_ends_failed_and_can_be_deleted_and_pulled_again() {
         ErrorKind::NotFound
     );
     assert_eq!(tmp_entries(&e.dir()), Vec::<String>::new());
+}
+
+fn archive_env(max_image_size: u64, min_free: u64) -> Env {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        import_dir: Some(tmp.path().join("import")),
+        max_image_size,
+        min_free,
+        ..Options::default()
+    };
+    std::fs::create_dir_all(tmp.path().join("import")).expect("import dir");
+    let images = Images::open(
+        &tmp.path().join("images"),
+        opts,
+        Arc::new(|_: &str| Vec::new()),
+    )
+    .expect("open");
+    Env { tmp, images }
+}
+
+fn small_image(data: &[u8]) -> Image {
+    let mut b = LayerBuilder::new();
+    b.dir("bin", 0o755)
+        .and_then(|b| b.file("bin/data", 0o644, data))
+        .expect("layer");
+    Image::new(
+        ContainerConfig {
+            cmd: Some(vec!["/bin/true".into()]),
+            ..Default::default()
+        },
+        vec![Layer::gzip(&b.finish().expect("tar")).expect("gzip")],
+    )
+}
+
+async fn pull_archive(e: &Env, path: &Path) -> lodge_images::ImageRecord {
+    let info = e
+        .images
+        .pull(PullRequest {
+            name: format!("oci-archive:{}", path.display()),
+            ..Default::default()
+        })
+        .await
+        .expect("pull accepted");
+    wait_final(&e.images, &info.record.name).await
+}
+
+fn disks(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("disks"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_fails_with_the_limit_named_and_leaves_nothing() {
+    let e = archive_env(16 << 20, 0);
+    // 64 MiB of zeros: a gzip layer of a few dozen KiB.
+    let bomb = small_image(&vec![0u8; 64 << 20]);
+    assert!(bomb.layers[0].blob.len() < 1 << 20);
+    let path = e.tmp.path().join("import/bomb.tar");
+    Layout::single(&bomb, Some("bomb:1"))
+        .expect("layout")
+        .write_archive(&path)
+        .expect("archive");
+    let r = pull_archive(&e, &path).await;
+    assert_eq!(r.status, Status::Failed, "{r:?}");
+    assert_eq!(r.error_kind, Some(ErrorKind::TooLarge), "{r:?}");
+    let err = r.error.unwrap_or_default();
+    assert!(
+        err.contains("16MiB") && err.contains("LODGE_MAX_IMAGE_SIZE"),
+        "{err}"
+    );
+    assert_eq!(
+        tmp_entries(&e.dir()),
+        Vec::<String>::new(),
+        "no work tree left"
+    );
+    assert_eq!(disks(&e.dir()), Vec::<String>::new(), "no disk left");
+
+    // Within the limit, the same kind of layer is fine.
+    let fine = small_image(&vec![0u8; 4 << 20]);
+    let path = e.tmp.path().join("import/fine.tar");
+    Layout::single(&fine, Some("fine:1"))
+        .expect("layout")
+        .write_archive(&path)
+        .expect("archive");
+    let r = pull_archive(&e, &path).await;
+    assert_eq!(r.status, Status::Ready, "{r:?}");
+}
+
+#[tokio::test]
+async fn pulls_and_uploads_stop_short_of_a_full_disk_and_the_size_limit() {
+    // Nothing fits when the minimum free is more than any disk has.
+    let e = archive_env(64 << 20, 1 << 60);
+    let path = e.tmp.path().join("import/small.tar");
+    Layout::single(&small_image(b"x"), Some("small:1"))
+        .expect("layout")
+        .write_archive(&path)
+        .expect("archive");
+    let r = pull_archive(&e, &path).await;
+    assert_eq!(r.status, Status::Failed, "{r:?}");
+    assert_eq!(r.error_kind, Some(ErrorKind::NoSpace), "{r:?}");
+    assert!(
+        r.error.unwrap_or_default().contains("LODGE_IMAGE_MIN_FREE"),
+        "the setting is named"
+    );
+    let err = e.images.begin_upload(Some(10)).err().expect("no room");
+    assert_eq!(err.kind, ErrorKind::NoSpace);
+
+    // An upload over the size limit is refused up front, or as it grows,
+    // and leaves no file behind.
+    let e = archive_env(1 << 20, 0);
+    let err = e
+        .images
+        .begin_upload(Some(2 << 20))
+        .err()
+        .expect("declared too large");
+    assert_eq!(err.kind, ErrorKind::TooLarge);
+    let mut up = e.images.begin_upload(None).expect("upload");
+    up.write(&vec![0u8; 512 << 10])
+        .await
+        .expect("within the limit");
+    let err = up
+        .write(&vec![0u8; 768 << 10])
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.kind, ErrorKind::TooLarge);
+    assert!(err.message.contains("LODGE_MAX_IMAGE_SIZE"), "{err}");
+    drop(up);
+    assert_eq!(tmp_entries(&e.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn archive_paths_stay_inside_the_import_directory() {
+    let e = archive_env(64 << 20, 0);
+    let import = e.tmp.path().join("import");
+    let outside = e.tmp.path().join("outside.tar");
+    Layout::single(&small_image(b"x"), Some("x:1"))
+        .expect("layout")
+        .write_archive(&outside)
+        .expect("archive");
+    std::os::unix::fs::symlink(&outside, import.join("link.tar")).expect("symlink");
+    std::os::unix::fs::symlink("../outside.tar", import.join("rel.tar")).expect("symlink");
+    std::fs::create_dir(import.join("dir.tar")).expect("dir");
+    let refused = |name: String| {
+        let images = e.images.clone();
+        async move {
+            images
+                .pull(PullRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await
+                .expect_err("refused")
+        }
+    };
+    for name in [
+        format!("oci-archive:{}", outside.display()),
+        format!("oci-archive:{}/../outside.tar", import.display()),
+        format!("oci-archive:{}", import.join("link.tar").display()),
+        format!("docker-archive:{}", import.join("rel.tar").display()),
+        format!("oci-archive:{}", import.join("dir.tar").display()),
+        format!("oci-archive:{}", import.display()),
+    ] {
+        let err = refused(name.clone()).await;
+        assert_eq!(err.kind, ErrorKind::Invalid, "{name}: {err}");
+    }
+    let err = refused(format!(
+        "oci-archive:{}",
+        import.join("missing.tar").display()
+    ))
+    .await;
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    // Without an import directory, no path at all.
+    let none = env_with(Options::default());
+    let err = none
+        .images
+        .pull(PullRequest {
+            name: format!("oci-archive:{}", outside.display()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no import dir");
+    assert!(err.message.contains("upload"), "{err}");
+    // A symlink that stays inside is followed.
+    std::fs::copy(&outside, import.join("real.tar")).expect("copy");
+    std::os::unix::fs::symlink("real.tar", import.join("alias.tar")).expect("symlink");
+    let r = pull_archive(&e, &import.join("alias.tar")).await;
+    assert_eq!(r.status, Status::Ready, "{r:?}");
 }
