@@ -108,18 +108,20 @@ fn archive_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 /// crate's messages quote header fields (a file that is not a tar has its
 /// first bytes taken as a member name), and an answer must never carry the
 /// bytes of a file.
-pub fn tar_failure(e: &std::io::Error) -> &'static str {
+pub fn tar_failure(e: &std::io::Error) -> String {
     let text = e.to_string();
     if e.kind() == std::io::ErrorKind::UnexpectedEof
         || text.starts_with("failed to read entire block")
+        || text.starts_with("unexpected EOF")
     {
-        "the tar stream ends in the middle of a member"
+        "the tar stream ends in the middle of a member".into()
     } else if text.starts_with("archive header checksum mismatch") {
-        "not a tar archive (a header's checksum does not match)"
-    } else if e.kind() == std::io::ErrorKind::InvalidData || text.contains(" when getting ") {
-        "not a tar archive (a header field is malformed)"
+        "not a tar archive (a header's checksum does not match)".into()
+    } else if text.contains(" when ") || text.starts_with("numeric field") {
+        "not a tar archive (a header field is malformed)".into()
     } else {
-        "not a readable tar archive"
+        // The kind, never the text: it may come from the tar crate too.
+        format!("not a readable tar stream ({})", e.kind())
     }
 }
 
@@ -664,5 +666,26 @@ mod tests {
             Some("blobs/sha256/x".into())
         );
         assert_eq!(member_name(b"../x"), None);
+    }
+
+    #[test]
+    fn failures_never_quote_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("secret");
+        let line = "root:$6$very-secret-hash:19000:0:99999:7:::\n";
+        std::fs::write(&p, line.repeat(30)).expect("write");
+        for format in [ArchiveFormat::Oci, ArchiveFormat::Docker] {
+            let input = ArchiveInput::new(File::open(&p).expect("open"), &p);
+            let err = local_name(format, &input, None).expect_err("not a tar");
+            assert!(!err.message.contains("very-secret"), "{err}");
+            assert!(err.message.contains("not a tar archive"), "{err}");
+        }
+        let e = serde_json::from_slice::<Index>(br#"{"manifests": "very-secret"}"#)
+            .expect_err("bad index");
+        let msg = json_failure("index.json", &e);
+        assert!(
+            !msg.contains("very-secret") && msg.contains("index.json"),
+            "{msg}"
+        );
     }
 }
