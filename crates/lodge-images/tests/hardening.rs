@@ -191,9 +191,9 @@ fn disks(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_decompression_bomb_fails_with_the_limit_named_and_leaves_nothing() {
-    let e = archive_env(16 << 20, 0);
-    // 64 MiB of zeros: a gzip layer of a few dozen KiB.
-    let bomb = small_image(&vec![0u8; 64 << 20]);
+    let e = archive_env(8 << 20, 0);
+    // 32 MiB of zeros: a gzip layer of a few dozen KiB.
+    let bomb = small_image(&vec![0u8; 32 << 20]);
     assert!(bomb.layers[0].blob.len() < 1 << 20);
     let path = e.tmp.path().join("import/bomb.tar");
     Layout::single(&bomb, Some("bomb:1"))
@@ -205,7 +205,7 @@ async fn a_decompression_bomb_fails_with_the_limit_named_and_leaves_nothing() {
     assert_eq!(r.error_kind, Some(ErrorKind::TooLarge), "{r:?}");
     let err = r.error.unwrap_or_default();
     assert!(
-        err.contains("16MiB") && err.contains("LODGE_MAX_IMAGE_SIZE"),
+        err.contains("8MiB") && err.contains("LODGE_MAX_IMAGE_SIZE"),
         "{err}"
     );
     assert_eq!(
@@ -216,7 +216,7 @@ async fn a_decompression_bomb_fails_with_the_limit_named_and_leaves_nothing() {
     assert_eq!(disks(&e.dir()), Vec::<String>::new(), "no disk left");
 
     // Within the limit, the same kind of layer is fine.
-    let fine = small_image(&vec![0u8; 4 << 20]);
+    let fine = small_image(&vec![0u8; 2 << 20]);
     let path = e.tmp.path().join("import/fine.tar");
     Layout::single(&fine, Some("fine:1"))
         .expect("layout")

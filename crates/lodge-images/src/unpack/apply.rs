@@ -10,6 +10,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags, CWD};
 use rustix::io::Errno;
@@ -51,21 +53,24 @@ const FREE_CHECK_EVERY: u64 = 32 << 20;
 /// the reader it wraps around each layer.
 #[derive(Default)]
 struct Budget {
-    read: std::cell::Cell<u64>,
+    read: AtomicU64,
     max: u64,
 }
 
 /// A layer's decompressed stream, counted against the budget.
 struct Counted<R> {
     inner: R,
-    budget: std::rc::Rc<Budget>,
+    budget: Arc<Budget>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let used = self.budget.read.get().saturating_add(n as u64);
-        self.budget.read.set(used);
+        let used = self
+            .budget
+            .read
+            .fetch_add(n as u64, Ordering::Relaxed)
+            .saturating_add(n as u64);
         if used > self.budget.max {
             return Err(io::Error::other("over the image size limit"));
         }
@@ -94,7 +99,7 @@ pub struct Unpacker {
     /// The last parent directory opened, by resolved path.
     cached: Option<(Vec<OsString>, OwnedFd)>,
     limits: Limits,
-    budget: std::rc::Rc<Budget>,
+    budget: Arc<Budget>,
     /// File data written, all layers together.
     written_bytes: u64,
     /// `written_bytes` when free space was last checked.
@@ -140,7 +145,7 @@ impl Unpacker {
             written: HashSet::new(),
             cached: None,
             limits: Limits::default(),
-            budget: std::rc::Rc::new(Budget {
+            budget: Arc::new(Budget {
                 read: Default::default(),
                 max: u64::MAX,
             }),
@@ -152,7 +157,7 @@ impl Unpacker {
     /// Bounds the unpacked size and the disk it may use (none by default).
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
-        self.budget = std::rc::Rc::new(Budget {
+        self.budget = Arc::new(Budget {
             read: Default::default(),
             max: limits.max_bytes,
         });
@@ -166,7 +171,8 @@ impl Unpacker {
     }
 
     fn over_budget(&self) -> bool {
-        self.budget.read.get() > self.limits.max_bytes || self.written_bytes > self.limits.max_bytes
+        self.budget.read.load(Ordering::Relaxed) > self.limits.max_bytes
+            || self.written_bytes > self.limits.max_bytes
     }
 
     /// Counts `n` bytes of file data; checks the limit, and the free space
