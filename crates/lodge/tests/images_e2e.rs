@@ -946,6 +946,14 @@ fn the_daemon_reads_no_host_file_for_a_client() {
         r.text
     );
 
+    // The upload path is no image lookup gone wrong.
+    let r = d.api("GET", "/images/load", None);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        r.text
+    );
     let list = d.api("GET", "/images", None).text;
     assert!(!list.contains(MARKER), "{list}");
     let log = std::fs::read_to_string(d.data_dir.join("serve.log")).unwrap_or_default();

@@ -196,7 +196,13 @@ pub async fn load(
 /// authenticated like every other route.
 pub fn upload_routes(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/images/load", post(load).get(get_one).delete(delete))
+        .route(
+            "/images/load",
+            post(load)
+                // An image named `load` stays reachable by its short name.
+                .get(|st: State<AppState>| get_one(st, Path("load".to_string())))
+                .delete(|st: State<AppState>| delete(st, Path("load".to_string()))),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             super::require_token,
