@@ -12,21 +12,90 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::blobs::BlobStore;
 use crate::digest::{Digest, HashingReader};
-use crate::error::{invalid, io, Error, ErrorKind, Result};
+use crate::error::{io, json_failure, Error, ErrorKind, Result};
 use crate::oci::{
     AnyManifest, Descriptor, Index, Manifest, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME,
     OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST,
 };
 use crate::platform::Platform;
-use crate::reference::{canonical, parse_registry, Source};
+use crate::reference::{canonical, parse_registry};
 
 /// Small JSON documents of an archive are read whole; this caps them.
 const MAX_JSON: u64 = 16 << 20;
+
+/// Which of the two archive layouts an import reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// `oci-archive:`, a tar of an OCI image layout.
+    Oci,
+    /// `docker-archive:`, `docker save` output.
+    Docker,
+}
+
+impl ArchiveFormat {
+    /// `oci`/`oci-archive` or `docker`/`docker-archive`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "oci" | "oci-archive" => Some(ArchiveFormat::Oci),
+            "docker" | "docker-archive" => Some(ArchiveFormat::Docker),
+            _ => None,
+        }
+    }
+
+    /// The transport prefix (`oci-archive:`), as sources are written.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ArchiveFormat::Oci => "oci-archive:",
+            ArchiveFormat::Docker => "docker-archive:",
+        }
+    }
+}
+
+/// An opened archive and the path it goes by: in messages, and for the
+/// name of an image the archive does not name. The file is opened by the
+/// caller (beneath the import directory, or an upload's temp file), so
+/// nothing here opens a path a client chose.
+pub struct ArchiveInput {
+    file: File,
+    label: PathBuf,
+}
+
+impl ArchiveInput {
+    pub fn new(file: File, label: impl Into<PathBuf>) -> Self {
+        ArchiveInput {
+            file,
+            label: label.into(),
+        }
+    }
+
+    pub fn label(&self) -> &Path {
+        &self.label
+    }
+
+    /// The archive's size in bytes.
+    pub fn size(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| archive_err(&self.label, e))
+    }
+
+    /// The archive from its first byte.
+    fn reader(&self) -> Result<File> {
+        let mut f = self
+            .file
+            .try_clone()
+            .map_err(|e| archive_err(&self.label, e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| archive_err(&self.label, e))?;
+        Ok(f)
+    }
+}
 
 fn archive_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::new(
@@ -35,15 +104,30 @@ fn archive_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     )
 }
 
-fn open_archive(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Invalid
-        };
-        Error::new(kind, format!("archive {}: {e}", path.display()))
-    })
+/// What a tar reading failure says, in words of lodge's own: the tar
+/// crate's messages quote header fields (a file that is not a tar has its
+/// first bytes taken as a member name), and an answer must never carry the
+/// bytes of a file.
+pub fn tar_failure(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || text.starts_with("failed to read entire block")
+        || text.starts_with("unexpected EOF")
+    {
+        "the tar stream ends in the middle of a member".into()
+    } else if text.starts_with("archive header checksum mismatch") {
+        "not a tar archive (a header's checksum does not match)".into()
+    } else if text.contains(" when ") || text.starts_with("numeric field") {
+        "not a tar archive (a header field is malformed)".into()
+    } else {
+        // The kind, never the text: it may come from the tar crate too.
+        format!("not a readable tar stream ({})", e.kind())
+    }
+}
+
+/// A tar reading failure of the archive at `path`.
+fn tar_err(path: &Path, e: &std::io::Error) -> Error {
+    archive_err(path, tar_failure(e))
 }
 
 /// Normalises a member name; `None` for names that would leave the archive.
@@ -65,13 +149,13 @@ fn member_name(raw: &[u8]) -> Option<String> {
 
 /// Reads the named small members of an archive without extracting it
 /// (headers are skipped by seeking, so this is quick on large archives).
-fn read_members(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
-    let f = open_archive(path)?;
-    let mut ar = tar::Archive::new(f);
+fn read_members(input: &ArchiveInput, wanted: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
+    let path = input.label();
+    let mut ar = tar::Archive::new(input.reader()?);
     let mut out = HashMap::new();
-    let entries = ar.entries_with_seek().map_err(|e| archive_err(path, e))?;
+    let entries = ar.entries_with_seek().map_err(|e| tar_err(path, &e))?;
     for e in entries {
-        let mut e = e.map_err(|e| archive_err(path, e))?;
+        let mut e = e.map_err(|e| tar_err(path, &e))?;
         let Some(name) = member_name(&e.path_bytes()) else {
             continue;
         };
@@ -80,7 +164,7 @@ fn read_members(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<u8>>
             (&mut e)
                 .take(MAX_JSON)
                 .read_to_end(&mut buf)
-                .map_err(|e| archive_err(path, e))?;
+                .map_err(|e| tar_err(path, &e))?;
             out.insert(name, buf);
         }
     }
@@ -129,13 +213,17 @@ fn as_full_name(s: &str) -> Option<String> {
 
 /// The local name an archive import gets: the reference given after the
 /// path, else the name the archive records, else one made from the file name.
-pub fn local_name(source: &Source) -> Result<String> {
-    match source {
-        Source::Registry(r) => Ok(canonical(r)),
-        Source::OciArchive { path, reference } => {
-            let members = read_members(path, &["index.json"])?;
+pub fn local_name(
+    format: ArchiveFormat,
+    input: &ArchiveInput,
+    reference: Option<&str>,
+) -> Result<String> {
+    let path = input.label();
+    match format {
+        ArchiveFormat::Oci => {
+            let members = read_members(input, &["index.json"])?;
             let index = parse_index(path, &members)?;
-            let entry = choose_oci_entry(path, &index, reference.as_deref())?;
+            let entry = choose_oci_entry(path, &index, reference)?;
             if let Some(r) = reference {
                 return Ok(as_full_name(r).unwrap_or_else(|| fallback_name(path, Some(r))));
             }
@@ -145,10 +233,10 @@ pub fn local_name(source: &Source) -> Result<String> {
                 .or_else(|| ann(ANNOTATION_REF_NAME).and_then(as_full_name))
                 .unwrap_or_else(|| fallback_name(path, ann(ANNOTATION_REF_NAME))))
         }
-        Source::DockerArchive { path, reference } => {
-            let members = read_members(path, &["manifest.json"])?;
+        ArchiveFormat::Docker => {
+            let members = read_members(input, &["manifest.json"])?;
             let entries = parse_docker_manifest(path, &members)?;
-            let entry = choose_docker_entry(path, &entries, reference.as_deref())?;
+            let entry = choose_docker_entry(path, &entries, reference)?;
             if let Some(r) = reference {
                 return Ok(as_full_name(r).unwrap_or_else(|| fallback_name(path, Some(r))));
             }
@@ -172,7 +260,7 @@ fn parse_member<T: serde::de::DeserializeOwned>(
     let bytes = members
         .get(name)
         .ok_or_else(|| archive_err(path, format!("no {name}: {missing}")))?;
-    serde_json::from_slice(bytes).map_err(|e| archive_err(path, format!("{name}: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| archive_err(path, json_failure(name, &e)))
 }
 
 fn parse_index(path: &Path, members: &HashMap<String, Vec<u8>>) -> Result<Index> {
@@ -275,13 +363,13 @@ struct Staged {
 }
 
 impl Staged {
-    fn extract(archive: &Path, dir: &Path) -> Result<Self> {
-        let f = open_archive(archive)?;
-        let mut ar = tar::Archive::new(f);
+    fn extract(input: &ArchiveInput, dir: &Path) -> Result<Self> {
+        let archive = input.label();
+        let mut ar = tar::Archive::new(input.reader()?);
         let mut links = HashMap::new();
-        let entries = ar.entries().map_err(|e| archive_err(archive, e))?;
+        let entries = ar.entries().map_err(|e| tar_err(archive, &e))?;
         for e in entries {
-            let mut e = e.map_err(|e| archive_err(archive, e))?;
+            let mut e = e.map_err(|e| tar_err(archive, &e))?;
             let raw = e.path_bytes().into_owned();
             let name = member_name(&raw).ok_or_else(|| {
                 Error::new(
@@ -305,7 +393,10 @@ impl Staged {
                     std::fs::create_dir_all(p).map_err(io(format!("staging {name}")))?;
                 }
                 let mut out = File::create(&dest).map_err(io(format!("staging {name}")))?;
-                std::io::copy(&mut e, &mut out).map_err(io(format!("extracting {name}")))?;
+                copy_member(&mut e, &mut out).map_err(|e| match e {
+                    Copy::Read(e) => tar_err(archive, &e),
+                    Copy::Write(e) => io(format!("extracting {name}"))(e),
+                })?;
             } else if kind.is_symlink() {
                 let target = e
                     .link_name_bytes()
@@ -366,6 +457,26 @@ impl Staged {
     }
 }
 
+enum Copy {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies one member out, telling a damaged archive (read side) from a
+/// local failure (write side).
+fn copy_member(from: &mut impl Read, to: &mut impl std::io::Write) -> Result<(), Copy> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(Copy::Write)?;
+    }
+}
+
 /// Resolves `.` and `..` in a relative path; `None` if it climbs out.
 fn lexical(path: &str) -> Option<String> {
     if path.starts_with('/') {
@@ -392,21 +503,24 @@ pub struct Resolved {
     pub index_digest: Option<Digest>,
 }
 
-/// Imports the image `source` names into the blob cache, staging in `stage`.
+/// Imports the image `reference` picks from an archive into the blob
+/// cache, staging in `stage`.
 pub fn import(
-    source: &Source,
+    format: ArchiveFormat,
+    input: &ArchiveInput,
+    reference: Option<&str>,
     stage: &Path,
     blobs: &BlobStore,
     platform: &Platform,
 ) -> Result<Resolved> {
     std::fs::create_dir_all(stage).map_err(io("creating the staging directory"))?;
-    match source {
-        Source::Registry(_) => Err(invalid("not an archive source")),
-        Source::OciArchive { path, reference } => {
-            let staged = Staged::extract(path, stage)?;
+    let path = input.label();
+    match format {
+        ArchiveFormat::Oci => {
+            let staged = Staged::extract(input, stage)?;
             let index: Index = serde_json::from_slice(&staged.read_json("index.json")?)
-                .map_err(|e| archive_err(path, format!("index.json: {e}")))?;
-            let entry = choose_oci_entry(path, &index, reference.as_deref())?.clone();
+                .map_err(|e| archive_err(path, json_failure("index.json", &e)))?;
+            let entry = choose_oci_entry(path, &index, reference)?.clone();
             let take = |d: &Digest| -> Result<()> {
                 if blobs.has(d, None) {
                     return Ok(());
@@ -448,12 +562,12 @@ pub fn import(
                 index_digest,
             })
         }
-        Source::DockerArchive { path, reference } => {
-            let staged = Staged::extract(path, stage)?;
+        ArchiveFormat::Docker => {
+            let staged = Staged::extract(input, stage)?;
             let entries: Vec<DockerEntry> =
                 serde_json::from_slice(&staged.read_json("manifest.json")?)
-                    .map_err(|e| archive_err(path, format!("manifest.json: {e}")))?;
-            let entry = choose_docker_entry(path, &entries, reference.as_deref())?;
+                    .map_err(|e| archive_err(path, json_failure("manifest.json", &e)))?;
+            let entry = choose_docker_entry(path, &entries, reference)?;
             let store_file = |name: &str| -> Result<(Digest, u64, String)> {
                 let file = staged.file(name)?;
                 let (digest, size, head) = hash_file(&file)?;
@@ -552,5 +666,26 @@ mod tests {
             Some("blobs/sha256/x".into())
         );
         assert_eq!(member_name(b"../x"), None);
+    }
+
+    #[test]
+    fn failures_never_quote_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("secret");
+        let line = "root:$6$very-secret-hash:19000:0:99999:7:::\n";
+        std::fs::write(&p, line.repeat(30)).expect("write");
+        for format in [ArchiveFormat::Oci, ArchiveFormat::Docker] {
+            let input = ArchiveInput::new(File::open(&p).expect("open"), &p);
+            let err = local_name(format, &input, None).expect_err("not a tar");
+            assert!(!err.message.contains("very-secret"), "{err}");
+            assert!(err.message.contains("not a tar archive"), "{err}");
+        }
+        let e = serde_json::from_slice::<Index>(br#"{"manifests": "very-secret"}"#)
+            .expect_err("bad index");
+        let msg = json_failure("index.json", &e);
+        assert!(
+            !msg.contains("very-secret") && msg.contains("index.json"),
+            "{msg}"
+        );
     }
 }

@@ -33,6 +33,10 @@ pub enum ErrorKind {
     Unsupported,
     /// The image is in use, or busy being pulled.
     Conflict,
+    /// The image (or an uploaded archive) is over the size limit.
+    TooLarge,
+    /// Not enough free disk for the image.
+    NoSpace,
     /// Local failure (disk full, mkfs missing, …).
     Internal,
 }
@@ -75,6 +79,24 @@ pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error 
     move |e| internal(format!("{what}: {e}"))
 }
 
+/// What a JSON parse failure says without quoting the document (serde's
+/// messages can quote the values they did not expect): which document,
+/// what kind of failure, and where.
+pub fn json_failure(name: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Eof => "ends too early",
+        Category::Data => "does not have the expected fields and types",
+    };
+    if e.line() == 0 {
+        format!("{name} {what}")
+    } else {
+        format!("{name} {what} (line {}, column {})", e.line(), e.column())
+    }
+}
+
 impl From<crate::reference::ReferenceError> for Error {
     fn from(e: crate::reference::ReferenceError) -> Self {
         invalid(e.to_string())
@@ -99,6 +121,8 @@ impl From<crate::unpack::UnpackError> for Error {
         use crate::unpack::UnpackError as U;
         let kind = match &e {
             U::Unsafe { .. } | U::Malformed(_) => ErrorKind::UnsafeLayer,
+            U::TooLarge { .. } => ErrorKind::TooLarge,
+            U::NoSpace { .. } => ErrorKind::NoSpace,
             U::Io { .. } => ErrorKind::Internal,
         };
         Error::new(kind, e.to_string())

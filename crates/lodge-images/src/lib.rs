@@ -26,8 +26,11 @@ pub mod runconfig;
 pub mod store;
 pub mod unpack;
 
+pub use archive::ArchiveFormat;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind};
-pub use manager::{ImageInfo, ImageLease, Images, Options, Progress, PullRequest, UsersFn};
+pub use manager::{
+    ImageInfo, ImageLease, Images, LoadRequest, Options, Progress, PullRequest, Upload, UsersFn,
+};
 pub use registry::Credentials;
-pub use store::{ImageRecord, Status};
+pub use store::{ImageRecord, PullState, Status};

@@ -148,8 +148,8 @@ impl AnyManifest {
     /// Parses by the `mediaType` field, or by shape when it is absent (OCI
     /// makes it optional).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| crate::error::json_failure("the manifest", &e))?;
         let media = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
         if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
             return Err(
@@ -165,11 +165,11 @@ impl AnyManifest {
         if is_index {
             serde_json::from_value(v)
                 .map(AnyManifest::Index)
-                .map_err(|e| format!("malformed image index: {e}"))
+                .map_err(|e| crate::error::json_failure("the image index", &e))
         } else {
             serde_json::from_value(v)
                 .map(AnyManifest::Image)
-                .map_err(|e| format!("malformed image manifest: {e}"))
+                .map_err(|e| crate::error::json_failure("the image manifest", &e))
         }
     }
 }

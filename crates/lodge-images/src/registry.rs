@@ -79,7 +79,62 @@ pub struct Credentials {
     pub registry_token: Option<String>,
 }
 
+/// Whether `value` can travel in an HTTP header as it is (a bearer
+/// token): visible ASCII only. A newline would end the header.
+fn header_safe(value: &str) -> bool {
+    value.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Whether a user name or password is free of control characters (they
+/// travel base64-encoded, but a newline or NUL is a paste error, never a
+/// credential).
+fn printable(value: &str) -> bool {
+    !value.chars().any(char::is_control)
+}
+
+fn bad_credential(what: &str, why: &str) -> Error {
+    Error::new(ErrorKind::Invalid, format!("{what} {why}"))
+}
+
+/// Checks a bearer token (from a request or an auth file) before it is used.
+fn check_token(what: &str, token: &str) -> Result<()> {
+    if header_safe(token) {
+        Ok(())
+    } else {
+        Err(bad_credential(
+            what,
+            "holds characters an HTTP header cannot carry (a newline, a space or a control character?)",
+        ))
+    }
+}
+
+fn check_basic(what: &str, user: &str, password: &str) -> Result<()> {
+    if user.contains(':') {
+        return Err(bad_credential(what, "has a user name with ':' in it"));
+    }
+    if !printable(user) || !printable(password) {
+        return Err(bad_credential(
+            what,
+            "has a control character (a newline?) in the user name or password",
+        ));
+    }
+    Ok(())
+}
+
 impl Credentials {
+    /// Refuses credentials that cannot be sent as they are, before any
+    /// request is made with them.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(t) = self.registry_token.as_deref().filter(|t| !t.is_empty()) {
+            check_token("credentials.registry_token", t)?;
+        }
+        check_basic(
+            "credentials",
+            self.username.as_deref().unwrap_or(""),
+            self.password.as_deref().unwrap_or(""),
+        )
+    }
+
     fn auth(&self) -> Option<RegistryAuth> {
         if let Some(t) = self.registry_token.as_ref().filter(|t| !t.is_empty()) {
             return Some(RegistryAuth::Bearer(t.clone()));
@@ -111,11 +166,20 @@ pub fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Looks `registry` up in a docker `config.json`.
-pub fn auth_from_file(file: &Path, registry: &str) -> Option<RegistryAuth> {
-    let text = std::fs::read(file).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    let auths = v.get("auths")?.as_object()?;
+/// Looks `registry` up in a docker `config.json`: `registrytoken` (a
+/// bearer token), else `auth` (base64 `user:password`), else
+/// `username`/`password`. `Ok(None)` when the file or the entry is absent;
+/// an entry that cannot be used as it is is an error naming the file.
+pub fn auth_from_file(file: &Path, registry: &str) -> Result<Option<RegistryAuth>> {
+    let Ok(text) = std::fs::read(file) else {
+        return Ok(None);
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Ok(None);
+    };
+    let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(None);
+    };
     let mut keys = vec![
         registry.to_string(),
         format!("https://{registry}"),
@@ -127,22 +191,41 @@ pub fn auth_from_file(file: &Path, registry: &str) -> Option<RegistryAuth> {
         keys.insert(0, "https://index.docker.io/v1/".into());
         keys.push("index.docker.io".into());
     }
-    let entry = keys.iter().find_map(|k| auths.get(k))?;
-    if let Some(b64) = entry
-        .get("auth")
-        .and_then(|a| a.as_str())
-        .filter(|a| !a.is_empty())
-    {
+    let Some(entry) = keys.iter().find_map(|k| auths.get(k)) else {
+        return Ok(None);
+    };
+    let what = format!("the entry for {registry} in {}", file.display());
+    let field = |k: &str| {
+        entry
+            .get(k)
+            .and_then(|a| a.as_str())
+            .filter(|a| !a.is_empty())
+    };
+    if let Some(token) = field("registrytoken") {
+        check_token(&what, token)?;
+        return Ok(Some(RegistryAuth::Bearer(token.to_string())));
+    }
+    if let Some(b64) = field("auth") {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
-            .ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let (u, p) = raw.split_once(':')?;
-        return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .ok_or_else(|| {
+                bad_credential(&what, "has an `auth` that is not base64 of user:password")
+            })?;
+        let (u, p) = raw.split_once(':').ok_or_else(|| {
+            bad_credential(&what, "has an `auth` without ':' between user and password")
+        })?;
+        check_basic(&what, u, p)?;
+        return Ok(Some(RegistryAuth::Basic(u.to_string(), p.to_string())));
     }
-    let u = entry.get("username")?.as_str()?;
-    let p = entry.get("password")?.as_str()?;
-    Some(RegistryAuth::Basic(u.to_string(), p.to_string()))
+    match (field("username"), field("password")) {
+        (Some(u), Some(p)) => {
+            check_basic(&what, u, p)?;
+            Ok(Some(RegistryAuth::Basic(u.to_string(), p.to_string())))
+        }
+        _ => Ok(None),
+    }
 }
 
 static TLS: Once = Once::new();
@@ -155,7 +238,13 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(reference: &Reference, opts: &RegistryOptions, creds: Option<&Credentials>) -> Self {
+    /// A client for `reference`'s repository; fails on credentials that
+    /// cannot be sent as they are.
+    pub fn new(
+        reference: &Reference,
+        opts: &RegistryOptions,
+        creds: Option<&Credentials>,
+    ) -> Result<Self> {
         TLS.call_once(|| {
             // reqwest is built without a default provider; ring is ours.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -174,19 +263,21 @@ impl Remote {
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..Default::default()
         };
-        let auth = creds
-            .and_then(Credentials::auth)
-            .or_else(|| {
-                opts.auth_file
-                    .as_deref()
-                    .and_then(|f| auth_from_file(f, registry))
-            })
-            .unwrap_or(RegistryAuth::Anonymous);
-        Remote {
+        if let Some(c) = creds {
+            c.validate()?;
+        }
+        let auth = match creds.and_then(Credentials::auth) {
+            Some(a) => a,
+            None => match opts.auth_file.as_deref() {
+                Some(f) => auth_from_file(f, registry)?.unwrap_or(RegistryAuth::Anonymous),
+                None => RegistryAuth::Anonymous,
+            },
+        };
+        Ok(Remote {
             client: Client::new(config),
             reference: reference.clone(),
             auth,
-        }
+        })
     }
 
     pub fn reference(&self) -> &Reference {
@@ -382,11 +473,48 @@ mod tests {
         )
         .expect("write");
         assert!(
-            matches!(auth_from_file(&f, "docker.io"), Some(RegistryAuth::Basic(u, p)) if u == "alice" && p == "s3cret")
+            matches!(auth_from_file(&f, "docker.io"), Ok(Some(RegistryAuth::Basic(u, p))) if u == "alice" && p == "s3cret")
         );
         assert!(
-            matches!(auth_from_file(&f, "ghcr.io"), Some(RegistryAuth::Basic(u, _)) if u == "bob")
+            matches!(auth_from_file(&f, "ghcr.io"), Ok(Some(RegistryAuth::Basic(u, _))) if u == "bob")
         );
-        assert!(auth_from_file(&f, "quay.io").is_none());
+        assert!(matches!(auth_from_file(&f, "quay.io"), Ok(None)));
+    }
+
+    #[test]
+    fn credentials_that_cannot_be_sent_are_refused_first() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("config.json");
+        std::fs::write(
+            &f,
+            r#"{"auths":{"127.0.0.1:5000":{"registrytoken":"abc\ndef"},"ok.example":{"registrytoken":"abc.def"}}}"#,
+        )
+        .expect("write");
+        let err = auth_from_file(&f, "127.0.0.1:5000").expect_err("newline in a token");
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert!(err.message.contains("HTTP header"), "{err}");
+        assert!(
+            matches!(auth_from_file(&f, "ok.example"), Ok(Some(RegistryAuth::Bearer(t))) if t == "abc.def")
+        );
+        let bad = Credentials {
+            registry_token: Some("abc\ndef".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().expect_err("newline").kind,
+            ErrorKind::Invalid
+        );
+        let bad = Credentials {
+            username: Some("a:b".into()),
+            password: Some("p".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        let good = Credentials {
+            username: Some("alice".into()),
+            password: Some("pa ss:word".into()),
+            ..Default::default()
+        };
+        assert!(good.validate().is_ok());
     }
 }

@@ -3,6 +3,11 @@
 //! configuration. The file name is a hash because image names hold `/` and
 //! `:` and may be longer than a file name may be.
 //!
+//! `status` and `error` describe the image the name holds; `pull`, the
+//! latest pull of that name. They differ only for a refresh: while a ready
+//! image is pulled again it stays `ready` (and bootable), and a refresh that
+//! fails is a failed `pull`, not a failed image.
+//!
 //! Writes go to a temp file, are synced and renamed, so a reader or a crash
 //! sees the old record or the new one. The disk an image boots from is
 //! `<images>/disks/<manifest hex>.<format>`, shared by every name (and every
@@ -44,6 +49,28 @@ impl Status {
     }
 }
 
+/// The latest pull of one name, apart from the image it names: a refresh
+/// of a ready image that fails is reported here and leaves the image (its
+/// `status`, digest and disk) as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullState {
+    /// pending → pulling → converting → ready, or failed.
+    pub status: Status,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
+    /// The platform asked for.
+    pub platform: String,
+    /// What was asked for.
+    pub source: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once the pull has ended.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
 /// What lodge remembers about one image name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -80,6 +107,17 @@ pub struct ImageRecord {
     /// Root disk file name under `disks/`.
     #[serde(default)]
     pub disk: Option<String>,
+    /// The latest pull of this name (absent in records written before
+    /// lodge reported pulls apart from images).
+    #[serde(default)]
+    pub pull: Option<PullState>,
+}
+
+impl ImageRecord {
+    /// Whether the image can boot: ready, with a digest and a disk.
+    pub fn usable(&self) -> bool {
+        self.status == Status::Ready && self.digest.is_some() && self.disk.is_some()
+    }
 }
 
 pub struct Records {

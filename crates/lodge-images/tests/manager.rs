@@ -61,9 +61,14 @@ fn env() -> Env {
     let dir = tmp.path().join("images");
     let users: Arc<Mutex<Vec<String>>> = Arc::default();
     let u = users.clone();
+    // Archives are written next to the store, which is the import directory.
+    let opts = Options {
+        import_dir: Some(tmp.path().to_path_buf()),
+        ..Options::default()
+    };
     let images = Images::open(
         &dir,
-        Options::default(),
+        opts,
         Arc::new(move |_digest: &str| u.lock().expect("lock").clone()),
     )
     .expect("open");

@@ -18,7 +18,8 @@ fn hypemans_python_client_drives_lodge() {
         return;
     };
     let d = Daemon::start();
-    let archive = d.data_dir.join("compat.oci.tar");
+    // The daemon reads archive paths only beneath its import directory.
+    let archive = d.data_dir.join("import/compat.oci.tar");
     let made = d.lodge(&[
         "mk-image",
         "--layer",

@@ -749,3 +749,261 @@ fn archives_import_offline_through_the_cli() {
         .as_array()
         .is_some_and(Vec::is_empty));
 }
+
+/// Waits until the latest pull of `name` has ended: the image's `pull`
+/// when the daemon reports one, else the image's own status.
+fn wait_pull(d: &Daemon, name: &str) -> Value {
+    wait_until(&format!("the pull of {name} to end"), PULL, || {
+        let r = d.api("GET", &format!("/images/{}", enc(name)), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let status = if r.body["pull"].is_object() {
+            &r.body["pull"]["status"]
+        } else {
+            &r.body["status"]
+        };
+        matches!(status.as_str(), Some("ready") | Some("failed")).then_some(r.body)
+    })
+}
+
+#[test]
+fn a_failed_refresh_leaves_the_ready_image_usable() {
+    require_guest!();
+    let reg = Registry::start();
+    let image = Image::new(
+        ContainerConfig {
+            cmd: Some(strings(&["sh", "-c", "echo still boots"])),
+            ..Default::default()
+        },
+        vec![busybox_layer()],
+    );
+    reg.push(
+        &Layout::single(&image, None).expect("layout"),
+        "lodge/refresh:1",
+    );
+    let d = Daemon::start();
+    let name = format!("{}/lodge/refresh:1", reg.host());
+    let img = pull_api(&d, json!({ "name": name }));
+    assert_eq!(img["status"], "ready", "{img}");
+    let digest = img["digest"].clone();
+    drop(reg);
+
+    // Pulled again with the registry gone: the pull fails, the image stays.
+    let r = d.api("POST", "/images", Some(&json!({ "name": name })));
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["status"], "ready", "during the refresh: {}", r.text);
+    let img = wait_pull(&d, &name);
+    assert_eq!(img["status"], "ready", "{img}");
+    assert_eq!(img["digest"], digest, "{img}");
+    assert_eq!(img["error"], Value::Null, "{img}");
+    assert_eq!(img["pull"]["status"], "failed", "{img}");
+    assert!(
+        img["pull"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot reach registry")),
+        "{img}"
+    );
+    assert_eq!(img["pull"]["code"], "registry_unreachable", "{img}");
+
+    // The CLI reports the failed refresh, and says the image is unchanged.
+    let out = d.lodge(&["pull", "-q", &name]);
+    assert!(!out.status.success(), "a failed refresh is an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach registry") && stderr.contains("still usable"),
+        "{stderr}"
+    );
+
+    // Another platform that cannot be pulled does not touch it either.
+    let r = d.api(
+        "POST",
+        "/images",
+        Some(&json!({ "name": name, "platform": "linux/arm64" })),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let img = wait_pull(&d, &name);
+    assert_eq!(
+        (img["status"].as_str(), img["platform"].as_str()),
+        (Some("ready"), Some("linux/amd64")),
+        "{img}"
+    );
+    assert_eq!(img["digest"], digest, "{img}");
+    assert_eq!(img["pull"]["status"], "failed", "{img}");
+
+    // And it still runs.
+    let (stopped, lines) = run_to_end(&d, json!({ "name": "refreshed", "image": name }));
+    assert_eq!(stopped["exit_code"], 0, "{stopped}");
+    assert_eq!(lines, vec!["still boots".to_string()]);
+}
+
+/// A secret-looking file: if any of its lines shows up in an answer, the
+/// daemon read a host file for a client.
+const MARKER: &str = "lodge-e2e-secret-4f1c9a";
+
+fn secret_file(dir: &Path) -> PathBuf {
+    let p = dir.join("shadow");
+    let mut text = String::new();
+    for i in 0..40 {
+        text.push_str(&format!(
+            "{MARKER}-{i}:$6$salt$hash{i}:19000:0:99999:7:::\n"
+        ));
+    }
+    std::fs::write(&p, text).expect("secret");
+    p
+}
+
+#[test]
+fn the_daemon_reads_no_host_file_for_a_client() {
+    require_guest!();
+    let d = Daemon::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(tmp.path());
+    let import = d.data_dir.join("import");
+    let post = |path: &str, body: Value| {
+        let r = d.api("POST", path, Some(&body));
+        assert!(
+            !r.text.contains(MARKER),
+            "{body}: the answer quoted the file: {}",
+            r.text
+        );
+        r
+    };
+
+    // Archive paths outside the import directory are refused, unread, with
+    // a message that says how to upload instead.
+    for prefix in ["oci-archive:", "docker-archive:"] {
+        let r = post(
+            "/images",
+            json!({ "name": format!("{prefix}{}", secret.display()) }),
+        );
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{}",
+            r.text
+        );
+        let msg = r.body["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("import directory") && msg.contains("/images/load"),
+            "{msg}"
+        );
+    }
+    assert!(import.is_dir(), "the daemon makes its import directory");
+    // `..` out of it, and a symlink in it that leads out.
+    let r = post(
+        "/images",
+        json!({ "name": format!("oci-archive:{}/../../{}", import.display(), secret.display()) }),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    std::os::unix::fs::symlink(&secret, import.join("link.tar")).expect("symlink");
+    let r = post(
+        "/images",
+        json!({ "name": format!("oci-archive:{}", import.join("link.tar").display()) }),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("leads out"), "{}", r.text);
+    // A file in it that is not an archive: refused without quoting it.
+    std::fs::copy(&secret, import.join("notatar.tar")).expect("copy");
+    for prefix in ["oci-archive:", "docker-archive:"] {
+        let r = post(
+            "/images",
+            json!({ "name": format!("{prefix}{}", import.join("notatar.tar").display()) }),
+        );
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.text.contains("not a tar archive"), "{}", r.text);
+    }
+    // Uploaded: the same.
+    let http = reqwest::blocking::Client::new();
+    for format in ["oci", "docker"] {
+        let resp = http
+            .post(format!(
+                "{}/images/load?format={format}&file=shadow",
+                d.base
+            ))
+            .bearer_auth(&d.token)
+            .body(std::fs::read(&secret).expect("read"))
+            .send()
+            .expect("upload");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        assert!(!text.contains(MARKER), "the answer quoted the file: {text}");
+        assert_eq!(status, 400, "{text}");
+    }
+    // A create naming the file as its image.
+    let r = post(
+        "/instances",
+        json!({ "name": "sneaky", "image": format!("oci-archive:{}", secret.display()) }),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    // A token that cannot be sent is refused before any pull starts.
+    let r = post(
+        "/images",
+        json!({ "name": "127.0.0.1:9/x:1", "credentials": { "registry_token": "abc\ndef" } }),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{}",
+        r.text
+    );
+
+    // The upload path is no image lookup gone wrong.
+    let r = d.api("GET", "/images/load", None);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        r.text
+    );
+    let list = d.api("GET", "/images", None).text;
+    assert!(!list.contains(MARKER), "{list}");
+    let log = std::fs::read_to_string(d.data_dir.join("serve.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn archives_in_the_import_directory_and_uploads_import() {
+    require_guest!();
+    let d = Daemon::start();
+    let import = d.data_dir.join("import");
+    let oci = import.join("sub/demo.tar");
+    std::fs::create_dir_all(oci.parent().expect("parent")).expect("mkdir");
+    Layout::single(&layered_image(), Some("imported:1"))
+        .expect("layout")
+        .write_archive(&oci)
+        .expect("archive");
+    let img = pull_api(
+        &d,
+        json!({ "name": format!("oci-archive:{}", oci.display()) }),
+    );
+    assert_eq!(img["status"], "ready", "{img}");
+    assert_eq!(img["name"], "docker.io/library/imported:1");
+
+    // The same archive uploaded with a name of its own, and through the CLI.
+    let http = reqwest::blocking::Client::new();
+    let resp = http
+        .post(format!(
+            "{}/images/load?format=oci&reference=imported:1&file=x.tar",
+            d.base
+        ))
+        .bearer_auth(&d.token)
+        .body(std::fs::read(&oci).expect("read"))
+        .send()
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().expect("json");
+    let img = wait_pull(&d, body["name"].as_str().expect("name"));
+    assert_eq!(img["pull"]["status"], "ready", "{img}");
+    assert!(
+        img["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("uploaded")),
+        "{img}"
+    );
+    assert_eq!(
+        image_debris(&d)
+            .iter()
+            .filter(|p| p.starts_with("tmp/"))
+            .count(),
+        0
+    );
+}

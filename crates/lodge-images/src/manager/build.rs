@@ -12,13 +12,13 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::state::{Images, Progress};
 use crate::digest::Digest;
 use crate::disk::{self, DiskFormat};
-use crate::error::{internal, io, Error, ErrorKind, Result};
+use crate::error::{internal, io, json_failure, Error, ErrorKind, Result};
 use crate::oci::{is_layer_type, ImageConfigFile, Manifest};
 use crate::platform::Platform;
 use crate::registry::{Remote, MAX_MANIFEST};
 use crate::runconfig::resolve_user;
 use crate::store::{ImageRecord, Status};
-use crate::unpack::{remove_tree, Unpacker};
+use crate::unpack::{remove_tree, Limits, Unpacker};
 
 /// What a finished build produced.
 pub(super) struct Built {
@@ -35,6 +35,33 @@ pub(super) struct Built {
 struct DiskMeta {
     #[serde(default)]
     user: Option<String>,
+}
+
+/// Removes a temp file, logging (not returning) a failure: the caller is
+/// already reporting the error that made it debris.
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", path.display())
+        }
+        _ => {}
+    }
+}
+
+/// A manifest digest in the `building` set, taken out again when the
+/// build fails or panics (a built disk stays in until its record names it).
+struct Building<'a> {
+    images: &'a Images,
+    digest: Digest,
+    keep: bool,
+}
+
+impl Drop for Building<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.images.lock().building.remove(&self.digest);
+        }
+    }
 }
 
 impl Images {
@@ -61,7 +88,7 @@ impl Images {
         let config: ImageConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
             Error::new(
                 ErrorKind::Registry,
-                format!("image config {}: {e}", manifest.config.digest),
+                json_failure(&format!("image config {}", manifest.config.digest), &e),
             )
         })?;
         if !config.architecture.is_empty()
@@ -92,6 +119,11 @@ impl Images {
             }
         }
         self.lock().building.insert(manifest_digest.clone());
+        let mut building = Building {
+            images: self,
+            digest: manifest_digest.clone(),
+            keep: false,
+        };
         let result = self
             .build_disk(
                 record,
@@ -104,9 +136,8 @@ impl Images {
                 tmp,
             )
             .await;
-        if result.is_err() {
-            self.lock().building.remove(&manifest_digest);
-        }
+        // Kept on success: the job drops it once the record names the disk.
+        building.keep = result.is_ok();
         result
     }
 
@@ -186,14 +217,23 @@ impl Images {
         if !missing.is_empty() && remote.is_none() {
             return Err(internal("layers missing from the cache after the import"));
         }
+        let to_fetch: u64 = missing.iter().map(|&i| manifest.layers[i].size).sum();
+        self.ensure_free(to_fetch, "downloading the layers")?;
+        let limits = Limits {
+            max_bytes: self.opts.max_image_size,
+            min_free: self.opts.min_free,
+        };
         let paths: Vec<PathBuf> = manifest
             .layers
             .iter()
             .map(|l| self.blobs.path(&l.digest))
             .collect();
         let unpack_root = rootfs.clone();
-        let mut unpack = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut u = Unpacker::new(&unpack_root).map_err(io("opening the unpack directory"))?;
+        let mut unpack = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut u = Unpacker::new(&unpack_root)
+                .map_err(io("opening the unpack directory"))?
+                .with_limits(limits);
+            let mut unpacked = 0u64;
             let mut ready = BTreeSet::new();
             let mut next = 0;
             while next < paths.len() {
@@ -207,13 +247,15 @@ impl Images {
                 while ready.remove(&next) {
                     let f =
                         std::fs::File::open(&paths[next]).map_err(io("opening a cached layer"))?;
-                    u.apply(f)
+                    let stats = u
+                        .apply(f)
                         .map_err(|e| Error::from(e).context(format!("layer {}", next + 1)))?;
+                    unpacked = unpacked.saturating_add(stats.bytes);
                     next += 1;
                 }
             }
             u.finish()?;
-            Ok(())
+            Ok(unpacked)
         });
 
         let blobs = &self.blobs;
@@ -255,7 +297,7 @@ impl Images {
                 .await
         };
         tokio::pin!(downloads);
-        let join = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
+        let join = |r: std::result::Result<Result<u64>, tokio::task::JoinError>| {
             r.map_err(|e| internal(format!("unpack task: {e}")))?
         };
         let (fetched, unpacked) = tokio::select! {
@@ -271,7 +313,9 @@ impl Images {
             }
         };
         fetched?;
-        unpacked?;
+        let unpacked = unpacked?;
+        // The disk holds the tree, plus file system overhead.
+        self.ensure_free(unpacked + unpacked / 8, "building the root disk")?;
 
         self.set_status(record, Status::Converting);
         let format = self.opts.format;
@@ -283,16 +327,18 @@ impl Images {
         let user = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
             let user = image_user.and_then(|u| resolve_user(&rootfs, &u));
             let built = disk::build(format, &rootfs, &disk_tmp);
-            let _ = remove_tree(&rootfs);
+            if let Err(e) = remove_tree(&rootfs) {
+                tracing::warn!("removing {}: {e}", rootfs.display());
+            }
             if let Err(e) = built {
-                let _ = std::fs::remove_file(&disk_tmp);
+                remove_quietly(&disk_tmp);
                 return Err(e.into());
             }
             let meta = serde_json::to_vec(&DiskMeta { user: user.clone() })
                 .map_err(|e| internal(e.to_string()))?;
             lodge_common::fsutil::write_atomic(&mp, &meta).map_err(io("writing disk metadata"))?;
             std::fs::rename(&disk_tmp, &dp).map_err(|e| {
-                let _ = std::fs::remove_file(&disk_tmp);
+                remove_quietly(&disk_tmp);
                 io("placing the root disk")(e)
             })?;
             Ok(user)

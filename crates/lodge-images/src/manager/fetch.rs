@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::build::Built;
+use super::sources::Origin;
 use super::state::{Images, Progress};
 use crate::archive;
 use crate::digest::Digest;
 use crate::error::{internal, io, Error, ErrorKind, Result};
 use crate::oci::AnyManifest;
 use crate::platform::Platform;
-use crate::reference::Source;
 use crate::registry::{Credentials, Remote};
 use crate::store::ImageRecord;
 
@@ -20,16 +20,16 @@ impl Images {
     pub(super) async fn fetch_and_build(
         self: &Arc<Self>,
         record: &mut ImageRecord,
-        source: &Source,
+        origin: &Origin,
         platform: &Platform,
         creds: Option<&Credentials>,
         progress: &Arc<Mutex<Progress>>,
         tmp: &Path,
     ) -> Result<Built> {
         std::fs::create_dir_all(tmp).map_err(io("creating a work directory"))?;
-        match source {
-            Source::Registry(reference) => {
-                let remote = Remote::new(reference, &self.opts.registry, creds);
+        match origin {
+            Origin::Registry(reference) => {
+                let remote = Remote::new(reference, &self.opts.registry, creds)?;
                 let (bytes, digest) = remote.manifest(None).await?;
                 self.store_small(&digest, &bytes)?;
                 let parsed = AnyManifest::parse(&bytes)
@@ -85,15 +85,32 @@ impl Images {
                 )
                 .await
             }
-            Source::OciArchive { .. } | Source::DockerArchive { .. } => {
-                let (s, stage, p) = (source.clone(), tmp.join("stage"), platform.clone());
+            Origin::Archive {
+                format,
+                input,
+                reference,
+            } => {
+                let (stage, p) = (tmp.join("stage"), platform.clone());
+                let (format, input, reference) = (*format, input.clone(), reference.clone());
                 let this = self.clone();
                 let resolved = tokio::task::spawn_blocking(move || {
-                    archive::import(&s, &stage, &this.blobs, &p)
+                    let staged_size = input.size()?;
+                    // Staging copies the archive once more.
+                    this.ensure_free(staged_size, "importing the archive")?;
+                    archive::import(
+                        format,
+                        &input,
+                        reference.as_deref(),
+                        &stage,
+                        &this.blobs,
+                        &p,
+                    )
                 })
                 .await
                 .map_err(|e| internal(format!("import task: {e}")))??;
-                let _ = std::fs::remove_dir_all(tmp.join("stage"));
+                if let Err(e) = std::fs::remove_dir_all(tmp.join("stage")) {
+                    tracing::warn!("removing the archive's staging directory: {e}");
+                }
                 self.build(
                     record,
                     resolved.manifest_digest,

@@ -90,33 +90,55 @@ impl Images {
                 return Ok(l);
             }
         }
-        let running = self.lock().jobs.contains_key(&key);
-        let name = if running {
-            key
-        } else {
-            self.pull(PullRequest {
-                name: input.to_string(),
-                platform: Some(wanted),
-                ..Default::default()
-            })
-            .await?
-            .record
-            .name
-        };
-        self.wait(&name).await;
-        if let Some(l) = self.try_lease(&name)? {
-            return Ok(l);
+        // Twice at most: a pull already running may be for another platform.
+        let mut joined_other = false;
+        for _ in 0..2 {
+            let running = self.lock().jobs.contains_key(&key);
+            let name = if running && !joined_other {
+                key.clone()
+            } else {
+                self.pull(PullRequest {
+                    name: input.to_string(),
+                    platform: Some(wanted.clone()),
+                    ..Default::default()
+                })
+                .await?
+                .record
+                .name
+            };
+            self.wait(&name).await;
+            if let Some(l) = self.try_lease(&name)? {
+                if l.record.platform == wanted {
+                    return Ok(l);
+                }
+            }
+            let Some(r) = self
+                .records
+                .load(&name)
+                .map_err(io("reading an image record"))?
+            else {
+                return Err(internal(format!("image {name} did not become ready")));
+            };
+            // This pull's failure (a failed refresh leaves a ready image
+            // for another platform, which cannot serve here).
+            if let Some(p) = r.pull.as_ref().filter(|p| p.platform == wanted) {
+                if p.status == Status::Failed {
+                    return Err(Error::new(
+                        p.error_kind.unwrap_or(ErrorKind::Internal),
+                        format!("pulling {name}: {}", p.error.clone().unwrap_or_default()),
+                    ));
+                }
+            }
+            if r.status == Status::Failed {
+                return Err(Error::new(
+                    r.error_kind.unwrap_or(ErrorKind::Internal),
+                    format!("pulling {name}: {}", r.error.unwrap_or_default()),
+                ));
+            }
+            joined_other = true;
         }
-        match self
-            .records
-            .load(&name)
-            .map_err(io("reading an image record"))?
-        {
-            Some(r) if r.status == Status::Failed => Err(Error::new(
-                r.error_kind.unwrap_or(ErrorKind::Internal),
-                format!("pulling {name}: {}", r.error.unwrap_or_default()),
-            )),
-            _ => Err(internal(format!("image {name} did not become ready"))),
-        }
+        Err(internal(format!(
+            "image {key} did not become ready for {wanted}"
+        )))
     }
 }

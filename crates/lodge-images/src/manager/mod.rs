@@ -18,8 +18,9 @@
 //!
 //! One file per concern, each an `impl Images` block or the types it owns,
 //! imported leaf-first so no two files import each other: [`options`]
-//! (settings), [`state`] (the handle and its bookkeeping), [`jobs`] (pull
-//! jobs and status), [`fetch`] (registry or archive source), [`build`]
+//! (settings), [`state`] (the handle and its bookkeeping), [`sources`]
+//! (what a pull may read: registry, import directory, upload; free space),
+//! [`jobs`] (pull jobs and status), [`fetch`] (registry or archive source), [`build`]
 //! (layer pipeline and disk), [`queries`] (get, list, delete) and
 //! [`lease`] (leases and `ensure`).
 
@@ -29,9 +30,11 @@ mod jobs;
 mod lease;
 mod options;
 mod queries;
+mod sources;
 mod state;
 
-pub use jobs::PullRequest;
+pub use jobs::{LoadRequest, PullRequest};
 pub use lease::ImageLease;
-pub use options::{Options, UsersFn};
+pub use options::{Options, UsersFn, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE};
+pub use sources::{human, Upload, UPLOAD_HINT};
 pub use state::{ImageInfo, Images, Progress};

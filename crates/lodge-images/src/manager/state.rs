@@ -74,7 +74,9 @@ impl Images {
         }
         if let Ok(entries) = std::fs::read_dir(paths.tmp()) {
             for e in entries.flatten() {
-                let _ = remove_tree(&e.path());
+                if let Err(err) = remove_tree(&e.path()) {
+                    tracing::warn!("removing {}: {err}", e.path().display());
+                }
             }
         }
         let parallel_pulls = opts.parallel_pulls.max(1);
@@ -88,11 +90,23 @@ impl Images {
             pulls: Semaphore::new(parallel_pulls),
             builds: Mutex::new(HashMap::new()),
         });
+        const INTERRUPTED: &str = "the pull was interrupted by a daemon restart; pull again";
         for mut r in images.records.all().map_err(io("reading image records"))? {
+            let mut changed = false;
+            if let Some(p) = r.pull.as_mut().filter(|p| !p.status.is_final()) {
+                p.status = Status::Failed;
+                p.error = Some(INTERRUPTED.into());
+                p.error_kind = Some(ErrorKind::Internal);
+                p.finished_at = Some(lodge_common::time::now_rfc3339());
+                changed = true;
+            }
             if !r.status.is_final() {
                 r.status = Status::Failed;
-                r.error = Some("the pull was interrupted by a daemon restart; pull again".into());
+                r.error = Some(INTERRUPTED.into());
                 r.error_kind = Some(ErrorKind::Internal);
+                changed = true;
+            }
+            if changed {
                 images
                     .records
                     .save(&r)

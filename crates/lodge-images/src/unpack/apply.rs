@@ -10,6 +10,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags, CWD};
 use rustix::io::Errno;
@@ -22,6 +24,59 @@ use super::whiteout::{opaque, whiteout_of, Whiteout};
 
 /// How many symlinks one walk may pass through (as the kernel's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
+
+/// Bounds on what layers may unpack to: a small gzip can hold gigabytes of
+/// zeros (and a sparse entry, more still), so the tar stream read and the
+/// file data written are both counted against `max_bytes`, and the file
+/// system's free space is checked as data is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most the layers may unpack to, all layers together.
+    pub max_bytes: u64,
+    /// Unpacking stops when less than this is free on the tree's file system.
+    pub min_free: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: u64::MAX,
+            min_free: 0,
+        }
+    }
+}
+
+/// Free space is checked again after this much file data.
+const FREE_CHECK_EVERY: u64 = 32 << 20;
+
+/// The decompressed bytes read so far, shared between the [`Unpacker`] and
+/// the reader it wraps around each layer.
+#[derive(Default)]
+struct Budget {
+    read: AtomicU64,
+    max: u64,
+}
+
+/// A layer's decompressed stream, counted against the budget.
+struct Counted<R> {
+    inner: R,
+    budget: Arc<Budget>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self
+            .budget
+            .read
+            .fetch_add(n as u64, Ordering::Relaxed)
+            .saturating_add(n as u64);
+        if used > self.budget.max {
+            return Err(io::Error::other("over the image size limit"));
+        }
+        Ok(n)
+    }
+}
 
 /// Counters of what a layer did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +98,12 @@ pub struct Unpacker {
     written: HashSet<Vec<OsString>>,
     /// The last parent directory opened, by resolved path.
     cached: Option<(Vec<OsString>, OwnedFd)>,
+    limits: Limits,
+    budget: Arc<Budget>,
+    /// File data written, all layers together.
+    written_bytes: u64,
+    /// `written_bytes` when free space was last checked.
+    checked_at: u64,
 }
 
 /// A parent directory reached by a walk: its descriptor and resolved path.
@@ -83,25 +144,92 @@ impl Unpacker {
             dir_times: HashMap::new(),
             written: HashSet::new(),
             cached: None,
+            limits: Limits::default(),
+            budget: Arc::new(Budget {
+                read: Default::default(),
+                max: u64::MAX,
+            }),
+            written_bytes: 0,
+            checked_at: 0,
         })
+    }
+
+    /// Bounds the unpacked size and the disk it may use (none by default).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.budget = Arc::new(Budget {
+            read: Default::default(),
+            max: limits.max_bytes,
+        });
+        self
+    }
+
+    fn too_large(&self) -> UnpackError {
+        UnpackError::TooLarge {
+            limit: lodge_common::size::ByteSize(self.limits.max_bytes),
+        }
+    }
+
+    fn over_budget(&self) -> bool {
+        self.budget.read.load(Ordering::Relaxed) > self.limits.max_bytes
+            || self.written_bytes > self.limits.max_bytes
+    }
+
+    /// Counts `n` bytes of file data; checks the limit, and the free space
+    /// every [`FREE_CHECK_EVERY`] bytes.
+    fn wrote(&mut self, n: u64) -> Result<(), UnpackError> {
+        self.written_bytes = self.written_bytes.saturating_add(n);
+        if self.written_bytes > self.limits.max_bytes {
+            return Err(self.too_large());
+        }
+        if self.limits.min_free > 0 && self.written_bytes - self.checked_at >= FREE_CHECK_EVERY {
+            self.checked_at = self.written_bytes;
+            self.check_free()?;
+        }
+        Ok(())
+    }
+
+    fn check_free(&self) -> Result<(), UnpackError> {
+        let st = rustix::fs::fstatvfs(&self.root).map_err(io_err("."))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < self.limits.min_free {
+            return Err(UnpackError::NoSpace {
+                free: lodge_common::size::ByteSize(free),
+                min_free: lodge_common::size::ByteSize(self.limits.min_free),
+            });
+        }
+        Ok(())
     }
 
     /// Applies one layer (a tar, gzip- or zstd-compressed or not).
     pub fn apply(&mut self, layer: impl Read) -> Result<LayerStats, UnpackError> {
         self.written.clear();
         self.cached = None;
-        let reader = decompress(layer).map_err(|e| UnpackError::Malformed(e.to_string()))?;
-        let mut archive = tar::Archive::new(reader);
-        let mut stats = LayerStats::default();
-        let entries = archive
-            .entries()
-            .map_err(|e| UnpackError::Malformed(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| UnpackError::Malformed(e.to_string()))?;
-            stats.entries += 1;
-            self.apply_entry(&mut entry, &mut stats)?;
+        if self.limits.min_free > 0 {
+            self.check_free()?;
         }
-        Ok(stats)
+        let reader = decompress(layer).map_err(|e| UnpackError::Malformed(e.to_string()))?;
+        let counted = Counted {
+            inner: reader,
+            budget: self.budget.clone(),
+        };
+        let mut archive = tar::Archive::new(counted);
+        let mut stats = LayerStats::default();
+        let result = (|| {
+            let entries = archive.entries().map_err(|e| malformed(&e))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| malformed(&e))?;
+                stats.entries += 1;
+                self.apply_entry(&mut entry, &mut stats)?;
+            }
+            Ok(())
+        })();
+        match result {
+            // Whatever broke, a layer over the limit is reported as that.
+            Err(_) if self.over_budget() => Err(self.too_large()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(stats),
+        }
     }
 
     /// Sets directory mtimes, which every layer's writes have disturbed.
@@ -300,11 +428,23 @@ impl Unpacker {
                 )
                 .map_err(io_err(&shown))?;
                 let mut file = File::from(fd);
-                let n = io::copy(entry, &mut file).map_err(|source| UnpackError::Io {
-                    entry: shown.clone(),
-                    source,
-                })?;
-                stats.bytes += n;
+                let mut buf = vec![0u8; 128 << 10];
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(malformed(&e)),
+                    };
+                    io::Write::write_all(&mut file, &buf[..n]).map_err(|source| {
+                        UnpackError::Io {
+                            entry: shown.clone(),
+                            source,
+                        }
+                    })?;
+                    stats.bytes += n as u64;
+                    self.wrote(n as u64)?;
+                }
                 self.set_meta_fd(&file, &meta, &shown)?;
                 rustix::fs::futimens(&file, &times_of(meta.mtime)).map_err(io_err(&shown))?;
             }
@@ -440,6 +580,12 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// A tar stream that cannot be read, in lodge's words (see
+/// [`crate::archive::tar_failure`]: the tar crate's text can quote bytes).
+fn malformed(e: &io::Error) -> UnpackError {
+    UnpackError::Malformed(crate::archive::tar_failure(e))
 }
 
 /// Applies `layers` (file paths, in order) to a fresh `root` directory.

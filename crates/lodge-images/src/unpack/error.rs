@@ -14,6 +14,15 @@ pub enum UnpackError {
     /// The layer is not a readable tar (or its compression is broken).
     #[error("malformed layer: {0}")]
     Malformed(String),
+    /// The layers unpack to more than the image size limit.
+    #[error("the image unpacks to more than the {limit} limit (LODGE_MAX_IMAGE_SIZE)")]
+    TooLarge { limit: lodge_common::size::ByteSize },
+    /// The disk holding the tree is nearly full.
+    #[error("unpacking stopped: only {free} left free on the image store's file system, below the {min_free} minimum (LODGE_IMAGE_MIN_FREE)")]
+    NoSpace {
+        free: lodge_common::size::ByteSize,
+        min_free: lodge_common::size::ByteSize,
+    },
     #[error("layer entry {entry:?}: {source}")]
     Io {
         entry: String,

@@ -17,6 +17,10 @@
 //! root, owners and device nodes cannot be made: owners are left as the
 //! caller's and device nodes are skipped with a warning.
 //!
+//! A decompression bomb is bounded by [`Limits`]: the decompressed stream
+//! and the file data written count against a size limit, and unpacking
+//! stops when the file system's free space falls below a minimum.
+//!
 //! One file per concern, imported leaf-first: [`apply`] writes entries,
 //! [`whiteout`] interprets `.wh.` entries and opaque directories, [`meta`]
 //! reads an entry's metadata, [`fsops`] holds the descriptor-relative
@@ -29,7 +33,7 @@ mod fsops;
 mod meta;
 mod whiteout;
 
-pub use apply::{unpack_layers, LayerStats, Unpacker};
+pub use apply::{unpack_layers, LayerStats, Limits, Unpacker};
 pub use decompress::decompress;
 pub use error::UnpackError;
 pub use fsops::{remove_all_at, remove_tree};

@@ -5,16 +5,30 @@
 //! `POST /images` answers at once (202) with the image as it is; the pull
 //! runs in the background and its status moves pending → pulling →
 //! converting → ready, or failed with `error`.
+//!
+//! A pull of a name that already holds a ready image is a refresh: the
+//! image keeps `status: ready` (and boots) throughout; the refresh's own
+//! progress and outcome are the image's `pull` object, so a refresh that
+//! fails (registry down, another platform missing) never breaks the image.
+//!
+//! Archives: an API client reads no host file. `POST /images/load` takes
+//! the archive as the request body (docker's `load`; bounded by
+//! `LODGE_MAX_IMAGE_SIZE`), which is how `lodge pull oci-archive:PATH`
+//! sends it, so it works against a remote daemon too. `POST /images` with
+//! `oci-archive:PATH` reads only files beneath the daemon's import
+//! directory (`LODGE_IMPORT_DIR`, default `<data dir>/import`).
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::types::{CreateImage, Image, ImageProgress};
+use super::types::{CreateImage, Image, ImageProgress, ImagePull};
 use super::{ApiError, ApiJson, AppState};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
-use lodge_images::{Credentials, ErrorKind, ImageInfo, PullRequest};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use lodge_images::{ArchiveFormat, Credentials, ErrorKind, ImageInfo, LoadRequest, PullRequest};
 
 impl From<ImageInfo> for Image {
     fn from(i: ImageInfo) -> Self {
@@ -35,6 +49,15 @@ impl From<ImageInfo> for Image {
             tags: Some(r.tags).filter(|t| !t.is_empty()),
             user: r.user.or(c.user),
             source: r.source,
+            pull: r.pull.map(|p| ImagePull {
+                status: p.status.as_str().to_string(),
+                error: p.error,
+                code: p.error_kind.map(|k| status_of(k).1.to_string()),
+                platform: p.platform,
+                source: p.source,
+                started_at: p.started_at,
+                finished_at: p.finished_at,
+            }),
             progress: i.progress.map(|p| ImageProgress {
                 layers_total: p.layers_total,
                 layers_done: p.layers_done,
@@ -47,25 +70,32 @@ impl From<ImageInfo> for Image {
     }
 }
 
+/// The HTTP status and error code of an image error class.
+fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::InvalidPlatform => (StatusCode::BAD_REQUEST, "invalid_platform"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::PlatformNotFound => (StatusCode::NOT_FOUND, "platform_not_found"),
+        ErrorKind::Unauthorized => (StatusCode::FORBIDDEN, "registry_denied"),
+        ErrorKind::Unreachable => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
+        ErrorKind::Registry => (StatusCode::BAD_GATEWAY, "registry_error"),
+        ErrorKind::Integrity => (StatusCode::BAD_GATEWAY, "digest_mismatch"),
+        ErrorKind::UnsafeLayer => (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_layer"),
+        ErrorKind::Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+        ErrorKind::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
 impl From<lodge_images::Error> for ApiError {
     fn from(e: lodge_images::Error) -> Self {
-        let (status, code) = match e.kind {
-            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
-            ErrorKind::InvalidPlatform => (StatusCode::BAD_REQUEST, "invalid_platform"),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::PlatformNotFound => (StatusCode::NOT_FOUND, "platform_not_found"),
-            ErrorKind::Unauthorized => (StatusCode::FORBIDDEN, "registry_denied"),
-            ErrorKind::Unreachable => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
-            ErrorKind::Registry => (StatusCode::BAD_GATEWAY, "registry_error"),
-            ErrorKind::Integrity => (StatusCode::BAD_GATEWAY, "digest_mismatch"),
-            ErrorKind::UnsafeLayer => (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_layer"),
-            ErrorKind::Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image"),
-            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-            ErrorKind::Internal => {
-                tracing::error!("{}", e.message);
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-            }
-        };
+        if e.kind == ErrorKind::Internal {
+            tracing::error!("{}", e.message);
+        }
+        let (status, code) = status_of(e.kind);
         ApiError {
             status,
             code,
@@ -93,6 +123,90 @@ pub async fn create(
     };
     let info = state.images.pull(req).await?;
     Ok((StatusCode::ACCEPTED, Json(Image::from(info))))
+}
+
+/// Import an image archive sent as the request body (docker's `load`).
+///
+/// Query: `format` (`oci`, the default, or `docker`), `reference` (picks
+/// one image of an archive holding several), `file` (the archive's file
+/// name, naming images the archive does not name), `platform`. Answers as
+/// `POST /images` does, once the body is received.
+#[utoipa::path(post, path = "/images/load",
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    params(
+        ("format" = Option<String>, Query, description = "oci (default) or docker"),
+        ("reference" = Option<String>, Query, description = "which image of the archive"),
+        ("file" = Option<String>, Query, description = "the archive's file name"),
+        ("platform" = Option<String>, Query, description = "os/arch[/variant]"),
+    ),
+    responses((status = 202, body = Image), (status = 400, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 507, body = super::error::ErrorBody)))]
+pub async fn load(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let format = match query.get("format").map(|f| f.trim()) {
+        None | Some("") => ArchiveFormat::Oci,
+        Some(f) => ArchiveFormat::parse(f).ok_or_else(|| {
+            ApiError::bad_request(format!("format {f:?}: expected oci or docker"))
+        })?,
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut upload = state.images.begin_upload(declared)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("receiving the archive: {e}")))?;
+        upload.write(&chunk).await?;
+    }
+    if upload.written() == 0 {
+        return Err(ApiError::bad_request(
+            "no archive in the request body: send the tar as the body",
+        ));
+    }
+    let opt = |k: &str| {
+        query
+            .get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let info = state
+        .images
+        .load(
+            upload,
+            LoadRequest {
+                format,
+                reference: opt("reference"),
+                file_name: opt("file"),
+                platform: opt("platform"),
+                tags: BTreeMap::new(),
+            },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(Image::from(info))))
+}
+
+/// The upload route, apart from the others: its body is an archive bounded
+/// by the image size limit, not by the API's 1 MiB request limit. It is
+/// authenticated like every other route.
+pub fn upload_routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/images/load",
+            post(load)
+                // An image named `load` stays reachable by its short name.
+                .get(|st: State<AppState>| get_one(st, Path("load".to_string())))
+                .delete(|st: State<AppState>| delete(st, Path("load".to_string()))),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            super::require_token,
+        ))
 }
 
 /// `tags[key]=value` pairs of a query string (hypeman's tag filter).
@@ -151,7 +265,13 @@ pub async fn delete(
 /// Opens the image store under `<data dir>/images`; an image's users are
 /// the instances whose records name its digest.
 pub fn open(cfg: &crate::config::Config) -> anyhow::Result<std::sync::Arc<lodge_images::Images>> {
-    let opts = lodge_images::Options::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let default_import = cfg.data_dir.join("import");
+    let opts =
+        lodge_images::Options::from_env(&default_import).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if opts.import_dir.as_deref() == Some(default_import.as_path()) {
+        std::fs::create_dir_all(&default_import)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", default_import.display()))?;
+    }
     let guests = cfg.guests_dir();
     let users: lodge_images::UsersFn =
         std::sync::Arc::new(move |digest: &str| crate::instances::image_users(&guests, digest));

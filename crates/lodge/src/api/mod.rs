@@ -66,6 +66,7 @@ pub struct AppState {
         images::list,
         images::get_one,
         images::delete,
+        images::load,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -79,6 +80,7 @@ pub struct AppState {
         types::Throughput,
         types::Image,
         types::ImageProgress,
+        types::ImagePull,
         types::CreateImage,
         types::RegistryCredentials,
         Health,
@@ -113,6 +115,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(reject_declared_oversize))
+        // Archive uploads, bounded by the image size limit instead.
+        .merge(images::upload_routes(state.clone()))
         .with_state(state)
 }
 

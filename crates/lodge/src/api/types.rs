@@ -392,6 +392,30 @@ pub struct Image {
     /// lodge: bytes and layers while pulling.
     #[serde(default)]
     pub progress: Option<ImageProgress>,
+    /// lodge: the latest pull of this name. `status`/`error` above are the
+    /// image's: a ready image pulled again stays `ready` while the refresh
+    /// runs and after it fails; the refresh's outcome is reported here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<ImagePull>,
+}
+
+/// lodge: one pull of an image name, apart from the image it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImagePull {
+    /// pending, pulling, converting, ready or failed.
+    pub status: String,
+    pub error: Option<String>,
+    /// The error's code, as an API error would carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The platform asked for.
+    pub platform: String,
+    /// What was asked for.
+    pub source: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once ended.
+    pub finished_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -418,7 +442,9 @@ pub struct RegistryCredentials {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateImage {
     /// Reference (`alpine`, `127.0.0.1:5000/app:v1`, `x@sha256:…`) or an
-    /// offline source (`oci-archive:/path.tar[:ref]`, `docker-archive:/path.tar[:ref]`).
+    /// archive in the daemon's import directory (`oci-archive:/path.tar[:ref]`,
+    /// `docker-archive:/path.tar[:ref]`; other archives are uploaded with
+    /// `POST /images/load`).
     pub name: String,
     /// os/arch[/variant]; default linux/amd64.
     #[serde(default, skip_serializing_if = "Option::is_none")]

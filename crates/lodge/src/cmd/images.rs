@@ -2,10 +2,15 @@
 //! mk-image` that writes an image archive from directories (the offline
 //! quick start builds its demo image with it).
 //!
-//! `pull` starts the daemon's asynchronous pull and polls the image until it
-//! is ready or failed, drawing bytes and layers on a progress bar (on a
-//! terminal only). Polls start every 10 ms and back off, so a pull that
-//! finds everything cached returns in a few milliseconds.
+//! `pull` starts the daemon's asynchronous pull and polls the image until
+//! its pull is ready or failed, drawing bytes and layers on a progress bar
+//! (on a terminal only). Polls start every 10 ms and back off, so a pull
+//! that finds everything cached returns in a few milliseconds. A refresh of
+//! a ready image that fails is an error here, and the image stays ready.
+//!
+//! `oci-archive:PATH` and `docker-archive:PATH` name a file where the CLI
+//! runs: it is streamed to the daemon (`POST /images/load`), so the daemon
+//! never opens a path a client chose, and a remote daemon works the same.
 
 use std::time::{Duration, Instant};
 
@@ -14,27 +19,114 @@ use reqwest::Method;
 
 use crate::api::types::{CreateImage, Image};
 use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs};
-use crate::client::{encode, Client};
+use crate::client::{encode, failure, Client};
 
-/// Archive sources name a file on the daemon's host: make relative paths
-/// absolute here, where the user typed them.
-fn absolutize_source(image: &str) -> Result<String> {
-    for prefix in ["oci-archive:", "docker-archive:"] {
+/// An archive source as typed: `oci-archive:PATH[:REF]`.
+struct ArchiveArg<'a> {
+    format: &'static str,
+    path: &'a str,
+    reference: Option<&'a str>,
+}
+
+fn archive_arg(image: &str) -> Option<ArchiveArg<'_>> {
+    for (prefix, format) in [("oci-archive:", "oci"), ("docker-archive:", "docker")] {
         if let Some(rest) = image.strip_prefix(prefix) {
             let (path, reference) = match rest.split_once(':') {
-                Some((p, r)) => (p, Some(r)),
+                Some((p, r)) => (p, Some(r).filter(|r| !r.is_empty())),
                 None => (rest, None),
             };
-            let abs =
-                std::path::absolute(path).with_context(|| format!("archive path {path:?}"))?;
-            let abs = abs.to_str().context("archive path is not valid UTF-8")?;
-            return Ok(match reference {
-                Some(r) => format!("{prefix}{abs}:{r}"),
-                None => format!("{prefix}{abs}"),
+            return Some(ArchiveArg {
+                format,
+                path,
+                reference,
             });
         }
     }
-    Ok(image.to_string())
+    None
+}
+
+/// Streams a local archive to the daemon (`POST /images/load`) and returns
+/// the image the daemon started importing.
+async fn upload(
+    client: &Client,
+    arg: &ArchiveArg<'_>,
+    platform: Option<&str>,
+    quiet: bool,
+) -> Result<Image> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+
+    let file = tokio::fs::File::open(arg.path)
+        .await
+        .with_context(|| format!("opening archive {}", arg.path))?;
+    let len = file
+        .metadata()
+        .await
+        .with_context(|| format!("reading archive {}", arg.path))?
+        .len();
+    let file_name = std::path::Path::new(arg.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(file_name.clone());
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let shown = bar.clone();
+    let chunks = futures_util::stream::unfold(file, move |mut f| {
+        let bar = shown.clone();
+        async move {
+            let mut buf = vec![0u8; 256 << 10];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    bar.inc(n as u64);
+                    Some((Ok::<_, std::io::Error>(buf), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        }
+    })
+    .boxed();
+    let mut query: Vec<(&str, &str)> = vec![("format", arg.format), ("file", &file_name)];
+    if let Some(r) = arg.reference {
+        query.push(("reference", r));
+    }
+    if let Some(p) = platform {
+        query.push(("platform", p));
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/images/load", client.base_url()))
+        .bearer_auth(client.token())
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "sending {} to the lodge daemon at {}",
+                arg.path,
+                client.base_url()
+            )
+        })?;
+    bar.finish_and_clear();
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        return Err(failure(status, &body));
+    }
+    Ok(resp.json().await?)
 }
 
 fn human(bytes: u64) -> String {
@@ -52,17 +144,30 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// The pull's status and error: the image's `pull` when the daemon
+/// reports one, else (an older daemon) the image's own.
+fn pull_status(img: &Image) -> (&str, Option<&str>) {
+    match &img.pull {
+        Some(p) => (p.status.as_str(), p.error.as_deref()),
+        None => (img.status.as_str(), img.error.as_deref()),
+    }
+}
+
 pub fn pull(args: PullArgs) -> Result<u8> {
-    let name = absolutize_source(&args.image)?;
-    let body = CreateImage {
-        name,
-        platform: args.platform.clone(),
-        ..CreateImage::default()
-    };
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let started = Instant::now();
-        let mut img: Image = client.call_with(Method::POST, "/images", &body).await?;
+        let mut img: Image = match archive_arg(&args.image) {
+            Some(arg) => upload(&client, &arg, args.platform.as_deref(), args.quiet).await?,
+            None => {
+                let body = CreateImage {
+                    name: args.image.clone(),
+                    platform: args.platform.clone(),
+                    ..CreateImage::default()
+                };
+                client.call_with(Method::POST, "/images", &body).await?
+            }
+        };
         let name = img.name.clone();
         let path = format!("/images/{}", encode(&name));
         let bar = indicatif::ProgressBar::new(0);
@@ -78,7 +183,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
         }
         let mut delay = Duration::from_millis(10);
         loop {
-            let status = img.status.as_str();
+            let (status, error) = pull_status(&img);
             if let Some(p) = &img.progress {
                 bar.set_length(p.bytes_total);
                 bar.set_position(p.bytes_done);
@@ -93,10 +198,14 @@ pub fn pull(args: PullArgs) -> Result<u8> {
                 "ready" => break,
                 "failed" => {
                     bar.finish_and_clear();
-                    bail!(
-                        "pull of {name} failed: {}",
-                        img.error.as_deref().unwrap_or("unknown error")
-                    );
+                    let error = error.unwrap_or("unknown error");
+                    if img.status == "ready" {
+                        bail!(
+                            "pull of {name} failed: {error}\n(the image already there is unchanged and still usable: {})",
+                            img.digest
+                        );
+                    }
+                    bail!("pull of {name} failed: {error}");
                 }
                 _ => {}
             }
