@@ -583,9 +583,9 @@ impl Unpacker {
 }
 
 /// A tar stream that cannot be read, in lodge's words (see
-/// [`crate::archive::tar_failure`]: the tar crate's text can quote bytes).
+/// [`tar_failure`]: the tar crate's text can quote bytes).
 fn malformed(e: &io::Error) -> UnpackError {
-    UnpackError::Malformed(crate::archive::tar_failure(e))
+    UnpackError::Malformed(super::error::tar_failure(e))
 }
 
 /// Applies `layers` (file paths, in order) to a fresh `root` directory.

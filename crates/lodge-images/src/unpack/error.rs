@@ -44,3 +44,24 @@ pub(super) fn io_err(entry: &str) -> impl FnOnce(Errno) -> UnpackError + '_ {
         source: e.into(),
     }
 }
+
+/// What a tar reading failure says, in words of lodge's own: the tar
+/// crate's messages quote header fields (a file that is not a tar has its
+/// first bytes taken as a member name), and an answer must never carry the
+/// bytes of a file.
+pub fn tar_failure(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || text.starts_with("failed to read entire block")
+        || text.starts_with("unexpected EOF")
+    {
+        "the tar stream ends in the middle of a member".into()
+    } else if text.starts_with("archive header checksum mismatch") {
+        "not a tar archive (a header's checksum does not match)".into()
+    } else if text.contains(" when ") || text.starts_with("numeric field") {
+        "not a tar archive (a header field is malformed)".into()
+    } else {
+        // The kind, never the text: it may come from the tar crate too.
+        format!("not a readable tar stream ({})", e.kind())
+    }
+}

@@ -35,5 +35,5 @@ mod whiteout;
 
 pub use apply::{unpack_layers, LayerStats, Limits, Unpacker};
 pub use decompress::decompress;
-pub use error::UnpackError;
+pub use error::{tar_failure, UnpackError};
 pub use fsops::{remove_all_at, remove_tree};

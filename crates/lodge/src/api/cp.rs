@@ -34,12 +34,13 @@ use futures_util::{SinkExt, StreamExt};
 use lodge_guest::agent::paths::base_name;
 use lodge_guest::agent::{Control, EntryHeader, Event, Request};
 
+use super::error::ApiError;
+use super::state::AppState;
 use super::types::{direction, CpMessage, CpRequest, Throughput, ThroughputQuery, WireHeader};
 use super::ws::{
     close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
     upgrade, Sink, Source,
 };
-use super::{ApiError, AppState};
 use crate::agent::{AgentError, Inbound, StreamRx, StreamTx};
 use crate::instances::{AgentEndpoint, Manager};
 

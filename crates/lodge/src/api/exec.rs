@@ -29,12 +29,13 @@ use futures_util::{SinkExt, StreamExt};
 
 use lodge_guest::agent::{Control, Event, ExecStart, Request};
 
+use super::error::ApiError;
+use super::state::AppState;
 use super::types::{CloseStdin, ExecExit, ExecRequest, PathInfo, ResizeMessage, StatQuery};
 use super::ws::{
     close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
     upgrade, Sink, CLOSE_TIMEOUT,
 };
-use super::{ApiError, AppState};
 use crate::agent::{AgentError, Inbound};
 use crate::instances::{AgentEndpoint, Manager};
 

@@ -20,8 +20,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::error::ApiError;
+use super::state::{ApiJson, AppState};
 use super::types::{CreateImage, Image, ImageProgress, ImagePull};
-use super::{ApiError, ApiJson, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -205,7 +206,7 @@ pub fn upload_routes(state: AppState) -> Router<AppState> {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
-            super::require_token,
+            super::state::require_token,
         ))
 }
 

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use lodge_hypervisor::HypervisorKind;
 
-use super::{ApiError, ApiJson, AppState};
+use super::error::ApiError;
+use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
 use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};

@@ -14,8 +14,9 @@
 
 use std::convert::Infallible;
 
+use super::error::ApiError;
+use super::state::AppState;
 use super::types::LogsQuery;
-use super::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};

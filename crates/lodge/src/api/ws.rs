@@ -19,7 +19,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::agent::{AgentError, Conn, UnixSocket};
 use crate::instances::{AgentEndpoint, Manager};
 
