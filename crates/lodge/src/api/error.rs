@@ -91,6 +91,8 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
         E::NameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        E::NetworkDisabled => (StatusCode::BAD_REQUEST, "network_disabled"),
+        E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
         E::CreateFailed(failed) => status_of(&failed.run),
         E::Image(_)
@@ -98,6 +100,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         | E::Io { .. }
         | E::Backend(_)
         | E::Monitor(_)
+        | E::Network(_)
         | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }

@@ -6,6 +6,7 @@
 //! axum's own (bad JSON, oversized body, unknown route), is turned into the
 //! `{code, message}` error shape.
 
+mod capabilities;
 mod cp;
 mod error;
 mod exec;
@@ -51,6 +52,7 @@ pub struct AppState {
     ),
     paths(
         health,
+        capabilities::capabilities,
         instances::create,
         instances::list,
         instances::get_one,
@@ -69,6 +71,9 @@ pub struct AppState {
     ),
     components(schemas(
         crate::instances::Instance,
+        crate::instances::InstanceNetwork,
+        instances::CreateNetwork,
+        capabilities::Capabilities,
         crate::instances::state::State,
         instances::CreateInstance,
         instances::StartInstance,
@@ -88,6 +93,7 @@ struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
+        .route("/capabilities", get(capabilities::capabilities))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",
