@@ -88,6 +88,13 @@ impl Paths {
     }
 }
 
+/// File name of the compressed guest kernel (bzImage) in the system dir.
+pub const KERNEL_FILE: &str = "vmlinuz";
+/// File name of the uncompressed guest kernel (ELF) in the system dir.
+pub const KERNEL_ELF_FILE: &str = "vmlinux";
+/// File name of the initrd carrying lodge's guest init in the system dir.
+pub const INITRD_FILE: &str = "initrd.img";
+
 /// Files of the system dir: the guest kernel and initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemPaths {
@@ -102,15 +109,15 @@ impl SystemPaths {
     }
     /// Compressed kernel (bzImage).
     pub fn vmlinuz(&self) -> PathBuf {
-        self.dir.join("vmlinuz")
+        self.dir.join(KERNEL_FILE)
     }
     /// Uncompressed kernel (ELF), preferred when present.
     pub fn vmlinux(&self) -> PathBuf {
-        self.dir.join("vmlinux")
+        self.dir.join(KERNEL_ELF_FILE)
     }
     /// The initrd carrying lodge's guest init.
     pub fn initrd(&self) -> PathBuf {
-        self.dir.join("initrd.img")
+        self.dir.join(INITRD_FILE)
     }
 }
 

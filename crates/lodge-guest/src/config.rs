@@ -12,8 +12,14 @@
 //! the host's own code built from this type, so a typo cannot slip in the
 //! way `deny_unknown_fields` protects against elsewhere. Everything the guest
 //! relies on is checked by [`GuestConfig::validate`], which `decode` runs.
+//!
+//! Fields added later are optional and left out of the JSON when unset
+//! (`network`, see [`crate::network`]), so configs written before them
+//! still parse and a config that does not use them encodes as before.
 
 use serde::{Deserialize, Serialize};
+
+use crate::network::{NetworkConfig, NetworkError};
 
 /// Block size the config image is padded to.
 pub const CONFIG_IMAGE_ALIGN: usize = 4096;
@@ -50,6 +56,11 @@ pub struct GuestConfig {
     /// `None` runs the workload as root.
     #[serde(default)]
     pub user: Option<String>,
+    /// The guest's one network interface; `None` (or absent from the JSON,
+    /// as in every config written before networking) boots with loopback
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 fn default_workdir() -> String {
@@ -89,6 +100,9 @@ pub enum ConfigError {
     /// Strings reach the guest as C strings, which cannot hold NUL.
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
+    /// The network section; its messages name the field they are about.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 impl GuestConfig {
@@ -101,6 +115,7 @@ impl GuestConfig {
             workdir: default_workdir(),
             hostname: None,
             user: None,
+            network: None,
         }
     }
 
@@ -141,6 +156,9 @@ impl GuestConfig {
             }
         }
         self.user_spec()?;
+        if let Some(network) = &self.network {
+            network.validate()?;
+        }
         Ok(())
     }
 
@@ -207,7 +225,75 @@ mod tests {
             workdir: "/tmp".into(),
             hostname: Some("web-1".into()),
             user: Some("1000:100".into()),
+            network: None,
         }
+    }
+
+    fn with_network() -> GuestConfig {
+        let mut config = sample();
+        config.network = Some(NetworkConfig {
+            mac: crate::MacAddr([0x02, 0, 0, 0, 0, 0x0f]),
+            ip: "10.0.2.15".parse().expect("ip"),
+            prefix_len: 24,
+            gateway: "10.0.2.2".parse().expect("ip"),
+            mtu: None,
+            dns: vec!["10.0.2.3".parse().expect("ip")],
+            name: "web-1".into(),
+        });
+        config
+    }
+
+    #[test]
+    fn configs_without_network_still_parse_and_encode_unchanged() {
+        // Written by a host from before networking existed.
+        let old = br#"{"argv":["sh","-c","echo $FOO"],"env":["FOO=bar","EMPTY="],"workdir":"/tmp","hostname":"web-1","user":"1000:100"}"#;
+        let config = GuestConfig::decode(old).expect("old config");
+        assert_eq!(config, sample());
+        assert_eq!(config.network, None);
+        // And a config without network encodes to exactly what an old
+        // guest reads: no `network` key at all.
+        let image = config.encode();
+        assert_eq!(&image[..old.len()], &old[..]);
+        assert_eq!(image[old.len()], 0);
+    }
+
+    #[test]
+    fn network_section_round_trips_and_is_validated() {
+        let config = with_network();
+        assert_eq!(GuestConfig::decode(&config.encode()), Ok(config.clone()));
+        let json = serde_json::to_value(&config).expect("json");
+        assert_eq!(
+            json["network"],
+            serde_json::json!({
+                "mac": "02:00:00:00:00:0f",
+                "ip": "10.0.2.15",
+                "prefix_len": 24,
+                "gateway": "10.0.2.2",
+                "dns": ["10.0.2.3"],
+                "name": "web-1",
+            })
+        );
+        let mut bad = config;
+        if let Some(net) = bad.network.as_mut() {
+            net.gateway = "10.0.3.2".parse().expect("ip");
+        }
+        let err = GuestConfig::decode(&bad.encode()).expect_err("gateway outside");
+        assert!(matches!(
+            err,
+            ConfigError::Network(NetworkError::GatewayOutsideSubnet { .. })
+        ));
+        assert_eq!(
+            err.to_string(),
+            "gateway 10.0.3.2 is outside the subnet 10.0.2.15/24"
+        );
+        let err = GuestConfig::decode(
+            br#"{"argv":["true"],"network":{"mac":"zz","ip":"10.0.2.15","prefix_len":24,"gateway":"10.0.2.2","name":"a"}}"#,
+        )
+        .expect_err("bad mac");
+        assert!(
+            matches!(&err, ConfigError::Json(m) if m.contains("mac address \"zz\"")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,10 +5,8 @@
 
 /// Whether `name` can name an environment variable: not empty, and no `=`
 /// or NUL, either of which would end it early inside `KEY=VALUE` or a C
-/// string.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('=') && !name.contains('\0')
-}
+/// string. The rule itself lives in lodge-common, shared with the host.
+pub use lodge_common::env::is_valid_name;
 
 /// The key of a `KEY=VALUE` entry (the whole entry when it has no `=`).
 pub fn key(entry: &str) -> &str {

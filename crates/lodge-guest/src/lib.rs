@@ -7,7 +7,8 @@
 //!    host attaches virtio-blk disks whose serial numbers name their role;
 //!    the guest finds them through `/sys/block/vd*/serial`, never by order.
 //! 2. **Configuration** ([`GuestConfig`]): what to run, as JSON on a raw
-//!    config disk ([`GuestConfig::encode`] / [`GuestConfig::decode`]).
+//!    config disk ([`GuestConfig::encode`] / [`GuestConfig::decode`]),
+//!    including the guest's network ([`network`]), if it has one.
 //! 3. **Status** ([`StatusEvent`]): one-line events the guest writes to the
 //!    second serial port ([`STATUS_TTY`]), so that the first port, the
 //!    user's console, carries only what the workload and the kernel wrote.
@@ -23,6 +24,7 @@
 
 pub mod config;
 pub mod env;
+pub mod network;
 pub mod protocol;
 pub mod status;
 
@@ -33,6 +35,7 @@ pub use protocol as agent;
 pub use config::{
     ConfigError, GuestConfig, UserSpec, CONFIG_IMAGE_ALIGN, CONFIG_IMAGE_MIN, DEFAULT_WORKDIR,
 };
+pub use network::{MacAddr, MacParseError, NetworkConfig, NetworkError};
 pub use status::{parse_status_line, StatusEvent, STATUS_PREFIX};
 
 /// Serial of the read-only image disk (ext4 or erofs) that becomes the lower

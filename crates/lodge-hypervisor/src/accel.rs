@@ -27,6 +27,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use lodge_common::paths::SystemPaths;
+
 use crate::config::{ConfigError, VmConfig, MIB};
 use crate::qemu::args::{build_argv, DEFAULT_QEMU_BINARY};
 use crate::qemu::{Accel, QemuOptions};
@@ -47,10 +49,9 @@ pub const SELFTEST_MARKER: &str = "lodge-selftest: ok";
 /// How long the self-test guest may take to print [`SELFTEST_MARKER`].
 pub const DEFAULT_SELFTEST_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// File names of the guest kernel and initrd inside lodge's system dir.
-pub const KERNEL_FILE: &str = "vmlinuz";
-/// See [`KERNEL_FILE`].
-pub const INITRD_FILE: &str = "initrd.img";
+/// File names of the guest kernel and initrd inside lodge's system dir
+/// (defined once, with the rest of the data-dir layout, in lodge-common).
+pub use lodge_common::paths::{INITRD_FILE, KERNEL_FILE};
 
 /// How long a self-test guest that printed the marker may take to power off
 /// before it is killed.
@@ -100,7 +101,8 @@ impl ProbeOptions {
 
     /// Options for the kernel and initrd in lodge's system dir.
     pub fn for_system_dir(dir: &Path) -> Self {
-        Self::new(dir.join(KERNEL_FILE), dir.join(INITRD_FILE))
+        let system = SystemPaths::new(dir);
+        Self::new(system.vmlinuz(), system.initrd())
     }
 }
 

@@ -36,8 +36,9 @@ pub const MAX_DISK_SERIAL_LEN: usize = 20;
 /// Longest kernel command line (x86 `COMMAND_LINE_SIZE` minus the NUL).
 pub const MAX_CMDLINE_LEN: usize = 2047;
 
-/// Longest Unix socket path: `sun_path` is 108 bytes including the NUL.
-pub const MAX_UNIX_SOCKET_PATH_LEN: usize = 107;
+/// Longest Unix socket path: `sun_path` is 108 bytes including the NUL
+/// (defined once, in lodge-common).
+pub use lodge_common::socket::MAX_UNIX_SOCKET_PATH_LEN;
 
 /// Longest VM name or virtio-serial port name.
 pub const MAX_NAME_LEN: usize = 255;

@@ -161,11 +161,22 @@ pub fn local_name(source: &Source) -> Result<String> {
     }
 }
 
-fn parse_index(path: &Path, members: &HashMap<String, Vec<u8>>) -> Result<Index> {
+/// The JSON member `name` of the archive at `path`; `missing` says what
+/// the archive is not when it lacks that member.
+fn parse_member<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    members: &HashMap<String, Vec<u8>>,
+    name: &str,
+    missing: &str,
+) -> Result<T> {
     let bytes = members
-        .get("index.json")
-        .ok_or_else(|| archive_err(path, "no index.json: not an OCI image layout"))?;
-    serde_json::from_slice(bytes).map_err(|e| archive_err(path, format!("index.json: {e}")))
+        .get(name)
+        .ok_or_else(|| archive_err(path, format!("no {name}: {missing}")))?;
+    serde_json::from_slice(bytes).map_err(|e| archive_err(path, format!("{name}: {e}")))
+}
+
+fn parse_index(path: &Path, members: &HashMap<String, Vec<u8>>) -> Result<Index> {
+    parse_member(path, members, "index.json", "not an OCI image layout")
 }
 
 fn choose_oci_entry<'a>(
@@ -219,10 +230,7 @@ fn parse_docker_manifest(
     path: &Path,
     members: &HashMap<String, Vec<u8>>,
 ) -> Result<Vec<DockerEntry>> {
-    let bytes = members
-        .get("manifest.json")
-        .ok_or_else(|| archive_err(path, "no manifest.json: not a docker archive"))?;
-    serde_json::from_slice(bytes).map_err(|e| archive_err(path, format!("manifest.json: {e}")))
+    parse_member(path, members, "manifest.json", "not a docker archive")
 }
 
 fn choose_docker_entry<'a>(

@@ -151,67 +151,52 @@ fn mkfs_ext4(src: &Path, out: &Path, size: u64, inodes: &str) -> Result<(), Disk
     })?;
     drop(f);
     let blocks = (size / BLOCK).to_string();
-    let output = dies_with_us(Command::new("mkfs.ext4"))
-        .args([
-            "-q",
-            "-F",
-            "-O",
-            "^has_journal",
-            "-m",
-            "0",
-            "-N",
-            inodes,
-            "-b",
-            "4096",
-        ])
-        .args(["-E", "root_owner=0:0", "-L", "lodge-root"])
-        .arg("-d")
-        .arg(src)
-        .arg(out)
-        .arg(blocks)
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args([
+        "-q",
+        "-F",
+        "-O",
+        "^has_journal",
+        "-m",
+        "0",
+        "-N",
+        inodes,
+        "-b",
+        "4096",
+    ])
+    .args(["-E", "root_owner=0:0", "-L", "lodge-root"])
+    .arg("-d")
+    .arg(src)
+    .arg(out)
+    .arg(blocks);
+    run_mkfs("mkfs.ext4", cmd, out)
+}
+
+/// Runs the mkfs `tool` (`cmd`) that writes `out`; a failure carries its
+/// stderr. The child is set to be killed if lodge dies while it runs: a
+/// daemon killed mid-pull must not leave a mkfs writing into its data dir.
+/// Safe with `output()`: the spawning thread waits for the child, so it
+/// cannot exit (and fire the signal) first.
+fn run_mkfs(tool: &'static str, mut cmd: Command, out: &Path) -> Result<(), DiskError> {
+    lodge_common::process::die_with_parent(&mut cmd);
+    let output = cmd
         .output()
-        .map_err(|source| DiskError::Spawn {
-            tool: "mkfs.ext4",
-            source,
-        })?;
+        .map_err(|source| DiskError::Spawn { tool, source })?;
     if !output.status.success() {
         return Err(DiskError::Mkfs {
-            tool: "mkfs.ext4",
+            tool,
             path: out.to_path_buf(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
     Ok(())
-}
-
-/// `cmd`, set to be killed if lodge dies while it runs: a daemon killed
-/// mid-pull must not leave a mkfs writing into its data dir. Safe with
-/// `output()`: the spawning thread waits for the child, so it cannot exit
-/// (and fire the signal) first.
-fn dies_with_us(mut cmd: Command) -> Command {
-    lodge_common::process::die_with_parent(&mut cmd);
-    cmd
 }
 
 /// An erofs image of `src` (owners kept as they are in the tree).
 pub fn erofs(src: &Path, out: &Path) -> Result<(), DiskError> {
-    let output = dies_with_us(Command::new("mkfs.erofs"))
-        .arg("--quiet")
-        .arg(out)
-        .arg(src)
-        .output()
-        .map_err(|source| DiskError::Spawn {
-            tool: "mkfs.erofs",
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(DiskError::Mkfs {
-            tool: "mkfs.erofs",
-            path: out.to_path_buf(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    let mut cmd = Command::new("mkfs.erofs");
+    cmd.arg("--quiet").arg(out).arg(src);
+    run_mkfs("mkfs.erofs", cmd, out)
 }
 
 #[cfg(test)]

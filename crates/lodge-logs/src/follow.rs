@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchMask};
 
+use crate::error::ReadError;
 use crate::lock::{monitor_alive, MONITOR_LOCK};
 use crate::segment::{list_segments, segment_name, Source};
 use crate::tail::{self, inode_of, Position, Tail, Tip};
-use crate::ReadError;
 
 /// Largest chunk handed out by one call.
 const CHUNK: usize = 64 * 1024;

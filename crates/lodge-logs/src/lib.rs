@@ -17,43 +17,17 @@
 
 #[cfg(feature = "async")]
 mod async_fd;
+mod error;
 mod follow;
 mod lock;
 mod segment;
 mod tail;
 mod writer;
 
-use std::io;
-use std::path::PathBuf;
-
+pub use error::ReadError;
 pub use follow::{read_all, Follow, Follower};
 pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
 pub use lodge_common::size::{ByteSize, SizeError};
 pub use segment::{Source, UnknownSource};
 pub use tail::{InvalidTail, Tail};
 pub use writer::{RotatingWriter, WriterError};
-
-/// Why a log could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The log directory could not be listed (missing, not a directory, ...).
-    #[error("cannot read log directory {}", path.display())]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// The inotify watch could not be set up.
-    #[error("cannot watch {} for new output", path.display())]
-    Watch {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// The files kept changing faster than a consistent view could be taken.
-    #[error("the log kept rotating while being opened")]
-    Unstable,
-    /// Reading a log file failed.
-    #[error("cannot read the log")]
-    Io(#[from] io::Error),
-}

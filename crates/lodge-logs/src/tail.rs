@@ -24,8 +24,8 @@ use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
+use crate::error::ReadError;
 use crate::segment::{list_segments, segment_name};
-use crate::ReadError;
 
 /// Bytes read per step of the backward scan: small first (a hundred lines
 /// usually fit), then growing to `BLOCK`.

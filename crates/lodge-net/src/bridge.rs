@@ -38,9 +38,11 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
+use crate::alloc::MacAddr;
 use crate::config::host_resolvers;
-use crate::error::netlink_errno;
-use crate::{nl, tool, IfName, MacAddr, NetConfig, NetError, Subnet, MTU};
+use crate::config::{IfName, NetConfig, Subnet, MTU};
+use crate::error::{netlink_errno, NetError};
+use crate::{nl, tool};
 
 /// The nftables family and name of lodge's table.
 pub const NFT_TABLE: &str = "inet lodge";

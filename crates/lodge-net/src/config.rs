@@ -22,7 +22,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::NetError;
+use crate::error::NetError;
+
+/// The MTU lodge uses on the bridge, the TAPs and (to be told to) the guest.
+pub const MTU: u32 = 1500;
 
 /// A network interface name: 1–15 bytes of ASCII letters, digits, `-`, `_`
 /// and `.`, not `.`/`..` (a subset of what the kernel's `dev_valid_name`

@@ -61,5 +61,4 @@ pub use tap::{
     tap_name, Limits,
 };
 
-/// The MTU lodge uses on the bridge, the TAPs and (to be told to) the guest.
-pub const MTU: u32 = 1500;
+pub use config::MTU;

@@ -13,8 +13,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, 
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::error::netlink_errno;
-use crate::NetError;
+use crate::error::{netlink_errno, NetError};
 
 pub(crate) fn connect() -> Result<Handle, NetError> {
     let (conn, handle, _) =

@@ -47,7 +47,12 @@ use rtnetlink::packet_route::link::InfoKind;
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::{Handle, LinkBridgePort, LinkIfb, LinkUnspec};
 
-use crate::{nl, tool, tun, Bandwidth, IfName, MacAddr, NetError, Network, MTU};
+use crate::alloc::MacAddr;
+use crate::bandwidth::Bandwidth;
+use crate::bridge::Network;
+use crate::config::{IfName, MTU};
+use crate::error::NetError;
+use crate::{nl, tool, tun};
 
 /// Prefix of every instance TAP.
 pub const TAP_PREFIX: &str = "lt-";

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::NetError;
+use crate::error::NetError;
 
 /// Runs `prog args…` with `stdin` fed in, failing with its stderr.
 pub(crate) async fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NetError> {

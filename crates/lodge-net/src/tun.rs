@@ -18,7 +18,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::IfName;
+use crate::config::IfName;
 
 // From <linux/if_tun.h>: _IOW('T', 202, int) and _IOW('T', 203, int).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;

@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::types::{ErrorReply, LogsQuery};
+use crate::api::types::{ErrorBody, LogsQuery};
 use crate::auth::Auth;
 use crate::config;
 
@@ -158,7 +158,7 @@ pub fn json_body<T: Serialize + ?Sized>(value: &T) -> Result<serde_json::Value> 
 /// The error an API answer with `status` and `body` stands for: its
 /// `{code, message}` when it has one, else the status and the raw body.
 pub fn failure(status: StatusCode, body: &[u8]) -> anyhow::Error {
-    match serde_json::from_slice::<ErrorReply>(body) {
+    match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => ApiFailure {
             status,
             code: e.code,

@@ -2,8 +2,10 @@
 //!
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
 //! answer a self-test, open the status port, load modules, find the disks,
-//! read the config, assemble the overlay root, start the guest agent and
-//! the workload, reap until the workload exits. Every path, success, failure or panic, ends in
+//! read the config, assemble the overlay root while the network comes up
+//! (loopback always, the NIC when the config has one), write the network's
+//! files into the root, start the guest agent and the workload, reap until
+//! the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
 //! must never return or exit, since the kernel panics when it does.
 
@@ -13,6 +15,8 @@ mod console;
 mod disks;
 mod error;
 mod modules;
+mod netlink;
+mod network;
 mod rootfs;
 mod workload;
 
@@ -33,6 +37,8 @@ use rootfs::Mounts;
 
 /// How long to wait for the virtio disks to appear.
 const DISK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the configured NIC to appear.
+const NIC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for leftover processes to die after SIGKILL.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound on the config JSON read from the config disk.
@@ -121,9 +127,12 @@ fn run(
         .as_deref()
         .ok_or_else(|| missing(lodge_guest::SERIAL_CONFIG))?;
     let config = read_config(config_disk)?;
+    let links = network::Links::start(config.network.clone(), NIC_TIMEOUT);
     mounts
         .assemble(root_disk, disks.overlay.as_deref())
         .map_err(explain)?;
+    links.wait().map_err(explain)?;
+    network::write_files(config.network.as_ref(), Path::new(rootfs::NEWROOT))?;
 
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;

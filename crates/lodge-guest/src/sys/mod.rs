@@ -17,6 +17,8 @@ mod term;
 
 use std::io;
 
+use lodge_guest::protocol::tree::io_text;
+
 pub(crate) use cvt::check;
 pub use fd::{install_stdio, poll_readable, set_nonblocking};
 pub use machine::{
@@ -26,16 +28,14 @@ pub use process::{kill, reap_one, setsid, wait_for, ExitStatus};
 pub use signal::{block_into_signalfd, read_signal, request_sigio};
 pub use term::{disable_output_processing, drain, make_raw, openpty, set_winsize};
 
-/// The `strerror` text of an errno, lowercased like Go's error strings.
+/// The `strerror` text of an errno, lowercased like Go's error strings
+/// (the protocol's [`io_text`], which the host side shares).
 pub fn errno_text(errno: i32) -> String {
-    let text = io::Error::from_raw_os_error(errno).to_string();
-    let text = text
-        .split_once(" (os error")
-        .map_or(text.as_str(), |(head, _)| head);
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => format!("errno {errno}"),
+    let text = io_text(&io::Error::from_raw_os_error(errno));
+    if text.is_empty() {
+        format!("errno {errno}")
+    } else {
+        text
     }
 }
 

@@ -4,15 +4,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 
+pub use super::types::ErrorBody;
 use crate::instances;
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
-}
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -85,9 +85,7 @@ fn exec_start(req: &ExecRequest) -> Result<ExecStart, String> {
         return Err("the command is empty".into());
     }
     for key in req.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("invalid environment variable name {key:?}"));
-        }
+        lodge_common::env::check_name(key).map_err(|e| e.to_string())?;
     }
     if let Some(cwd) = &req.cwd {
         if !cwd.is_empty() && !cwd.starts_with('/') {

@@ -155,7 +155,7 @@ pub fn open(cfg: &crate::config::Config) -> anyhow::Result<std::sync::Arc<lodge_
     let guests = cfg.guests_dir();
     let users: lodge_images::UsersFn =
         std::sync::Arc::new(move |digest: &str| crate::instances::image_users(&guests, digest));
-    lodge_images::Images::open(&cfg.data_dir.join("images"), opts, users)
+    lodge_images::Images::open(&cfg.paths().images().dir, opts, users)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

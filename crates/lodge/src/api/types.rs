@@ -431,10 +431,12 @@ pub struct CreateImage {
 
 // --- errors ----------------------------------------------------------------
 
-/// The `{code, message}` of an API error, as a client reads it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ErrorReply {
+/// The `{code, message}` of an API error: what the daemon sends with every
+/// failure and what a client reads back (a missing `code` reads as empty).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
     #[serde(default)]
+    #[schema(required = true)]
     pub code: String,
     pub message: String,
 }

@@ -66,7 +66,7 @@ impl Location {
 pub fn run(args: CpArgs) -> Result<u8> {
     let src = Location::parse(&args.src);
     let dst = Location::parse(&args.dst);
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         match (src, dst) {
             (Location::Host(src), Location::Guest { instance, path }) => {

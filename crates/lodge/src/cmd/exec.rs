@@ -84,7 +84,7 @@ pub fn run(args: ExecArgs) -> Result<u8> {
         bail!("no command given: the command is empty");
     }
     let env = parse_env(&args.env)?;
-    super::runtime()?.block_on(session(args, env))
+    super::rt::runtime()?.block_on(session(args, env))
 }
 
 /// Read stdin on a thread (it blocks) and hand it over; `None` is EOF.

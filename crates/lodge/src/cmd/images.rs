@@ -59,7 +59,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
         platform: args.platform.clone(),
         ..CreateImage::default()
     };
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let started = Instant::now();
         let mut img: Image = client.call_with(Method::POST, "/images", &body).await?;
@@ -119,7 +119,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
 }
 
 pub fn images(args: ImagesArgs) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let list: Vec<Image> = client.call(Method::GET, "/images").await?;
         if args.quiet {
@@ -161,7 +161,7 @@ pub fn images(args: ImagesArgs) -> Result<u8> {
 }
 
 pub fn rmi(args: RmiArgs) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let mut code = 0;
         for name in &args.images {

@@ -19,7 +19,7 @@ fn path(instance: &str) -> String {
 }
 
 pub fn ps(args: PsArgs) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let list: Vec<Instance> = client.call(Method::GET, "/instances").await?;
         let shown = list
@@ -54,7 +54,7 @@ pub fn ps(args: PsArgs) -> Result<u8> {
 }
 
 pub fn inspect(args: InstanceArg) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client.call(Method::GET, &path(&args.instance)).await?;
         println!("{}", serde_json::to_string_pretty(&inst)?);
@@ -63,7 +63,7 @@ pub fn inspect(args: InstanceArg) -> Result<u8> {
 }
 
 pub fn stop(args: InstanceArg) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Instance = client
             .call(Method::POST, &format!("{}/stop", path(&args.instance)))
@@ -74,7 +74,7 @@ pub fn stop(args: InstanceArg) -> Result<u8> {
 }
 
 pub fn start(args: InstanceArg) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Instance = client
             .call_with(
@@ -90,7 +90,7 @@ pub fn start(args: InstanceArg) -> Result<u8> {
 }
 
 pub fn rm(args: RmArgs) -> Result<u8> {
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let mut failed = false;
         for name in &args.instances {
@@ -135,7 +135,7 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
             s => s.to_string(),
         }),
     };
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let stdout = std::io::stdout();
         let result = client

@@ -6,6 +6,7 @@ mod exec;
 mod images;
 mod instance_verbs;
 mod logs_dir;
+mod rt;
 mod run;
 mod serve;
 mod supervise;
@@ -57,11 +58,4 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
     }
-}
-
-/// A runtime for the client verbs; the monitor and `logs --dir` never build one.
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }

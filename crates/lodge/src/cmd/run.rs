@@ -16,7 +16,7 @@ use crate::instances::Instance;
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let body = request_body(&args)?;
-    super::runtime()?.block_on(async {
+    super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Instance = client.call_with(Method::POST, "/instances", &body).await?;
         let id = inst.id;

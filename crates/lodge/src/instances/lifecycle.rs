@@ -188,12 +188,31 @@ pub(super) fn guest_config(
 ) -> Result<lodge_guest::GuestConfig> {
     let mut argv = meta.entrypoint.clone();
     argv.extend(meta.cmd.iter().cloned());
-    let _ = net;
+    let network = match (&meta.network, net) {
+        (None, _) => None,
+        (Some(rec), Some(net)) => Some(lodge_guest::NetworkConfig {
+            mac: lodge_guest::MacAddr(rec.mac()?.octets()),
+            ip: rec.ip,
+            prefix_len: net.prefix_len(),
+            gateway: net.gateway(),
+            mtu: Some(net.mtu()),
+            // glibc and musl read only the first three.
+            dns: net
+                .dns
+                .iter()
+                .take(lodge_guest::network::MAX_DNS_SERVERS)
+                .copied()
+                .collect(),
+            name: meta.name.clone(),
+        }),
+        (Some(_), None) => return Err(Error::NetworkDisabled),
+    };
     Ok(lodge_guest::GuestConfig {
         argv,
         env: meta.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         workdir: meta.workdir.clone(),
         hostname: Some(meta.name.clone()),
         user: meta.user.clone(),
+        network,
     })
 }

@@ -1,62 +1,27 @@
-//! Applies image layers to a directory tree, in order, the way docker does,
-//! without ever letting a layer write outside that tree.
-//!
-//! Every file-system call is relative to a directory file descriptor and
-//! passes `O_NOFOLLOW`: the kernel never follows a symlink on our behalf.
-//! Parent directories are walked one component at a time from the root; when
-//! a component is a symlink left by an earlier entry, its target is resolved
-//! here, inside the tree (an absolute target starts again at the image root,
-//! as it would inside the guest). An entry whose name is absolute or holds a
-//! `..`, and a walk that a relative symlink would take above the root, are
-//! refused: the layer fails and the caller discards the whole tree.
-//!
-//! OCI whiteouts are honoured: `.wh.NAME` deletes `NAME` from the layers
-//! below, `.wh..wh..opq` empties its directory of everything the layers below
-//! put there. Modes (with setuid/setgid/sticky), owners, mtimes, extended
-//! attributes, symlinks, hard links, FIFOs and device nodes are kept. Without
-//! root, owners and device nodes cannot be made: owners are left as the
-//! caller's and device nodes are skipped with a warning.
+//! Entry writing: the [`Unpacker`] walks each entry's parents from the
+//! root (resolving symlinks inside the tree, refusing escapes), replaces
+//! what is there and writes the entry with its metadata. Whiteouts are
+//! handed to [`super::whiteout`].
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags, CWD};
 use rustix::io::Errno;
 
-/// Why a layer could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    /// The layer tries to reach outside the image (or is otherwise hostile).
-    #[error("unsafe layer entry {entry:?}: {reason}")]
-    Unsafe { entry: String, reason: String },
-    /// The layer is not a readable tar (or its compression is broken).
-    #[error("malformed layer: {0}")]
-    Malformed(String),
-    #[error("layer entry {entry:?}: {source}")]
-    Io {
-        entry: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn unsafe_entry(entry: &str, reason: impl Into<String>) -> UnpackError {
-    UnpackError::Unsafe {
-        entry: entry.to_string(),
-        reason: reason.into(),
-    }
-}
+use super::decompress::decompress;
+use super::error::{io_err, unsafe_entry, UnpackError};
+use super::fsops::{open_dir_at, remove_all_at};
+use super::meta::{times_of, Meta};
+use super::whiteout::{opaque, whiteout_of, Whiteout};
 
 /// How many symlinks one walk may pass through (as the kernel's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
-
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE: &str = ".wh..wh..opq";
 
 /// Counters of what a layer did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,22 +51,6 @@ struct Parent {
     path: Vec<OsString>,
 }
 
-fn io_err(entry: &str) -> impl FnOnce(Errno) -> UnpackError + '_ {
-    move |e| UnpackError::Io {
-        entry: entry.to_string(),
-        source: e.into(),
-    }
-}
-
-fn open_dir_at(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
 /// Splits an entry name into its components, refusing absolute names and
 /// `..`. `./` prefixes and empty components are dropped (`./a//b` is `a/b`).
 fn components<'a>(raw: &'a [u8], shown: &str) -> Result<Vec<&'a OsStr>, UnpackError> {
@@ -117,22 +66,6 @@ fn components<'a>(raw: &'a [u8], shown: &str) -> Result<Vec<&'a OsStr>, UnpackEr
         }
     }
     Ok(out)
-}
-
-/// Decompresses by sniffing the first bytes (gzip, zstd or plain tar), so a
-/// mislabelled media type does not matter.
-pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut buf = BufReader::with_capacity(1 << 20, reader);
-    let head = buf.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buf)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let dec = ruzstd::decoding::StreamingDecoder::new(buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(Box::new(dec))
-    } else {
-        Ok(Box::new(buf))
-    }
 }
 
 impl Unpacker {
@@ -313,24 +246,23 @@ impl Unpacker {
         };
         let name_bytes = name.as_bytes();
 
-        if let Some(rest) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if let Some(whiteout) = whiteout_of(name_bytes) {
             stats.whiteouts += 1;
             let Some(parent) = self.walk(parents, false, &shown)? else {
                 return Ok(());
             };
-            if name_bytes == OPAQUE.as_bytes() {
-                self.cached = None;
-                return self.opaque(&parent, &shown);
-            }
-            if rest == b"." || rest == b".." {
-                return Err(unsafe_entry(&shown, "whiteout of '.' or '..'"));
-            }
-            if rest.starts_with(WHITEOUT_PREFIX.as_bytes()) || rest.is_empty() {
-                // Other aufs metadata (`.wh..wh.plnk` …) carries no meaning here.
-                return Ok(());
-            }
-            self.cached = None;
-            return remove_all_at(&parent.fd, OsStr::from_bytes(rest)).map_err(io_err(&shown));
+            return match whiteout {
+                Whiteout::Opaque => {
+                    self.cached = None;
+                    opaque(&parent.fd, &parent.path, &self.written, &shown)
+                }
+                Whiteout::Invalid => Err(unsafe_entry(&shown, "whiteout of '.' or '..'")),
+                Whiteout::Ignored => Ok(()),
+                Whiteout::Remove(name) => {
+                    self.cached = None;
+                    remove_all_at(&parent.fd, name).map_err(io_err(&shown))
+                }
+            };
         }
 
         let parent = self
@@ -507,157 +439,6 @@ impl Unpacker {
             }
         }
         Ok(())
-    }
-
-    /// Removes from `parent` everything this layer did not write.
-    fn opaque(&self, parent: &Parent, shown: &str) -> Result<(), UnpackError> {
-        let dir = rustix::io::dup(&parent.fd).map_err(io_err(shown))?;
-        self.prune(dir, parent.path.clone(), shown)
-    }
-
-    fn prune(&self, dir: OwnedFd, path: Vec<OsString>, shown: &str) -> Result<(), UnpackError> {
-        for name in list_dir(&dir).map_err(io_err(shown))? {
-            let mut child = path.clone();
-            child.push(name.clone());
-            if !self.written.contains(&child) {
-                remove_all_at(&dir, &name).map_err(io_err(shown))?;
-                continue;
-            }
-            if let Ok(sub) = open_dir_at(&dir, &name) {
-                self.prune(sub, child, shown)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn list_dir(dir: &OwnedFd) -> Result<Vec<OsString>, Errno> {
-    let mut out = Vec::new();
-    let d = rustix::fs::Dir::read_from(dir)?;
-    for e in d {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            out.push(OsStr::from_bytes(n).to_os_string());
-        }
-    }
-    Ok(out)
-}
-
-/// Removes `name` in `dir` and, for a directory, all it holds. Never
-/// follows symlinks. A missing entry is not an error.
-pub fn remove_all_at(dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
-    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        let sub = open_dir_at(dir, name)?;
-        for child in list_dir(&sub)? {
-            remove_all_at(&sub, &child)?;
-        }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())
-    }
-}
-
-/// Removes a whole tree by path without following symlinks inside it.
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::other("refusing to remove a root"));
-    };
-    let dir = rustix::fs::openat(
-        CWD,
-        parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    remove_all_at(&dir, name)?;
-    Ok(())
-}
-
-fn times_of(mtime: i64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
-
-/// Metadata of one entry, with pax overrides applied.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
-impl Meta {
-    fn of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Self, UnpackError> {
-        let h = entry.header();
-        let bad = |what: &str| UnpackError::Malformed(format!("unreadable {what} in a tar header"));
-        let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
-        let mut uid = u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?;
-        let mut gid = u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?;
-        let mut mtime = i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(0);
-        let mut xattrs = Vec::new();
-        if let Ok(Some(exts)) = entry.pax_extensions() {
-            for ext in exts.flatten() {
-                let Ok(key) = ext.key() else { continue };
-                let value = ext.value_bytes();
-                let num = || std::str::from_utf8(value).ok();
-                match key {
-                    "uid" => {
-                        if let Some(v) = num().and_then(|s| s.parse().ok()) {
-                            uid = v;
-                        }
-                    }
-                    "gid" => {
-                        if let Some(v) = num().and_then(|s| s.parse().ok()) {
-                            gid = v;
-                        }
-                    }
-                    "mtime" => {
-                        if let Some(v) = num()
-                            .and_then(|s| s.split('.').next())
-                            .and_then(|s| s.parse().ok())
-                        {
-                            mtime = v;
-                        }
-                    }
-                    k => {
-                        if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                            xattrs.push((OsString::from(name), value.to_vec()));
-                        }
-                    }
-                }
-            }
-        }
-        // -1 means "unchanged" to chown(2), never an owner.
-        if uid == u32::MAX || gid == u32::MAX {
-            return Err(bad("owner (-1)"));
-        }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
-    }
-
-    fn uid(&self) -> rustix::fs::Uid {
-        rustix::fs::Uid::from_raw(self.uid)
-    }
-
-    fn gid(&self) -> rustix::fs::Gid {
-        rustix::fs::Gid::from_raw(self.gid)
     }
 }
 
