@@ -21,6 +21,8 @@
 //! the TAPs, bridge and nftables table die with the namespace.
 //!
 //! Tests skip with a message when not root or without a guest kernel.
+//! (Guests time their fetches with `timeout`: busybox's own `wget -T`
+//! crashes in the Debian busybox-static used for the test root.)
 
 mod common;
 
@@ -375,8 +377,8 @@ fn guests_reach_out_through_nat_are_reachable_and_isolated() {
     // A: a web server that also fetches from outside and downloads the bulk
     // file through a 10 Mbit/s download limit.
     let a_script = "mkdir -p /www && echo guest-a-page > /www/index.html && busybox httpd -p 8080 -h /www; \
-        if busybox wget -q -T 20 -O /tmp/page http://$OUT:8000/page.txt; then echo \"FETCH-OK $(cat /tmp/page)\"; else echo FETCH-FAIL; fi; \
-        if busybox wget -q -T 90 -O /dev/null http://$GW:8100/big && busybox wget -q -T 10 -O /dev/null http://$GW:8100/done; then echo BULK-DONE; else echo BULK-FAIL; fi; \
+        if busybox timeout 20 busybox wget -q -O /tmp/page http://$OUT:8000/page.txt; then echo \"FETCH-OK $(cat /tmp/page)\"; else echo FETCH-FAIL; fi; \
+        if busybox timeout 90 busybox wget -q -O /dev/null http://$GW:8100/big && busybox timeout 10 busybox wget -q -O /dev/null http://$GW:8100/done; then echo BULK-DONE; else echo BULK-FAIL; fi; \
         trap 'exit 0' TERM; while :; do sleep 1; done";
     let a = d.create(vm(
         "web-a",
@@ -401,7 +403,7 @@ fn guests_reach_out_through_nat_are_reachable_and_isolated() {
     let b_script = "IF=$(ls /sys/class/net | grep -v '^lo$' | head -n 1); \
         busybox ping -c 1 -W 3 $GW >/dev/null && echo GW-OK || echo GW-FAIL; \
         busybox ping -c 2 -W 2 $A_IP >/dev/null && echo PING-A-OK || echo PING-A-FAIL; \
-        busybox wget -q -T 3 -O - http://$A_IP:8080/ && echo WGET-A-OK || echo WGET-A-FAIL; \
+        busybox timeout 3 busybox wget -q -O - http://$A_IP:8080/ && echo WGET-A-OK || echo WGET-A-FAIL; \
         busybox arping -c 2 -w 3 -I $IF $A_IP >/dev/null && echo ARP-A-OK || echo ARP-A-FAIL; \
         echo B-DONE; trap 'exit 0' TERM; while :; do sleep 1; done";
     let mut b_body = vm("probe-b", b_script, None);
@@ -412,7 +414,13 @@ fn guests_reach_out_through_nat_are_reachable_and_isolated() {
 
     // (a) out through NAT: the outside sees the uplink, not the guest.
     let fetched = wait_line(&d, &a_id, "FETCH-");
-    assert_eq!(fetched, format!("FETCH-OK {page}"));
+    assert_eq!(
+        fetched,
+        format!("FETCH-OK {page}"),
+        "A's console: {:?}\nhost: {}",
+        d.log_lines(&a_id, "tail=100"),
+        sh("ip -4 addr; ip route; ip neigh; bridge link; nft list ruleset")
+    );
     let log = std::fs::read_to_string(&out_log).expect("server log");
     let new = &log[before.len()..];
     assert!(new.contains(&format!("{UPLINK} - - ")), "{new}");
