@@ -681,3 +681,39 @@ fn nothing_leaks_across_cycles_failures_and_a_daemon_kill() {
     assert_eq!(leases(&d.data_dir), Vec::<String>::new());
     assert_eq!(sh("nft list table inet lodge"), table, "firewall unchanged");
 }
+
+/// A daemon without a network (as every other test runs it): creates that
+/// do not mention a network work and say `enabled: false`; one asking for a
+/// network explicitly is refused clearly; `/capabilities` says it is off.
+/// Needs neither root nor namespaces.
+#[test]
+fn a_daemon_without_network_refuses_only_explicit_requests() {
+    require_guest!();
+    let d = Daemon::start();
+    let caps = d.api("GET", "/capabilities", None);
+    assert_eq!(caps.status, 200, "{}", caps.text);
+    assert_eq!(caps.body["network"]["enabled"], false, "{}", caps.text);
+    assert_eq!(caps.body["network"]["subnet"], Value::Null, "{}", caps.text);
+    for network in [
+        json!({"enabled": true}),
+        json!({"bandwidth_download": "1Gbps"}),
+    ] {
+        let r = d.api(
+            "POST",
+            "/instances",
+            Some(&vm("asks", "true", Some(network))),
+        );
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.body["code"], "network_disabled", "{}", r.text);
+        assert!(r.text.contains("LODGE_NETWORK"), "{}", r.text);
+    }
+    let v = d.create(vm("plain", "true", None));
+    assert_eq!(v["network"]["enabled"], false, "{v}");
+    assert_eq!(v["network"]["ip"], Value::Null, "{v}");
+    let v = d.create(vm("off", "true", Some(json!({"enabled": false}))));
+    assert_eq!(v["network"]["enabled"], false, "{v}");
+    assert!(
+        !d.data_dir.join("network").exists(),
+        "no leases without a network"
+    );
+}

@@ -138,6 +138,20 @@ mod tests {
                 "bad_request",
             ),
             (MonitorError::StartTimeout.into(), 500, "internal_error"),
+            (Error::NetworkDisabled, 400, "network_disabled"),
+            (
+                lodge_net::NetError::SubnetFull {
+                    subnet: "10.100.0.0/30".into(),
+                }
+                .into(),
+                409,
+                "subnet_full",
+            ),
+            (
+                lodge_net::NetError::PermissionDenied.into(),
+                500,
+                "internal_error",
+            ),
             (
                 Error::CreateFailed(Box::new(CreateFailed {
                     run: SpecError::NothingToRun.into(),
