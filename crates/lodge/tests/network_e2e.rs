@@ -648,7 +648,9 @@ fn nothing_leaks_across_cycles_failures_and_a_daemon_kill() {
                 .send();
             eprintln!("the in-flight create: {:?}", r.map(|r| r.status()));
         });
-        std::thread::sleep(Duration::from_millis(150));
+        // Early enough to land mid-create most of the time (the disks take
+        // longer than this); either way, what it leaves is checked below.
+        std::thread::sleep(Duration::from_millis(40));
         sh(&format!("kill -9 {pid}"));
     });
     d.kill9();

@@ -167,3 +167,50 @@ pub async fn reap(net: &DaemonNet, guests: &Path) -> Result<Reaped, lodge_net::N
     }
     Ok(Reaped { devices, leases })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keeps_the_lease_and_canonical_limits() {
+        let lease = Lease {
+            instance_id: "abc".into(),
+            ip: Ipv4Addr::new(10, 100, 0, 7),
+            mac: lodge_net::MacAddr::for_ip(Ipv4Addr::new(10, 100, 0, 7)),
+        };
+        let limits = Limits {
+            download: Some("125MB/s".parse().expect("rate")),
+            upload: None,
+        };
+        let rec = NetworkRecord::new(&lease, limits);
+        assert_eq!(rec.mac, "02:4c:0a:64:00:07");
+        assert_eq!(rec.mac().expect("mac"), lease.mac);
+        // Stored in bit-rate form, which parses back to the same rate.
+        assert_eq!(rec.bandwidth_download.as_deref(), Some("1048576kbps"));
+        assert_eq!(rec.limits().expect("limits"), limits);
+        let json = serde_json::to_value(&rec).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"ip": "10.100.0.7", "mac": "02:4c:0a:64:00:07", "bandwidth_download": "1048576kbps"})
+        );
+    }
+
+    #[test]
+    fn creates_in_progress_count_as_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guests = dir.path();
+        assert!(live_ids(&guests.join("missing")).expect("none").is_empty());
+        std::fs::create_dir_all(guests.join("aaaaaaaaaaaaaaaaaaaaaaaa")).expect("mkdir");
+        std::fs::write(guests.join("aaaaaaaaaaaaaaaaaaaaaaaa/metadata.json"), "{}").expect("rec");
+        std::fs::create_dir_all(guests.join(".creating-bbbbbbbbbbbbbbbbbbbbbbbb")).expect("mkdir");
+        std::fs::create_dir_all(guests.join(".deleting-cccccccccccccccccccccccc")).expect("mkdir");
+        std::fs::create_dir_all(guests.join("dddddddddddddddddddddddd")).expect("no record");
+        let mut ids: Vec<String> = live_ids(guests).expect("ids").into_iter().collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["aaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbb"]
+        );
+    }
+}
