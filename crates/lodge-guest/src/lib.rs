@@ -19,8 +19,9 @@
 //! [`env`] holds the rule for environment variable names and repeated keys
 //! that both sides apply.
 //!
-//! The library depends on serde only (plus serde_json and thiserror) so the
-//! host daemon can use it without pulling in anything of the guest binary.
+//! The library depends on serde only (plus serde_json, thiserror, and
+//! rustix for the copy unpacker's fd-relative file calls) so the host
+//! daemon can use it without pulling in anything of the guest binary.
 
 pub mod config;
 pub mod env;

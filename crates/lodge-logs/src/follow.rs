@@ -628,6 +628,59 @@ mod tests {
         Ok(())
     }
 
+    /// 50 MB with no newline, spanning rotations: read by `tail 1` and by
+    /// a follower, every piece a reader hands out stays bounded (the
+    /// follower's chunks and the line splitter's pieces and buffer) and the
+    /// pieces concatenate to exactly the line.
+    #[test]
+    fn a_huge_line_is_read_in_bounded_pieces() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::{LineSplitter, MAX_LINE_CHUNK};
+        let line: Vec<u8> = (0..50_000_000u32)
+            .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[(i % 36) as usize])
+            .collect();
+        /// Drains a follower through a splitter, checking the bounds.
+        fn pieces(mut follower: Follower) -> Result<(Vec<u8>, usize), ReadError> {
+            let mut splitter = LineSplitter::default();
+            let (mut joined, mut lines) = (Vec::new(), 0);
+            let mut take = |piece: crate::LineChunk| {
+                assert!(piece.bytes.len() <= MAX_LINE_CHUNK, "{}", piece.bytes.len());
+                joined.extend_from_slice(&piece.bytes);
+                lines += usize::from(piece.ends_line);
+            };
+            while let Some(chunk) = follower.next_blocking()? {
+                assert!(chunk.len() <= CHUNK);
+                splitter.push(&chunk).into_iter().for_each(&mut take);
+            }
+            splitter.finish().into_iter().for_each(&mut take);
+            assert!(splitter.high_water() <= MAX_LINE_CHUNK);
+            Ok((joined, lines))
+        }
+
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::ZERO)?.ok_or("lock busy")?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 8 << 20, 100)?;
+        writer.write_all(b"before\n")?;
+        let follower = Follower::open(
+            dir.path(),
+            Source::App,
+            Tail::Lines(0),
+            Follow::UntilWriterExits,
+        )?;
+        let following = thread::spawn(move || pieces(follower));
+        for part in line.chunks(1 << 20) {
+            writer.write_all(part)?;
+        }
+        // `tail 1` while the line has no newline yet: the line so far.
+        let tail = Follower::open(dir.path(), Source::App, Tail::Lines(1), Follow::No)?;
+        assert!(pieces(tail)? == (line.clone(), 1), "tail 1");
+        writer.write_all(b"\n")?;
+        writer.finish()?;
+        drop(lock);
+        let followed = following.join().map_err(|_| "reader panicked")??;
+        assert!(followed == (line, 1), "follow");
+        Ok(())
+    }
+
     #[test]
     fn catches_up_when_retention_deleted_its_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;

@@ -8,7 +8,8 @@
 //! daemon: they find where the last N lines begin reading backwards, then
 //! follow the same descriptors through rotations, woken by inotify. The
 //! monitor's lock file ([`MONITOR_LOCK`]) tells readers when the log is
-//! complete. [`ByteSize`] (from lodge-common) is the size syntax shared by
+//! complete. [`LineSplitter`] cuts what they read into lines of bounded
+//! size. [`ByteSize`] (from lodge-common) is the size syntax shared by
 //! every size flag; it is re-exported here for the writer's callers.
 //!
 //! Everything here is synchronous std code so the per-VM monitor can use it
@@ -19,6 +20,7 @@
 mod async_fd;
 mod error;
 mod follow;
+mod lines;
 mod lock;
 mod segment;
 mod tail;
@@ -26,6 +28,7 @@ mod writer;
 
 pub use error::ReadError;
 pub use follow::{read_all, Follow, Follower};
+pub use lines::{LineChunk, LineSplitter, MAX_LINE_CHUNK};
 pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
 pub use lodge_common::size::{ByteSize, SizeError};
 pub use segment::{Source, UnknownSource};

@@ -8,6 +8,12 @@
 //! with N, not with the size of the log (G5). A last line without its
 //! newline counts as a line, as in GNU tail.
 //!
+//! However long a line is (a guest can write hundreds of megabytes without
+//! a newline), the scan holds one block of at most `BLOCK` bytes and the
+//! result is file offsets, never the line: readers then get it in chunks
+//! of at most 64 KiB, and consumers that hand out lines bound each piece
+//! with [`crate::LineSplitter`] ([`crate::MAX_LINE_CHUNK`]).
+//!
 //! The result is a [`Position`]: open files, not names. The live file is
 //! opened between two listings of the directory and checked against them, so
 //! a rotation that happens while we open cannot make us skip or repeat a

@@ -82,8 +82,13 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Copying out of an instance, the guest is not trusted: every entry lands \
+inside DST (never through a symlink, nor through one the copy itself created), setuid and \
+setgid bits are dropped unless -a is given, and device nodes are never created."
+)]
 pub struct CpArgs {
-    /// Archive mode: keep uid and gid
+    /// Archive mode: keep uid and gid, and out of an instance its setuid/setgid bits
     #[arg(short, long)]
     pub archive: bool,
     /// Always follow symbolic links in SRC
@@ -188,6 +193,10 @@ pub struct RunArgs {
     /// Delete the instance once its program has exited
     #[arg(long)]
     pub rm: bool,
+    /// On a terminal, print the console's control characters as they are
+    /// instead of escaped (\x1b); output to a pipe or file is always byte-exact
+    #[arg(long)]
+    pub raw: bool,
     /// Boot this host directory as the root file system
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
@@ -264,6 +273,10 @@ pub struct LogsArgs {
     /// Keep printing new output as it is written
     #[arg(short, long)]
     pub follow: bool,
+    /// On a terminal, print control characters as they are instead of
+    /// escaped (\x1b); output to a pipe or file is always byte-exact
+    #[arg(long)]
+    pub raw: bool,
     /// Instance id, name or unique id prefix
     #[arg(required_unless_present = "dir")]
     pub instance: Option<String>,

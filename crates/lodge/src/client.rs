@@ -119,12 +119,14 @@ impl Client {
     }
 
     /// Streams log lines (without `\n`) to `on_line` until the server ends
-    /// the stream.
+    /// the stream. A long line may come in pieces: `on_line(text, ends)`
+    /// gets `ends == false` for every piece but its last (the server marks
+    /// them with the comment [`crate::api::logs::CONTINUED`]).
     pub async fn logs(
         &self,
         instance: &str,
         query: &LogsQuery,
-        mut on_line: impl FnMut(&str) -> Result<()>,
+        mut on_line: impl FnMut(&str, bool) -> Result<()>,
     ) -> Result<()> {
         let path = format!("/instances/{}/logs", encode(instance));
         let resp = self
@@ -132,6 +134,7 @@ impl Client {
             .await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
+        let mut continued = false;
         while let Some(chunk) = body.next().await {
             buf.extend_from_slice(&chunk?);
             while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -140,7 +143,12 @@ impl Client {
                 if let Some(data) = line.strip_prefix("data:") {
                     let text: String = serde_json::from_str(data.trim_start())
                         .with_context(|| format!("malformed log event {data:?}"))?;
-                    on_line(&text)?;
+                    on_line(&text, !continued)?;
+                    continued = false;
+                } else if let Some(comment) = line.strip_prefix(':') {
+                    continued = comment.trim() == crate::api::logs::CONTINUED;
+                } else if line.is_empty() {
+                    continued = false;
                 }
             }
         }

@@ -5,21 +5,33 @@
 //! - Entries are streamed: a walk opens one directory at a time, and file
 //!   contents pass through in chunks, never whole.
 //! - Modes (including setuid, setgid, sticky) and modification times are
-//!   kept; owners only when asked (archive mode).
-//! - Every entry path is checked ([`super::paths`]), and an entry is never
-//!   written through a symlink or anything else that is not a real
-//!   directory, so a hostile stream cannot land a file outside the
-//!   destination. An existing file or symlink in an entry's place is
-//!   replaced, not written through.
+//!   kept; owners only when asked (archive mode). From an untrusted sender
+//!   ([`Unpacker::untrusted`]: what a guest sends the host) setuid and
+//!   setgid are dropped unless asked for too; no sender can make a device.
+//! - Every entry path is checked ([`super::paths`]), and an entry is
+//!   resolved below the destination one directory fd at a time with
+//!   `O_NOFOLLOW`, never through a symlink or anything else that is not a
+//!   real directory, so a hostile stream cannot land a file outside the
+//!   destination, not even with a root that is itself a symlink (it is
+//!   created as a link; entries below it are refused). An existing file or
+//!   symlink in an entry's place is replaced, not written through.
 //! - Directories are created owner-writable and get their own mode and time
 //!   at the end, so a read-only directory can still be filled and its time
 //!   is not changed by its own contents.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
+
+use rustix::fs::{
+    chownat, fchown, mkdirat, openat, statat, symlinkat, unlinkat, AtFlags, FileType, Gid, Mode,
+    OFlags, Uid,
+};
+use rustix::io::Errno;
 
 use super::messages::EntryHeader;
 use super::paths::below_root;
@@ -194,65 +206,177 @@ struct Receiving {
     header: EntryHeader,
 }
 
+/// Where a stream's root lands: a directory opened by path (the receiver's
+/// own choice, so symlinks in it are followed) and the root's name in it;
+/// `None` for a root that has no name (`/`, `.`): it is that directory.
+struct Anchor {
+    dir: OwnedFd,
+    name: Option<OsString>,
+}
+
+/// Directory fds are opened this way: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 /// Writes a stream of entries under one destination (see the module docs).
+///
+/// Every entry is resolved from the destination's parent directory one
+/// component at a time, each opened relative to the previous one with
+/// `O_NOFOLLOW|O_DIRECTORY`, and created with `*at` calls on the last
+/// directory: the effect of `openat2`'s `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`, on any kernel. A symlink entry is created as a
+/// link and never passed through, so entries below it are refused, even
+/// when the link is the root itself.
 pub struct Unpacker {
     root: PathBuf,
     keep_owner: bool,
+    /// Permission bits kept from headers: setuid and setgid only when the
+    /// sender is trusted or the user asked for them.
+    mode_mask: u32,
+    anchor: Option<Anchor>,
+    /// The last parent directory resolved, by its names from the anchor.
+    parent: Option<(Vec<OsString>, OwnedFd)>,
     current: Option<Receiving>,
     /// Directories to give their mode and time at the end.
-    dirs: Vec<(PathBuf, EntryHeader)>,
+    dirs: Vec<(Vec<OsString>, EntryHeader)>,
     bytes: u64,
 }
 
+fn errno_text(e: rustix::io::Errno) -> String {
+    io_text(&std::io::Error::from(e))
+}
+
 impl Unpacker {
-    /// Unpack into `root`: the stream's first entry (its root) becomes
-    /// `root` itself. Owners in headers are applied only if `keep_owner`.
+    /// Unpack a trusted stream into `root`: the stream's first entry (its
+    /// root) becomes `root` itself. Modes are kept whole; owners in
+    /// headers are applied only if `keep_owner`. The guest agent uses it
+    /// for what the host sends.
     pub fn new(root: PathBuf, keep_owner: bool) -> Unpacker {
         Unpacker {
             root,
             keep_owner,
+            mode_mask: 0o7777,
+            anchor: None,
+            parent: None,
             current: None,
             dirs: Vec::new(),
             bytes: 0,
         }
     }
 
-    /// Where entry `components` (below the root) lands, creating missing
-    /// parents and refusing to pass through anything but directories.
-    fn destination(&self, components: &[&str], entry: &str) -> Result<PathBuf, String> {
-        let mut dest = self.root.clone();
-        let Some((last, parents)) = components.split_last() else {
-            return Ok(dest);
-        };
-        for part in parents {
-            dest.push(part);
-            match fs::symlink_metadata(&dest) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => {
-                    return Err(format!(
-                    "archive entry {entry:?} escapes the target directory: {} is not a directory",
-                    dest.display()
-                ))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(&dest)
-                    .map_err(|e| format!("create {}: {}", dest.display(), io_text(&e)))?,
-                Err(e) => return Err(format!("{}: {}", dest.display(), io_text(&e))),
-            }
+    /// Unpack a stream from an untrusted sender (the host, for what a
+    /// guest sends): setuid and setgid bits are dropped and owners are
+    /// ignored, unless `archive` (the user's `-a`) asks to keep both.
+    /// Device nodes are never created: an entry is a directory, a
+    /// symlink or a regular file, whatever file-type bits its mode holds.
+    pub fn untrusted(root: PathBuf, archive: bool) -> Unpacker {
+        Unpacker {
+            mode_mask: if archive { 0o7777 } else { 0o1777 },
+            ..Unpacker::new(root, archive)
         }
-        dest.push(last);
-        Ok(dest)
     }
 
-    fn owner(&self, path: &Path, header: &EntryHeader, symlink: bool) -> Result<(), String> {
+    fn anchor(&mut self) -> Result<&Anchor, String> {
+        if self.anchor.is_none() {
+            let (dir, name) = match self.root.file_name() {
+                Some(name) => {
+                    let parent = self
+                        .root
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    (parent, Some(name.to_owned()))
+                }
+                None => (self.root.as_path(), None),
+            };
+            let fd =
+                fs::File::open(dir).map_err(|e| format!("{}: {}", dir.display(), io_text(&e)))?;
+            if !fd.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            self.anchor = Some(Anchor {
+                dir: fd.into(),
+                name,
+            });
+        }
+        self.anchor
+            .as_ref()
+            .ok_or_else(|| "no destination".to_string())
+    }
+
+    /// How a path from the anchor is shown in messages.
+    fn shown(&self, names: &[OsString]) -> String {
+        let mut p = match self.root.file_name() {
+            Some(_) => self.root.parent().unwrap_or(Path::new("")).to_path_buf(),
+            None => self.root.clone(),
+        };
+        p.extend(names);
+        p.display().to_string()
+    }
+
+    /// The directory at `names` below the anchor, each component opened
+    /// without following symlinks; missing ones are created if `create`.
+    fn open_dir(
+        &mut self,
+        names: &[OsString],
+        entry: &str,
+        create: bool,
+    ) -> Result<OwnedFd, String> {
+        if let Some((cached, fd)) = &self.parent {
+            if cached.as_slice() == names {
+                return fd.try_clone().map_err(|e| io_text(&e));
+            }
+        }
+        let mut fd = self.anchor()?.dir.try_clone().map_err(|e| io_text(&e))?;
+        for (i, name) in names.iter().enumerate() {
+            let mut opened = openat(&fd, name, DIR_FLAGS, Mode::empty());
+            if create && matches!(opened, Err(Errno::NOENT)) {
+                match mkdirat(&fd, name, Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "create {}: {}",
+                            self.shown(&names[..=i]),
+                            errno_text(e)
+                        ))
+                    }
+                }
+                opened = openat(&fd, name, DIR_FLAGS, Mode::empty());
+            }
+            fd = match opened {
+                Ok(next) => next,
+                Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                    let what = match statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                            "is a symbolic link; entries below it are refused"
+                        }
+                        _ => "is not a directory",
+                    };
+                    return Err(format!(
+                        "archive entry {entry:?} escapes the target directory: {} {what}",
+                        self.shown(&names[..=i])
+                    ));
+                }
+                Err(e) => return Err(format!("{}: {}", self.shown(&names[..=i]), errno_text(e))),
+            };
+        }
+        let copy = fd.try_clone().map_err(|e| io_text(&e))?;
+        self.parent = Some((names.to_vec(), copy));
+        Ok(fd)
+    }
+
+    fn owner(&self, fd: impl AsFd, shown: &str, header: &EntryHeader) -> Result<(), String> {
         if !self.keep_owner || (header.uid.is_none() && header.gid.is_none()) {
             return Ok(());
         }
-        let done = if symlink {
-            std::os::unix::fs::lchown(path, header.uid, header.gid)
-        } else {
-            std::os::unix::fs::chown(path, header.uid, header.gid)
-        };
-        done.map_err(|e| format!("chown {}: {}", path.display(), io_text(&e)))
+        fchown(
+            fd,
+            header.uid.map(Uid::from_raw),
+            header.gid.map(Gid::from_raw),
+        )
+        .map_err(|e| format!("chown {shown}: {}", errno_text(e)))
     }
 
     /// Start an entry; a file's contents follow through [`Unpacker::write`].
@@ -260,57 +384,99 @@ impl Unpacker {
         if self.current.is_some() {
             return Err("an entry started before the previous one ended".into());
         }
-        let components = below_root(&header.path).map_err(|e| e.to_string())?;
-        let dest = self.destination(&components, &header.path)?;
-        let shown = dest.display().to_string();
-        let existing = fs::symlink_metadata(&dest).ok();
+        let below = below_root(&header.path).map_err(|e| e.to_string())?;
+        let mut names: Vec<OsString> = self.anchor()?.name.iter().cloned().collect();
+        names.extend(below.iter().map(OsString::from));
+        let shown = self.shown(&names);
+        let Some((last, parents)) = names.split_last() else {
+            // The root is the anchor directory itself.
+            if !header.is_dir {
+                return Err(format!(
+                    "cannot overwrite directory {shown} with a non-directory"
+                ));
+            }
+            let dir = self.open_dir(&[], &header.path, false)?;
+            return self.begin_dir(dir, names, &shown, header);
+        };
+        let parent = self.open_dir(parents, &header.path, true)?;
+        let existing = match statat(&parent, last, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(format!("{shown}: {}", errno_text(e))),
+        };
         if header.is_dir {
-            match &existing {
-                Some(md) if md.is_dir() => {}
+            match existing {
+                Some(FileType::Directory) => {}
                 Some(_) => {
                     return Err(format!(
                         "cannot overwrite non-directory {shown} with a directory"
                     ))
                 }
-                None => fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dest)
-                    .map_err(|e| format!("create {shown}: {}", io_text(&e)))?,
+                None => mkdirat(&parent, last, Mode::from_raw_mode(0o700))
+                    .map_err(|e| format!("create {shown}: {}", errno_text(e)))?,
             }
-            self.owner(&dest, &header, false)?;
-            if let Some(md) = fs::symlink_metadata(&dest)
-                .ok()
-                .filter(|m| m.mode() & 0o700 != 0o700)
-            {
-                // Fill it first; its own mode comes at the end.
-                let _ = fs::set_permissions(&dest, fs::Permissions::from_mode(md.mode() | 0o700));
-            }
-            self.dirs.push((dest, header));
-            return Ok(());
+            let dir = openat(&parent, last, DIR_FLAGS, Mode::empty())
+                .map_err(|e| format!("open {shown}: {}", errno_text(e)))?;
+            return self.begin_dir(dir, names, &shown, header);
         }
-        match &existing {
-            Some(md) if md.is_dir() => {
+        match existing {
+            Some(FileType::Directory) => {
                 return Err(format!(
                     "cannot overwrite directory {shown} with a non-directory"
                 ))
             }
-            Some(_) => {
-                fs::remove_file(&dest).map_err(|e| format!("replace {shown}: {}", io_text(&e)))?
-            }
+            Some(_) => unlinkat(&parent, last, AtFlags::empty())
+                .map_err(|e| format!("replace {shown}: {}", errno_text(e)))?,
             None => {}
         }
         if header.is_symlink {
-            std::os::unix::fs::symlink(&header.link_target, &dest)
-                .map_err(|e| format!("create symlink {shown}: {}", io_text(&e)))?;
-            return self.owner(&dest, &header, true);
+            symlinkat(header.link_target.as_str(), &parent, last)
+                .map_err(|e| format!("create symlink {shown}: {}", errno_text(e)))?;
+            if self.keep_owner && (header.uid.is_some() || header.gid.is_some()) {
+                chownat(
+                    &parent,
+                    last,
+                    header.uid.map(Uid::from_raw),
+                    header.gid.map(Gid::from_raw),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| format!("chown {shown}: {}", errno_text(e)))?;
+            }
+            return Ok(());
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&dest)
-            .map_err(|e| format!("create {shown}: {}", io_text(&e)))?;
-        self.current = Some(Receiving { file, dest, header });
+        let fd = openat(
+            &parent,
+            last,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| format!("create {shown}: {}", errno_text(e)))?;
+        self.current = Some(Receiving {
+            file: File::from(fd),
+            dest: PathBuf::from(shown),
+            header,
+        });
+        Ok(())
+    }
+
+    /// A directory entry, opened as `dir`: owner now, writable while it is
+    /// filled, its own mode and time at the end.
+    fn begin_dir(
+        &mut self,
+        dir: OwnedFd,
+        names: Vec<OsString>,
+        shown: &str,
+        header: EntryHeader,
+    ) -> Result<(), String> {
+        self.owner(&dir, shown, &header)?;
+        let dir = File::from(dir);
+        if let Some(md) = dir.metadata().ok().filter(|m| m.mode() & 0o700 != 0o700) {
+            // Fill it first; its own mode comes at the end. Should this
+            // fail, the entries below say why.
+            dir.set_permissions(fs::Permissions::from_mode(md.mode() | 0o700))
+                .ok();
+        }
+        self.dirs.push((names, header));
         Ok(())
     }
 
@@ -333,9 +499,9 @@ impl Unpacker {
         };
         let shown = r.dest.display().to_string();
         // Owner first: chown clears the setuid and setgid bits.
-        self.owner(&r.dest, &r.header, false)?;
+        self.owner(&r.file, &shown, &r.header)?;
         r.file
-            .set_permissions(fs::Permissions::from_mode(r.header.mode & 0o7777))
+            .set_permissions(fs::Permissions::from_mode(r.header.mode & self.mode_mask))
             .map_err(|e| format!("chmod {shown}: {}", io_text(&e)))?;
         if r.header.mtime > 0 {
             r.file
@@ -349,15 +515,25 @@ impl Unpacker {
     /// their modes and times (deepest first). Returns the bytes written.
     pub fn finish(mut self) -> Result<u64, String> {
         self.end()?;
-        for (dir, header) in self.dirs.iter().rev() {
-            let shown = dir.display();
-            fs::set_permissions(dir, fs::Permissions::from_mode(header.mode & 0o7777))
+        self.parent = None;
+        let dirs = std::mem::take(&mut self.dirs);
+        for (names, header) in dirs.iter().rev() {
+            let shown = self.shown(names);
+            let dir = match names.split_last() {
+                None => self.open_dir(&[], &header.path, false)?,
+                Some((last, parents)) => {
+                    let parent = self.open_dir(parents, &header.path, false)?;
+                    openat(&parent, last, DIR_FLAGS, Mode::empty())
+                        .map_err(|e| format!("open {shown}: {}", errno_text(e)))?
+                }
+            };
+            let dir = File::from(dir);
+            dir.set_permissions(fs::Permissions::from_mode(header.mode & self.mode_mask))
                 .map_err(|e| format!("chmod {shown}: {}", io_text(&e)))?;
             if header.mtime > 0 {
-                // Best effort: opening needs read permission on the directory.
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.set_modified(UNIX_EPOCH + Duration::from_secs(header.mtime as u64));
-                }
+                // Best effort, as before: a directory's time is cosmetic.
+                dir.set_modified(UNIX_EPOCH + Duration::from_secs(header.mtime as u64))
+                    .ok();
             }
         }
         Ok(self.bytes)
@@ -509,6 +685,123 @@ mod tests {
         assert!(fs::read_dir(&outside).expect("ls").next().is_none());
         // Data outside a file entry is refused.
         assert!(u.write(b"stray").is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn symlink_entry(path: &str, target: &Path) -> EntryHeader {
+        EntryHeader {
+            path: path.into(),
+            mode: 0o777,
+            is_symlink: true,
+            link_target: target.to_string_lossy().into_owned(),
+            ..EntryHeader::default()
+        }
+    }
+
+    /// Every name under `dir`, recursively, without following links.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = Walk::new(dir, "", false)
+            .expect("walk")
+            .map(|f| f.expect("entry").header.path)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A hostile sender (a guest answering `copy_from` itself): a root
+    /// that is a symlink to a host directory, then entries below it,
+    /// `..` and absolute names. Nothing lands outside the destination and
+    /// an existing file outside stays as it was.
+    #[test]
+    fn a_symlink_root_is_created_but_never_traversed() {
+        let dir = tempdir("symroot");
+        let outside = dir.join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        fs::write(outside.join("keep"), "original").expect("write");
+        let dest = dir.join("dest");
+        let mut u = Unpacker::untrusted(dest.clone(), false);
+        u.begin(symlink_entry("r", &outside)).expect("root symlink");
+        u.end().expect("end");
+        assert_eq!(fs::read_link(&dest).expect("a link"), outside);
+        for bad in ["r/keep", "r/new", "r/sub/new", "r/./keep"] {
+            let err = u.begin(entry(bad, 0o4755)).expect_err("refused");
+            assert!(err.contains("symbolic link"), "{bad}: {err}");
+            assert!(u.write(b"evil").is_err(), "{bad}");
+            u.end().expect("end");
+        }
+        for bad in ["r/../keep", "../outside/keep", "/etc/evil", "r/../../x"] {
+            let err = u.begin(entry(bad, 0o644)).expect_err("refused");
+            assert!(err.contains("escapes the target directory"), "{bad}: {err}");
+        }
+        u.finish().expect("finish");
+        assert_eq!(fs::read(outside.join("keep")).expect("read"), b"original");
+        assert_eq!(listing(&dir), ["", "/dest", "/outside", "/outside/keep"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The same below a real root: a link planted by one entry is not
+    /// passed through by the next.
+    #[test]
+    fn a_planted_link_below_the_root_is_not_traversed() {
+        let dir = tempdir("planted");
+        let outside = dir.join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        fs::write(outside.join("keep"), "original").expect("write");
+        let dest = dir.join("dest");
+        let mut u = Unpacker::untrusted(dest.clone(), false);
+        u.begin(EntryHeader {
+            is_dir: true,
+            ..entry("r", 0o755)
+        })
+        .expect("root");
+        u.begin(symlink_entry("r/l", &outside)).expect("link");
+        for bad in ["r/l/keep", "r/l/sub/x"] {
+            let err = u.begin(entry(bad, 0o644)).expect_err("refused");
+            assert!(err.contains("symbolic link"), "{bad}: {err}");
+        }
+        u.finish().expect("finish");
+        assert_eq!(fs::read(outside.join("keep")).expect("read"), b"original");
+        assert_eq!(
+            listing(&dir),
+            ["", "/dest", "/dest/l", "/outside", "/outside/keep"]
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// From an untrusted sender, setuid and setgid are dropped unless the
+    /// user asked for an archive copy; file-type bits never make a device.
+    #[test]
+    fn setid_bits_from_an_untrusted_sender_need_archive_mode() {
+        let dir = tempdir("setid");
+        for (archive, file_mode, dir_mode) in [(false, 0o755, 0o1775), (true, 0o4755, 0o3775)] {
+            let dest = dir.join(format!("dest-{archive}"));
+            // Owners are what the test user has, so archive mode's chown
+            // is a no-op here.
+            let me = fs::metadata(&dir).expect("md");
+            let owned = |h: EntryHeader| EntryHeader {
+                uid: Some(me.uid()),
+                gid: Some(me.gid()),
+                ..h
+            };
+            let mut u = Unpacker::untrusted(dest.clone(), archive);
+            u.begin(owned(EntryHeader {
+                is_dir: true,
+                ..entry("r", 0o3775)
+            }))
+            .expect("root");
+            u.begin(owned(entry("r/suid", 0o4755))).expect("begin");
+            u.write(b"#!/bin/sh\n").expect("write");
+            u.end().expect("end");
+            // S_IFCHR | 0o644: still a regular file.
+            u.begin(owned(entry("r/dev", 0o020644))).expect("begin");
+            u.end().expect("end");
+            u.finish().expect("finish");
+            let md = |p: &str| fs::symlink_metadata(dest.join(p)).expect("md");
+            assert_eq!(md("suid").mode() & 0o7777, file_mode, "archive {archive}");
+            assert_eq!(md("").mode() & 0o7777, dir_mode, "archive {archive}");
+            assert!(md("dev").file_type().is_file());
+            assert_eq!(md("dev").mode() & 0o7777, 0o644);
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

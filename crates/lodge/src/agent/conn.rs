@@ -9,14 +9,30 @@
 //!
 //! When the connection breaks (the VM stopped, the agent restarted) every
 //! stream's channel closes and its next receive reports why.
+//!
+//! The agent is not trusted to keep to the credit (the workload runs as
+//! root and can replace it), so the host enforces it too, and bounds what
+//! it holds per stream:
+//!
+//! - Output beyond the credit a stream was given (received minus credit
+//!   returned exceeds [`INITIAL_WINDOW`]) is a protocol violation: it is
+//!   logged and the whole connection is closed; the next request
+//!   handshakes anew.
+//! - Each stream's unread items live in its [`Inbox`], charged their bytes
+//!   plus [`ITEM_OVERHEAD`]; consecutive output of one kind is joined (up
+//!   to [`JOIN_LIMIT`]), so a well-behaved agent stays within a window
+//!   however small its frames. Events are not under credit; a stream whose
+//!   inbox passes [`STREAM_BUFFER_LIMIT`] (its consumer stopped reading
+//!   while the agent kept sending) is cancelled and its consumer told why;
+//!   the other streams go on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use lodge_guest::agent::frame::{encode_credit, encode_json, try_encode_json};
 use lodge_guest::agent::{
@@ -42,8 +58,120 @@ pub enum Inbound {
     Closed,
 }
 
+/// Most bytes of unread items one stream may hold: a window of output
+/// (joined into few items) and room for events.
+pub const STREAM_BUFFER_LIMIT: usize = INITIAL_WINDOW as usize + (8 << 20);
+/// What each queued item is charged beyond its bytes: its allocation and
+/// bookkeeping, so a flood of tiny frames is bounded too.
+pub const ITEM_OVERHEAD: usize = 64;
+/// Consecutive output of one kind is joined into items of up to this size.
+pub const JOIN_LIMIT: usize = 64 << 10;
+
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// The agent sent more output than its credit: the outstanding bytes.
+    Credit(u64),
+    /// The stream holds too much unread.
+    Overrun,
+}
+
+#[derive(Default)]
+struct InboxState {
+    /// Unread items and what each was charged.
+    items: VecDeque<(Inbound, usize)>,
+    /// The sum of the charges.
+    queued: usize,
+    /// Output received minus credit returned.
+    outstanding: u64,
+    /// No more items will come (the connection is over).
+    ended: bool,
+    /// The stream was cancelled for holding too much.
+    overrun: bool,
+}
+
+/// One stream's unread items, filled by the reader task, emptied by its
+/// [`StreamRx`]; bounded (see the module docs).
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: Notify,
+}
+
+fn output_bytes(item: &Inbound) -> Option<&Vec<u8>> {
+    match item {
+        Inbound::Stdout(b) | Inbound::Stderr(b) | Inbound::Data(b) => Some(b),
+        _ => None,
+    }
+}
+
+impl Inbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `item`, charged `size` bytes (output: its length).
+    fn push(&self, item: Inbound, size: usize) -> Result<(), Refused> {
+        let mut s = self.state();
+        if s.ended || s.overrun {
+            return Ok(());
+        }
+        if let Some(bytes) = output_bytes(&item) {
+            s.outstanding += bytes.len() as u64;
+            if s.outstanding > u64::from(INITIAL_WINDOW) {
+                return Err(Refused::Credit(s.outstanding));
+            }
+            // Join with the last unread item of the same kind.
+            if let Some((last, charge)) = s.items.back_mut() {
+                if std::mem::discriminant(last) == std::mem::discriminant(&item) {
+                    if let (
+                        Inbound::Stdout(to) | Inbound::Stderr(to) | Inbound::Data(to),
+                        Some(b),
+                    ) = (last, output_bytes(&item))
+                    {
+                        if to.len() + b.len() <= JOIN_LIMIT {
+                            to.extend_from_slice(b);
+                            *charge += b.len();
+                            s.queued += b.len();
+                            drop(s);
+                            self.ready.notify_one();
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        let charge = size + ITEM_OVERHEAD;
+        if s.queued + charge > STREAM_BUFFER_LIMIT {
+            s.overrun = true;
+            s.items.clear();
+            s.queued = 0;
+            drop(s);
+            self.ready.notify_one();
+            return Err(Refused::Overrun);
+        }
+        s.queued += charge;
+        s.items.push_back((item, charge));
+        drop(s);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Nothing more will be queued.
+    fn end(&self) {
+        self.state().ended = true;
+        self.ready.notify_one();
+    }
+
+    /// Credit for `bytes` went back to the agent.
+    fn credited(&self, bytes: u32) {
+        let mut s = self.state();
+        s.outstanding = s.outstanding.saturating_sub(u64::from(bytes));
+    }
+}
+
 struct Entry {
-    tx: mpsc::UnboundedSender<Inbound>,
+    inbox: Arc<Inbox>,
     window: Arc<Semaphore>,
 }
 
@@ -56,6 +184,8 @@ pub struct Conn {
     streams: Mutex<HashMap<u32, Entry>>,
     next_id: AtomicU32,
     state: AtomicU8,
+    /// Tells the writer task to hang up once the connection failed.
+    hang_up: Arc<Notify>,
 }
 
 type Stream = Box<dyn AgentStream>;
@@ -91,8 +221,14 @@ impl Conn {
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(rand::random::<u32>() | 1),
             state: AtomicU8::new(ALIVE),
+            hang_up: Arc::new(Notify::new()),
         });
-        tokio::spawn(write_loop(writer, rx, Arc::downgrade(&conn)));
+        tokio::spawn(write_loop(
+            writer,
+            rx,
+            Arc::downgrade(&conn),
+            conn.hang_up.clone(),
+        ));
         tokio::spawn(read_loop(reader, decoder, Arc::downgrade(&conn)));
         Ok(conn)
     }
@@ -112,13 +248,31 @@ impl Conn {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection is over: close every stream.
+    /// The connection is over: close every stream and hang up.
     fn fail(&self, why: u8) {
+        // Already failed: the first reason stands.
         let _ = self
             .state
             .compare_exchange(ALIVE, why, Ordering::SeqCst, Ordering::SeqCst);
         for (_, entry) in self.streams().drain() {
             entry.window.close();
+            entry.inbox.end();
+        }
+        self.hang_up.notify_one();
+    }
+
+    /// Tell the agent to stop stream `id`, without waiting.
+    fn cancel(&self, id: u32) {
+        let cancel = encode_json(Kind::Control, id, &Control::Cancel);
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.out.try_send(cancel) {
+            let out = self.out.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    // A closed queue means the connection is gone: nothing
+                    // left to cancel.
+                    let _ = out.send(frame).await;
+                });
+            }
         }
     }
 
@@ -134,7 +288,7 @@ impl Conn {
         self: &Arc<Self>,
         request: &Request,
     ) -> Result<(StreamTx, StreamRx), AgentError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
         let id = {
             let mut streams = self.streams();
@@ -148,7 +302,7 @@ impl Conn {
             streams.insert(
                 id,
                 Entry {
-                    tx,
+                    inbox: inbox.clone(),
                     window: window.clone(),
                 },
             );
@@ -157,7 +311,7 @@ impl Conn {
         let rx = StreamRx {
             id,
             conn: self.clone(),
-            rx,
+            inbox,
             pending_credit: 0,
             finished: false,
         };
@@ -186,10 +340,19 @@ impl Conn {
             Kind::Close => {
                 if let Some(entry) = self.streams().remove(&frame.stream) {
                     entry.window.close();
-                    let _ = entry.tx.send(Inbound::Closed);
+                    // An inbox already over its bound reports that instead.
+                    if let Err(refused) = entry.inbox.push(Inbound::Closed, 0) {
+                        tracing::debug!(stream = frame.stream, ?refused, "close after an overrun");
+                    }
+                    entry.inbox.end();
                 }
             }
             Kind::Stdout | Kind::Stderr | Kind::Data | Kind::Event => {
+                let Some(inbox) = self.streams().get(&frame.stream).map(|e| e.inbox.clone()) else {
+                    // A stream the host already let go of.
+                    return;
+                };
+                let size = frame.payload.len();
                 let item = match frame.kind {
                     Kind::Stdout => Inbound::Stdout(frame.payload),
                     Kind::Stderr => Inbound::Stderr(frame.payload),
@@ -202,8 +365,28 @@ impl Conn {
                         }
                     },
                 };
-                if let Some(entry) = self.streams().get(&frame.stream) {
-                    let _ = entry.tx.send(item);
+                match inbox.push(item, size) {
+                    Ok(()) => {}
+                    Err(Refused::Credit(outstanding)) => {
+                        tracing::error!(
+                            stream = frame.stream,
+                            outstanding,
+                            window = INITIAL_WINDOW,
+                            "the guest agent sent more than its credit: closing the connection"
+                        );
+                        self.fail(LOST);
+                    }
+                    Err(Refused::Overrun) => {
+                        tracing::warn!(
+                            stream = frame.stream,
+                            limit = STREAM_BUFFER_LIMIT,
+                            "a stream's reader fell too far behind the guest agent: ending the stream"
+                        );
+                        if let Some(entry) = self.streams().remove(&frame.stream) {
+                            entry.window.close();
+                        }
+                        self.cancel(frame.stream);
+                    }
                 }
             }
             // A repeated HelloAck, or frames only the host sends.
@@ -306,8 +489,22 @@ async fn write_loop(
     mut writer: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     conn: std::sync::Weak<Conn>,
+    hang_up: Arc<Notify>,
 ) {
-    while let Some(frame) = rx.recv().await {
+    loop {
+        // The queue closes once every handle on the connection is gone.
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            () = hang_up.notified() => None,
+        };
+        let Some(frame) = frame else {
+            // Failed, or every handle dropped: hang up (the reader half
+            // ends with the read loop).
+            if let Err(e) = writer.shutdown().await {
+                tracing::debug!("closing the agent connection: {e}");
+            }
+            return;
+        };
         if writer.write_all(&frame).await.is_err() {
             if let Some(conn) = conn.upgrade() {
                 conn.fail(LOST);
@@ -366,7 +563,7 @@ impl StreamTx {
 pub struct StreamRx {
     id: u32,
     conn: Arc<Conn>,
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    inbox: Arc<Inbox>,
     pending_credit: u32,
     finished: bool,
 }
@@ -374,14 +571,27 @@ pub struct StreamRx {
 impl StreamRx {
     /// The next thing the agent sent on this stream.
     pub async fn recv(&mut self) -> Result<Inbound, AgentError> {
-        match self.rx.recv().await {
-            Some(item) => {
-                if matches!(item, Inbound::Closed) {
-                    self.finished = true;
+        loop {
+            {
+                let mut s = self.inbox.state();
+                if let Some((item, charge)) = s.items.pop_front() {
+                    s.queued -= charge;
+                    if matches!(item, Inbound::Closed) {
+                        self.finished = true;
+                    }
+                    return Ok(item);
                 }
-                Ok(item)
+                if s.overrun {
+                    self.finished = true;
+                    return Err(AgentError::Overrun(STREAM_BUFFER_LIMIT));
+                }
+                if s.ended {
+                    return Err(self.conn.lost_reason());
+                }
             }
-            None => Err(self.conn.lost_reason()),
+            // One reader per inbox: a wake-up sent while we were not yet
+            // waiting is kept for us (`notify_one`).
+            self.inbox.ready.notified().await;
         }
     }
 
@@ -392,6 +602,7 @@ impl StreamRx {
             .saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX));
         if self.pending_credit >= CREDIT_BATCH {
             let credit = std::mem::take(&mut self.pending_credit);
+            self.inbox.credited(credit);
             self.conn.send(encode_credit(self.id, credit)).await?;
         }
         Ok(())
@@ -402,15 +613,7 @@ impl Drop for StreamRx {
     fn drop(&mut self) {
         self.conn.streams().remove(&self.id);
         if !self.finished && self.conn.is_alive() {
-            let cancel = encode_json(Kind::Control, self.id, &Control::Cancel);
-            if let Err(mpsc::error::TrySendError::Full(frame)) = self.conn.out.try_send(cancel) {
-                let out = self.conn.out.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = out.send(frame).await;
-                    });
-                }
-            }
+            self.conn.cancel(self.id);
         }
     }
 }
@@ -547,6 +750,134 @@ mod tests {
             .expect("open");
         assert!(matches!(rx.recv().await, Err(AgentError::Restarted)));
         assert!(!conn.is_alive());
+    }
+
+    /// A hostile agent: answers the handshake, then floods stdout on the
+    /// first stream it is given, ignoring credit; reports whether the host
+    /// closed the connection (its read saw the end).
+    async fn credit_ignoring_agent(mut s: UnixStream, flood: usize) -> bool {
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            while let Some(f) = decoder.next_frame() {
+                match f.kind {
+                    Kind::Hello => {
+                        let hello: Hello = serde_json::from_slice(&f.payload).expect("hello");
+                        let ack = HelloAck {
+                            version: PROTOCOL_VERSION,
+                            nonce: hello.nonce,
+                        };
+                        let ack = encode_json(Kind::HelloAck, 0, &ack);
+                        if s.write_all(&ack).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Kind::Open => {
+                        let chunk = encode(Kind::Stdout, f.stream, &vec![b'y'; DATA_CHUNK]);
+                        for _ in 0..flood / DATA_CHUNK {
+                            if s.write_all(&chunk).await.is_err() {
+                                // The host hung up mid-flood.
+                                return true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => decoder.push(&buf[..n]),
+            }
+        }
+    }
+
+    /// More than the credit it was given: the connection is cut off (the
+    /// stream reports the loss, the agent sees its socket closed), and what
+    /// the host held for the unread stream never exceeded one window.
+    #[tokio::test]
+    async fn an_agent_ignoring_credit_is_cut_off() {
+        let (host, guest) = UnixStream::pair().expect("pair");
+        let agent = tokio::spawn(credit_ignoring_agent(guest, 4 * INITIAL_WINDOW as usize));
+        let transport = Pair(Mutex::new(Some(host)));
+        let conn = Conn::establish(&transport, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let (_tx, mut rx) = conn
+            .open(&Request::Generate { bytes: 0 })
+            .await
+            .expect("open");
+        // Nobody reads the stream while the agent floods it.
+        let closed = tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .expect("the host kept the connection open")
+            .expect("agent task");
+        assert!(closed, "the agent saw its connection closed");
+        assert!(!conn.is_alive());
+        let mut held = 0;
+        let err = loop {
+            match rx.recv().await {
+                Ok(Inbound::Stdout(b)) => held += b.len(),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, AgentError::Lost), "{err}");
+        assert!(held <= INITIAL_WINDOW as usize, "held {held} bytes");
+    }
+
+    /// A window of one-byte frames is joined into few items, so what the
+    /// host holds stays near the window; a byte past the window is refused.
+    #[test]
+    fn an_inbox_joins_tiny_output_and_enforces_the_window() {
+        let inbox = Inbox::default();
+        for i in 0..INITIAL_WINDOW {
+            let item = if i < INITIAL_WINDOW / 2 {
+                Inbound::Stdout(vec![b'o'])
+            } else {
+                Inbound::Stderr(vec![b'e'])
+            };
+            inbox.push(item, 1).expect("within the window");
+        }
+        let window = INITIAL_WINDOW as usize;
+        let items = window / JOIN_LIMIT + 1;
+        let state = inbox.state();
+        assert!(state.items.len() <= items, "{} items", state.items.len());
+        assert!(state.queued <= window + items * ITEM_OVERHEAD);
+        drop(state);
+        assert_eq!(
+            inbox.push(Inbound::Stdout(vec![b'x']), 1),
+            Err(Refused::Credit(u64::from(INITIAL_WINDOW) + 1))
+        );
+        // Credit returned makes room again.
+        inbox.credited(CREDIT_BATCH);
+        inbox
+            .push(Inbound::Stdout(vec![b'x']), 1)
+            .expect("credited");
+    }
+
+    /// Events are not under credit: an unread stream flooded with them is
+    /// ended once it holds `STREAM_BUFFER_LIMIT`, and its items are freed.
+    #[test]
+    fn an_inbox_flooded_with_events_is_bounded() {
+        let inbox = Inbox::default();
+        let event = || {
+            Inbound::Event(Event::Error {
+                message: "x".repeat(1000),
+                path: String::new(),
+            })
+        };
+        let mut accepted = 0;
+        while inbox.push(event(), 1000).is_ok() {
+            accepted += 1;
+            assert!(accepted <= STREAM_BUFFER_LIMIT / 1000, "never refused");
+        }
+        assert!(accepted * (1000 + ITEM_OVERHEAD) <= STREAM_BUFFER_LIMIT);
+        let state = inbox.state();
+        assert!(state.overrun && state.items.is_empty() && state.queued == 0);
+        drop(state);
+        // Later items are dropped quietly.
+        assert_eq!(inbox.push(event(), 1000), Ok(()));
+        assert!(inbox.state().items.is_empty());
     }
 
     #[tokio::test]

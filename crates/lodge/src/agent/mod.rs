@@ -51,6 +51,8 @@ pub enum AgentError {
     TooLarge(&'static str),
     #[error("the guest agent restarted")]
     Restarted,
+    #[error("the session was ended: more than {0} bytes from the guest were left unread")]
+    Overrun(usize),
 }
 
 /// A byte stream to an agent.

@@ -3,7 +3,12 @@
 //!
 //! The files are read by lodge-logs (tail, then follow across rotations); this
 //! handler only cuts the byte stream into lines. A line is sent once it is
-//! complete; a trailing partial line is sent when the stream ends. A follow
+//! complete; a trailing partial line is sent when the stream ends. A line
+//! longer than [`lodge_logs::MAX_LINE_CHUNK`] (64 KiB) goes out as several
+//! events of at most that size, all but the last marked with the comment
+//! `: continued` ([`CONTINUED`]): a guest writing a line of any length
+//! without a newline cannot grow the daemon (one event, one read chunk and
+//! one unfinished piece are held at a time). A follow
 //! stream has no timeout and ends when the VM's monitor exits or the client
 //! goes away.
 
@@ -15,6 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
+use lodge_logs::{LineChunk, LineSplitter};
 
 /// Map an API source name to the log.
 pub fn log_source(source: Option<&str>) -> Result<lodge_logs::Source, ApiError> {
@@ -28,41 +34,25 @@ pub fn log_source(source: Option<&str>) -> Result<lodge_logs::Source, ApiError> 
     }
 }
 
-/// Splits a byte stream into lines without their `\n`.
-#[derive(Default)]
-struct LineSplitter {
-    pending: Vec<u8>,
+/// One SSE event for a line, or for a piece of a long one. A piece that
+/// does not end its line carries the comment `: continued`, which SSE
+/// clients ignore (they see the pieces as lines) and lodge's CLI reads to
+/// join them again.
+fn event(piece: &LineChunk) -> Event {
+    let line = String::from_utf8_lossy(&piece.bytes);
+    // serde_json cannot fail on a str.
+    let data = serde_json::to_string(&line).unwrap_or_default();
+    let event = Event::default();
+    let event = if piece.ends_line {
+        event
+    } else {
+        event.comment(CONTINUED)
+    };
+    event.data(data)
 }
 
-impl LineSplitter {
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        let mut lines = Vec::new();
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            self.pending.extend_from_slice(&rest[..pos]);
-            lines.push(String::from_utf8_lossy(&self.pending).into_owned());
-            self.pending.clear();
-            rest = &rest[pos + 1..];
-        }
-        self.pending.extend_from_slice(rest);
-        lines
-    }
-
-    fn finish(&mut self) -> Option<String> {
-        if self.pending.is_empty() {
-            None
-        } else {
-            let line = String::from_utf8_lossy(&self.pending).into_owned();
-            self.pending.clear();
-            Some(line)
-        }
-    }
-}
-
-fn event(line: &str) -> Event {
-    // serde_json cannot fail on a String.
-    Event::default().data(serde_json::to_string(line).unwrap_or_default())
-}
+/// The comment marking an event whose line goes on in the next event.
+pub const CONTINUED: &str = "continued";
 
 /// Stream an instance's log.
 #[utoipa::path(get, path = "/instances/{id}/logs",
@@ -108,15 +98,15 @@ fn line_events(follower: lodge_logs::Follower) -> impl Stream<Item = Result<Even
                 }
                 let chunk = follower.next().await;
                 let lines: Vec<Event> = match chunk {
-                    Ok(Some(bytes)) => splitter.push(&bytes).iter().map(|l| event(l)).collect(),
+                    Ok(Some(bytes)) => splitter.push(&bytes).iter().map(event).collect(),
                     Ok(None) => {
                         done = true;
-                        splitter.finish().iter().map(|l| event(l)).collect()
+                        splitter.finish().iter().map(event).collect()
                     }
                     Err(e) => {
                         tracing::warn!("following logs: {e}");
                         done = true;
-                        splitter.finish().iter().map(|l| event(l)).collect()
+                        splitter.finish().iter().map(event).collect()
                     }
                 };
                 ready = lines.into_iter();
@@ -132,10 +122,74 @@ mod tests {
     #[test]
     fn splits_lines_across_chunks_and_flushes_the_partial_one() {
         let mut s = LineSplitter::default();
-        assert_eq!(s.push(b"a\nb"), vec!["a"]);
-        assert_eq!(s.push(b"c\n\nd"), vec!["bc", ""]);
-        assert_eq!(s.finish().as_deref(), Some("d"));
+        let lines = |pieces: Vec<LineChunk>| -> Vec<String> {
+            pieces
+                .into_iter()
+                .map(|p| String::from_utf8_lossy(&p.bytes).into_owned())
+                .collect()
+        };
+        assert_eq!(lines(s.push(b"a\nb")), vec!["a"]);
+        assert_eq!(lines(s.push(b"c\n\nd")), vec!["bc", ""]);
+        assert_eq!(lines(s.finish().into_iter().collect()), vec!["d"]);
         assert_eq!(s.finish(), None);
+    }
+
+    /// The SSE body `line_events` sends for the log in `dir`, as events:
+    /// (its comments, its data decoded).
+    async fn rendered(dir: &std::path::Path, tail: u64) -> Vec<(Vec<String>, String)> {
+        let follower = lodge_logs::Follower::open(
+            dir,
+            lodge_logs::Source::App,
+            lodge_logs::Tail::Lines(tail),
+            lodge_logs::Follow::No,
+        )
+        .expect("open");
+        let body = Sse::new(line_events(follower)).into_response().into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        text.split_terminator("\n\n")
+            .map(|event| {
+                let mut comments = Vec::new();
+                let mut data = String::new();
+                for field in event.lines() {
+                    if let Some(d) = field.strip_prefix("data:") {
+                        data = serde_json::from_str(d.trim_start()).expect("a JSON string");
+                    } else if let Some(c) = field.strip_prefix(':') {
+                        comments.push(c.trim().to_string());
+                    }
+                }
+                (comments, data)
+            })
+            .collect()
+    }
+
+    /// A 50 MB line without a newline: `tail=1` sends it in events of at
+    /// most `MAX_LINE_CHUNK` bytes, all but the last marked as continued,
+    /// which concatenate to the line.
+    #[tokio::test]
+    async fn a_huge_line_goes_out_in_bounded_events() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let line: String = (0..50_000_000u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        std::fs::write(dir.path().join("app.log"), format!("before\n{line}")).expect("write");
+        let events = rendered(dir.path(), 1).await;
+        let max = lodge_logs::MAX_LINE_CHUNK;
+        assert!(events.len() >= line.len() / max, "{} events", events.len());
+        let mut joined = String::new();
+        for (i, (comments, data)) in events.iter().enumerate() {
+            assert!(data.len() <= max, "event {i}: {} bytes", data.len());
+            let last = i + 1 == events.len();
+            assert_eq!(comments.is_empty(), last, "event {i}: {comments:?}");
+            joined.push_str(data);
+        }
+        assert!(joined == line, "the events concatenate to the line");
+        // Short lines are one event each, unmarked.
+        std::fs::write(dir.path().join("app.log"), "a\nb\n").expect("write");
+        assert_eq!(
+            rendered(dir.path(), 2).await,
+            vec![(vec![], "a".to_string()), (vec![], "b".to_string())]
+        );
     }
 
     #[test]

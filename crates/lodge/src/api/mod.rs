@@ -12,7 +12,7 @@ mod error;
 mod exec;
 mod images;
 pub mod instances;
-mod logs;
+pub mod logs;
 pub mod types;
 mod ws;
 

@@ -7,13 +7,17 @@
 //!   does (SRC ending in `/.` copies its contents into DST instead);
 //! - DST's parent must exist; nothing else is created on the way;
 //! - modes and times are kept, owners only with `-a`; symlinks are copied
-//!   as links unless `-L`.
+//!   as links unless `-L`;
+//! - out of an instance, setuid and setgid bits are dropped unless `-a`,
+//!   and no device node is ever created: the guest is not trusted.
 //!
 //! Both directions stream entries over the API's cp WebSocket (uploads use
 //! lodge's one-connection `stream` form), file contents in chunks. The
 //! walking and unpacking rules are [`lodge_guest::agent::tree`]'s, the same
 //! code the guest agent runs, so an entry the other side sends that would
-//! land outside DST is refused on either side.
+//! land outside DST (through `..`, an absolute name, or a symlink, the root
+//! included) is refused on either side. The daemon only forwards entries;
+//! it writes no host files for a copy.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -285,19 +289,24 @@ async fn download(
     };
     ws::send_json(&mut sink, &request).await?;
 
-    let mut unpacker: Option<Unpacker> = None;
-    let mut target = PathBuf::new();
+    let mut receiver = Receiver {
+        origin: format!("{instance}:{src}"),
+        src_path,
+        dst,
+        dst_md: dst_md.as_ref(),
+        contents,
+        archive: args.archive,
+        unpacker: None,
+        target: PathBuf::new(),
+    };
     let done = loop {
         let Some(msg) = stream.next().await else {
             break Err(anyhow!("the daemon closed the copy before it finished"));
         };
         let t = match msg.context("connection to the daemon")? {
             Message::Binary(data) => {
-                let Some(u) = unpacker.as_mut() else {
-                    break Err(anyhow!("file contents before any header"));
-                };
-                if let Err(e) = u.write(&data) {
-                    break Err(anyhow!(e));
+                if let Err(e) = receiver.data(&data) {
+                    break Err(e);
                 }
                 continue;
             }
@@ -309,44 +318,80 @@ async fn download(
         };
         let message: CpMessage =
             serde_json::from_str(&t).context("unreadable message from the daemon")?;
-        match message {
-            CpMessage::Header(header) => {
-                let header = EntryHeader::from(header);
-                if unpacker.is_none() {
-                    target =
-                        resolve_download_target(&header, src_path, dst, dst_md.as_ref(), contents)?;
-                    unpacker = Some(Unpacker::new(target.clone(), args.archive));
-                }
-                if let Some(u) = unpacker.as_mut() {
-                    if let Err(e) = u.begin(header) {
-                        break Err(anyhow!(e));
-                    }
-                }
-            }
-            CpMessage::End { last } => {
-                if let Some(u) = unpacker.as_mut() {
-                    if let Err(e) = u.end() {
-                        break Err(anyhow!(e));
-                    }
-                }
-                if last {
-                    break Ok(());
-                }
-            }
-            CpMessage::Error { message, .. } => {
-                break Err(anyhow!("copy from {instance}:{src}: {message}"));
-            }
-            _ => {}
+        match receiver.message(message) {
+            Ok(false) => {}
+            Ok(true) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     ws::close(&mut sink).await;
     done?;
-    if let Some(u) = unpacker {
-        u.finish()
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("{}", target.display()))?;
+    receiver.finish()
+}
+
+/// The receiving end of a download: what the guest sends (through the
+/// daemon) lands under the target by [`Unpacker::untrusted`]'s rules.
+struct Receiver<'a> {
+    /// `INSTANCE:SRC`, for the guest's errors.
+    origin: String,
+    src_path: &'a str,
+    dst: &'a str,
+    dst_md: Option<&'a std::fs::Metadata>,
+    contents: bool,
+    archive: bool,
+    unpacker: Option<Unpacker>,
+    target: PathBuf,
+}
+
+impl Receiver<'_> {
+    /// File contents of the current entry.
+    fn data(&mut self, data: &[u8]) -> Result<()> {
+        let Some(u) = self.unpacker.as_mut() else {
+            bail!("file contents before any header");
+        };
+        u.write(data).map_err(|e| anyhow!(e))
     }
-    Ok(())
+
+    /// A text message; true once the copy is complete.
+    fn message(&mut self, message: CpMessage) -> Result<bool> {
+        match message {
+            CpMessage::Header(header) => {
+                let header = EntryHeader::from(header);
+                if self.unpacker.is_none() {
+                    self.target = resolve_download_target(
+                        &header,
+                        self.src_path,
+                        self.dst,
+                        self.dst_md,
+                        self.contents,
+                    )?;
+                    self.unpacker = Some(Unpacker::untrusted(self.target.clone(), self.archive));
+                }
+                if let Some(u) = self.unpacker.as_mut() {
+                    u.begin(header).map_err(|e| anyhow!(e))?;
+                }
+            }
+            CpMessage::End { last } => {
+                if let Some(u) = self.unpacker.as_mut() {
+                    u.end().map_err(|e| anyhow!(e))?;
+                }
+                return Ok(last);
+            }
+            CpMessage::Error { message, .. } => bail!("copy from {}: {message}", self.origin),
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// The copy is complete: directories get their modes and times.
+    fn finish(self) -> Result<()> {
+        if let Some(u) = self.unpacker {
+            u.finish()
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("{}", self.target.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the download's root lands, by docker's rules (see the module).
@@ -395,6 +440,108 @@ mod tests {
             Location::parse("file.txt"),
             Location::Host("file.txt".into())
         );
+    }
+
+    /// What a hostile guest could send `lodge cp VM:/x DST`, as the
+    /// daemon forwards it: `(archive, messages)` applied to a receiver for
+    /// DST; returns the first error.
+    fn receive(dst: &Path, archive: bool, messages: &[&str]) -> Result<()> {
+        let dst_s = dst.to_string_lossy().to_string();
+        let dst_md = std::fs::metadata(dst).ok();
+        let mut r = Receiver {
+            origin: "vm:/x".into(),
+            src_path: "/x",
+            dst: &dst_s,
+            dst_md: dst_md.as_ref(),
+            contents: false,
+            archive,
+            unpacker: None,
+            target: PathBuf::new(),
+        };
+        for m in messages {
+            match m.strip_prefix("data:") {
+                Some(data) => r.data(data.as_bytes())?,
+                None => {
+                    let message: CpMessage = serde_json::from_str(m).expect("a message");
+                    if r.message(message)? {
+                        break;
+                    }
+                }
+            }
+        }
+        r.finish()
+    }
+
+    #[test]
+    fn a_download_never_writes_outside_its_destination() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(outside.join("keep"), "original").expect("write");
+        let dst = dir.path().join("dst");
+        let root = format!(
+            r#"{{"type":"header","path":"x","mode":511,"is_symlink":true,"link_target":"{}"}}"#,
+            outside.display()
+        );
+        let err = receive(
+            &dst,
+            false,
+            &[
+                &root,
+                r#"{"type":"end"}"#,
+                r#"{"type":"header","path":"x/keep","mode":2541}"#,
+                "data:evil",
+                r#"{"type":"end","final":true}"#,
+            ],
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("symbolic link"), "{err:#}");
+        assert_eq!(std::fs::read_link(&dst).expect("a link"), outside);
+        assert_eq!(
+            std::fs::read(outside.join("keep")).expect("read"),
+            b"original"
+        );
+        for bad in ["x/../keep", "/etc/evil"] {
+            let header = format!(r#"{{"type":"header","path":"{bad}","mode":420}}"#);
+            let dst = dir.path().join("dst2");
+            let err = receive(
+                &dst,
+                false,
+                &[
+                    r#"{"type":"header","path":"x","mode":493,"is_dir":true}"#,
+                    &header,
+                ],
+            )
+            .expect_err("refused");
+            assert!(err.to_string().contains("escapes"), "{bad}: {err:#}");
+        }
+        let names: Vec<_> = std::fs::read_dir(&outside)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["keep"]);
+    }
+
+    #[test]
+    fn a_download_drops_setuid_unless_archive() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        for (archive, want) in [(false, 0o755), (true, 0o4755)] {
+            let dst = dir.path().join(format!("suid-{archive}"));
+            receive(
+                &dst,
+                archive,
+                &[
+                    // 0o4755, and no owner: archive mode keeps ours.
+                    r#"{"type":"header","path":"x","mode":2541}"#,
+                    "data:#!/bin/sh",
+                    r#"{"type":"end","final":true}"#,
+                ],
+            )
+            .expect("copied");
+            let mode = std::fs::metadata(&dst).expect("md").permissions().mode();
+            assert_eq!(mode & 0o7777, want, "archive {archive}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
 use crate::client::{encode, ApiFailure, Client};
 use crate::instances::{Instance, State};
 
+use super::logs_escape::ConsoleOut;
+
 fn path(instance: &str) -> String {
     format!("/instances/{}", encode(instance))
 }
@@ -137,15 +139,10 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
     };
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let stdout = std::io::stdout();
+        // A guest's escape sequences are shown, not acted on, on a terminal.
+        let mut out = ConsoleOut::new(args.raw);
         let result = client
-            .logs(instance, &query, |line| {
-                let mut out = stdout.lock();
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
-                out.flush()?;
-                Ok(())
-            })
+            .logs(instance, &query, |line, ends| Ok(out.write(line, ends)?))
             .await;
         match result {
             Ok(()) => Ok(0),

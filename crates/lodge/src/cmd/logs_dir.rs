@@ -3,8 +3,10 @@
 //! Synchronous and allocation-light on purpose: it is what an operator runs
 //! when the daemon is down, and `--tail 100` should cost little more than
 //! starting the process. Bytes go to stdout exactly as the program wrote
-//! them, one unbuffered write per chunk so `-f` output appears at once. A
-//! closed stdout (`| head`) ends it quietly with status 0.
+//! them, one unbuffered write per chunk so `-f` output appears at once,
+//! except on a terminal, where control characters are shown escaped
+//! (see [`super::logs_escape`]) unless `--raw`. A closed stdout (`| head`)
+//! ends it quietly with status 0.
 //!
 //! [`fast`] parses `logs --dir ...` without clap, for `main` to try first:
 //! skipping clap's setup is most of what separates `--tail 100` from GNU
@@ -12,7 +14,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use anyhow::{Context, Result};
 use lodge_logs::{Follow, Follower, Source, Tail};
 
 use crate::cli::LogsArgs;
+use crate::cmd::logs_escape::escape_controls;
 use crate::cmd::supervise::split_flag;
 
 /// Bytes read from the log per write to stdout.
@@ -44,16 +47,40 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
             .context("cannot use stdout")?,
     );
     let mut buf = vec![0u8; CHUNK];
+    if args.raw || !out.is_terminal() {
+        loop {
+            let n = follower.read_blocking(&mut buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            if !write_out(&mut out, &buf[..n])? {
+                return Ok(0);
+            }
+        }
+    }
+    // A terminal: the guest's control characters are shown, not acted on.
+    // A UTF-8 character cut by a read waits at the front of `buf` for the
+    // rest of it.
+    let mut escaped = Vec::with_capacity(CHUNK);
+    let mut kept = 0;
     loop {
-        let n = follower.read_blocking(&mut buf)?;
-        if n == 0 {
+        let n = follower.read_blocking(&mut buf[kept..])?;
+        escaped.clear();
+        let taken = escape_controls(&buf[..kept + n], n == 0, &mut escaped);
+        if !write_out(&mut out, &escaped)? || n == 0 {
             return Ok(0);
         }
-        match out.write_all(&buf[..n]) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
-            Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
-        }
+        buf.copy_within(taken..kept + n, 0);
+        kept = kept + n - taken;
+    }
+}
+
+/// Writes all of `bytes`; false if stdout was closed (`| head`).
+fn write_out(out: &mut File, bytes: &[u8]) -> Result<bool> {
+    match out.write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(err) => Err(anyhow::Error::new(err).context("cannot write to stdout")),
     }
 }
 
@@ -65,19 +92,25 @@ pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
     Some(run(&dir, &parsed))
 }
 
-/// `--dir`, `--source`, `--tail` (`--flag VALUE` or `--flag=VALUE`), `-f`.
+/// `--dir`, `--source`, `--tail` (`--flag VALUE` or `--flag=VALUE`), `-f`,
+/// `--raw`.
 fn parse_fast(args: &[OsString]) -> Option<LogsArgs> {
     let mut parsed = LogsArgs {
         dir: None,
         source: "app".into(),
         tail: "100".into(),
         follow: false,
+        raw: false,
         instance: None,
     };
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if arg == "-f" || arg == "--follow" {
             parsed.follow = true;
+            continue;
+        }
+        if arg == "--raw" {
+            parsed.raw = true;
             continue;
         }
         let (flag, inline) = split_flag(arg)?;
@@ -112,6 +145,8 @@ mod tests {
             (args.tail.as_str(), args.source.as_str(), args.follow),
             ("100", "app", false)
         );
+        assert!(!args.raw);
+        assert!(parse_fast(&os(&["--dir=/d", "--raw"])).expect("parsed").raw);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod exec;
 mod images;
 mod instance_verbs;
 mod logs_dir;
+mod logs_escape;
 mod rt;
 mod run;
 mod serve;

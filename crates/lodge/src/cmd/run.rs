@@ -2,11 +2,11 @@
 //! the console until the program exits and exiting with its code (as docker).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
+use super::logs_escape::ConsoleOut;
 use crate::api::instances::{CreateInstance, CreateNetwork};
 use crate::api::types::LogsQuery;
 use crate::cli::RunArgs;
@@ -25,20 +25,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Ok(0);
         }
         eprintln!("{id}");
-        let stdout = std::io::stdout();
+        // A guest's escape sequences are shown, not acted on, on a terminal.
+        let mut out = ConsoleOut::new(args.raw);
         let query = LogsQuery {
             tail: Some(u64::from(u32::MAX)),
             follow: Some(true),
             source: Some("app".to_string()),
         };
         client
-            .logs(&id, &query, |line| {
-                let mut out = stdout.lock();
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
-                out.flush()?;
-                Ok(())
-            })
+            .logs(&id, &query, |line, ends| Ok(out.write(line, ends)?))
             .await?;
         let inst: Instance = client
             .call(Method::GET, &format!("/instances/{}", encode(&id)))
