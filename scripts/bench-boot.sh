@@ -20,6 +20,8 @@ export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 lodge="$(./scripts/build-release.sh)"
 work="$(mktemp -d /tmp/lodge-bench-boot.XXXXXX)"
 export LODGE_DATA_DIR="$work/data"
+# Benchmarks never touch the host's network (scripts/bench-net.sh builds its own).
+export LODGE_NETWORK="${LODGE_NETWORK:-off}"
 export LODGE_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
 export LODGE_BASE_URL="http://$LODGE_LISTEN"
 

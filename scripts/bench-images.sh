@@ -86,6 +86,7 @@ skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci-archive:$WORK
 DATA="$WORK/lodge data"
 mkdir -p "$DATA"
 API_PORT=$(free_port)
+export LODGE_NETWORK="${LODGE_NETWORK:-off}" # never the host's network
 export LODGE_DATA_DIR="$DATA" LODGE_SYSTEM_DIR="$SYSTEM" LODGE_LISTEN="127.0.0.1:$API_PORT" \
     LODGE_BASE_URL="http://127.0.0.1:$API_PORT" LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 "$LODGE" serve >"$WORK/serve.log" 2>&1 &

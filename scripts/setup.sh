@@ -17,6 +17,17 @@ export LODGE_DATA_DIR="${LODGE_DATA_DIR:-/var/lib/lodge}"
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$LODGE_DATA_DIR/system}"
 ./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
 
+# Networking (a bridge, NAT out of the default-route interface) is on by
+# default for a root daemon. Offline, with no default route and no
+# LODGE_UPLINK, there is nothing to NAT to: run the demo without a network
+# rather than fail (say LODGE_NETWORK=on to insist, LODGE_UPLINK=IF to pick
+# the uplink yourself).
+if [ -z "${LODGE_NETWORK:-}" ] && [ -z "${LODGE_UPLINK:-}" ] \
+    && [ -z "$(ip -4 route show default 2>/dev/null)" ]; then
+    echo "setup: no default route, so the daemon runs without a network (LODGE_NETWORK=off)"
+    export LODGE_NETWORK=off
+fi
+
 # Start the daemon unless one already answers.
 if ! lodge ps >/dev/null 2>&1; then
     echo "setup: starting lodge serve (log: $LODGE_DATA_DIR/serve.log)"
@@ -26,6 +37,11 @@ if ! lodge ps >/dev/null 2>&1; then
         lodge ps >/dev/null 2>&1 && break
         sleep 0.1
     done
+    if ! lodge ps >/dev/null 2>&1; then
+        echo "setup: lodge serve did not start; the end of its log:" >&2
+        tail -n 5 "$LODGE_DATA_DIR/serve.log" >&2
+        exit 1
+    fi
 fi
 
 # The demo image: the busybox tree as a one-layer OCI archive, built here

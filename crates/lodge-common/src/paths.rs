@@ -13,6 +13,7 @@
 //!     qmp.sock  agent.sock  status.log  monitor.err  logs/
 //!   guests/.creating-<id>/   an instance being created (renamed into place)
 //!   guests/.deleting-<id>/   an instance being deleted
+//!   network/leases/<ip>      one file per guest address, naming its instance
 //!   images/                  the image store (lodge-images)
 //!     blobs/sha256/<hex>  records/<hex>.json  disks/<hex>.<fmt>  tmp/
 //! ```
@@ -74,6 +75,11 @@ impl Paths {
     /// Where an instance is moved to be deleted.
     pub fn guest_deleting(&self, id: &str) -> PathBuf {
         self.guests_dir().join(format!(".deleting-{id}"))
+    }
+
+    /// The default network's address leases (lodge-net's `Allocator`).
+    pub fn network_leases(&self) -> PathBuf {
+        self.data_dir.join("network").join("leases")
     }
 
     /// The image store's files.
@@ -215,6 +221,10 @@ mod tests {
         assert_eq!(p.accel_cache(), Path::new("/var/lib/lodge/accel.json"));
         assert_eq!(p.system_dir(), Path::new("/var/lib/lodge/system"));
         assert_eq!(p.guests_dir(), Path::new("/var/lib/lodge/guests"));
+        assert_eq!(
+            p.network_leases(),
+            Path::new("/var/lib/lodge/network/leases")
+        );
         assert_eq!(
             p.guest_creating("abc"),
             Path::new("/var/lib/lodge/guests/.creating-abc")

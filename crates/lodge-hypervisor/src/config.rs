@@ -43,6 +43,12 @@ pub use lodge_common::socket::MAX_UNIX_SOCKET_PATH_LEN;
 /// Longest VM name or virtio-serial port name.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Most network interfaces one VM may have (each is a PCI device).
+pub const MAX_NICS: usize = 8;
+
+/// Longest host interface name (the kernel's `IFNAMSIZ` minus the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
 /// Everything a backend needs to start and control one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -70,6 +76,32 @@ pub struct VmConfig {
     pub status_file: PathBuf,
     /// Optional host<->guest byte channel for the guest agent.
     pub agent_channel: Option<VirtioSerialChannel>,
+    /// Network interfaces, in the order the guest sees them; empty means
+    /// the VM has no network device at all. Absent in configs persisted
+    /// before networking, hence the default.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+}
+
+/// One virtio network interface backed by a host TAP device that already
+/// exists (the caller creates and owns it; the VMM only opens it by name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicConfig {
+    /// Host TAP device name, at most 15 bytes.
+    pub tap: String,
+    /// The guest's MAC address; must be unicast.
+    pub mac: [u8; 6],
+}
+
+impl NicConfig {
+    /// The MAC in the usual `aa:bb:cc:dd:ee:ff` form.
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 /// One block device backed by a host file.
@@ -174,6 +206,31 @@ pub enum ConfigError {
     /// A virtio-serial port name that is empty, too long or not printable ASCII.
     #[error("agent channel port name {0:?} must be 1 to 255 printable ascii characters")]
     PortName(String),
+    /// More network interfaces than [`MAX_NICS`].
+    #[error("at most {MAX_NICS} network interfaces are supported, got {0}")]
+    TooManyNics(usize),
+    /// A TAP name that is empty, too long or not a plain interface name.
+    #[error("nic {index} tap name {tap:?} must be 1 to 15 characters without '/', ',', ':' or whitespace")]
+    TapName {
+        /// Position of the interface in `nics`.
+        index: usize,
+        /// The offending name.
+        tap: String,
+    },
+    /// A multicast (group) MAC, which names no single interface.
+    #[error("nic {index} mac {mac} is a multicast address")]
+    MulticastMac {
+        /// Position of the interface in `nics`.
+        index: usize,
+        /// The offending MAC.
+        mac: String,
+    },
+    /// Two interfaces on one TAP, or with one MAC.
+    #[error("nic {index} repeats the tap or mac of an earlier one")]
+    DuplicateNic {
+        /// Position of the second occurrence in `nics`.
+        index: usize,
+    },
     /// Two sockets or files of the VM share one path.
     #[error("{a} and {b} use the same path {path:?}")]
     PathClash {
@@ -209,6 +266,7 @@ impl VmConfig {
             control_socket: control_socket.into(),
             status_file: status_file.into(),
             agent_channel: None,
+            nics: Vec::new(),
         }
     }
 
@@ -286,8 +344,44 @@ impl VmConfig {
                 });
             }
         }
+        if self.nics.len() > MAX_NICS {
+            return Err(ConfigError::TooManyNics(self.nics.len()));
+        }
+        for (index, nic) in self.nics.iter().enumerate() {
+            if !is_ifname(&nic.tap) {
+                return Err(ConfigError::TapName {
+                    index,
+                    tap: nic.tap.clone(),
+                });
+            }
+            if nic.mac[0] & 1 == 1 {
+                return Err(ConfigError::MulticastMac {
+                    index,
+                    mac: nic.mac_string(),
+                });
+            }
+            if self.nics[..index]
+                .iter()
+                .any(|n| n.tap == nic.tap || n.mac == nic.mac)
+            {
+                return Err(ConfigError::DuplicateNic { index });
+            }
+        }
         Ok(())
     }
+}
+
+/// A name the kernel accepts for a network interface (and that needs no
+/// quoting anywhere): 1 to 15 bytes, none of them `/`, `,`, `:`,
+/// whitespace or control characters.
+fn is_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b',' | b':'))
 }
 
 impl DiskConfig {
@@ -523,6 +617,50 @@ mod tests {
             chan.port_name = String::new();
         }
         assert!(matches!(cfg.validate(), Err(ConfigError::PortName(_))));
+    }
+
+    #[test]
+    fn nics_are_checked() {
+        let nic = |tap: &str, last: u8| NicConfig {
+            tap: tap.into(),
+            mac: [0x02, 0x4c, 0x0a, 0x64, 0x00, last],
+        };
+        let mut cfg = base();
+        cfg.nics = vec![nic("lt-abc", 2), nic("lt-def", 3)];
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.nics[0].mac_string(), "02:4c:0a:64:00:02");
+        for bad in ["", "a,b", "a/b", "a b", "a:b", "sixteen-chars-xx", ".."] {
+            cfg.nics = vec![nic(bad, 2)];
+            assert!(
+                matches!(cfg.validate(), Err(ConfigError::TapName { index: 0, .. })),
+                "{bad:?}"
+            );
+        }
+        cfg.nics = vec![NicConfig {
+            tap: "lt-x".into(),
+            mac: [0x03, 0, 0, 0, 0, 1],
+        }];
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::MulticastMac { index: 0, .. })
+        ));
+        cfg.nics = vec![nic("lt-a", 2), nic("lt-a", 3)];
+        assert_eq!(cfg.validate(), Err(ConfigError::DuplicateNic { index: 1 }));
+        cfg.nics = vec![nic("lt-a", 2), nic("lt-b", 2)];
+        assert_eq!(cfg.validate(), Err(ConfigError::DuplicateNic { index: 1 }));
+        cfg.nics = (0..=MAX_NICS as u8)
+            .map(|i| nic(&format!("lt-{i}"), i))
+            .collect();
+        assert_eq!(cfg.validate(), Err(ConfigError::TooManyNics(9)));
+    }
+
+    /// A config persisted before networking (no `nics` key) still loads.
+    #[test]
+    fn configs_without_nics_still_load() {
+        let mut json = serde_json::to_value(base()).expect("serialize");
+        json.as_object_mut().expect("object").remove("nics");
+        let back: VmConfig = serde_json::from_value(json).expect("deserialize");
+        assert!(back.nics.is_empty());
     }
 
     #[test]

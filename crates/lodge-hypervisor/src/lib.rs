@@ -26,7 +26,7 @@ pub mod hypervisor;
 pub mod qemu;
 
 pub use accel::{AccelError, ProbeOptions, ProbeReason, ProbeResult};
-pub use config::{ConfigError, DiskConfig, DiskFormat, VirtioSerialChannel, VmConfig};
+pub use config::{ConfigError, DiskConfig, DiskFormat, NicConfig, VirtioSerialChannel, VmConfig};
 pub use dispatch::{Backend, Backends};
 pub use hypervisor::{
     BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, ParseHypervisorKindError,

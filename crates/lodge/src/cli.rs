@@ -200,6 +200,16 @@ pub struct RunArgs {
     /// Boot this host directory as the root file system
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// `none`: boot without a network device (default: the daemon's
+    /// default network, when it has one)
+    #[arg(long, value_name = "NETWORK", value_parser = ["none", "default"])]
+    pub network: Option<String>,
+    /// Limit host→guest traffic, e.g. 100Mbps, 1Gbps or 125MB/s
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth_down: Option<String>,
+    /// Limit guest→host traffic, e.g. 100Mbps, 1Gbps or 125MB/s
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth_up: Option<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use lodge_common::paths::Paths;
 
 /// Where the daemon keeps its state and listens.
@@ -23,6 +23,9 @@ pub struct Config {
     /// Rotation policy for each instance's logs.
     pub log_max_size: u64,
     pub log_max_files: usize,
+    /// The default network to set up, or `None` when networking is off
+    /// (`LODGE_NETWORK=off`, or not root and not asked for).
+    pub network: Option<lodge_net::NetConfig>,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lodge";
@@ -49,7 +52,13 @@ impl Config {
                 .with_context(|| format!("LODGE_LOG_MAX_FILES {s:?}"))?,
             Err(_) => 5,
         };
+        let network = network_from(
+            std::env::var("LODGE_NETWORK").ok().as_deref(),
+            is_root(),
+            lodge_net::NetConfig::from_env,
+        )?;
         Ok(Config {
+            network,
             data_dir,
             system_dir,
             listen,
@@ -79,9 +88,78 @@ pub fn log_max_size_from(value: Option<&str>) -> Result<u64> {
     }
 }
 
+/// `LODGE_NETWORK`: `on`/`off` (also `1`/`0`, `true`/`false`, `yes`/`no`).
+/// Unset means on for root and off otherwise (creating bridges and TAPs
+/// needs root, and a non-root daemon ran without a network before). Asking
+/// for it without root is refused at once rather than failing half-way.
+/// The network variables (`LODGE_BRIDGE`, `LODGE_SUBNET`, …) are only read,
+/// and validated, when networking is on.
+pub fn network_from(
+    value: Option<&str>,
+    root: bool,
+    read: impl FnOnce() -> Result<lodge_net::NetConfig, lodge_net::NetError>,
+) -> Result<Option<lodge_net::NetConfig>> {
+    let on = match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => root,
+        Some("on" | "1" | "true" | "yes") => {
+            if !root {
+                bail!("networking needs root; set LODGE_NETWORK=off");
+            }
+            true
+        }
+        Some("off" | "0" | "false" | "no") => false,
+        Some(other) => bail!("LODGE_NETWORK {other:?}: expected on or off"),
+    };
+    if !on {
+        return Ok(None);
+    }
+    Ok(Some(read().context("the default network's settings")?))
+}
+
+/// Whether the daemon runs as root (effective uid 0).
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// `LODGE_DATA_DIR` or the default; shared by the daemon and `lodge token`.
 pub fn data_dir_from_env() -> PathBuf {
     std::env::var_os("LODGE_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_switch() {
+        let ok = || Ok(lodge_net::NetConfig::default());
+        let bad = || {
+            "10.0.0.0/33"
+                .parse::<lodge_net::Subnet>()
+                .map(|_| lodge_net::NetConfig::default())
+        };
+        // Default: on for root, off otherwise.
+        assert!(network_from(None, true, ok).expect("root").is_some());
+        assert!(network_from(None, false, ok).expect("user").is_none());
+        assert!(network_from(Some(""), true, ok).expect("empty").is_some());
+        for off in ["off", "0", "false", "OFF", " no "] {
+            assert!(network_from(Some(off), true, ok).expect(off).is_none());
+            // Off never reads (or validates) the other variables.
+            assert!(network_from(Some(off), true, bad).expect(off).is_none());
+        }
+        assert!(network_from(Some("on"), true, ok).expect("on").is_some());
+        let err = network_from(Some("on"), false, ok).expect_err("not root");
+        assert_eq!(
+            err.to_string(),
+            "networking needs root; set LODGE_NETWORK=off"
+        );
+        let err = network_from(Some("maybe"), true, ok).expect_err("bad value");
+        assert!(err.to_string().contains("expected on or off"), "{err}");
+        let err = network_from(None, true, bad).expect_err("bad subnet");
+        assert!(format!("{err:#}").contains("invalid subnet"), "{err:#}");
+    }
 }

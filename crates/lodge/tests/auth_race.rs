@@ -97,6 +97,8 @@ fn round(n: usize, http: &reqwest::blocking::Client) -> TestResult {
     let mut daemon = Daemon(
         lodge(&data_dir)
             .arg("serve")
+            // Tests never touch the host's network.
+            .env("LODGE_NETWORK", "off")
             .env("LODGE_LISTEN", format!("127.0.0.1:{port}"))
             .env("LODGE_SYSTEM_DIR", tmp.path().join("no-system"))
             .stdout(log.try_clone()?)

@@ -156,6 +156,8 @@ fn probe_qemu_dies_when_the_daemon_is_stopped_during_the_probe() -> TestResult {
     let log = std::fs::File::create(&log_path)?;
     let daemon = Command::new(LODGE)
         .arg("serve")
+        // Tests never touch the host's network.
+        .env("LODGE_NETWORK", "off")
         .env("LODGE_DATA_DIR", &data_dir)
         .env("LODGE_SYSTEM_DIR", &system_dir)
         .env("LODGE_LISTEN", format!("127.0.0.1:{}", free_port()?))

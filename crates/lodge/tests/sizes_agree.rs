@@ -44,6 +44,8 @@ fn memory_50mb_is_52428800_bytes() -> TestResult {
     let mut daemon = Daemon(
         Command::new(LODGE)
             .arg("serve")
+            // Tests never touch the host's network.
+            .env("LODGE_NETWORK", "off")
             .env("LODGE_DATA_DIR", &data_dir)
             .env("LODGE_SYSTEM_DIR", tmp.path().join("no-system"))
             .env("LODGE_LISTEN", format!("127.0.0.1:{port}"))

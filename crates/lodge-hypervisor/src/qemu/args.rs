@@ -40,6 +40,8 @@ pub const STATUS_CHARDEV: &str = "status";
 pub const QMP_CHARDEV: &str = "qmp";
 /// Chardev id of the agent's virtio-serial channel.
 pub const AGENT_CHARDEV: &str = "agent";
+/// Netdev id prefix of the network interfaces (`net0`, `net1`, …).
+pub const NETDEV_PREFIX: &str = "net";
 
 /// Escapes one value for QEMU's `key=value,…` option syntax: every comma is
 /// doubled. Works on raw bytes, so non-UTF-8 paths survive unchanged.
@@ -160,6 +162,26 @@ pub fn build_argv(
         push(&[&"-drive", &drive.done(), &"-device", &device.done()]);
     }
 
+    // Each NIC is a TAP the caller created and owns: QEMU opens it by name
+    // and runs no helper scripts on it; no vhost (`/dev/vhost-net` may be
+    // absent, and the TAP's owner shapes its traffic on the host anyway).
+    for (i, nic) in cfg.nics.iter().enumerate() {
+        let id = format!("{NETDEV_PREFIX}{i}");
+        push(&[
+            &"-netdev",
+            &OptBuf::new(&format!("tap,id={id}"))
+                .kv("ifname", &nic.tap)
+                .kv("script", "no")
+                .kv("downscript", "no")
+                .kv("vhost", "off")
+                .done(),
+            &"-device",
+            &OptBuf::new(&format!("virtio-net-pci,netdev={id}"))
+                .kv("mac", nic.mac_string())
+                .done(),
+        ]);
+    }
+
     if let Some(chan) = &cfg.agent_channel {
         push(&[
             &"-device",
@@ -188,7 +210,7 @@ pub fn build_argv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DiskConfig, VirtioSerialChannel, MIB};
+    use crate::config::{DiskConfig, NicConfig, VirtioSerialChannel, MIB};
     use crate::qemu::options::{Accel, MachineType};
 
     fn tcg() -> QemuOptions {
@@ -359,6 +381,104 @@ mod tests {
                 "chardev=qmp,mode=control",
             ]
         );
+    }
+
+    /// A VM on lodge's network: one TAP the caller owns, opened by name, no
+    /// helper scripts, no vhost; a second NIC gets the next ids.
+    #[test]
+    fn vm_with_nics_whole_argv() {
+        let mut cfg = VmConfig::new(
+            "id1",
+            "vm1",
+            "/sys/vmlinuz",
+            "/sys/initrd.img",
+            "/data/guests/id1/qmp.sock",
+            "/data/guests/id1/status.log",
+        );
+        cfg.disks = vec![DiskConfig::raw("/data/guests/id1/rootfs.ext4", true).with_serial("root")];
+        cfg.nics = vec![
+            NicConfig {
+                tap: "lt-id1".into(),
+                mac: [0x02, 0x4c, 0x0a, 0x64, 0x00, 0x02],
+            },
+            NicConfig {
+                tap: "lt-id1-b".into(),
+                mac: [0x02, 0x4c, 0x0a, 0x64, 0x00, 0xfe],
+            },
+        ];
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg).expect("valid");
+        assert_eq!(
+            argv_strings(&argv),
+            [
+                "qemu-system-x86_64",
+                "-name",
+                "guest=vm1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-smp",
+                "1",
+                "-m",
+                "512",
+                "-kernel",
+                "/sys/vmlinuz",
+                "-initrd",
+                "/sys/initrd.img",
+                "-append",
+                "",
+                "-chardev",
+                "stdio,id=console,signal=off",
+                "-serial",
+                "chardev:console",
+                "-chardev",
+                "file,id=status,path=/data/guests/id1/status.log,append=on",
+                "-serial",
+                "chardev:status",
+                "-drive",
+                "file=/data/guests/id1/rootfs.ext4,if=none,id=disk0,format=raw,readonly=on",
+                "-device",
+                "virtio-blk-pci,drive=disk0,serial=root",
+                "-netdev",
+                "tap,id=net0,ifname=lt-id1,script=no,downscript=no,vhost=off",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=02:4c:0a:64:00:02",
+                "-netdev",
+                "tap,id=net1,ifname=lt-id1-b,script=no,downscript=no,vhost=off",
+                "-device",
+                "virtio-net-pci,netdev=net1,mac=02:4c:0a:64:00:fe",
+                "-chardev",
+                "socket,id=qmp,path=/data/guests/id1/qmp.sock,server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]
+        );
+        // Without NICs there is no network device at all (`-nodefaults`
+        // keeps QEMU from adding its own).
+        cfg.nics.clear();
+        let argv = build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg).expect("valid");
+        let all = argv_strings(&argv);
+        assert!(!all.contains(&"-netdev"));
+        assert!(!all.iter().any(|a| a.starts_with("virtio-net")));
+    }
+
+    /// A bad TAP name never reaches QEMU.
+    #[test]
+    fn invalid_nic_builds_nothing() {
+        let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
+        cfg.nics.push(NicConfig {
+            tap: "a,b".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+        });
+        assert!(matches!(
+            build_argv(OsStr::new(DEFAULT_QEMU_BINARY), &tcg(), &cfg),
+            Err(ConfigError::TapName { index: 0, .. })
+        ));
     }
 
     /// The console must never be a file QEMU opens (it would truncate it on

@@ -85,6 +85,8 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
         E::NameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        E::NetworkDisabled => (StatusCode::BAD_REQUEST, "network_disabled"),
+        E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
         E::CreateFailed(failed) => status_of(&failed.run),
         E::Image(_)
@@ -92,6 +94,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         | E::Io { .. }
         | E::Backend(_)
         | E::Monitor(_)
+        | E::Network(_)
         | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
@@ -135,6 +138,20 @@ mod tests {
                 "bad_request",
             ),
             (MonitorError::StartTimeout.into(), 500, "internal_error"),
+            (Error::NetworkDisabled, 400, "network_disabled"),
+            (
+                lodge_net::NetError::SubnetFull {
+                    subnet: "10.100.0.0/30".into(),
+                }
+                .into(),
+                409,
+                "subnet_full",
+            ),
+            (
+                lodge_net::NetError::PermissionDenied.into(),
+                500,
+                "internal_error",
+            ),
             (
                 Error::CreateFailed(Box::new(CreateFailed {
                     run: SpecError::NothingToRun.into(),

@@ -19,9 +19,11 @@ use lodge_hypervisor::HypervisorKind;
 use super::error::ApiError;
 use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
+use crate::instances::spec::NetworkRequest;
 use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
 use crate::sizes::parse_size;
+use lodge_net::{Bandwidth, Limits};
 
 /// hypeman's create body, plus lodge's `rootfs` and `workdir`.
 /// The daemon parses it; `lodge run` builds it (unset options are left out).
@@ -53,6 +55,10 @@ pub struct CreateInstance {
     /// hypeman's hypervisor name (`qemu`, `cloud-hypervisor`); default qemu.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<String>,
+    /// hypeman's network settings; absent means the default network when
+    /// the daemon has one (hypeman's default), none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<CreateNetwork>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
     /// refused when set; the rest (tags, hints) are accepted and ignored.
     #[serde(flatten)]
@@ -60,12 +66,62 @@ pub struct CreateInstance {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+/// hypeman's `network` on create.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateNetwork {
+    /// Attach to the default network (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// host→guest limit, hypeman's syntax: `"100Mbps"`, `"1Gbps"`, `"125MB/s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_download: Option<String>,
+    /// guest→host limit, same syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_upload: Option<String>,
+    /// Other hypeman fields (`egress`): refused when they ask for something.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl CreateNetwork {
+    fn into_request(self) -> Result<NetworkRequest, ApiError> {
+        if let Some(egress) = self.other.get("egress") {
+            let asks = match egress {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(o) => o.get("enabled").is_some_and(|e| e != false),
+                _ => true,
+            };
+            if asks {
+                return Err(ApiError::bad_request(
+                    "`network.egress` (mediated egress) is not supported yet",
+                ));
+            }
+        }
+        // An empty string is hypeman's "no limit".
+        let rate = |field: &str, v: Option<String>| {
+            v.filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.parse::<Bandwidth>()
+                        .map_err(|e| ApiError::bad_request(format!("network.{field}: {e}")))
+                })
+                .transpose()
+        };
+        Ok(NetworkRequest {
+            enabled: self.enabled,
+            limits: Limits {
+                download: rate("bandwidth_download", self.bandwidth_download)?,
+                upload: rate("bandwidth_upload", self.bandwidth_upload)?,
+            },
+        })
+    }
+}
+
 /// hypeman create fields whose effect lodge does not provide yet.
 const UNSUPPORTED: &[&str] = &[
     "volumes",
     "devices",
     "gpu",
-    "network",
     "credentials",
     "snapshot_policy",
     "restart_policy",
@@ -123,7 +179,13 @@ impl CreateInstance {
             .as_deref()
             .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("overlay_size: {e}"))))
             .transpose()?;
+        let network = self
+            .network
+            .map(CreateNetwork::into_request)
+            .transpose()?
+            .unwrap_or_default();
         Ok(CreateRequest {
+            network,
             name,
             hypervisor,
             root,
@@ -300,5 +362,52 @@ mod tests {
             .into_request()
             .expect_err("unsupported");
         assert_eq!(err.message, "`volumes` is not supported yet");
+    }
+
+    #[test]
+    fn network_is_parsed_with_hypemans_defaults() {
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r"}))
+            .into_request()
+            .expect("valid");
+        assert_eq!(req.network, NetworkRequest::default());
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r", "network": null}))
+            .into_request()
+            .expect("null is absent");
+        assert_eq!(req.network.enabled, None);
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r",
+            "network": {"enabled": true, "bandwidth_download": "10Mbps", "bandwidth_upload": "1MB/s"}}))
+        .into_request()
+        .expect("valid");
+        assert_eq!(req.network.enabled, Some(true));
+        assert_eq!(
+            req.network.limits.download.map(|b| b.bits_per_sec()),
+            Some(10_000_000)
+        );
+        assert_eq!(
+            req.network.limits.upload.map(|b| b.bits_per_sec()),
+            Some(8 << 20)
+        );
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r",
+            "network": {"enabled": false, "bandwidth_download": "", "egress": {"enabled": false}}}))
+        .into_request()
+        .expect("valid");
+        assert_eq!(req.network.enabled, Some(false));
+        assert_eq!(req.network.limits, Limits::default());
+        for bad in [
+            serde_json::json!({"bandwidth_download": "fast"}),
+            serde_json::json!({"bandwidth_upload": "0Mbps"}),
+            serde_json::json!({"egress": {"enabled": true}}),
+        ] {
+            let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "network": bad}))
+                .into_request()
+                .expect_err("bad network");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.code, "bad_request");
+            assert!(
+                err.message.starts_with("`network.") || err.message.starts_with("network."),
+                "{}",
+                err.message
+            );
+        }
     }
 }

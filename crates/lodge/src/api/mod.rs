@@ -6,6 +6,7 @@
 //! axum's own (bad JSON, oversized body, unknown route), is turned into the
 //! `{code, message}` error shape.
 
+mod capabilities;
 mod cp;
 mod error;
 mod exec;
@@ -37,6 +38,7 @@ pub use state::{AppState, MAX_BODY};
     ),
     paths(
         health,
+        capabilities::capabilities,
         instances::create,
         instances::list,
         instances::get_one,
@@ -56,6 +58,9 @@ pub use state::{AppState, MAX_BODY};
     ),
     components(schemas(
         crate::instances::Instance,
+        crate::instances::InstanceNetwork,
+        instances::CreateNetwork,
+        capabilities::Capabilities,
         crate::instances::state::State,
         instances::CreateInstance,
         instances::StartInstance,
@@ -76,6 +81,7 @@ struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
+        .route("/capabilities", get(capabilities::capabilities))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",

@@ -31,8 +31,8 @@ pub fn ps(args: PsArgs) -> Result<u8> {
         if !args.quiet {
             writeln!(
                 out,
-                "{:<24}  {:<20}  {:<12}  {:<24}  IMAGE",
-                "ID", "NAME", "STATE", "CREATED"
+                "{:<24}  {:<20}  {:<12}  {:<15}  {:<24}  IMAGE",
+                "ID", "NAME", "STATE", "IP", "CREATED"
             )?;
         }
         for i in shown {
@@ -41,10 +41,11 @@ pub fn ps(args: PsArgs) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{:<24}  {:<20}  {:<12}  {:<24}  {}",
+                    "{:<24}  {:<20}  {:<12}  {:<15}  {:<24}  {}",
                     i.id,
                     i.name,
                     format!("{:?}", i.state),
+                    i.network.ip.as_deref().unwrap_or("-"),
                     i.created_at,
                     i.image
                 )?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
 use super::logs_escape::ConsoleOut;
-use crate::api::instances::CreateInstance;
+use crate::api::instances::{CreateInstance, CreateNetwork};
 use crate::api::types::LogsQuery;
 use crate::cli::RunArgs;
 use crate::client::{encode, Client};
@@ -83,6 +83,7 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
             .with_context(|| format!("-e {kv:?}: expected KEY=VALUE"))?;
         env.insert(k.to_string(), v.to_string());
     }
+    let network = network_request(args)?;
     let name = args
         .name
         .clone()
@@ -98,6 +99,90 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         cmd: (!rest.is_empty()).then_some(rest),
         env: Some(env),
         workdir: args.workdir.clone(),
+        network,
         ..CreateInstance::default()
     })
+}
+
+/// `--network`, `--bandwidth-down/up` as hypeman's `network`; nothing when
+/// none is given, so the daemon's default applies. Rates are checked here
+/// too, for an error before anything is sent.
+fn network_request(args: &RunArgs) -> Result<Option<CreateNetwork>> {
+    for (flag, rate) in [
+        ("--bandwidth-down", &args.bandwidth_down),
+        ("--bandwidth-up", &args.bandwidth_up),
+    ] {
+        if let Some(r) = rate {
+            r.parse::<lodge_net::Bandwidth>()
+                .with_context(|| format!("{flag} {r:?}"))?;
+        }
+    }
+    let limited = args.bandwidth_down.is_some() || args.bandwidth_up.is_some();
+    let enabled = match args.network.as_deref() {
+        Some("none") if limited => bail!("--network none leaves no traffic to limit"),
+        Some("none") => Some(false),
+        Some(_) => Some(true),
+        None => None,
+    };
+    if enabled.is_none() && !limited {
+        return Ok(None);
+    }
+    Ok(Some(CreateNetwork {
+        enabled,
+        bandwidth_download: args.bandwidth_down.clone(),
+        bandwidth_upload: args.bandwidth_up.clone(),
+        ..CreateNetwork::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["lodge", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(a) => a,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn network_flags_become_hypemans_network() {
+        let body = |a: &[&str]| {
+            serde_json::to_value(request_body(&run_args(a)).expect("valid")).expect("json")
+        };
+        let v = body(&["--rootfs", "/r", "sh"]);
+        assert!(v.get("network").is_none(), "{v}");
+        let v = body(&["--network", "none", "--rootfs", "/r", "sh"]);
+        assert_eq!(v["network"], serde_json::json!({"enabled": false}));
+        let v = body(&["--bandwidth-down", "10Mbps", "--rootfs", "/r", "sh"]);
+        assert_eq!(
+            v["network"],
+            serde_json::json!({"bandwidth_download": "10Mbps"})
+        );
+        let v = body(&["--network", "default", "--bandwidth-up", "1MB/s", "busybox"]);
+        assert_eq!(
+            v["network"],
+            serde_json::json!({"enabled": true, "bandwidth_upload": "1MB/s"})
+        );
+        let err =
+            request_body(&run_args(&["--bandwidth-up", "fast", "busybox"])).expect_err("bad rate");
+        assert!(
+            format!("{err:#}").contains("--bandwidth-up \"fast\""),
+            "{err:#}"
+        );
+        assert!(request_body(&run_args(&[
+            "--network",
+            "none",
+            "--bandwidth-up",
+            "1Mbps",
+            "busybox"
+        ]))
+        .is_err());
+        assert!(Cli::try_parse_from(["lodge", "run", "--network", "host", "busybox"]).is_err());
+    }
 }

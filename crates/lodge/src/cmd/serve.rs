@@ -1,4 +1,10 @@
 //! `lodge serve`: the API daemon.
+//!
+//! Start-up order matters for networking: the default network is set up
+//! (or converged) before the manager exists and before the API listens, and
+//! leftovers are reaped once before the first request; any failure there
+//! ends the start, so the daemon never serves half-configured. The reaper
+//! then runs every `REAP_INTERVAL`, whether or not any VM runs.
 
 use std::sync::Arc;
 
@@ -7,6 +13,7 @@ use anyhow::{Context, Result};
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::instances::net::{DaemonNet, REAP_INTERVAL};
 use crate::instances::Manager;
 
 pub fn run() -> Result<u8> {
@@ -30,8 +37,45 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     let auth = Arc::new(Auth::load(&cfg.data_dir)?);
     let accel = crate::accel::decide(&cfg).await?;
     let images = crate::api::open_images(&cfg)?;
-    let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone())?);
+    let net = match &cfg.network {
+        Some(net_cfg) => {
+            let dn = DaemonNet::setup(net_cfg, &cfg.paths().network_leases())
+                .await
+                .map_err(network_setup_error)?;
+            tracing::info!(
+                "network: bridge {} ({} via gateway {}), uplink {}",
+                dn.network.bridge,
+                dn.network.subnet,
+                dn.network.gateway(),
+                dn.network.uplink
+            );
+            Some(Arc::new(dn))
+        }
+        None => {
+            tracing::info!("network: off (LODGE_NETWORK=off or not root); instances get no NIC");
+            None
+        }
+    };
+    let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone(), net)?);
     manager.sweep();
+    manager
+        .reap_network()
+        .await
+        .context("removing network leftovers of instances that are gone")?;
+    if manager.network().is_some() {
+        let reaper = manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate; that reap just ran
+            loop {
+                tick.tick().await;
+                if let Err(e) = reaper.reap_network().await {
+                    tracing::warn!("network reaper: {e}");
+                }
+            }
+        });
+    }
     let app = api::router(AppState {
         manager,
         auth,
@@ -52,6 +96,19 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         _ = shutdown_signal() => tracing::info!("lodge: shutting down; VMs keep running"),
     }
     Ok(())
+}
+
+/// The setup error, with what to do about it when that is clear.
+fn network_setup_error(e: lodge_net::NetError) -> anyhow::Error {
+    match e {
+        lodge_net::NetError::PermissionDenied => {
+            anyhow::anyhow!("networking needs root (CAP_NET_ADMIN); set LODGE_NETWORK=off")
+        }
+        lodge_net::NetError::NoUplink => anyhow::anyhow!(
+            "setting up the default network: {e} (or set LODGE_NETWORK=off to run without a network)"
+        ),
+        other => anyhow::Error::new(other).context("setting up the default network"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,9 +2,9 @@
 //! the name, prepare the instance directory under a staging name, move it
 //! into place and boot it.
 //!
-//! A failed create leaves nothing behind; when undoing it fails too, the
-//! caller gets both errors ([`Error::with_cleanup`]) instead of a cleanup
-//! silently dropped.
+//! A failed create leaves nothing behind (directory, TAP, address lease);
+//! when undoing it fails too, the caller gets both errors
+//! ([`Error::with_cleanup`]) instead of a cleanup silently dropped.
 
 use std::time::SystemTime;
 
@@ -12,6 +12,7 @@ use super::error::{io, Error, Result};
 use super::lifecycle::guest_config;
 use super::manager::Manager;
 use super::naming;
+use super::net::NetworkRecord;
 use super::oplog::oplog;
 use super::spec::{CreateRequest, CreateSpec, RootRequest, RootSource};
 use super::store::{self, Metadata, Paths};
@@ -40,6 +41,7 @@ impl Manager {
 
     async fn create_from_spec(&self, spec: CreateSpec) -> Result<Instance> {
         spec.validate()?;
+        let attach = self.attach_network(&spec)?;
         // Claim the name, so slow disk preparation runs outside any lock
         // while a second create of the same name is refused at once.
         let name = spec.name.as_str();
@@ -51,6 +53,20 @@ impl Manager {
             .ok_or_else(|| Error::NameTaken(name.to_string()))?;
         let id = naming::new_id();
         let paths = self.paths(&id);
+        // The lease is taken first (the guest's config disk carries the
+        // address) and the reaper is kept out until the record is in place.
+        let (gate, lease) = match (&self.net, attach) {
+            (Some(dn), true) => {
+                let gate = dn.gate.read().await;
+                let lease = dn.alloc.allocate(&id)?;
+                (Some(gate), Some(lease))
+            }
+            _ => (None, None),
+        };
+        let record = lease
+            .as_ref()
+            .map(|l| NetworkRecord::new(l, spec.network.limits));
+        let network = self.net.as_ref().map(|dn| dn.network.clone());
         // Prepared under a staging name that listing ignores, then renamed
         // into place, so a failed create leaves nothing behind.
         let staging = Paths {
@@ -59,30 +75,31 @@ impl Manager {
         let prepared = {
             let staging = staging.clone();
             let id = id.clone();
-            tokio::task::spawn_blocking(move || prepare(&staging, &id, &spec))
-                .await
-                .map_err(|e| Error::Task {
-                    what: "create",
-                    source: Some(e),
-                })
-                .and_then(|r| r)
+            tokio::task::spawn_blocking(move || {
+                prepare(&staging, &id, &spec, record, network.as_ref())
+            })
+            .await
+            .map_err(|e| Error::Task {
+                what: "create",
+                source: Some(e),
+            })
+            .and_then(|r| r)
         };
         let meta = match prepared {
             Ok(meta) => meta,
             Err(e) => {
-                return Err(Error::with_cleanup(
-                    e,
-                    remove_dir(&staging).err().into_iter().collect(),
-                ))
+                let mut cleanup: Vec<Error> = remove_dir(&staging).err().into_iter().collect();
+                cleanup.extend(self.release_lease(&id).err());
+                return Err(Error::with_cleanup(e, cleanup));
             }
         };
         if let Err(e) = std::fs::rename(&staging.dir, &paths.dir) {
             let run = io(format!("creating {}", paths.dir.display()))(e);
-            return Err(Error::with_cleanup(
-                run,
-                remove_dir(&staging).err().into_iter().collect(),
-            ));
+            let mut cleanup: Vec<Error> = remove_dir(&staging).err().into_iter().collect();
+            cleanup.extend(self.release_lease(&id).err());
+            return Err(Error::with_cleanup(run, cleanup));
         }
+        drop(gate);
         oplog(
             &paths,
             &format!("created name={} image={}", meta.name, meta.image),
@@ -96,13 +113,38 @@ impl Manager {
             if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
                 cleanup.push(c);
             }
+            if let Err(c) = self.tap_down(&meta).await {
+                cleanup.push(c);
+            }
             if let Err(c) = remove_dir(&paths) {
+                cleanup.push(c);
+            }
+            // Only once the record is gone, so the address is never
+            // handed out while this instance still names it.
+            if let Err(c) = self.release_lease(&id) {
                 cleanup.push(c);
             }
             return Err(Error::with_cleanup(e, cleanup));
         }
         let meta = store::load(&paths).map_err(io("reading instance record"))?;
         Ok(self.view(&meta))
+    }
+}
+
+impl Manager {
+    /// Whether the new instance goes on the default network: hypeman's
+    /// default is yes, so an unsaid `enabled` follows the daemon, while an
+    /// explicit request for a network the daemon lacks is refused.
+    fn attach_network(&self, spec: &CreateSpec) -> Result<bool> {
+        let req = spec.network;
+        let limited = req.limits.download.is_some() || req.limits.upload.is_some();
+        match (req.enabled, self.net.is_some()) {
+            (Some(false), _) => Ok(false),
+            (_, true) => Ok(true),
+            (Some(true), false) => Err(Error::NetworkDisabled),
+            (None, false) if limited => Err(Error::NetworkDisabled),
+            (None, false) => Ok(false),
+        }
     }
 }
 
@@ -116,7 +158,13 @@ fn remove_dir(paths: &Paths) -> Result<()> {
 }
 
 /// Builds the instance directory's contents: record, disks, log dir.
-fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
+fn prepare(
+    dir: &Paths,
+    id: &str,
+    spec: &CreateSpec,
+    network: Option<NetworkRecord>,
+    net: Option<&lodge_net::Network>,
+) -> Result<Metadata> {
     std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
     // The two disks are independent: make them side by side.
     let overlay = {
@@ -161,8 +209,9 @@ fn prepare(dir: &Paths, id: &str, spec: &CreateSpec) -> Result<Metadata> {
         paused: false,
         started_at: None,
         stopped_at: None,
+        network,
     };
-    disks::raw_image(&dir.config_disk(), &guest_config(&meta).encode())?;
+    disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;
     Ok(meta)
 }

@@ -60,6 +60,12 @@ pub enum Error {
         #[source]
         source: Option<tokio::task::JoinError>,
     },
+    /// The request asked for a network and this daemon runs without one.
+    #[error("networking is off in this daemon (LODGE_NETWORK=off, or not run as root): create the instance with network.enabled=false, or start the daemon as root with networking on")]
+    NetworkDisabled,
+    /// Setting up or tearing down the instance's network failed.
+    #[error(transparent)]
+    Network(#[from] lodge_net::NetError),
     /// An operation failed and undoing its partial work failed too.
     #[error(transparent)]
     CreateFailed(Box<CreateFailed>),

@@ -2,11 +2,16 @@
 //! create and start), stop, start and delete. Each runs under the
 //! instance's lock and re-derives the state first, so a verb that does not
 //! fit the state is refused with [`Error::WrongState`].
+//!
+//! An instance on the default network has its TAP exactly while its VMM
+//! may run: made by `boot` just before the VMM starts, deleted by stop
+//! (once the VMM has exited) and delete; delete also returns the address.
 
 use std::time::{Duration, SystemTime};
 
 use super::error::{io, Error, Result};
 use super::manager::{Locked, Manager};
+use super::net;
 use super::observe::{monitor_alive, observe};
 use super::oplog::oplog;
 use super::spec::check_runnable;
@@ -31,6 +36,10 @@ impl Manager {
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;
         store::save(paths, &meta).map_err(io("writing instance record"))?;
+        if let Some(rec) = &meta.network {
+            let dn = self.net.as_deref().ok_or(Error::NetworkDisabled)?;
+            net::tap_up(dn, &meta, rec).await?;
+        }
         self.launcher.start(paths, &meta).await?;
         oplog(paths, "started");
         Ok(())
@@ -57,6 +66,8 @@ impl Manager {
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        // The VMM has exited: nothing holds the TAP any more.
+        self.tap_down(&meta).await?;
         oplog(
             &paths,
             if graceful {
@@ -96,8 +107,22 @@ impl Manager {
             meta.cmd = c;
         }
         check_runnable(&meta.entrypoint, &meta.cmd)?;
-        disks::raw_image(&paths.config_disk(), &guest_config(&meta).encode())?;
-        self.boot(&paths, meta).await?;
+        let network = self.net.as_deref().map(|dn| &dn.network);
+        disks::raw_image(
+            &paths.config_disk(),
+            &guest_config(&meta, network)?.encode(),
+        )?;
+        if let Err(e) = self.boot(&paths, meta.clone()).await {
+            // Back to stopped: no VMM, no TAP.
+            let mut cleanup = Vec::new();
+            if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
+                cleanup.push(c);
+            }
+            if let Err(c) = self.tap_down(&meta).await {
+                cleanup.push(c);
+            }
+            return Err(Error::with_cleanup(e, cleanup));
+        }
         let meta = store::load(&paths).map_err(io("reading instance record"))?;
         Ok(self.view(&meta))
     }
@@ -117,25 +142,77 @@ impl Manager {
                 self.launcher.force_stop(&paths, &meta).await?;
             }
         }
+        // Before the record goes, so a failure here can be retried.
+        self.tap_down(&meta).await?;
         // Renamed first so that a crash mid-removal leaves no half record.
         let trash = self.cfg.paths().guest_deleting(&id);
         std::fs::rename(&paths.dir, &trash).map_err(io(format!("deleting instance {id}")))?;
         std::fs::remove_dir_all(&trash).map_err(io(format!("removing {}", trash.display())))?;
         self.forget_lock(&id);
+        // Last: the address is free only once no record names it (if this
+        // fails, the reaper releases it, as the instance is gone).
+        self.release_lease(&id)
+    }
+
+    /// Deletes the instance's TAP (and its traffic control state), if it
+    /// is on the network. Call only once its VMM has exited.
+    pub(super) async fn tap_down(&self, meta: &Metadata) -> Result<()> {
+        if meta.network.is_none() {
+            return Ok(());
+        }
+        if self.net.is_none() {
+            tracing::warn!(
+                "instance {} has a network but this daemon runs without one; its TAP (if any) is left for a daemon with networking on",
+                meta.id
+            );
+            return Ok(());
+        }
+        lodge_net::delete_tap(&meta.id).await?;
+        Ok(())
+    }
+
+    /// Gives the instance's address back (nothing to do without one).
+    pub(super) fn release_lease(&self, id: &str) -> Result<()> {
+        if let Some(dn) = &self.net {
+            dn.alloc.release(id)?;
+        }
         Ok(())
     }
 }
 
-/// What the guest init runs, from the record.
-pub(super) fn guest_config(meta: &Metadata) -> lodge_guest::GuestConfig {
+/// What the guest init runs, from the record, and (for an instance on the
+/// default network `net`) how it configures its NIC.
+pub(super) fn guest_config(
+    meta: &Metadata,
+    net: Option<&lodge_net::Network>,
+) -> Result<lodge_guest::GuestConfig> {
     let mut argv = meta.entrypoint.clone();
     argv.extend(meta.cmd.iter().cloned());
-    lodge_guest::GuestConfig {
+    let network = match (&meta.network, net) {
+        (None, _) => None,
+        (Some(rec), Some(net)) => Some(lodge_guest::NetworkConfig {
+            mac: lodge_guest::MacAddr(rec.mac()?.octets()),
+            ip: rec.ip,
+            prefix_len: net.prefix_len(),
+            gateway: net.gateway(),
+            mtu: Some(net.mtu()),
+            // glibc and musl read only the first three.
+            dns: net
+                .dns
+                .iter()
+                .take(lodge_guest::network::MAX_DNS_SERVERS)
+                .copied()
+                .collect(),
+            name: meta.name.clone(),
+        }),
+        (Some(_), None) => return Err(Error::NetworkDisabled),
+    };
+    Ok(lodge_guest::GuestConfig {
         argv,
         env: meta.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         workdir: meta.workdir.clone(),
         hostname: Some(meta.name.clone()),
         user: meta.user.clone(),
-        network: None,
-    }
+        network,
+    })
 }

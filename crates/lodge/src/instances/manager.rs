@@ -16,7 +16,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::error::{io, Error, Result};
 use super::monitor::Launcher;
 use super::naming::Claims;
-use super::observe::observe;
+use super::net::{self, DaemonNet};
+use super::observe::{monitor_alive, observe};
 use super::state::{self, State};
 use super::store::{self, Metadata, Paths};
 use super::view::Instance;
@@ -34,6 +35,8 @@ pub struct Manager {
     pub(super) claims: Claims,
     /// Connections to the guest agents of running instances.
     agents: crate::agent::Pool,
+    /// The default network; `None` when the daemon runs without one.
+    pub(super) net: Option<Arc<DaemonNet>>,
 }
 
 /// Where a running instance's guest agent is reached.
@@ -54,7 +57,12 @@ pub(super) struct Locked {
 impl Manager {
     /// A manager of the instances under `cfg`'s data dir, running QEMU
     /// guests under `accel` and booting images from `images`.
-    pub fn new(cfg: Arc<Config>, accel: Accel, images: Arc<lodge_images::Images>) -> Result<Self> {
+    pub fn new(
+        cfg: Arc<Config>,
+        accel: Accel,
+        images: Arc<lodge_images::Images>,
+        net: Option<Arc<DaemonNet>>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(cfg.guests_dir())
             .map_err(io(format!("creating {}", cfg.guests_dir().display())))?;
         let backends = Backends::new(
@@ -69,6 +77,7 @@ impl Manager {
             locks: Mutex::new(HashMap::new()),
             claims: Claims::default(),
             agents: crate::agent::Pool::default(),
+            net,
         })
     }
 
@@ -177,6 +186,50 @@ impl Manager {
     pub fn log_dir(&self, key: &str) -> Result<PathBuf> {
         let id = self.resolve(key)?;
         Ok(self.paths(&id).logs())
+    }
+
+    /// The default network, when the daemon has one.
+    pub fn network(&self) -> Option<&DaemonNet> {
+        self.net.as_deref()
+    }
+
+    /// Removes network leftovers (see `net`): TAPs and leases of instances
+    /// that have no record, and the TAP of an instance whose VM has ended
+    /// by itself (nothing else stops it, so no verb deleted its TAP).
+    /// Without a network there is nothing to do.
+    pub async fn reap_network(&self) -> Result<()> {
+        let Some(dn) = &self.net else {
+            return Ok(());
+        };
+        let reaped = net::reap(dn, &self.cfg.guests_dir()).await?;
+        for dev in &reaped.devices {
+            tracing::info!("network: removed {dev}, left by an instance that is gone");
+        }
+        for lease in &reaped.leases {
+            tracing::info!(
+                "network: released {} of instance {}, which is gone",
+                lease.ip,
+                lease.instance_id
+            );
+        }
+        for meta in self.all()? {
+            if meta.network.is_none() || monitor_alive(&self.paths(&meta.id).logs()) {
+                continue;
+            }
+            // Busy means a verb is working on it and will see to its TAP.
+            let Ok(_guard) = self.lock_for(&meta.id).try_lock_owned() else {
+                continue;
+            };
+            if !monitor_alive(&self.paths(&meta.id).logs())
+                && lodge_net::delete_tap(&meta.id).await?
+            {
+                tracing::info!(
+                    "network: removed the TAP of {}, whose VM has ended",
+                    meta.id
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Removes debris of creates or deletes interrupted by a crash.

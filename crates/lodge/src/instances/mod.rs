@@ -16,6 +16,8 @@
 //! - `spec`: the typed create request and its pure validation;
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
+//! - `net`: the default network as the daemon set it up, each instance's
+//!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
 //!   hypervisor backend the instance was created with;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
@@ -28,6 +30,7 @@ mod lifecycle;
 mod manager;
 mod monitor;
 pub mod naming;
+pub mod net;
 mod observe;
 mod oplog;
 pub mod spec;
@@ -39,4 +42,4 @@ pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
-pub use view::Instance;
+pub use view::{Instance, InstanceNetwork};

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lodge_hypervisor::{
-    Backend, BackendError, Backends, DiskConfig, Feature, Hypervisor, HypervisorKind,
+    Backend, BackendError, Backends, DiskConfig, Feature, Hypervisor, HypervisorKind, NicConfig,
     VirtioSerialChannel, VmConfig,
 };
 
@@ -71,10 +71,24 @@ impl Launcher {
         self.backends.get(kind)
     }
 
-    /// The generic VM description of an instance.
-    pub fn vm_config(&self, backend: &Backend, paths: &Paths, meta: &Metadata) -> VmConfig {
+    /// The generic VM description of an instance. An instance on the
+    /// default network gets one NIC on its TAP (made by the caller before
+    /// the VMM starts); one without gets no network device at all.
+    pub fn vm_config(
+        &self,
+        backend: &Backend,
+        paths: &Paths,
+        meta: &Metadata,
+    ) -> Result<VmConfig, lodge_net::NetError> {
         let caps = backend.capabilities();
-        VmConfig {
+        let nics = match &meta.network {
+            Some(rec) => vec![NicConfig {
+                tap: lodge_net::tap_name(&meta.id)?.to_string(),
+                mac: rec.mac()?.octets(),
+            }],
+            None => Vec::new(),
+        };
+        Ok(VmConfig {
             id: meta.id.clone(),
             name: meta.name.clone(),
             vcpus: meta.vcpus,
@@ -99,7 +113,8 @@ impl Launcher {
                 socket: paths.agent_socket(),
                 port_name: lodge_guest::agent::AGENT_PORT.to_string(),
             }),
-        }
+            nics,
+        })
     }
 
     /// Fails unless the instance's backend can reach a guest agent.
@@ -115,7 +130,7 @@ impl Launcher {
     /// monitor holds its lock (so a follower attached right after sees it).
     pub async fn start(&self, paths: &Paths, meta: &Metadata) -> Result<()> {
         let backend = self.backend(meta.hypervisor)?;
-        let vm = self.vm_config(&backend, paths, meta);
+        let vm = self.vm_config(&backend, paths, meta)?;
         let argv = backend.vmm_command(&vm)?;
         let mut cmd = std::process::Command::new(&self.cfg.lodge_exe);
         cmd.arg("supervise")
@@ -187,7 +202,7 @@ impl Launcher {
             self.force_stop(paths, meta).await?;
             return Ok(false);
         }
-        let vm = self.vm_config(&backend, paths, meta);
+        let vm = self.vm_config(&backend, paths, meta)?;
         // A power-button press is lost if it lands before the guest watches
         // the button, so press again every second until the deadline.
         let deadline = Instant::now() + timeout;
@@ -218,14 +233,17 @@ impl Launcher {
             return Ok(());
         }
         match self.backend(meta.hypervisor) {
-            Ok(backend) => {
-                let vm = self.vm_config(&backend, paths, meta);
-                if let Err(e) = backend.force_stop(&vm).await {
-                    if !e.vmm_gone() {
-                        tracing::warn!("force stop of {}: {e}", meta.id);
+            Ok(backend) => match self.vm_config(&backend, paths, meta) {
+                Ok(vm) => {
+                    if let Err(e) = backend.force_stop(&vm).await {
+                        if !e.vmm_gone() {
+                            tracing::warn!("force stop of {}: {e}", meta.id);
+                        }
                     }
                 }
-            }
+                // Killing the process below needs no config.
+                Err(e) => tracing::warn!("force stop of {}: {e}", meta.id),
+            },
             // Killing the process below needs no backend.
             Err(e) => tracing::warn!("force stop of {}: {e}", meta.id),
         }

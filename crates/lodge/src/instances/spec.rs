@@ -13,6 +13,7 @@ use lodge_hypervisor::HypervisorKind;
 use lodge_images::runconfig::{self, RunConfig};
 
 use super::naming::Name;
+pub use super::net::NetworkRequest;
 
 /// Default resources, as hypeman's.
 pub const DEFAULT_VCPUS: u32 = 2;
@@ -34,6 +35,9 @@ pub struct CreateRequest {
     pub memory_bytes: Option<u64>,
     pub overlay_bytes: Option<u64>,
     pub run: RunOverrides,
+    /// hypeman's `network`; whether it can be honoured is the manager's
+    /// call (it knows whether the daemon has a network).
+    pub network: NetworkRequest,
 }
 
 /// What the instance boots, as asked for.
@@ -88,6 +92,7 @@ pub struct CreateSpec {
     pub workdir: String,
     /// Numeric `uid[:gid]` to run as (an image's `User`); `None` is root.
     pub user: Option<String>,
+    pub network: NetworkRequest,
 }
 
 /// Which rule of a create spec was broken.
@@ -176,6 +181,7 @@ impl CreateSpec {
             env: run.env,
             workdir: run.workdir,
             user: run.user,
+            network: req.network,
         })
     }
 
@@ -244,6 +250,7 @@ mod tests {
                 cmd: Some(vec!["echo".into(), "hi".into()]),
                 ..RunOverrides::default()
             },
+            network: NetworkRequest::default(),
         }
     }
 

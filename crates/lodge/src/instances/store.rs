@@ -48,6 +48,10 @@ pub struct Metadata {
     pub started_at: Option<SystemTime>,
     #[serde(default, with = "humantime_serde_compat::option")]
     pub stopped_at: Option<SystemTime>,
+    /// The instance's address on the default network; `None` for an
+    /// instance without a network (and every record from before networking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::net::NetworkRecord>,
 }
 
 /// Layout of one instance directory: lodge-common's, the one definition.
@@ -153,6 +157,12 @@ mod tests {
             paused: false,
             started_at: None,
             stopped_at: Some(SystemTime::now()),
+            network: Some(crate::instances::net::NetworkRecord {
+                ip: std::net::Ipv4Addr::new(10, 100, 0, 2),
+                mac: "02:4c:0a:64:00:02".into(),
+                bandwidth_download: Some("10Mbps".into()),
+                bandwidth_upload: None,
+            }),
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");
@@ -162,6 +172,9 @@ mod tests {
             serde_json::from_slice(&std::fs::read(paths.metadata()).expect("read")).expect("json");
         assert_eq!(json["hypervisor"], HypervisorKind::Qemu.as_str());
         assert!(back.stopped_at.is_some());
+        assert_eq!(back.network, meta.network);
+        assert_eq!(json["network"]["ip"], "10.100.0.2");
+        assert!(json["network"].get("bandwidth_upload").is_none());
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
             list_ids(dir.path()).expect("list"),
@@ -183,5 +196,6 @@ mod tests {
         assert_eq!(meta.hypervisor, HypervisorKind::Qemu);
         assert!(!meta.paused);
         assert_eq!(meta.root_disk, None);
+        assert_eq!(meta.network, None);
     }
 }

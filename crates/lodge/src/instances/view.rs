@@ -6,6 +6,7 @@ use lodge_common::size::format_hypeman as human_size;
 use lodge_common::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
+use super::net::DEFAULT_NETWORK_NAME;
 use super::state::{self, Observed, State};
 use super::store::Metadata;
 
@@ -33,6 +34,37 @@ pub struct Instance {
     pub cmd: Vec<String>,
     pub hypervisor: String,
     pub has_snapshot: bool,
+    /// Always present, as in hypeman (`enabled: false` and null addresses
+    /// for an instance without a network). Defaulted when reading a daemon
+    /// from before networking.
+    #[serde(default)]
+    pub network: InstanceNetwork,
+}
+
+/// hypeman's `Instance.network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceNetwork {
+    pub enabled: bool,
+    /// Always `default`: lodge has one network.
+    pub name: String,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    pub bandwidth_download: Option<String>,
+    pub bandwidth_upload: Option<String>,
+}
+
+impl InstanceNetwork {
+    fn of(meta: &Metadata) -> Self {
+        let rec = meta.network.as_ref();
+        InstanceNetwork {
+            enabled: rec.is_some(),
+            name: DEFAULT_NETWORK_NAME.to_string(),
+            ip: rec.map(|r| r.ip.to_string()),
+            mac: rec.map(|r| r.mac.clone()),
+            bandwidth_download: rec.and_then(|r| r.bandwidth_download.clone()),
+            bandwidth_upload: rec.and_then(|r| r.bandwidth_upload.clone()),
+        }
+    }
 }
 
 impl Instance {
@@ -67,6 +99,7 @@ impl Instance {
             cmd: meta.cmd.clone(),
             hypervisor: meta.hypervisor.to_string(),
             has_snapshot: false,
+            network: InstanceNetwork::of(meta),
         }
     }
 }

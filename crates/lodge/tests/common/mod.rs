@@ -1,6 +1,13 @@
 //! The one harness for tests that run the real daemon and boot real VMs:
 //! start `lodge serve` on a free loopback port with its own data dir, call
 //! the API, and wait for conditions with a deadline.
+//!
+//! Networking: every daemon started here runs with `LODGE_NETWORK=off`, as
+//! a root daemon would otherwise set up a bridge and an nftables table on
+//! the host the tests run on. Only tests that built a world of their own
+//! in network namespaces and run *inside* it (network_e2e re-executes
+//! itself under `ip netns exec`) ask for a network, with
+//! [`Daemon::start_with_env`].
 
 #![allow(dead_code)]
 
@@ -111,6 +118,8 @@ pub struct Daemon {
     pub token: String,
     port: u16,
     http: reqwest::blocking::Client,
+    /// Extra environment of `lodge serve` (networking off unless overridden).
+    env: Vec<(String, String)>,
 }
 
 pub struct Response {
@@ -123,6 +132,18 @@ impl Daemon {
     /// A daemon on a data dir whose path holds a comma and a space, so every
     /// test also checks that such paths reach QEMU intact.
     pub fn start() -> Daemon {
+        Self::start_with_env(&[])
+    }
+
+    /// [`Daemon::start`] with extra variables for `lodge serve`, which
+    /// override the harness's own (`LODGE_NETWORK=off`). Only a test inside
+    /// a network namespace of its own may turn networking on.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        let mut vars = vec![("LODGE_NETWORK".to_string(), "off".to_string())];
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
         let tmp = tempfile::Builder::new()
             .prefix("lodge-e2e")
             .tempdir()
@@ -141,6 +162,7 @@ impl Daemon {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .expect("client"),
+            env: vars,
         };
         d.spawn();
         let out = d.lodge(&["token"]);
@@ -167,6 +189,7 @@ impl Daemon {
                 "LODGE_ACCEL",
                 std::env::var("LODGE_ACCEL").unwrap_or_else(|_| "tcg".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -175,10 +198,18 @@ impl Daemon {
         self.child = Some(child);
         let url = format!("{}/health", self.base);
         let http = self.http.clone();
+        let serve_log = self.data_dir.join("serve.log");
+        let child = self.child.as_mut().expect("just spawned");
         wait_until(
             "the daemon to answer /health",
             Duration::from_secs(60),
             || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "lodge serve exited ({status}) before answering: {}",
+                        std::fs::read_to_string(&serve_log).unwrap_or_default()
+                    );
+                }
                 http.get(&url)
                     .send()
                     .ok()
