@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
+use super::state::AppState;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capabilities {

@@ -21,14 +21,13 @@
 //! the reaper never sees a lease whose record is about to appear.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use lodge_net::{Allocator, Bandwidth, Lease, Limits, Network};
-use serde::{Deserialize, Serialize};
+use lodge_net::{Allocator, Lease, Limits, Network};
 use tokio::sync::RwLock;
 
+pub use super::store::NetworkRecord;
 use super::store::{self, Metadata};
 
 /// How often the daemon looks for leftovers of vanished instances.
@@ -68,47 +67,6 @@ pub struct NetworkRequest {
     /// network); `Some(b)`: asked for explicitly.
     pub enabled: Option<bool>,
     pub limits: Limits,
-}
-
-/// An instance's place on the default network, persisted in its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRecord {
-    pub ip: Ipv4Addr,
-    /// `02:4c:…` (lodge-net derives it from the address).
-    pub mac: String,
-    /// hypeman's rate strings, in lodge's canonical bit-rate form.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_download: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_upload: Option<String>,
-}
-
-impl NetworkRecord {
-    pub fn new(lease: &Lease, limits: Limits) -> Self {
-        NetworkRecord {
-            ip: lease.ip,
-            mac: lease.mac.to_string(),
-            bandwidth_download: limits.download.map(|b| b.to_string()),
-            bandwidth_upload: limits.upload.map(|b| b.to_string()),
-        }
-    }
-
-    pub fn mac(&self) -> Result<lodge_net::MacAddr, lodge_net::NetError> {
-        self.mac
-            .parse()
-            .map_err(|reason: String| lodge_net::NetError::Io {
-                op: format!("reading the instance's MAC {:?}", self.mac),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
-            })
-    }
-
-    pub fn limits(&self) -> Result<Limits, lodge_net::NetError> {
-        let parse = |s: &Option<String>| s.as_deref().map(str::parse::<Bandwidth>).transpose();
-        Ok(Limits {
-            download: parse(&self.bandwidth_download)?,
-            upload: parse(&self.bandwidth_upload)?,
-        })
-    }
 }
 
 /// Makes the instance's TAP (see the module docs); returns its name.
@@ -171,6 +129,7 @@ pub async fn reap(net: &DaemonNet, guests: &Path) -> Result<Reaped, lodge_net::N
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn record_keeps_the_lease_and_canonical_limits() {

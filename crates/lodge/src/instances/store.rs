@@ -51,7 +51,52 @@ pub struct Metadata {
     /// The instance's address on the default network; `None` for an
     /// instance without a network (and every record from before networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<super::net::NetworkRecord>,
+    pub network: Option<NetworkRecord>,
+}
+
+/// An instance's place on the default network, persisted in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub ip: std::net::Ipv4Addr,
+    /// `02:4c:…` (lodge-net derives it from the address).
+    pub mac: String,
+    /// hypeman's rate strings, in lodge's canonical bit-rate form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_download: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_upload: Option<String>,
+}
+
+impl NetworkRecord {
+    pub fn new(lease: &lodge_net::Lease, limits: lodge_net::Limits) -> Self {
+        NetworkRecord {
+            ip: lease.ip,
+            mac: lease.mac.to_string(),
+            bandwidth_download: limits.download.map(|b| b.to_string()),
+            bandwidth_upload: limits.upload.map(|b| b.to_string()),
+        }
+    }
+
+    pub fn mac(&self) -> Result<lodge_net::MacAddr, lodge_net::NetError> {
+        self.mac
+            .parse()
+            .map_err(|reason: String| lodge_net::NetError::Io {
+                op: format!("reading the instance's MAC {:?}", self.mac),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+            })
+    }
+
+    pub fn limits(&self) -> Result<lodge_net::Limits, lodge_net::NetError> {
+        let parse = |s: &Option<String>| {
+            s.as_deref()
+                .map(str::parse::<lodge_net::Bandwidth>)
+                .transpose()
+        };
+        Ok(lodge_net::Limits {
+            download: parse(&self.bandwidth_download)?,
+            upload: parse(&self.bandwidth_upload)?,
+        })
+    }
 }
 
 /// Layout of one instance directory: lodge-common's, the one definition.
@@ -157,7 +202,7 @@ mod tests {
             paused: false,
             started_at: None,
             stopped_at: Some(SystemTime::now()),
-            network: Some(crate::instances::net::NetworkRecord {
+            network: Some(NetworkRecord {
                 ip: std::net::Ipv4Addr::new(10, 100, 0, 2),
                 mac: "02:4c:0a:64:00:02".into(),
                 bandwidth_download: Some("10Mbps".into()),
