@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::error::{io, Error, Result};
 use super::manager::{Locked, Manager};
-use super::observe::{monitor_alive, observe};
+use super::observe::{kill_orphan_vmm, monitor_alive, observe};
 use super::oplog::oplog;
 use super::spec::check_runnable;
 use super::state::{self, State};
@@ -53,6 +53,10 @@ impl Manager {
             });
         }
         oplog(&paths, "stopping");
+        // A VMM whose monitor is gone cannot be asked to stop: kill it.
+        kill_orphan_vmm(&paths.logs())
+            .await
+            .map_err(io("stopping a VMM left without its monitor"))?;
         let graceful = self.launcher.stop(&paths, &meta, STOP_TIMEOUT).await?;
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
@@ -117,6 +121,10 @@ impl Manager {
                 self.launcher.force_stop(&paths, &meta).await?;
             }
         }
+        // Never remove disks under a VMM left running without its monitor.
+        kill_orphan_vmm(&paths.logs())
+            .await
+            .map_err(io("stopping a VMM left without its monitor"))?;
         // Renamed first so that a crash mid-removal leaves no half record.
         let trash = self.cfg.paths().guest_deleting(&id);
         std::fs::rename(&paths.dir, &trash).map_err(io(format!("deleting instance {id}")))?;
