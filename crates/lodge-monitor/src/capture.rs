@@ -179,10 +179,7 @@ mod tests {
         let capture = Capture::create(dir.path());
         let path = dir.path().join(CAPTURE_JSON);
         assert_eq!(std::fs::metadata(&path)?.len(), RECORD_SIZE as u64);
-        assert_eq!(
-            read_capture_info(dir.path())?,
-            Some(CaptureInfo::default())
-        );
+        assert_eq!(read_capture_info(dir.path())?, Some(CaptureInfo::default()));
 
         let full = io::Error::from_raw_os_error(28);
         capture.stalled("app", &full);
@@ -197,10 +194,7 @@ mod tests {
 
         capture.resumed("app");
         capture.resumed("vmm");
-        assert_eq!(
-            read_capture_info(dir.path())?,
-            Some(CaptureInfo::default())
-        );
+        assert_eq!(read_capture_info(dir.path())?, Some(CaptureInfo::default()));
         assert_eq!(std::fs::metadata(&path)?.len(), RECORD_SIZE as u64);
         Ok(())
     }
@@ -210,10 +204,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join(CAPTURE_JSON), vec![b'x'; 3000])?;
         let _capture = Capture::create(dir.path());
-        assert_eq!(
-            read_capture_info(dir.path())?,
-            Some(CaptureInfo::default())
-        );
+        assert_eq!(read_capture_info(dir.path())?, Some(CaptureInfo::default()));
         Ok(())
     }
 }

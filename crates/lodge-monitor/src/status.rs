@@ -75,7 +75,10 @@ pub fn read_exit_info(dir: &Path) -> io::Result<Option<ExitInfo>> {
     read_json(dir, EXIT_JSON)
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> io::Result<Option<T>> {
     let path = dir.join(name);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,

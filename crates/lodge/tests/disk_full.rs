@@ -164,7 +164,10 @@ fn disk_full_holds_the_output_and_loses_nothing() -> TestResult {
     let filler = fs_.mnt.join("filler");
     let filled = fill(&filler)?;
     assert!(filled > 0, "the filler took the free space");
-    OpenOptions::new().write(true).open(&gate)?.write_all(b"go\n")?;
+    OpenOptions::new()
+        .write(true)
+        .open(&gate)?
+        .write_all(b"go\n")?;
 
     // While the disk is full: the monitor lives, and says capture stalled.
     let capture = logs.join("capture.json");

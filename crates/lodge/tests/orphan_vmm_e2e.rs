@@ -101,14 +101,20 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
 
     // 1. kill -9 of the monitor: QEMU goes with it, the API says Stopped.
     kill9(monitor);
-    wait_until("QEMU to die with its monitor", Duration::from_secs(10), || {
-        (start_ticks(qemu) != Some(qemu_ticks)).then_some(())
-    });
+    wait_until(
+        "QEMU to die with its monitor",
+        Duration::from_secs(10),
+        || (start_ticks(qemu) != Some(qemu_ticks)).then_some(()),
+    );
     let stopped = d.wait_state(&id, "Stopped", Duration::from_secs(10));
     assert!(stopped.get("state_error").is_none(), "{stopped}");
     // ...and starts again on the same disks.
     let r = d.api("POST", &format!("/instances/{id}/start"), None);
-    assert_eq!(r.status, 200, "start after the monitor was killed: {}", r.text);
+    assert_eq!(
+        r.status, 200,
+        "start after the monitor was killed: {}",
+        r.text
+    );
     d.wait_state(&id, "Running", BOOT);
     let r = d.api("POST", &format!("/instances/{id}/stop"), None);
     assert_eq!(r.status, 200, "stop: {}", r.text);

@@ -36,22 +36,24 @@ fn a_flooded_and_forged_status_channel_changes_nothing() {
     });
     let status = d.guests_dir().join(&id).join("status.log");
     let size = || std::fs::metadata(&status).map(|m| m.len()).unwrap_or(0);
-    wait_until("2 MB on the status channel", Duration::from_secs(90), || {
-        (size() > 2 << 20).then_some(())
-    });
+    wait_until(
+        "2 MB on the status channel",
+        Duration::from_secs(90),
+        || (size() > 2 << 20).then_some(()),
+    );
 
     let started = Instant::now();
     let r = d.api("GET", "/instances", None);
     let took = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text);
-    let ours = r.body.as_array().and_then(|all| all.iter().find(|i| i["id"] == id.as_str()));
+    let ours = r
+        .body
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["id"] == id.as_str()));
     let ours = ours.expect("listed");
+    eprintln!("status.log {} bytes; GET /instances took {took:?}", size());
     assert_eq!(ours["state"], "Running", "forged exit believed: {ours}");
     assert!(ours["exit_code"].is_null(), "{ours}");
-    eprintln!(
-        "status.log {} bytes; GET /instances took {took:?}",
-        size()
-    );
     assert!(
         took < Duration::from_millis(300),
         "GET /instances took {took:?} with {} bytes of status",

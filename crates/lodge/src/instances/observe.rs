@@ -151,7 +151,7 @@ pub async fn kill_orphan_vmm(log_dir: &Path) -> io::Result<bool> {
 /// bounded read of `status_file` (see the module doc).
 pub fn read_guest_progress(status_file: &Path) -> GuestProgress {
     match read_head_and_tail(status_file, STATUS_HEAD, STATUS_TAIL) {
-        Ok(Some((head, tail))) => progress_of_windows(&head, tail.as_deref()),
+        Ok(Some(w)) => progress_of_windows(&w.head, w.tail.as_deref()),
         Ok(None) => GuestProgress::NotStarted,
         Err(e) => {
             tracing::warn!("reading {}: {e}", status_file.display());
@@ -160,14 +160,19 @@ pub fn read_guest_progress(status_file: &Path) -> GuestProgress {
     }
 }
 
+/// The bounded view of a file that [`read_head_and_tail`] reads.
+#[derive(Debug)]
+struct Windows {
+    /// The first bytes (the whole file when it is short).
+    head: Vec<u8>,
+    /// The last bytes, when the file is longer than both windows together.
+    tail: Option<Vec<u8>>,
+}
+
 /// The first `head` bytes of `path`, and, if the file is longer than
 /// `head + tail`, its last `tail` bytes separately (`None` when the head
 /// already holds the whole file). `Ok(None)` when there is no file.
-fn read_head_and_tail(
-    path: &Path,
-    head: u64,
-    tail: u64,
-) -> io::Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+fn read_head_and_tail(path: &Path, head: u64, tail: u64) -> io::Result<Option<Windows>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -178,14 +183,20 @@ fn read_head_and_tail(
         let mut all = Vec::new();
         // The file may grow meanwhile: still read no more than the bound.
         file.take(head + tail).read_to_end(&mut all)?;
-        return Ok(Some((all, None)));
+        return Ok(Some(Windows {
+            head: all,
+            tail: None,
+        }));
     }
     let mut first = Vec::new();
     (&mut file).take(head).read_to_end(&mut first)?;
     file.seek(SeekFrom::Start(len - tail))?;
     let mut last = Vec::new();
     file.take(tail).read_to_end(&mut last)?;
-    Ok(Some((first, Some(last))))
+    Ok(Some(Windows {
+        head: first,
+        tail: Some(last),
+    }))
 }
 
 /// Progress from the head of the status file and, when the file was too
@@ -262,7 +273,10 @@ mod tests {
     #[test]
     fn empty_or_garbage_status_means_not_started() {
         assert_eq!(progress_of_str(""), GuestProgress::NotStarted);
-        assert_eq!(progress_of_str("hello\r\nworld\n"), GuestProgress::NotStarted);
+        assert_eq!(
+            progress_of_str("hello\r\nworld\n"),
+            GuestProgress::NotStarted
+        );
     }
 
     #[test]
@@ -299,10 +313,10 @@ mod tests {
         for _ in 0..16 {
             file.write_all(flood.as_bytes())?;
         }
-        let (head, tail) = read_head_and_tail(&path, STATUS_HEAD, STATUS_TAIL)?
+        let w = read_head_and_tail(&path, STATUS_HEAD, STATUS_TAIL)?
             .ok_or_else(|| io::Error::other("no file"))?;
-        assert_eq!(head.len() as u64, STATUS_HEAD);
-        assert_eq!(tail.map(|t| t.len() as u64), Some(STATUS_TAIL));
+        assert_eq!(w.head.len() as u64, STATUS_HEAD);
+        assert_eq!(w.tail.map(|t| t.len() as u64), Some(STATUS_TAIL));
 
         let started = Instant::now();
         for _ in 0..100 {

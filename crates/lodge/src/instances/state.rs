@@ -199,7 +199,10 @@ mod tests {
             assert_eq!(derive(&o), State::Running, "{forged:?} while the VMM runs");
             assert_eq!(state_error(&o), None);
             // Paused by lodge stays paused whatever the guest says.
-            assert_eq!(derive(&obs(true, true, true, forged.clone())), State::Paused);
+            assert_eq!(
+                derive(&obs(true, true, true, forged.clone())),
+                State::Paused
+            );
             // Once the VMM has really ended, the report is the guest's own.
             let mut ended = obs(false, true, false, forged.clone());
             ended.vmm_exit = Some(lodge_monitor::ExitInfo {
@@ -225,7 +228,10 @@ mod tests {
         o.orphan_vmm = Some(4242);
         assert_eq!(derive(&o), State::Unknown);
         let msg = state_error(&o).unwrap_or_default();
-        assert!(msg.contains("pid 4242") && msg.contains("without its monitor"), "{msg}");
+        assert!(
+            msg.contains("pid 4242") && msg.contains("without its monitor"),
+            "{msg}"
+        );
         // A live monitor is the truth; an orphan cannot be claimed then.
         o.monitor_alive = true;
         assert_eq!(derive(&o), State::Running);
@@ -247,7 +253,10 @@ mod tests {
         });
         assert_eq!(derive(&o), State::Running);
         let msg = state_error(&o).unwrap_or_default();
-        assert!(msg.contains("No space left") && msg.contains("app log"), "{msg}");
+        assert!(
+            msg.contains("No space left") && msg.contains("app log"),
+            "{msg}"
+        );
         // A dead monitor's last record is stale.
         o.monitor_alive = false;
         assert_eq!(state_error(&o), None);
