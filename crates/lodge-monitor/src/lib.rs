@@ -25,16 +25,24 @@
 //! It needs no terminal and no open stdout: started detached (`setsid`,
 //! stdio on /dev/null) it behaves the same, and the VM and its logs outlive
 //! the daemon that started it.
+//!
+//! It never panics on I/O once the command runs: a failing log write is
+//! waited out (see `pump`) and reported in `capture.json` (see `capture`),
+//! and diagnostics go through [`diag`], which ignores a failing stderr
+//! (the daemon's `monitor.err` sits on the same disk as the logs).
 
+mod capture;
 mod pump;
 pub mod status;
 mod validate;
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lodge_logs::{MonitorLock, RotatingWriter, Source, WriterError, MONITOR_LOCK};
@@ -42,8 +50,10 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+pub use capture::{read_capture_info, CaptureInfo, Stall, CAPTURE_JSON};
 pub use status::{
-    read_exit_info, read_monitor_info, ExitInfo, MonitorInfo, EXIT_JSON, MONITOR_JSON,
+    process_start_ticks, read_exit_info, read_monitor_info, ExitInfo, MonitorInfo, EXIT_JSON,
+    MONITOR_JSON,
 };
 
 /// Pipe capacity asked for each of the child's outputs: a burst of console
@@ -164,21 +174,33 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         pid: std::process::id(),
         child_pid,
         started_at: status::rfc3339(started_at),
+        // The child is ours and unreaped, so its /proc entry is there; if
+        // it cannot be read the daemon just cannot vouch for an orphan.
+        child_start_ticks: process_start_ticks(child_pid).ok().flatten(),
+        monitor_start_ticks: process_start_ticks(std::process::id()).ok().flatten(),
     };
     if let Err(err) = status::write_atomic(dir, MONITOR_JSON, &info) {
         // The daemon could not find the child: do not leave it running.
         kill_group(&child, Signal::KILL);
-        let _ = child.wait();
+        if let Err(wait) = child.wait() {
+            diag(format_args!("reaping the command: {wait}"));
+        }
         return Err(status_err(MONITOR_JSON)(err));
     }
 
+    let capture = Arc::new(capture::Capture::create(dir));
     let pumps = match (child.stdout.take(), child.stderr.take()) {
         (Some(stdout), Some(stderr)) => {
-            let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
-            let _ = rustix::pipe::fcntl_setpipe_size(&stderr, PIPE_SIZE);
+            for pipe in [stdout.as_fd(), stderr.as_fd()] {
+                if let Err(err) = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE) {
+                    // Only a smaller burst fits before the child waits.
+                    diag(format_args!("enlarging a pipe: {err}"));
+                }
+            }
+            let names = |pipe, log| pump::Names { pipe, log };
             [
-                pump::spawn("stdout", stdout, app),
-                pump::spawn("stderr", stderr, vmm),
+                pump::spawn(names("stdout", "app"), stdout, app, Arc::clone(&capture)),
+                pump::spawn(names("stderr", "vmm"), stderr, vmm, Arc::clone(&capture)),
             ]
         }
         _ => unreachable_pipes(),
@@ -194,12 +216,12 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
             Ok(handle) => match handle.join() {
                 Ok(writer) => {
                     if let Err(err) = writer.finish() {
-                        eprintln!("lodge: flushing a log: {err}");
+                        diag(format_args!("flushing a log: {err}"));
                     }
                 }
-                Err(_) => eprintln!("lodge: a log pump panicked"),
+                Err(_) => diag(format_args!("a log pump panicked")),
             },
-            Err(err) => eprintln!("lodge: cannot start a log pump: {err}"),
+            Err(err) => diag(format_args!("cannot start a log pump: {err}")),
         }
     }
 
@@ -211,7 +233,7 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
             finished_at: status::rfc3339(finished_at),
         },
         Err(err) => {
-            eprintln!("lodge: waiting for the command: {err}");
+            diag(format_args!("waiting for the command: {err}"));
             ExitInfo {
                 code: None,
                 signal: None,
@@ -221,12 +243,22 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         }
     };
     if let Err(err) = status::write_atomic(dir, EXIT_JSON, &exit) {
-        eprintln!(
-            "lodge: cannot write {}: {err}",
+        diag(format_args!(
+            "cannot write {}: {err}",
             dir.join(EXIT_JSON).display()
-        );
+        ));
     }
     Ok(exit.shell_code())
+}
+
+/// Writes `lodge: <message>` to stderr, ignoring failure: the monitor's
+/// stderr is a file on the same disk as the logs, and a full disk must
+/// not end capture (`eprintln!` panics when its write fails).
+pub(crate) fn diag(message: std::fmt::Arguments<'_>) {
+    let line = format!("lodge: {message}\n");
+    // Nowhere else to report a failing stderr; the state that matters is
+    // in capture.json.
+    if io::stderr().lock().write_all(line.as_bytes()).is_err() {}
 }
 
 fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 2] {
@@ -282,6 +314,10 @@ fn kill_group(child: &Child, signal: Signal) {
     // The child leads its own group (`process_group(0)`), so its pid is the
     // group id; it cannot be reused while the child is unreaped.
     if let Some(pgid) = Pid::from_raw(child.id() as i32) {
-        let _ = kill_process_group(pgid, signal);
+        match kill_process_group(pgid, signal) {
+            // Already gone: nothing left to signal.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(err) => diag(format_args!("signalling the command: {err}")),
+        }
     }
 }

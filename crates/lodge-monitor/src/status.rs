@@ -29,6 +29,14 @@ pub struct MonitorInfo {
     pub child_pid: u32,
     /// When the command was started.
     pub started_at: String,
+    /// The command's start time in clock ticks after boot (field 22 of
+    /// `/proc/PID/stat`): with `child_pid` it names the process for good,
+    /// so a reused pid is never taken for it. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_start_ticks: Option<u64>,
+    /// The same for the monitor itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_start_ticks: Option<u64>,
 }
 
 /// Contents of `exit.json`.
@@ -67,7 +75,10 @@ pub fn read_exit_info(dir: &Path) -> io::Result<Option<ExitInfo>> {
     read_json(dir, EXIT_JSON)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> io::Result<Option<T>> {
     let path = dir.join(name);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -80,6 +91,27 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Resu
             format!("{}: {err}", path.display()),
         )
     })
+}
+
+/// The start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`), or `None` if there is no such process. A zombie
+/// counts as gone: it runs nothing and holds nothing.
+pub fn process_start_ticks(pid: u32) -> io::Result<Option<u64>> {
+    let text = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat"));
+    // The command name is in parentheses and may hold anything, so count
+    // fields from its closing parenthesis: state is field 3, starttime 22.
+    let rest = text.rsplit_once(") ").ok_or_else(bad)?.1;
+    let mut fields = rest.split_ascii_whitespace();
+    if fields.next() == Some("Z") {
+        return Ok(None);
+    }
+    let start = fields.nth(22 - 4).ok_or_else(bad)?;
+    start.parse().map(Some).map_err(|_| bad())
 }
 
 pub(crate) fn rfc3339(time: SystemTime) -> String {
@@ -126,6 +158,8 @@ mod tests {
             pid: 1,
             child_pid: 2,
             started_at: rfc3339(SystemTime::UNIX_EPOCH),
+            child_start_ticks: None,
+            monitor_start_ticks: None,
         };
         write_atomic(dir.path(), MONITOR_JSON, &info)?;
         write_atomic(dir.path(), MONITOR_JSON, &info)?;
@@ -135,6 +169,22 @@ mod tests {
             "{\"pid\":1,\"child_pid\":2,\"started_at\":\"1970-01-01T00:00:00.000Z\"}\n"
         );
         assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no temporary left");
+        Ok(())
+    }
+
+    #[test]
+    fn start_ticks_name_a_live_process() -> io::Result<()> {
+        let me = std::process::id();
+        let a = process_start_ticks(me)?;
+        assert!(a.is_some());
+        assert_eq!(process_start_ticks(me)?, a, "stable");
+        let mut child = std::process::Command::new("true").spawn()?;
+        let pid = child.id();
+        // Exited but unreaped: a zombie, which counts as gone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(process_start_ticks(pid)?, None);
+        child.wait()?;
+        assert_eq!(process_start_ticks(pid)?, None);
         Ok(())
     }
 

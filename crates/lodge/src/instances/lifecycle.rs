@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use super::error::{io, Error, Result};
 use super::manager::{Locked, Manager};
 use super::net;
-use super::observe::{monitor_alive, observe};
+use super::observe::{kill_orphan_vmm, monitor_alive, observe};
 use super::oplog::oplog;
 use super::spec::check_runnable;
 use super::state::{self, State};
@@ -62,6 +62,10 @@ impl Manager {
             });
         }
         oplog(&paths, "stopping");
+        // A VMM whose monitor is gone cannot be asked to stop: kill it.
+        kill_orphan_vmm(&paths.logs())
+            .await
+            .map_err(io("stopping a VMM left without its monitor"))?;
         let graceful = self.launcher.stop(&paths, &meta, STOP_TIMEOUT).await?;
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
@@ -142,6 +146,10 @@ impl Manager {
                 self.launcher.force_stop(&paths, &meta).await?;
             }
         }
+        // Never remove disks under a VMM left running without its monitor.
+        kill_orphan_vmm(&paths.logs())
+            .await
+            .map_err(io("stopping a VMM left without its monitor"))?;
         // Before the record goes, so a failure here can be retried.
         self.tap_down(&meta).await?;
         // Renamed first so that a crash mid-removal leaves no half record.

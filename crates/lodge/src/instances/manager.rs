@@ -232,8 +232,18 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes debris of creates or deletes interrupted by a crash.
+    /// Removes debris of creates or deletes interrupted by a crash, and
+    /// names any VMM found running without its monitor (each is shown as
+    /// Unknown and killed by stop or delete).
     pub fn sweep(&self) {
+        for meta in self.all().unwrap_or_default() {
+            if let Some(pid) = super::observe::orphan_vmm(&self.paths(&meta.id).logs()) {
+                tracing::warn!(
+                    "instance {}: its VMM (pid {pid}) runs without its monitor; stop or delete it",
+                    meta.id
+                );
+            }
+        }
         let Ok(entries) = std::fs::read_dir(self.cfg.guests_dir()) else {
             return;
         };

@@ -6,6 +6,13 @@
 //! init reported on its status channel, and the monitor's exit record (read
 //! in `observe`, typed by lodge-monitor). The function doing it is pure, so
 //! every transition is unit-tested.
+//!
+//! The status channel is written by the guest, and the workload runs as
+//! root in there: it can print any status line it likes. So a line is only
+//! believed as far as the host can confirm it. The program's end ("exited",
+//! "killed", init's "error") moves the instance out of Running only once
+//! the VMM has ended too; while the VMM runs, such a line changes nothing.
+//! The host's own facts (monitor lock, VMM exit, an orphan VMM) always win.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,10 +69,19 @@ pub struct Observed {
     pub guest: GuestProgress,
     /// How the last VMM process ended, once it has.
     pub vmm_exit: Option<lodge_monitor::ExitInfo>,
+    /// The pid of a VMM still running although its monitor is gone.
+    pub orphan_vmm: Option<u32>,
+    /// The live monitor's report on console capture (a full disk).
+    pub capture: Option<lodge_monitor::CaptureInfo>,
 }
 
 pub fn derive(o: &Observed) -> State {
     if !o.monitor_alive {
+        if o.orphan_vmm.is_some() {
+            // Not Stopped (a VMM runs and holds its disks), not Running
+            // (nothing captures or controls it): see `state_error`.
+            return State::Unknown;
+        }
         return if o.ever_started {
             State::Stopped
         } else {
@@ -77,12 +93,37 @@ pub fn derive(o: &Observed) -> State {
     }
     match o.guest {
         GuestProgress::NotStarted => State::Initializing,
-        GuestProgress::Started => State::Running,
-        // The program is done and the VM is powering off.
-        GuestProgress::Exited(_) | GuestProgress::Signaled(_) | GuestProgress::Failed(_) => {
-            State::Shutdown
-        }
+        // An end reported while the VMM still runs is not believed (see the
+        // module doc): the VM is running until the host sees it end.
+        GuestProgress::Started
+        | GuestProgress::Exited(_)
+        | GuestProgress::Signaled(_)
+        | GuestProgress::Failed(_) => State::Running,
     }
+}
+
+/// What is wrong with the instance beyond its state, for the API's
+/// `state_error`: a VMM left without its monitor, or console capture held
+/// up by a failing disk.
+pub fn state_error(o: &Observed) -> Option<String> {
+    if !o.monitor_alive {
+        return o.orphan_vmm.map(|pid| {
+            format!(
+                "the VMM (pid {pid}) is running without its monitor: its console is not \
+                 captured and it cannot be controlled; stop or delete the instance to end it"
+            )
+        });
+    }
+    let stalls = &o.capture.as_ref()?.stalled;
+    let first = stalls.first()?;
+    let logs: Vec<&str> = stalls.iter().map(|s| s.source.as_str()).collect();
+    Some(format!(
+        "console capture stalled since {} ({} log: {}); the output is held, the guest \
+         waits, and nothing is lost once writing succeeds again",
+        first.since,
+        logs.join(", "),
+        first.error
+    ))
 }
 
 /// Exit code and message the API reports for a finished program.
@@ -123,6 +164,8 @@ mod tests {
             paused,
             guest,
             vmm_exit: None,
+            orphan_vmm: None,
+            capture: None,
         }
     }
 
@@ -139,11 +182,84 @@ mod tests {
         );
         assert_eq!(derive(&obs(true, true, false, Started)), State::Running);
         assert_eq!(derive(&obs(true, true, true, Started)), State::Paused);
-        assert_eq!(derive(&obs(true, true, false, Exited(0))), State::Shutdown);
+        assert_eq!(derive(&obs(true, true, false, Exited(0))), State::Running);
         // A dead VMM is never reported as running, whatever the guest said last.
         assert_eq!(derive(&obs(false, true, false, Started)), State::Stopped);
         assert_eq!(derive(&obs(false, true, true, Started)), State::Stopped);
         assert_eq!(derive(&obs(false, true, false, Exited(3))), State::Stopped);
+    }
+
+    /// A root workload can print any status line on the status port; a
+    /// claimed end is not believed while the host sees the VMM running.
+    #[test]
+    fn forged_status_lines_cannot_end_a_running_vm() {
+        use GuestProgress::*;
+        for forged in [Exited(0), Signaled(9), Failed("forged".into())] {
+            let o = obs(true, true, false, forged.clone());
+            assert_eq!(derive(&o), State::Running, "{forged:?} while the VMM runs");
+            assert_eq!(state_error(&o), None);
+            // Paused by lodge stays paused whatever the guest says.
+            assert_eq!(
+                derive(&obs(true, true, true, forged.clone())),
+                State::Paused
+            );
+            // Once the VMM has really ended, the report is the guest's own.
+            let mut ended = obs(false, true, false, forged.clone());
+            ended.vmm_exit = Some(lodge_monitor::ExitInfo {
+                code: Some(0),
+                signal: None,
+                started_at: String::new(),
+                finished_at: String::new(),
+            });
+            assert_eq!(derive(&ended), State::Stopped);
+        }
+        // The view only reports an exit code for a stopped VM.
+        assert_eq!(
+            derive(&obs(true, true, false, Exited(3))),
+            State::Running,
+            "no Shutdown, so no exit code, while QEMU runs"
+        );
+    }
+
+    #[test]
+    fn an_orphan_vmm_is_unknown_and_said_so() {
+        use GuestProgress::*;
+        let mut o = obs(false, true, false, Started);
+        o.orphan_vmm = Some(4242);
+        assert_eq!(derive(&o), State::Unknown);
+        let msg = state_error(&o).unwrap_or_default();
+        assert!(
+            msg.contains("pid 4242") && msg.contains("without its monitor"),
+            "{msg}"
+        );
+        // A live monitor is the truth; an orphan cannot be claimed then.
+        o.monitor_alive = true;
+        assert_eq!(derive(&o), State::Running);
+        assert_eq!(state_error(&o), None);
+    }
+
+    #[test]
+    fn a_capture_stall_is_a_state_error() {
+        use GuestProgress::*;
+        let mut o = obs(true, true, false, Started);
+        o.capture = Some(lodge_monitor::CaptureInfo::default());
+        assert_eq!(state_error(&o), None);
+        o.capture = Some(lodge_monitor::CaptureInfo {
+            stalled: vec![lodge_monitor::Stall {
+                source: "app".into(),
+                since: "2026-01-01T00:00:00.000Z".into(),
+                error: "No space left on device (os error 28)".into(),
+            }],
+        });
+        assert_eq!(derive(&o), State::Running);
+        let msg = state_error(&o).unwrap_or_default();
+        assert!(
+            msg.contains("No space left") && msg.contains("app log"),
+            "{msg}"
+        );
+        // A dead monitor's last record is stale.
+        o.monitor_alive = false;
+        assert_eq!(state_error(&o), None);
     }
 
     #[test]

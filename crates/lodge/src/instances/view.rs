@@ -80,7 +80,7 @@ impl Instance {
             name: meta.name.clone(),
             image: meta.image.clone(),
             state,
-            state_error: None,
+            state_error: state::state_error(observed),
             created_at: rfc3339(meta.created_at),
             started_at: meta.started_at.map(rfc3339),
             stopped_at: meta.stopped_at.map(rfc3339).or_else(|| {
