@@ -92,7 +92,7 @@ impl Capture {
                 inner.file = Some(file);
                 inner.store();
             }
-            Err(err) => crate::diag(format_args!("cannot create {CAPTURE_JSON}: {err}")),
+            Err(err) => crate::diag::diag(format_args!("cannot create {CAPTURE_JSON}: {err}")),
         }
         capture
     }
@@ -142,7 +142,7 @@ impl Inner {
         let record = match encode(&self.info) {
             Ok(record) => record,
             Err(err) => {
-                crate::diag(format_args!("encoding {CAPTURE_JSON}: {err}"));
+                crate::diag::diag(format_args!("encoding {CAPTURE_JSON}: {err}"));
                 return;
             }
         };
@@ -150,7 +150,7 @@ impl Inner {
             Ok(()) => self.dirty = false,
             Err(err) => {
                 if !self.dirty {
-                    crate::diag(format_args!("updating {CAPTURE_JSON}: {err}"));
+                    crate::diag::diag(format_args!("updating {CAPTURE_JSON}: {err}"));
                 }
                 self.dirty = true;
             }

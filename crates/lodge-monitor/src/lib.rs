@@ -32,12 +32,15 @@
 //! (the daemon's `monitor.err` sits on the same disk as the logs).
 
 mod capture;
+mod diag;
 mod pump;
 pub mod status;
 mod validate;
 
+use diag::diag;
+
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -249,16 +252,6 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         ));
     }
     Ok(exit.shell_code())
-}
-
-/// Writes `lodge: <message>` to stderr, ignoring failure: the monitor's
-/// stderr is a file on the same disk as the logs, and a full disk must
-/// not end capture (`eprintln!` panics when its write fails).
-pub(crate) fn diag(message: std::fmt::Arguments<'_>) {
-    let line = format!("lodge: {message}\n");
-    // Nowhere else to report a failing stderr; the state that matters is
-    // in capture.json.
-    if io::stderr().lock().write_all(line.as_bytes()).is_err() {}
 }
 
 fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 2] {

@@ -8,7 +8,7 @@
 //! output is kept. The stall is recorded in `capture.json` (see `capture`)
 //! for the daemon to show, and cleared when a write succeeds again.
 //!
-//! A pump never panics on I/O: its diagnostics go through `crate::diag`,
+//! A pump never panics on I/O: its diagnostics go through `crate::diag::diag`,
 //! which ignores a failing stderr (on a full disk, `monitor.err` is full too;
 //! `eprintln!` would panic there and take the pump down with it).
 
@@ -20,7 +20,7 @@ use std::time::Duration;
 use lodge_logs::RotatingWriter;
 
 use crate::capture::Capture;
-use crate::diag;
+use crate::diag::diag;
 
 /// Bytes read from the pipe at once.
 const READ_BUF: usize = 256 * 1024;
