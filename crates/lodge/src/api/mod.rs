@@ -12,6 +12,7 @@ mod exec;
 mod images;
 pub mod instances;
 pub mod logs;
+pub mod server;
 pub mod types;
 mod ws;
 
