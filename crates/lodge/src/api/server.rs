@@ -114,7 +114,7 @@ fn fit_to_file_limit(max_connections: usize) -> usize {
             current: limit.maximum,
             maximum: limit.maximum,
         };
-        match setrlimit(Resource::Nofile, raised.clone()) {
+        match setrlimit(Resource::Nofile, raised) {
             Ok(()) => limit = raised,
             Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
         }
