@@ -1152,9 +1152,9 @@ mod tests {
         }
     }
 
-    /// Runs `script` against a fresh connection with one open stream;
-    /// returns what the stream then reports and whether the agent saw its
-    /// connection closed.
+    /// Runs `script` against a fresh connection with one open stream,
+    /// checks that the host closed the connection, and returns what the
+    /// stream reported.
     async fn misbehave(script: Script) -> AgentError {
         let (host, guest) = UnixStream::pair().expect("pair");
         let agent = tokio::spawn(scripted_agent(guest, Some(script), false));

@@ -137,7 +137,7 @@ fn fit_to_file_limit(max_connections: usize) -> usize {
 
 /// One accepted connection, as the cap sees it.
 #[derive(Default)]
-struct Conn {
+struct Client {
     /// A complete request head arrived (it is not an idle opener).
     asked: AtomicBool,
     /// The connection is closed or being closed.
@@ -145,7 +145,7 @@ struct Conn {
     close: Notify,
 }
 
-impl Conn {
+impl Client {
     fn waiting(&self) -> bool {
         !self.asked.load(Ordering::SeqCst) && !self.gone.load(Ordering::SeqCst)
     }
@@ -153,14 +153,14 @@ impl Conn {
 
 /// Connections in accept order, to find the oldest that never asked.
 #[derive(Default)]
-struct Openers(Mutex<VecDeque<Arc<Conn>>>);
+struct Openers(Mutex<VecDeque<Arc<Client>>>);
 
 impl Openers {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Conn>>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Client>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, conn: Arc<Conn>, cap: usize) {
+    fn add(&self, conn: Arc<Client>, cap: usize) {
         let mut q = self.queue();
         if q.len() >= 2 * cap {
             q.retain(|c| c.waiting());
@@ -241,7 +241,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) -> std::i
             stream,
             _permit: permit,
         });
-        let state = Arc::new(Conn::default());
+        let state = Arc::new(Client::default());
         openers.add(state.clone(), cap);
         let tower = TowerToHyperService::new(app.clone());
         let asked = state.clone();
