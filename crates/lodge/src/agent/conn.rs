@@ -25,6 +25,35 @@
 //!   inbox passes [`STREAM_BUFFER_LIMIT`] (its consumer stopped reading
 //!   while the agent kept sending) is cancelled and its consumer told why;
 //!   the other streams go on.
+//!
+//! Nor is the agent trusted to keep to the protocol. After the handshake
+//! every byte must be a frame the agent may send on a stream the host
+//! opened; anything else closes the connection with a logged error
+//! ([`AgentError::Misbehaved`]), and the next request handshakes anew:
+//!
+//! - bytes that are not a frame (garbage, a header over
+//!   [`lodge_guest::agent::MAX_PAYLOAD`], an unknown kind);
+//! - a frame only the host sends (`Hello`, `Open`, `Control`, `Eof`);
+//! - a `HelloAck` the host did not ask for (another nonce, or more answers
+//!   than `Hello`s sent);
+//! - a frame on stream 0 or on an id this connection never opened (frames
+//!   on a stream the host opened and already let go of are dropped: the
+//!   agent may not have seen the cancel yet);
+//! - an unreadable event, a malformed credit, or credit beyond what the
+//!   host sent.
+//!
+//! Before the handshake's answer nothing is trusted either, but nothing
+//! can be judged: a virtio-serial port keeps no connection boundaries, so
+//! leftovers of an earlier connection (torn frames, the agent's `Reset`)
+//! legitimately come first. They are dropped unread; the handshake gives
+//! up at its deadline however much arrives.
+//!
+//! A connection is only reused while the agent answers: [`Conn::probe`]
+//! repeats the handshake's `Hello` (same nonce, so the agent keeps its
+//! sessions) and waits for the answer; the [`super::Pool`] probes a
+//! connection that has been silent a while before handing it out, so an
+//! agent that was killed without a word is noticed and the next request
+//! handshakes with whatever answers now.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -46,6 +75,8 @@ use super::{AgentError, AgentStream, Transport};
 const HELLO_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames queued for the writer task.
 const QUEUE: usize = 256;
+/// Most bytes the reader takes from the transport at once.
+const READ_BUF: usize = 256 << 10;
 
 /// What a stream receives from the agent.
 #[derive(Debug)]
@@ -178,14 +209,57 @@ struct Entry {
 const ALIVE: u8 = 0;
 const LOST: u8 = 1;
 const RESTARTED: u8 = 2;
+const MISBEHAVED: u8 = 3;
 
 pub struct Conn {
     out: mpsc::Sender<Vec<u8>>,
     streams: Mutex<HashMap<u32, Entry>>,
+    /// The first stream id this connection handed out; ids from here up to
+    /// `next_id` (wrapping) are the ones it ever opened.
+    first_id: u32,
     next_id: AtomicU32,
     state: AtomicU8,
     /// Tells the writer task to hang up once the connection failed.
     hang_up: Arc<Notify>,
+    /// The handshake's nonce, repeated by [`Conn::probe`].
+    nonce: u64,
+    /// `Hello`s sent whose answer has not come: what bounds the
+    /// `HelloAck`s the agent may still send.
+    unanswered: AtomicU32,
+    /// Counts the `HelloAck`s after the handshake; bumped (unchanged) when
+    /// the connection fails, so a probe waiting on it wakes.
+    acks: tokio::sync::watch::Sender<u64>,
+    /// When the agent last sent anything.
+    last_heard: Mutex<Instant>,
+}
+
+/// Why the agent's input broke the protocol, and what the connection's
+/// streams are told.
+#[derive(Debug)]
+struct Violation {
+    why: String,
+    state: u8,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+fn violation(why: impl Into<String>) -> Violation {
+    Violation {
+        why: why.into(),
+        state: MISBEHAVED,
+    }
+}
+
+/// Where a frame's stream id leads.
+enum Route<T> {
+    /// An open stream.
+    Live(T),
+    /// A stream this connection opened and let go of.
+    Retired,
 }
 
 type Stream = Box<dyn AgentStream>;
@@ -214,15 +288,23 @@ impl Conn {
             }
         };
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let decoder = handshake(&mut reader, &mut writer, deadline, wait).await?;
+        let nonce: u64 = rand::random();
+        let shake = handshake(&mut reader, &mut writer, nonce, deadline, wait).await?;
         let (out, rx) = mpsc::channel(QUEUE);
+        let first_id = rand::random::<u32>() | 1;
         let conn = Arc::new(Conn {
             out,
             streams: Mutex::new(HashMap::new()),
-            next_id: AtomicU32::new(rand::random::<u32>() | 1),
+            first_id,
+            next_id: AtomicU32::new(first_id),
             state: AtomicU8::new(ALIVE),
             hang_up: Arc::new(Notify::new()),
+            nonce,
+            unanswered: AtomicU32::new(shake.hellos - 1),
+            acks: tokio::sync::watch::Sender::new(0),
+            last_heard: Mutex::new(Instant::now()),
         });
+        let decoder = shake.decoder;
         tokio::spawn(write_loop(
             writer,
             rx,
@@ -240,7 +322,47 @@ impl Conn {
     fn lost_reason(&self) -> AgentError {
         match self.state.load(Ordering::SeqCst) {
             RESTARTED => AgentError::Restarted,
+            MISBEHAVED => AgentError::Misbehaved,
             _ => AgentError::Lost,
+        }
+    }
+
+    /// How long the agent has said nothing.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    fn heard(&self) {
+        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Check that the agent still answers on this connection: send the
+    /// handshake's `Hello` again and wait up to `wait` for its answer. An
+    /// agent that does not answer in time fails the connection.
+    pub async fn probe(&self, wait: Duration) -> Result<(), AgentError> {
+        let mut acks = self.acks.subscribe();
+        let seen = *acks.borrow_and_update();
+        self.unanswered.fetch_add(1, Ordering::SeqCst);
+        self.send(hello(self.nonce)).await?;
+        let answered =
+            tokio::time::timeout(wait, acks.wait_for(|n| *n > seen || !self.is_alive())).await;
+        if !self.is_alive() {
+            return Err(self.lost_reason());
+        }
+        match answered {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(self.lost_reason()),
+            Err(_) => {
+                tracing::warn!(
+                    wait_secs = wait.as_secs(),
+                    "the guest agent stopped answering: closing the connection"
+                );
+                self.fail(LOST);
+                Err(AgentError::NoAnswer(wait.as_secs()))
+            }
         }
     }
 
@@ -259,6 +381,34 @@ impl Conn {
             entry.inbox.end();
         }
         self.hang_up.notify_one();
+        self.acks.send_modify(|_| {});
+    }
+
+    /// The agent broke the protocol: say so and close the connection.
+    fn misbehaved(&self, why: &Violation) {
+        tracing::error!("the guest agent broke the protocol ({why}): closing the connection");
+        self.fail(why.state);
+    }
+
+    /// Whether this connection ever opened stream `id`.
+    fn opened(&self, id: u32) -> bool {
+        let next = self.next_id.load(Ordering::SeqCst);
+        id != CONNECTION_STREAM && id.wrapping_sub(self.first_id) < next.wrapping_sub(self.first_id)
+    }
+
+    /// Where a frame on stream `id` goes; a violation for an id this
+    /// connection never opened.
+    fn route<T>(&self, id: u32, live: impl FnOnce(&Entry) -> T) -> Result<Route<T>, Violation> {
+        if let Some(entry) = self.streams().get(&id) {
+            return Ok(Route::Live(live(entry)));
+        }
+        if self.opened(id) {
+            Ok(Route::Retired)
+        } else {
+            Err(violation(format!(
+                "a frame on stream {id}, which was never opened"
+            )))
+        }
     }
 
     /// Tell the agent to stop stream `id`, without waiting.
@@ -327,30 +477,62 @@ impl Conn {
         ))
     }
 
-    fn dispatch(&self, frame: Frame) {
+    fn dispatch(&self, frame: Frame) -> Result<(), Violation> {
         match frame.kind {
             Kind::Reset => self.fail(RESTARTED),
+            Kind::HelloAck => {
+                let ack = serde_json::from_slice::<HelloAck>(&frame.payload)
+                    .map_err(|e| violation(format!("an unreadable hello answer: {e}")))?;
+                if ack.nonce != self.nonce {
+                    return Err(violation("a hello answer for another connection"));
+                }
+                self.unanswered
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .map_err(|_| violation("a hello answer nobody asked for"))?;
+                self.acks.send_modify(|n| *n += 1);
+            }
+            Kind::Hello | Kind::Open | Kind::Control | Kind::Eof => {
+                return Err(violation(format!(
+                    "a {:?} frame, which only the host sends",
+                    frame.kind
+                )));
+            }
             Kind::Credit => {
-                if let (Some(bytes), Some(entry)) =
-                    (frame.credit(), self.streams().get(&frame.stream))
-                {
-                    entry.window.add_permits(bytes as usize);
+                let bytes = frame.credit().ok_or_else(|| {
+                    violation(format!("a credit frame of {} bytes", frame.payload.len()))
+                })?;
+                if let Route::Live(window) = self.route(frame.stream, |e| e.window.clone())? {
+                    // The agent can only return what the host sent: the
+                    // window never grows past its initial size.
+                    if window.available_permits() + bytes as usize > INITIAL_WINDOW as usize {
+                        return Err(violation(format!(
+                            "credit of {bytes} bytes on stream {} beyond the data sent",
+                            frame.stream
+                        )));
+                    }
+                    window.add_permits(bytes as usize);
                 }
             }
             Kind::Close => {
-                if let Some(entry) = self.streams().remove(&frame.stream) {
-                    entry.window.close();
-                    // An inbox already over its bound reports that instead.
-                    if let Err(refused) = entry.inbox.push(Inbound::Closed, 0) {
-                        tracing::debug!(stream = frame.stream, ?refused, "close after an overrun");
+                if let Route::Live(()) = self.route(frame.stream, |_| ())? {
+                    if let Some(entry) = self.streams().remove(&frame.stream) {
+                        entry.window.close();
+                        // An inbox already over its bound reports that instead.
+                        if let Err(refused) = entry.inbox.push(Inbound::Closed, 0) {
+                            tracing::debug!(
+                                stream = frame.stream,
+                                ?refused,
+                                "close after an overrun"
+                            );
+                        }
+                        entry.inbox.end();
                     }
-                    entry.inbox.end();
                 }
             }
             Kind::Stdout | Kind::Stderr | Kind::Data | Kind::Event => {
-                let Some(inbox) = self.streams().get(&frame.stream).map(|e| e.inbox.clone()) else {
+                let Route::Live(inbox) = self.route(frame.stream, |e| e.inbox.clone())? else {
                     // A stream the host already let go of.
-                    return;
+                    return Ok(());
                 };
                 let size = frame.payload.len();
                 let item = match frame.kind {
@@ -359,22 +541,21 @@ impl Conn {
                     Kind::Data => Inbound::Data(frame.payload),
                     _ => match serde_json::from_slice::<Event>(&frame.payload) {
                         Ok(e) => Inbound::Event(e),
-                        Err(e) => {
-                            tracing::warn!("unreadable event from the guest agent: {e}");
-                            return;
-                        }
+                        Err(e) => return Err(violation(format!("an unreadable event: {e}"))),
                     },
                 };
                 match inbox.push(item, size) {
                     Ok(()) => {}
                     Err(Refused::Credit(outstanding)) => {
-                        tracing::error!(
-                            stream = frame.stream,
-                            outstanding,
-                            window = INITIAL_WINDOW,
-                            "the guest agent sent more than its credit: closing the connection"
-                        );
-                        self.fail(LOST);
+                        // Reported to the streams as a lost connection, as
+                        // since this check came first.
+                        return Err(Violation {
+                            why: format!(
+                                "it sent more than its credit: {outstanding} bytes unacknowledged on stream {}, over the window of {INITIAL_WINDOW}",
+                                frame.stream
+                            ),
+                            state: LOST,
+                        });
                     }
                     Err(Refused::Overrun) => {
                         tracing::warn!(
@@ -389,10 +570,28 @@ impl Conn {
                     }
                 }
             }
-            // A repeated HelloAck, or frames only the host sends.
-            _ => {}
         }
+        Ok(())
     }
+}
+
+fn hello(nonce: u64) -> Vec<u8> {
+    encode_json(
+        Kind::Hello,
+        CONNECTION_STREAM,
+        &Hello {
+            version: PROTOCOL_VERSION,
+            nonce,
+        },
+    )
+}
+
+/// What the handshake leaves behind.
+struct Handshake {
+    /// Holds whatever followed the answer.
+    decoder: Decoder,
+    /// `Hello`s sent (each may be answered once).
+    hellos: u32,
 }
 
 /// Send `Hello` until the agent answers with our nonce; everything before
@@ -400,18 +599,12 @@ impl Conn {
 async fn handshake(
     reader: &mut ReadHalf<Stream>,
     writer: &mut WriteHalf<Stream>,
+    nonce: u64,
     deadline: Instant,
     wait: Duration,
-) -> Result<Decoder, AgentError> {
-    let nonce: u64 = rand::random();
-    let hello = encode_json(
-        Kind::Hello,
-        CONNECTION_STREAM,
-        &Hello {
-            version: PROTOCOL_VERSION,
-            nonce,
-        },
-    );
+) -> Result<Handshake, AgentError> {
+    let hello = hello(nonce);
+    let mut hellos = 0u32;
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -423,6 +616,7 @@ async fn handshake(
             .write_all(&hello)
             .await
             .map_err(|_| AgentError::Lost)?;
+        hellos += 1;
         let round = (now + HELLO_INTERVAL).min(deadline);
         loop {
             while let Some(frame) = decoder.next_frame() {
@@ -441,7 +635,7 @@ async fn handshake(
                         host: PROTOCOL_VERSION,
                     });
                 }
-                return Ok(decoder);
+                return Ok(Handshake { decoder, hellos });
             }
             let left = round.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -461,13 +655,36 @@ async fn read_loop(
     mut decoder: Decoder,
     conn: std::sync::Weak<Conn>,
 ) {
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; READ_BUF];
+    // What the handshake skipped was leftovers; from here on every byte
+    // must be part of a frame.
+    let skipped = decoder.skipped();
     loop {
         // Frames already buffered (from the handshake) come first.
         {
             let Some(conn) = conn.upgrade() else { return };
             while let Some(frame) = decoder.next_frame() {
-                conn.dispatch(frame);
+                let checked = if decoder.skipped() > skipped {
+                    Err(violation(format!(
+                        "{} bytes that are not frames",
+                        decoder.skipped() - skipped
+                    )))
+                } else {
+                    conn.dispatch(frame)
+                };
+                if let Err(why) = checked {
+                    conn.misbehaved(&why);
+                    return;
+                }
+            }
+            // Garbage with no frame after it yet.
+            if decoder.skipped() > skipped {
+                let why = violation(format!(
+                    "{} bytes that are not frames",
+                    decoder.skipped() - skipped
+                ));
+                conn.misbehaved(&why);
+                return;
             }
             if !conn.is_alive() {
                 return;
@@ -480,7 +697,12 @@ async fn read_loop(
                 }
                 return;
             }
-            Ok(n) => decoder.push(&buf[..n]),
+            Ok(n) => {
+                decoder.push(&buf[..n]);
+                if let Some(conn) = conn.upgrade() {
+                    conn.heard();
+                }
+            }
         }
     }
 }
@@ -878,6 +1100,337 @@ mod tests {
         // Later items are dropped quietly.
         assert_eq!(inbox.push(event(), 1000), Ok(()));
         assert!(inbox.state().items.is_empty());
+    }
+
+    /// What a scripted agent writes once the host opened its first
+    /// stream, given that stream's id and the connection's nonce.
+    type Script = Box<dyn FnOnce(u32, u64) -> Vec<u8> + Send>;
+
+    /// A scripted agent: answers the handshake (and every later `Hello`
+    /// when `answer_probes`), writes `script`'s bytes once the host opened
+    /// a stream, then reads until the host hangs up; returns true then.
+    async fn scripted_agent(
+        mut s: UnixStream,
+        script: Option<Script>,
+        answer_probes: bool,
+    ) -> bool {
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut nonce = None;
+        let mut script = script;
+        loop {
+            while let Some(f) = decoder.next_frame() {
+                match f.kind {
+                    Kind::Hello if nonce.is_none() || answer_probes => {
+                        let hello: Hello = serde_json::from_slice(&f.payload).expect("hello");
+                        nonce = Some(hello.nonce);
+                        let ack = HelloAck {
+                            version: PROTOCOL_VERSION,
+                            nonce: hello.nonce,
+                        };
+                        if s.write_all(&encode_json(Kind::HelloAck, 0, &ack))
+                            .await
+                            .is_err()
+                        {
+                            return true;
+                        }
+                    }
+                    Kind::Open => {
+                        if let (Some(script), Some(nonce)) = (script.take(), nonce) {
+                            if s.write_all(&script(f.stream, nonce)).await.is_err() {
+                                return true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => decoder.push(&buf[..n]),
+            }
+        }
+    }
+
+    /// Runs `script` against a fresh connection with one open stream,
+    /// checks that the host closed the connection, and returns what the
+    /// stream reported.
+    async fn misbehave(script: Script) -> AgentError {
+        let (host, guest) = UnixStream::pair().expect("pair");
+        let agent = tokio::spawn(scripted_agent(guest, Some(script), false));
+        let transport = Pair(Mutex::new(Some(host)));
+        let conn = Conn::establish(&transport, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let (_tx, mut rx) = conn
+            .open(&Request::Stat {
+                path: "/".into(),
+                follow_links: false,
+            })
+            .await
+            .expect("open");
+        let err = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the host kept trusting the connection")
+            .expect_err("nothing is delivered");
+        let closed = tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .expect("the host kept the connection open")
+            .expect("agent task");
+        assert!(closed, "the agent saw its connection closed");
+        assert!(!conn.is_alive());
+        err
+    }
+
+    fn header(kind: u8, stream: u32, len: u32) -> Vec<u8> {
+        let mut h = vec![b'L', b'A', kind, 0];
+        h.extend_from_slice(&stream.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_closes_the_connection() {
+        let err = misbehave(Box::new(|_, _| b"this is not a frame".to_vec())).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_closes_the_connection() {
+        // A header claiming 2 MiB, then a valid frame: the host must not
+        // skip to it.
+        let err = misbehave(Box::new(|id, _| {
+            let mut b = header(Kind::Stdout as u8, id, 2 << 20);
+            b.extend(vec![b'x'; 4096]);
+            b.extend(encode(Kind::Stdout, id, b"after"));
+            b
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kind_closes_the_connection() {
+        let err = misbehave(Box::new(|id, _| header(99, id, 0))).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_never_opened_closes_the_connection() {
+        let err = misbehave(Box::new(|id, _| {
+            encode(Kind::Stdout, id.wrapping_add(1000), b"forged")
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+        let err = misbehave(Box::new(|_, _| encode(Kind::Close, CONNECTION_STREAM, b""))).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn frames_only_the_host_sends_close_the_connection() {
+        let err = misbehave(Box::new(|_, nonce| {
+            encode_json(
+                Kind::Hello,
+                0,
+                &Hello {
+                    version: PROTOCOL_VERSION,
+                    nonce,
+                },
+            )
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+        let err = misbehave(Box::new(|id, _| {
+            encode_json(Kind::Open, id, &Request::Generate { bytes: 1 })
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_second_hello_answer_closes_the_connection() {
+        // For another connection's nonce.
+        let err = misbehave(Box::new(|_, nonce| {
+            let ack = HelloAck {
+                version: PROTOCOL_VERSION,
+                nonce: nonce ^ 1,
+            };
+            encode_json(Kind::HelloAck, 0, &ack)
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+        // Ours, but one Hello was answered already.
+        let err = misbehave(Box::new(|_, nonce| {
+            let ack = HelloAck {
+                version: PROTOCOL_VERSION,
+                nonce,
+            };
+            encode_json(Kind::HelloAck, 0, &ack)
+        }))
+        .await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_event_closes_the_connection() {
+        let err = misbehave(Box::new(|id, _| encode(Kind::Event, id, b"{\"event\":"))).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_credit_closes_the_connection() {
+        // Credit for data the host never sent.
+        let err = misbehave(Box::new(|id, _| encode_credit(id, 1))).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+        let err = misbehave(Box::new(|id, _| encode(Kind::Credit, id, &[1, 2, 3]))).await;
+        assert!(matches!(err, AgentError::Misbehaved), "{err}");
+    }
+
+    /// What a well-behaved agent may send is not taken for an attack:
+    /// output on a stream the host let go of (the cancel crossed it), and
+    /// an answer to each repeated `Hello`.
+    #[tokio::test]
+    async fn late_frames_and_repeated_answers_are_tolerated() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        let agent = tokio::spawn(async move {
+            let mut decoder = Decoder::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut hellos = Vec::new();
+            loop {
+                while let Some(f) = decoder.next_frame() {
+                    match f.kind {
+                        // Answer late, so the host repeats its Hello, then
+                        // answer every one.
+                        Kind::Hello => {
+                            let hello: Hello = serde_json::from_slice(&f.payload).expect("hello");
+                            hellos.push(hello.nonce);
+                            if hellos.len() == 2 {
+                                for nonce in &hellos {
+                                    let ack = HelloAck {
+                                        version: PROTOCOL_VERSION,
+                                        nonce: *nonce,
+                                    };
+                                    guest
+                                        .write_all(&encode_json(Kind::HelloAck, 0, &ack))
+                                        .await
+                                        .expect("write");
+                                }
+                            }
+                        }
+                        Kind::Control => {
+                            // The cancel: output already on its way, then
+                            // the close.
+                            let late = [
+                                encode(Kind::Stdout, f.stream, b"late"),
+                                encode_credit(f.stream, 0),
+                                encode(Kind::Close, f.stream, b""),
+                            ];
+                            guest.write_all(&late.concat()).await.expect("write");
+                        }
+                        _ => {}
+                    }
+                }
+                match guest.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => decoder.push(&buf[..n]),
+                }
+            }
+        });
+        let transport = Pair(Mutex::new(Some(host)));
+        let conn = Conn::establish(&transport, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let (_tx, rx) = conn
+            .open(&Request::Generate { bytes: 1 })
+            .await
+            .expect("open");
+        drop(rx);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(conn.is_alive());
+        drop(conn);
+        agent.abort();
+    }
+
+    /// A transport handing out a series of sockets, one per connect.
+    struct Series(Mutex<Vec<UnixStream>>);
+
+    impl Transport for Series {
+        fn connect(&self) -> super::super::Connecting<'_> {
+            let stream = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            Box::pin(async move {
+                stream
+                    .map(|s| Box::new(s) as Box<dyn AgentStream>)
+                    .ok_or_else(|| std::io::Error::other("used up"))
+            })
+        }
+
+        fn describe(&self) -> String {
+            "a series of sockets".into()
+        }
+    }
+
+    /// An agent killed without a word (its connection stays open, nothing
+    /// answers): the pool does not hand the connection out again, it
+    /// handshakes with what answers on the port now.
+    #[tokio::test]
+    async fn a_silent_agent_is_probed_and_replaced() {
+        let (host1, guest1) = UnixStream::pair().expect("pair");
+        let (host2, guest2) = UnixStream::pair().expect("pair");
+        // The first agent answers its handshake only.
+        let _first = tokio::spawn(scripted_agent(guest1, None, false));
+        let second = tokio::spawn(scripted_agent(guest2, None, true));
+        let transport = Series(Mutex::new(vec![host2, host1]));
+        let pool = super::super::Pool::with_probe_after(Duration::ZERO);
+        let old = pool
+            .connect("vm", &transport, Duration::ZERO)
+            .await
+            .expect("first connect");
+        let t0 = Instant::now();
+        let new = pool
+            .connect("vm", &transport, Duration::ZERO)
+            .await
+            .expect("reconnect");
+        assert!(!Arc::ptr_eq(&old, &new), "the silent connection was reused");
+        assert!(!old.is_alive());
+        assert!(t0.elapsed() < 2 * super::super::MIN_WAIT);
+        // The new agent answers probes: its connection is kept.
+        let again = pool
+            .connect("vm", &transport, Duration::ZERO)
+            .await
+            .expect("probe");
+        assert!(Arc::ptr_eq(&new, &again));
+        drop((old, new, again, pool));
+        second.abort();
+    }
+
+    /// An agent that restarted says so (`Reset`): the connection fails and
+    /// the next one starts with a fresh handshake and a new nonce.
+    #[tokio::test]
+    async fn an_agent_restart_means_a_fresh_handshake() {
+        let (host1, guest1) = UnixStream::pair().expect("pair");
+        let (host2, guest2) = UnixStream::pair().expect("pair");
+        let restart: Script = Box::new(|_, _| encode(Kind::Reset, 0, b""));
+        let _first = tokio::spawn(scripted_agent(guest1, Some(restart), true));
+        let second = tokio::spawn(scripted_agent(guest2, None, true));
+        let transport = Series(Mutex::new(vec![host2, host1]));
+        let pool = super::super::Pool::default();
+        let old = pool
+            .connect("vm", &transport, Duration::ZERO)
+            .await
+            .expect("first connect");
+        let (_tx, mut rx) = old
+            .open(&Request::Generate { bytes: 1 })
+            .await
+            .expect("open");
+        assert!(matches!(rx.recv().await, Err(AgentError::Restarted)));
+        let new = pool
+            .connect("vm", &transport, Duration::ZERO)
+            .await
+            .expect("reconnect");
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_ne!(old.nonce, new.nonce);
+        drop((old, new, pool));
+        second.abort();
     }
 
     #[tokio::test]

@@ -12,6 +12,13 @@
 //!   the VM restarted. A QEMU socket serves one client at a time, so all
 //!   sessions must share the daemon's connection; the pool also makes sure
 //!   two requests never race to open a second one.
+//!
+//! The agent is the guest's, and the guest's root can kill or replace it,
+//! so a connection is never trusted beyond its handshake: a `Reset` (an
+//! agent started) or any protocol violation closes it ([`conn`] lists
+//! them), and one silent for [`PROBE_AFTER`] must answer a probe before
+//! the pool hands it out again. Either way the next request handshakes
+//! with whatever answers on the port now.
 
 mod conn;
 
@@ -30,6 +37,10 @@ pub use conn::{Conn, Inbound, StreamRx, StreamTx};
 /// the client did not ask to wait: under software emulation a busy guest
 /// can take a moment to answer.
 pub const MIN_WAIT: Duration = Duration::from_secs(5);
+
+/// A pooled connection the agent has been silent on this long is probed
+/// before it is reused (see [`Conn::probe`]).
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,6 +62,8 @@ pub enum AgentError {
     TooLarge(&'static str),
     #[error("the guest agent restarted")]
     Restarted,
+    #[error("the guest agent broke the protocol, so lodge closed its connection (the daemon's log says how)")]
+    Misbehaved,
     #[error("the session was ended: more than {0} bytes from the guest were left unread")]
     Overrun(usize),
 }
@@ -89,12 +102,26 @@ impl Transport for UnixSocket {
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
 
 /// One live connection per instance.
-#[derive(Default)]
 pub struct Pool {
     slots: Mutex<HashMap<String, Slot>>,
+    probe_after: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::with_probe_after(PROBE_AFTER)
+    }
 }
 
 impl Pool {
+    /// A pool that probes connections silent for `probe_after`.
+    pub fn with_probe_after(probe_after: Duration) -> Pool {
+        Pool {
+            slots: Mutex::new(HashMap::new()),
+            probe_after,
+        }
+    }
+
     /// The live connection to instance `key`'s agent, opening one through
     /// `transport` if needed and waiting up to `wait` (at least
     /// [`MIN_WAIT`]) for the agent to answer.
@@ -114,10 +141,17 @@ impl Pool {
             slots.entry(key.to_string()).or_default().clone()
         };
         let mut current = slot.lock().await;
+        let wait = wait.max(MIN_WAIT);
         if let Some(conn) = current.as_ref().filter(|c| c.is_alive()) {
-            return Ok(conn.clone());
+            if conn.silent_for() < self.probe_after {
+                return Ok(conn.clone());
+            }
+            match conn.probe(wait).await {
+                Ok(()) => return Ok(conn.clone()),
+                Err(e) => tracing::info!(instance = key, "reconnecting to the guest agent: {e}"),
+            }
         }
-        let conn = Conn::establish(transport, wait.max(MIN_WAIT)).await?;
+        let conn = Conn::establish(transport, wait).await?;
         *current = Some(conn.clone());
         Ok(conn)
     }

@@ -13,6 +13,7 @@ mod exec;
 mod images;
 pub mod instances;
 pub mod logs;
+pub mod server;
 mod state;
 pub mod types;
 mod ws;

@@ -92,7 +92,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     // Follow streams may stay open for days, so a signal ends the daemon at
     // once instead of waiting for them; VMs live on under their monitors.
     tokio::select! {
-        r = axum::serve(listener, app) => r?,
+        r = api::server::serve(listener, app, api::server::Limits::from_env()?) => r?,
         _ = shutdown_signal() => tracing::info!("lodge: shutting down; VMs keep running"),
     }
     Ok(())
