@@ -74,6 +74,12 @@ pub struct VmConfig {
     /// truncates), absolute path. How the guest's bytes get there is the
     /// backend's business (a second serial port for QEMU).
     pub status_file: PathBuf,
+    /// When set, the status channel goes to this file descriptor instead
+    /// of `status_file`: the VMM's parent (lodge's monitor) passes it open
+    /// across exec, as the write end of a pipe it reads and bounds itself.
+    /// At least 3 (0 to 2 are the VMM's stdio). Absent in older configs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_fd: Option<i32>,
     /// Optional host<->guest byte channel for the guest agent.
     pub agent_channel: Option<VirtioSerialChannel>,
     /// Network interfaces, in the order the guest sees them; empty means
@@ -140,6 +146,10 @@ pub struct VirtioSerialChannel {
 /// Why a [`VmConfig`] was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The status channel's descriptor is one of the VMM's stdio (0 to 2)
+    /// or negative.
+    #[error("status channel descriptor must be 3 or more, got {0}")]
+    StatusFd(i32),
     /// The id is empty or holds a control character.
     #[error("vm id {0:?} must be non-empty printable text")]
     InvalidId(String),
@@ -265,6 +275,7 @@ impl VmConfig {
             disks: Vec::new(),
             control_socket: control_socket.into(),
             status_file: status_file.into(),
+            status_fd: None,
             agent_channel: None,
             nics: Vec::new(),
         }
@@ -300,6 +311,11 @@ impl VmConfig {
         }
         check_socket("control", &self.control_socket)?;
         check_path("status file", &self.status_file)?;
+        if let Some(fd) = self.status_fd {
+            if fd < 3 {
+                return Err(ConfigError::StatusFd(fd));
+            }
+        }
         clash(
             "control socket",
             &self.control_socket,

@@ -8,8 +8,10 @@
 //!   starts QEMU with stdout on a pipe it owns and is the only writer of the
 //!   console log. QEMU never opens that log itself, so nothing is truncated
 //!   when a VM starts again. The guest's status channel is its second
-//!   serial port ([`STATUS_TTY`]), a file QEMU opens with `append=on`
-//!   (`O_APPEND`), for the same reason.
+//!   serial port ([`STATUS_TTY`]): with `status_fd`, a pipe inherited from
+//!   the monitor, which bounds what it keeps (QEMU opens it as
+//!   `/dev/fdset/N` after `-add-fd`); without, a file QEMU opens with
+//!   `append=on` (`O_APPEND`), for the same reason.
 //! - QEMU option values (`-chardev`, `-drive`, `-device`, `-name`, …) are
 //!   comma-separated `key=value` lists in which a literal comma is written
 //!   twice. Every value that can hold user text goes through [`escape`].
@@ -36,6 +38,8 @@ pub const STATUS_TTY: &str = "ttyS1";
 pub const CONSOLE_CHARDEV: &str = "console";
 /// Chardev id of the status port (guest `ttyS1`).
 pub const STATUS_CHARDEV: &str = "status";
+/// The QEMU fd set holding the status channel's inherited descriptor.
+pub const STATUS_FDSET: u32 = 1;
 /// Chardev id of the QMP control socket.
 pub const QMP_CHARDEV: &str = "qmp";
 /// Chardev id of the agent's virtio-serial channel.
@@ -131,11 +135,23 @@ pub fn build_argv(
         &"-serial",
         &format!("chardev:{CONSOLE_CHARDEV}"),
     ]);
-    // Status lines of lodge's guest init, appended (O_APPEND) to a file.
+    // Status lines of lodge's guest init: into the pipe the monitor passed
+    // as `status_fd` (QEMU reopens it through an fd set; `append=on`, as
+    // QEMU refuses `O_TRUNC` there), else appended (O_APPEND) to a file.
+    let status_path = match cfg.status_fd {
+        Some(fd) => {
+            push(&[
+                &"-add-fd",
+                &format!("fd={fd},set={STATUS_FDSET},opaque={STATUS_CHARDEV}"),
+            ]);
+            OsString::from(format!("/dev/fdset/{STATUS_FDSET}"))
+        }
+        None => cfg.status_file.clone().into_os_string(),
+    };
     push(&[
         &"-chardev",
         &OptBuf::new(&format!("file,id={STATUS_CHARDEV}"))
-            .kv("path", &cfg.status_file)
+            .kv("path", &status_path)
             .kv("append", "on")
             .done(),
         &"-serial",
@@ -468,6 +484,43 @@ mod tests {
     }
 
     /// A bad TAP name never reaches QEMU.
+    /// With `status_fd`, QEMU writes the status port into the descriptor
+    /// its parent passed (through an fd set), and never opens a file.
+    #[test]
+    fn status_channel_on_an_inherited_fd() {
+        let mut cfg = VmConfig::new(
+            "id1",
+            "vm1",
+            "/sys/vmlinuz",
+            "/sys/initrd.img",
+            "/data/guests/id1/qmp.sock",
+            "/data/guests/id1/status.log",
+        );
+        cfg.status_fd = Some(3);
+        let built = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let argv = argv_strings(&built);
+        let at = argv.iter().position(|a| *a == "-add-fd").expect("-add-fd");
+        assert_eq!(
+            argv[at..at + 6],
+            [
+                "-add-fd",
+                "fd=3,set=1,opaque=status",
+                "-chardev",
+                "file,id=status,path=/dev/fdset/1,append=on",
+                "-serial",
+                "chardev:status",
+            ]
+        );
+        assert!(!argv.iter().any(|a| a.contains("status.log")), "{argv:?}");
+        for bad in [-1, 0, 2] {
+            cfg.status_fd = Some(bad);
+            assert!(matches!(
+                build_argv(OsStr::new("qemu"), &tcg(), &cfg),
+                Err(ConfigError::StatusFd(_))
+            ));
+        }
+    }
+
     #[test]
     fn invalid_nic_builds_nothing() {
         let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
