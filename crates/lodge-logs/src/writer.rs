@@ -101,13 +101,23 @@ impl RotatingWriter {
         max_size: u64,
         max_files: usize,
     ) -> Result<Self, WriterError> {
+        Self::open_named(dir, source.file_name(), max_size, max_files)
+    }
+
+    /// [`open`](Self::open) for a log that is no [`Source`] (the monitor's
+    /// bounded `status.log`): `base` is the live file's name.
+    pub fn open_named(
+        dir: &Path,
+        base: &'static str,
+        max_size: u64,
+        max_files: usize,
+    ) -> Result<Self, WriterError> {
         if max_size == 0 {
             return Err(WriterError::ZeroMaxSize);
         }
         if max_files == 0 {
             return Err(WriterError::ZeroMaxFiles);
         }
-        let base = source.file_name();
         let segments: VecDeque<u64> = list_segments(dir, base)
             .map_err(|source| WriterError::List {
                 path: dir.to_owned(),

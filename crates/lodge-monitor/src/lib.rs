@@ -33,6 +33,7 @@
 
 mod capture;
 mod diag;
+mod guest_status;
 mod pump;
 pub mod status;
 mod validate;
@@ -41,7 +42,7 @@ use diag::diag;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -54,6 +55,10 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 pub use capture::{read_capture_info, CaptureInfo, Stall, CAPTURE_JSON};
+pub use guest_status::{
+    read_guest_status, GuestStatus, GUEST_STATUS_JSON, STATUS_LOG, STATUS_MAX_FILES,
+    STATUS_MAX_SIZE,
+};
 pub use status::{
     process_start_ticks, read_exit_info, read_monitor_info, ExitInfo, MonitorInfo, EXIT_JSON,
     MONITOR_JSON,
@@ -76,6 +81,10 @@ pub struct Config {
     pub max_files: usize,
     /// Program and arguments.
     pub command: Vec<OsString>,
+    /// Give the command the write end of a pipe as this descriptor (>= 3)
+    /// and keep what it writes there as the guest's status channel: a
+    /// bounded `status.log` and the derived `guest-status.json`.
+    pub status_fd: Option<i32>,
 }
 
 /// Why the monitor could not run the command. All of these happen before
@@ -108,6 +117,9 @@ pub enum MonitorError {
     /// `max_files` was zero.
     #[error("--max-files must be at least 1")]
     ZeroMaxFiles,
+    /// `status_fd` was one of the command's stdio or negative.
+    #[error("--status-fd must be 3 or more, got {0}")]
+    StatusFd(i32),
     /// The command line was empty.
     #[error("no command given (put it after `--`)")]
     NoCommand,
@@ -137,6 +149,9 @@ pub enum MonitorError {
         #[source]
         source: io::Error,
     },
+    /// The status channel's pipe could not be made.
+    #[error("cannot make the status channel's pipe")]
+    StatusPipe(#[source] io::Error),
     /// A status file could not be written.
     #[error("cannot write {}", path.display())]
     Status {
@@ -165,11 +180,15 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         move |source| MonitorError::Status { path, source }
     };
     status::remove_if_present(dir, EXIT_JSON).map_err(status_err(EXIT_JSON))?;
+    let status_channel = match config.status_fd {
+        Some(fd) => Some(StatusChannel::open(dir, fd)?),
+        None => None,
+    };
 
     // Handlers first, so a child that dies at once is still noticed.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
-    let mut child = spawn(&config.command)?;
+    let mut child = spawn(&config.command, status_channel.as_ref())?;
     let started_at = SystemTime::now();
     let child_pid = child.id();
 
@@ -192,6 +211,9 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
     }
 
     let capture = Arc::new(capture::Capture::create(dir));
+    // Only the child may hold the write end now: its end of file is the
+    // VMM's exit.
+    let status_pump = status_channel.map(|channel| channel.pump(Arc::clone(&capture)));
     let pumps = match (child.stdout.take(), child.stderr.take()) {
         (Some(stdout), Some(stderr)) => {
             for pipe in [stdout.as_fd(), stderr.as_fd()] {
@@ -202,8 +224,20 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
             }
             let names = |pipe, log| pump::Names { pipe, log };
             [
-                pump::spawn(names("stdout", "app"), stdout, app, Arc::clone(&capture)),
-                pump::spawn(names("stderr", "vmm"), stderr, vmm, Arc::clone(&capture)),
+                pump::spawn(
+                    names("stdout", "app"),
+                    stdout,
+                    app,
+                    Arc::clone(&capture),
+                    |_| {},
+                ),
+                pump::spawn(
+                    names("stderr", "vmm"),
+                    stderr,
+                    vmm,
+                    Arc::clone(&capture),
+                    |_| {},
+                ),
             ]
         }
         _ => unreachable_pipes(),
@@ -213,8 +247,9 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
     let finished_at = SystemTime::now();
 
     // Everything the command (and anything it left behind holding the
-    // pipes) wrote is on disk before the exit is recorded.
-    for pump in pumps {
+    // pipes) wrote is on disk, and the guest's last status line on record,
+    // before the exit is recorded.
+    for pump in pumps.into_iter().chain(status_pump) {
         match pump {
             Ok(handle) => match handle.join() {
                 Ok(writer) => {
@@ -254,13 +289,70 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
     Ok(exit.shell_code())
 }
 
+/// The guest's status channel: a pipe whose write end the command gets as
+/// descriptor `fd`, read by its own pump into `status.log` (bounded: see
+/// [`STATUS_MAX_SIZE`]), with the last status line kept in
+/// `guest-status.json` (see `guest_status`).
+struct StatusChannel {
+    fd: i32,
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    log: RotatingWriter,
+    record: guest_status::Record,
+}
+
+impl StatusChannel {
+    fn open(dir: &std::path::Path, fd: i32) -> Result<Self, MonitorError> {
+        let log = RotatingWriter::open_named(dir, STATUS_LOG, STATUS_MAX_SIZE, STATUS_MAX_FILES)?;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|err| MonitorError::StatusPipe(err.into()))?;
+        Ok(StatusChannel {
+            fd,
+            read,
+            write,
+            log,
+            record: guest_status::Record::create(dir),
+        })
+    }
+
+    /// Starts the pump; drops our copy of the write end.
+    fn pump(
+        self,
+        capture: Arc<capture::Capture>,
+    ) -> io::Result<std::thread::JoinHandle<RotatingWriter>> {
+        let StatusChannel {
+            read,
+            write,
+            log,
+            mut record,
+            ..
+        } = self;
+        drop(write);
+        let mut scanner = guest_status::Scanner::default();
+        pump::spawn(
+            pump::Names {
+                pipe: "status",
+                log: "status",
+            },
+            std::fs::File::from(read),
+            log,
+            capture,
+            move |bytes| {
+                if scanner.feed(bytes) || record.dirty() {
+                    record.store(scanner.status());
+                }
+            },
+        )
+    }
+}
+
 fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 2] {
     // `spawn` always asks for both pipes; keep the types honest anyway.
     let err = || Err(io::Error::other("child pipes missing"));
     [err(), err()]
 }
 
-fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
+fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, MonitorError> {
     let (program, args) = command.split_first().ok_or(MonitorError::NoCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -268,6 +360,9 @@ fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some(channel) = status {
+        inherit_as(&mut cmd, channel.write.as_raw_fd(), channel.fd);
+    }
     // The VMM must not outlive its monitor (killed, crashed): nobody else
     // would collect its output or exit status. The monitor spawns from its
     // main thread, which lives as long as the monitor.
@@ -277,6 +372,27 @@ fn spawn(command: &[OsString]) -> Result<Child, MonitorError> {
             program: program.to_string_lossy().into_owned(),
             source,
         })
+}
+
+/// Makes the child get `from` as descriptor `to`, open across exec.
+#[allow(unsafe_code)]
+fn inherit_as(cmd: &mut Command, from: std::os::fd::RawFd, to: std::os::fd::RawFd) {
+    // SAFETY: the closure runs between fork and exec and makes only the
+    // async-signal-safe dup2 and fcntl calls: no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = if from == to {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
+                libc::fcntl(to, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, to)
+            };
+            if done == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Forwards termination signals to the child's process group until the
@@ -312,5 +428,71 @@ fn kill_group(child: &Child, signal: Signal) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}
             Err(err) => diag(format_args!("signalling the command: {err}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole status route with a real pipe: the command writes init's
+    /// lines and a flood to its descriptor 3; the log stays within its
+    /// bound, the record holds the last real line, and nothing is left
+    /// behind holding the pipe.
+    #[test]
+    fn the_status_channel_is_bounded_and_its_last_line_kept(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let script = "echo 'lodge-init: started pid=1' >&3; \
+                      yes | head -c 3000000 >&3; \
+                      printf 'lodge-init: exi' >&3; sleep 0.1; \
+                      echo 'ted code=3' >&3; exit 3";
+        let config = Config {
+            log_dir: dir.path().to_owned(),
+            max_size: 1 << 20,
+            max_files: 2,
+            command: ["sh", "-c", script].iter().map(OsString::from).collect(),
+            status_fd: Some(3),
+        };
+        assert_eq!(run(&config)?, 3);
+        let status = read_guest_status(dir.path())?.unwrap_or_default();
+        assert_eq!(
+            status.event(),
+            Some(lodge_guest::StatusEvent::Exited { code: 3 })
+        );
+        let mut status_bytes = 0;
+        for entry in std::fs::read_dir(dir.path())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("status.log") {
+                status_bytes += entry.metadata()?.len();
+            }
+        }
+        let bound = STATUS_MAX_SIZE * (STATUS_MAX_FILES as u64 + 1);
+        assert!(
+            status_bytes <= bound,
+            "{status_bytes} bytes of status kept, bound {bound}"
+        );
+        let live = std::fs::read_to_string(dir.path().join(STATUS_LOG))?;
+        assert!(live.ends_with("lodge-init: exited code=3\n"), "{live:?}");
+
+        // Without --status-fd the command gets no descriptor 3.
+        let config = Config {
+            status_fd: None,
+            command: ["sh", "-c", "exec 2>/dev/null; echo x >&3 || exit 9"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+            ..config
+        };
+        assert_eq!(run(&config)?, 9);
+        assert!(matches!(
+            run(&Config {
+                status_fd: Some(2),
+                ..config
+            }),
+            Err(MonitorError::StatusFd(2))
+        ));
+        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! One thread per child pipe: read, append to the log, repeat.
+//! One thread per child pipe (stdout, stderr, and the guest's status
+//! channel when there is one): read, append to the log, repeat.
 //!
 //! Nothing is buffered between the read and the write, so followers see
 //! bytes as soon as the child wrote them. Nothing is dropped either: when a
@@ -31,19 +32,23 @@ const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Which pipe a pump drains and which log it feeds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Names {
-    /// The child's stream: `stdout` or `stderr`.
+    /// The child's stream: `stdout`, `stderr` or `status`.
     pub pipe: &'static str,
-    /// The log it goes to: `app` or `vmm`.
+    /// The log it goes to: `app`, `vmm` or `status`.
     pub log: &'static str,
 }
 
 /// Starts a pump from `pipe` into `writer`; the thread returns the writer
 /// once the pipe reached end of file (every writer of the pipe closed it).
+///
+/// `tap` sees every chunk read, before it is written (and so even while
+/// writing stalls): the status pump derives the guest's state there.
 pub(crate) fn spawn<R: Read + Send + 'static>(
     names: Names,
     mut pipe: R,
     mut writer: RotatingWriter,
     capture: Arc<Capture>,
+    mut tap: impl FnMut(&[u8]) + Send + 'static,
 ) -> io::Result<JoinHandle<RotatingWriter>> {
     thread::Builder::new()
         .name(format!("pump-{}", names.pipe))
@@ -62,6 +67,7 @@ pub(crate) fn spawn<R: Read + Send + 'static>(
                         break;
                     }
                 };
+                tap(&buf[..n]);
                 write_all_retrying(names.log, &mut writer, &buf[..n], &capture);
                 if let Some(err) = writer.take_error() {
                     diag(format_args!("{} log: {err} (no output lost)", names.log));

@@ -27,6 +27,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), MonitorError> {
     if config.max_files == 0 {
         return Err(MonitorError::ZeroMaxFiles);
     }
+    if let Some(fd) = config.status_fd {
+        if fd < 3 {
+            return Err(MonitorError::StatusFd(fd));
+        }
+    }
     let Some(program) = config.command.first() else {
         return Err(MonitorError::NoCommand);
     };

@@ -254,6 +254,11 @@ pub struct SuperviseArgs {
     /// Rotated segments kept per log (at least 1)
     #[arg(long, default_value = "5", allow_hyphen_values = true)]
     pub max_files: String,
+    /// Give the command a pipe as this descriptor (3 or more) for the
+    /// guest's status channel, kept as a bounded status.log and
+    /// guest-status.json
+    #[arg(long, allow_hyphen_values = true)]
+    pub status_fd: Option<String>,
     /// The command to run, after `--`
     #[arg(last = true, num_args = 0..)]
     pub command: Vec<OsString>,

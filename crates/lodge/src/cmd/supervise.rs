@@ -28,11 +28,19 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
             args.max_files
         )
     })?;
+    let status_fd =
+        match &args.status_fd {
+            Some(text) => Some(text.parse::<i32>().map_err(|_| {
+                anyhow!("invalid --status-fd {text:?}: expected a descriptor number")
+            })?),
+            None => None,
+        };
     let config = lodge_monitor::Config {
         log_dir: args.log_dir,
         max_size: max_size.as_u64(),
         max_files,
         command: args.command,
+        status_fd,
     };
     Ok(lodge_monitor::run(&config)?)
 }
@@ -43,13 +51,14 @@ pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
     parse_fast(args).map(run)
 }
 
-/// `--log-dir`, `--max-size`, `--max-files` (as `--flag VALUE` or
-/// `--flag=VALUE`), then `--` and the command.
+/// `--log-dir`, `--max-size`, `--max-files`, `--status-fd` (as `--flag
+/// VALUE` or `--flag=VALUE`), then `--` and the command.
 fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
     let mut parsed = SuperviseArgs {
         log_dir: Default::default(),
         max_size: "50MiB".into(),
         max_files: "5".into(),
+        status_fd: None,
         command: Vec::new(),
     };
     let mut log_dir = None;
@@ -65,6 +74,7 @@ fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
             "--log-dir" => log_dir = Some(value()?),
             "--max-size" => parsed.max_size = value()?.into_string().ok()?,
             "--max-files" => parsed.max_files = value()?.into_string().ok()?,
+            "--status-fd" => parsed.status_fd = Some(value()?.into_string().ok()?),
             _ => return None,
         }
     }
@@ -97,6 +107,7 @@ mod tests {
             "--max-size=1MiB",
             "--max-files",
             "3",
+            "--status-fd=3",
             "--",
             "seq",
             "--",
@@ -106,6 +117,7 @@ mod tests {
         assert_eq!(args.log_dir, std::path::PathBuf::from("/d"));
         assert_eq!(args.max_size, "1MiB");
         assert_eq!(args.max_files, "3");
+        assert_eq!(args.status_fd.as_deref(), Some("3"));
         assert_eq!(args.command, os(&["seq", "--", "-5"]));
 
         let args = parse_fast(&os(&["--log-dir=/d"])).expect("parsed");
@@ -114,6 +126,7 @@ mod tests {
             ("50MiB", "5")
         );
         assert!(args.command.is_empty());
+        assert_eq!(args.status_fd, None);
         // Negative sizes reach our validation, as with clap.
         assert_eq!(
             parse_fast(&os(&["--log-dir", "/d", "--max-size", "-5"])).map(|a| a.max_size),

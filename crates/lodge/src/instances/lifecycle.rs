@@ -26,11 +26,15 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 impl Manager {
     /// Starts the monitor + VMM for a prepared instance.
     pub(super) async fn boot(&self, paths: &Paths, mut meta: Metadata) -> Result<()> {
-        // Status lines of a previous boot must not leak into this one.
-        match std::fs::remove_file(paths.status_file()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("clearing the status channel")(e)),
+        // Status lines of a previous boot must not leak into this one (the
+        // monitor also starts its record afresh).
+        let record = paths.logs().join(lodge_monitor::GUEST_STATUS_JSON);
+        for stale in [paths.status_file(), record] {
+            match std::fs::remove_file(stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("clearing the status channel")(e)),
+            }
         }
         meta.paused = false;
         meta.started_at = Some(SystemTime::now());

@@ -40,6 +40,12 @@ use crate::config::Config;
 /// `quiet` lets through) into the user's log; a VM's timer needs no check.
 const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
 
+/// The descriptor on which the monitor hands the VMM the write end of the
+/// guest's status channel (`lodge supervise --status-fd`), so the monitor,
+/// not the VMM, decides what of it is kept (a bounded `logs/status.log`
+/// and `logs/guest-status.json`).
+const STATUS_FD: i32 = 3;
+
 /// How long a monitor may take to hold its lock and record its child.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,7 +112,9 @@ impl Launcher {
                 DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
             ],
             control_socket: paths.control_socket(),
+            // Unused while `status_fd` is set; kept valid for the config.
             status_file: paths.status_file(),
+            status_fd: Some(STATUS_FD),
             // The guest agent's transport; without it the VM still runs,
             // and exec/cp are refused (see `Manager::agent_endpoint`).
             agent_channel: caps.virtio_serial.then(|| VirtioSerialChannel {
@@ -140,6 +148,8 @@ impl Launcher {
             .arg(self.cfg.log_max_size.to_string())
             .arg("--max-files")
             .arg(self.cfg.log_max_files.to_string())
+            .arg("--status-fd")
+            .arg(STATUS_FD.to_string())
             .arg("--")
             .args(argv.iter().map(OsString::as_os_str));
         let stderr = File::create(paths.monitor_stderr()).map_err(MonitorError::ErrorFile)?;

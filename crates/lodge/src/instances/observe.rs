@@ -2,13 +2,16 @@
 //! what other processes leave behind.
 //!
 //! - the monitor's lock on `logs/monitor.lock` (alive or not);
-//! - the guest init's status lines, which the VMM appends to `status.log`;
+//! - the guest init's last status line, which the monitor keeps in
+//!   `logs/guest-status.json` (it reads the status port itself and bounds
+//!   what it keeps of it); VMs started before that have the VMM append
+//!   the port to `status.log` instead, read as below;
 //! - the monitor's `exit.json`, `monitor.json` and `capture.json`, read
 //!   through lodge-monitor's own readers;
 //! - whether the VMM named in `monitor.json` (pid *and* start time, never a
 //!   name) still runs although its monitor is gone: an orphan.
 //!
-//! Everything the guest controls is read with a bound: `status.log` can be
+//! Everything the guest controls is read with a bound: the old `status.log` can be
 //! written at will by a root workload (`yes > /dev/ttyS1` grew it by 32 MB
 //! in 90 s), so only its first [`STATUS_HEAD`] and last [`STATUS_TAIL`]
 //! bytes are read, whatever its size. Init reports "started" (or its setup
@@ -44,7 +47,7 @@ pub fn observe(paths: &Paths, meta: &Metadata) -> Observed {
         monitor_alive: alive,
         ever_started: meta.started_at.is_some(),
         paused: meta.paused,
-        guest: read_guest_progress(&paths.status_file()),
+        guest: guest_progress(&logs, &paths.status_file()),
         vmm_exit: read_vmm_exit(&logs),
         orphan_vmm: if alive { None } else { orphan_vmm(&logs) },
         capture: if alive { read_capture(&logs) } else { None },
@@ -147,6 +150,24 @@ pub async fn kill_orphan_vmm(log_dir: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The last thing guest init reported on its status channel: the monitor's
+/// record in `log_dir` if there is one, else a bounded read of the
+/// `status_file` a VM started by an older lodge has (see the module doc).
+fn guest_progress(log_dir: &Path, status_file: &Path) -> GuestProgress {
+    match lodge_monitor::read_guest_status(log_dir) {
+        Ok(Some(status)) => status
+            .event()
+            .map_or(GuestProgress::NotStarted, progress_of_event),
+        Ok(None) => read_guest_progress(status_file),
+        Err(e) => {
+            // Torn on every retry, or unreadable: the host's own facts
+            // (monitor lock, VMM exit) still decide the state.
+            tracing::debug!("reading the guest status in {}: {e}", log_dir.display());
+            GuestProgress::NotStarted
+        }
+    }
+}
+
 /// The last thing guest init reported on its status channel, from a
 /// bounded read of `status_file` (see the module doc).
 pub fn read_guest_progress(status_file: &Path) -> GuestProgress {
@@ -237,14 +258,18 @@ fn progress_of(text: &[u8]) -> GuestProgress {
         let Some(event) = lodge_guest::parse_status_line(line.trim_end_matches('\r')) else {
             continue;
         };
-        progress = match event {
-            lodge_guest::StatusEvent::Started { .. } => GuestProgress::Started,
-            lodge_guest::StatusEvent::Exited { code } => GuestProgress::Exited(code),
-            lodge_guest::StatusEvent::Signaled { signal } => GuestProgress::Signaled(signal),
-            lodge_guest::StatusEvent::Error(msg) => GuestProgress::Failed(msg),
-        };
+        progress = progress_of_event(event);
     }
     progress
+}
+
+fn progress_of_event(event: lodge_guest::StatusEvent) -> GuestProgress {
+    match event {
+        lodge_guest::StatusEvent::Started { .. } => GuestProgress::Started,
+        lodge_guest::StatusEvent::Exited { code } => GuestProgress::Exited(code),
+        lodge_guest::StatusEvent::Signaled { signal } => GuestProgress::Signaled(signal),
+        lodge_guest::StatusEvent::Error(msg) => GuestProgress::Failed(msg),
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +293,36 @@ mod tests {
         assert_eq!(read_vmm_exit(dir.path()), None);
         assert_eq!(orphan_vmm(dir.path()), None);
         assert_eq!(read_capture(dir.path()), None);
+    }
+
+    /// The monitor's record is the source when there is one; a VM started
+    /// before it (no record) is read from its old status file.
+    #[test]
+    fn the_monitor_record_wins_over_the_old_status_file() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs)?;
+        let file = dir.path().join("status.log");
+        std::fs::write(&file, StatusEvent::Exited { code: 5 }.line())?;
+        assert_eq!(guest_progress(&logs, &file), GuestProgress::Exited(5));
+
+        let record = |last: Option<StatusEvent>| {
+            let status = lodge_monitor::GuestStatus {
+                last: last.map(|e| e.to_string()),
+            };
+            let json = serde_json::to_vec(&status).map_err(io::Error::other)?;
+            std::fs::write(logs.join(lodge_monitor::GUEST_STATUS_JSON), json)
+        };
+        record(None)?;
+        assert_eq!(guest_progress(&logs, &file), GuestProgress::NotStarted);
+        record(Some(StatusEvent::Exited { code: 7 }))?;
+        assert_eq!(guest_progress(&logs, &file), GuestProgress::Exited(7));
+        record(Some(StatusEvent::Error("no /bin/sh".into())))?;
+        assert_eq!(
+            guest_progress(&logs, &file),
+            GuestProgress::Failed("no /bin/sh".into())
+        );
+        Ok(())
     }
 
     #[test]
