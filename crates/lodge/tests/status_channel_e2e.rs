@@ -1,24 +1,52 @@
 //! The guest's status channel is untrusted and bounded (issue 10, item 4),
-//! on a real VM: a workload that floods the status port (`/dev/ttyS1`) and
-//! forges init's "exited" line keeps `GET /instances` fast and the
-//! instance Running, since its VMM still runs.
+//! on a real VM: a workload forges init's "exited" and "error" lines, then
+//! floods the status port (`/dev/ttyS1`) with megabytes, then ends with its
+//! own code. Meanwhile `GET /instances` stays fast and the instance
+//! Running (its VMM still runs), the status text kept on disk stays within
+//! the monitor's bound, and when the workload ends the real exit line,
+//! written after the flood, is what the instance reports, even across a
+//! daemon restart during the flood.
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{busybox_rootfs, wait_until, Daemon};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
+/// Bytes the workload writes to the status port.
+const FLOOD: u64 = 3_000_000;
+
+/// Bytes of status text kept in `logs`, and the highest rotated segment's
+/// number (each rotation is `STATUS_MAX_SIZE` bytes written).
+fn status_on_disk(logs: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut last_seq = 0;
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(lodge_monitor::STATUS_LOG) else {
+            continue;
+        };
+        bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Some(seq) = rest.strip_prefix('.').and_then(|s| s.parse::<u64>().ok()) {
+            last_seq = last_seq.max(seq);
+        }
+    }
+    (bytes, last_seq)
+}
 
 #[test]
 fn a_flooded_and_forged_status_channel_changes_nothing() {
     require_guest!();
-    let d = Daemon::start();
-    let script = "echo 'lodge-init: exited code=0' > /dev/ttyS1; \
-                  echo 'lodge-init: error forged' > /dev/ttyS1; \
-                  echo flooding; yes > /dev/ttyS1";
+    let mut d = Daemon::start();
+    let script = format!(
+        "echo 'lodge-init: exited code=0' > /dev/ttyS1; \
+         echo 'lodge-init: error forged' > /dev/ttyS1; \
+         echo flooding; yes | head -c {FLOOD} > /dev/ttyS1; \
+         echo flooded; sleep 4; exit 7"
+    );
     let inst = d.create(json!({
         "name": "flood",
         "rootfs": busybox_rootfs(),
@@ -34,12 +62,14 @@ fn a_flooded_and_forged_status_channel_changes_nothing() {
             .any(|l| l == "flooding")
             .then_some(())
     });
-    let status = d.guests_dir().join(&id).join("status.log");
-    let size = || std::fs::metadata(&status).map(|m| m.len()).unwrap_or(0);
+    let guest = d.guests_dir().join(&id);
+    let logs = guest.join("logs");
+    let bound = lodge_monitor::STATUS_MAX_SIZE * (lodge_monitor::STATUS_MAX_FILES as u64 + 1);
+    let written = || status_on_disk(&logs).1 * lodge_monitor::STATUS_MAX_SIZE;
     wait_until(
-        "2 MB on the status channel",
+        "1 MB on the status channel",
         Duration::from_secs(90),
-        || (size() > 2 << 20).then_some(()),
+        || (written() > 1 << 20).then_some(()),
     );
 
     let started = Instant::now();
@@ -51,13 +81,52 @@ fn a_flooded_and_forged_status_channel_changes_nothing() {
         .as_array()
         .and_then(|all| all.iter().find(|i| i["id"] == id.as_str()));
     let ours = ours.expect("listed");
-    eprintln!("status.log {} bytes; GET /instances took {took:?}", size());
+    eprintln!(
+        "{} bytes through the status channel; GET /instances took {took:?}",
+        written()
+    );
     assert_eq!(ours["state"], "Running", "forged exit believed: {ours}");
     assert!(ours["exit_code"].is_null(), "{ours}");
     assert!(
         took < Duration::from_millis(300),
-        "GET /instances took {took:?} with {} bytes of status",
-        size()
+        "GET /instances took {took:?} during a status flood"
+    );
+    let (kept, _) = status_on_disk(&logs);
+    assert!(kept <= bound, "{kept} bytes of status kept, bound {bound}");
+    assert!(
+        !guest.join("status.log").exists(),
+        "QEMU writes no status file of its own"
+    );
+
+    // The status channel does not go through the daemon: a restart in the
+    // middle of the flood loses nothing.
+    d.kill9();
+    d.spawn();
+
+    wait_until("the flood to end", Duration::from_secs(120), || {
+        d.log_lines(&id, "tail=5")
+            .iter()
+            .any(|l| l == "flooded")
+            .then_some(())
+    });
+    let v = d.wait_state(&id, "Stopped", Duration::from_secs(60));
+    assert_eq!(v["exit_code"], 7, "the real exit line after the flood: {v}");
+    let (kept, last_seq) = status_on_disk(&logs);
+    eprintln!(
+        "after the flood: {kept} bytes of status kept, {} written",
+        last_seq * lodge_monitor::STATUS_MAX_SIZE
+    );
+    assert!(kept <= bound, "{kept} bytes of status kept, bound {bound}");
+    assert!(
+        last_seq * lodge_monitor::STATUS_MAX_SIZE >= FLOOD - 2 * lodge_monitor::STATUS_MAX_SIZE,
+        "the whole flood went through the channel"
+    );
+    let record = lodge_monitor::read_guest_status(&logs)
+        .expect("readable")
+        .expect("a record");
+    assert_eq!(
+        record.event(),
+        Some(lodge_guest::StatusEvent::Exited { code: 7 })
     );
 
     let r = d.api("DELETE", &format!("/instances/{id}"), None);
