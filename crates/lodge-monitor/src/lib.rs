@@ -1,25 +1,32 @@
 //! The per-VM monitor behind `lodge supervise`: runs one command (the VMM)
 //! with its stdout and stderr on pipes, and is the only writer of the log
-//! directory it captures them into.
+//! directory it captures them into. With `status_fd` it also owns the
+//! guest's status channel: the VMM gets the write end of a third pipe as
+//! that descriptor (QEMU's second serial port writes there), and the
+//! monitor keeps a bounded `status.log` of it plus the last status line in
+//! `guest-status.json` (see `guest_status`), so a guest flooding its status
+//! port can neither fill the disk nor hide its real exit line.
 //!
-//! It is plain synchronous std code with three threads (signals and child
-//! status on the main thread, one pump per pipe) and no async runtime, so it
-//! starts fast and stays within its memory budget. The sequence:
+//! It is plain synchronous std code with three or four threads (signals
+//! and child status on the main thread, one pump per pipe) and no async
+//! runtime, so it starts fast and stays within its memory budget. The
+//! sequence:
 //!
 //! 1. validate everything (directory, limits, command on `PATH`), creating
 //!    nothing; any failure is a one-line error and exit code 2;
 //! 2. take the exclusive lock `DIR/monitor.lock` for the whole life of the
 //!    process (a second monitor for the same directory is refused before it
 //!    starts anything), open the live logs for appending, drop a stale
-//!    `exit.json`;
+//!    `exit.json`, start `guest-status.json` afresh;
 //! 3. start the command in its own process group with stdin on /dev/null,
 //!    so a terminal's Ctrl-C reaches it only through us and with
 //!    `PR_SET_PDEATHSIG` so it dies with us if we are killed, and record
 //!    `monitor.json`;
 //! 4. forward SIGTERM, SIGINT, SIGHUP and SIGQUIT to the command's process
 //!    group until it exits;
-//! 5. wait for both pipes to reach end of file (everything the command and
-//!    its children wrote), fsync, write `exit.json`, release the lock, and
+//! 5. wait for every pipe to reach end of file (everything the command and
+//!    its children wrote, the guest's last status line), fsync, write
+//!    `exit.json`, release the lock, and
 //!    exit with the command's code (128 + signal if it was killed).
 //!
 //! It needs no terminal and no open stdout: started detached (`setsid`,
