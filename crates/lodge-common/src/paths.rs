@@ -10,7 +10,12 @@
 //!     vmlinuz  vmlinux  initrd.img
 //!   guests/<id>/             one directory per instance
 //!     metadata.json  config.img  rootfs.ext4  overlay.ext4
-//!     qmp.sock  agent.sock  status.log  monitor.err  logs/
+//!     qmp.sock  agent.sock  monitor.err
+//!     status.log             guest status lines of VMs started before the
+//!                            monitor owned the status channel (read only)
+//!     logs/                  app.log vmm.log lodge.log (+ rotated segments),
+//!                            status.log (bounded), guest-status.json,
+//!                            monitor.json exit.json capture.json
 //!   guests/.creating-<id>/   an instance being created (renamed into place)
 //!   guests/.deleting-<id>/   an instance being deleted
 //!   network/leases/<ip>      one file per guest address, naming its instance
@@ -169,7 +174,8 @@ impl GuestPaths {
         let id = self.dir.file_name().unwrap_or_default().to_string_lossy();
         std::env::temp_dir().join(format!("lodge-agent-{id}.sock"))
     }
-    /// Guest init's status lines (second serial port), not user output.
+    /// Guest init's status lines as QEMU wrote them before the monitor
+    /// owned the status channel; read only for VMs started back then.
     pub fn status_file(&self) -> PathBuf {
         self.dir.join("status.log")
     }
