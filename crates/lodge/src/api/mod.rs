@@ -106,11 +106,25 @@ pub fn router(state: AppState) -> Router {
         .route("/spec.json", get(spec))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(reject_declared_oversize))
         // Archive uploads, bounded by the image size limit instead.
         .merge(images::upload_routes(state.clone()))
+        // Again for the upload route (the call only reaches the routes
+        // present, and before the `layer`s above).
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// A known path asked with a method it does not have; axum adds the
+/// `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("method {method} is not allowed here"),
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,8 +139,87 @@ async fn health() -> Json<Health> {
 }
 
 async fn spec() -> Response {
-    match ApiDoc::openapi().to_pretty_json() {
+    match spec_json() {
         Ok(s) => ([(axum::http::header::CONTENT_TYPE, "application/json")], s).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// The OpenAPI document, with the error answers every route shares added
+/// to each operation (see [`shared_errors`]).
+fn spec_json() -> serde_json::Result<String> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                let Some(op) = op.as_object_mut() else {
+                    continue;
+                };
+                let json_body = op
+                    .get("requestBody")
+                    .and_then(|b| b.get("content"))
+                    .and_then(|c| c.get("application/json"))
+                    .is_some();
+                let has_query = op
+                    .get("parameters")
+                    .and_then(|p| p.as_array())
+                    .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+                let responses = op
+                    .entry("responses")
+                    .or_insert_with(|| serde_json::json!({}));
+                let Some(responses) = responses.as_object_mut() else {
+                    continue;
+                };
+                for (status, why) in shared_errors(path, method, json_body || has_query) {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_response(why));
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc)
+}
+
+/// The error statuses the server can answer on `method path` whatever the
+/// handler does: the token check, the extractors (body and query), key
+/// resolution, the body size limit, and internal failures.
+fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'static str)> {
+    let mut out = Vec::new();
+    let open = matches!(path, "/health" | "/spec.json");
+    if !open {
+        out.push((401, "missing or invalid token"));
+    }
+    if has_input || path.contains('{') {
+        out.push((400, "invalid request"));
+    }
+    if path.contains('{') {
+        out.push((404, "no such resource"));
+    }
+    if path.starts_with("/instances/{") {
+        out.push((409, "ambiguous id prefix, or the instance is in the wrong state"));
+    }
+    if matches!(method, "post" | "put" | "patch") && !open {
+        out.push((413, "request body over the size limit"));
+        out.push((415, "request body is not application/json"));
+        out.push((422, "request body is JSON of the wrong shape"));
+    }
+    if !open {
+        out.push((500, "internal failure (disk, hypervisor, …)"));
+    }
+    out
+}
+
+fn error_response(description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": { "$ref": "#/components/schemas/ErrorBody" }
+            }
+        }
+    })
 }
