@@ -200,7 +200,10 @@ fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'stati
         out.push((404, "no such resource"));
     }
     if path.starts_with("/instances/{") {
-        out.push((409, "ambiguous id prefix, or the instance is in the wrong state"));
+        out.push((
+            409,
+            "ambiguous id prefix, or the instance is in the wrong state",
+        ));
     }
     if matches!(method, "post" | "put" | "patch") && !open {
         out.push((413, "request body over the size limit"));
