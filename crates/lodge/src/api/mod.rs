@@ -3,8 +3,10 @@
 //! Handlers only translate: parse the request into a typed call on the
 //! instance manager and render the result. Auth is one middleware in front of
 //! everything but `/health` and `/spec.json`; every rejection, including
-//! axum's own (bad JSON, oversized body, unknown route), is turned into the
-//! `{code, message}` error shape.
+//! axum's own (bad JSON, oversized body, unknown route, wrong method), is
+//! turned into the `{code, message}` error shape. The error statuses those
+//! shared layers can answer are added to every operation of `/spec.json`
+//! in one place ([`shared_errors`]) rather than repeated on each handler.
 
 mod capabilities;
 mod cp;
@@ -210,6 +212,21 @@ fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'stati
         out.push((415, "request body is not application/json"));
         out.push((422, "request body is JSON of the wrong shape"));
     }
+    // The routes that talk to the guest agent.
+    if ["/exec", "/cp", "/stat", "/agent/"]
+        .iter()
+        .any(|p| path.starts_with("/instances/{") && path.contains(p))
+    {
+        out.push((503, "the guest agent cannot be reached"));
+    }
+    // The routes that may pull an image: the image API's error statuses.
+    if method == "post" && matches!(path, "/instances" | "/images") {
+        out.push((403, "the registry refused the credentials"));
+        out.push((404, "no such image, tag or platform"));
+        out.push((409, "the image is busy"));
+        out.push((502, "the registry cannot be reached or answered badly"));
+        out.push((507, "not enough free disk for the image"));
+    }
     if !open {
         out.push((500, "internal failure (disk, hypervisor, …)"));
     }
@@ -225,4 +242,35 @@ fn error_response(description: &str) -> serde_json::Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_declares_the_shared_errors() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&spec_json().expect("spec")).expect("JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("path item") {
+                let responses = &op["responses"];
+                let open = matches!(path.as_str(), "/health" | "/spec.json");
+                assert_eq!(
+                    responses.get("401").is_some(),
+                    !open,
+                    "{method} {path}: {responses}"
+                );
+                if method == "post" && !open {
+                    for status in ["413", "415", "422"] {
+                        assert!(
+                            responses.get(status).is_some(),
+                            "{method} {path} lacks {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
