@@ -2,10 +2,13 @@
 //! daemon: a create racing a delete of the same name, a create with an
 //! invalid field refused before any pull, and error answers that are JSON
 //! and declared in the OpenAPI document (405, 404 for unknown paths, 422).
+//! And one the API fuzzer found: a request to the guest agent racing a
+//! stop answered 503 where a request after the stop gets 409.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::Daemon;
 use serde_json::json;
@@ -157,4 +160,52 @@ fn error_answers_are_json_and_declared_in_the_spec() {
     assert!(spec.body["paths"]["/health"]["get"]["responses"]
         .get("401")
         .is_none());
+}
+
+#[test]
+fn an_agent_request_racing_a_stop_answers_as_after_the_stop() {
+    require_guest!();
+    let d = Daemon::start();
+    let created = d.create(json!({
+        "name": "stat-race",
+        "rootfs": common::busybox_rootfs(),
+        "cmd": ["sleep", "600"],
+    }));
+    let id = created["id"].as_str().expect("id").to_string();
+    let stat = format!("/instances/{id}/stat?path=/");
+    common::wait_until("the agent to answer", Duration::from_secs(120), || {
+        (d.api("GET", &stat, None).status == 200).then_some(())
+    });
+    let done = AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let statters: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !done.load(Ordering::Relaxed) {
+                        let r = d.api("GET", &stat, None);
+                        seen.push((r.status, r.text));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let stop = d.api("POST", &format!("/instances/{id}/stop"), None);
+        assert_eq!(stop.status, 200, "stop: {}", stop.text);
+        // A few more after the stop.
+        std::thread::sleep(Duration::from_millis(300));
+        done.store(true, Ordering::Relaxed);
+        statters
+            .into_iter()
+            .flat_map(|h| h.join().expect("stat thread"))
+            .collect::<Vec<_>>()
+    });
+    for (status, text) in &seen {
+        assert!(
+            matches!(status, 200 | 409),
+            "a stat racing the stop answered {status}: {text}"
+        );
+    }
+    assert!(seen.iter().any(|(s, _)| *s == 409), "no stat saw the stop");
 }

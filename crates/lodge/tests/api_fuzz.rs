@@ -142,6 +142,8 @@ fn fuzz(st: &std::path::Path) {
         .arg("--report-dir")
         .arg(&report)
         .env("NO_COLOR", "1")
+        // Its cache of crashes lives beside the data, not in the source tree.
+        .current_dir(&d.data_dir)
         .output()
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
