@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 ./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
 
-# hypeman's official Python client, for the API compatibility test.
+# hypeman's official Python client, for the API compatibility test, and
+# schemathesis, for the API fuzz test (tests/api_fuzz.rs).
 venv="$PWD/.lodge-cache/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import hypeman' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import hypeman, schemathesis' 2>/dev/null; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'hypeman==0.28.0'
+    "$venv/bin/pip" install --quiet 'hypeman==0.28.0' 'schemathesis==4.32.5'
 fi
 export LODGE_COMPAT_PYTHON="$venv/bin/python"
 

@@ -38,8 +38,8 @@ use super::error::ApiError;
 use super::state::AppState;
 use super::types::{direction, CpMessage, CpRequest, Throughput, ThroughputQuery, WireHeader};
 use super::ws::{
-    close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
-    upgrade, Sink, Source,
+    after_agent_failure, close, close_and_drain, connect, drain, endpoint, first_request,
+    send_json, unavailable, upgrade, Sink, Source,
 };
 use crate::agent::{AgentError, Inbound, StreamRx, StreamTx};
 use crate::instances::{AgentEndpoint, Manager};
@@ -338,9 +338,20 @@ pub async fn throughput(
     query: Result<Query<ThroughputQuery>, QueryRejection>,
 ) -> Result<axum::Json<Throughput>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let bytes = q.bytes.unwrap_or(64 << 20);
     let ep = endpoint(&state, &id, "measure")?;
-    let conn = connect(&state.manager, &ep, 0).await.map_err(unavailable)?;
+    match measure(&state.manager, &ep, q).await {
+        Ok(t) => Ok(axum::Json(t)),
+        Err(e) => Err(after_agent_failure(&state, &id, "measure", e).await),
+    }
+}
+
+async fn measure(
+    manager: &crate::instances::Manager,
+    ep: &crate::instances::AgentEndpoint,
+    q: ThroughputQuery,
+) -> Result<Throughput, ApiError> {
+    let bytes = q.bytes.unwrap_or(64 << 20);
+    let conn = connect(manager, ep, 0).await.map_err(unavailable)?;
     let t0 = Instant::now();
     let moved = match q.direction.as_str() {
         "from" => {
@@ -385,12 +396,12 @@ pub async fn throughput(
         }
     };
     let seconds = t0.elapsed().as_secs_f64();
-    Ok(axum::Json(Throughput {
+    Ok(Throughput {
         direction: q.direction,
         bytes: moved,
         seconds,
         mib_per_s: moved as f64 / (1 << 20) as f64 / seconds.max(1e-9),
-    }))
+    })
 }
 
 #[cfg(test)]

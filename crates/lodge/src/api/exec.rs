@@ -33,8 +33,8 @@ use super::error::ApiError;
 use super::state::AppState;
 use super::types::{CloseStdin, ExecExit, ExecRequest, PathInfo, ResizeMessage, StatQuery};
 use super::ws::{
-    close, close_and_drain, connect, drain, endpoint, first_request, send_json, unavailable,
-    upgrade, Sink, CLOSE_TIMEOUT,
+    after_agent_failure, close, close_and_drain, connect, drain, endpoint, first_request,
+    send_json, unavailable, upgrade, Sink, CLOSE_TIMEOUT,
 };
 use crate::agent::{AgentError, Inbound};
 use crate::instances::{AgentEndpoint, Manager};
@@ -261,17 +261,26 @@ pub async fn stat(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::bad_request("the `path` query parameter is required"))?;
     let ep = endpoint(&state, &id, "stat")?;
-    let conn = connect(&state.manager, &ep, 0).await.map_err(unavailable)?;
+    match stat_in(&state.manager, &ep, path, q.follow_links).await {
+        Ok(info) => Ok(axum::Json(info)),
+        Err(e) => Err(after_agent_failure(&state, &id, "stat", e).await),
+    }
+}
+
+async fn stat_in(
+    manager: &Manager,
+    ep: &AgentEndpoint,
+    path: String,
+    follow_links: bool,
+) -> Result<PathInfo, ApiError> {
+    let conn = connect(manager, ep, 0).await.map_err(unavailable)?;
     let (_tx, mut rx) = conn
-        .open(&Request::Stat {
-            path,
-            follow_links: q.follow_links,
-        })
+        .open(&Request::Stat { path, follow_links })
         .await
         .map_err(unavailable)?;
     loop {
         match rx.recv().await.map_err(unavailable)? {
-            Inbound::Event(Event::Stat(info)) => return Ok(axum::Json(info.into())),
+            Inbound::Event(Event::Stat(info)) => return Ok(info.into()),
             Inbound::Event(Event::Error { message, .. }) => {
                 return Err(ApiError::bad_request(message))
             }

@@ -3,8 +3,10 @@
 //! Handlers only translate: parse the request into a typed call on the
 //! instance manager and render the result. Auth is one middleware in front of
 //! everything but `/health` and `/spec.json`; every rejection, including
-//! axum's own (bad JSON, oversized body, unknown route), is turned into the
-//! `{code, message}` error shape.
+//! axum's own (bad JSON, oversized body, unknown route, wrong method), is
+//! turned into the `{code, message}` error shape. The error statuses those
+//! shared layers can answer are added to every operation of `/spec.json`
+//! in one place ([`shared_errors`]) rather than repeated on each handler.
 
 mod capabilities;
 mod cp;
@@ -106,11 +108,25 @@ pub fn router(state: AppState) -> Router {
         .route("/spec.json", get(spec))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(reject_declared_oversize))
         // Archive uploads, bounded by the image size limit instead.
         .merge(images::upload_routes(state.clone()))
+        // Again for the upload route (the call only reaches the routes
+        // present, and before the `layer`s above).
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// A known path asked with a method it does not have; axum adds the
+/// `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("method {method} is not allowed here"),
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,8 +141,136 @@ async fn health() -> Json<Health> {
 }
 
 async fn spec() -> Response {
-    match ApiDoc::openapi().to_pretty_json() {
+    match spec_json() {
         Ok(s) => ([(axum::http::header::CONTENT_TYPE, "application/json")], s).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// The OpenAPI document, with the error answers every route shares added
+/// to each operation (see [`shared_errors`]).
+fn spec_json() -> serde_json::Result<String> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                let Some(op) = op.as_object_mut() else {
+                    continue;
+                };
+                let json_body = op
+                    .get("requestBody")
+                    .and_then(|b| b.get("content"))
+                    .and_then(|c| c.get("application/json"))
+                    .is_some();
+                let has_query = op
+                    .get("parameters")
+                    .and_then(|p| p.as_array())
+                    .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+                let responses = op
+                    .entry("responses")
+                    .or_insert_with(|| serde_json::json!({}));
+                let Some(responses) = responses.as_object_mut() else {
+                    continue;
+                };
+                for (status, why) in shared_errors(path, method, json_body || has_query) {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_response(why));
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc)
+}
+
+/// The error statuses the server can answer on `method path` whatever the
+/// handler does: the token check, the extractors (body and query), key
+/// resolution, the body size limit, and internal failures.
+fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'static str)> {
+    let mut out = Vec::new();
+    let open = matches!(path, "/health" | "/spec.json");
+    if !open {
+        out.push((401, "missing or invalid token"));
+    }
+    if has_input || path.contains('{') {
+        out.push((400, "invalid request"));
+    }
+    if path.contains('{') {
+        out.push((404, "no such resource"));
+    }
+    if path.starts_with("/instances/{") {
+        out.push((
+            409,
+            "ambiguous id prefix, or the instance is in the wrong state",
+        ));
+    }
+    if matches!(method, "post" | "put" | "patch") && !open {
+        out.push((413, "request body over the size limit"));
+        out.push((415, "request body is not application/json"));
+        out.push((422, "request body is JSON of the wrong shape"));
+    }
+    // The routes that talk to the guest agent.
+    if ["/exec", "/cp", "/stat", "/agent/"]
+        .iter()
+        .any(|p| path.starts_with("/instances/{") && path.contains(p))
+    {
+        out.push((503, "the guest agent cannot be reached"));
+    }
+    // The routes that may pull an image: the image API's error statuses.
+    if method == "post" && matches!(path, "/instances" | "/images") {
+        out.push((403, "the registry refused the credentials"));
+        out.push((404, "no such image, tag or platform"));
+        out.push((409, "the image is busy"));
+        out.push((502, "the registry cannot be reached or answered badly"));
+        out.push((507, "not enough free disk for the image"));
+    }
+    if !open {
+        out.push((500, "internal failure (disk, hypervisor, …)"));
+    }
+    out
+}
+
+fn error_response(description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": { "$ref": "#/components/schemas/ErrorBody" }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_declares_the_shared_errors() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&spec_json().expect("spec")).expect("JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("path item") {
+                let responses = &op["responses"];
+                let open = matches!(path.as_str(), "/health" | "/spec.json");
+                assert_eq!(
+                    responses.get("401").is_some(),
+                    !open,
+                    "{method} {path}: {responses}"
+                );
+                if method == "post" && !open {
+                    for status in ["413", "415", "422"] {
+                        assert!(
+                            responses.get(status).is_some(),
+                            "{method} {path} lacks {status}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -75,6 +75,9 @@ where
                     "payload_too_large"
                 } else if status == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
                     "unsupported_media_type"
+                } else if status == axum::http::StatusCode::UNPROCESSABLE_ENTITY {
+                    // Valid JSON of the wrong shape (axum's answer for it).
+                    "unprocessable_entity"
                 } else {
                     "bad_request"
                 };

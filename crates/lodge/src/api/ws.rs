@@ -97,6 +97,29 @@ pub fn unavailable(e: AgentError) -> ApiError {
     }
 }
 
+/// The answer to an agent failure of a plain HTTP request: when the
+/// instance stopped (or was deleted) under the request, the one a request
+/// after the stop gets (409, 404); only an instance still running whose
+/// agent cannot be reached is a 503. The state is looked at for a short
+/// while, as the agent goes before the VMM is seen to exit.
+pub async fn after_agent_failure(
+    state: &AppState,
+    id: &str,
+    action: &'static str,
+    err: ApiError,
+) -> ApiError {
+    if err.status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        return err;
+    }
+    for _ in 0..20 {
+        if let Err(now) = endpoint(state, id, action) {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    err
+}
+
 /// Read the client's first message, which must be text.
 pub async fn first_text(source: &mut Source) -> Result<String, String> {
     match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, source.next()).await {

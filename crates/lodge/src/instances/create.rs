@@ -22,7 +22,9 @@ use crate::disks;
 impl Manager {
     /// Creates the instance's disks and record, then boots it.
     pub async fn create(&self, req: CreateRequest) -> Result<Instance> {
-        // Asked first, before any pull: is this hypervisor built in?
+        // Asked first, before any pull: is the request valid at all, and is
+        // this hypervisor built in?
+        req.validate()?;
         self.launcher.backend(req.hypervisor)?;
         // An image that is not local is pulled first; the lease keeps its
         // disk from being deleted until the instance record names it.
@@ -93,6 +95,12 @@ impl Manager {
                 return Err(Error::with_cleanup(e, cleanup));
             }
         };
+        // The instance's lock is held from before its record appears until
+        // its boot is done: a delete racing this create either finds no
+        // record (404) or waits and deletes a fully created instance, and
+        // never removes the directory under the boot.
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
         if let Err(e) = std::fs::rename(&staging.dir, &paths.dir) {
             let run = io(format!("creating {}", paths.dir.display()))(e);
             let mut cleanup: Vec<Error> = remove_dir(&staging).err().into_iter().collect();
@@ -105,8 +113,6 @@ impl Manager {
             &format!("created name={} image={}", meta.name, meta.image),
         );
 
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
         if let Err(e) = self.boot(&paths, meta.clone()).await {
             // Do not leave a half-booted instance behind a failed create.
             let mut cleanup = Vec::new();

@@ -187,35 +187,12 @@ impl CreateSpec {
 
     /// Checks the limits that do not depend on other instances.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(SpecError::Vcpus(self.vcpus));
-        }
-        if self.memory_bytes < MIN_MEMORY {
-            return Err(SpecError::Memory(self.memory_bytes));
-        }
-        if self.overlay_bytes < MIN_OVERLAY {
-            return Err(SpecError::Overlay(self.overlay_bytes));
-        }
+        check_resources(self.vcpus, self.memory_bytes, self.overlay_bytes)?;
         check_runnable(&self.entrypoint, &self.cmd)?;
-        if let Some(key) = self
-            .env
-            .keys()
-            .find(|k| !lodge_common::env::is_valid_name(k))
-        {
-            return Err(SpecError::EnvName(key.clone()));
-        }
-        if !self.workdir.starts_with('/') {
-            return Err(SpecError::Workdir(self.workdir.clone()));
-        }
+        check_env(&self.env)?;
+        check_workdir(&self.workdir)?;
         match &self.root {
-            RootSource::Dir(dir) => {
-                if !dir.is_absolute() {
-                    return Err(SpecError::RootfsRelative(dir.clone()));
-                }
-                if !dir.is_dir() {
-                    return Err(SpecError::RootfsNotDir(dir.clone()));
-                }
-            }
+            RootSource::Dir(dir) => check_rootfs(dir)?,
             RootSource::Image { name, disk, .. } => {
                 if !disk.is_file() {
                     return Err(SpecError::NoRootDisk(name.clone()));
@@ -224,6 +201,65 @@ impl CreateSpec {
         }
         Ok(())
     }
+}
+
+impl CreateRequest {
+    /// The rules a request can be held to before its image is resolved,
+    /// so that a create with an invalid field is refused before any pull
+    /// starts (the rest is [`CreateSpec::validate`], once defaults and the
+    /// image's configuration are applied).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_resources(
+            self.vcpus.unwrap_or(DEFAULT_VCPUS),
+            self.memory_bytes.unwrap_or(DEFAULT_MEMORY),
+            self.overlay_bytes.unwrap_or(DEFAULT_OVERLAY),
+        )?;
+        check_env(&self.run.env)?;
+        if let Some(workdir) = &self.run.workdir {
+            check_workdir(workdir)?;
+        }
+        if let RootRequest::Dir(dir) = &self.root {
+            check_rootfs(dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_resources(vcpus: u32, memory_bytes: u64, overlay_bytes: u64) -> Result<(), SpecError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(SpecError::Vcpus(vcpus));
+    }
+    if memory_bytes < MIN_MEMORY {
+        return Err(SpecError::Memory(memory_bytes));
+    }
+    if overlay_bytes < MIN_OVERLAY {
+        return Err(SpecError::Overlay(overlay_bytes));
+    }
+    Ok(())
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    match env.keys().find(|k| !lodge_common::env::is_valid_name(k)) {
+        Some(key) => Err(SpecError::EnvName(key.clone())),
+        None => Ok(()),
+    }
+}
+
+fn check_workdir(workdir: &str) -> Result<(), SpecError> {
+    if !workdir.starts_with('/') {
+        return Err(SpecError::Workdir(workdir.to_string()));
+    }
+    Ok(())
+}
+
+fn check_rootfs(dir: &std::path::Path) -> Result<(), SpecError> {
+    if !dir.is_absolute() {
+        return Err(SpecError::RootfsRelative(dir.to_owned()));
+    }
+    if !dir.is_dir() {
+        return Err(SpecError::RootfsNotDir(dir.to_owned()));
+    }
+    Ok(())
 }
 
 /// A program to run needs an entrypoint or a command.
@@ -332,6 +368,45 @@ mod tests {
             }),
             SpecError::NoRootDisk("img".into())
         );
+    }
+
+    #[test]
+    fn a_request_is_checked_before_its_image_is_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = |f: &dyn Fn(&mut CreateRequest)| {
+            let mut r = request(dir.path());
+            r.root = RootRequest::Image {
+                reference: "127.0.0.1:1/x".into(),
+                platform: None,
+            };
+            f(&mut r);
+            r.validate()
+        };
+        assert_eq!(image(&|_| {}), Ok(()));
+        assert_eq!(image(&|r| r.vcpus = Some(0)), Err(SpecError::Vcpus(0)));
+        assert_eq!(
+            image(&|r| r.memory_bytes = Some(1)),
+            Err(SpecError::Memory(1))
+        );
+        assert_eq!(
+            image(&|r| r.overlay_bytes = Some(1)),
+            Err(SpecError::Overlay(1))
+        );
+        assert_eq!(
+            image(&|r| r.run.workdir = Some("srv".into())),
+            Err(SpecError::Workdir("srv".into()))
+        );
+        assert_eq!(
+            image(&|r| {
+                r.run.env.insert("A=B".into(), "x".into());
+            }),
+            Err(SpecError::EnvName("A=B".into()))
+        );
+        // No command yet is fine: the image may supply one.
+        assert_eq!(image(&|r| r.run.cmd = None), Ok(()));
+        let mut r = request(dir.path());
+        r.root = RootRequest::Dir("rel".into());
+        assert_eq!(r.validate(), Err(SpecError::RootfsRelative("rel".into())));
     }
 
     #[test]
