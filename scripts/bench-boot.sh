@@ -69,7 +69,7 @@ boot_args=(--cpus 1 --memory 256MB --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox")
 # its monitor ran, after lodge has stopped it.
 ref=$("$lodge" run -d --name bench-ref "${boot_args[@]}" sh -c 'sleep 2')
 ref_dir="$LODGE_DATA_DIR/guests/$ref"
-wait_started "$(now)" "$ref_dir/status.log" >/dev/null
+wait_started "$(now)" "$ref_dir/logs/status.log" >/dev/null
 child=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["child_pid"])' "$ref_dir/logs/monitor.json")
 mapfile -t argv < <(tr '\0' '\n' <"/proc/$child/cmdline")
 wait_stopped "$ref"
@@ -80,7 +80,7 @@ measure_lodge() {
     t0=$(now)
     id=$("$lodge" run -d --name "bench-$i" "${boot_args[@]}" sh -c 'sleep 2')
     dir="$LODGE_DATA_DIR/guests/$id"
-    lodge_ms+=("$(wait_started "$t0" "$dir/status.log")")
+    lodge_ms+=("$(wait_started "$t0" "$dir/logs/status.log")")
     wait_stopped "$id"
     "$lodge" rm -f "$id" >/dev/null
 }
@@ -88,7 +88,9 @@ measure_bare() {
     local t0
     rm -f "$ref_dir/status.log"
     t0=$(now)
-    "${argv[@]}" >/dev/null 2>&1 </dev/null &
+    # The monitor hands QEMU the status channel as fd 3 (-add-fd fd=3);
+    # here it is a plain file.
+    "${argv[@]}" >/dev/null 2>&1 </dev/null 3>>"$ref_dir/status.log" &
     qemu=$!
     bare_ms+=("$(wait_started "$t0" "$ref_dir/status.log")")
     wait "$qemu" || true

@@ -161,6 +161,8 @@ def bare(argv):
                 f"bridge link set dev {tap} isolated on learning off flood off mcast_flood off",
                 f"bridge fdb replace {mac} dev {tap} master static", f"ip link set {tap} up"):
         subprocess.run(cmd.split(), check=True)
+    # The monitor hands QEMU the guest status channel as fd 3 (-add-fd fd=3).
+    argv = [b"sh", b"-c", b'exec "$@" 3>>/dev/null', b"sh"] + argv
     qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=guest_dir)
     try:

@@ -22,6 +22,11 @@ use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(120);
 
+/// Runs the instance's QEMU command line by hand. The monitor hands QEMU
+/// the guest status channel as fd 3 (`-add-fd fd=3`), so a QEMU started
+/// without a monitor needs an fd 3 too; `exec` keeps the pid.
+const STRAY_EXEC: &str = "exec \"$@\" 3>>/dev/null";
+
 fn sleeper(name: &str) -> Value {
     json!({
         "name": name,
@@ -124,7 +129,8 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
     // line, started by hand in its own process group, recorded as the
     // monitor's child (what a monitor without PDEATHSIG left behind).
     let (program, args) = argv.split_first().expect("argv");
-    let stray = Command::new(program)
+    let stray = Command::new("sh")
+        .args(["-c", STRAY_EXEC, "sh", program])
         .args(args)
         .current_dir(d.guests_dir().join(&id))
         .stdin(Stdio::null())
@@ -171,7 +177,8 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
     assert_eq!(after["state"], "Stopped", "{after}");
 
     // delete does the same before removing the disks.
-    let stray2 = Command::new(program)
+    let stray2 = Command::new("sh")
+        .args(["-c", STRAY_EXEC, "sh", program])
         .args(args)
         .current_dir(d.guests_dir().join(&id))
         .stdin(Stdio::null())
