@@ -27,4 +27,21 @@ export LODGE_REQUIRE_GUEST=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Tests never change the host's own network: every link, address and
+# firewall table they make lives in namespaces they create. Checked here by
+# comparing the root namespace's links and nftables tables before and after.
+host_net() {
+    ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort
+    if command -v nft >/dev/null; then nft list tables 2>/dev/null | sort; fi
+}
+# Loading the ifb module (upload limits) would add ifb0/ifb1 to the root
+# namespace; with numifbs=0 it adds none (no effect if already loaded).
+modprobe ifb numifbs=0 2>/dev/null || true
+before=$(host_net)
 cargo test --workspace -- --test-threads="${LODGE_TEST_THREADS:-2}"
+after=$(host_net)
+if [ "$before" != "$after" ]; then
+    echo "test.sh: the tests changed the host's network:" >&2
+    diff <(echo "$before") <(echo "$after") >&2 || true
+    exit 1
+fi

@@ -40,6 +40,8 @@ impl Serve {
             .env("LODGE_DATA_DIR", &data)
             .env("LODGE_LISTEN", &addr)
             .env("LODGE_ACCEL", "tcg")
+            // Never the host's network: this daemon runs in the root namespace.
+            .env("LODGE_NETWORK", "off")
             .env(
                 "LODGE_SYSTEM_DIR",
                 std::env::var_os("LODGE_SYSTEM_DIR").unwrap_or_else(|| tmp.path().into()),
