@@ -70,6 +70,7 @@ fn exec(d: &Daemon, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn workload_and_exec_start_with_default_signal_dispositions() {
+    require_guest!();
     let d = Daemon::start();
     // The workload checks its own state at once, and runs the pipeline
     // only when the exec below is done, so a hung `yes` (the bug) cannot
