@@ -27,6 +27,7 @@ export LODGE_REQUIRE_GUEST=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+python3 scripts/check-import-cycles.py crates
 # Tests never change the host's own network: every link, address and
 # firewall table they make lives in namespaces they create. Checked here by
 # comparing the root namespace's links and nftables tables before and after.
