@@ -69,8 +69,13 @@ impl Links {
     }
 }
 
-/// Bring up loopback and, with `network`, the guest's NIC: MTU, up,
-/// address, default route.
+/// Bring up loopback and, with `network`, the guest's NIC: address, then
+/// MTU and up, then the default route. With `arp_notify` on and the
+/// address in place before the link comes up, the kernel announces the
+/// address (gratuitous ARP) as the link comes up: a host that already tried
+/// to reach the guest and holds a failed neighbour entry for it learns the
+/// MAC at once instead of after its ~3 s retry (measured: reachability came
+/// ~0.5 s after the program started, all of it the host's ARP timer).
 fn configure_links(network: Option<&NetworkConfig>, nic_timeout: Duration) -> Result<()> {
     let mut rtnl = Rtnl::open().context(|| "open rtnetlink socket".to_owned())?;
     let lo = ifindex(Path::new(SYS_CLASS_NET), "lo").context(|| "find lo".to_owned())?;
@@ -80,12 +85,14 @@ fn configure_links(network: Option<&NetworkConfig>, nic_timeout: Duration) -> Re
         return Ok(());
     };
     let (name, index) = wait_for_nic(net.mac, nic_timeout)?;
+    let notify = format!("/proc/sys/net/ipv4/conf/{name}/arp_notify");
+    std::fs::write(&notify, "1").context(|| format!("write {notify}"))?;
+    rtnl.add_address(index, net.ip, net.prefix_len)
+        .context(|| format!("add address {}/{} to {name}", net.ip, net.prefix_len))?;
     rtnl.link_up(index, net.mtu).context(|| match net.mtu {
         Some(mtu) => format!("set mtu {mtu} and bring up {name}"),
         None => format!("bring up {name}"),
     })?;
-    rtnl.add_address(index, net.ip, net.prefix_len)
-        .context(|| format!("add address {}/{} to {name}", net.ip, net.prefix_len))?;
     rtnl.add_default_route(index, net.gateway)
         .context(|| format!("add default route via {} dev {name}", net.gateway))?;
     Ok(())
