@@ -23,6 +23,7 @@ packages=(
     curl              # scripts/bench-exec.sh calls the API directly
     hyperfine         # benchmarks
     nftables          # nft: lodge's own `inet lodge` firewall table (lodge-net)
+    iproute2          # ip, bridge, tc: the network tests' namespaces and traffic control
 )
 
 check_only=
