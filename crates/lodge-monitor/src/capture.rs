@@ -1,26 +1,17 @@
 //! `capture.json`: whether console capture is keeping up, for the daemon to
 //! show as the instance's `state_error`.
 //!
-//! The record matters most when the disk is full, which is exactly when a
-//! new file (or the atomic write's temporary) cannot be created. So the
-//! monitor writes it once at start with a fixed size ([`RECORD_SIZE`]
-//! bytes, JSON padded with spaces) and afterwards only overwrites those
-//! same bytes in place (`pwrite` at offset 0): blocks already allocated
-//! need no free space, on tmpfs and ext4 alike. A reader may rarely see a
-//! torn record (the write is one small `pwrite`, not atomic by contract); it
-//! then fails to parse and is treated as unknown, never as wrong.
-//!
-//! Every write here is fallible and its failure is only remembered: the
-//! record is an advisory view, and capture must go on without it.
+//! It matters most when the disk is full, so it lives in a fixed-size slot
+//! overwritten in place (see `slot`).
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::slot::Slot;
 
 /// Name of the capture record in the log directory.
 pub const CAPTURE_JSON: &str = "capture.json";
@@ -60,48 +51,28 @@ pub(crate) struct Capture {
 
 #[derive(Debug)]
 struct Inner {
-    file: Option<File>,
+    slot: Slot,
     info: CaptureInfo,
-    /// Whether the record on disk is out of date (a write failed).
-    dirty: bool,
 }
 
 impl Capture {
     /// Creates the record (all well) in `dir`. Failing to is not fatal: it
     /// is retried on every change.
     pub(crate) fn create(dir: &Path) -> Self {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            // At start the disk normally has room; a stale, longer record
-            // must not leave its tail behind ours.
-            .truncate(true)
-            .mode(0o644)
-            .open(dir.join(CAPTURE_JSON));
-        let capture = Capture {
+        let info = CaptureInfo::default();
+        Capture {
             inner: Mutex::new(Inner {
-                file: None,
-                info: CaptureInfo::default(),
-                dirty: true,
+                slot: Slot::create(dir, CAPTURE_JSON, RECORD_SIZE, &info),
+                info,
             }),
-        };
-        match file {
-            Ok(file) => {
-                let mut inner = capture.lock();
-                inner.file = Some(file);
-                inner.store();
-            }
-            Err(err) => crate::diag::diag(format_args!("cannot create {CAPTURE_JSON}: {err}")),
         }
-        capture
     }
 
     /// Records that writes to `source` fail with `err` (first failure only).
     pub(crate) fn stalled(&self, source: &str, err: &io::Error) {
         let mut inner = self.lock();
         if inner.info.stalled.iter().any(|s| s.source == source) {
-            if inner.dirty {
+            if inner.slot.dirty() {
                 inner.store();
             }
             return;
@@ -136,37 +107,8 @@ impl Capture {
 
 impl Inner {
     fn store(&mut self) {
-        let Some(file) = &self.file else {
-            return;
-        };
-        let record = match encode(&self.info) {
-            Ok(record) => record,
-            Err(err) => {
-                crate::diag::diag(format_args!("encoding {CAPTURE_JSON}: {err}"));
-                return;
-            }
-        };
-        match file.write_all_at(&record, 0) {
-            Ok(()) => self.dirty = false,
-            Err(err) => {
-                if !self.dirty {
-                    crate::diag::diag(format_args!("updating {CAPTURE_JSON}: {err}"));
-                }
-                self.dirty = true;
-            }
-        }
+        self.slot.store(&self.info);
     }
-}
-
-/// The record as stored: JSON, a newline, spaces up to [`RECORD_SIZE`].
-fn encode(info: &CaptureInfo) -> io::Result<Vec<u8>> {
-    let mut json = serde_json::to_vec(info).map_err(io::Error::other)?;
-    json.push(b'\n');
-    if json.len() > RECORD_SIZE {
-        return Err(io::Error::other("record larger than its slot"));
-    }
-    json.resize(RECORD_SIZE, b' ');
-    Ok(json)
 }
 
 #[cfg(test)]

@@ -19,13 +19,14 @@
 //! Whatever the record says was said by the guest: the daemon believes an
 //! end only once the VMM has ended too.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
 use std::path::Path;
 
 use lodge_guest::StatusEvent;
 use serde::{Deserialize, Serialize};
+
+use crate::slot::Slot;
 
 /// Name of the derived record in the log directory.
 pub const GUEST_STATUS_JSON: &str = "guest-status.json";
@@ -149,73 +150,12 @@ impl Scanner {
     }
 }
 
-/// The monitor's side of the record: a slot overwritten in place.
-#[derive(Debug)]
-pub(crate) struct Record {
-    file: Option<File>,
-    /// The record on disk is out of date (a write failed).
-    dirty: bool,
-}
-
-impl Record {
-    /// Creates the record (no line yet) in `dir`, replacing one from an
-    /// earlier boot. Failing to is reported, not fatal: the daemon then
-    /// learns only what the VMM's exit tells.
-    pub(crate) fn create(dir: &Path) -> Self {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(dir.join(GUEST_STATUS_JSON));
-        let mut record = Record {
-            file: None,
-            dirty: false,
-        };
-        match file {
-            Ok(file) => {
-                record.file = Some(file);
-                record.store(&GuestStatus::default());
-            }
-            Err(err) => crate::diag::diag(format_args!("cannot create {GUEST_STATUS_JSON}: {err}")),
-        }
-        record
-    }
-
-    /// Overwrites the record with `status`; a failure is remembered and
-    /// reported once, and the next change tries again.
-    pub(crate) fn store(&mut self, status: &GuestStatus) {
-        let Some(file) = &self.file else {
-            return;
-        };
-        let result = encode(status).and_then(|bytes| file.write_all_at(&bytes, 0));
-        match result {
-            Ok(()) => self.dirty = false,
-            Err(err) => {
-                if !self.dirty {
-                    crate::diag::diag(format_args!("updating {GUEST_STATUS_JSON}: {err}"));
-                }
-                self.dirty = true;
-            }
-        }
-    }
-
-    /// Whether the last store failed.
-    pub(crate) fn dirty(&self) -> bool {
-        self.dirty
-    }
-}
-
-/// The record as stored: JSON, a newline, spaces up to [`RECORD_SIZE`].
-fn encode(status: &GuestStatus) -> io::Result<Vec<u8>> {
-    let mut json = serde_json::to_vec(status).map_err(io::Error::other)?;
-    json.push(b'\n');
-    if json.len() > RECORD_SIZE {
-        return Err(io::Error::other("record larger than its slot"));
-    }
-    json.resize(RECORD_SIZE, b' ');
-    Ok(json)
+/// The monitor's side of the record: a slot overwritten in place (no line
+/// yet), replacing one from an earlier boot. Failing to create it is
+/// reported, not fatal: the daemon then learns only what the VMM's exit
+/// tells.
+pub(crate) fn create_record(dir: &Path) -> Slot {
+    Slot::create(dir, GUEST_STATUS_JSON, RECORD_SIZE, &GuestStatus::default())
 }
 
 #[cfg(test)]
@@ -283,14 +223,17 @@ mod tests {
         }
         let control = "\u{1}".repeat(MAX_LINE - 40);
         assert!(s.feed(line(StatusEvent::Error(control)).as_bytes()));
-        assert!(encode(s.status()).is_ok(), "fits its slot escaped");
+        assert!(
+            crate::slot::encode(s.status(), RECORD_SIZE).is_ok(),
+            "fits its slot escaped"
+        );
     }
 
     #[test]
     fn the_record_is_overwritten_in_place_and_read_back() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join(GUEST_STATUS_JSON), vec![b'x'; 9000])?;
-        let mut record = Record::create(dir.path());
+        let mut record = create_record(dir.path());
         let path = dir.path().join(GUEST_STATUS_JSON);
         assert_eq!(std::fs::metadata(&path)?.len(), RECORD_SIZE as u64);
         assert_eq!(read_guest_status(dir.path())?, Some(GuestStatus::default()));

@@ -42,6 +42,7 @@ mod capture;
 mod diag;
 mod guest_status;
 mod pump;
+mod slot;
 pub mod status;
 mod validate;
 
@@ -305,7 +306,7 @@ struct StatusChannel {
     read: std::os::fd::OwnedFd,
     write: std::os::fd::OwnedFd,
     log: RotatingWriter,
-    record: guest_status::Record,
+    record: crate::slot::Slot,
 }
 
 impl StatusChannel {
@@ -318,7 +319,7 @@ impl StatusChannel {
             read,
             write,
             log,
-            record: guest_status::Record::create(dir),
+            record: guest_status::create_record(dir),
         })
     }
 
