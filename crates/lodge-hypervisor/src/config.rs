@@ -30,6 +30,10 @@ pub const MAX_VCPUS: u32 = 255;
 /// Most disks one VM may have (each is a PCI device on the root bus).
 pub const MAX_DISKS: usize = 16;
 
+/// Most hot-plug slots one VM may have (each is a PCIe root port on q35,
+/// a fixed address on the root bus of `pc`).
+pub const MAX_HOTPLUG_SLOTS: u32 = 8;
+
 /// Longest disk serial: virtio-blk exposes at most 20 bytes of it.
 pub const MAX_DISK_SERIAL_LEN: usize = 20;
 
@@ -87,6 +91,12 @@ pub struct VmConfig {
     /// before networking, hence the default.
     #[serde(default)]
     pub nics: Vec<NicConfig>,
+    /// Hot-plug slots made at boot (at most [`MAX_HOTPLUG_SLOTS`]): disks
+    /// can be added to and removed from them while the VM runs, and a disk
+    /// with a [`DiskConfig::slot`] sits in its slot from boot. Absent in
+    /// configs from before hot-plug.
+    #[serde(default)]
+    pub hotplug_slots: u32,
 }
 
 /// One virtio network interface backed by a host TAP device that already
@@ -122,6 +132,11 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// On-disk format of the backing file.
     pub format: DiskFormat,
+    /// The hot-plug slot the disk sits in (below
+    /// [`VmConfig::hotplug_slots`]), so it can be removed while the VM
+    /// runs; `None`: a fixed disk for the VM's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 /// On-disk formats lodge attaches.
@@ -216,6 +231,17 @@ pub enum ConfigError {
     /// A virtio-serial port name that is empty, too long or not printable ASCII.
     #[error("agent channel port name {0:?} must be 1 to 255 printable ascii characters")]
     PortName(String),
+    /// More hot-plug slots than [`MAX_HOTPLUG_SLOTS`].
+    #[error("at most {MAX_HOTPLUG_SLOTS} hot-plug slots are supported, got {0}")]
+    TooManySlots(u32),
+    /// A disk in a slot the VM does not have, or sharing one.
+    #[error("disk {index} is in hot-plug slot {slot}, which is missing or taken")]
+    DiskSlot {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The offending slot.
+        slot: u32,
+    },
     /// More network interfaces than [`MAX_NICS`].
     #[error("at most {MAX_NICS} network interfaces are supported, got {0}")]
     TooManyNics(usize),
@@ -278,6 +304,7 @@ impl VmConfig {
             status_fd: None,
             agent_channel: None,
             nics: Vec::new(),
+            hotplug_slots: 0,
         }
     }
 
@@ -343,8 +370,18 @@ impl VmConfig {
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
         }
+        if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
+            return Err(ConfigError::TooManySlots(self.hotplug_slots));
+        }
         for (index, disk) in self.disks.iter().enumerate() {
             check_path("disk", &disk.path)?;
+            if let Some(slot) = disk.slot {
+                if slot >= self.hotplug_slots
+                    || self.disks[..index].iter().any(|d| d.slot == Some(slot))
+                {
+                    return Err(ConfigError::DiskSlot { index, slot });
+                }
+            }
             if let Some(serial) = &disk.serial {
                 if !is_printable_ascii(serial, MAX_DISK_SERIAL_LEN) {
                     return Err(ConfigError::DiskSerial {
@@ -408,7 +445,14 @@ impl DiskConfig {
             read_only,
             serial: None,
             format: DiskFormat::Raw,
+            slot: None,
         }
+    }
+
+    /// The same disk in hot-plug slot `slot`.
+    pub fn with_slot(mut self, slot: u32) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// The same disk with a serial number.
@@ -587,6 +631,30 @@ mod tests {
         let mut cfg = base();
         cfg.status_file = cfg.control_socket.clone();
         assert!(matches!(cfg.validate(), Err(ConfigError::PathClash { .. })));
+    }
+
+    #[test]
+    fn disk_slots_must_exist_and_be_unique() {
+        let mut cfg = base();
+        cfg.hotplug_slots = 2;
+        cfg.disks = vec![
+            DiskConfig::raw("/d/a.raw", false).with_slot(0),
+            DiskConfig::raw("/d/b.raw", true).with_slot(1),
+        ];
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.disks[1].slot = Some(0);
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::DiskSlot { index: 1, slot: 0 })
+        );
+        cfg.disks[1].slot = Some(2);
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::DiskSlot { index: 1, slot: 2 })
+        );
+        cfg.disks.clear();
+        cfg.hotplug_slots = MAX_HOTPLUG_SLOTS + 1;
+        assert_eq!(cfg.validate(), Err(ConfigError::TooManySlots(9)));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 
-use crate::config::VmConfig;
+use crate::config::{DiskConfig, VmConfig};
 use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
 use crate::qemu::QemuBackend;
 
@@ -96,6 +96,23 @@ impl Hypervisor for Backend {
     async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
         match self {
             Backend::Qemu(b) => b.resume(cfg).await,
+        }
+    }
+
+    async fn attach_disk(&self, cfg: &VmConfig, disk: &DiskConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.attach_disk(cfg, disk).await,
+        }
+    }
+
+    async fn detach_disk(
+        &self,
+        cfg: &VmConfig,
+        slot: u32,
+        timeout: std::time::Duration,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.detach_disk(cfg, slot, timeout).await,
         }
     }
 }

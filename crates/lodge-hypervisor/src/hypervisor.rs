@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, DiskConfig, VmConfig};
 
 /// Which hypervisor a backend drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,6 +103,8 @@ pub enum Feature {
     VirtioSerial,
     /// A vsock device for the guest agent.
     Vsock,
+    /// Adding and removing disks while the VM runs.
+    DiskHotplug,
 }
 
 impl std::fmt::Display for Feature {
@@ -113,6 +115,7 @@ impl std::fmt::Display for Feature {
             Feature::Snapshot => "snapshot",
             Feature::VirtioSerial => "virtio-serial channels",
             Feature::Vsock => "vsock",
+            Feature::DiskHotplug => "disk hot-plug",
         })
     }
 }
@@ -130,6 +133,9 @@ pub struct Capabilities {
     pub virtio_serial: bool,
     /// A vsock device can be attached.
     pub vsock: bool,
+    /// [`Hypervisor::attach_disk`] and [`Hypervisor::detach_disk`] work.
+    #[serde(default)]
+    pub disk_hotplug: bool,
 }
 
 impl Capabilities {
@@ -141,6 +147,7 @@ impl Capabilities {
             Feature::Snapshot => self.snapshot,
             Feature::VirtioSerial => self.virtio_serial,
             Feature::Vsock => self.vsock,
+            Feature::DiskHotplug => self.disk_hotplug,
         }
     }
 
@@ -226,6 +233,24 @@ pub trait Hypervisor {
 
     /// Continues guest CPUs.
     fn resume(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Plugs `disk` (whose [`DiskConfig::slot`] is one of `cfg`'s free
+    /// hot-plug slots) into the running VM. Returns once the VMM has added
+    /// the device; the guest notices it in its own time.
+    fn attach_disk(
+        &self,
+        cfg: &VmConfig,
+        disk: &DiskConfig,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Unplugs the disk in hot-plug `slot` and waits until the VMM has
+    /// released it (the guest acknowledged the removal) or `timeout` passed.
+    fn detach_disk(
+        &self,
+        cfg: &VmConfig,
+        slot: u32,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 #[cfg(test)]
@@ -240,6 +265,7 @@ mod tests {
             snapshot: false,
             virtio_serial: true,
             vsock: false,
+            disk_hotplug: false,
         };
         assert!(caps
             .require(HypervisorKind::Qemu, Feature::PauseResume)

@@ -22,7 +22,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::options::QemuOptions;
+use super::options::{MachineType, QemuOptions};
 use crate::config::{ConfigError, DiskFormat, VmConfig};
 
 /// The default QEMU binary, looked up on `PATH`.
@@ -46,6 +46,32 @@ pub const QMP_CHARDEV: &str = "qmp";
 pub const AGENT_CHARDEV: &str = "agent";
 /// Netdev id prefix of the network interfaces (`net0`, `net1`, …).
 pub const NETDEV_PREFIX: &str = "net";
+
+/// Bus id of hot-plug slot `slot` on q35: a PCIe root port made at boot.
+pub fn slot_port(slot: u32) -> String {
+    format!("lodge-hp{slot}")
+}
+
+/// Block node name of the disk in hot-plug slot `slot`.
+pub fn slot_node(slot: u32) -> String {
+    format!("lodge-slot{slot}")
+}
+
+/// Device id of the disk in hot-plug slot `slot`.
+pub fn slot_device(slot: u32) -> String {
+    format!("lodge-slot{slot}-dev")
+}
+
+/// Where the device of hot-plug slot `slot` goes: its root port on q35
+/// (whose root bus cannot hot-plug), a fixed address on `pc`'s root bus
+/// (hot-plugged through ACPI). Fixed, so a VM started again with the same
+/// disks has the same devices at the same places.
+pub fn slot_bus(machine: MachineType, slot: u32) -> (String, Option<String>) {
+    match machine {
+        MachineType::Q35 => (slot_port(slot), None),
+        MachineType::Pc => ("pci.0".to_string(), Some(format!("0x{:x}", 0x10 + slot))),
+    }
+}
 
 /// Escapes one value for QEMU's `key=value,…` option syntax: every comma is
 /// doubled. Works on raw bytes, so non-UTF-8 paths survive unchanged.
@@ -159,6 +185,9 @@ pub fn build_argv(
     ]);
 
     for (i, disk) in cfg.disks.iter().enumerate() {
+        if disk.slot.is_some() {
+            continue;
+        }
         let id = format!("disk{i}");
         let format = match disk.format {
             DiskFormat::Raw => "raw",
@@ -210,6 +239,43 @@ pub fn build_argv(
             ))
             .kv("name", &chan.port_name)
             .done(),
+        ]);
+    }
+
+    // Hot-plug slots, then the disks that sit in them from boot (after
+    // every other device, so they never shift another device's address).
+    if opts.machine == MachineType::Q35 {
+        for slot in 0..cfg.hotplug_slots {
+            push(&[
+                &"-device",
+                &format!("pcie-root-port,id={},chassis={}", slot_port(slot), slot + 1),
+            ]);
+        }
+    }
+    for disk in &cfg.disks {
+        let Some(slot) = disk.slot else { continue };
+        let ro = if disk.read_only { "on" } else { "off" };
+        let (bus, addr) = slot_bus(opts.machine, slot);
+        let mut device = OptBuf::new("virtio-blk-pci")
+            .kv("drive", slot_node(slot))
+            .kv("id", slot_device(slot))
+            .kv("bus", bus);
+        if let Some(addr) = addr {
+            device = device.kv("addr", addr);
+        }
+        if let Some(serial) = &disk.serial {
+            device = device.kv("serial", serial);
+        }
+        push(&[
+            &"-blockdev",
+            &OptBuf::new("driver=raw")
+                .kv("node-name", slot_node(slot))
+                .kv("read-only", ro)
+                .kv("file.driver", "file")
+                .kv("file.filename", &disk.path)
+                .done(),
+            &"-device",
+            &device.done(),
         ]);
     }
 
@@ -396,6 +462,65 @@ mod tests {
                 "-mon",
                 "chardev=qmp,mode=control",
             ]
+        );
+    }
+
+    /// Hot-plug slots on q35 are root ports after every other device; a
+    /// disk in a slot is a `-blockdev` (so it can be removed with
+    /// `blockdev-del`) on its port; on `pc` the slot is a fixed address.
+    #[test]
+    fn disks_in_hotplug_slots() {
+        let mut cfg = VmConfig::new(
+            "id1",
+            "vm1",
+            "/sys/vmlinuz",
+            "/sys/initrd.img",
+            "/d/qmp.sock",
+            "/d/status.log",
+        );
+        cfg.hotplug_slots = 2;
+        cfg.disks = vec![
+            DiskConfig::raw("/d/root.ext4", true).with_serial("root"),
+            DiskConfig::raw("/v/a,b/data.raw", false)
+                .with_serial("lodge-vol-1")
+                .with_slot(1),
+        ];
+        let argv = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let tail: Vec<&str> = argv_strings(&argv)
+            .into_iter()
+            .skip_while(|a| *a != "-drive")
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "-drive",
+                "file=/d/root.ext4,if=none,id=disk0,format=raw,readonly=on",
+                "-device",
+                "virtio-blk-pci,drive=disk0,serial=root",
+                "-device",
+                "pcie-root-port,id=lodge-hp0,chassis=1",
+                "-device",
+                "pcie-root-port,id=lodge-hp1,chassis=2",
+                "-blockdev",
+                "driver=raw,node-name=lodge-slot1,read-only=off,file.driver=file,file.filename=/v/a,,b/data.raw",
+                "-device",
+                "virtio-blk-pci,drive=lodge-slot1,id=lodge-slot1-dev,bus=lodge-hp1,serial=lodge-vol-1",
+                "-chardev",
+                "socket,id=qmp,path=/d/qmp.sock,server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]
+        );
+        let pc = QemuOptions {
+            machine: MachineType::Pc,
+            accel: Accel::Tcg,
+        };
+        let argv = build_argv(OsStr::new("qemu"), &pc, &cfg).expect("valid");
+        let text = argv_strings(&argv).join(" ");
+        assert!(!text.contains("pcie-root-port"), "{text}");
+        assert!(
+            text.contains("id=lodge-slot1-dev,bus=pci.0,addr=0x11,serial=lodge-vol-1"),
+            "{text}"
         );
     }
 

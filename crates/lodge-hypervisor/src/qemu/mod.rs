@@ -20,7 +20,7 @@ pub use args::{build_argv, escape, CONSOLE_TTY, DEFAULT_QEMU_BINARY, STATUS_TTY}
 pub use options::{Accel, MachineType, ParseAccelError, ParseMachineTypeError, QemuOptions};
 pub use qmp::{QmpClient, QmpError, QmpEvent, RunState, StatusInfo};
 
-use crate::config::VmConfig;
+use crate::config::{ConfigError, DiskConfig, VmConfig};
 use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
 
 /// Default time to wait for the QMP socket to accept a connection.
@@ -157,6 +157,7 @@ impl Hypervisor for QemuBackend {
             virtio_serial: true,
             // No /dev/vhost-vsock on lodge's hosts; not wired up.
             vsock: false,
+            disk_hotplug: true,
         }
     }
 
@@ -188,6 +189,74 @@ impl Hypervisor for QemuBackend {
     async fn resume(&self, cfg: &VmConfig) -> Result<(), BackendError> {
         let mut qmp = self.connect(cfg).await?;
         qmp.cont().await.map_err(|e| qmp_err(cfg, e))
+    }
+
+    /// `blockdev-add` then `device_add` on the slot's bus, with the same
+    /// node, id and place as `build_argv` gives a disk in that slot at
+    /// boot. A failed `device_add` removes the node again. QEMU's image
+    /// locking refuses a read-write open of a file another QEMU holds.
+    async fn attach_disk(&self, cfg: &VmConfig, disk: &DiskConfig) -> Result<(), BackendError> {
+        let slot = match disk.slot {
+            Some(slot) if slot < cfg.hotplug_slots => slot,
+            other => {
+                return Err(BackendError::Config(ConfigError::DiskSlot {
+                    index: cfg.disks.len(),
+                    slot: other.unwrap_or(u32::MAX),
+                }))
+            }
+        };
+        let mut qmp = self.connect(cfg).await?;
+        let node = args::slot_node(slot);
+        qmp.blockdev_add_raw(&node, &disk.path, disk.read_only)
+            .await
+            .map_err(|e| qmp_err(cfg, e))?;
+        let (bus, addr) = args::slot_bus(self.options.machine, slot);
+        let mut dev = serde_json::json!({
+            "driver": "virtio-blk-pci",
+            "id": args::slot_device(slot),
+            "drive": node,
+            "bus": bus,
+        });
+        if let Some(addr) = addr {
+            dev["addr"] = addr.into();
+        }
+        if let Some(serial) = &disk.serial {
+            dev["serial"] = serial.clone().into();
+        }
+        if let Err(e) = qmp.device_add(dev).await {
+            if let Err(c) = qmp.blockdev_del(&node).await {
+                tracing::warn!("removing block node {node} after a failed device_add: {c}");
+            }
+            return Err(qmp_err(cfg, e));
+        }
+        Ok(())
+    }
+
+    /// `device_del`, waits for `DEVICE_DELETED` of the slot's device (the
+    /// guest has let go of it), then `blockdev-del`.
+    async fn detach_disk(
+        &self,
+        cfg: &VmConfig,
+        slot: u32,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let mut qmp = self.connect(cfg).await?;
+        let id = args::slot_device(slot);
+        qmp.device_del(&id).await.map_err(|e| qmp_err(cfg, e))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ev = qmp
+                .wait_event("DEVICE_DELETED", left)
+                .await
+                .map_err(|e| qmp_err(cfg, e))?;
+            if ev.data.get("device").and_then(|d| d.as_str()) == Some(id.as_str()) {
+                break;
+            }
+        }
+        qmp.blockdev_del(&args::slot_node(slot))
+            .await
+            .map_err(|e| qmp_err(cfg, e))
     }
 }
 

@@ -336,6 +336,48 @@ impl QmpClient {
         }
     }
 
+    /// `blockdev-add` of a raw image file as block node `node`.
+    pub async fn blockdev_add_raw(
+        &mut self,
+        node: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), QmpError> {
+        // JSON carries only UTF-8; a path that is not cannot be named here.
+        let filename = path.to_str().ok_or_else(|| QmpError::Command {
+            command: "blockdev-add".into(),
+            class: "lodge".into(),
+            desc: format!("path {} is not UTF-8", path.display()),
+        })?;
+        let args = json!({
+            "driver": "raw",
+            "node-name": node,
+            "read-only": read_only,
+            "file": { "driver": "file", "filename": filename },
+        });
+        self.execute_raw("blockdev-add", Some(args)).await.map(drop)
+    }
+
+    /// `blockdev-del` of block node `node`.
+    pub async fn blockdev_del(&mut self, node: &str) -> Result<(), QmpError> {
+        self.execute_raw("blockdev-del", Some(json!({ "node-name": node })))
+            .await
+            .map(drop)
+    }
+
+    /// `device_add` with `args` (`driver`, `id` and the device's properties).
+    pub async fn device_add(&mut self, args: Value) -> Result<(), QmpError> {
+        self.execute_raw("device_add", Some(args)).await.map(drop)
+    }
+
+    /// `device_del`: asks the guest to release device `id`; QEMU sends
+    /// `DEVICE_DELETED` once it has.
+    pub async fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
+        self.execute_raw("device_del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
     /// Takes every event queued so far, oldest first.
     pub fn take_events(&mut self) -> Vec<QmpEvent> {
         self.events.drain(..).collect()
