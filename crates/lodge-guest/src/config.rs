@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::network::{NetworkConfig, NetworkError};
+use crate::volumes::{VolumeError, VolumeMount};
 
 /// Block size the config image is padded to.
 pub const CONFIG_IMAGE_ALIGN: usize = 4096;
@@ -61,6 +62,10 @@ pub struct GuestConfig {
     /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// Volumes PID 1 mounts before the workload starts; absent in configs
+    /// from before volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 fn default_workdir() -> String {
@@ -103,6 +108,10 @@ pub enum ConfigError {
     /// The network section; its messages name the field they are about.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("two volumes mount at {0:?}")]
+    VolumePathTwice(String),
 }
 
 impl GuestConfig {
@@ -116,6 +125,7 @@ impl GuestConfig {
             hostname: None,
             user: None,
             network: None,
+            volumes: Vec::new(),
         }
     }
 
@@ -158,6 +168,15 @@ impl GuestConfig {
         self.user_spec()?;
         if let Some(network) = &self.network {
             network.validate()?;
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            v.validate()?;
+            if self.volumes[..i]
+                .iter()
+                .any(|o| o.mount_path == v.mount_path)
+            {
+                return Err(ConfigError::VolumePathTwice(v.mount_path.clone()));
+            }
         }
         Ok(())
     }
@@ -226,6 +245,7 @@ mod tests {
             hostname: Some("web-1".into()),
             user: Some("1000:100".into()),
             network: None,
+            volumes: Vec::new(),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod env;
 pub mod network;
 pub mod protocol;
 pub mod status;
+pub mod volumes;
 
 /// The agent protocol under its earlier name, for the host crates that
 /// import `lodge_guest::agent::...`.
@@ -38,6 +39,7 @@ pub use config::{
 };
 pub use network::{MacAddr, MacParseError, NetworkConfig, NetworkError};
 pub use status::{parse_status_line, StatusEvent, STATUS_PREFIX};
+pub use volumes::{serial_for_slot, VolumeMount};
 
 /// Serial of the read-only image disk (ext4 or erofs) that becomes the lower
 /// layer of the guest's root.

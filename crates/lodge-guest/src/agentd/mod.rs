@@ -1,5 +1,5 @@
 //! The guest agent: `lodge-init agent CONFIG`, started by PID 1 before the
-//! workload, serving exec, copy and stat to the host over the virtio-serial
+//! workload, serving exec, copy, stat and volume (un)mounts to the host over the virtio-serial
 //! port named [`AGENT_PORT`] (protocol: [`lodge_guest::protocol`]).
 //! PID 1 starts and restarts it (`init::agent_supervisor`); the agent
 //! itself imports nothing of the init, only the shared `sys` and `spawn`.
@@ -29,6 +29,7 @@
 mod config;
 mod copy;
 mod exec;
+mod mount;
 mod port;
 mod session;
 mod wire;
@@ -284,6 +285,8 @@ impl Agent {
                     }
                     Request::Discard => copy::discard(&out, rx),
                     Request::Generate { bytes } => copy::generate(&out, bytes),
+                    Request::Mount(m) => mount::mount(&out, &m),
+                    Request::Unmount { mount_path } => mount::unmount(&out, &mount_path),
                 }
                 agent.finish(&out);
             });

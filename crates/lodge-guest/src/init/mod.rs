@@ -3,7 +3,8 @@
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
 //! answer a self-test, open the status port, load modules, find the disks,
 //! read the config, assemble the overlay root while the network comes up
-//! (loopback always, the NIC when the config has one), write the network's
+//! (loopback always, the NIC when the config has one), mount the volumes
+//! attached at create, write the network's
 //! files into the root, start the guest agent and the workload, reap until
 //! the workload exits. Every path, success, failure or panic, ends in
 //! [`finish`]: kill what is left, unmount, sync, report, power off. PID 1
@@ -18,6 +19,7 @@ mod modules;
 mod netlink;
 mod network;
 mod rootfs;
+mod volumes;
 mod workload;
 
 use std::io::Read;
@@ -131,6 +133,7 @@ fn run(
     mounts
         .assemble(root_disk, disks.overlay.as_deref())
         .map_err(explain)?;
+    volumes::mount_all(&config.volumes, mounts, DISK_TIMEOUT).map_err(explain)?;
     links.wait().map_err(explain)?;
     network::write_files(config.network.as_ref(), Path::new(rootfs::NEWROOT))?;
 

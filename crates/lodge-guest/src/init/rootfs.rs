@@ -62,7 +62,7 @@ pub struct Mounts {
 }
 
 impl Mounts {
-    fn mount(
+    pub(super) fn mount(
         &mut self,
         source: &str,
         target: &str,
@@ -145,6 +145,14 @@ impl Mounts {
     /// still busy is detached lazily; `sync` has already written its data.
     pub fn unmount_all(&mut self) {
         sys::sync();
+        // Mounts under the workload's root that PID 1 did not make (volumes
+        // the agent mounted while the VM ran) go first, deepest first, so
+        // their disks are left clean too.
+        for target in foreign_mounts(&self.targets) {
+            if sys::umount(&target, 0).is_err() {
+                let _ = sys::umount(&target, libc::MNT_DETACH);
+            }
+        }
         while let Some(target) = self.targets.pop() {
             if sys::umount(&target, 0).is_err() {
                 let _ = sys::umount(&target, libc::MNT_DETACH);
@@ -152,6 +160,26 @@ impl Mounts {
         }
         sys::sync();
     }
+}
+
+/// Mount points under [`NEWROOT`] that are not in `ours`, deepest first.
+fn foreign_mounts(ours: &[String]) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return Vec::new();
+    };
+    let prefix = format!("{NEWROOT}/");
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        // /proc/mounts escapes spaces and the like as octal; volume mount
+        // paths have none, so an escaped name is not one of ours to undo.
+        .filter(|t| t.starts_with(&prefix) && !t.contains('\\'))
+        .filter(|t| !ours.iter().any(|o| o == t))
+        .map(str::to_string)
+        .collect();
+    out.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -54,6 +54,12 @@ pub enum Request {
     /// Send `bytes` zero bytes as `Data`, then `End {last: true}`. Measures
     /// the raw channel from guest to host.
     Generate { bytes: u64 },
+    /// Mount a volume disk that was just hot-plugged (waiting for it to
+    /// appear). Answered by `Result` once mounted, or `Error`.
+    Mount(crate::volumes::VolumeMount),
+    /// Unmount the volume at `mount_path` (never lazily: a busy mount
+    /// stays and the answer says so). Answered by `Result` or `Error`.
+    Unmount { mount_path: String },
 }
 
 /// A command to run.
@@ -198,6 +204,12 @@ mod tests {
         assert_eq!(json["rows"], 30);
         let back: Request = serde_json::from_value(json).expect("back");
         assert_eq!(back, exec);
+
+        let mount: Request = serde_json::from_str(
+            r#"{"op":"mount","serial":"lodge-vol-0","mount_path":"/d","readonly":true}"#,
+        )
+        .expect("mount");
+        assert!(matches!(mount, Request::Mount(m) if m.readonly && m.mount_path == "/d"));
 
         let stat: Request = serde_json::from_str(r#"{"op":"stat","path":"/etc"}"#).expect("stat");
         assert_eq!(
