@@ -19,6 +19,7 @@
 //!   guests/.creating-<id>/   an instance being created (renamed into place)
 //!   guests/.deleting-<id>/   an instance being deleted
 //!   network/leases/<ip>      one file per guest address, naming its instance
+//!   volumes/<id>/            one volume: volume.json data.raw (lodge-volumes)
 //!   images/                  the image store (lodge-images)
 //!     blobs/sha256/<hex>  records/<hex>.json  disks/<hex>.<fmt>  tmp/
 //! ```
@@ -85,6 +86,11 @@ impl Paths {
     /// The default network's address leases (lodge-net's `Allocator`).
     pub fn network_leases(&self) -> PathBuf {
         self.data_dir.join("network").join("leases")
+    }
+
+    /// The volume store (lodge-volumes).
+    pub fn volumes(&self) -> PathBuf {
+        self.data_dir.join("volumes")
     }
 
     /// The image store's files.

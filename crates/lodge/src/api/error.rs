@@ -89,6 +89,13 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
         E::CreateFailed(failed) => status_of(&failed.run),
+        E::Volume(v) => volume_status(v.kind()),
+        E::NotAttached { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        E::Agent(_) => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),
+        E::VolumeBusy(_) => (StatusCode::CONFLICT, "volume_busy"),
+        // The guest, not lodge, failed to mount or unmount.
+        E::GuestVolume { .. } => (StatusCode::BAD_GATEWAY, "guest_error"),
+        E::Hotplug(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         E::Image(_)
         | E::Disk(_)
         | E::Io { .. }
@@ -96,6 +103,33 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         | E::Monitor(_)
         | E::Network(_)
         | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
+/// Status and code of a volume error class.
+pub fn volume_status(kind: lodge_volumes::ErrorKind) -> (StatusCode, &'static str) {
+    use lodge_volumes::ErrorKind as K;
+    match kind {
+        K::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
+        K::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        K::Conflict => (StatusCode::CONFLICT, "conflict"),
+        K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "volume_too_large"),
+        K::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+        K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
+impl From<lodge_volumes::Error> for ApiError {
+    fn from(err: lodge_volumes::Error) -> Self {
+        let (status, code) = volume_status(err.kind());
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{}", chain(&err));
+        }
+        ApiError {
+            status,
+            code,
+            message: chain(&err),
+        }
     }
 }
 
@@ -139,6 +173,29 @@ mod tests {
             ),
             (MonitorError::StartTimeout.into(), 500, "internal_error"),
             (Error::NetworkDisabled, 400, "network_disabled"),
+            (
+                lodge_volumes::Error::NotFound("v".into()).into(),
+                404,
+                "not_found",
+            ),
+            (
+                lodge_volumes::Error::AttachConflict {
+                    volume: "v".into(),
+                    reason: "r".into(),
+                }
+                .into(),
+                409,
+                "conflict",
+            ),
+            (Error::VolumeBusy("busy".into()), 409, "volume_busy"),
+            (
+                Error::NotAttached {
+                    volume: "v".into(),
+                    instance: "i".into(),
+                },
+                404,
+                "not_found",
+            ),
             (
                 lodge_net::NetError::SubnetFull {
                     subnet: "10.100.0.0/30".into(),

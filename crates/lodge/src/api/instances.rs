@@ -21,7 +21,7 @@ use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
 use crate::instances::spec::NetworkRequest;
 use crate::instances::state::State as InstanceState;
-use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
+use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides, VolumeMount};
 use crate::sizes::parse_size;
 use lodge_net::{Bandwidth, Limits};
 
@@ -59,6 +59,10 @@ pub struct CreateInstance {
     /// the daemon has one (hypeman's default), none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<CreateNetwork>,
+    /// hypeman's volumes to attach at create, mounted before the program
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<VolumeMount>>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
     /// refused when set; the rest (tags, hints) are accepted and ignored.
     #[serde(flatten)]
@@ -117,9 +121,30 @@ impl CreateNetwork {
     }
 }
 
+/// A create's volume as the manager takes it: sizes parsed.
+fn volume_request(m: VolumeMount) -> Result<instances::VolumeRequest, ApiError> {
+    let overlay = match (m.overlay, m.overlay_size.as_deref()) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(ApiError::bad_request(format!(
+                "volumes: {}: overlay needs overlay_size",
+                m.mount_path
+            )))
+        }
+        (true, Some(s)) => Some(parse_size(s).map_err(|e| {
+            ApiError::bad_request(format!("volumes: {}: overlay_size: {e}", m.mount_path))
+        })?),
+    };
+    Ok(instances::VolumeRequest {
+        volume: m.volume_id,
+        mount_path: m.mount_path,
+        readonly: m.readonly,
+        overlay,
+    })
+}
+
 /// hypeman create fields whose effect lodge does not provide yet.
 const UNSUPPORTED: &[&str] = &[
-    "volumes",
     "devices",
     "gpu",
     "credentials",
@@ -184,7 +209,14 @@ impl CreateInstance {
             .map(CreateNetwork::into_request)
             .transpose()?
             .unwrap_or_default();
+        let volumes = self
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(volume_request)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CreateRequest {
+            volumes,
             network,
             name,
             hypervisor,
@@ -358,10 +390,33 @@ mod tests {
             .into_request()
             .expect_err("no root");
         assert_eq!(err.message, "one of `image` or `rootfs` is required");
-        let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "volumes": [1]}))
+        let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "devices": [1]}))
             .into_request()
             .expect_err("unsupported");
-        assert_eq!(err.message, "`volumes` is not supported yet");
+        assert_eq!(err.message, "`devices` is not supported yet");
+    }
+
+    #[test]
+    fn volumes_are_parsed_as_hypeman_sends_them() {
+        let req = body(serde_json::json!({"name": "a", "rootfs": "/r", "volumes": [
+            {"volume_id": "data", "mount_path": "/data"},
+            {"volume_id": "base", "mount_path": "/base", "readonly": true,
+             "overlay": true, "overlay_size": "64MB"}
+        ]}))
+        .into_request()
+        .expect("valid");
+        assert_eq!(req.volumes.len(), 2);
+        assert!(!req.volumes[0].readonly && req.volumes[0].overlay.is_none());
+        assert_eq!(req.volumes[1].overlay, Some(64 << 20));
+        for bad in [
+            serde_json::json!([{"volume_id": "b", "mount_path": "/b", "readonly": true, "overlay": true}]),
+            serde_json::json!([{"volume_id": "b", "mount_path": "/b", "overlay": true, "overlay_size": "12XB"}]),
+        ] {
+            let err = body(serde_json::json!({"name": "a", "rootfs": "/r", "volumes": bad}))
+                .into_request()
+                .expect_err("bad volume");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{}", err.message);
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod logs;
 pub mod server;
 mod state;
 pub mod types;
+pub mod volumes;
 mod ws;
 
 use axum::extract::DefaultBodyLimit;
@@ -58,6 +59,13 @@ pub use state::{AppState, MAX_BODY};
         images::get_one,
         images::delete,
         images::load,
+        volumes::create,
+        volumes::from_archive,
+        volumes::list,
+        volumes::get_one,
+        volumes::delete,
+        volumes::attach,
+        volumes::detach,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -77,6 +85,11 @@ pub use state::{AppState, MAX_BODY};
         types::ImagePull,
         types::CreateImage,
         types::RegistryCredentials,
+        volumes::Volume,
+        volumes::VolumeAttachment,
+        volumes::CreateVolume,
+        volumes::AttachVolume,
+        crate::instances::VolumeMount,
         Health,
     ))
 )]
@@ -102,6 +115,15 @@ pub fn router(state: AppState) -> Router {
             "/images/{name}",
             get(images::get_one).delete(images::delete),
         )
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route(
+            "/volumes/{id}",
+            get(volumes::get_one).delete(volumes::delete),
+        )
+        .route(
+            "/instances/{id}/volumes/{volume_id}",
+            post(volumes::attach).delete(volumes::detach),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -113,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(reject_declared_oversize))
         // Archive uploads, bounded by the image size limit instead.
         .merge(images::upload_routes(state.clone()))
+        .merge(volumes::upload_routes(state.clone()))
         // Again for the upload route (the call only reaches the routes
         // present, and before the `layer`s above).
         .method_not_allowed_fallback(method_not_allowed)
@@ -217,6 +240,19 @@ fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'stati
         .iter()
         .any(|p| path.starts_with("/instances/{") && path.contains(p))
     {
+        out.push((503, "the guest agent cannot be reached"));
+    }
+    // The volume routes: the store's statuses, and the guest's for attach.
+    if path.starts_with("/volumes") && method == "post" {
+        out.push((409, "a name or id in use"));
+        out.push((413, "the archive is over its size"));
+        out.push((507, "not enough free disk"));
+    }
+    if path.starts_with("/volumes/{") && method == "delete" {
+        out.push((409, "the volume is attached"));
+    }
+    if path.contains("/volumes/{volume_id}") {
+        out.push((502, "the guest could not mount or unmount the volume"));
         out.push((503, "the guest agent cannot be reached"));
     }
     // The routes that may pull an image: the image API's error statuses.

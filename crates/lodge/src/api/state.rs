@@ -24,6 +24,7 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     pub auth: Arc<Auth>,
     pub images: Arc<lodge_images::Images>,
+    pub volumes: Arc<lodge_volumes::Volumes>,
 }
 
 /// Refuses a body whose declared length is over the limit before reading

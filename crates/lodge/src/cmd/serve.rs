@@ -37,6 +37,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     let auth = Arc::new(Auth::load(&cfg.data_dir)?);
     let accel = crate::accel::decide(&cfg).await?;
     let images = crate::api::open_images(&cfg)?;
+    let volumes = crate::api::volumes::open(&cfg)?;
     let net = match &cfg.network {
         Some(net_cfg) => {
             let dn = DaemonNet::setup(net_cfg, &cfg.paths().network_leases())
@@ -56,7 +57,13 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
             None
         }
     };
-    let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone(), net)?);
+    let manager = Arc::new(Manager::new(
+        cfg.clone(),
+        accel,
+        images.clone(),
+        net,
+        volumes.clone(),
+    )?);
     manager.sweep();
     manager
         .reap_network()
@@ -80,6 +87,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         manager,
         auth,
         images,
+        volumes,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

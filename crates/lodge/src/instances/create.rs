@@ -17,6 +17,7 @@ use super::oplog::oplog;
 use super::spec::{CreateRequest, CreateSpec, RootRequest, RootSource};
 use super::store::{self, Metadata, Paths};
 use super::view::Instance;
+use super::volumes::make_upper_disks;
 use crate::disks;
 
 impl Manager {
@@ -55,6 +56,9 @@ impl Manager {
             .ok_or_else(|| Error::NameTaken(name.to_string()))?;
         let id = naming::new_id();
         let paths = self.paths(&id);
+        // Volumes are decided under the volume lock, held until this
+        // instance's record (which settles them) is in place.
+        let (volume_guard, volumes) = self.plan_volumes(&id, &spec.volumes).await?;
         // The lease is taken first (the guest's config disk carries the
         // address) and the reaper is kept out until the record is in place.
         let (gate, lease) = match (&self.net, attach) {
@@ -78,7 +82,7 @@ impl Manager {
             let staging = staging.clone();
             let id = id.clone();
             tokio::task::spawn_blocking(move || {
-                prepare(&staging, &id, &spec, record, network.as_ref())
+                prepare(&staging, &id, &spec, record, network.as_ref(), volumes)
             })
             .await
             .map_err(|e| Error::Task {
@@ -108,6 +112,7 @@ impl Manager {
             return Err(Error::with_cleanup(run, cleanup));
         }
         drop(gate);
+        drop(volume_guard);
         oplog(
             &paths,
             &format!("created name={} image={}", meta.name, meta.image),
@@ -170,6 +175,7 @@ fn prepare(
     spec: &CreateSpec,
     network: Option<NetworkRecord>,
     net: Option<&lodge_net::Network>,
+    volumes: Vec<store::VolumeAttachment>,
 ) -> Result<Metadata> {
     std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
     // The two disks are independent: make them side by side.
@@ -196,6 +202,7 @@ fn prepare(
     })?;
     let image = image?;
     overlay?;
+    make_upper_disks(dir, &volumes)?;
     let meta = Metadata {
         id: id.to_string(),
         name: spec.name.to_string(),
@@ -216,6 +223,7 @@ fn prepare(
         started_at: None,
         stopped_at: None,
         network,
+        volumes,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

@@ -66,6 +66,28 @@ pub enum Error {
     /// Setting up or tearing down the instance's network failed.
     #[error(transparent)]
     Network(#[from] lodge_net::NetError),
+    /// A volume could not be found, or an attachment breaks its rules.
+    #[error(transparent)]
+    Volume(#[from] lodge_volumes::Error),
+    #[error("volume {volume:?} is not attached to instance {instance}")]
+    NotAttached { volume: String, instance: String },
+    /// The guest agent could not be asked to (un)mount a volume.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The guest would not (un)mount a volume; `message` is the guest's,
+    /// bounded and stripped of control characters.
+    #[error("the guest could not {action} the volume at {mount_path}: {message}")]
+    GuestVolume {
+        action: &'static str,
+        mount_path: String,
+        message: String,
+    },
+    /// A detach refused because the guest still uses the volume.
+    #[error("{0}; stop what uses it (or stop the instance) and detach again")]
+    VolumeBusy(String),
+    /// Hot-plugging or unplugging a disk failed; the attachment is unchanged.
+    #[error("hot-plugging the volume's disk: {0}")]
+    Hotplug(#[source] BackendError),
     /// An operation failed and undoing its partial work failed too.
     #[error(transparent)]
     CreateFailed(Box<CreateFailed>),

@@ -226,5 +226,6 @@ pub(super) fn guest_config(
         hostname: Some(meta.name.clone()),
         user: meta.user.clone(),
         network,
+        volumes: super::volumes::guest_volumes(meta),
     })
 }

@@ -37,6 +37,8 @@ pub struct Manager {
     agents: crate::agent::Pool,
     /// The default network; `None` when the daemon runs without one.
     pub(super) net: Option<Arc<DaemonNet>>,
+    /// Volumes instances attach; their attachments live in the records.
+    pub(super) volumes: Arc<lodge_volumes::Volumes>,
 }
 
 /// Where a running instance's guest agent is reached.
@@ -62,6 +64,7 @@ impl Manager {
         accel: Accel,
         images: Arc<lodge_images::Images>,
         net: Option<Arc<DaemonNet>>,
+        volumes: Arc<lodge_volumes::Volumes>,
     ) -> Result<Self> {
         std::fs::create_dir_all(cfg.guests_dir())
             .map_err(io(format!("creating {}", cfg.guests_dir().display())))?;
@@ -78,6 +81,7 @@ impl Manager {
             claims: Claims::default(),
             agents: crate::agent::Pool::default(),
             net,
+            volumes,
         })
     }
 
@@ -273,6 +277,28 @@ fn all_records(guests: &Path) -> Result<Vec<Metadata>> {
         }
     }
     Ok(out)
+}
+
+/// The attachments of volume `volume_id`, from the instance records under
+/// `guests` (the volume store asks this before a delete, and shows it).
+pub fn volume_users(
+    guests: &Path,
+    volume_id: &str,
+) -> std::result::Result<Vec<lodge_volumes::Attachment>, String> {
+    let all = all_records(guests).map_err(|e| e.to_string())?;
+    Ok(all
+        .iter()
+        .flat_map(|m| {
+            m.volumes
+                .iter()
+                .filter(|v| v.volume_id == volume_id)
+                .map(|v| lodge_volumes::Attachment {
+                    instance_id: m.id.clone(),
+                    mount_path: v.mount_path.clone(),
+                    readonly: v.readonly || v.overlay,
+                })
+        })
+        .collect())
 }
 
 /// Names of the instances under `guests` booting from the image disk of

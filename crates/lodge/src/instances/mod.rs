@@ -14,6 +14,8 @@
 //! - `create`: the create verb (claim the name, prepare disks, first boot);
 //! - `lifecycle`: boot, stop, start, delete;
 //! - `spec`: the typed create request and its pure validation;
+//! - `volumes`: a create's volume attachments, and attaching or detaching
+//!   a volume later (hot-plugged into a running VM);
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
 //! - `net`: the default network as the daemon set it up, each instance's
@@ -37,9 +39,10 @@ pub mod spec;
 pub mod state;
 pub mod store;
 mod view;
+mod volumes;
 
 pub use error::Error;
-pub use manager::{image_users, AgentEndpoint, Manager};
-pub use spec::{CreateRequest, RootRequest, RunOverrides};
+pub use manager::{image_users, volume_users, AgentEndpoint, Manager};
+pub use spec::{CreateRequest, RootRequest, RunOverrides, VolumeRequest};
 pub use state::State;
-pub use view::{Instance, InstanceNetwork};
+pub use view::{Instance, InstanceNetwork, VolumeMount};

@@ -30,7 +30,7 @@ use lodge_hypervisor::{
 
 use super::error::{MonitorError, Result};
 use super::observe::monitor_alive;
-use super::store::{Metadata, Paths};
+use super::store::{upper_disk, Metadata, Paths, VolumeAttachment};
 use crate::config::Config;
 
 /// Console on the first serial port; the kernel stays quiet so the console
@@ -45,6 +45,11 @@ const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
 /// not the VMM, decides what of it is kept (a bounded `logs/status.log`
 /// and `logs/guest-status.json`).
 const STATUS_FD: i32 = 3;
+
+/// Hot-plug slots every VM gets at boot: one per volume disk it may have
+/// (a volume, or an overlay's upper disk). Fixed, so a VM started again
+/// or restored has the same devices.
+pub const HOTPLUG_SLOTS: u32 = super::spec::MAX_VOLUMES as u32;
 
 /// How long a monitor may take to hold its lock and record its child.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +99,18 @@ impl Launcher {
             }],
             None => Vec::new(),
         };
+        let mut disks = vec![
+            DiskConfig::raw(
+                meta.root_disk.clone().unwrap_or_else(|| paths.rootfs()),
+                true,
+            )
+            .with_serial(lodge_guest::SERIAL_ROOT),
+            DiskConfig::raw(paths.overlay(), false).with_serial(lodge_guest::SERIAL_OVERLAY),
+            DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
+        ];
+        for v in &meta.volumes {
+            disks.extend(self.volume_disks(paths, v));
+        }
         Ok(VmConfig {
             id: meta.id.clone(),
             name: meta.name.clone(),
@@ -102,15 +119,7 @@ impl Launcher {
             kernel: kernel_image(&self.cfg.system_dir),
             initrd: self.cfg.system_dir.join("initrd.img"),
             cmdline: KERNEL_CMDLINE.to_string(),
-            disks: vec![
-                DiskConfig::raw(
-                    meta.root_disk.clone().unwrap_or_else(|| paths.rootfs()),
-                    true,
-                )
-                .with_serial(lodge_guest::SERIAL_ROOT),
-                DiskConfig::raw(paths.overlay(), false).with_serial(lodge_guest::SERIAL_OVERLAY),
-                DiskConfig::raw(paths.config_disk(), true).with_serial(lodge_guest::SERIAL_CONFIG),
-            ],
+            disks,
             control_socket: paths.control_socket(),
             // Unused while `status_fd` is set; kept valid for the config.
             status_file: paths.status_file(),
@@ -122,7 +131,31 @@ impl Launcher {
                 port_name: lodge_guest::agent::AGENT_PORT.to_string(),
             }),
             nics,
+            hotplug_slots: HOTPLUG_SLOTS,
         })
+    }
+
+    /// The disks of one volume attachment, each in its hot-plug slot: the
+    /// volume's own (read-only unless attached read-write), and an
+    /// overlay's upper disk in the instance directory.
+    pub fn volume_disks(&self, paths: &Paths, v: &VolumeAttachment) -> Vec<DiskConfig> {
+        let data = self
+            .cfg
+            .paths()
+            .volumes()
+            .join(&v.volume_id)
+            .join(lodge_volumes::store::DATA);
+        let mut out = vec![DiskConfig::raw(data, v.readonly || v.overlay)
+            .with_serial(lodge_guest::serial_for_slot(v.slot))
+            .with_slot(v.slot)];
+        if let Some(up) = v.upper_slot {
+            out.push(
+                DiskConfig::raw(upper_disk(paths, up), false)
+                    .with_serial(lodge_guest::serial_for_slot(up))
+                    .with_slot(up),
+            );
+        }
+        out
     }
 
     /// Fails unless the instance's backend can reach a guest agent.

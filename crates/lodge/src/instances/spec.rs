@@ -38,6 +38,24 @@ pub struct CreateRequest {
     /// hypeman's `network`; whether it can be honoured is the manager's
     /// call (it knows whether the daemon has a network).
     pub network: NetworkRequest,
+    /// hypeman's `volumes`: attached at create, mounted before the
+    /// workload starts.
+    pub volumes: Vec<VolumeRequest>,
+}
+
+/// Most volumes one instance may have attached (an overlay attachment
+/// takes two of the VM's hot-plug slots, a plain one takes one).
+pub const MAX_VOLUMES: usize = 8;
+
+/// One volume to attach, as asked for (hypeman's `VolumeMount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRequest {
+    /// Volume id or name.
+    pub volume: String,
+    pub mount_path: String,
+    pub readonly: bool,
+    /// A per-instance overlay over the read-only volume, of this size.
+    pub overlay: Option<u64>,
 }
 
 /// What the instance boots, as asked for.
@@ -93,6 +111,7 @@ pub struct CreateSpec {
     /// Numeric `uid[:gid]` to run as (an image's `User`); `None` is root.
     pub user: Option<String>,
     pub network: NetworkRequest,
+    pub volumes: Vec<VolumeRequest>,
 }
 
 /// Which rule of a create spec was broken.
@@ -122,6 +141,9 @@ pub enum SpecError {
     /// `Image` was asked for but no image was supplied (a caller bug).
     #[error("one of `image` or `rootfs` is required")]
     NoRoot,
+    /// A volume attachment breaks a rule (mount path, overlay).
+    #[error("volumes: {0}")]
+    Volume(String),
 }
 
 impl CreateSpec {
@@ -182,6 +204,7 @@ impl CreateSpec {
             workdir: run.workdir,
             user: run.user,
             network: req.network,
+            volumes: req.volumes,
         })
     }
 
@@ -221,8 +244,50 @@ impl CreateRequest {
         if let RootRequest::Dir(dir) = &self.root {
             check_rootfs(dir)?;
         }
-        Ok(())
+        check_volumes(&self.volumes)
     }
+}
+
+/// The rules of a create's volumes that need no lookup: mount paths
+/// (lodge-volumes' rules, none inside another), overlays read-only with a
+/// size, and how many fit in the VM's slots.
+pub fn check_volumes(volumes: &[VolumeRequest]) -> Result<(), SpecError> {
+    let slots: usize = volumes
+        .iter()
+        .map(|v| if v.overlay.is_some() { 2 } else { 1 })
+        .sum();
+    if slots > MAX_VOLUMES {
+        return Err(SpecError::Volume(format!(
+            "at most {MAX_VOLUMES} volume disks per instance (an overlay takes two), got {slots}"
+        )));
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        let bad = |e: lodge_volumes::Error| SpecError::Volume(e.to_string());
+        lodge_volumes::rules::check_mount_path(&v.mount_path).map_err(bad)?;
+        lodge_volumes::rules::check_no_collision(
+            &v.mount_path,
+            volumes[..i].iter().map(|o| o.mount_path.as_str()),
+        )
+        .map_err(bad)?;
+        if v.volume.trim().is_empty() {
+            return Err(SpecError::Volume("volume_id is required".into()));
+        }
+        if let Some(size) = v.overlay {
+            if !v.readonly {
+                return Err(SpecError::Volume(format!(
+                    "{}: an overlay needs readonly=true (the volume is its read-only lower layer)",
+                    v.mount_path
+                )));
+            }
+            if size < MIN_OVERLAY {
+                return Err(SpecError::Volume(format!(
+                    "{}: overlay_size must be at least 16MiB, got {size} bytes",
+                    v.mount_path
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_resources(vcpus: u32, memory_bytes: u64, overlay_bytes: u64) -> Result<(), SpecError> {
@@ -287,6 +352,7 @@ mod tests {
                 ..RunOverrides::default()
             },
             network: NetworkRequest::default(),
+            volumes: Vec::new(),
         }
     }
 
@@ -407,6 +473,43 @@ mod tests {
         let mut r = request(dir.path());
         r.root = RootRequest::Dir("rel".into());
         assert_eq!(r.validate(), Err(SpecError::RootfsRelative("rel".into())));
+    }
+
+    #[test]
+    fn volume_requests_are_checked_before_any_lookup() {
+        let v = |path: &str, readonly: bool, overlay: Option<u64>| VolumeRequest {
+            volume: "data".into(),
+            mount_path: path.into(),
+            readonly,
+            overlay,
+        };
+        let check = |vs: Vec<VolumeRequest>| check_volumes(&vs);
+        assert_eq!(check(vec![v("/data", false, None)]), Ok(()));
+        assert_eq!(
+            check(vec![v("/a", true, None), v("/b", true, Some(64 << 20))]),
+            Ok(())
+        );
+        for bad in [
+            vec![v("data", false, None)],
+            vec![v("/", false, None)],
+            vec![v("/a,b", false, None)],
+            vec![v("/a/../b", false, None)],
+            vec![v("/a", false, None), v("/a", true, None)],
+            vec![v("/a", false, None), v("/a/b", true, None)],
+            vec![v("/a", false, Some(64 << 20))],
+            vec![v("/a", true, Some(1))],
+            (0..5)
+                .map(|i| v(&format!("/o{i}"), true, Some(64 << 20)))
+                .collect(),
+        ] {
+            assert!(
+                matches!(check(bad.clone()), Err(SpecError::Volume(_))),
+                "{bad:?}"
+            );
+        }
+        let mut r = request(std::path::Path::new("/"));
+        r.volumes = vec![v("relative", false, None)];
+        assert!(matches!(r.validate(), Err(SpecError::Volume(_))));
     }
 
     #[test]

@@ -52,6 +52,35 @@ pub struct Metadata {
     /// instance without a network (and every record from before networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// Volumes attached to the instance, at create or while running; the
+    /// one record of who holds a volume (lodge-volumes reads it back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// One volume attached to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub volume_id: String,
+    pub mount_path: String,
+    pub readonly: bool,
+    /// Mounted as the lower layer of an overlay whose writes go to the
+    /// instance's own upper disk ([`upper_disk`]); the volume is read-only.
+    #[serde(default)]
+    pub overlay: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_bytes: Option<u64>,
+    /// The hot-plug slot of the volume's disk (its serial, its place in
+    /// the VM): the same at every boot, and after a restore.
+    pub slot: u32,
+    /// The slot of the overlay's upper disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_slot: Option<u32>,
+}
+
+/// The writable upper disk of the overlay attachment in `slot`.
+pub fn upper_disk(paths: &Paths, slot: u32) -> PathBuf {
+    paths.dir.join(format!("volume-{slot}-upper.ext4"))
 }
 
 /// An instance's place on the default network, persisted in its record.
@@ -208,6 +237,15 @@ mod tests {
                 bandwidth_download: Some("10Mbps".into()),
                 bandwidth_upload: None,
             }),
+            volumes: vec![VolumeAttachment {
+                volume_id: "vol-1".into(),
+                mount_path: "/data".into(),
+                readonly: false,
+                overlay: false,
+                overlay_bytes: None,
+                slot: 0,
+                upper_slot: None,
+            }],
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");
@@ -219,6 +257,7 @@ mod tests {
         assert!(back.stopped_at.is_some());
         assert_eq!(back.network, meta.network);
         assert_eq!(json["network"]["ip"], "10.100.0.2");
+        assert_eq!(back.volumes, meta.volumes);
         assert!(json["network"].get("bandwidth_upload").is_none());
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
@@ -242,5 +281,6 @@ mod tests {
         assert!(!meta.paused);
         assert_eq!(meta.root_disk, None);
         assert_eq!(meta.network, None);
+        assert!(meta.volumes.is_empty());
     }
 }

@@ -39,6 +39,40 @@ pub struct Instance {
     /// from before networking.
     #[serde(default)]
     pub network: InstanceNetwork,
+    /// hypeman's `volumes`: what is attached where. Defaulted when reading
+    /// a daemon from before volumes.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// hypeman's `VolumeMount`: on create, and in an instance's `volumes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeMount {
+    /// Volume id (or name).
+    pub volume_id: String,
+    /// Absolute path in the guest.
+    pub mount_path: String,
+    #[serde(default)]
+    pub readonly: bool,
+    /// A per-instance overlay over the read-only volume (needs
+    /// `readonly: true` and `overlay_size`).
+    #[serde(default)]
+    pub overlay: bool,
+    /// The overlay's size, e.g. `1GB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_size: Option<String>,
+}
+
+impl VolumeMount {
+    fn of(v: &super::store::VolumeAttachment) -> Self {
+        VolumeMount {
+            volume_id: v.volume_id.clone(),
+            mount_path: v.mount_path.clone(),
+            readonly: v.readonly,
+            overlay: v.overlay,
+            overlay_size: v.overlay_bytes.map(human_size),
+        }
+    }
 }
 
 /// hypeman's `Instance.network`.
@@ -100,6 +134,7 @@ impl Instance {
             hypervisor: meta.hypervisor.to_string(),
             has_snapshot: false,
             network: InstanceNetwork::of(meta),
+            volumes: meta.volumes.iter().map(VolumeMount::of).collect(),
         }
     }
 }
