@@ -49,6 +49,8 @@ pub enum Command {
     Images(ImagesArgs),
     /// Delete images
     Rmi(RmiArgs),
+    /// Manage volumes: persistent disks that outlive instances
+    Volume(VolumeArgs),
     /// Write an image (one layer per --layer directory) as an OCI or docker archive
     #[command(hide = true)]
     MkImage(MkImageArgs),
@@ -110,6 +112,78 @@ pub struct PullArgs {
     pub quiet: bool,
     /// Image reference (alpine, 127.0.0.1:5000/app:v1, name@sha256:…), oci-archive:PATH[:REF] or docker-archive:PATH[:REF]
     pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty volume
+    Create(VolumeCreateArgs),
+    /// List volumes
+    Ls(VolumeLsArgs),
+    /// Show a volume as JSON
+    Inspect(VolumeKeyArg),
+    /// Delete volumes (refused while attached)
+    Rm(VolumeRmArgs),
+    /// Create a volume from a tar archive (tar.gz, tar.zst or tar)
+    Import(VolumeImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeCreateArgs {
+    /// Size in GB (a sparse file: only what is written takes room)
+    #[arg(long)]
+    pub size: u64,
+    /// A custom id (generated if absent)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Tag, K=V (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Volume name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeLsArgs {
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeKeyArg {
+    /// Volume id or name
+    pub volume: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeRmArgs {
+    /// Volume ids or names
+    #[arg(required = true)]
+    pub volumes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeImportArgs {
+    /// Size in GB; the content must fit (default: sized from the content)
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// A custom id (generated if absent)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Tag, K=V (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Volume name
+    pub name: String,
+    /// The archive
+    pub archive: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +284,9 @@ pub struct RunArgs {
     /// Limit guest→host traffic, e.g. 100Mbps, 1Gbps or 125MB/s
     #[arg(long, value_name = "RATE")]
     pub bandwidth_up: Option<String>,
+    /// Attach a volume, VOLUME:/PATH[:ro] (repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH[:ro]")]
+    pub volumes: Vec<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -11,6 +11,7 @@ mod rt;
 mod run;
 mod serve;
 mod supervise;
+mod volume;
 mod ws;
 
 use anyhow::Result;
@@ -58,5 +59,6 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Images(args) => images::images(args),
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
+        Command::Volume(args) => volume::run(args),
     }
 }

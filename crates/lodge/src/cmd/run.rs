@@ -84,6 +84,11 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         env.insert(k.to_string(), v.to_string());
     }
     let network = network_request(args)?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| super::volume::parse_mount(v))
+        .collect::<Result<Vec<_>>>()?;
     let name = args
         .name
         .clone()
@@ -100,6 +105,7 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         env: Some(env),
         workdir: args.workdir.clone(),
         network,
+        volumes: (!volumes.is_empty()).then_some(volumes),
         ..CreateInstance::default()
     })
 }
