@@ -6,8 +6,10 @@ boot through lodge's `rootfs` extension) and LODGE_ARCHIVE (a local OCI archive,
 imported through hypeman's own images API, then booted).
 """
 
+import io
 import os
 import sys
+import tarfile
 import time
 
 import hypeman
@@ -24,6 +26,57 @@ def wait_state(client, ident, want, timeout=120):
             return inst
         time.sleep(0.2)
     raise AssertionError(f"{ident} never reached {want} (last: {inst.state})")
+
+
+def volumes(client, running_id):
+    """volumes.* and instances.volumes.attach/detach on a running VM."""
+    vol = client.volumes.create(name="py-vol", size_gb=1, tags={"team": "py"})
+    assert vol.name == "py-vol" and vol.size_gb == 1 and not vol.attachments, vol
+    assert [v.id for v in client.volumes.list(tags={"team": "py"})] == [vol.id]
+    assert client.volumes.list(tags={"team": "other"}) == []
+    assert client.volumes.get("py-vol").id == vol.id
+    try:
+        client.volumes.create(name="py-vol", size_gb=1)
+        raise AssertionError("expected ConflictError")
+    except hypeman.ConflictError as e:
+        assert e.body["code"] == "conflict", e.body
+    try:
+        client.volumes.create(name="py-bad", size_gb=0)
+        raise AssertionError("expected BadRequestError")
+    except hypeman.BadRequestError:
+        pass
+
+    inst = client.instances.volumes.attach(vol.id, id=running_id, mount_path="/pydata")
+    assert [(m.volume_id, m.mount_path) for m in inst.volumes] == [(vol.id, "/pydata")], inst
+    got = client.volumes.get(vol.id)
+    assert [(a.instance_id, a.mount_path, a.readonly) for a in got.attachments] == [
+        (running_id, "/pydata", False)
+    ], got
+    try:
+        client.volumes.delete(vol.id)
+        raise AssertionError("expected ConflictError while attached")
+    except hypeman.ConflictError:
+        pass
+    inst = client.instances.volumes.detach(vol.id, id=running_id)
+    assert not inst.volumes, inst
+    assert not client.volumes.get(vol.id).attachments
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"from python\n"
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        info.mode = 0o640
+        tar.addfile(info, io.BytesIO(data))
+    arch = client.volumes.create_from_archive(buf.getvalue(), name="py-arch", size_gb=1)
+    assert arch.name == "py-arch" and arch.size_gb == 1, arch
+    client.volumes.delete(arch.id)
+    client.volumes.delete(vol.id)
+    try:
+        client.volumes.get(vol.id)
+        raise AssertionError("expected NotFoundError after delete")
+    except hypeman.NotFoundError:
+        pass
 
 
 def main():
@@ -78,6 +131,8 @@ def main():
         raise AssertionError("expected AuthenticationError")
     except hypeman.AuthenticationError:
         pass
+
+    volumes(client, inst.id)
 
     client.instances.delete(inst.id)
     assert all(i.id != inst.id for i in client.instances.list())
