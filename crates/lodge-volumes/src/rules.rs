@@ -10,7 +10,7 @@ pub const GB: u64 = 1 << 30;
 
 /// Largest `size_gb` accepted: volumes are sparse, but a bound keeps a typo
 /// (`size_gb: 1000000`) from making a file no disk could ever fill.
-pub const MAX_SIZE_GB: u64 = 16 * 1024;
+pub const MAX_SIZE_GB: u64 = 8 * 1024;
 
 /// Longest volume name or id.
 const MAX_NAME: usize = 63;
@@ -249,7 +249,7 @@ mod tests {
             "",
             "1.5",
             "99999999999999999999999",
-            "16385",
+            "8193",
         ] {
             let e = parse_size_gb(bad).expect_err(bad);
             assert!(matches!(e, Error::InvalidSize { .. }), "{bad}: {e}");
