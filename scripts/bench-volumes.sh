@@ -13,6 +13,8 @@
 #
 # usage: scripts/bench-volumes.sh   (needs the guest: scripts/build-guest.sh)
 #   LODGE_BIN=path/to/lodge (default target/debug/lodge, built if missing)
+#   ROUNDS=N rounds of each measurement (default 3; more on a busy host)
+#   IO_ONLY=1 stops after the I/O rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
@@ -61,21 +63,23 @@ io() {
         awk -v a="$a" -v b="$b" -v c="$c" -v e="$e" "BEGIN {printf \"%.1f %.1f\n\", 256 / (b - a), 256 / (e - c)}"' \
         sh "$1"
 }
+rounds="${ROUNDS:-3}"
 vw=(); vr=(); rw=(); rr=()
-for _ in 1 2 3; do
+for _ in $(seq "$rounds"); do
     read -r w r <<<"$(io /vol/bench.dat)"; vw+=("$w"); vr+=("$r")
     read -r w r <<<"$(io /bench.dat)"; rw+=("$w"); rr+=("$r")
 done
 
 hot=(); cold=()
-for _ in 1 2 3; do
+[ -n "${IO_ONLY:-}" ] && { echo "volume w ${vw[*]} r ${vr[*]} / root w ${rw[*]} r ${rr[*]}"; exit 0; }
+for _ in $(seq "$rounds"); do
     t0=$(now)
     api -X POST -d '{"mount_path":"/hot"}' "$LODGE_BASE_URL/instances/bench/volumes/bhot"
     hot+=($(( ($(now) - t0) / 1000000 )))
     "$lodge" exec bench sh -c 'grep -q " /hot " /proc/mounts'
     api -X DELETE "$LODGE_BASE_URL/instances/bench/volumes/bhot"
 done
-for _ in 1 2 3; do
+for _ in $(seq "$rounds"); do
     "$lodge" stop bench >/dev/null
     t0=$(now)
     "$lodge" start bench >/dev/null
@@ -83,14 +87,14 @@ for _ in 1 2 3; do
     cold+=($(( ($(now) - t0) / 1000000 )))
 done
 
-echo "guest sequential I/O, 256 MiB (MB/s; median of 3, alternating):"
+echo "guest sequential I/O, 256 MiB (MB/s; median of $rounds, alternating):"
 printf '  write: volume %s  root %s  ratio %s   (rounds: volume %s / root %s)\n' \
     "$(median "${vw[@]}")" "$(median "${rw[@]}")" "$(ratio "$(median "${vw[@]}")" "$(median "${rw[@]}")")" \
     "${vw[*]}" "${rw[*]}"
 printf '  read:  volume %s  root %s  ratio %s   (rounds: volume %s / root %s)\n' \
     "$(median "${vr[@]}")" "$(median "${rr[@]}")" "$(ratio "$(median "${vr[@]}")" "$(median "${rr[@]}")")" \
     "${vr[*]}" "${rr[*]}"
-echo "hot attach -> mounted vs cold boot -> agent answering (ms; median of 3):"
+echo "hot attach -> mounted vs cold boot -> agent answering (ms; median of $rounds):"
 printf '  hot attach %s  cold boot %s  ratio %s   (rounds: %s / %s)\n' \
     "$(median "${hot[@]}")" "$(median "${cold[@]}")" "$(ratio "$(median "${hot[@]}")" "$(median "${cold[@]}")")" \
     "${hot[*]}" "${cold[*]}"

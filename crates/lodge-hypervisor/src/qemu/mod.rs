@@ -213,6 +213,7 @@ impl Hypervisor for QemuBackend {
         let (bus, addr) = args::slot_bus(self.options.machine, slot);
         let mut dev = serde_json::json!({
             "driver": "virtio-blk-pci",
+            "disable-legacy": "off",
             "id": args::slot_device(slot),
             "drive": node,
             "bus": bus,
