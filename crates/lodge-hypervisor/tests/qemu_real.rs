@@ -310,3 +310,77 @@ async fn self_test_boots_lodge_guest_under_tcg() {
         .expect("guest prints the self-test marker under tcg");
     eprintln!("self-test guest reported under tcg after {elapsed:?}");
 }
+
+/// A disk hot-plugged into a slot of a paused VM sits where `build_argv`
+/// would put it at boot (same node, device and bus), read-write; a second
+/// VM cannot open the same file read-write (QEMU's image locking), so two
+/// VMMs never write one volume; a failed plug leaves no block node behind.
+#[tokio::test]
+async fn hotplug_a_disk_and_the_file_lock_refuses_a_second_writer() {
+    let fx = Fixture::new();
+    let vol = fx.dir.join("vol,ume.raw");
+    std::fs::File::create(&vol)
+        .and_then(|f| f.set_len(4 << 20))
+        .expect("volume file");
+    let backend = QemuBackend::new().with_timeouts(CONNECT, CMD);
+    let mut cfg = fx.config();
+    cfg.hotplug_slots = 2;
+    let argv = backend.vmm_command(&cfg).expect("valid config");
+    let mut child = spawn_paused(&argv);
+    let disk = DiskConfig::raw(&vol, false)
+        .with_serial("lodge-vol-1")
+        .with_slot(1);
+    backend.attach_disk(&cfg, &disk).await.expect("attach");
+    let mut qmp = QmpClient::connect(&cfg.control_socket, CONNECT, CMD)
+        .await
+        .expect("connect");
+    let nodes: Vec<Value> = qmp
+        .execute("query-named-block-nodes", Some(json!({"flat": true})))
+        .await
+        .expect("nodes");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["node-name"] == "lodge-slot1" && n["ro"] == json!(false)),
+        "{nodes:?}"
+    );
+    let bus: String = qmp
+        .execute(
+            "qom-get",
+            Some(json!({"path": "/machine/peripheral/lodge-slot1-dev", "property": "parent_bus"})),
+        )
+        .await
+        .expect("parent bus");
+    assert!(bus.contains("lodge-hp1"), "{bus}");
+
+    // A second VM: the same file read-write is refused, and no node stays.
+    let other = Fixture::new();
+    let mut cfg2 = other.config();
+    cfg2.hotplug_slots = 1;
+    let mut child2 = spawn_paused(&backend.vmm_command(&cfg2).expect("valid"));
+    let err = backend
+        .attach_disk(&cfg2, &DiskConfig::raw(&vol, false).with_slot(0))
+        .await
+        .expect_err("the file is locked by the first VM");
+    assert!(format!("{:?}", err).contains("lock"), "{err:?}");
+    let mut qmp2 = QmpClient::connect(&cfg2.control_socket, CONNECT, CMD)
+        .await
+        .expect("connect");
+    let nodes: Vec<Value> = qmp2
+        .execute("query-named-block-nodes", Some(json!({"flat": true})))
+        .await
+        .expect("nodes");
+    assert!(
+        nodes.iter().all(|n| n["node-name"] != "lodge-slot0"),
+        "{nodes:?}"
+    );
+    // A slot the VM does not have is refused before QEMU is asked.
+    assert!(backend
+        .attach_disk(&cfg2, &DiskConfig::raw(&vol, true).with_slot(5))
+        .await
+        .is_err());
+    qmp2.quit().await.expect("quit");
+    qmp.quit().await.expect("quit");
+    assert!(wait_exit(&mut child2).await.success());
+    assert!(wait_exit(&mut child).await.success());
+}
