@@ -292,3 +292,38 @@ trait TakeExact: std::io::Read + Sized {
     }
 }
 impl<R: std::io::Read> TakeExact for R {}
+
+/// A disk that really fills up under mkfs (a 256 KiB tmpfs; root only, else
+/// skipped): the create fails as a full disk and leaves nothing behind.
+#[tokio::test]
+async fn a_disk_filling_up_during_mkfs_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let result = {
+        let (v, _) = store(&mnt.join("volumes"), opts());
+        let e = v.create(req("big", Some(1))).await.expect_err("no space");
+        let listed = v.list().expect("list").len();
+        (
+            e.kind(),
+            e.to_string(),
+            listed,
+            debris(&mnt.join("volumes")),
+        )
+    };
+    let umount = Command::new("umount").arg(&mnt).status();
+    assert!(umount.is_ok_and(|s| s.success()), "umount");
+    let (kind, message, listed, left) = result;
+    assert_eq!(kind, ErrorKind::NoSpace, "{message}");
+    assert_eq!((listed, left), (0, Vec::<String>::new()));
+}
