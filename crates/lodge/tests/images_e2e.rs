@@ -235,10 +235,9 @@ fn one_layer_busybox_is_pulled_once_and_boots() {
         first,
         "the second pull downloaded blobs"
     );
-    assert!(
-        second < Duration::from_secs(2),
-        "cached pull took {second:?}"
-    );
+    // How fast is for scripts/bench-images.sh; here only that nothing was
+    // fetched (a time bound flakes on a loaded 2-core machine).
+    eprintln!("cached pull took {second:?}");
 
     // Deleted and pulled again: the blob cache still has every layer.
     assert_eq!(
