@@ -80,6 +80,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         manager,
         auth,
         images,
+        bench_endpoints: cfg.bench_endpoints,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
