@@ -26,24 +26,41 @@ struct Registry {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    /// User and password when started with htpasswd authentication.
+    creds: Option<(String, String)>,
 }
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that wants HTTP basic auth for `user`/`password`.
+    fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::start_with(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_with(creds: Option<(String, String)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("lodge-registry")
             .tempdir()
             .expect("tempdir");
         let port = common::free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .expect("config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((user, password)) = &creds {
+            let hash = bcrypt::hash(password, 4).expect("bcrypt");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: lodge-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, yaml).expect("config");
         let log = std::fs::File::create(dir.path().join("access.log")).expect("log");
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -53,7 +70,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry (install it with scripts/install-deps.sh)");
-        let r = Registry { child, dir, port };
+        let r = Registry {
+            child,
+            dir,
+            port,
+            creds,
+        };
         wait_until("the registry to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -76,14 +98,18 @@ impl Registry {
                 .insert("org.opencontainers.image.ref.name".into(), "push".into());
         }
         l.write_dir(&dir).expect("layout");
-        let out = Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--all",
-                "--quiet",
-                "--dest-tls-verify=false",
-            ])
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some((user, password)) = &self.creds {
+            skopeo.arg(format!("--dest-creds={user}:{password}"));
+        }
+        let out = skopeo
             .arg(format!("oci:{}:push", dir.display()))
             .arg(format!("docker://{}/{repo_tag}", self.host()))
             .output()
@@ -1005,4 +1031,74 @@ fn archives_in_the_import_directory_and_uploads_import() {
             .count(),
         0
     );
+}
+
+/// Registry credentials come from the places docker and podman keep them:
+/// `~/.docker/config.json`, `$DOCKER_CONFIG/config.json` and
+/// `REGISTRY_AUTH_FILE`, against a real registry that wants basic auth.
+#[test]
+fn registry_credentials_come_from_docker_and_podman_files() {
+    require_guest!();
+    let reg = Registry::start_with_auth("lodge", "s3cret pass");
+    let image = Image::new(ContainerConfig::default(), vec![busybox_layer()]);
+    reg.push(
+        &Layout::single(&image, None).expect("layout"),
+        "private/box:1",
+    );
+    let name = format!("{}/private/box:1", reg.host());
+    let files = tempfile::tempdir().expect("tempdir");
+    let auths = |password: &str| {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("lodge:{password}"));
+        serde_json::to_vec(&json!({"auths": {reg.host(): {"auth": token}}})).expect("json")
+    };
+    let write = |rel: &str, password: &str| {
+        let path = files.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, auths(password)).expect("write");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let home = files.path().join("home");
+    let docker_config = files.path().join("docker-config");
+    write("home/.docker/config.json", "s3cret pass");
+    write("docker-config/config.json", "s3cret pass");
+    let auth_file = write("containers/auth.json", "s3cret pass");
+    let wrong_home = files.path().join("wrong-home");
+    write("wrong-home/.docker/config.json", "not it");
+
+    let pulled = |env: &[(&str, &str)]| -> Value {
+        let d = Daemon::start_with_env(env);
+        let out = d.lodge(&["pull", "-q", &name]);
+        let image = d.api("GET", &format!("/images/{}", enc(&name)), None);
+        if out.status.success() {
+            assert_eq!(image.body["status"], "ready", "{}", image.text);
+        }
+        json!({"ok": out.status.success(), "stderr": String::from_utf8_lossy(&out.stderr)})
+    };
+    let empty = files.path().join("empty-home");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let none = pulled(&[("HOME", empty.to_str().expect("utf-8"))]);
+    assert_eq!(none["ok"], false, "no credentials, no pull: {none}");
+    assert!(
+        none["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("requires credentials")),
+        "{none}"
+    );
+    let wrong = pulled(&[("HOME", wrong_home.to_str().expect("utf-8"))]);
+    assert_eq!(wrong["ok"], false, "wrong password: {wrong}");
+    for env in [
+        vec![("HOME", home.to_str().expect("utf-8"))],
+        vec![
+            ("HOME", wrong_home.to_str().expect("utf-8")),
+            ("DOCKER_CONFIG", docker_config.to_str().expect("utf-8")),
+        ],
+        vec![
+            ("HOME", wrong_home.to_str().expect("utf-8")),
+            ("REGISTRY_AUTH_FILE", auth_file.as_str()),
+        ],
+    ] {
+        let got = pulled(&env);
+        assert_eq!(got["ok"], true, "credentials from {env:?}: {got}");
+    }
 }
