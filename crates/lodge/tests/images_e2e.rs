@@ -1102,3 +1102,60 @@ fn registry_credentials_come_from_docker_and_podman_files() {
         assert_eq!(got["ok"], true, "credentials from {env:?}: {got}");
     }
 }
+
+/// `LODGE_IMAGE_FORMAT=erofs`: the image's disk is an erofs file system
+/// (its superblock magic on disk), and an instance boots from it and sees
+/// the image's files.
+#[test]
+fn erofs_image_disks_are_built_and_boot() {
+    require_guest!();
+    let reg = Registry::start();
+    let marker = layer(|b| {
+        b.file("etc/erofs-marker", 0o644, b"read from erofs\n")
+            .map(|_| ())
+    });
+    let image = Image::new(
+        ContainerConfig {
+            cmd: Some(strings(&["cat", "/etc/erofs-marker"])),
+            ..Default::default()
+        },
+        vec![busybox_layer(), marker],
+    );
+    reg.push(
+        &Layout::single(&image, None).expect("layout"),
+        "lodge/erofs:1",
+    );
+    let d = Daemon::start_with_env(&[("LODGE_IMAGE_FORMAT", "erofs")]);
+    let name = format!("{}/lodge/erofs:1", reg.host());
+    let out = d.lodge(&["pull", "-q", &name]);
+    assert!(
+        out.status.success(),
+        "pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every disk the pull built is erofs: magic 0xE0F5E1E2 at byte 1024.
+    let disks: Vec<_> = std::fs::read_dir(d.data_dir.join("images").join("disks"))
+        .expect("disks dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "json"))
+        .collect();
+    assert!(!disks.is_empty(), "a disk was built");
+    for disk in &disks {
+        let bytes = std::fs::read(disk).expect("read disk");
+        assert_eq!(
+            bytes.get(1024..1028),
+            Some(&0xE0F5_E1E2u32.to_le_bytes()[..]),
+            "{} is not erofs",
+            disk.display()
+        );
+    }
+
+    let (stopped, lines) = run_to_end(
+        &d,
+        json!({"name": "on-erofs", "image": name, "size": "256MB", "overlay_size": "64MB"}),
+    );
+    assert_eq!(stopped["exit_code"], 0, "{stopped}");
+    assert_eq!(lines, vec!["read from erofs"]);
+}
