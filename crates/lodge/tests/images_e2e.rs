@@ -1104,10 +1104,10 @@ fn registry_credentials_come_from_docker_and_podman_files() {
 }
 
 /// `LODGE_IMAGE_FORMAT=erofs`: the image's disk is an erofs file system
-/// (its superblock magic on disk), and an instance boots from it and sees
-/// the image's files.
+/// (its superblock magic on disk), and an instance boots from it, sees the
+/// image's files and runs as the image's `user`.
 #[test]
-fn erofs_image_disks_are_built_and_boot() {
+fn erofs_image_disks_are_built_and_boot_as_the_image_user() {
     require_guest!();
     let reg = Registry::start();
     let marker = layer(|b| {
@@ -1116,7 +1116,12 @@ fn erofs_image_disks_are_built_and_boot() {
     });
     let image = Image::new(
         ContainerConfig {
-            cmd: Some(strings(&["cat", "/etc/erofs-marker"])),
+            cmd: Some(strings(&[
+                "sh",
+                "-c",
+                "cat /etc/erofs-marker; id -u; id -g",
+            ])),
+            user: Some("1234:99".into()),
             ..Default::default()
         },
         vec![busybox_layer(), marker],
@@ -1157,5 +1162,9 @@ fn erofs_image_disks_are_built_and_boot() {
         json!({"name": "on-erofs", "image": name, "size": "256MB", "overlay_size": "64MB"}),
     );
     assert_eq!(stopped["exit_code"], 0, "{stopped}");
-    assert_eq!(lines, vec!["read from erofs"]);
+    assert_eq!(
+        lines,
+        vec!["read from erofs", "1234", "99"],
+        "the image's user"
+    );
 }
