@@ -760,8 +760,37 @@ fn archives_import_offline_through_the_cli() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "docker.io/saved/app:2"
     );
-    // Same layer as the OCI archive: one blob in the cache, two disks
-    // (different configs make different manifests).
+    // The same tree as the OCI archive, but `docker save` layers are plain
+    // tars where the OCI archive's are gzipped: two layer blobs; and two
+    // disks, one per image (different configs make different manifests).
+    let files = |sub: &str| -> Vec<(String, u64)> {
+        std::fs::read_dir(d.data_dir.join("images").join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| {
+                        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        (e.file_name().to_string_lossy().into_owned(), len)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Only layers are over 256 KiB (configs and manifests are small).
+    let layers: Vec<_> = files("blobs/sha256")
+        .into_iter()
+        .filter(|(_, len)| *len > 256 << 10)
+        .collect();
+    assert_eq!(
+        layers.len(),
+        2,
+        "the same tree, gzipped in one archive and plain in the other: two blobs: {layers:?}"
+    );
+    let disks: Vec<_> = files("disks")
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with(".json"))
+        .collect();
+    assert_eq!(disks.len(), 2, "two disks: {disks:?}");
     let out = d.lodge(&["rmi", "saved/app:2", "lodge-demo"]);
     assert!(
         out.status.success(),
