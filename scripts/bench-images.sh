@@ -124,10 +124,11 @@ raw_ratio=$(ratio "$t_lodge" "$t_raw")
 echo "lodge $(printf %.3f "$t_lodge") s, baseline $(printf %.3f "$t_base") s, ratio $cold_ratio (target <= 1.0)"
 echo "lodge $(printf %.3f "$t_lodge") s, raw-unpack baseline $(printf %.3f "$t_raw") s, ratio $raw_ratio"
 
-# Same content on both sides: compare a few files inside both disks.
+# Same content on both sides: compare a few files inside both disks (the
+# raw-unpack baseline ran last, so its disk is the one left).
 for f in /usr/lib/app/lib07.so /usr/share/app/src/05/file0005.txt /var/lib/app/data03.bin /bin/busybox; do
     disk=$(ls "$DATA"/images/disks/*.ext4)
-    cmp <(debugfs -R "cat $f" "$disk" 2>/dev/null) <(debugfs -R "cat $f" "$WORK/base.ext4" 2>/dev/null) \
+    cmp <(debugfs -R "cat $f" "$disk" 2>/dev/null) <(debugfs -R "cat $f" "$WORK/raw.ext4" 2>/dev/null) \
         || { echo "disks differ at $f" >&2; exit 1; }
 done
 
