@@ -26,6 +26,9 @@ pub struct Config {
     /// The default network to set up, or `None` when networking is off
     /// (`LODGE_NETWORK=off`, or not root and not asked for).
     pub network: Option<lodge_net::NetConfig>,
+    /// `LODGE_BENCH_ENDPOINTS=1`: serve the benchmark-only agent throughput
+    /// route (`scripts/bench-exec.sh`). Off by default.
+    pub bench_endpoints: bool,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lodge";
@@ -57,7 +60,12 @@ impl Config {
             is_root(),
             lodge_net::NetConfig::from_env,
         )?;
+        let bench_endpoints = matches!(
+            std::env::var("LODGE_BENCH_ENDPOINTS").ok().as_deref(),
+            Some("1" | "true" | "yes")
+        );
         Ok(Config {
+            bench_endpoints,
             network,
             data_dir,
             system_dir,

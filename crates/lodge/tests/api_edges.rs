@@ -209,3 +209,23 @@ fn an_agent_request_racing_a_stop_answers_as_after_the_stop() {
     }
     assert!(seen.iter().any(|(s, _)| *s == 409), "no stat saw the stop");
 }
+
+/// The agent throughput route exists for `scripts/bench-exec.sh` only: off
+/// unless the daemon was started with `LODGE_BENCH_ENDPOINTS=1`, and bounded.
+#[test]
+fn the_benchmark_route_is_opt_in_and_bounded() {
+    let path = "/instances/nobody/agent/throughput?direction=from";
+    let d = Daemon::start();
+    let r = d.api("GET", path, None);
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(r.body["code"], "not_found", "{}", r.text);
+    drop(d);
+
+    let d = Daemon::start_with_env(&[("LODGE_BENCH_ENDPOINTS", "1")]);
+    let r = d.api("GET", &format!("{path}&bytes={}", 5u64 << 30), None);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("at most"), "{}", r.text);
+    let r = d.api("GET", path, None);
+    assert_eq!(r.status, 404, "no such instance: {}", r.text);
+    assert_ne!(r.body["message"], "no such endpoint", "{}", r.text);
+}

@@ -152,6 +152,11 @@ fn delete_works_from_every_state_and_removes_everything() {
         c["id"].as_str().expect("id").to_string(),
     );
     assert_eq!(
+        d.state(&a),
+        "Initializing",
+        "deleted while the kernel boots, as this test means to"
+    );
+    assert_eq!(
         d.api("DELETE", &format!("/instances/{a}"), None).status,
         204
     );

@@ -53,7 +53,6 @@ pub use state::{AppState, MAX_BODY};
         exec::exec,
         exec::stat,
         cp::cp,
-        cp::throughput,
         images::create,
         images::list,
         images::get_one,
@@ -96,7 +95,7 @@ pub use state::{AppState, MAX_BODY};
 struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
+    let mut protected = Router::new()
         .route("/capabilities", get(capabilities::capabilities))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
@@ -109,7 +108,6 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))
         .route("/instances/{id}/stat", get(exec::stat))
-        .route("/instances/{id}/agent/throughput", get(cp::throughput))
         .route("/images", post(images::create).get(images::list))
         .route(
             "/images/{name}",
@@ -123,8 +121,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        );
+    if state.bench_endpoints {
+        protected = protected.route("/instances/{id}/agent/throughput", get(cp::throughput));
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
         .route("/spec.json", get(spec))

@@ -25,6 +25,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub images: Arc<lodge_images::Images>,
     pub volumes: Arc<lodge_volumes::Volumes>,
+    /// Whether the benchmark-only routes are served (see `Config`).
+    pub bench_endpoints: bool,
 }
 
 /// Refuses a body whose declared length is over the limit before reading

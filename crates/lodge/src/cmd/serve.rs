@@ -88,6 +88,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         auth,
         images,
         volumes,
+        bench_endpoints: cfg.bench_endpoints,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -19,6 +19,60 @@ use serde_json::Value;
 
 pub const LODGE: &str = env!("CARGO_BIN_EXE_lodge");
 
+/// The longest any one CLI call of a test may take (a pull, a run that
+/// boots a VM under TCG): past it the test fails instead of hanging CI.
+pub const CLI_LIMIT: Duration = Duration::from_secs(300);
+
+/// `cmd.output()`, but killed and failed after `limit`. Stdin is null
+/// unless the caller set it.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // A read error ends the capture; what was read is kept.
+                pipe.read_to_end(&mut buf).ok();
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for a child") {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("{cmd:?} did not finish within {limit:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// Set (to anything but `0`) where a missing guest must fail the suite
 /// rather than skip its VM tests; scripts/test.sh sets it.
 pub const REQUIRE_GUEST_ENV: &str = "LODGE_REQUIRE_GUEST";
@@ -234,7 +288,7 @@ impl Daemon {
         if !self.token.is_empty() {
             cmd.env("LODGE_API_KEY", &self.token);
         }
-        cmd.output().expect("run lodge")
+        output_within(&mut cmd, CLI_LIMIT)
     }
 
     pub fn request(
