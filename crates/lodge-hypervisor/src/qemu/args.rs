@@ -256,10 +256,12 @@ pub fn build_argv(
         let Some(slot) = disk.slot else { continue };
         let ro = if disk.read_only { "on" } else { "off" };
         let (bus, addr) = slot_bus(opts.machine, slot);
-        // Transitional (legacy I/O ports too), as a disk on the root bus
-        // is: QEMU makes a device behind a PCIe port modern-only by
-        // default, and guest reads measured slower that way under TCG.
-        let mut device = OptBuf::new("virtio-blk-pci,disable-legacy=off")
+        // Set as a `-drive` disk gets them by default: transitional
+        // (legacy I/O ports too; QEMU makes a device behind a PCIe port
+        // modern-only), and a write cache the guest flushes (a device on a
+        // `-blockdev` node would otherwise write through, every write
+        // synchronous: guest writes measured at about half the speed).
+        let mut device = OptBuf::new("virtio-blk-pci,disable-legacy=off,write-cache=on")
             .kv("drive", slot_node(slot))
             .kv("id", slot_device(slot))
             .kv("bus", bus);
@@ -507,7 +509,7 @@ mod tests {
                 "-blockdev",
                 "driver=raw,node-name=lodge-slot1,read-only=off,file.driver=file,file.filename=/v/a,,b/data.raw",
                 "-device",
-                "virtio-blk-pci,disable-legacy=off,drive=lodge-slot1,id=lodge-slot1-dev,bus=lodge-hp1,serial=lodge-vol-1",
+                "virtio-blk-pci,disable-legacy=off,write-cache=on,drive=lodge-slot1,id=lodge-slot1-dev,bus=lodge-hp1,serial=lodge-vol-1",
                 "-chardev",
                 "socket,id=qmp,path=/d/qmp.sock,server=on,wait=off",
                 "-mon",

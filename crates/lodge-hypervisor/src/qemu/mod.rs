@@ -214,6 +214,7 @@ impl Hypervisor for QemuBackend {
         let mut dev = serde_json::json!({
             "driver": "virtio-blk-pci",
             "disable-legacy": "off",
+            "write-cache": "on",
             "id": args::slot_device(slot),
             "drive": node,
             "bus": bus,
