@@ -388,6 +388,44 @@ fn volumes_outlive_instances_and_follow_the_rules() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 3, "no debris: {names:?}");
+    // The CLI: import a file, list, inspect, remove.
+    let file = d.data_dir.join("site.tar.gz");
+    std::fs::write(
+        &file,
+        targz(|b| {
+            let h = header("index.html", tar::EntryType::Regular, 0o644, 3);
+            b.append(&h, &b"hi\n"[..]).expect("file");
+        }),
+    )
+    .expect("write");
+    let cli = |args: &[&str]| {
+        let out = d.lodge(args);
+        assert!(
+            out.status.success(),
+            "lodge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let id = cli(&[
+        "volume",
+        "import",
+        "--tag",
+        "a=b",
+        "site",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(id.trim().starts_with("vol-"), "{id}");
+    assert!(cli(&["volume", "ls", "-q"]).lines().any(|l| l == "site"));
+    let v: Value = serde_json::from_str(&cli(&["volume", "inspect", "site"])).expect("json");
+    assert_eq!(
+        (&v["id"], &v["tags"]),
+        (&json!(id.trim()), &json!({"a": "b"}))
+    );
+    assert_eq!(cli(&["volume", "rm", "site"]).trim(), "site");
+    let out = d.lodge(&["volume", "rm", "data"]);
+    assert!(!out.status.success(), "attached: refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attached"));
     section("from-archive", t0);
 
     // --- attachments survive stop/start and a daemon restart ------------
