@@ -162,6 +162,21 @@ impl Volumes {
             .map_err(io(format!("listing {}", self.layout.dir.display())))
     }
 
+    /// Before a read-only attachment of a volume nobody has attached:
+    /// replays a journal a writer left dirty (see [`mkfs::replay_journal`]).
+    /// Call under [`Volumes::lock`].
+    pub async fn settle_for_readers(&self, id: &str) -> Result<()> {
+        if !self.attachments_of(id)?.is_empty() {
+            return Ok(());
+        }
+        let disk = self.layout.data(id);
+        tokio::task::spawn_blocking(move || mkfs::replay_journal(&disk))
+            .await
+            .map_err(|_| Error::Task {
+                what: "journal replay",
+            })?
+    }
+
     /// Who `id` is attached to.
     pub fn attachments_of(&self, id: &str) -> Result<Vec<Attachment>> {
         (self.attachments)(id).map_err(|e| Error::Io {

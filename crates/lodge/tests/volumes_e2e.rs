@@ -306,6 +306,43 @@ fn volumes_outlive_instances_and_follow_the_rules() {
     assert_eq!((code, out.as_str()), (0, "hot-bytes\n"), "{err}");
     section("hot attach, write, detach, attach elsewhere", t0);
 
+    // --- a writer killed with its volume mounted; a reader sees its data --
+    let t0 = Instant::now();
+    let r = d.api(
+        "POST",
+        "/volumes",
+        Some(&json!({"name": "dirty", "size_gb": 1})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let w = d.create(vm(
+        "killed",
+        "mkdir -p /d/sub && echo committed > /d/sub/f && sync && echo ready && sleep 600",
+        json!([{"volume_id": "dirty", "mount_path": "/d"}]),
+    ));
+    let w_id = w["id"].as_str().expect("id").to_string();
+    common::wait_until("the writer to sync", Duration::from_secs(120), || {
+        d.log_lines(&w_id, "tail=5")
+            .contains(&"ready".to_string())
+            .then_some(())
+    });
+    // Not graceful: the VM is killed with the volume mounted read-write.
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{w_id}"), None).status,
+        204
+    );
+    let r = d.api(
+        "POST",
+        &format!("/instances/{c_id}/volumes/dirty"),
+        Some(&json!({"mount_path": "/dirty", "readonly": true})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (code, out, err) = exec(&d, "reader-c", "cat /dirty/sub/f");
+    assert_eq!((code, out.as_str()), (0, "committed\n"), "{err}");
+    let r = d.api("DELETE", &format!("/instances/{c_id}/volumes/dirty"), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(d.api("DELETE", "/volumes/dirty", None).status, 204);
+    section("a killed writer's data reaches a reader", t0);
+
     // --- overlay: writes land in the upper disk -------------------------
     let t0 = Instant::now();
     let before = std::fs::read(volume_disk(&d, &data_id)).expect("volume");

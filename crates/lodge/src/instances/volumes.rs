@@ -164,6 +164,9 @@ impl Manager {
         let record = self.volumes.resolve(volume)?;
         let existing = self.volumes.attachments_of(&record.id)?;
         rules::check_share(&record.id, &existing, &id, readonly)?;
+        if readonly {
+            self.volumes.settle_for_readers(&record.id).await?;
+        }
         let slot = free_slot(&meta.volumes, &[]).ok_or_else(no_slot)?;
         let attachment = VolumeAttachment {
             volume_id: record.id.clone(),
