@@ -172,12 +172,12 @@ impl CreateInstance {
         let memory_bytes = self
             .size
             .as_deref()
-            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("size: {e}"))))
+            .map(|s| parse_size(s).map_err(|e| ApiError::invalid_size(format!("size: {e}"))))
             .transpose()?;
         let overlay_bytes = self
             .overlay_size
             .as_deref()
-            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("overlay_size: {e}"))))
+            .map(|s| parse_size(s).map_err(|e| ApiError::invalid_size(format!("overlay_size: {e}"))))
             .transpose()?;
         let network = self
             .network
