@@ -39,6 +39,8 @@ pub enum Command {
     Rm(RmArgs),
     /// Show an instance as JSON
     Inspect(InstanceArg),
+    /// Show what running instances cost the host (CPU, memory, network)
+    Stats(StatsArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
     /// Copy files or directories between an instance and the host (INSTANCE:PATH on one side)
@@ -223,6 +225,22 @@ pub struct PsArgs {
     /// Print only ids
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Redraw every --interval seconds, with CPU% between samples
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Seconds between samples with --watch
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Print the API's JSON (one-shot only)
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Instance ids, names or unique id prefixes
+    #[arg(required = true)]
+    pub instances: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -411,3 +411,14 @@ mod tests {
         }
     }
 }
+
+/// What a running instance costs the host: CPU time and memory of its VMM,
+/// its network bytes, its allocation.
+#[utoipa::path(get, path = "/instances/{id}/stats",
+    responses((status = 200, body = crate::instances::InstanceStats), (status = 409, body = super::error::ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::instances::InstanceStats>, ApiError> {
+    Ok(Json(state.manager.stats(&id).await?))
+}

@@ -52,6 +52,7 @@ pub use state::{AppState, MAX_BODY};
         instances::delete,
         instances::stop,
         instances::start,
+        instances::stats,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -66,6 +67,7 @@ pub use state::{AppState, MAX_BODY};
     components(schemas(
         crate::instances::Instance,
         crate::instances::InstanceNetwork,
+        crate::instances::InstanceStats,
         instances::CreateNetwork,
         capabilities::Capabilities,
         crate::instances::state::State,
@@ -96,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/stats", get(instances::stats))
         .route("/instances/{id}/logs", get(logs::logs))
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))

@@ -77,7 +77,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/devices/{id}", "device passthrough"),
     ("POST", "/resources/memory/reclaim", "memory reclaim"),
     // Built on this branch next (apicompat).
-    ("GET", "/instances/{id}/stats", "instance stats"),
     ("PATCH", "/instances/{id}", "instance updates"),
     ("GET", "/resources", "resource accounting"),
     ("POST", "/images/{name}/tag", "image tags"),

@@ -10,6 +10,7 @@ mod logs_escape;
 mod rt;
 mod run;
 mod serve;
+mod stats;
 mod supervise;
 mod ws;
 
@@ -52,6 +53,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Start(args) => instance_verbs::start(args),
         Command::Rm(args) => instance_verbs::rm(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
+        Command::Stats(args) => stats::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),

@@ -16,6 +16,7 @@
 //! - `spec`: the typed create request and its pure validation;
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
+//! - `stats`: what a running VM costs the host (CPU, memory, network);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
@@ -35,6 +36,7 @@ mod observe;
 mod oplog;
 pub mod spec;
 pub mod state;
+mod stats;
 pub mod store;
 mod view;
 
@@ -42,4 +44,5 @@ pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
+pub use stats::InstanceStats;
 pub use view::{Instance, InstanceNetwork};
