@@ -41,6 +41,10 @@ pub enum Command {
     Inspect(InstanceArg),
     /// Show what running instances cost the host (CPU, memory, network)
     Stats(StatsArgs),
+    /// Change an instance's labels (hypeman's tags) without touching its VM
+    Update(UpdateArgs),
+    /// Give an image another name, without pulling (SOURCE TARGET)
+    Tag(TagArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
     /// Copy files or directories between an instance and the host (INSTANCE:PATH on one side)
@@ -212,6 +216,9 @@ pub struct RunArgs {
     /// Limit guest→host traffic, e.g. 100Mbps, 1Gbps or 125MB/s
     #[arg(long, value_name = "RATE")]
     pub bandwidth_up: Option<String>,
+    /// Label (hypeman's tag) K=V (repeatable)
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -225,6 +232,29 @@ pub struct PsArgs {
     /// Print only ids
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only instances matching: label=K=V, label=K, state=STATE (repeatable, all must match)
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Add or change a label K=V (repeatable)
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Remove the label K (repeatable)
+    #[arg(long = "label-rm", value_name = "K")]
+    pub remove: Vec<String>,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image to name again
+    pub source: String,
+    /// The new name, an image reference with a tag
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

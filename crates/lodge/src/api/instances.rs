@@ -4,7 +4,7 @@
 //! (names, sizes and the hypervisor parsed, nothing looked up); resolving
 //! the image, defaults and limits are the manager's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use axum::body::Bytes;
@@ -59,8 +59,11 @@ pub struct CreateInstance {
     /// the daemon has one (hypeman's default), none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<CreateNetwork>,
+    /// hypeman's user tags: at most 50, see `crate::tags` for the rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
-    /// refused when set; the rest (tags, hints) are accepted and ignored.
+    /// refused when set; the rest (hints) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -184,8 +187,11 @@ impl CreateInstance {
             .map(CreateNetwork::into_request)
             .transpose()?
             .unwrap_or_default();
+        let tags = self.tags.unwrap_or_default();
+        crate::tags::validate(&tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(CreateRequest {
             network,
+            tags,
             name,
             hypervisor,
             root,
@@ -213,27 +219,27 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(instance)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    state: Option<String>,
-}
-
-/// List instances, optionally only those in one state.
-#[utoipa::path(get, path = "/instances", params(("state" = Option<String>, Query, description = "filter by state")),
+/// List instances, optionally only those in one state and carrying every
+/// given tag.
+#[utoipa::path(get, path = "/instances", params(("state" = Option<String>, Query, description = "filter by state"),
+        ("tags" = Option<BTreeMap<String, String>>, Query, style = DeepObject, explode, description = "tags[key]=value: only instances carrying every pair")),
     responses((status = 200, body = Vec<Instance>)))]
 pub async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filter = match q.state.as_deref() {
+    let tags = crate::tags::filter_from_query(&q);
+    let filter = match q.get("state").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(
             InstanceState::parse(s)
                 .ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
         ),
     };
-    Ok(Json(state.manager.list(filter).await?))
+    let mut all = state.manager.list(filter).await?;
+    all.retain(|i| crate::tags::matches(&i.tags, &tags));
+    Ok(Json(all))
 }
 
 /// Get an instance by id, name or unique id prefix.
@@ -421,4 +427,69 @@ pub async fn stats(
     Path(id): Path<String>,
 ) -> Result<Json<crate::instances::InstanceStats>, ApiError> {
     Ok(Json(state.manager.stats(&id).await?))
+}
+
+/// hypeman's update body. lodge honours `tags` (a lodge extension: the
+/// whole set is replaced) and refuses hypeman's other fields clearly.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UpdateInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// hypeman's `env`: only keys bound to credentials may change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// hypeman's other fields (`ttl`, `expires_at`, `restart_policy`,
+    /// `health_check`, `auto_standby`): refused when set.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// hypeman update fields lodge does not provide yet.
+const UPDATE_UNSUPPORTED: &[&str] = &[
+    "ttl",
+    "expires_at",
+    "restart_policy",
+    "health_check",
+    "auto_standby",
+];
+
+impl UpdateInstance {
+    fn into_update(self) -> Result<crate::instances::InstanceUpdate, ApiError> {
+        if let Some(key) = self.other.keys().next() {
+            return Err(if UPDATE_UNSUPPORTED.contains(&key.as_str()) {
+                ApiError::bad_request(format!("`{key}` is not supported yet"))
+            } else {
+                ApiError::bad_request(format!("unknown field `{key}`"))
+            });
+        }
+        if let Some(key) = self.env.as_ref().and_then(|e| e.keys().next()) {
+            // hypeman accepts only keys bound to credentials; lodge has none.
+            return Err(ApiError::bad_request(format!(
+                "env {key:?}: only environment variables bound to credentials can be updated, and this instance has none"
+            )));
+        }
+        if let Some(tags) = &self.tags {
+            crate::tags::validate(tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        Ok(crate::instances::InstanceUpdate { tags: self.tags })
+    }
+}
+
+/// Change an instance without touching its VM (tags).
+#[utoipa::path(patch, path = "/instances/{id}", request_body = UpdateInstance,
+    responses((status = 200, body = Instance), (status = 400, body = super::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Instance>, ApiError> {
+    // An empty body is an update of nothing (hypeman's client sends `{}`).
+    let req: UpdateInstance = if body.iter().all(u8::is_ascii_whitespace) {
+        UpdateInstance::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    Ok(Json(state.manager.update(&id, req.into_update()?).await?))
 }

@@ -53,6 +53,7 @@ pub use state::{AppState, MAX_BODY};
         instances::stop,
         instances::start,
         instances::stats,
+        instances::update,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -63,6 +64,7 @@ pub use state::{AppState, MAX_BODY};
         images::get_one,
         images::delete,
         images::load,
+        images::tag,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -73,6 +75,8 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::state::State,
         instances::CreateInstance,
         instances::StartInstance,
+        instances::UpdateInstance,
+        images::TagImage,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -94,7 +98,9 @@ pub fn router(state: AppState) -> Router {
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",
-            get(instances::get_one).delete(instances::delete),
+            get(instances::get_one)
+                .delete(instances::delete)
+                .patch(instances::update),
         )
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
@@ -109,6 +115,7 @@ pub fn router(state: AppState) -> Router {
             "/images/{name}",
             get(images::get_one).delete(images::delete),
         )
+        .route("/images/{name}/tag", post(images::tag))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))

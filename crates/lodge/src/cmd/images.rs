@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
 use crate::api::types::{CreateImage, Image};
-use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs};
+use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs, TagArgs};
 use crate::client::{encode, failure, Client};
 
 /// An archive source as typed: `oci-archive:PATH[:REF]`.
@@ -286,6 +286,23 @@ pub fn rmi(args: RmiArgs) -> Result<u8> {
             }
         }
         Ok(code)
+    })
+}
+
+/// `lodge tag SOURCE TARGET`: `POST /images/{source}/tag`.
+pub fn tag(args: TagArgs) -> Result<u8> {
+    super::rt::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let body = serde_json::json!({ "target": args.target });
+        let img: Image = client
+            .call_with(
+                Method::POST,
+                &format!("/images/{}/tag", encode(&args.source)),
+                &body,
+            )
+            .await?;
+        println!("{}", img.name);
+        Ok(0)
     })
 }
 

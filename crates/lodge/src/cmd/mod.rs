@@ -54,6 +54,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rm(args) => instance_verbs::rm(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
         Command::Stats(args) => stats::run(args),
+        Command::Update(args) => instance_verbs::update(args),
+        Command::Tag(args) => images::tag(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),

@@ -100,6 +100,12 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         env: Some(env),
         workdir: args.workdir.clone(),
         network,
+        tags: (!args.labels.is_empty()).then(|| {
+            args.labels
+                .iter()
+                .map(|l| crate::tags::parse_pair(l))
+                .collect()
+        }),
         ..CreateInstance::default()
     })
 }

@@ -17,6 +17,7 @@
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
 //! - `stats`: what a running VM costs the host (CPU, memory, network);
+//! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
@@ -38,6 +39,7 @@ pub mod spec;
 pub mod state;
 mod stats;
 pub mod store;
+mod update;
 mod view;
 
 pub use error::Error;
@@ -45,4 +47,5 @@ pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
 pub use stats::InstanceStats;
+pub use update::InstanceUpdate;
 pub use view::{Instance, InstanceNetwork};

@@ -38,6 +38,8 @@ pub struct CreateRequest {
     /// hypeman's `network`; whether it can be honoured is the manager's
     /// call (it knows whether the daemon has a network).
     pub network: NetworkRequest,
+    /// User tags, validated by the API (`crate::tags`).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the instance boots, as asked for.
@@ -93,6 +95,7 @@ pub struct CreateSpec {
     /// Numeric `uid[:gid]` to run as (an image's `User`); `None` is root.
     pub user: Option<String>,
     pub network: NetworkRequest,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Which rule of a create spec was broken.
@@ -182,6 +185,7 @@ impl CreateSpec {
             workdir: run.workdir,
             user: run.user,
             network: req.network,
+            tags: req.tags,
         })
     }
 
@@ -287,6 +291,7 @@ mod tests {
                 ..RunOverrides::default()
             },
             network: NetworkRequest::default(),
+            tags: BTreeMap::new(),
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Metadata {
     /// instance without a network (and every record from before networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// hypeman's user tags (validated where the API takes them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// An instance's place on the default network, persisted in its record.

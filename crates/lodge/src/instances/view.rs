@@ -39,6 +39,9 @@ pub struct Instance {
     /// from before networking.
     #[serde(default)]
     pub network: InstanceNetwork,
+    /// hypeman's user tags; `{}` when none.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// hypeman's `Instance.network`.
@@ -100,6 +103,7 @@ impl Instance {
             hypervisor: meta.hypervisor.to_string(),
             has_snapshot: false,
             network: InstanceNetwork::of(meta),
+            tags: meta.tags.clone(),
         }
     }
 }
