@@ -45,6 +45,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Give an image another name, without pulling (SOURCE TARGET)
     Tag(TagArgs),
+    /// Host-wide views (`system df`: disk use and allocation)
+    System(SystemArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
     /// Copy files or directories between an instance and the host (INSTANCE:PATH on one side)
@@ -247,6 +249,25 @@ pub struct UpdateArgs {
     pub remove: Vec<String>,
     /// Instance id, name or unique id prefix
     pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    #[command(subcommand)]
+    pub command: SystemCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Disk used by images, the layer cache, overlays and volumes; vCPU and memory allocation
+    Df(DfArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DfArgs {
+    /// Print the API's JSON (GET /resources)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -102,6 +102,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         E::NetworkDisabled => (StatusCode::BAD_REQUEST, "network_disabled"),
         E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
+        E::InsufficientResources { .. } => (StatusCode::CONFLICT, "insufficient_resources"),
         E::CreateFailed(failed) => status_of(&failed.run),
         E::Image(_)
         | E::Disk(_)
@@ -109,6 +110,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         | E::Backend(_)
         | E::Monitor(_)
         | E::Network(_)
+        | E::BadConfig(_)
         | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }

@@ -17,6 +17,7 @@ mod exec;
 mod images;
 pub mod instances;
 pub mod logs;
+mod resources;
 pub mod server;
 mod state;
 pub mod types;
@@ -54,6 +55,7 @@ pub use state::{AppState, MAX_BODY};
         instances::start,
         instances::stats,
         instances::update,
+        resources::resources,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -70,6 +72,10 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::Instance,
         crate::instances::InstanceNetwork,
         crate::instances::InstanceStats,
+        crate::instances::Resources,
+        crate::instances::ResourceStatus,
+        crate::instances::ResourceAllocation,
+        crate::instances::DiskBreakdown,
         instances::CreateNetwork,
         capabilities::Capabilities,
         crate::instances::state::State,
@@ -95,6 +101,7 @@ struct ApiDoc;
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/capabilities", get(capabilities::capabilities))
+        .route("/resources", get(resources::resources))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",

@@ -76,8 +76,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     ("GET", "/devices/{id}", "device passthrough"),
     ("DELETE", "/devices/{id}", "device passthrough"),
     ("POST", "/resources/memory/reclaim", "memory reclaim"),
-    // Built on this branch next (apicompat).
-    ("GET", "/resources", "resource accounting"),
 ];
 
 /// Whether `path` fits `pattern` segment by segment (`{…}` is any one

@@ -11,6 +11,7 @@ mod rt;
 mod run;
 mod serve;
 mod stats;
+mod system;
 mod supervise;
 mod ws;
 
@@ -56,6 +57,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Stats(args) => stats::run(args),
         Command::Update(args) => instance_verbs::update(args),
         Command::Tag(args) => images::tag(args),
+        Command::System(args) => system::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),

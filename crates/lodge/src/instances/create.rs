@@ -54,6 +54,15 @@ impl Manager {
             })?
             .ok_or_else(|| Error::NameTaken(name.to_string()))?;
         let id = naming::new_id();
+        // Room for the VM, held until its boot is over (then its state
+        // counts it).
+        let _room = self.admit(
+            &id,
+            super::resources::Demand {
+                vcpus: u64::from(spec.vcpus),
+                memory_bytes: spec.memory_bytes,
+            },
+        )?;
         let paths = self.paths(&id);
         // The lease is taken first (the guest's config disk carries the
         // address) and the reaper is kept out until the record is in place.

@@ -37,6 +37,8 @@ pub struct Manager {
     agents: crate::agent::Pool,
     /// The default network; `None` when the daemon runs without one.
     pub(super) net: Option<Arc<DaemonNet>>,
+    /// Resource limits and the boots in flight (`resources`).
+    pub(super) admission: super::resources::Admission,
 }
 
 /// Where a running instance's guest agent is reached.
@@ -78,6 +80,7 @@ impl Manager {
             claims: Claims::default(),
             agents: crate::agent::Pool::default(),
             net,
+            admission: super::resources::Admission::from_env().map_err(Error::BadConfig)?,
         })
     }
 

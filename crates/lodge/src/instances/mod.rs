@@ -16,6 +16,8 @@
 //! - `spec`: the typed create request and its pure validation;
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
+//! - `resources`: host capacity, what instances hold, and admission of
+//!   creates and starts against the oversubscribed limits;
 //! - `stats`: what a running VM costs the host (CPU, memory, network);
 //! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
@@ -35,6 +37,7 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+mod resources;
 pub mod spec;
 pub mod state;
 mod stats;
@@ -46,6 +49,7 @@ pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
+pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use stats::InstanceStats;
 pub use update::InstanceUpdate;
 pub use view::{Instance, InstanceNetwork};
