@@ -23,7 +23,9 @@ pub enum TagError {
     TooMany(usize),
     #[error("tag key {0:?} is invalid: 1-{MAX_KEY} letters, digits and -_.:/, starting with a letter or digit")]
     Key(String),
-    #[error("the value of tag {0:?} is invalid: at most {MAX_VALUE} characters, no control characters")]
+    #[error(
+        "the value of tag {0:?} is invalid: at most {MAX_VALUE} characters, no control characters"
+    )]
     Value(String),
 }
 
@@ -87,7 +89,11 @@ mod tests {
     fn valid_tags_pass() {
         assert_eq!(validate(&Tags::new()), Ok(()));
         assert_eq!(
-            validate(&tags(&[("team", "backend"), ("app.kubernetes.io/name", ""), ("a", &"x".repeat(255))])),
+            validate(&tags(&[
+                ("team", "backend"),
+                ("app.kubernetes.io/name", ""),
+                ("a", &"x".repeat(255))
+            ])),
             Ok(())
         );
         let fifty: Tags = (0..50).map(|i| (format!("k{i}"), "v".into())).collect();
@@ -115,13 +121,20 @@ mod tests {
 
     #[test]
     fn filters_and_all_pairs() {
-        let q: HashMap<String, String> = [("tags[team]", "a"), ("tags[env]", "x"), ("state", "Running")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let q: HashMap<String, String> = [
+            ("tags[team]", "a"),
+            ("tags[env]", "x"),
+            ("state", "Running"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let f = filter_from_query(&q);
         assert_eq!(f, tags(&[("env", "x"), ("team", "a")]));
-        assert!(matches(&tags(&[("team", "a"), ("env", "x"), ("more", "1")]), &f));
+        assert!(matches(
+            &tags(&[("team", "a"), ("env", "x"), ("more", "1")]),
+            &f
+        ));
         assert!(!matches(&tags(&[("team", "a")]), &f));
         assert!(matches(&tags(&[]), &Tags::new()));
         assert_eq!(parse_pair("a=b=c"), ("a".into(), "b=c".into()));

@@ -44,7 +44,12 @@ fn answers_in_hypemans_shapes() {
     }
     // Unknown path: 404 JSON; known path, method hypeman lacks too: 405 JSON.
     let r = d.api("GET", "/no/such/route", None);
-    assert_eq!((r.status, r.body["code"].clone()), (404, json!("not_found")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (404, json!("not_found")),
+        "{}",
+        r.text
+    );
     let r = d.api("PUT", "/instances", None);
     assert_eq!(
         (r.status, r.body["code"].clone()),
@@ -57,7 +62,12 @@ fn answers_in_hypemans_shapes() {
     let json_spec = d.request("GET", "/spec.json", None, None);
     assert_eq!(json_spec.status, 200);
     let paths = json_spec.body["paths"].as_object().expect("paths");
-    for p in ["/instances/{id}/stats", "/resources", "/images/{name}/tag", "/volumes"] {
+    for p in [
+        "/instances/{id}/stats",
+        "/resources",
+        "/images/{name}/tag",
+        "/volumes",
+    ] {
         assert!(paths.contains_key(p), "{p} missing from spec.json");
     }
     assert!(paths["/volumes"]["get"]["responses"]["501"].is_object());
@@ -69,7 +79,11 @@ fn answers_in_hypemans_shapes() {
         "application/yaml"
     );
     let yaml = yaml.text().expect("body");
-    assert!(yaml.contains("\"/resources\":\n"), "{}", &yaml[..500.min(yaml.len())]);
+    assert!(
+        yaml.contains("\"/resources\":\n"),
+        "{}",
+        &yaml[..500.min(yaml.len())]
+    );
     if let Ok(python) = std::env::var("LODGE_COMPAT_PYTHON") {
         // The YAML is the JSON document, read by a real YAML parser.
         let tmp = d.data_dir.join("spec.yaml");
@@ -94,13 +108,23 @@ fn answers_in_hypemans_shapes() {
         "/instances",
         Some(&json!({"name": "sz", "rootfs": root, "cmd": ["true"], "size": "12XB"})),
     );
-    assert_eq!((r.status, r.body["code"].clone()), (400, json!("invalid_size")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (400, json!("invalid_size")),
+        "{}",
+        r.text
+    );
     let r = d.api(
         "POST",
         "/instances",
         Some(&json!({"name": "sz", "rootfs": root, "cmd": ["true"], "size": "1MB"})),
     );
-    assert_eq!((r.status, r.body["code"].clone()), (400, json!("invalid_size")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (400, json!("invalid_size")),
+        "{}",
+        r.text
+    );
     let many: serde_json::Map<String, Value> =
         (0..51).map(|i| (format!("k{i}"), json!("v"))).collect();
     for tags in [json!(many), json!({"bad key": "v"}), json!({"k": "a\nb"})] {
@@ -109,7 +133,12 @@ fn answers_in_hypemans_shapes() {
             "/instances",
             Some(&json!({"name": "tg", "rootfs": root, "cmd": ["true"], "tags": tags})),
         );
-        assert_eq!((r.status, r.body["code"].clone()), (400, json!("bad_request")), "{}", r.text);
+        assert_eq!(
+            (r.status, r.body["code"].clone()),
+            (400, json!("bad_request")),
+            "{}",
+            r.text
+        );
     }
     let r = d.api("PATCH", "/instances/nope", Some(&json!({"tags": {}})));
     assert_eq!(r.status, 404, "{}", r.text);
@@ -166,7 +195,10 @@ fn admission_stats_and_tags_on_real_vms() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let admitted: Vec<&(String, u16, Value)> = results.iter().filter(|r| r.1 == 201).collect();
     let refused: Vec<&(String, u16, Value)> = results.iter().filter(|r| r.1 == 409).collect();
@@ -182,11 +214,18 @@ fn admission_stats_and_tags_on_real_vms() {
 
     let res = d.api("GET", "/resources", None).body;
     assert_eq!(
-        (res["cpu"]["allocated"].clone(), res["cpu"]["available"].clone()),
+        (
+            res["cpu"]["allocated"].clone(),
+            res["cpu"]["available"].clone()
+        ),
         (json!(2), json!(0)),
         "{res}"
     );
-    assert_eq!(res["allocations"].as_array().map(Vec::len), Some(2), "{res}");
+    assert_eq!(
+        res["allocations"].as_array().map(Vec::len),
+        Some(2),
+        "{res}"
+    );
 
     // Stats of a running VM.
     let s = d.api("GET", &format!("/instances/{a}/stats"), None);
@@ -194,25 +233,46 @@ fn admission_stats_and_tags_on_real_vms() {
     assert_eq!(s.body["instance_id"], json!(a));
     assert_eq!(s.body["allocated_vcpus"], 1);
     assert_eq!(s.body["allocated_memory_bytes"], 128u64 << 20);
-    assert!(s.body["cpu_seconds"].as_f64().is_some_and(|c| c > 0.0), "{}", s.text);
+    assert!(
+        s.body["cpu_seconds"].as_f64().is_some_and(|c| c > 0.0),
+        "{}",
+        s.text
+    );
     let rss = s.body["memory_rss_bytes"].as_u64().unwrap_or(0);
-    assert!(rss > 10 << 20, "a booted QEMU holds more than 10MiB: {}", s.text);
+    assert!(
+        rss > 10 << 20,
+        "a booted QEMU holds more than 10MiB: {}",
+        s.text
+    );
     assert!(s.body["memory_vms_bytes"].as_u64().unwrap_or(0) >= rss);
     assert_eq!(s.body["network_rx_bytes"], 0, "no network here");
     let out = d.lodge(&["stats", &a]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
-    assert!(shown.contains("MEM USAGE / LIMIT") && shown.contains("/ 128.0MiB"), "{shown}");
+    assert!(
+        shown.contains("MEM USAGE / LIMIT") && shown.contains("/ 128.0MiB"),
+        "{shown}"
+    );
 
     // A duplicate name: hypeman's code.
     let r = d.api("POST", "/instances", Some(&body(admitted[0].0.as_str())));
-    assert_eq!((r.status, r.body["code"].clone()), (409, json!("already_exists")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (409, json!("already_exists")),
+        "{}",
+        r.text
+    );
 
     // Stopping frees a share; starting beyond the limit is refused.
     let r = d.api("POST", &format!("/instances/{a}/stop"), None);
     assert_eq!(r.status, 200, "{}", r.text);
     let r = d.api("GET", &format!("/instances/{a}/stats"), None);
-    assert_eq!((r.status, r.body["code"].clone()), (409, json!("invalid_state")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (409, json!("invalid_state")),
+        "{}",
+        r.text
+    );
     let c = d.create(body("c"));
     let c = c["id"].as_str().expect("id").to_string();
     let r = d.api("POST", &format!("/instances/{a}/start"), None);
@@ -232,7 +292,11 @@ fn admission_stats_and_tags_on_real_vms() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["tags"], json!({"team": "web"}));
-    let r = d.api("PATCH", &format!("/instances/{b}"), Some(&json!({"ttl": "1h"})));
+    let r = d.api(
+        "PATCH",
+        &format!("/instances/{b}"),
+        Some(&json!({"ttl": "1h"})),
+    );
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("ttl"), "{}", r.text);
     let out = d.lodge(&["update", &b, "--label", "tier=front"]);
@@ -248,7 +312,10 @@ fn admission_stats_and_tags_on_real_vms() {
             .map(|i| i["id"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    assert_eq!(list("tags%5Bteam%5D=web&tags%5Btier%5D=front"), vec![b.clone()]);
+    assert_eq!(
+        list("tags%5Bteam%5D=web&tags%5Btier%5D=front"),
+        vec![b.clone()]
+    );
     assert_eq!(list("tags[team]=web&tags[tier]=back"), Vec::<String>::new());
     let mut suite = list("tags[suite]=admission");
     suite.sort();

@@ -49,12 +49,8 @@ impl Images {
     /// pulled is refused.
     pub fn tag(&self, name: &str, target: &str) -> Result<ImageInfo> {
         let key = lookup_key(name)?;
-        let invalid = |why: &str| {
-            Error::new(
-                ErrorKind::Invalid,
-                format!("target {target:?}: {why}"),
-            )
-        };
+        let invalid =
+            |why: &str| Error::new(ErrorKind::Invalid, format!("target {target:?}: {why}"));
         let target_key = match Source::parse(target.trim())? {
             Source::Registry(_) if target.contains('@') => {
                 return Err(invalid("a tag cannot be a digest reference"))
@@ -82,7 +78,10 @@ impl Images {
         if !record.usable() {
             return Err(Error::new(
                 ErrorKind::Conflict,
-                format!("image {key} is {}, not ready: it cannot be tagged yet", record.status.as_str()),
+                format!(
+                    "image {key} is {}, not ready: it cannot be tagged yet",
+                    record.status.as_str()
+                ),
             ));
         }
         let tagged = ImageRecord {

@@ -41,8 +41,8 @@ use super::error::ApiError;
 use super::state::AppState;
 use super::types::{CloseStdin, ExecExit, ExecRequest, PathInfo, ResizeMessage, StatQuery};
 use super::ws::{
-    after_agent_failure, close, connect, drain, endpoint, first_request,
-    send_json, unavailable, upgrade, Sink, CLOSE_TIMEOUT,
+    after_agent_failure, close, connect, drain, endpoint, first_request, send_json, unavailable,
+    upgrade, Sink, CLOSE_TIMEOUT,
 };
 use crate::agent::{AgentError, Inbound};
 use crate::instances::{AgentEndpoint, Manager};

@@ -28,9 +28,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use futures_util::StreamExt;
 use lodge_images::{ArchiveFormat, Credentials, ErrorKind, ImageInfo, LoadRequest, PullRequest};
+use serde::{Deserialize, Serialize};
 
 impl From<ImageInfo> for Image {
     fn from(i: ImageInfo) -> Self {

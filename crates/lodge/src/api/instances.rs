@@ -180,7 +180,9 @@ impl CreateInstance {
         let overlay_bytes = self
             .overlay_size
             .as_deref()
-            .map(|s| parse_size(s).map_err(|e| ApiError::invalid_size(format!("overlay_size: {e}"))))
+            .map(|s| {
+                parse_size(s).map_err(|e| ApiError::invalid_size(format!("overlay_size: {e}")))
+            })
             .transpose()?;
         let network = self
             .network

@@ -29,8 +29,16 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
         "/instances/{id}/snapshots/{snapshot_id}/restore",
         "snapshots",
     ),
-    ("GET", "/instances/{id}/snapshot-schedule", "snapshot schedules"),
-    ("PUT", "/instances/{id}/snapshot-schedule", "snapshot schedules"),
+    (
+        "GET",
+        "/instances/{id}/snapshot-schedule",
+        "snapshot schedules",
+    ),
+    (
+        "PUT",
+        "/instances/{id}/snapshot-schedule",
+        "snapshot schedules",
+    ),
     (
         "DELETE",
         "/instances/{id}/snapshot-schedule",
@@ -82,7 +90,10 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
 /// non-empty segment).
 fn fits(pattern: &str, path: &str) -> bool {
     let mut want = pattern.trim_matches('/').split('/');
-    let mut got = path.trim_end_matches('/').trim_start_matches('/').split('/');
+    let mut got = path
+        .trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/');
     loop {
         match (want.next(), got.next()) {
             (None, None) => return true,
@@ -123,7 +134,9 @@ pub async fn unrouted(
     headers: HeaderMap,
 ) -> ApiError {
     match lookup(&method, uri.path()) {
-        Some(what) => checked(&state, &headers).unwrap_or_else(|| not_implemented(what, &method, uri.path())),
+        Some(what) => {
+            checked(&state, &headers).unwrap_or_else(|| not_implemented(what, &method, uri.path()))
+        }
         None => ApiError::not_found("no such endpoint"),
     }
 }
@@ -137,7 +150,9 @@ pub async fn wrong_method(
     headers: HeaderMap,
 ) -> ApiError {
     match lookup(&method, uri.path()) {
-        Some(what) => checked(&state, &headers).unwrap_or_else(|| not_implemented(what, &method, uri.path())),
+        Some(what) => {
+            checked(&state, &headers).unwrap_or_else(|| not_implemented(what, &method, uri.path()))
+        }
         None => ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             code: "method_not_allowed",
@@ -151,7 +166,11 @@ fn checked(state: &AppState, headers: &HeaderMap) -> Option<ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.auth.verify_header(header).err().map(ApiError::unauthorized)
+    state
+        .auth
+        .verify_header(header)
+        .err()
+        .map(ApiError::unauthorized)
 }
 
 #[cfg(test)]

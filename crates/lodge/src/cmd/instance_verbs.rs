@@ -39,7 +39,8 @@ fn ps_filter(filters: &[String]) -> Result<PsFilter> {
                 None => f.label_keys.push(l.to_string()),
             },
             Some(("state" | "status", s)) => f.states.push(
-                State::parse(s).ok_or_else(|| anyhow::anyhow!("unknown state {s:?} in --filter"))?,
+                State::parse(s)
+                    .ok_or_else(|| anyhow::anyhow!("unknown state {s:?} in --filter"))?,
             ),
             _ => anyhow::bail!("unsupported filter {raw:?}: use label=K=V, label=K or state=STATE"),
         }

@@ -11,8 +11,8 @@ mod rt;
 mod run;
 mod serve;
 mod stats;
-mod system;
 mod supervise;
+mod system;
 mod ws;
 
 use anyhow::Result;

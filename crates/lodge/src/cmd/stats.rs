@@ -162,7 +162,14 @@ mod tests {
             memory_utilization_ratio: Some(0.5),
         };
         let r = row(&s, Some(12.34));
-        for part in ["web", "1.25", "12.3%", "128.0MiB / 256.0MiB", "50.0%", "2.0KiB / 10B"] {
+        for part in [
+            "web",
+            "1.25",
+            "12.3%",
+            "128.0MiB / 256.0MiB",
+            "50.0%",
+            "2.0KiB / 10B",
+        ] {
             assert!(r.contains(part), "{part} in {r}");
         }
         assert!(row(&s, None).contains("  -  ") || row(&s, None).contains(" - "));

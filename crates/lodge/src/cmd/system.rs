@@ -93,7 +93,15 @@ mod tests {
         }))
         .expect("shape");
         let text = report(&r).join("\n");
-        for part in ["Images", "1.5KiB", "Overlays", "1.0MiB", "Layer cache", "vCPUs: 3 allocated of 8", "256.0MiB allocated of 1.0GiB"] {
+        for part in [
+            "Images",
+            "1.5KiB",
+            "Overlays",
+            "1.0MiB",
+            "Layer cache",
+            "vCPUs: 3 allocated of 8",
+            "256.0MiB allocated of 1.0GiB",
+        ] {
             assert!(text.contains(part), "{part} in\n{text}");
         }
     }

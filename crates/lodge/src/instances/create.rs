@@ -58,7 +58,7 @@ impl Manager {
         // counts it).
         let _room = self.admit(
             &id,
-            super::resources::Demand {
+            super::admission::Demand {
                 vcpus: u64::from(spec.vcpus),
                 memory_bytes: spec.memory_bytes,
             },

@@ -38,7 +38,7 @@ pub struct Manager {
     /// The default network; `None` when the daemon runs without one.
     pub(super) net: Option<Arc<DaemonNet>>,
     /// Resource limits and the boots in flight (`resources`).
-    pub(super) admission: super::resources::Admission,
+    pub(super) admission: super::admission::Admission,
 }
 
 /// Where a running instance's guest agent is reached.
@@ -80,7 +80,7 @@ impl Manager {
             claims: Claims::default(),
             agents: crate::agent::Pool::default(),
             net,
-            admission: super::resources::Admission::from_env().map_err(Error::BadConfig)?,
+            admission: super::admission::Admission::from_env().map_err(Error::BadConfig)?,
         })
     }
 

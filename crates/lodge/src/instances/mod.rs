@@ -16,8 +16,9 @@
 //! - `spec`: the typed create request and its pure validation;
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
-//! - `resources`: host capacity, what instances hold, and admission of
-//!   creates and starts against the oversubscribed limits;
+//! - `admission`: the vCPU and memory limits and the boots in flight;
+//! - `resources`: host capacity, what instances hold, and the admission of
+//!   creates and starts;
 //! - `stats`: what a running VM costs the host (CPU, memory, network);
 //! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
@@ -28,6 +29,7 @@
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
+mod admission;
 mod create;
 pub mod error;
 mod lifecycle;
@@ -47,9 +49,9 @@ mod view;
 
 pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};
+pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
-pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use stats::InstanceStats;
 pub use update::InstanceUpdate;
 pub use view::{Instance, InstanceNetwork};

@@ -130,15 +130,18 @@ impl Manager {
             .ok_or_else(wrong)?;
         // The recorded pid is read only while it is still the same process.
         let same = match info.child_start_ticks {
-            Some(ticks) => lodge_monitor::process_start_ticks(info.child_pid)
-                .map_err(super::error::io("inspecting the VMM process"))?
-                == Some(ticks),
+            Some(ticks) => {
+                lodge_monitor::process_start_ticks(info.child_pid)
+                    .map_err(super::error::io("inspecting the VMM process"))?
+                    == Some(ticks)
+            }
             None => true,
         };
         if !same {
             return Err(wrong());
         }
-        let usage = proc_usage(info.child_pid).map_err(super::error::io("reading the VMM's usage"))?;
+        let usage =
+            proc_usage(info.child_pid).map_err(super::error::io("reading the VMM's usage"))?;
         let (rx, tx) = match &meta.network {
             Some(_) => match lodge_net::tap_name(&meta.id) {
                 Ok(tap) => {

@@ -211,6 +211,7 @@ mod tests {
                 bandwidth_download: Some("10Mbps".into()),
                 bandwidth_upload: None,
             }),
+            tags: BTreeMap::from([("team".to_string(), "web".to_string())]),
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");
@@ -223,6 +224,7 @@ mod tests {
         assert_eq!(back.network, meta.network);
         assert_eq!(json["network"]["ip"], "10.100.0.2");
         assert!(json["network"].get("bandwidth_upload").is_none());
+        assert_eq!(back.tags, meta.tags);
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
             list_ids(dir.path()).expect("list"),
