@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -19,6 +20,7 @@ use lodge_hypervisor::HypervisorKind;
 use super::error::ApiError;
 use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
+use crate::instances::policies;
 use crate::instances::spec::NetworkRequest;
 use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
@@ -127,14 +129,105 @@ const UNSUPPORTED: &[&str] = &[
     "gpu",
     "credentials",
     "snapshot_policy",
-    "restart_policy",
     "health_check",
     "auto_standby",
     "hotplug_size",
     "disk_io_bps",
-    "expires_at",
-    "ttl",
 ];
+
+/// hypeman's `RestartPolicy` as clients send it (durations in Go's form).
+#[derive(Debug, Default, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicyBody {
+    /// `never`, `always` or `on_failure` (default `never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Delay before each attempt (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Consecutive attempts before giving up; 0 (the default) is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Running this long resets the count (default `1m`; `0s`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_after: Option<String>,
+}
+
+impl RestartPolicyBody {
+    fn into_policy(self) -> Result<policies::RestartPolicy, ApiError> {
+        let mode = match self.policy.as_deref().unwrap_or("never") {
+            "never" => policies::RestartMode::Never,
+            "always" => policies::RestartMode::Always,
+            "on_failure" | "on-failure" => policies::RestartMode::OnFailure,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "restart_policy.policy {other:?}: use never, always or on_failure"
+                )))
+            }
+        };
+        let dur = |field: &str, v: Option<String>, default: Duration| {
+            v.map(|s| {
+                policies::parse_go_duration(&s)
+                    .map_err(|e| ApiError::bad_request(format!("restart_policy.{field}: {e}")))
+            })
+            .transpose()
+            .map(|d| d.unwrap_or(default))
+        };
+        Ok(policies::RestartPolicy {
+            policy: mode,
+            backoff: dur("backoff", self.backoff, Duration::from_secs(5))?,
+            max_attempts: self.max_attempts.unwrap_or(0),
+            stable_after: dur("stable_after", self.stable_after, Duration::from_secs(60))?,
+        })
+    }
+}
+
+/// hypeman's `ttl` (a Go duration from now; `0s` is none) or `expires_at`
+/// (RFC 3339, in the future): at most one. `Ok(None)`: neither given;
+/// `Ok(Some(None))`: no expiry.
+fn expiry(
+    ttl: Option<&serde_json::Value>,
+    expires_at: Option<&serde_json::Value>,
+) -> Result<Option<Option<SystemTime>>, ApiError> {
+    let text = |field: &str, v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::bad_request(format!("`{field}` must be a string")))
+    };
+    let ttl = ttl.filter(|v| !v.is_null());
+    let expires_at = expires_at.filter(|v| !v.is_null());
+    match (ttl, expires_at) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "`ttl` and `expires_at` are mutually exclusive",
+        )),
+        (Some(t), None) => {
+            let d = policies::parse_go_duration(&text("ttl", t)?)
+                .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+            Ok(Some((!d.is_zero()).then(|| SystemTime::now() + d)))
+        }
+        (None, Some(e)) => {
+            let at = policies::parse_time(&text("expires_at", e)?)
+                .map_err(|e| ApiError::bad_request(format!("expires_at: {e}")))?;
+            if at <= SystemTime::now() {
+                return Err(ApiError::bad_request("`expires_at` must be in the future"));
+            }
+            Ok(Some(Some(at)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn restart_policy(v: Option<&serde_json::Value>) -> Result<Option<Option<policies::RestartPolicy>>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Null) => Ok(Some(None)),
+        Some(v) => {
+            let body: RestartPolicyBody = serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::bad_request(format!("restart_policy: {e}")))?;
+            Ok(Some(Some(body.into_policy()?)))
+        }
+    }
+}
 
 impl CreateInstance {
     /// The typed create call: every field parsed, nothing resolved (the
@@ -191,9 +284,13 @@ impl CreateInstance {
             .unwrap_or_default();
         let tags = self.tags.unwrap_or_default();
         crate::tags::validate(&tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let expires_at = expiry(self.other.get("ttl"), self.other.get("expires_at"))?.flatten();
+        let restart_policy = restart_policy(self.other.get("restart_policy"))?.flatten();
         Ok(CreateRequest {
             network,
             tags,
+            expires_at,
+            restart_policy,
             name,
             hypervisor,
             root,
@@ -431,8 +528,10 @@ pub async fn stats(
     Ok(Json(state.manager.stats(&id).await?))
 }
 
-/// hypeman's update body. lodge honours `tags` (a lodge extension: the
-/// whole set is replaced) and refuses hypeman's other fields clearly.
+/// hypeman's update body. lodge honours `ttl`/`expires_at` (`"0s"` or
+/// `null` clears the expiry), `restart_policy` (`null` clears it) and
+/// `tags` (a lodge extension: the whole set is replaced), and refuses
+/// hypeman's other fields clearly.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,25 +539,26 @@ pub struct UpdateInstance {
     /// hypeman's `env`: only keys bound to credentials may change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
-    /// hypeman's other fields (`ttl`, `expires_at`, `restart_policy`,
-    /// `health_check`, `auto_standby`): refused when set.
+    /// hypeman's other fields: `ttl`, `expires_at`, `restart_policy`
+    /// honoured; `health_check`, `auto_standby` refused when set.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// hypeman update fields lodge does not provide yet.
-const UPDATE_UNSUPPORTED: &[&str] = &[
-    "ttl",
-    "expires_at",
-    "restart_policy",
-    "health_check",
-    "auto_standby",
-];
+const UPDATE_UNSUPPORTED: &[&str] = &["health_check", "auto_standby"];
+
+/// hypeman update fields lodge honours beside `tags`.
+const UPDATE_SUPPORTED: &[&str] = &["ttl", "expires_at", "restart_policy"];
 
 impl UpdateInstance {
     fn into_update(self) -> Result<crate::instances::InstanceUpdate, ApiError> {
-        if let Some(key) = self.other.keys().next() {
+        if let Some(key) = self
+            .other
+            .keys()
+            .find(|k| !UPDATE_SUPPORTED.contains(&k.as_str()))
+        {
             return Err(if UPDATE_UNSUPPORTED.contains(&key.as_str()) {
                 ApiError::bad_request(format!("`{key}` is not supported yet"))
             } else {
@@ -474,7 +574,11 @@ impl UpdateInstance {
         if let Some(tags) = &self.tags {
             crate::tags::validate(tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
-        Ok(crate::instances::InstanceUpdate { tags: self.tags })
+        Ok(crate::instances::InstanceUpdate {
+            tags: self.tags,
+            expires_at: expiry(self.other.get("ttl"), self.other.get("expires_at"))?,
+            restart_policy: restart_policy(self.other.get("restart_policy"))?,
+        })
     }
 }
 

@@ -82,6 +82,7 @@ pub use state::{AppState, MAX_BODY};
         instances::CreateInstance,
         instances::StartInstance,
         instances::UpdateInstance,
+        instances::RestartPolicyBody,
         images::TagImage,
         error::ErrorBody,
         types::ExecRequest,

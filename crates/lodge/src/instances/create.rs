@@ -226,6 +226,9 @@ fn prepare(
         stopped_at: None,
         network,
         tags: spec.tags.clone(),
+        expires_at: spec.expires_at,
+        restart_policy: spec.restart_policy.clone(),
+        restart_status: None,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

@@ -20,6 +20,8 @@
 //! - `resources`: host capacity, what instances hold, and the admission of
 //!   creates and starts;
 //! - `stats`: what a running VM costs the host (CPU, memory, network);
+//! - `policies`: TTL expiry and restart policies, enforced by the
+//!   daemon's supervisor;
 //! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
@@ -39,6 +41,7 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+pub mod policies;
 mod resources;
 pub mod spec;
 pub mod state;

@@ -40,6 +40,9 @@ pub struct CreateRequest {
     pub network: NetworkRequest,
     /// User tags, validated by the API (`crate::tags`).
     pub tags: BTreeMap<String, String>,
+    /// hypeman's TTL, as the time it ends.
+    pub expires_at: Option<std::time::SystemTime>,
+    pub restart_policy: Option<super::policies::RestartPolicy>,
 }
 
 /// What the instance boots, as asked for.
@@ -96,6 +99,8 @@ pub struct CreateSpec {
     pub user: Option<String>,
     pub network: NetworkRequest,
     pub tags: BTreeMap<String, String>,
+    pub expires_at: Option<std::time::SystemTime>,
+    pub restart_policy: Option<super::policies::RestartPolicy>,
 }
 
 /// Which rule of a create spec was broken.
@@ -186,6 +191,8 @@ impl CreateSpec {
             user: run.user,
             network: req.network,
             tags: req.tags,
+            expires_at: req.expires_at,
+            restart_policy: req.restart_policy,
         })
     }
 
@@ -292,6 +299,8 @@ mod tests {
             },
             network: NetworkRequest::default(),
             tags: BTreeMap::new(),
+            expires_at: None,
+            restart_policy: None,
         }
     }
 

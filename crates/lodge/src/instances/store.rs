@@ -55,6 +55,18 @@ pub struct Metadata {
     /// hypeman's user tags (validated where the API takes them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// When the instance is stopped and deleted (hypeman's TTL).
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<SystemTime>,
+    /// hypeman's restart policy and where it stands (`policies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<super::policies::RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_status: Option<super::policies::RestartState>,
 }
 
 /// An instance's place on the default network, persisted in its record.
@@ -212,6 +224,9 @@ mod tests {
                 bandwidth_upload: None,
             }),
             tags: BTreeMap::from([("team".to_string(), "web".to_string())]),
+            expires_at: None,
+            restart_policy: None,
+            restart_status: None,
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");

@@ -1,7 +1,7 @@
 //! The update verb (`PATCH /instances/{id}`): change what can change on an
-//! instance without touching its VM. Today that is its tags; the request
-//! type is the manager's, so a field added later (TTL, restart policy) is
-//! one more member here and one more rule in the API's parser.
+//! instance without touching its VM: its tags, its expiry and its restart
+//! policy. The request type is the manager's, so a field added later is one
+//! more member here and one more rule in the API's parser.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,10 @@ use super::view::Instance;
 pub struct InstanceUpdate {
     /// Replaces the whole tag set (validated by the API).
     pub tags: Option<BTreeMap<String, String>>,
+    /// A new expiry, or `Some(None)` for none.
+    pub expires_at: Option<Option<std::time::SystemTime>>,
+    /// A new restart policy (its status starts afresh), or `Some(None)`.
+    pub restart_policy: Option<Option<super::policies::RestartPolicy>>,
 }
 
 impl Manager {
@@ -27,12 +31,24 @@ impl Manager {
             mut meta,
             ..
         } = self.lock_instance(key).await?;
+        let before = (
+            meta.tags.clone(),
+            meta.expires_at,
+            meta.restart_policy.clone(),
+        );
         if let Some(tags) = update.tags {
-            if tags != meta.tags {
-                meta.tags = tags;
-                store::save(&paths, &meta).map_err(io("writing instance record"))?;
-                oplog(&paths, "tags updated");
-            }
+            meta.tags = tags;
+        }
+        if let Some(expires_at) = update.expires_at {
+            meta.expires_at = expires_at;
+        }
+        if let Some(policy) = update.restart_policy {
+            meta.restart_policy = policy;
+            meta.restart_status = None;
+        }
+        if before != (meta.tags.clone(), meta.expires_at, meta.restart_policy.clone()) {
+            store::save(&paths, &meta).map_err(io("writing instance record"))?;
+            oplog(&paths, "updated (tags, expiry or restart policy)");
         }
         Ok(self.view(&meta))
     }

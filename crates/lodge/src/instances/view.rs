@@ -42,6 +42,38 @@ pub struct Instance {
     /// hypeman's user tags; `{}` when none.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// RFC 3339: when the instance is stopped and deleted (hypeman's TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// hypeman's `RestartPolicy` (durations in Go's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub restart_policy: Option<RestartPolicyView>,
+    /// hypeman's `RestartStatus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub restart_status: Option<super::policies::RestartState>,
+}
+
+/// hypeman's `RestartPolicy` as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicyView {
+    pub policy: super::policies::RestartMode,
+    pub backoff: String,
+    pub max_attempts: u32,
+    pub stable_after: String,
+}
+
+impl RestartPolicyView {
+    fn of(p: &super::policies::RestartPolicy) -> Self {
+        use super::policies::format_go_duration as go;
+        RestartPolicyView {
+            policy: p.policy,
+            backoff: go(p.backoff),
+            max_attempts: p.max_attempts,
+            stable_after: go(p.stable_after),
+        }
+    }
 }
 
 /// hypeman's `Instance.network`.
@@ -104,6 +136,9 @@ impl Instance {
             has_snapshot: false,
             network: InstanceNetwork::of(meta),
             tags: meta.tags.clone(),
+            expires_at: meta.expires_at.map(rfc3339),
+            restart_policy: meta.restart_policy.as_ref().map(RestartPolicyView::of),
+            restart_status: meta.restart_status.clone(),
         }
     }
 }
