@@ -295,10 +295,16 @@ fn admission_stats_and_tags_on_real_vms() {
     let r = d.api(
         "PATCH",
         &format!("/instances/{b}"),
-        Some(&json!({"ttl": "1h"})),
+        Some(&json!({"health_check": {"type": "tcp", "tcp": {"port": 80}}})),
     );
     assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.text.contains("ttl"), "{}", r.text);
+    assert!(r.text.contains("health_check"), "{}", r.text);
+    let r = d.api(
+        "PATCH",
+        &format!("/instances/{b}"),
+        Some(&json!({"env": {"A": "1"}})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
     let out = d.lodge(&["update", &b, "--label", "tier=front"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(d.get(&b)["tags"], json!({"team": "web", "tier": "front"}));

@@ -217,7 +217,9 @@ fn expiry(
     }
 }
 
-fn restart_policy(v: Option<&serde_json::Value>) -> Result<Option<Option<policies::RestartPolicy>>, ApiError> {
+fn restart_policy(
+    v: Option<&serde_json::Value>,
+) -> Result<Option<Option<policies::RestartPolicy>>, ApiError> {
     match v {
         None => Ok(None),
         Some(serde_json::Value::Null) => Ok(Some(None)),

@@ -393,8 +393,7 @@ mod tests {
     fn a_failure_is_restarted_after_the_backoff_until_the_cap() {
         let mut m = meta(RestartMode::OnFailure, 2);
         // First sight of the exit: schedule.
-        let RestartAction::Update(s) = restart_decision(&m, State::Stopped, Some(1), at(10))
-        else {
+        let RestartAction::Update(s) = restart_decision(&m, State::Stopped, Some(1), at(10)) else {
             panic!("expected a schedule")
         };
         assert_eq!(s.next_attempt_at.as_deref(), Some(rfc3339(at(12)).as_str()));
@@ -408,12 +407,8 @@ mod tests {
             panic!("expected a restart")
         };
         assert_eq!(s.attempts, 1);
-        m.restart_status = Some(RestartState {
-            attempts: 2,
-            ..s
-        });
-        let RestartAction::Update(s) = restart_decision(&m, State::Stopped, Some(1), at(20))
-        else {
+        m.restart_status = Some(RestartState { attempts: 2, ..s });
+        let RestartAction::Update(s) = restart_decision(&m, State::Stopped, Some(1), at(20)) else {
             panic!("expected a block")
         };
         assert_eq!(s.blocked_reason, Some(Blocked::MaxAttemptsExceeded));

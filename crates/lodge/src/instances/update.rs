@@ -46,7 +46,13 @@ impl Manager {
             meta.restart_policy = policy;
             meta.restart_status = None;
         }
-        if before != (meta.tags.clone(), meta.expires_at, meta.restart_policy.clone()) {
+        if before
+            != (
+                meta.tags.clone(),
+                meta.expires_at,
+                meta.restart_policy.clone(),
+            )
+        {
             store::save(&paths, &meta).map_err(io("writing instance record"))?;
             oplog(&paths, "updated (tags, expiry or restart policy)");
         }
