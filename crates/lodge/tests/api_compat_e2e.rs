@@ -295,10 +295,10 @@ fn admission_stats_and_tags_on_real_vms() {
     let r = d.api(
         "PATCH",
         &format!("/instances/{b}"),
-        Some(&json!({"health_check": {"type": "tcp", "tcp": {"port": 80}}})),
+        Some(&json!({"auto_standby": {"enabled": true}})),
     );
     assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.text.contains("health_check"), "{}", r.text);
+    assert!(r.text.contains("auto_standby"), "{}", r.text);
     let r = d.api(
         "PATCH",
         &format!("/instances/{b}"),

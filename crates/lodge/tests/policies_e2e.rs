@@ -7,6 +7,9 @@
 //!   that exits 1 under `on_failure` is booted again after its backoff,
 //!   `max_attempts` times, then left stopped (`max_attempts_exceeded`); a
 //!   stop through the API blocks an `always` policy (`manual_stop`).
+//! - `health_check_flips_when_the_guest_stops_passing`: an exec health
+//!   check through the guest agent turns the workload healthy, then
+//!   unhealthy once what it checks is gone, then `unknown` once stopped.
 
 mod common;
 
@@ -135,4 +138,67 @@ fn restart_policy_retries_a_failing_workload_up_to_its_cap() {
     let v = d.get(&always);
     assert_eq!(v["state"], "Stopped", "{v}");
     assert_eq!(v["restart_status"]["blocked_reason"], "manual_stop", "{v}");
+}
+
+#[test]
+fn health_check_flips_when_the_guest_stops_passing() {
+    require_guest!();
+    let d = Daemon::start();
+    let root = busybox_rootfs();
+    let v = d.create(json!({
+        "name": "checked", "rootfs": root, "vcpus": 1, "size": "128MB",
+        "cmd": ["sh", "-c", format!("touch /tmp/ok; {LOOP}")],
+        "health_check": {"type": "exec", "exec": {"command": ["test", "-f", "/tmp/ok"]},
+            "interval": "500ms", "timeout": "10s", "failure_threshold": 2},
+    }));
+    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(v["health_check"]["type"], "exec", "{v}");
+    assert_eq!(v["health_check"]["interval"], "500ms", "{v}");
+    let healthy = wait_until("the check to pass", Duration::from_secs(90), || {
+        let v = d.get(&id);
+        (v["health_status"]["status"] == "healthy").then_some(v)
+    });
+    assert!(
+        healthy["health_status"]["last_success_at"].is_string(),
+        "{healthy}"
+    );
+    assert_eq!(
+        healthy["state"], "Running",
+        "health never changes the state"
+    );
+
+    let out = d.lodge(&["exec", "checked", "rm", "/tmp/ok"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sick = wait_until("the check to fail twice", Duration::from_secs(60), || {
+        let v = d.get(&id);
+        (v["health_status"]["status"] == "unhealthy").then_some(v)
+    });
+    let s = &sick["health_status"];
+    assert!(
+        s["consecutive_failures"].as_u64().is_some_and(|n| n >= 2),
+        "{sick}"
+    );
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit code 1")),
+        "{sick}"
+    );
+    assert_eq!(sick["state"], "Running");
+
+    let r = d.api("POST", &format!("/instances/{id}/stop"), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["health_status"]["status"], "unknown", "{}", r.text);
+    // Turned off by PATCH: no status at all.
+    let r = d.api(
+        "PATCH",
+        &format!("/instances/{id}"),
+        Some(&json!({"health_check": null})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("health_status").is_none(), "{}", r.text);
 }

@@ -20,10 +20,10 @@ use lodge_hypervisor::HypervisorKind;
 use super::error::ApiError;
 use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
-use crate::instances::policies;
 use crate::instances::spec::NetworkRequest;
 use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
+use crate::instances::{health, policies};
 use crate::sizes::parse_size;
 use lodge_net::{Bandwidth, Limits};
 
@@ -129,7 +129,6 @@ const UNSUPPORTED: &[&str] = &[
     "gpu",
     "credentials",
     "snapshot_policy",
-    "health_check",
     "auto_standby",
     "hotplug_size",
     "disk_io_bps",
@@ -217,6 +216,169 @@ fn expiry(
     }
 }
 
+/// hypeman's `HealthCheck` as clients send it (durations in Go's form).
+#[derive(Debug, Default, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckBody {
+    /// `none`, `http`, `tcp` or `exec`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub http: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tcp: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub exec: Option<serde_json::Value>,
+    /// Between checks (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Per check (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// After a boot, failures do not count for this long (default `0s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<String>,
+    /// Consecutive failures to become unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// Consecutive successes to become healthy (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpProbeBody {
+    port: u16,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    expected_status: Option<u16>,
+    #[serde(default)]
+    scheme: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpProbeBody {
+    port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecProbeBody {
+    command: Vec<String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+}
+
+/// One probe's settings, required for its type.
+fn probe_part<T: serde::de::DeserializeOwned>(
+    name: &str,
+    v: Option<serde_json::Value>,
+) -> Result<T, ApiError> {
+    let v = v.ok_or_else(|| {
+        ApiError::bad_request(format!("health_check.{name} is required for type {name}"))
+    })?;
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request(format!("health_check.{name}: {e}")))
+}
+
+impl HealthCheckBody {
+    /// The validated check; `None` for type `none`.
+    fn into_check(self) -> Result<Option<health::HealthCheck>, ApiError> {
+        let bad = |m: String| ApiError::bad_request(format!("health_check.{m}"));
+        let kind = self.kind.clone().unwrap_or_else(|| {
+            // Without a type, the one probe given names it.
+            match (&self.http, &self.tcp, &self.exec) {
+                (Some(_), None, None) => "http",
+                (None, Some(_), None) => "tcp",
+                (None, None, Some(_)) => "exec",
+                _ => "none",
+            }
+            .to_string()
+        });
+        let probe = match kind.as_str() {
+            "none" => return Ok(None),
+            "http" => {
+                let h: HttpProbeBody = probe_part("http", self.http)?;
+                if h.scheme.as_deref().is_some_and(|s| s != "http") {
+                    return Err(bad("http.scheme: only http probes are supported".into()));
+                }
+                let path = h.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.chars().any(char::is_control) {
+                    return Err(bad(format!("http.path {path:?}: must start with /")));
+                }
+                health::Probe::Http {
+                    port: h.port,
+                    path,
+                    expected_status: h.expected_status,
+                }
+            }
+            "tcp" => {
+                let t: TcpProbeBody = probe_part("tcp", self.tcp)?;
+                health::Probe::Tcp { port: t.port }
+            }
+            "exec" => {
+                let e: ExecProbeBody = probe_part("exec", self.exec)?;
+                if e.command.first().is_none_or(|c| c.is_empty()) {
+                    return Err(bad("exec.command: the command is empty".into()));
+                }
+                if e.working_dir
+                    .as_deref()
+                    .is_some_and(|d| !d.starts_with('/'))
+                {
+                    return Err(bad("exec.working_dir: must be absolute".into()));
+                }
+                health::Probe::Exec {
+                    command: e.command,
+                    working_dir: e.working_dir,
+                }
+            }
+            other => return Err(bad(format!("type {other:?}: use none, http, tcp or exec"))),
+        };
+        let dur = |field: &str, v: Option<String>, default: Duration| {
+            v.map(|s| policies::parse_go_duration(&s).map_err(|e| bad(format!("{field}: {e}"))))
+                .transpose()
+                .map(|d| d.unwrap_or(default))
+        };
+        let interval = dur("interval", self.interval, Duration::from_secs(10))?;
+        let timeout = dur("timeout", self.timeout, Duration::from_secs(5))?;
+        if interval < Duration::from_millis(100) || timeout < Duration::from_millis(10) {
+            return Err(bad(
+                "interval must be at least 100ms and timeout at least 10ms".into(),
+            ));
+        }
+        Ok(Some(health::HealthCheck {
+            probe,
+            interval,
+            timeout,
+            start_period: dur("start_period", self.start_period, Duration::ZERO)?,
+            failure_threshold: self.failure_threshold.unwrap_or(3).max(1),
+            success_threshold: self.success_threshold.unwrap_or(1).max(1),
+        }))
+    }
+}
+
+/// `health_check` of a create or update: `Ok(None)` absent, `Some(None)`
+/// off (`null` or type `none`).
+fn health_check(
+    v: Option<&serde_json::Value>,
+) -> Result<Option<Option<health::HealthCheck>>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Null) => Ok(Some(None)),
+        Some(v) => {
+            let body: HealthCheckBody = serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::bad_request(format!("health_check: {e}")))?;
+            Ok(Some(body.into_check()?))
+        }
+    }
+}
+
 fn restart_policy(
     v: Option<&serde_json::Value>,
 ) -> Result<Option<Option<policies::RestartPolicy>>, ApiError> {
@@ -288,11 +450,13 @@ impl CreateInstance {
         crate::tags::validate(&tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let expires_at = expiry(self.other.get("ttl"), self.other.get("expires_at"))?.flatten();
         let restart_policy = restart_policy(self.other.get("restart_policy"))?.flatten();
+        let health_check = health_check(self.other.get("health_check"))?.flatten();
         Ok(CreateRequest {
             network,
             tags,
             expires_at,
             restart_policy,
+            health_check,
             name,
             hypervisor,
             root,
@@ -549,10 +713,10 @@ pub struct UpdateInstance {
 }
 
 /// hypeman update fields lodge does not provide yet.
-const UPDATE_UNSUPPORTED: &[&str] = &["health_check", "auto_standby"];
+const UPDATE_UNSUPPORTED: &[&str] = &["auto_standby"];
 
 /// hypeman update fields lodge honours beside `tags`.
-const UPDATE_SUPPORTED: &[&str] = &["ttl", "expires_at", "restart_policy"];
+const UPDATE_SUPPORTED: &[&str] = &["ttl", "expires_at", "restart_policy", "health_check"];
 
 impl UpdateInstance {
     fn into_update(self) -> Result<crate::instances::InstanceUpdate, ApiError> {
@@ -580,6 +744,7 @@ impl UpdateInstance {
             tags: self.tags,
             expires_at: expiry(self.other.get("ttl"), self.other.get("expires_at"))?,
             restart_policy: restart_policy(self.other.get("restart_policy"))?,
+            health_check: health_check(self.other.get("health_check"))?,
         })
     }
 }
@@ -600,4 +765,69 @@ pub async fn update(
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     Ok(Json(state.manager.update(&id, req.into_update()?).await?))
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_parse_with_defaults_and_refuse_what_cannot_run() {
+        let check = health_check(Some(&serde_json::json!({
+            "type": "exec", "exec": {"command": ["test", "-f", "/ok"]}, "interval": "500ms"
+        })))
+        .expect("valid")
+        .flatten()
+        .expect("a check");
+        assert_eq!(check.interval, Duration::from_millis(500));
+        assert_eq!(check.timeout, Duration::from_secs(5));
+        assert_eq!((check.failure_threshold, check.success_threshold), (3, 1));
+        let tcp = health_check(Some(&serde_json::json!({"tcp": {"port": 80}})))
+            .expect("type inferred")
+            .flatten()
+            .expect("a check");
+        assert_eq!(tcp.probe, health::Probe::Tcp { port: 80 });
+        assert_eq!(
+            health_check(Some(&serde_json::json!({"type": "none"}))).expect("off"),
+            Some(None)
+        );
+        for bad in [
+            serde_json::json!({"type": "http"}),
+            serde_json::json!({"type": "http", "http": {"port": 80, "scheme": "https"}}),
+            serde_json::json!({"type": "http", "http": {"port": 80, "path": "x"}}),
+            serde_json::json!({"type": "exec", "exec": {"command": []}}),
+            serde_json::json!({"type": "tcp", "tcp": {"port": 80}, "interval": "1ms"}),
+            serde_json::json!({"type": "grpc"}),
+            serde_json::json!({"type": "tcp", "tcp": {"port": 80}, "retries": 3}),
+        ] {
+            let e = health_check(Some(&bad)).expect_err("refused");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.message.starts_with("health_check"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn expiry_and_restart_policy_parse() {
+        let ttl = serde_json::json!("1h");
+        let at = expiry(Some(&ttl), None)
+            .expect("ttl")
+            .flatten()
+            .expect("set");
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(left > Duration::from_secs(3590), "{left:?}");
+        assert_eq!(
+            expiry(Some(&serde_json::json!("0s")), None).expect("off"),
+            Some(None)
+        );
+        assert!(expiry(Some(&ttl), Some(&serde_json::json!("2099-01-01T00:00:00Z"))).is_err());
+        assert!(expiry(None, Some(&serde_json::json!("2001-01-01T00:00:00Z"))).is_err());
+        assert!(expiry(Some(&serde_json::json!(5)), None).is_err());
+        let p = restart_policy(Some(&serde_json::json!({"policy": "always"})))
+            .expect("valid")
+            .flatten()
+            .expect("set");
+        assert_eq!(p.backoff, Duration::from_secs(5));
+        assert!(restart_policy(Some(&serde_json::json!({"policy": "sometimes"}))).is_err());
+        assert!(restart_policy(Some(&serde_json::json!({"backoff": "fast"}))).is_err());
+    }
 }

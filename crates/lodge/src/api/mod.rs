@@ -83,6 +83,8 @@ pub use state::{AppState, MAX_BODY};
         instances::StartInstance,
         instances::UpdateInstance,
         instances::RestartPolicyBody,
+        instances::HealthCheckBody,
+        crate::instances::health::HealthStatus,
         images::TagImage,
         error::ErrorBody,
         types::ExecRequest,

@@ -86,6 +86,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         loop {
             tick.tick().await;
             supervisor.enforce_policies().await;
+            supervisor.run_health_checks().await;
         }
     });
     let app = api::router(AppState {

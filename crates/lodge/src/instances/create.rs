@@ -229,6 +229,7 @@ fn prepare(
         expires_at: spec.expires_at,
         restart_policy: spec.restart_policy.clone(),
         restart_status: None,
+        health_check: spec.health_check.clone(),
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

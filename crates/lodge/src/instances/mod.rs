@@ -20,6 +20,8 @@
 //! - `resources`: host capacity, what instances hold, and the admission of
 //!   creates and starts;
 //! - `stats`: what a running VM costs the host (CPU, memory, network);
+//! - `health`, `health_checks`: workload health checks (policy, status,
+//!   probes) and their scheduling;
 //! - `policies`: TTL expiry and restart policies, enforced by the
 //!   daemon's supervisor;
 //! - `update`: what can change on an instance without its VM (tags);
@@ -34,6 +36,8 @@
 mod admission;
 mod create;
 pub mod error;
+pub mod health;
+mod health_checks;
 mod lifecycle;
 mod manager;
 mod monitor;

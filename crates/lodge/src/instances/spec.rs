@@ -43,6 +43,7 @@ pub struct CreateRequest {
     /// hypeman's TTL, as the time it ends.
     pub expires_at: Option<std::time::SystemTime>,
     pub restart_policy: Option<super::policies::RestartPolicy>,
+    pub health_check: Option<super::health::HealthCheck>,
 }
 
 /// What the instance boots, as asked for.
@@ -101,6 +102,7 @@ pub struct CreateSpec {
     pub tags: BTreeMap<String, String>,
     pub expires_at: Option<std::time::SystemTime>,
     pub restart_policy: Option<super::policies::RestartPolicy>,
+    pub health_check: Option<super::health::HealthCheck>,
 }
 
 /// Which rule of a create spec was broken.
@@ -193,6 +195,7 @@ impl CreateSpec {
             tags: req.tags,
             expires_at: req.expires_at,
             restart_policy: req.restart_policy,
+            health_check: req.health_check,
         })
     }
 
@@ -301,6 +304,7 @@ mod tests {
             tags: BTreeMap::new(),
             expires_at: None,
             restart_policy: None,
+            health_check: None,
         }
     }
 

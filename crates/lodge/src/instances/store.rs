@@ -67,6 +67,9 @@ pub struct Metadata {
     pub restart_policy: Option<super::policies::RestartPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_status: Option<super::policies::RestartState>,
+    /// hypeman's workload health check (`health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<super::health::HealthCheck>,
 }
 
 /// An instance's place on the default network, persisted in its record.
@@ -227,6 +230,7 @@ mod tests {
             expires_at: None,
             restart_policy: None,
             restart_status: None,
+            health_check: None,
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");

@@ -20,6 +20,8 @@ pub struct InstanceUpdate {
     pub expires_at: Option<Option<std::time::SystemTime>>,
     /// A new restart policy (its status starts afresh), or `Some(None)`.
     pub restart_policy: Option<Option<super::policies::RestartPolicy>>,
+    /// A new health check (its results start afresh), or `Some(None)`.
+    pub health_check: Option<Option<super::health::HealthCheck>>,
 }
 
 impl Manager {
@@ -35,6 +37,7 @@ impl Manager {
             meta.tags.clone(),
             meta.expires_at,
             meta.restart_policy.clone(),
+            meta.health_check.clone(),
         );
         if let Some(tags) = update.tags {
             meta.tags = tags;
@@ -46,15 +49,22 @@ impl Manager {
             meta.restart_policy = policy;
             meta.restart_status = None;
         }
-        if before
-            != (
-                meta.tags.clone(),
-                meta.expires_at,
-                meta.restart_policy.clone(),
-            )
-        {
+        if let Some(check) = update.health_check {
+            meta.health_check = check;
+            self.health.lock().remove(&meta.id);
+        }
+        let after = (
+            meta.tags.clone(),
+            meta.expires_at,
+            meta.restart_policy.clone(),
+            meta.health_check.clone(),
+        );
+        if before != after {
             store::save(&paths, &meta).map_err(io("writing instance record"))?;
-            oplog(&paths, "updated (tags, expiry or restart policy)");
+            oplog(
+                &paths,
+                "updated (tags, expiry, restart policy or health check)",
+            );
         }
         Ok(self.view(&meta))
     }

@@ -53,6 +53,14 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub restart_status: Option<super::policies::RestartState>,
+    /// hypeman's `HealthCheck` (durations in Go's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub health_check: Option<serde_json::Value>,
+    /// hypeman's `InstanceHealthStatus`; set by the manager, which keeps
+    /// the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<super::health::HealthStatus>,
 }
 
 /// hypeman's `RestartPolicy` as the API shows it.
@@ -139,6 +147,11 @@ impl Instance {
             expires_at: meta.expires_at.map(rfc3339),
             restart_policy: meta.restart_policy.as_ref().map(RestartPolicyView::of),
             restart_status: meta.restart_status.clone(),
+            health_check: meta
+                .health_check
+                .as_ref()
+                .map(super::health::HealthCheck::view),
+            health_status: None,
         }
     }
 }
