@@ -111,6 +111,24 @@ def instance_list(ctx):
 def instance_update(ctx):
     inst = ctx.c.instances.update(ctx.inst)
     assert inst.id == ctx.inst, inst
+    inst = ctx.c.instances.update(
+        ctx.inst,
+        ttl="1h",
+        restart_policy={"policy": "on_failure", "backoff": "2s", "max_attempts": 3},
+        health_check={"type": "exec", "exec": {"command": ["true"]}, "interval": "500ms"},
+    )
+    assert inst.expires_at is not None, inst
+    assert inst.restart_policy.policy == "on_failure" and inst.restart_policy.backoff == "2s", inst
+    assert inst.health_check.type == "exec" and inst.health_check.exec.command == ["true"], inst
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        inst = ctx.c.instances.get(ctx.inst)
+        if inst.health_status and inst.health_status.status == "healthy":
+            break
+        time.sleep(0.3)
+    assert inst.health_status.status == "healthy", inst
+    inst = ctx.c.instances.update(ctx.inst, ttl="0s")
+    assert inst.expires_at is None, inst
 
 
 def instance_logs(ctx):
