@@ -221,6 +221,27 @@ pub struct RunArgs {
     /// Label (hypeman's tag) K=V (repeatable)
     #[arg(short = 'l', long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
+    /// Delete the instance this long after it is created (e.g. 30m, 1h)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Restart policy: no, always, on-failure[:MAX_ATTEMPTS]
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Health check: a shell command run in the guest, healthy on exit 0
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 10s)
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_interval: Option<String>,
+    /// Longest a health check may take (default 5s)
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures before unhealthy (default 3)
+    #[arg(long, value_name = "N", requires = "health_cmd")]
+    pub health_retries: Option<u32>,
+    /// Failures do not count this long after a boot
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_start_period: Option<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

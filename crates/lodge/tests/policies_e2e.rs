@@ -201,4 +201,45 @@ fn health_check_flips_when_the_guest_stops_passing() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.body.get("health_status").is_none(), "{}", r.text);
+
+    // The CLI's docker-style flags set the same policies.
+    let out = d.lodge(&[
+        "run",
+        "-d",
+        "--name",
+        "viacli",
+        "--rootfs",
+        &root,
+        "--cpus",
+        "1",
+        "--memory",
+        "128MB",
+        "--ttl",
+        "1h",
+        "--restart",
+        "on-failure:2",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        LOOP,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = d.get("viacli");
+    assert!(v["expires_at"].is_string(), "{v}");
+    assert_eq!(v["restart_policy"]["policy"], "on_failure", "{v}");
+    assert_eq!(v["restart_policy"]["max_attempts"], 2, "{v}");
+    assert_eq!(
+        v["health_check"]["exec"]["command"],
+        json!(["/bin/sh", "-c", "true"]),
+        "{v}"
+    );
+    assert_eq!(v["health_check"]["interval"], "1s", "{v}");
 }
