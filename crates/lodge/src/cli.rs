@@ -28,7 +28,8 @@ pub enum Command {
     /// Print an API token signed with this host's secret
     Token(TokenArgs),
     /// Create and boot an instance
-    Run(RunArgs),
+    // Boxed: its flags make it far larger than the other variants.
+    Run(Box<RunArgs>),
     /// List instances
     Ps(PsArgs),
     /// Stop an instance (graceful power-down, then force)

@@ -23,7 +23,7 @@ use crate::instances::naming::Name;
 use crate::instances::spec::NetworkRequest;
 use crate::instances::state::State as InstanceState;
 use crate::instances::{self, CreateRequest, Instance, RootRequest, RunOverrides};
-use crate::instances::{health, policies};
+use crate::instances::{health, policy};
 use crate::sizes::parse_size;
 use lodge_net::{Bandwidth, Limits};
 
@@ -153,11 +153,11 @@ pub struct RestartPolicyBody {
 }
 
 impl RestartPolicyBody {
-    fn into_policy(self) -> Result<policies::RestartPolicy, ApiError> {
+    fn into_policy(self) -> Result<policy::RestartPolicy, ApiError> {
         let mode = match self.policy.as_deref().unwrap_or("never") {
-            "never" => policies::RestartMode::Never,
-            "always" => policies::RestartMode::Always,
-            "on_failure" | "on-failure" => policies::RestartMode::OnFailure,
+            "never" => policy::RestartMode::Never,
+            "always" => policy::RestartMode::Always,
+            "on_failure" | "on-failure" => policy::RestartMode::OnFailure,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "restart_policy.policy {other:?}: use never, always or on_failure"
@@ -166,13 +166,13 @@ impl RestartPolicyBody {
         };
         let dur = |field: &str, v: Option<String>, default: Duration| {
             v.map(|s| {
-                policies::parse_go_duration(&s)
+                policy::parse_go_duration(&s)
                     .map_err(|e| ApiError::bad_request(format!("restart_policy.{field}: {e}")))
             })
             .transpose()
             .map(|d| d.unwrap_or(default))
         };
-        Ok(policies::RestartPolicy {
+        Ok(policy::RestartPolicy {
             policy: mode,
             backoff: dur("backoff", self.backoff, Duration::from_secs(5))?,
             max_attempts: self.max_attempts.unwrap_or(0),
@@ -200,12 +200,12 @@ fn expiry(
             "`ttl` and `expires_at` are mutually exclusive",
         )),
         (Some(t), None) => {
-            let d = policies::parse_go_duration(&text("ttl", t)?)
+            let d = policy::parse_go_duration(&text("ttl", t)?)
                 .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
             Ok(Some((!d.is_zero()).then(|| SystemTime::now() + d)))
         }
         (None, Some(e)) => {
-            let at = policies::parse_time(&text("expires_at", e)?)
+            let at = policy::parse_time(&text("expires_at", e)?)
                 .map_err(|e| ApiError::bad_request(format!("expires_at: {e}")))?;
             if at <= SystemTime::now() {
                 return Err(ApiError::bad_request("`expires_at` must be in the future"));
@@ -341,7 +341,7 @@ impl HealthCheckBody {
             other => return Err(bad(format!("type {other:?}: use none, http, tcp or exec"))),
         };
         let dur = |field: &str, v: Option<String>, default: Duration| {
-            v.map(|s| policies::parse_go_duration(&s).map_err(|e| bad(format!("{field}: {e}"))))
+            v.map(|s| policy::parse_go_duration(&s).map_err(|e| bad(format!("{field}: {e}"))))
                 .transpose()
                 .map(|d| d.unwrap_or(default))
         };
@@ -381,7 +381,7 @@ fn health_check(
 
 fn restart_policy(
     v: Option<&serde_json::Value>,
-) -> Result<Option<Option<policies::RestartPolicy>>, ApiError> {
+) -> Result<Option<Option<policy::RestartPolicy>>, ApiError> {
     match v {
         None => Ok(None),
         Some(serde_json::Value::Null) => Ok(Some(None)),

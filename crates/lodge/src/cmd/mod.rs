@@ -48,7 +48,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             println!("{}", auth.mint("lodge", args.ttl)?);
             Ok(0)
         }
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ps(args) => instance_verbs::ps(args),
         Command::Stop(args) => instance_verbs::stop(args),
         Command::Start(args) => instance_verbs::start(args),

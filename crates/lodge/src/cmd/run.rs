@@ -209,7 +209,7 @@ mod tests {
     fn run_args(args: &[&str]) -> RunArgs {
         let argv = ["lodge", "run"].iter().chain(args).copied();
         match Cli::try_parse_from(argv).expect("parses").command {
-            Command::Run(a) => a,
+            Command::Run(a) => *a,
             other => panic!("not run: {other:?}"),
         }
     }

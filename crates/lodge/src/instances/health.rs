@@ -40,7 +40,7 @@ pub struct HealthCheck {
 impl HealthCheck {
     /// hypeman's `HealthCheck` JSON for this policy.
     pub fn view(&self) -> serde_json::Value {
-        use super::policies::format_go_duration as go;
+        use super::policy::format_go_duration as go;
         let mut v = serde_json::json!({
             "interval": go(self.interval),
             "timeout": go(self.timeout),

@@ -90,7 +90,7 @@ impl Manager {
                     Ok(r) => r,
                     Err(_) => Err(format!(
                         "timed out after {}",
-                        super::policies::format_go_duration(check.timeout)
+                        super::policy::format_go_duration(check.timeout)
                     )),
                 }
             }

@@ -23,7 +23,7 @@
 //! - `health`, `health_checks`: workload health checks (policy, status,
 //!   probes) and their scheduling;
 //! - `policies`: TTL expiry and restart policies, enforced by the
-//!   daemon's supervisor;
+//!   daemon's supervisor (`policy`: their types and value syntax);
 //! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
@@ -46,6 +46,7 @@ pub mod net;
 mod observe;
 mod oplog;
 pub mod policies;
+pub mod policy;
 mod resources;
 pub mod spec;
 pub mod state;

@@ -42,7 +42,7 @@ pub struct CreateRequest {
     pub tags: BTreeMap<String, String>,
     /// hypeman's TTL, as the time it ends.
     pub expires_at: Option<std::time::SystemTime>,
-    pub restart_policy: Option<super::policies::RestartPolicy>,
+    pub restart_policy: Option<super::policy::RestartPolicy>,
     pub health_check: Option<super::health::HealthCheck>,
 }
 
@@ -101,7 +101,7 @@ pub struct CreateSpec {
     pub network: NetworkRequest,
     pub tags: BTreeMap<String, String>,
     pub expires_at: Option<std::time::SystemTime>,
-    pub restart_policy: Option<super::policies::RestartPolicy>,
+    pub restart_policy: Option<super::policy::RestartPolicy>,
     pub health_check: Option<super::health::HealthCheck>,
 }
 

@@ -64,9 +64,9 @@ pub struct Metadata {
     pub expires_at: Option<SystemTime>,
     /// hypeman's restart policy and where it stands (`policies`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_policy: Option<super::policies::RestartPolicy>,
+    pub restart_policy: Option<super::policy::RestartPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_status: Option<super::policies::RestartState>,
+    pub restart_status: Option<super::policy::RestartState>,
     /// hypeman's workload health check (`health`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<super::health::HealthCheck>,

@@ -19,7 +19,7 @@ pub struct InstanceUpdate {
     /// A new expiry, or `Some(None)` for none.
     pub expires_at: Option<Option<std::time::SystemTime>>,
     /// A new restart policy (its status starts afresh), or `Some(None)`.
-    pub restart_policy: Option<Option<super::policies::RestartPolicy>>,
+    pub restart_policy: Option<Option<super::policy::RestartPolicy>>,
     /// A new health check (its results start afresh), or `Some(None)`.
     pub health_check: Option<Option<super::health::HealthCheck>>,
 }

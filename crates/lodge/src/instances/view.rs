@@ -52,7 +52,7 @@ pub struct Instance {
     /// hypeman's `RestartStatus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub restart_status: Option<super::policies::RestartState>,
+    pub restart_status: Option<super::policy::RestartState>,
     /// hypeman's `HealthCheck` (durations in Go's form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -66,15 +66,15 @@ pub struct Instance {
 /// hypeman's `RestartPolicy` as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartPolicyView {
-    pub policy: super::policies::RestartMode,
+    pub policy: super::policy::RestartMode,
     pub backoff: String,
     pub max_attempts: u32,
     pub stable_after: String,
 }
 
 impl RestartPolicyView {
-    fn of(p: &super::policies::RestartPolicy) -> Self {
-        use super::policies::format_go_duration as go;
+    fn of(p: &super::policy::RestartPolicy) -> Self {
+        use super::policy::format_go_duration as go;
         RestartPolicyView {
             policy: p.policy,
             backoff: go(p.backoff),
