@@ -186,9 +186,21 @@ fn spec_json() -> serde_json::Result<String> {
                 .entry(path.to_string())
                 .or_insert_with(|| serde_json::json!({}));
             if let Some(item) = item.as_object_mut() {
+                let params: Vec<serde_json::Value> = path
+                    .split('/')
+                    .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                    .map(|name| {
+                        serde_json::json!({
+                            "name": name, "in": "path", "required": true,
+                            "schema": {"type": "string"},
+                        })
+                    })
+                    .collect();
                 item.entry(method.to_ascii_lowercase()).or_insert_with(|| {
                     serde_json::json!({
                         "summary": format!("{what}: not implemented by lodge yet"),
+                        "tags": [unimplemented::TAG],
+                        "parameters": params,
                         "responses": {"501": error_response("not implemented")},
                     })
                 });

@@ -16,6 +16,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use super::error::ApiError;
 use super::state::AppState;
 
+/// The OpenAPI tag of these routes in `/spec.json`.
+pub const TAG: &str = "not_implemented";
+
 /// `(method, path pattern, what it is)`: hypeman routes lodge lacks.
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     // Instance lifecycle beyond stop/start (issue 13).
