@@ -253,6 +253,26 @@ fn admission_stats_and_tags_on_real_vms() {
         shown.contains("MEM USAGE / LIMIT") && shown.contains("/ 128.0MiB"),
         "{shown}"
     );
+    // --watch redraws, with CPU% from the second sample on.
+    let mut watch = std::process::Command::new(common::LODGE)
+        .args(["stats", "--watch", "--interval", "1", &a])
+        .env("LODGE_DATA_DIR", &d.data_dir)
+        .env("LODGE_BASE_URL", &d.base)
+        .env("LODGE_API_KEY", &d.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lodge stats --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().expect("kill");
+    let out = watch.wait_with_output().expect("output");
+    let shown = text(&out.stdout);
+    assert!(shown.matches("MEM USAGE").count() >= 2, "{shown}");
+    let cpu_pct = shown.lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.first() == Some(&admitted[0].0.as_str())
+            && cols.get(2).is_some_and(|c| c.ends_with('%'))
+    });
+    assert!(cpu_pct, "CPU% once there are two samples: {shown}");
 
     // A duplicate name: hypeman's code.
     let r = d.api("POST", "/instances", Some(&body(admitted[0].0.as_str())));
