@@ -126,6 +126,9 @@ pub struct ImagesArgs {
     /// Print only names
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only images matching label=K=V or label=K (repeatable, all must match)
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Debug, Args)]
