@@ -17,6 +17,7 @@ mod exec;
 mod images;
 pub mod instances;
 pub mod logs;
+mod policies;
 mod resources;
 pub mod server;
 mod state;
@@ -82,8 +83,8 @@ pub use state::{AppState, MAX_BODY};
         instances::CreateInstance,
         instances::StartInstance,
         instances::UpdateInstance,
-        instances::RestartPolicyBody,
-        instances::HealthCheckBody,
+        policies::RestartPolicyBody,
+        policies::HealthCheckBody,
         crate::instances::health::HealthStatus,
         images::TagImage,
         error::ErrorBody,
