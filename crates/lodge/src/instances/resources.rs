@@ -200,6 +200,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stopped_and_standby_instances_hold_nothing() {
+        for st in [State::Stopped, State::Standby] {
+            assert!(!holds(st), "{st:?}");
+        }
+        for st in [
+            State::Created,
+            State::Initializing,
+            State::Running,
+            State::Paused,
+            State::Shutdown,
+            State::Unknown,
+        ] {
+            assert!(holds(st), "{st:?}");
+        }
+    }
+
+    #[test]
     fn statuses_report_what_is_left() {
         let s = ResourceStatus::new("cpu", 2, 4.0, 3, "detected");
         assert_eq!((s.effective_limit, s.available), (8, 5));
