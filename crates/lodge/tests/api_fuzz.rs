@@ -100,7 +100,9 @@ const LIVE: &str = "fuzz";
 /// `DELETE /instances/{id}` and `POST /instances/{id}/stop` are left out;
 /// tests/api_edges.rs races both against other requests. An archive upload
 /// (application/x-tar) has no serializer in schemathesis;
-/// tests/images_e2e.rs covers it.
+/// tests/images_e2e.rs covers it. hypeman's routes lodge does not serve
+/// yet (tagged `not_implemented`) answer nothing but 501, a server error to
+/// schemathesis; tests/api_compat_e2e.rs checks them.
 fn config() -> String {
     format!(
         r#"[dictionaries.ids]
@@ -119,6 +121,10 @@ enabled = false
 
 [[operations]]
 include-name = "POST /images/load"
+enabled = false
+
+[[operations]]
+include-tag = "not_implemented"
 enabled = false
 "#
     )

@@ -190,10 +190,15 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with extra variables for `lodge serve`, which
-    /// override the harness's own (`LODGE_NETWORK=off`). Only a test inside
-    /// a network namespace of its own may turn networking on.
+    /// override the harness's own (`LODGE_NETWORK=off`, and a vCPU
+    /// oversubscription roomy enough for the suite's small VMs on a 2-core
+    /// host; admission itself is tested with its own limits). Only a test
+    /// inside a network namespace of its own may turn networking on.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-        let mut vars = vec![("LODGE_NETWORK".to_string(), "off".to_string())];
+        let mut vars = vec![
+            ("LODGE_NETWORK".to_string(), "off".to_string()),
+            ("LODGE_OVERSUB_CPU".to_string(), "16".to_string()),
+        ];
         for (k, v) in env {
             vars.retain(|(key, _)| key != k);
             vars.push((k.to_string(), v.to_string()));
