@@ -24,6 +24,7 @@ import time
 
 import hypeman
 from hypeman.lib.exec import exec as hexec
+from hypeman.lib.cp import cp_from_instance, cp_to_instance
 
 WORKS = "works"
 NOT_IMPLEMENTED = "501"
@@ -330,9 +331,26 @@ def check_exec(ctx):
         # A resize sent right after the request is applied, not dropped.
         r = hexec(ctx.c, inst.id, ["sh", "-c", "sleep 1; stty size"], tty=True, rows=10, cols=20, resize=[(33, 101)])
         assert (r.exit_code, r.output.strip()) == (0, b"33 101"), r
+        # hypeman's cp helper, both ways: a tree with a binary file.
+        import tempfile
+        from pathlib import Path
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp, "tree")
+            (src / "sub").mkdir(parents=True)
+            payload = bytes(range(256)) * 1024
+            (src / "sub" / "blob.bin").write_bytes(payload)
+            (src / "hello.txt").write_text("hello from the sdk\n")
+            cp_to_instance(ctx.c, inst.id, src, "/tmp/tree")
+            r = hexec(ctx.c, inst.id, ["sh", "-c", "cat /tmp/tree/hello.txt; wc -c < /tmp/tree/sub/blob.bin"])
+            assert (r.exit_code, r.output.split()) == (0, [b"hello", b"from", b"the", b"sdk", b"262144"]), r
+            back = Path(tmp, "back")
+            back.mkdir()
+            cp_from_instance(ctx.c, inst.id, "/tmp/tree", back)
+            assert (back / "tree" / "sub" / "blob.bin").read_bytes() == payload
+            assert (back / "tree" / "hello.txt").read_text() == "hello from the sdk\n"
     finally:
         ctx.c.instances.delete(inst.id)
-    print("exec helper: exit codes and resize ok")
+    print("exec and cp helpers: exit codes, resize, a tree both ways ok")
 
 
 def main():
