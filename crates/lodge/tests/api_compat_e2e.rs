@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::time::Duration;
 
 use common::{busybox_rootfs, Daemon};
@@ -94,7 +96,7 @@ fn answers_in_hypemans_shapes() {
                 "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
             ])
             .arg(&tmp)
-            .output()
+            .output_limited()
             .expect("python");
         assert!(out.status.success(), "{}", text(&out.stderr));
         let parsed: Value = serde_json::from_slice(&out.stdout).expect("json");

@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -39,7 +41,7 @@ fn schemathesis() -> Result<PathBuf, String> {
         .ok_or("LODGE_COMPAT_PYTHON has no directory")?;
     let ok = Command::new(&st)
         .arg("--version")
-        .output()
+        .output_limited()
         .is_ok_and(|o| o.status.success());
     if !ok {
         return Err(format!(
@@ -162,7 +164,7 @@ fn fuzz(st: &std::path::Path) {
         .env("NO_COLOR", "1")
         // Its cache of crashes lives beside the data, not in the source tree.
         .current_dir(&d.data_dir)
-        .output()
+        .output_limited_for(Duration::from_secs(900))
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,7 +136,7 @@ fn lodge_exec(d: &Daemon, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env("LODGE_BASE_URL", &d.base)
         .env("LODGE_API_KEY", &d.token)
-        .output()
+        .output_limited()
         .expect("lodge exec");
     (
         out.status.code().unwrap_or(-1),

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::process::Command;
 
 use common::{busybox_rootfs, Daemon};
@@ -49,7 +51,7 @@ fn every_hypeman_client_method_works_or_is_501() {
         .env("HYPEMAN_API_KEY", &d.token)
         .env("LODGE_ROOTFS", busybox_rootfs())
         .env("LODGE_ARCHIVE", &archive)
-        .output()
+        .output_limited()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     // The coverage line and the table, in the test's output.

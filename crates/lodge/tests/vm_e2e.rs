@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::time::Duration;
 
 use common::{busybox_rootfs, Daemon};
@@ -179,7 +181,7 @@ fn delete_works_from_every_state_and_removes_everything() {
     // No VMM of theirs survives.
     let ps = std::process::Command::new("pgrep")
         .args(["-f", d.data_dir.to_str().expect("utf-8")])
-        .output()
+        .output_limited()
         .expect("pgrep");
     assert!(
         ps.stdout.is_empty(),
