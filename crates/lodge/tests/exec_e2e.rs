@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -98,7 +100,7 @@ fn next_json(socket: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Value 
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)
-        .output()
+        .output_limited()
         .expect("sha256sum");
     text(&out.stdout)
         .split_whitespace()
@@ -138,7 +140,7 @@ impl Tmux {
             .arg("-L")
             .arg(&self.socket)
             .args(args)
-            .output()
+            .output_limited()
             .expect("tmux");
         text(&out.stdout)
     }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -112,7 +114,7 @@ impl Registry {
         let out = skopeo
             .arg(format!("oci:{}:push", dir.display()))
             .arg(format!("docker://{}/{repo_tag}", self.host()))
-            .output()
+            .output_limited()
             .expect("skopeo");
         assert!(
             out.status.success(),
@@ -716,7 +718,7 @@ fn archives_import_offline_through_the_cli() {
         .args(["--name", "lodge-demo:latest", "-e", "GREETING=hi", "-o"])
         .arg(&oci)
         .args(["--", "sh", "-c", "echo $GREETING"])
-        .output()
+        .output_limited()
         .expect("mk-image");
     assert!(
         out.status.success(),
@@ -743,7 +745,7 @@ fn archives_import_offline_through_the_cli() {
         .arg(busybox_tree())
         .args(["--name", "saved/app:2", "-o"])
         .arg(&docker)
-        .output()
+        .output_limited()
         .expect("mk-image");
     assert!(
         out.status.success(),

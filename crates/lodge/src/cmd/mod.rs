@@ -10,7 +10,9 @@ mod logs_escape;
 mod rt;
 mod run;
 mod serve;
+mod stats;
 mod supervise;
+mod system;
 mod volume;
 mod ws;
 
@@ -47,12 +49,16 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             println!("{}", auth.mint("lodge", args.ttl)?);
             Ok(0)
         }
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ps(args) => instance_verbs::ps(args),
         Command::Stop(args) => instance_verbs::stop(args),
         Command::Start(args) => instance_verbs::start(args),
         Command::Rm(args) => instance_verbs::rm(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Update(args) => instance_verbs::update(args),
+        Command::Tag(args) => images::tag(args),
+        Command::System(args) => system::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),

@@ -66,6 +66,16 @@ pub enum Error {
     /// Setting up or tearing down the instance's network failed.
     #[error(transparent)]
     Network(#[from] lodge_net::NetError),
+    /// A create or start would take more than the effective limit of a
+    /// resource (see `resources`).
+    #[error("insufficient {resource}: {message}")]
+    InsufficientResources {
+        resource: &'static str,
+        message: String,
+    },
+    /// A setting from the environment is invalid.
+    #[error("{0}")]
+    BadConfig(String),
     /// A volume could not be found, or an attachment breaks its rules.
     #[error(transparent)]
     Volume(#[from] lodge_volumes::Error),

@@ -18,6 +18,15 @@
 //!   a volume later (hot-plugged into a running VM);
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
+//! - `admission`: the vCPU and memory limits and the boots in flight;
+//! - `resources`: host capacity, what instances hold, and the admission of
+//!   creates and starts;
+//! - `stats`: what a running VM costs the host (CPU, memory, network);
+//! - `health`, `health_checks`: workload health checks (policy, status,
+//!   probes) and their scheduling;
+//! - `policies`: TTL expiry and restart policies, enforced by the
+//!   daemon's supervisor (`policy`: their types and value syntax);
+//! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
@@ -26,8 +35,11 @@
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
+mod admission;
 mod create;
 pub mod error;
+pub mod health;
+mod health_checks;
 mod lifecycle;
 mod manager;
 mod monitor;
@@ -35,14 +47,22 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+pub mod policies;
+pub mod policy;
+mod resources;
 pub mod spec;
 pub mod state;
+mod stats;
 pub mod store;
+mod update;
 mod view;
 mod volumes;
 
 pub use error::Error;
 pub use manager::{image_users, volume_users, AgentEndpoint, Manager};
+pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use spec::{CreateRequest, RootRequest, RunOverrides, VolumeRequest};
 pub use state::State;
+pub use stats::InstanceStats;
+pub use update::InstanceUpdate;
 pub use view::{Instance, InstanceNetwork, VolumeMount};
