@@ -261,24 +261,34 @@ fn volumes_outlive_instances_and_follow_the_rules() {
         Some(&json!({"mount_path": "/hot", "readonly": true})),
     );
     assert_eq!(r.status, 409, "attached rw elsewhere: {}", r.text);
-    // A process holding the mount makes the detach fail, cleanly.
-    let (code, _, err) = exec(
-        &d,
-        "reader-b",
-        "cd /hot && (setsid sleep 600 < /dev/null > /dev/null 2>&1 &) ; echo ok",
-    );
-    assert_eq!(code, 0, "{err}");
+    // A process holding the mount makes the detach fail, cleanly: an exec
+    // whose working directory is the volume, running while we detach.
+    let mut holder = Command::new(common::LODGE)
+        .args([
+            "exec",
+            "reader-b",
+            "sh",
+            "-c",
+            "cd /hot && echo in && sleep 4",
+        ])
+        .env("LODGE_BASE_URL", &d.base)
+        .env("LODGE_API_KEY", &d.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lodge exec");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("read");
+    assert_eq!(first, "in\n");
     let r = d.api("DELETE", &format!("/instances/{b_id}/volumes/hot"), None);
     assert_eq!(r.status, 409, "busy: {}", r.text);
     assert_eq!(r.body["code"], "volume_busy", "{}", r.text);
     assert!(r.text.contains("busy"), "{}", r.text);
-    let (code, _, err) = exec(
-        &d,
-        "reader-b",
-        "for p in /proc/[0-9]*; do [ \"$(readlink $p/cwd)\" = /hot ] && kill -9 ${p#/proc/}; done; true",
-    );
-    assert_eq!(code, 0, "{err}");
-    // The killed process lets go of the mount as it dies.
+    assert!(holder.wait().expect("wait").success());
+    // The process has ended and let go of the mount.
     let detach_t = Instant::now();
     let r = common::wait_until("the volume to be released", Duration::from_secs(10), || {
         let r = d.api("DELETE", &format!("/instances/{b_id}/volumes/hot"), None);
