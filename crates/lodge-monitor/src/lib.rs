@@ -41,6 +41,7 @@
 mod capture;
 mod diag;
 mod guest_status;
+mod merge;
 mod pump;
 mod slot;
 pub mod status;
@@ -93,6 +94,11 @@ pub struct Config {
     /// and keep what it writes there as the guest's status channel: a
     /// bounded `status.log` and the derived `guest-status.json`.
     pub status_fd: Option<i32>,
+    /// Give the command the write end of another pipe as this descriptor
+    /// (>= 3, not `status_fd`): the workload's fast console, merged into
+    /// `app.log` with the command's stdout at line boundaries (see
+    /// `merge`).
+    pub console_fd: Option<i32>,
 }
 
 /// Why the monitor could not run the command. All of these happen before
@@ -128,6 +134,10 @@ pub enum MonitorError {
     /// `status_fd` was one of the command's stdio or negative.
     #[error("--status-fd must be 3 or more, got {0}")]
     StatusFd(i32),
+    /// `console_fd` was one of the command's stdio, negative, or the
+    /// status channel's.
+    #[error("--console-fd must be 3 or more and differ from --status-fd, got {0}")]
+    ConsoleFd(i32),
     /// The command line was empty.
     #[error("no command given (put it after `--`)")]
     NoCommand,
@@ -160,6 +170,9 @@ pub enum MonitorError {
     /// The status channel's pipe could not be made.
     #[error("cannot make the status channel's pipe")]
     StatusPipe(#[source] io::Error),
+    /// The fast console's pipe could not be made.
+    #[error("cannot make the fast console's pipe")]
+    ConsolePipe(#[source] io::Error),
     /// A status file could not be written.
     #[error("cannot write {}", path.display())]
     Status {
@@ -192,11 +205,32 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         Some(fd) => Some(StatusChannel::open(dir, fd)?),
         None => None,
     };
+    let fast_console = match config.console_fd {
+        Some(fd) => Some(
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map(|(read, write)| (fd, read, write))
+                .map_err(|err| MonitorError::ConsolePipe(err.into()))?,
+        ),
+        None => None,
+    };
 
     // Handlers first, so a child that dies at once is still noticed.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
-    let mut child = spawn(&config.command, status_channel.as_ref())?;
+    let mut inherit = Vec::new();
+    if let Some(channel) = &status_channel {
+        inherit.push((channel.write.as_raw_fd(), channel.fd));
+    }
+    if let Some((fd, _, write)) = &fast_console {
+        inherit.push((write.as_raw_fd(), *fd));
+    }
+    let mut child = spawn(&config.command, &inherit)?;
+    // Only the child may hold the fast console's write end now: its end of
+    // file is the VMM's exit.
+    let fast_console = fast_console.map(|(_, read, write)| {
+        drop(write);
+        read
+    });
     let started_at = SystemTime::now();
     let child_pid = child.id();
 
@@ -230,15 +264,16 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
                     diag(format_args!("enlarging a pipe: {err}"));
                 }
             }
+            if let Some(read) = &fast_console {
+                if let Err(err) = rustix::pipe::fcntl_setpipe_size(read, PIPE_SIZE) {
+                    diag(format_args!("enlarging a pipe: {err}"));
+                }
+            }
             let names = |pipe, log| pump::Names { pipe, log };
+            let mut consoles = vec![("serial", std::os::fd::OwnedFd::from(stdout))];
+            consoles.extend(fast_console.map(|read| ("fast", read)));
             [
-                pump::spawn(
-                    names("stdout", "app"),
-                    stdout,
-                    app,
-                    Arc::clone(&capture),
-                    |_| {},
-                ),
+                merge::spawn(consoles, app, Arc::clone(&capture)),
                 pump::spawn(
                     names("stderr", "vmm"),
                     stderr,
@@ -360,7 +395,10 @@ fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 
     [err(), err()]
 }
 
-fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, MonitorError> {
+fn spawn(
+    command: &[OsString],
+    inherit: &[(std::os::fd::RawFd, std::os::fd::RawFd)],
+) -> Result<Child, MonitorError> {
     let (program, args) = command.split_first().ok_or(MonitorError::NoCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -368,8 +406,8 @@ fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(channel) = status {
-        inherit_as(&mut cmd, channel.write.as_raw_fd(), channel.fd);
+    if !inherit.is_empty() {
+        inherit_as(&mut cmd, inherit);
     }
     // The VMM must not outlive its monitor (killed, crashed): nobody else
     // would collect its output or exit status. The monitor spawns from its
@@ -382,21 +420,36 @@ fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, 
         })
 }
 
-/// Makes the child get `from` as descriptor `to`, open across exec.
+/// Most descriptors handed to the child at once.
+const MAX_INHERIT: usize = 4;
+
+/// Makes the child get each `from` as descriptor `to`, open across exec.
+/// Every `from` is first duplicated above the targets, so a `from` that
+/// happens to equal another pair's `to` is not overwritten before use.
 #[allow(unsafe_code)]
-fn inherit_as(cmd: &mut Command, from: std::os::fd::RawFd, to: std::os::fd::RawFd) {
+fn inherit_as(cmd: &mut Command, pairs: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
+    let mut fixed = [(-1, -1); MAX_INHERIT];
+    let count = pairs.len().min(MAX_INHERIT);
+    fixed[..count].copy_from_slice(&pairs[..count]);
+    let floor = pairs.iter().map(|&(_, to)| to).max().unwrap_or(2) + 1;
     // SAFETY: the closure runs between fork and exec and makes only the
-    // async-signal-safe dup2 and fcntl calls: no allocation, no locks.
+    // async-signal-safe fcntl and dup2 calls on a fixed array: no
+    // allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
-            let done = if from == to {
-                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
-                libc::fcntl(to, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(from, to)
-            };
-            if done == -1 {
-                return Err(io::Error::last_os_error());
+            let mut temps = [-1; MAX_INHERIT];
+            for (temp, &(from, _)) in temps.iter_mut().zip(&fixed[..count]) {
+                *temp = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, floor);
+                if *temp == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&temp, &(_, to)) in temps.iter().zip(&fixed[..count]) {
+                // dup2 clears FD_CLOEXEC on the target; the temporaries
+                // keep it and vanish at exec.
+                if libc::dup2(temp, to) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -461,6 +514,7 @@ mod tests {
             max_files: 2,
             command: ["sh", "-c", script].iter().map(OsString::from).collect(),
             status_fd: Some(3),
+            console_fd: None,
         };
         assert_eq!(run(&config)?, 3);
         let status = read_guest_status(dir.path())?.unwrap_or_default();

@@ -259,6 +259,11 @@ pub struct SuperviseArgs {
     /// guest-status.json
     #[arg(long, allow_hyphen_values = true)]
     pub status_fd: Option<String>,
+    /// Give the command a pipe as this descriptor (3 or more, not the
+    /// status one) for the workload's fast console, merged into app.log
+    /// with stdout at line boundaries
+    #[arg(long, allow_hyphen_values = true)]
+    pub console_fd: Option<String>,
     /// The command to run, after `--`
     #[arg(last = true, num_args = 0..)]
     pub command: Vec<OsString>,

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use lodge_common::paths::Paths;
+
 
 /// Where the daemon keeps its state and listens.
 #[derive(Debug, Clone)]
@@ -29,6 +31,21 @@ pub struct Config {
     /// `LODGE_BENCH_ENDPOINTS=1`: serve the benchmark-only agent throughput
     /// route (`scripts/bench-exec.sh`). Off by default.
     pub bench_endpoints: bool,
+    /// `LODGE_CONSOLE`: where new instances' workloads write (`virtio`, the
+    /// default: a fast virtio console; `serial`: the UART only).
+    pub console: ConsoleKind,
+}
+
+/// The console the workload writes to. Both end up in `logs/app.log`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// The UART (`ttyS0`) only, like the kernel.
+    #[default]
+    Serial,
+    /// A virtio console (`hvc0`) for the workload; the kernel and lodge's
+    /// init keep the UART.
+    Virtio,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lodge";
@@ -64,7 +81,9 @@ impl Config {
             std::env::var("LODGE_BENCH_ENDPOINTS").ok().as_deref(),
             Some("1" | "true" | "yes")
         );
+        let console = console_from(std::env::var("LODGE_CONSOLE").ok().as_deref())?;
         Ok(Config {
+            console,
             bench_endpoints,
             network,
             data_dir,
@@ -84,6 +103,16 @@ impl Config {
 
     pub fn guests_dir(&self) -> PathBuf {
         self.paths().guests_dir()
+    }
+}
+
+/// `LODGE_CONSOLE`: `virtio` (unset, also `hvc`/`fast`) or `serial`
+/// (also `ttyS0`/`uart`).
+pub fn console_from(value: Option<&str>) -> Result<ConsoleKind> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "virtio" | "hvc" | "hvc0" | "fast") => Ok(ConsoleKind::Virtio),
+        Some("serial" | "ttys0" | "uart") => Ok(ConsoleKind::Serial),
+        Some(other) => bail!("LODGE_CONSOLE {other:?}: expected virtio or serial"),
     }
 }
 

@@ -40,6 +40,13 @@ pub const CONSOLE_CHARDEV: &str = "console";
 pub const STATUS_CHARDEV: &str = "status";
 /// The QEMU fd set holding the status channel's inherited descriptor.
 pub const STATUS_FDSET: u32 = 1;
+/// Chardev id of the workload's fast console (virtio console, guest `hvc0`).
+pub const FAST_CONSOLE_CHARDEV: &str = "fastcon";
+/// The QEMU fd set holding the fast console's inherited descriptor.
+pub const FAST_CONSOLE_FDSET: u32 = 2;
+/// Name of the fast console's virtio-serial port (in the guest's
+/// `/sys/class/virtio-ports/*/name`).
+pub const FAST_CONSOLE_PORT: &str = "org.lodge.console";
 /// Chardev id of the QMP control socket.
 pub const QMP_CHARDEV: &str = "qmp";
 /// Chardev id of the agent's virtio-serial channel.
@@ -210,6 +217,28 @@ pub fn build_argv(
             ))
             .kv("name", &chan.port_name)
             .done(),
+        ]);
+    }
+
+    // The workload's fast console: a virtio console on its own
+    // virtio-serial bus (port 0, the guest's `hvc0`), written into the pipe
+    // the monitor passed as `console_fd`. The virtio port moves a page per
+    // guest exit where the UART traps on every byte; when the pipe is full
+    // QEMU throttles the port and the guest waits (no byte is dropped).
+    if let Some(fd) = cfg.console_fd {
+        push(&[
+            &"-add-fd",
+            &format!("fd={fd},set={FAST_CONSOLE_FDSET},opaque={FAST_CONSOLE_CHARDEV}"),
+            &"-chardev",
+            &format!(
+                "file,id={FAST_CONSOLE_CHARDEV},path=/dev/fdset/{FAST_CONSOLE_FDSET},append=on"
+            ),
+            &"-device",
+            &"virtio-serial-pci,id=vcon0,max_ports=1",
+            &"-device",
+            &format!(
+                "virtconsole,bus=vcon0.0,chardev={FAST_CONSOLE_CHARDEV},name={FAST_CONSOLE_PORT}"
+            ),
         ]);
     }
 
