@@ -34,6 +34,10 @@ pub struct Config {
     /// `LODGE_CONSOLE`: where new instances' workloads write (`virtio`, the
     /// default: a fast virtio console; `serial`: the UART only).
     pub console: ConsoleKind,
+    /// `LODGE_KERNEL_ARGS`: appended to every guest kernel command line
+    /// (e.g. `loglevel=7` to see the kernel's boot lines in the console
+    /// log despite `quiet`). Empty by default.
+    pub kernel_args: String,
 }
 
 /// The console the workload writes to. Both end up in `logs/app.log`.
@@ -82,7 +86,12 @@ impl Config {
             Some("1" | "true" | "yes")
         );
         let console = console_from(std::env::var("LODGE_CONSOLE").ok().as_deref())?;
+        let kernel_args = std::env::var("LODGE_KERNEL_ARGS").unwrap_or_default();
+        if kernel_args.contains(['\0', '\n', '\r']) {
+            bail!("LODGE_KERNEL_ARGS must be one line");
+        }
         Ok(Config {
+            kernel_args: kernel_args.trim().to_string(),
             console,
             bench_endpoints,
             network,

@@ -53,11 +53,18 @@ const CONSOLE_FD: i32 = 4;
 
 /// Tells lodge's guest init to give the workload the virtio console
 /// (`lodge_guest::FAST_CONSOLE_FLAG`); the kernel keeps `ttyS0`.
-fn kernel_cmdline(console: ConsoleKind) -> String {
-    match console {
-        ConsoleKind::Serial => KERNEL_CMDLINE.to_string(),
-        ConsoleKind::Virtio => format!("{KERNEL_CMDLINE} {}", lodge_guest::FAST_CONSOLE_FLAG),
+/// Then the operator's `LODGE_KERNEL_ARGS`, last so they win.
+fn kernel_cmdline(console: ConsoleKind, extra: &str) -> String {
+    let mut cmdline = KERNEL_CMDLINE.to_string();
+    if console == ConsoleKind::Virtio {
+        cmdline.push(' ');
+        cmdline.push_str(lodge_guest::FAST_CONSOLE_FLAG);
     }
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
 }
 
 /// How long a monitor may take to hold its lock and record its child.
@@ -115,7 +122,7 @@ impl Launcher {
             memory_bytes: meta.memory_bytes,
             kernel: kernel_image(&self.cfg.system_dir),
             initrd: self.cfg.system_dir.join("initrd.img"),
-            cmdline: kernel_cmdline(meta.console),
+            cmdline: kernel_cmdline(meta.console, &self.cfg.kernel_args),
             disks: vec![
                 DiskConfig::raw(
                     meta.root_disk.clone().unwrap_or_else(|| paths.rootfs()),
