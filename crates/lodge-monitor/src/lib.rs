@@ -496,6 +496,48 @@ fn kill_group(child: &Child, signal: Signal) {
 mod tests {
     use super::*;
 
+    /// With both channels, the command gets the status pipe as 3 and the
+    /// fast console as 4 (whatever descriptors the monitor's ends had), and
+    /// the fast console lands in app.log after what stdout wrote before it.
+    #[test]
+    fn the_fast_console_is_merged_into_app_log() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let config = Config {
+            log_dir: dir.path().to_owned(),
+            max_size: 1 << 20,
+            max_files: 2,
+            command: [
+                "sh",
+                "-c",
+                "echo serial; echo fast >&4; echo 'lodge-init: exited code=0' >&3; \
+                 echo more-serial; printf 'fast-end\\n' >&4",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+            status_fd: Some(3),
+            console_fd: Some(4),
+        };
+        assert_eq!(run(&config)?, 0);
+        let app = std::fs::read_to_string(dir.path().join("app.log"))?;
+        let lines: Vec<&str> = app.lines().collect();
+        assert_eq!(lines.len(), 4, "{app:?}");
+        assert_eq!(lines[0], "serial");
+        let pos = |l: &str| lines.iter().position(|x| *x == l);
+        assert!(pos("fast") < pos("fast-end"), "{app:?}");
+        assert!(pos("serial") < pos("more-serial"), "{app:?}");
+        let status = std::fs::read_to_string(dir.path().join(STATUS_LOG))?;
+        assert_eq!(status, "lodge-init: exited code=0\n");
+        assert!(matches!(
+            run(&Config {
+                console_fd: Some(3),
+                ..config
+            }),
+            Err(MonitorError::ConsoleFd(3))
+        ));
+        Ok(())
+    }
+
     /// The whole status route with a real pipe: the command writes init's
     /// lines and a flood to its descriptor 3; the log stays within its
     /// bound, the record holds the last real line, and nothing is left

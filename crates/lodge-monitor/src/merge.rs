@@ -261,3 +261,96 @@ fn run(merge: &mut Merge, writer: &mut RotatingWriter, capture: &Capture) {
         merge.flush(writer, capture);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lodge_logs::Source;
+    use std::io::Write;
+
+    fn pipe() -> io::Result<(OwnedFd, std::fs::File)> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        Ok((read, std::fs::File::from(write)))
+    }
+
+    /// Two channels: the earlier channel's bytes first, a channel's open
+    /// line finished before the other writes, a line left open longer than
+    /// `LINE_WAIT` no longer holds the other back, and every byte of each
+    /// channel kept in order.
+    #[test]
+    fn channels_merge_at_line_boundaries() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let writer = RotatingWriter::open(dir.path(), Source::App, 1 << 20, 2)?;
+        let capture = Arc::new(Capture::create(dir.path()));
+        let (serial_r, mut serial) = pipe()?;
+        let (fast_r, mut fast) = pipe()?;
+        let pump = spawn(vec![("serial", serial_r), ("fast", fast_r)], writer, capture)?;
+        let pause = |ms| thread::sleep(Duration::from_millis(ms));
+
+        serial.write_all(b"boot\n")?;
+        fast.write_all(b"f1\n")?;
+        pause(20);
+        serial.write_all(b"part")?;
+        pause(20);
+        fast.write_all(b"f2\nf3\n")?;
+        pause(20);
+        serial.write_all(b"ial\n")?;
+        pause(20);
+        fast.write_all(b"prompt> ")?;
+        pause(LINE_WAIT.as_millis() as u64 + 150);
+        serial.write_all(b"late\n")?;
+        for i in 0..5000 {
+            writeln!(fast, "bulk {i}")?;
+        }
+        drop(serial);
+        drop(fast);
+        let writer = pump.join().map_err(|_| "pump panicked")?;
+        writer.finish()?;
+
+        let text = std::fs::read_to_string(dir.path().join("app.log"))?;
+        let mut want = String::from("boot\nf1\npartial\nf2\nf3\nprompt> late\n");
+        for i in 0..5000 {
+            want.push_str(&format!("bulk {i}\n"));
+        }
+        assert_eq!(text, want);
+        Ok(())
+    }
+
+    /// A single channel that trickles one byte per write is appended in
+    /// larger pieces and loses nothing.
+    #[test]
+    fn one_channel_byte_by_byte() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let writer = RotatingWriter::open(dir.path(), Source::App, 4096, 100)?;
+        let capture = Arc::new(Capture::create(dir.path()));
+        let (serial_r, mut serial) = pipe()?;
+        let pump = spawn(vec![("serial", serial_r)], writer, capture)?;
+        let mut want = Vec::new();
+        for i in 0..20_000u32 {
+            let b = b'a' + (i % 26) as u8;
+            let b = if i % 61 == 60 { b'\n' } else { b };
+            serial.write_all(&[b])?;
+            want.push(b);
+        }
+        drop(serial);
+        pump.join().map_err(|_| "pump panicked")?.finish()?;
+        let mut segs: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let seq = match name.strip_prefix("app.log")? {
+                    "" => u64::MAX,
+                    rest => rest.strip_prefix('.')?.parse().ok()?,
+                };
+                Some((seq, e.path()))
+            })
+            .collect();
+        segs.sort();
+        let mut got = Vec::new();
+        for (_, path) in segs {
+            got.extend(std::fs::read(path)?);
+        }
+        assert!(got == want, "{} bytes kept of {}", got.len(), want.len());
+        Ok(())
+    }
+}

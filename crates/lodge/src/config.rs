@@ -178,6 +178,15 @@ pub fn data_dir_from_env() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn console_kind_from_env() {
+        assert_eq!(console_from(None).unwrap(), ConsoleKind::Virtio);
+        assert_eq!(console_from(Some("virtio")).unwrap(), ConsoleKind::Virtio);
+        assert_eq!(console_from(Some(" Serial ")).unwrap(), ConsoleKind::Serial);
+        assert_eq!(console_from(Some("ttyS0")).unwrap(), ConsoleKind::Serial);
+        assert!(console_from(Some("vga")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -550,6 +550,48 @@ mod tests {
         }
     }
 
+    /// With `console_fd`, the workload's fast console is a virtio console
+    /// on its own virtio-serial bus writing into the inherited pipe; the
+    /// serial console stays where it was.
+    #[test]
+    fn fast_console_on_an_inherited_fd() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/q.sock", "/s.log");
+        cfg.status_fd = Some(3);
+        cfg.console_fd = Some(4);
+        let built = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let argv = argv_strings(&built);
+        let at = argv
+            .iter()
+            .position(|a| *a == "fd=4,set=2,opaque=fastcon")
+            .expect("-add-fd");
+        assert_eq!(
+            argv[at - 1..at + 7],
+            [
+                "-add-fd",
+                "fd=4,set=2,opaque=fastcon",
+                "-chardev",
+                "file,id=fastcon,path=/dev/fdset/2,append=on",
+                "-device",
+                "virtio-serial-pci,id=vcon0,max_ports=1",
+                "-device",
+                "virtconsole,bus=vcon0.0,chardev=fastcon,name=org.lodge.console",
+            ]
+        );
+        let serials: Vec<_> = argv
+            .windows(2)
+            .filter(|w| w[0] == "-serial")
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(serials, ["chardev:console", "chardev:status"]);
+        for bad in [2, 3] {
+            cfg.console_fd = Some(bad);
+            assert!(matches!(
+                build_argv(OsStr::new("qemu"), &tcg(), &cfg),
+                Err(ConfigError::ConsoleFd(_))
+            ));
+        }
+    }
+
     #[test]
     fn invalid_nic_builds_nothing() {
         let mut cfg = VmConfig::new("i", "n", "/k", "/i", "/q.sock", "/s.log");
