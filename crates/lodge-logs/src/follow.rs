@@ -105,6 +105,25 @@ impl Follower {
         })
     }
 
+    /// Where this follower's next byte is, if it holds nothing older: the
+    /// point a [`crate::read_window_to`] view must stop at to hand over to
+    /// it. `None` while rotated segments are queued (a tail of lines).
+    pub fn start_point(&self) -> Option<crate::StartPoint> {
+        if !self.position.segments.is_empty() {
+            return None;
+        }
+        Some(match &self.position.tip {
+            Some(tip) => crate::StartPoint {
+                seq: tip.seq,
+                offset: tip.pos,
+            },
+            None => crate::StartPoint {
+                seq: self.position.next_seq,
+                offset: 0,
+            },
+        })
+    }
+
     /// The next bytes of the log, blocking until there are some; `None` once
     /// the log is finished (see [`Follow`]). Chunks are at most 64 KiB and
     /// are cut wherever the reads fell, not at line ends.

@@ -35,5 +35,5 @@ pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
 pub use lodge_common::size::{ByteSize, SizeError};
 pub use segment::{Source, UnknownSource};
 pub use tail::{InvalidTail, Tail};
-pub use timed::{read_window, TimedLine, Window};
+pub use timed::{read_window, read_window_to, StartPoint, TimedLine, Window};
 pub use writer::{RotatingWriter, WriterError};

@@ -39,6 +39,14 @@ pub struct Window {
     pub until: Option<SystemTime>,
 }
 
+/// A place in a log: byte `offset` of segment `seq` (the live file has the
+/// number it will get when rotated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    pub seq: u64,
+    pub offset: u64,
+}
+
 /// A line, or a piece of a long one, with the time it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedLine {
@@ -53,6 +61,7 @@ pub struct TimedLine {
 
 /// One file of the snapshot.
 struct Seg {
+    seq: u64,
     file: File,
     len: u64,
     entries: Vec<Entry>,
@@ -91,7 +100,12 @@ fn snapshot(dir: &Path, base: &str) -> Result<Vec<Seg>, ReadError> {
         for (seq, file) in files {
             let len = file.metadata()?.len();
             let entries = read_index(dir, base, seq)?;
-            segs.push(Seg { file, len, entries });
+            segs.push(Seg {
+                seq,
+                file,
+                len,
+                entries,
+            });
         }
         return Ok(segs);
     }
@@ -106,7 +120,28 @@ pub fn read_window(
     window: Window,
     tail: Tail,
 ) -> Result<Vec<TimedLine>, ReadError> {
-    let segs = snapshot(dir, source.file_name())?;
+    read_window_to(dir, source, window, tail, None)
+}
+
+/// [`read_window`] of the log up to `stop` only (see
+/// [`crate::Follower::start_point`]), for a follower started at `stop`
+/// to continue without gap or duplicate.
+pub fn read_window_to(
+    dir: &Path,
+    source: Source,
+    window: Window,
+    tail: Tail,
+    stop: Option<StartPoint>,
+) -> Result<Vec<TimedLine>, ReadError> {
+    let mut segs = snapshot(dir, source.file_name())?;
+    if let Some(stop) = stop {
+        segs.retain(|s| s.seq <= stop.seq);
+        for seg in &mut segs {
+            if seg.seq == stop.seq {
+                seg.len = seg.len.min(stop.offset);
+            }
+        }
+    }
     let start = match window.since {
         Some(since) => match first_entry_at_or_after(&segs, micros_of(since)) {
             Some(at) => skip_partial_line(&segs, at)?,
@@ -232,7 +267,7 @@ fn read_forward(
     let mut piece_time: Option<u64> = None;
     let mut piece_starts = true;
     let mut buf = vec![0u8; BLOCK];
-    let mut push = |out: &mut VecDeque<TimedLine>,
+    let push = |out: &mut VecDeque<TimedLine>,
                     kept: &mut usize,
                     bytes: Vec<u8>,
                     t: Option<u64>,

@@ -287,6 +287,16 @@ pub struct LogsArgs {
     /// escaped (\x1b); output to a pipe or file is always byte-exact
     #[arg(long)]
     pub raw: bool,
+    /// Prefix each line with the time it was written (RFC 3339, UTC)
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Only lines written at or after this time: RFC 3339, Unix seconds,
+    /// or a duration ago (10m, 1h30m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written before this time (same forms as --since)
+    #[arg(long, conflicts_with = "follow")]
+    pub until: Option<String>,
     /// Instance id, name or unique id prefix
     #[arg(required_unless_present = "dir")]
     pub instance: Option<String>,
