@@ -79,7 +79,7 @@ fn snapshot(dir: &Path, base: &str) -> Result<Vec<Seg>, ReadError> {
         let seqs = list()?;
         let mut files = Vec::with_capacity(seqs.len() + 1);
         for &seq in &seqs {
-            match File::open(dir.join(segment_name(base, seq))) {
+            match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
                 Ok(file) => files.push((seq, file)),
                 // Deleted by retention since the listing: look again.
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue 'attempt,
@@ -87,7 +87,7 @@ fn snapshot(dir: &Path, base: &str) -> Result<Vec<Seg>, ReadError> {
             }
         }
         let live_seq = seqs.last().map_or(1, |s| s + 1);
-        match File::open(dir.join(base)) {
+        match crate::segment::open_log(&dir.join(base)) {
             Ok(file) => files.push((live_seq, file)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err.into()),
