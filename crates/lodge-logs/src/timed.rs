@@ -268,15 +268,21 @@ fn read_forward(
     let mut piece_starts = true;
     let mut buf = vec![0u8; BLOCK];
     let push = |out: &mut VecDeque<TimedLine>,
-                    kept: &mut usize,
-                    bytes: Vec<u8>,
-                    t: Option<u64>,
-                    starts: bool| {
+                kept: &mut usize,
+                bytes: Vec<u8>,
+                t: Option<u64>,
+                starts: bool| {
         if starts {
             *kept += 1;
         }
         out.push_back(TimedLine {
-            time: t.map(|m| Entry { offset: 0, micros: m }.time()),
+            time: t.map(|m| {
+                Entry {
+                    offset: 0,
+                    micros: m,
+                }
+                .time()
+            }),
             bytes,
             starts_line: starts,
         });

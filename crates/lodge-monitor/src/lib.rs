@@ -196,10 +196,10 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         .ok_or_else(|| MonitorError::Busy(dir.to_owned()))?;
     // Both logs keep a time index beside each segment (for --since and
     // --timestamps); the bytes of the logs are untouched by it.
-    let app = RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?
-        .time_index(true);
-    let vmm = RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?
-        .time_index(true);
+    let app =
+        RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?.time_index(true);
+    let vmm =
+        RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?.time_index(true);
     let status_err = |name: &str| {
         let path = dir.join(name);
         move |source| MonitorError::Status { path, source }

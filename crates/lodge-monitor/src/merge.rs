@@ -121,7 +121,8 @@ impl Merge {
             c.len > 0
                 && (c.fd.is_none()
                     || c.len >= COALESCE_FULL
-                    || c.since.is_some_and(|t| now.duration_since(t) >= COALESCE_WAIT))
+                    || c.since
+                        .is_some_and(|t| now.duration_since(t) >= COALESCE_WAIT))
         })
     }
 
@@ -284,7 +285,11 @@ mod tests {
         let capture = Arc::new(Capture::create(dir.path()));
         let (serial_r, mut serial) = pipe()?;
         let (fast_r, mut fast) = pipe()?;
-        let pump = spawn(vec![("serial", serial_r), ("fast", fast_r)], writer, capture)?;
+        let pump = spawn(
+            vec![("serial", serial_r), ("fast", fast_r)],
+            writer,
+            capture,
+        )?;
         let pause = |ms| thread::sleep(Duration::from_millis(ms));
 
         serial.write_all(b"boot\n")?;

@@ -79,7 +79,12 @@ pub(crate) fn spawn<R: Read + Send + 'static>(
 
 /// Writes all of `data`, waiting out failures; reports a stall once and
 /// its end once.
-pub(crate) fn write_all_retrying(log: &str, writer: &mut impl io::Write, mut data: &[u8], capture: &Capture) {
+pub(crate) fn write_all_retrying(
+    log: &str,
+    writer: &mut impl io::Write,
+    mut data: &[u8],
+    capture: &Capture,
+) {
     let mut pause = FIRST_PAUSE;
     let mut failing = false;
     while !data.is_empty() {

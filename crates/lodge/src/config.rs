@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use lodge_common::paths::Paths;
-
+use serde::{Deserialize, Serialize};
 
 /// Where the daemon keeps its state and listens.
 #[derive(Debug, Clone)]
@@ -180,10 +179,19 @@ pub fn data_dir_from_env() -> PathBuf {
 mod tests {
     #[test]
     fn console_kind_from_env() {
-        assert_eq!(console_from(None).unwrap(), ConsoleKind::Virtio);
-        assert_eq!(console_from(Some("virtio")).unwrap(), ConsoleKind::Virtio);
-        assert_eq!(console_from(Some(" Serial ")).unwrap(), ConsoleKind::Serial);
-        assert_eq!(console_from(Some("ttyS0")).unwrap(), ConsoleKind::Serial);
+        assert_eq!(console_from(None).expect("valid"), ConsoleKind::Virtio);
+        assert_eq!(
+            console_from(Some("virtio")).expect("valid"),
+            ConsoleKind::Virtio
+        );
+        assert_eq!(
+            console_from(Some(" Serial ")).expect("valid"),
+            ConsoleKind::Serial
+        );
+        assert_eq!(
+            console_from(Some("ttyS0")).expect("valid"),
+            ConsoleKind::Serial
+        );
         assert!(console_from(Some("vga")).is_err());
     }
 

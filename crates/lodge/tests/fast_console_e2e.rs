@@ -127,7 +127,9 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
     let logs = d.guests_dir().join(&id).join("logs");
     // Attached while the VM boots: they see everything from byte 0.
     common::wait_until("the monitor", BOOT, || {
-        logs.join(lodge_monitor::MONITOR_JSON).exists().then_some(())
+        logs.join(lodge_monitor::MONITOR_JSON)
+            .exists()
+            .then_some(())
     });
     let (mut f1, out1) = follower(&logs);
     let (mut f2, out2) = follower(&logs);
@@ -189,8 +191,8 @@ fn serial_console_mode_still_works() {
     let text = String::from_utf8(retained(&logs)).expect("utf-8");
     check_workload_lines(&text, 200, "app.log");
     assert!(text.contains("no-hvc"), "{text}");
-    let meta = std::fs::read_to_string(d.guests_dir().join(&id).join("metadata.json"))
-        .expect("metadata");
+    let meta =
+        std::fs::read_to_string(d.guests_dir().join(&id).join("metadata.json")).expect("metadata");
     let meta: serde_json::Value = serde_json::from_str(&meta).expect("json");
     assert_eq!(meta["console"], "serial", "{meta}");
 }

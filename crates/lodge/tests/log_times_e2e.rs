@@ -132,10 +132,7 @@ fn since_until_and_timestamps_across_rotation_and_restart() {
         );
     }
     let logs = d.guests_dir().join(&id).join("logs");
-    assert!(
-        logs.join("app.log.00000001").exists(),
-        "B rotated app.log"
-    );
+    assert!(logs.join("app.log.00000001").exists(), "B rotated app.log");
 
     let ab = midpoint(last("A"), first("B"));
     let bc = midpoint(last("B"), first("C"));
@@ -163,13 +160,12 @@ fn since_until_and_timestamps_across_rotation_and_restart() {
 
     // Straight from the directory, and with a tail of the window.
     let dir = logs.to_str().expect("utf-8 path");
-    let out = d.lodge(&["logs", "--dir", dir, "--since", &bc, "--until", &cd, "--tail", "2"]);
+    let out = d.lodge(&[
+        "logs", "--dir", dir, "--since", &bc, "--until", &cd, "--tail", "2",
+    ]);
     assert_eq!(workload_lines(&out), ["C 2", "C 3"]);
     // Through the API's SSE with timestamps.
-    let q = format!(
-        "tail=2&since={}&timestamps=true",
-        cd.replace(':', "%3A")
-    );
+    let q = format!("tail=2&since={}&timestamps=true", cd.replace(':', "%3A"));
     let events = d.log_lines(&id, &q);
     assert_eq!(events.len(), 2, "{events:?}");
     for (event, want) in events.iter().zip(["D 2", "D 3"]) {

@@ -124,7 +124,11 @@ impl FastConsole {
     /// virtio driver loads). `Err` says why it could not be used.
     pub fn open_if_asked(timeout: Duration) -> Option<Result<Self, String>> {
         let asked = std::fs::read_to_string("/proc/cmdline")
-            .map(|cmdline| cmdline.split_whitespace().any(|arg| arg == FAST_CONSOLE_FLAG))
+            .map(|cmdline| {
+                cmdline
+                    .split_whitespace()
+                    .any(|arg| arg == FAST_CONSOLE_FLAG)
+            })
             .unwrap_or(false);
         if !asked {
             return None;

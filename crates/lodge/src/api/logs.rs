@@ -113,7 +113,9 @@ pub async fn logs(
                     follow,
                 )?),
             };
-            let stop = follower.as_ref().and_then(lodge_logs::Follower::start_point);
+            let stop = follower
+                .as_ref()
+                .and_then(lodge_logs::Follower::start_point);
             let lines = lodge_logs::read_window_to(&dir, source, window, tail, stop)?;
             Ok::<_, lodge_logs::ReadError>((lines, follower))
         })
@@ -179,7 +181,13 @@ fn line_events_stamped(
     stamps: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let ready: Vec<Event> = Vec::new();
-    let state = (LineSplitter::default(), follower, ready.into_iter(), false, true);
+    let state = (
+        LineSplitter::default(),
+        follower,
+        ready.into_iter(),
+        false,
+        true,
+    );
     stream::unfold(
         state,
         move |(mut splitter, mut follower, mut ready, mut done, mut starts)| async move {

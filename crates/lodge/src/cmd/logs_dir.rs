@@ -82,7 +82,13 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
 /// time index (see `lodge_logs::times`), then, with `-f`, what follows,
 /// handed over at the exact byte where the window's view ended. Followed
 /// lines are stamped when read (within the follow latency).
-fn run_timed(dir: &Path, args: &LogsArgs, source: Source, tail: Tail, follow: Follow) -> Result<u8> {
+fn run_timed(
+    dir: &Path,
+    args: &LogsArgs,
+    source: Source,
+    tail: Tail,
+    follow: Follow,
+) -> Result<u8> {
     let now = std::time::SystemTime::now();
     let point = |flag: &str, value: &Option<String>| -> Result<_> {
         value

@@ -35,12 +35,13 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
             })?),
             None => None,
         };
-    let console_fd = match &args.console_fd {
-        Some(text) => Some(text.parse::<i32>().map_err(|_| {
-            anyhow!("invalid --console-fd {text:?}: expected a descriptor number")
-        })?),
-        None => None,
-    };
+    let console_fd =
+        match &args.console_fd {
+            Some(text) => Some(text.parse::<i32>().map_err(|_| {
+                anyhow!("invalid --console-fd {text:?}: expected a descriptor number")
+            })?),
+            None => None,
+        };
     let config = lodge_monitor::Config {
         log_dir: args.log_dir,
         max_size: max_size.as_u64(),

@@ -175,8 +175,7 @@ impl Launcher {
         if let Some(fd) = vm.console_fd {
             cmd.arg("--console-fd").arg(fd.to_string());
         }
-        cmd.arg("--")
-            .args(argv.iter().map(OsString::as_os_str));
+        cmd.arg("--").args(argv.iter().map(OsString::as_os_str));
         let stderr = File::create(paths.monitor_stderr()).map_err(MonitorError::ErrorFile)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -61,7 +61,6 @@ pub struct Metadata {
     pub console: ConsoleKind,
 }
 
-
 /// An instance's place on the default network, persisted in its record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {
