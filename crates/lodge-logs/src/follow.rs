@@ -114,18 +114,18 @@ impl Follower {
     }
 
     /// Where this follower's next byte is, if it holds nothing older: the
-    /// point a [`crate::read_window_to`] view must stop at to hand over to
+    /// point a [`crate::timed::read_window_to`] view must stop at to hand over to
     /// it. `None` while rotated segments are queued (a tail of lines).
-    pub fn start_point(&self) -> Option<crate::StartPoint> {
+    pub fn start_point(&self) -> Option<crate::timed::StartPoint> {
         if !self.position.segments.is_empty() {
             return None;
         }
         Some(match &self.position.tip {
-            Some(tip) => crate::StartPoint {
+            Some(tip) => crate::timed::StartPoint {
                 seq: tip.seq,
                 offset: tip.pos,
             },
-            None => crate::StartPoint {
+            None => crate::timed::StartPoint {
                 seq: self.position.next_seq,
                 offset: 0,
             },

@@ -124,7 +124,7 @@ pub fn read_window(
 }
 
 /// [`read_window`] of the log up to `stop` only (see
-/// [`crate::Follower::start_point`]), for a follower started at `stop`
+/// [`crate::follow::Follower::start_point`]), for a follower started at `stop`
 /// to continue without gap or duplicate.
 pub fn read_window_to(
     dir: &Path,
