@@ -4,7 +4,7 @@
 # (target: lodge <= 1.0x tail).
 #
 # The stream is what a chatty guest gives the monitor: SIZE_MB of 80-byte
-# lines, one write() per line, through `lodge supervise` (which coalesces
+# lines, one write() per line, paced (see PACE), through `lodge supervise` (which coalesces
 # small appends for up to 1 ms). Both followers attach before the first
 # byte; each one's user+system CPU time is read from /proc when the stream
 # has ended and it printed every byte.
@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-20}
+# A pause of about 1 ms after every PACE lines: a console trickling output
+# (about 2 MB/s), not one burst the monitor can take in a few reads.
+PACE=${PACE:-32}
 lodge="${LODGE:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d "${BENCH_TMP:-/tmp}/lodge-bench-follow.XXXXXX")"
 pids=()
@@ -29,7 +32,9 @@ bytes=$((SIZE_MB * 1024 * 1024 / 80 * 80))
 writer="import os, sys, time
 while not os.path.exists('$work/go'): time.sleep(0.01)
 line = b'x' * 79 + b'\n'
-for _ in range($bytes // 80): os.write(1, line)"
+for i in range($bytes // 80):
+    os.write(1, line)
+    if i % $PACE == 0: time.sleep(0.001)"
 "$lodge" supervise --log-dir "$dir" --max-size 1GiB --max-files 2 -- python3 -c "$writer" &
 pids+=($!); monitor=$!
 until [ -e "$dir/monitor.json" ]; do sleep 0.01; done
