@@ -9,7 +9,9 @@
 # /dev/ttyS0 (the serial console, output processing already off), timing
 # each in the guest from /proc/uptime. Both streams land in app.log through
 # lodge's monitor with its usual backpressure, so the time includes the
-# whole pipeline. Afterwards the bytes in app.log are counted, so a stream
+# whole pipeline. The same `cat` into /dev/null (the guest's own cost of
+# producing the bytes under emulation, the ceiling) is shown for scale.
+# Afterwards the bytes in app.log are counted, so a stream
 # that lost bytes cannot look fast.
 #
 #   scripts/bench-console.sh            # FAST_MB=64 UART_MB=2
@@ -53,8 +55,10 @@ yes "console-bench 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJK" | head -c 
 up() { cut -d" " -f1 /proc/uptime; }
 t0=$(up); i=0; while [ $i -lt '"$FAST_MB"' ]; do cat /tmp/mib; i=$((i+1)); done; t1=$(up)
 t2=$(up); i=0; while [ $i -lt '"$UART_MB"' ]; do cat /tmp/mib > /dev/ttyS0; i=$((i+1)); done; t3=$(up)
+t4=$(up); i=0; while [ $i -lt '"$FAST_MB"' ]; do cat /tmp/mib > /dev/null; i=$((i+1)); done; t5=$(up)
 echo "BENCH fast '"$FAST_MB"' $t0 $t1"
 echo "BENCH uart '"$UART_MB"' $t2 $t3"
+echo "BENCH null '"$FAST_MB"' $t4 $t5"
 '
 id=$("$lodge" run -d --name bench-console --cpus 1 --memory 256MB \
     --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox" sh -c "$script")
@@ -76,7 +80,7 @@ for line in data.decode('utf-8', 'replace').splitlines():
     if line.startswith('BENCH '):
         _, kind, mb, t0, t1 = line.split()
         secs = float(t1) - float(t0)
-        rates[kind] = int(mb) * 1.048576 / secs
+        rates[kind] = int(mb) * 1.048576 / max(secs, 0.01)
         print(f"{kind}: {mb} MiB in {secs:.2f} s = {rates[kind]:.2f} MB/s")
 print(f"lines in app.log: {lines} of {want} written" + ("" if lines == want else "  (MISMATCH)"))
 if lines != want:

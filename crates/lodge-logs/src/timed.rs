@@ -64,11 +64,26 @@ struct Seg {
     seq: u64,
     file: File,
     len: u64,
-    entries: Vec<Entry>,
+    /// Where its index is; read only when needed (see [`Seg::entries`]).
+    dir: std::path::PathBuf,
+    base: &'static str,
+    entries: std::cell::OnceCell<Vec<Entry>>,
+}
+
+impl Seg {
+    /// The segment's index, read on first use: `--since` reads the
+    /// indexes of the newest segments only.
+    fn entries(&self) -> Result<&[Entry], ReadError> {
+        if self.entries.get().is_none() {
+            let loaded = read_index(&self.dir, self.base, self.seq)?;
+            return Ok(self.entries.get_or_init(|| loaded));
+        }
+        Ok(self.entries.get_or_init(Vec::new))
+    }
 }
 
 /// Opens `base`'s segments and live file together, oldest first.
-fn snapshot(dir: &Path, base: &str) -> Result<Vec<Seg>, ReadError> {
+fn snapshot(dir: &Path, base: &'static str) -> Result<Vec<Seg>, ReadError> {
     let list = || {
         list_segments(dir, base).map_err(|source| ReadError::Dir {
             path: dir.to_owned(),
@@ -99,12 +114,13 @@ fn snapshot(dir: &Path, base: &str) -> Result<Vec<Seg>, ReadError> {
         let mut segs = Vec::with_capacity(files.len());
         for (seq, file) in files {
             let len = file.metadata()?.len();
-            let entries = read_index(dir, base, seq)?;
             segs.push(Seg {
                 seq,
                 file,
                 len,
-                entries,
+                dir: dir.to_owned(),
+                base,
+                entries: std::cell::OnceCell::new(),
             });
         }
         return Ok(segs);
@@ -143,7 +159,7 @@ pub fn read_window_to(
         }
     }
     let start = match window.since {
-        Some(since) => match first_entry_at_or_after(&segs, micros_of(since)) {
+        Some(since) => match first_entry_at_or_after(&segs, micros_of(since))? {
             Some(at) => skip_partial_line(&segs, at)?,
             None => return Ok(Vec::new()),
         },
@@ -161,13 +177,25 @@ pub fn read_window_to(
 }
 
 /// (segment, offset) of the first index entry written at or after `at`.
-fn first_entry_at_or_after(segs: &[Seg], at: u64) -> Option<(usize, u64)> {
-    for (i, seg) in segs.iter().enumerate() {
-        if let Some(e) = seg.entries.iter().find(|e| e.micros >= at) {
-            return Some((i, e.offset.min(seg.len)));
+/// Times only grow along the log, so the search walks back from the
+/// newest segment and stops at the first one that began before `at`.
+fn first_entry_at_or_after(segs: &[Seg], at: u64) -> Result<Option<(usize, u64)>, ReadError> {
+    let mut found = None;
+    for (i, seg) in segs.iter().enumerate().rev() {
+        let entries = seg.entries()?;
+        let Some(first) = entries.first() else {
+            continue;
+        };
+        if first.micros >= at {
+            found = Some((i, first.offset.min(seg.len)));
+            continue;
         }
+        if let Some(e) = entries.iter().find(|e| e.micros >= at) {
+            found = Some((i, e.offset.min(seg.len)));
+        }
+        break;
     }
-    None
+    Ok(found)
 }
 
 /// Moves `at` to the start of the next line unless a line starts there.
@@ -258,7 +286,7 @@ fn read_forward(
     // The time of the entry at or before `start`.
     let mut time: Option<u64> = None;
     for seg in segs[..start.0.min(segs.len())].iter().rev() {
-        if let Some(e) = seg.entries.last() {
+        if let Some(e) = seg.entries()?.last() {
             time = Some(e.micros);
             break;
         }
@@ -297,9 +325,10 @@ fn read_forward(
     };
     for (i, seg) in segs.iter().enumerate().skip(start.0) {
         let mut off = if i == start.0 { start.1 } else { 0 };
-        let mut next_entry = seg.entries.partition_point(|e| e.offset <= off);
+        let entries = seg.entries()?;
+        let mut next_entry = entries.partition_point(|e| e.offset <= off);
         if next_entry > 0 {
-            time = Some(seg.entries[next_entry - 1].micros);
+            time = Some(entries[next_entry - 1].micros);
         }
         while off < seg.len {
             let want = ((seg.len - off) as usize).min(BLOCK);
@@ -311,8 +340,8 @@ fn read_forward(
                 let at = off + k as u64;
                 if piece.is_empty() && piece_starts {
                     // A line begins here: its time.
-                    while next_entry < seg.entries.len() && seg.entries[next_entry].offset <= at {
-                        time = Some(seg.entries[next_entry].micros);
+                    while next_entry < entries.len() && entries[next_entry].offset <= at {
+                        time = Some(entries[next_entry].micros);
                         next_entry += 1;
                     }
                     if let (Some(until), Some(t)) = (until, time) {
