@@ -38,6 +38,7 @@
 //! and diagnostics go through [`diag`], which ignores a failing stderr
 //! (the daemon's `monitor.err` sits on the same disk as the logs).
 
+mod blocking;
 mod capture;
 mod diag;
 mod guest_status;
@@ -229,12 +230,19 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         inherit.push((write.as_raw_fd(), *fd));
     }
     let mut child = spawn(&config.command, &inherit)?;
-    // Only the child may hold the fast console's write end now: its end of
+    // The child holds the fast console's write end now; our copy only
+    // keeps it blocking (see `blocking`) and is dropped soon, so its end of
     // file is the VMM's exit.
-    let fast_console = fast_console.map(|(_, read, write)| {
-        drop(write);
-        read
-    });
+    let (fast_console, keeper) = match fast_console {
+        Some((_, read, write)) => match blocking::Keeper::start(write) {
+            Ok(keeper) => (Some(read), Some(keeper)),
+            Err(err) => {
+                diag(format_args!("cannot watch the fast console: {err}"));
+                (Some(read), None)
+            }
+        },
+        None => (None, None),
+    };
     let started_at = SystemTime::now();
     let child_pid = child.id();
 
@@ -276,8 +284,9 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
             let names = |pipe, log| pump::Names { pipe, log };
             let mut consoles = vec![("serial", std::os::fd::OwnedFd::from(stdout))];
             consoles.extend(fast_console.map(|read| ("fast", read)));
+            let first_fast_byte = keeper.as_ref().map(blocking::Keeper::stopper);
             [
-                merge::spawn(consoles, app, Arc::clone(&capture)),
+                merge::spawn(consoles, app, Arc::clone(&capture), first_fast_byte),
                 pump::spawn(
                     names("stderr", "vmm"),
                     stderr,
@@ -292,6 +301,9 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
 
     let status = wait_forwarding(&mut child, &mut signals);
     let finished_at = SystemTime::now();
+    if let Some(keeper) = keeper {
+        keeper.finish();
+    }
 
     // Everything the command (and anything it left behind holding the
     // pipes) wrote is on disk, and the guest's last status line on record,

@@ -184,10 +184,14 @@ impl Merge {
 /// Starts the console pump over `channels` (name, read end), serial first;
 /// the thread returns the writer once every channel reached end of file
 /// and everything read was appended.
+///
+/// `first_fast_byte` is sent to (and dropped) when the first byte of a
+/// channel other than the first arrives (see `blocking`).
 pub(crate) fn spawn(
     channels: Vec<(&'static str, OwnedFd)>,
     mut writer: RotatingWriter,
     capture: Arc<Capture>,
+    first_fast_byte: Option<std::sync::mpsc::Sender<()>>,
 ) -> io::Result<JoinHandle<RotatingWriter>> {
     let mut built = Vec::with_capacity(channels.len());
     for (name, fd) in channels {
@@ -215,12 +219,17 @@ pub(crate) fn spawn(
                 // read actually fills become resident.
                 c.buf = vec![0u8; CHANNEL_BUF];
             }
-            run(&mut merge, &mut writer, &capture);
+            run(&mut merge, &mut writer, &capture, first_fast_byte);
             writer
         })
 }
 
-fn run(merge: &mut Merge, writer: &mut RotatingWriter, capture: &Capture) {
+fn run(
+    merge: &mut Merge,
+    writer: &mut RotatingWriter,
+    capture: &Capture,
+    mut first_fast_byte: Option<std::sync::mpsc::Sender<()>>,
+) {
     while !merge.done() {
         let now = Instant::now();
         let timeout = merge.timeout(now);
@@ -258,6 +267,12 @@ fn run(merge: &mut Merge, writer: &mut RotatingWriter, capture: &Capture) {
             for c in &mut merge.channels {
                 c.fill(now);
             }
+            if merge.channels.iter().skip(1).any(|c| c.len > 0) {
+                if let Some(tell) = first_fast_byte.take() {
+                    // The watch may already be over: nobody to tell.
+                    if tell.send(()).is_err() {}
+                }
+            }
         }
         merge.flush(writer, capture);
     }
@@ -289,6 +304,7 @@ mod tests {
             vec![("serial", serial_r), ("fast", fast_r)],
             writer,
             capture,
+            None,
         )?;
         let pause = |ms| thread::sleep(Duration::from_millis(ms));
 
@@ -329,7 +345,7 @@ mod tests {
         let writer = RotatingWriter::open(dir.path(), Source::App, 4096, 100)?;
         let capture = Arc::new(Capture::create(dir.path()));
         let (serial_r, mut serial) = pipe()?;
-        let pump = spawn(vec![("serial", serial_r)], writer, capture)?;
+        let pump = spawn(vec![("serial", serial_r)], writer, capture, None)?;
         let mut want = Vec::new();
         for i in 0..20_000u32 {
             let b = b'a' + (i % 26) as u8;

@@ -3,9 +3,11 @@
 //! the serial console (the kernel's and lodge-init's lines).
 //!
 //! - Megabytes of numbered lines through the fast console with rotation at
-//!   1 MiB and two followers attached the whole time: every line exactly
-//!   once and in order in the retained segments and in each follower's
-//!   output, no NUL byte anywhere.
+//!   1 MiB and two followers attached the whole time, and the monitor
+//!   frozen (SIGSTOP) for seconds in the middle so the pipe fills: every
+//!   line exactly once and in order in the retained segments and in each
+//!   follower's output, no NUL byte anywhere (QEMU drops a virtio console's
+//!   bytes on a full non-blocking pipe; the monitor keeps it blocking).
 //! - With a kernel that is not quiet (`LODGE_KERNEL_ARGS=loglevel=7`), the
 //!   kernel's boot lines come before the workload's first line.
 //! - `LODGE_CONSOLE=serial` still runs the workload on the UART.
@@ -30,7 +32,7 @@ const LINES: u64 = 120_000;
 /// Each line: `line <n> <pad>`; awk is busybox's, run in the guest.
 fn numbered_lines_script(lines: u64) -> String {
     format!(
-        "echo begin; awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) \
+        "echo begin; sleep 2; awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) \
          printf \"line %d ......................\\n\", i }}'; echo end"
     )
 }
@@ -134,6 +136,28 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
     let (mut f1, out1) = follower(&logs);
     let (mut f2, out2) = follower(&logs);
     let started = Instant::now();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(logs.join(lodge_monitor::MONITOR_JSON)).expect("monitor.json"),
+    )
+    .expect("json");
+    let monitor = record["pid"].as_u64().expect("pid").to_string();
+    // Freeze the monitor while the workload writes: the pipe fills and the
+    // guest must wait, not lose bytes.
+    common::wait_until("the workload to begin", BOOT, || {
+        String::from_utf8_lossy(&retained(&logs))
+            .contains("\nbegin\n")
+            .then_some(())
+    });
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &monitor])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    signal("-CONT");
     let v = d.wait_state(&id, "Stopped", BOOT);
     eprintln!("run took {:?}", started.elapsed());
     assert_eq!(v["exit_code"], 0, "{v}");
