@@ -80,6 +80,9 @@ impl Keeper {
 
     /// Ends the watch (the command exited) and waits for the copy to close.
     pub(crate) fn finish(self) {
+        // Sent, not just dropped: the console pump may still hold a clone.
+        // An error means the watch is over already.
+        if self.stop.send(()).is_err() {}
         drop(self.stop);
         if self.handle.join().is_err() {
             diag(format_args!("the fast console watch panicked"));
@@ -123,11 +126,32 @@ mod tests {
             assert!(Instant::now() < deadline, "never cleared");
             thread::sleep(Duration::from_millis(2));
         }
+        let held = keeper.stopper();
+        let finishing = Instant::now();
         keeper.finish();
+        assert!(
+            finishing.elapsed() < Duration::from_secs(1),
+            "finish waits for nobody, even with a stopper held"
+        );
+        drop(held);
         drop(theirs);
         // Every write end is closed: end of file.
         let mut buf = [0u8; 1];
         assert_eq!(rustix::io::read(&read, &mut buf)?, 0);
+        Ok(())
+    }
+
+    /// A command that never sets the flag (not QEMU) and exits at once:
+    /// the watch ends with it, not after its time limit.
+    #[test]
+    fn finish_ends_a_watch_that_saw_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let (_read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let keeper = Keeper::start(write)?;
+        let held = keeper.stopper();
+        let finishing = Instant::now();
+        keeper.finish();
+        assert!(finishing.elapsed() < Duration::from_secs(1));
+        drop(held);
         Ok(())
     }
 }
