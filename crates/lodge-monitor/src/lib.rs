@@ -5,10 +5,17 @@
 //! that descriptor (QEMU's second serial port writes there), and the
 //! monitor keeps a bounded `status.log` of it plus the last status line in
 //! `guest-status.json` (see `guest_status`), so a guest flooding its status
-//! port can neither fill the disk nor hide its real exit line.
+//! port can neither fill the disk nor hide its real exit line. With
+//! `console_fd` the VMM gets a fourth pipe, the workload's fast (virtio)
+//! console, which the monitor merges into `app.log` with stdout at line
+//! boundaries (see `merge`) and keeps blocking for the VMM (see
+//! `blocking`). Both logs keep a time index beside each segment (see
+//! `lodge_logs::times`).
 //!
-//! It is plain synchronous std code with three or four threads (signals
-//! and child status on the main thread, one pump per pipe) and no async
+//! It is plain synchronous std code with a handful of threads (signals
+//! and child status on the main thread, one console pump for stdout and
+//! the fast console, one pump per other pipe, a short-lived watch of the
+//! fast console's flags) and no async
 //! runtime, so it starts fast and stays within its memory budget. The
 //! sequence:
 //!
