@@ -476,4 +476,43 @@ mod tests {
         assert!(read_window(dir.path(), Source::App, since, Tail::All)?.is_empty());
         Ok(())
     }
+
+    /// A follower opened at the end, and a window read up to its start
+    /// point while the writer goes on (rotating): together they hold every
+    /// line once.
+    #[test]
+    fn a_window_hands_over_to_a_follower_without_gap_or_duplicate(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use crate::{Follow, Follower, MonitorLock};
+        let dir = tempfile::tempdir()?;
+        let lock = MonitorLock::acquire(dir.path(), Duration::from_secs(1))?.ok_or("locked")?;
+        let mut w = RotatingWriter::open(dir.path(), Source::App, 100, 1000)?.time_index(true);
+        for i in 0..30 {
+            w.write_all(format!("old {i}\n").as_bytes())?;
+        }
+        let mut follower = Follower::open(
+            dir.path(),
+            Source::App,
+            Tail::Lines(0),
+            Follow::UntilWriterExits,
+        )?;
+        let stop = follower.start_point();
+        assert!(stop.is_some());
+        for i in 0..30 {
+            w.write_all(format!("new {i}\n").as_bytes())?;
+        }
+        let window = read_window_to(dir.path(), Source::App, Window::default(), Tail::All, stop)?;
+        w.finish()?;
+        drop(lock);
+        let mut all: Vec<u8> = window.into_iter().flat_map(|l| l.bytes).collect();
+        while let Some(chunk) = follower.next_blocking()? {
+            all.extend(chunk);
+        }
+        let want: String = (0..30)
+            .map(|i| format!("old {i}\n"))
+            .chain((0..30).map(|i| format!("new {i}\n")))
+            .collect();
+        assert_eq!(String::from_utf8(all)?, want);
+        Ok(())
+    }
 }
