@@ -82,7 +82,9 @@ impl Keeper {
     pub(crate) fn finish(self) {
         // Sent, not just dropped: the console pump may still hold a clone.
         // An error means the watch is over already.
-        if self.stop.send(()).is_err() {}
+        match self.stop.send(()) {
+            Ok(()) | Err(_) => {}
+        }
         drop(self.stop);
         if self.handle.join().is_err() {
             diag(format_args!("the fast console watch panicked"));

@@ -270,7 +270,9 @@ fn run(
             if merge.channels.iter().skip(1).any(|c| c.len > 0) {
                 if let Some(tell) = first_fast_byte.take() {
                     // The watch may already be over: nobody to tell.
-                    if tell.send(()).is_err() {}
+                    match tell.send(()) {
+                        Ok(()) | Err(_) => {}
+                    }
                 }
             }
         }
