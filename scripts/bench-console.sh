@@ -67,7 +67,6 @@ until [ "$(state "$id")" = Stopped ]; do sleep 0.5; done
 
 logs="$LODGE_DATA_DIR/guests/$id/logs"
 cat $(ls "$logs"/app.log.* 2>/dev/null | sort -t. -k3 -n) "$logs/app.log" > "$work/all.log"
-cp "$work/all.log" /tmp/logs2-bench-all.log 2>/dev/null || true
 lines=$(grep -c '^console-bench ' "$work/all.log" || true)
 want=$(( (FAST_MB + UART_MB) * 16384 ))
 grep '^BENCH ' "$work/all.log"
