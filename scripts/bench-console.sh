@@ -66,7 +66,7 @@ state() { "$lodge" inspect "$1" | python3 -c 'import json,sys; print(json.load(s
 until [ "$(state "$id")" = Stopped ]; do sleep 0.5; done
 
 logs="$LODGE_DATA_DIR/guests/$id/logs"
-cat $(ls "$logs"/app.log.* 2>/dev/null | sort -t. -k3 -n) "$logs/app.log" > "$work/all.log"
+cat $(ls "$logs"/app.log.* 2>/dev/null | sort) "$logs/app.log" > "$work/all.log"
 lines=$(grep -c '^console-bench ' "$work/all.log" || true)
 want=$(( (FAST_MB + UART_MB) * 16384 ))
 grep '^BENCH ' "$work/all.log"
