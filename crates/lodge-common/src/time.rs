@@ -31,10 +31,84 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, TimeError> {
     })
 }
 
+/// `time` as RFC 3339, UTC, microsecond precision (log timestamps).
+pub fn rfc3339_micros(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// A `--since`/`--until` value, as docker takes them: an RFC 3339 time
+/// (`Z` or a `+HH:MM`/`-HH:MM` offset), Unix seconds (`1700000000.5`), or a
+/// duration before `now` (`10m`, `1h30m`, `90s`).
+pub fn parse_point_in_time(s: &str, now: SystemTime) -> Result<SystemTime, TimeError> {
+    let s = s.trim();
+    let fail = |reason: &str| TimeError {
+        input: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return now
+            .checked_sub(ago)
+            .ok_or_else(|| fail("too far in the past"));
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs));
+        }
+        return Err(fail("negative Unix time"));
+    }
+    if s.len() > 6 {
+        let (head, zone) = s.split_at(s.len() - 6);
+        let z = zone.as_bytes();
+        if (z[0] == b'+' || z[0] == b'-') && z[3] == b':' {
+            let hours: u64 = zone[1..3].parse().map_err(|_| fail("bad zone offset"))?;
+            let minutes: u64 = zone[4..6].parse().map_err(|_| fail("bad zone offset"))?;
+            let offset = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+            let local = parse_rfc3339(&format!("{head}Z"))?;
+            // Local time = UTC + offset, so UTC = local - offset.
+            let utc = if z[0] == b'+' {
+                local.checked_sub(offset)
+            } else {
+                local.checked_add(offset)
+            };
+            return utc.ok_or_else(|| fail("out of range"));
+        }
+    }
+    parse_rfc3339(s).map_err(|_| fail("expected RFC 3339, Unix seconds or a duration like 10m"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn points_in_time() -> Result<(), TimeError> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_point_in_time("10m", now)?,
+            now - Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_point_in_time("1h30m", now)?,
+            now - Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_point_in_time("1700000000.5", now)?,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)
+        );
+        let utc = parse_point_in_time("2023-11-14T22:13:20Z", now)?;
+        assert_eq!(utc, now);
+        assert_eq!(parse_point_in_time("2023-11-15T00:13:20+02:00", now)?, now);
+        assert_eq!(parse_point_in_time("2023-11-14T21:13:20-01:00", now)?, now);
+        assert_eq!(
+            parse_point_in_time("2023-11-14T22:13:20.25Z", now)?,
+            now + Duration::from_millis(250)
+        );
+        assert!(parse_point_in_time("yesterday", now).is_err());
+        assert!(parse_point_in_time("-5", now).is_err());
+        assert_eq!(rfc3339_micros(now), "2023-11-14T22:13:20.000000Z");
+        Ok(())
+    }
 
     #[test]
     fn formats_utc_millis() {

@@ -56,6 +56,14 @@ pub const SERIAL_CONFIG: &str = "lodge-config";
 /// The host wires it to a file with `-chardev file,...,append=on`.
 pub const STATUS_TTY: &str = "/dev/ttyS1";
 
+/// Kernel command-line flag asking `lodge-init` to give the workload the
+/// fast console, [`FAST_CONSOLE_DEVICE`] (a virtio console the host merges
+/// into the same console log), instead of the serial console.
+pub const FAST_CONSOLE_FLAG: &str = "lodge.console=hvc0";
+
+/// The workload's fast console in the guest.
+pub const FAST_CONSOLE_DEVICE: &str = "/dev/hvc0";
+
 /// Kernel command-line flag asking `lodge-init` to prove the guest boots:
 /// it prints [`SELFTEST_OK`] on the console and powers off at once.
 pub const SELFTEST_FLAG: &str = "lodge.selftest";

@@ -84,6 +84,13 @@ pub struct VmConfig {
     /// At least 3 (0 to 2 are the VMM's stdio). Absent in older configs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_fd: Option<i32>,
+    /// When set, the VM gets a fast console for the workload (QEMU: a
+    /// virtio console, the guest's `hvc0`) whose output goes to this
+    /// inherited descriptor, the write end of a pipe lodge's monitor reads
+    /// into the same console log as the serial console. At least 3, not
+    /// `status_fd`. Absent in older configs (serial console only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_fd: Option<i32>,
     /// Optional host<->guest byte channel for the guest agent.
     pub agent_channel: Option<VirtioSerialChannel>,
     /// Network interfaces, in the order the guest sees them; empty means
@@ -165,6 +172,10 @@ pub enum ConfigError {
     /// or negative.
     #[error("status channel descriptor must be 3 or more, got {0}")]
     StatusFd(i32),
+    /// The fast console's descriptor is one of the VMM's stdio (0 to 2),
+    /// negative, or the status channel's.
+    #[error("fast console descriptor must be 3 or more and not the status channel's, got {0}")]
+    ConsoleFd(i32),
     /// The id is empty or holds a control character.
     #[error("vm id {0:?} must be non-empty printable text")]
     InvalidId(String),
@@ -302,6 +313,7 @@ impl VmConfig {
             control_socket: control_socket.into(),
             status_file: status_file.into(),
             status_fd: None,
+            console_fd: None,
             agent_channel: None,
             nics: Vec::new(),
             hotplug_slots: 0,
@@ -341,6 +353,11 @@ impl VmConfig {
         if let Some(fd) = self.status_fd {
             if fd < 3 {
                 return Err(ConfigError::StatusFd(fd));
+            }
+        }
+        if let Some(fd) = self.console_fd {
+            if fd < 3 || Some(fd) == self.status_fd {
+                return Err(ConfigError::ConsoleFd(fd));
             }
         }
         clash(

@@ -76,6 +76,12 @@ pub struct Follower {
     writer_gone: bool,
     /// Lock re-checks left (see the module comment).
     lock_rechecks: u32,
+    /// Look for a rotation of the tip at the next idle even without a
+    /// rename or create event (set at first, after an overflow).
+    check_rename: bool,
+    /// Look at the monitor lock at the next idle even without an event on
+    /// it (set at first and after a timed re-check wait).
+    check_lock: bool,
     notifier: Option<Notifier>,
     buf: Vec<u8>,
 }
@@ -100,8 +106,29 @@ impl Follower {
             tip_rotated: false,
             writer_gone: false,
             lock_rechecks: 0,
+            check_rename: true,
+            check_lock: true,
             notifier,
             buf: Vec::new(),
+        })
+    }
+
+    /// Where this follower's next byte is, if it holds nothing older: the
+    /// point a [`crate::timed::read_window_to`] view must stop at to hand over to
+    /// it. `None` while rotated segments are queued (a tail of lines).
+    pub fn start_point(&self) -> Option<crate::timed::StartPoint> {
+        if !self.position.segments.is_empty() {
+            return None;
+        }
+        Some(match &self.position.tip {
+            Some(tip) => crate::timed::StartPoint {
+                seq: tip.seq,
+                offset: tip.pos,
+            },
+            None => crate::timed::StartPoint {
+                seq: self.position.next_seq,
+                offset: 0,
+            },
         })
     }
 
@@ -193,6 +220,8 @@ impl Follower {
             return None;
         }
         self.lock_rechecks -= 1;
+        // The wait may end by its timeout, with no event: look then.
+        self.check_lock = true;
         let shift = LOCK_RECHECKS - 1 - self.lock_rechecks;
         Some(std::time::Duration::from_millis(1 << shift))
     }
@@ -230,7 +259,14 @@ impl Follower {
                         tip.pos = 0;
                         continue;
                     }
-                    if inode_of(&self.dir.join(self.base)) != Some(tip.ino) {
+                    // Only a rename or create in the directory can have
+                    // moved our file aside: no stat per append.
+                    let hint = std::mem::take(&mut self.check_rename)
+                        | self
+                            .notifier
+                            .as_mut()
+                            .is_none_or(|n| std::mem::take(&mut n.seen.renamed));
+                    if hint && inode_of(&self.dir.join(self.base)) != Some(tip.ino) {
                         self.tip_rotated = true;
                         continue;
                     }
@@ -254,10 +290,18 @@ impl Follower {
                     if self.writer_gone || dir_gone {
                         return Ok(Step::Finished);
                     }
-                    if !monitor_alive(&self.dir)? {
+                    // The lock is released only with a close of the
+                    // monitor's descriptor, an event: no probe per append.
+                    let hint = std::mem::take(&mut self.check_lock)
+                        | self
+                            .notifier
+                            .as_mut()
+                            .is_none_or(|n| std::mem::take(&mut n.seen.lock_event));
+                    if hint && !monitor_alive(&self.dir)? {
                         // The writer was gone before this drain began: one
                         // more pass over the files and the log is complete.
                         self.writer_gone = true;
+                        self.check_rename = true;
                         continue;
                     }
                     if let Some(notifier) = &mut self.notifier {
@@ -330,7 +374,7 @@ impl Follower {
                 }
                 continue;
             }
-            let file = match File::open(&live_path) {
+            let file = match crate::segment::open_log(&live_path) {
                 Ok(file) => file,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(err) => return Err(err.into()),
@@ -349,6 +393,9 @@ impl Follower {
 
     fn set_tip(&mut self, file: File, seq: u64) -> Result<bool, ReadError> {
         let ino = file.metadata()?.ino();
+        // A new tip may have been renamed aside already (several rotations
+        // behind one batch of events): look once before trusting it.
+        self.check_rename = true;
         self.position.tip = Some(Tip {
             file,
             ino,
@@ -360,7 +407,7 @@ impl Follower {
 }
 
 fn open_segment(dir: &Path, base: &str, seq: u64) -> io::Result<Option<File>> {
-    match File::open(dir.join(segment_name(base, seq))) {
+    match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
         Ok(file) => Ok(Some(file)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
@@ -392,6 +439,11 @@ struct Seen {
     gone: bool,
     /// A descriptor of the monitor lock opened for writing was closed.
     lock_closed: bool,
+    /// Something happened to the monitor lock (or events were lost).
+    lock_event: bool,
+    /// One of our files was created, renamed or deleted (or events were
+    /// lost): the tip may have been rotated.
+    renamed: bool,
 }
 
 #[derive(Debug)]
@@ -570,15 +622,24 @@ fn relevant(events: inotify::Events<'_>, base: &str, seen: &mut Seen) -> bool {
             seen.gone = true;
             wake = true;
         } else if event.mask.contains(EventMask::Q_OVERFLOW) {
+            seen.lock_event = true;
+            seen.renamed = true;
             wake = true;
         } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
             if name == MONITOR_LOCK {
                 seen.lock_closed |= event.mask.contains(EventMask::CLOSE_WRITE);
+                seen.lock_event = true;
                 wake = true;
             } else if name
                 .strip_prefix(base)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             {
+                seen.renamed |= event.mask.intersects(
+                    EventMask::CREATE
+                        | EventMask::MOVED_FROM
+                        | EventMask::MOVED_TO
+                        | EventMask::DELETE,
+                );
                 wake = true;
             }
         }

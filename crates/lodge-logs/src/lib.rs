@@ -24,6 +24,8 @@ mod lines;
 mod lock;
 mod segment;
 mod tail;
+mod timed;
+pub mod times;
 mod writer;
 
 pub use error::ReadError;
@@ -33,4 +35,5 @@ pub use lock::{monitor_alive, MonitorLock, MONITOR_LOCK};
 pub use lodge_common::size::{ByteSize, SizeError};
 pub use segment::{Source, UnknownSource};
 pub use tail::{InvalidTail, Tail};
+pub use timed::{read_window, read_window_to, StartPoint, TimedLine, Window};
 pub use writer::{RotatingWriter, WriterError};

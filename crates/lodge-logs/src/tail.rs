@@ -142,7 +142,7 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
         while inode_of(&dir.join(segment_name(base, newest + 1))).is_some() {
             newest += 1;
         }
-        let file = match File::open(&live_path) {
+        let file = match crate::segment::open_log(&live_path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 // Either nothing was written yet, or we are between the
@@ -279,7 +279,7 @@ fn seek_start(mut position: Position) -> Result<Position, ReadError> {
 }
 
 fn open_segment(dir: &Path, base: &str, seq: u64) -> Result<Option<File>, ReadError> {
-    match File::open(dir.join(segment_name(base, seq))) {
+    match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
         Ok(file) => Ok(Some(file)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err.into()),

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use crate::segment::{list_segments, segment_name, Source};
+use crate::times::{index_name, IndexWriter};
 
 /// Rotated segments that may wait for their fsync before the writer blocks.
 const SYNC_QUEUE: usize = 2;
@@ -90,6 +91,8 @@ pub struct RotatingWriter {
     syncer: Option<Syncer>,
     /// First error that cost no data (rotation, retention, background fsync).
     deferred: Option<io::Error>,
+    /// The live file's time index, when kept (see `times`).
+    index: Option<IndexWriter>,
 }
 
 impl RotatingWriter {
@@ -136,6 +139,7 @@ impl RotatingWriter {
             sync_rotated: false,
             syncer: None,
             deferred: None,
+            index: None,
         };
         if let Err(source) = writer.reopen() {
             return Err(WriterError::Open {
@@ -151,6 +155,13 @@ impl RotatingWriter {
     /// rename). Off by default: see the module documentation for the cost.
     pub fn sync_rotated(mut self, on: bool) -> Self {
         self.sync_rotated = on;
+        self
+    }
+
+    /// Keeps a time index beside each segment (see `times`), which
+    /// `--since`, `--until` and `--timestamps` read. Off by default.
+    pub fn time_index(mut self, on: bool) -> Self {
+        self.index = on.then(|| IndexWriter::new(self.last_seq + 1, self.max_size));
         self
     }
 
@@ -236,7 +247,16 @@ impl RotatingWriter {
                 break;
             };
             match fs::remove_file(self.dir.join(segment_name(self.base, oldest))) {
-                Ok(()) => {}
+                Ok(()) => {
+                    // Its index goes with it (there may be none).
+                    match fs::remove_file(self.dir.join(index_name(self.base, oldest))) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => {
+                            self.deferred.get_or_insert(err);
+                        }
+                    }
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                 Err(err) => {
                     // Keep it listed: the next rotation tries again.
@@ -294,6 +314,11 @@ impl Write for RotatingWriter {
             Ok(room) => buf.len().min(room),
             Err(_) => buf.len(),
         };
+        if let Some(index) = &mut self.index {
+            if let Err(err) = index.note(&self.dir, self.base, self.last_seq + 1, self.live_size) {
+                self.deferred.get_or_insert(err);
+            }
+        }
         let file = match self.live.as_mut() {
             Some(file) => file,
             None => self.reopen()?,

@@ -5,10 +5,17 @@
 //! that descriptor (QEMU's second serial port writes there), and the
 //! monitor keeps a bounded `status.log` of it plus the last status line in
 //! `guest-status.json` (see `guest_status`), so a guest flooding its status
-//! port can neither fill the disk nor hide its real exit line.
+//! port can neither fill the disk nor hide its real exit line. With
+//! `console_fd` the VMM gets a fourth pipe, the workload's fast (virtio)
+//! console, which the monitor merges into `app.log` with stdout at line
+//! boundaries (see `merge`) and keeps blocking for the VMM (see
+//! `blocking`). Both logs keep a time index beside each segment (see
+//! `lodge_logs::times`).
 //!
-//! It is plain synchronous std code with three or four threads (signals
-//! and child status on the main thread, one pump per pipe) and no async
+//! It is plain synchronous std code with a handful of threads (signals
+//! and child status on the main thread, one console pump for stdout and
+//! the fast console, one pump per other pipe, a short-lived watch of the
+//! fast console's flags) and no async
 //! runtime, so it starts fast and stays within its memory budget. The
 //! sequence:
 //!
@@ -38,9 +45,11 @@
 //! and diagnostics go through [`diag`], which ignores a failing stderr
 //! (the daemon's `monitor.err` sits on the same disk as the logs).
 
+mod blocking;
 mod capture;
 mod diag;
 mod guest_status;
+mod merge;
 mod pump;
 mod slot;
 pub mod status;
@@ -93,6 +102,11 @@ pub struct Config {
     /// and keep what it writes there as the guest's status channel: a
     /// bounded `status.log` and the derived `guest-status.json`.
     pub status_fd: Option<i32>,
+    /// Give the command the write end of another pipe as this descriptor
+    /// (>= 3, not `status_fd`): the workload's fast console, merged into
+    /// `app.log` with the command's stdout at line boundaries (see
+    /// `merge`).
+    pub console_fd: Option<i32>,
 }
 
 /// Why the monitor could not run the command. All of these happen before
@@ -128,6 +142,10 @@ pub enum MonitorError {
     /// `status_fd` was one of the command's stdio or negative.
     #[error("--status-fd must be 3 or more, got {0}")]
     StatusFd(i32),
+    /// `console_fd` was one of the command's stdio, negative, or the
+    /// status channel's.
+    #[error("--console-fd must be 3 or more and differ from --status-fd, got {0}")]
+    ConsoleFd(i32),
     /// The command line was empty.
     #[error("no command given (put it after `--`)")]
     NoCommand,
@@ -160,6 +178,9 @@ pub enum MonitorError {
     /// The status channel's pipe could not be made.
     #[error("cannot make the status channel's pipe")]
     StatusPipe(#[source] io::Error),
+    /// The fast console's pipe could not be made.
+    #[error("cannot make the fast console's pipe")]
+    ConsolePipe(#[source] io::Error),
     /// A status file could not be written.
     #[error("cannot write {}", path.display())]
     Status {
@@ -181,8 +202,12 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
             source,
         })?
         .ok_or_else(|| MonitorError::Busy(dir.to_owned()))?;
-    let app = RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?;
-    let vmm = RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?;
+    // Both logs keep a time index beside each segment (for --since and
+    // --timestamps); the bytes of the logs are untouched by it.
+    let app =
+        RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?.time_index(true);
+    let vmm =
+        RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?.time_index(true);
     let status_err = |name: &str| {
         let path = dir.join(name);
         move |source| MonitorError::Status { path, source }
@@ -192,11 +217,39 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         Some(fd) => Some(StatusChannel::open(dir, fd)?),
         None => None,
     };
+    let fast_console = match config.console_fd {
+        Some(fd) => Some(
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map(|(read, write)| (fd, read, write))
+                .map_err(|err| MonitorError::ConsolePipe(err.into()))?,
+        ),
+        None => None,
+    };
 
     // Handlers first, so a child that dies at once is still noticed.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD]).map_err(MonitorError::Signals)?;
-    let mut child = spawn(&config.command, status_channel.as_ref())?;
+    let mut inherit = Vec::new();
+    if let Some(channel) = &status_channel {
+        inherit.push((channel.write.as_raw_fd(), channel.fd));
+    }
+    if let Some((fd, _, write)) = &fast_console {
+        inherit.push((write.as_raw_fd(), *fd));
+    }
+    let mut child = spawn(&config.command, &inherit)?;
+    // The child holds the fast console's write end now; our copy only
+    // keeps it blocking (see `blocking`) and is dropped soon, so its end of
+    // file is the VMM's exit.
+    let (fast_console, keeper) = match fast_console {
+        Some((_, read, write)) => match blocking::Keeper::start(write) {
+            Ok(keeper) => (Some(read), Some(keeper)),
+            Err(err) => {
+                diag(format_args!("cannot watch the fast console: {err}"));
+                (Some(read), None)
+            }
+        },
+        None => (None, None),
+    };
     let started_at = SystemTime::now();
     let child_pid = child.id();
 
@@ -230,15 +283,17 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
                     diag(format_args!("enlarging a pipe: {err}"));
                 }
             }
+            if let Some(read) = &fast_console {
+                if let Err(err) = rustix::pipe::fcntl_setpipe_size(read, PIPE_SIZE) {
+                    diag(format_args!("enlarging a pipe: {err}"));
+                }
+            }
             let names = |pipe, log| pump::Names { pipe, log };
+            let mut consoles = vec![("serial", std::os::fd::OwnedFd::from(stdout))];
+            consoles.extend(fast_console.map(|read| ("fast", read)));
+            let first_fast_byte = keeper.as_ref().map(blocking::Keeper::stopper);
             [
-                pump::spawn(
-                    names("stdout", "app"),
-                    stdout,
-                    app,
-                    Arc::clone(&capture),
-                    |_| {},
-                ),
+                merge::spawn(consoles, app, Arc::clone(&capture), first_fast_byte),
                 pump::spawn(
                     names("stderr", "vmm"),
                     stderr,
@@ -253,6 +308,9 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
 
     let status = wait_forwarding(&mut child, &mut signals);
     let finished_at = SystemTime::now();
+    if let Some(keeper) = keeper {
+        keeper.finish();
+    }
 
     // Everything the command (and anything it left behind holding the
     // pipes) wrote is on disk, and the guest's last status line on record,
@@ -360,7 +418,10 @@ fn unreachable_pipes() -> [io::Result<std::thread::JoinHandle<RotatingWriter>>; 
     [err(), err()]
 }
 
-fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, MonitorError> {
+fn spawn(
+    command: &[OsString],
+    inherit: &[(std::os::fd::RawFd, std::os::fd::RawFd)],
+) -> Result<Child, MonitorError> {
     let (program, args) = command.split_first().ok_or(MonitorError::NoCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -368,8 +429,8 @@ fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(channel) = status {
-        inherit_as(&mut cmd, channel.write.as_raw_fd(), channel.fd);
+    if !inherit.is_empty() {
+        inherit_as(&mut cmd, inherit);
     }
     // The VMM must not outlive its monitor (killed, crashed): nobody else
     // would collect its output or exit status. The monitor spawns from its
@@ -382,21 +443,36 @@ fn spawn(command: &[OsString], status: Option<&StatusChannel>) -> Result<Child, 
         })
 }
 
-/// Makes the child get `from` as descriptor `to`, open across exec.
+/// Most descriptors handed to the child at once.
+const MAX_INHERIT: usize = 4;
+
+/// Makes the child get each `from` as descriptor `to`, open across exec.
+/// Every `from` is first duplicated above the targets, so a `from` that
+/// happens to equal another pair's `to` is not overwritten before use.
 #[allow(unsafe_code)]
-fn inherit_as(cmd: &mut Command, from: std::os::fd::RawFd, to: std::os::fd::RawFd) {
+fn inherit_as(cmd: &mut Command, pairs: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
+    let mut fixed = [(-1, -1); MAX_INHERIT];
+    let count = pairs.len().min(MAX_INHERIT);
+    fixed[..count].copy_from_slice(&pairs[..count]);
+    let floor = pairs.iter().map(|&(_, to)| to).max().unwrap_or(2) + 1;
     // SAFETY: the closure runs between fork and exec and makes only the
-    // async-signal-safe dup2 and fcntl calls: no allocation, no locks.
+    // async-signal-safe fcntl and dup2 calls on a fixed array: no
+    // allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
-            let done = if from == to {
-                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
-                libc::fcntl(to, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(from, to)
-            };
-            if done == -1 {
-                return Err(io::Error::last_os_error());
+            let mut temps = [-1; MAX_INHERIT];
+            for (temp, &(from, _)) in temps.iter_mut().zip(&fixed[..count]) {
+                *temp = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, floor);
+                if *temp == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&temp, &(_, to)) in temps.iter().zip(&fixed[..count]) {
+                // dup2 clears FD_CLOEXEC on the target; the temporaries
+                // keep it and vanish at exec.
+                if libc::dup2(temp, to) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -443,6 +519,48 @@ fn kill_group(child: &Child, signal: Signal) {
 mod tests {
     use super::*;
 
+    /// With both channels, the command gets the status pipe as 3 and the
+    /// fast console as 4 (whatever descriptors the monitor's ends had), and
+    /// the fast console lands in app.log after what stdout wrote before it.
+    #[test]
+    fn the_fast_console_is_merged_into_app_log() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let config = Config {
+            log_dir: dir.path().to_owned(),
+            max_size: 1 << 20,
+            max_files: 2,
+            command: [
+                "sh",
+                "-c",
+                "echo serial; echo fast >&4; echo 'lodge-init: exited code=0' >&3; \
+                 echo more-serial; printf 'fast-end\\n' >&4",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+            status_fd: Some(3),
+            console_fd: Some(4),
+        };
+        assert_eq!(run(&config)?, 0);
+        let app = std::fs::read_to_string(dir.path().join("app.log"))?;
+        let lines: Vec<&str> = app.lines().collect();
+        assert_eq!(lines.len(), 4, "{app:?}");
+        assert_eq!(lines[0], "serial");
+        let pos = |l: &str| lines.iter().position(|x| *x == l);
+        assert!(pos("fast") < pos("fast-end"), "{app:?}");
+        assert!(pos("serial") < pos("more-serial"), "{app:?}");
+        let status = std::fs::read_to_string(dir.path().join(STATUS_LOG))?;
+        assert_eq!(status, "lodge-init: exited code=0\n");
+        assert!(matches!(
+            run(&Config {
+                console_fd: Some(3),
+                ..config
+            }),
+            Err(MonitorError::ConsoleFd(3))
+        ));
+        Ok(())
+    }
+
     /// The whole status route with a real pipe: the command writes init's
     /// lines and a flood to its descriptor 3; the log stays within its
     /// bound, the record holds the last real line, and nothing is left
@@ -461,6 +579,7 @@ mod tests {
             max_files: 2,
             command: ["sh", "-c", script].iter().map(OsString::from).collect(),
             status_fd: Some(3),
+            console_fd: None,
         };
         assert_eq!(run(&config)?, 3);
         let status = read_guest_status(dir.path())?.unwrap_or_default();

@@ -1,5 +1,8 @@
-//! One thread per child pipe (stdout, stderr, and the guest's status
-//! channel when there is one): read, append to the log, repeat.
+//! One thread per child pipe that feeds a log of its own (stderr, and the
+//! guest's status channel when there is one): read, append to the log,
+//! repeat. The console channels (stdout and the fast console) share
+//! `app.log` and go through `merge` instead, which uses the same retrying
+//! append ([`write_all_retrying`]).
 //!
 //! Nothing is buffered between the read and the write, so followers see
 //! bytes as soon as the child wrote them. Nothing is dropped either: when a
@@ -79,7 +82,12 @@ pub(crate) fn spawn<R: Read + Send + 'static>(
 
 /// Writes all of `data`, waiting out failures; reports a stall once and
 /// its end once.
-fn write_all_retrying(log: &str, writer: &mut impl io::Write, mut data: &[u8], capture: &Capture) {
+pub(crate) fn write_all_retrying(
+    log: &str,
+    writer: &mut impl io::Write,
+    mut data: &[u8],
+    capture: &Capture,
+) {
     let mut pause = FIRST_PAUSE;
     let mut failing = false;
     while !data.is_empty() {

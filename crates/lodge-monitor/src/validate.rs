@@ -32,6 +32,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), MonitorError> {
             return Err(MonitorError::StatusFd(fd));
         }
     }
+    if let Some(fd) = config.console_fd {
+        if fd < 3 || Some(fd) == config.status_fd {
+            return Err(MonitorError::ConsoleFd(fd));
+        }
+    }
     let Some(program) = config.command.first() else {
         return Err(MonitorError::NoCommand);
     };

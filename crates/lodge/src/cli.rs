@@ -430,6 +430,11 @@ pub struct SuperviseArgs {
     /// guest-status.json
     #[arg(long, allow_hyphen_values = true)]
     pub status_fd: Option<String>,
+    /// Give the command a pipe as this descriptor (3 or more, not the
+    /// status one) for the workload's fast console, merged into app.log
+    /// with stdout at line boundaries
+    #[arg(long, allow_hyphen_values = true)]
+    pub console_fd: Option<String>,
     /// The command to run, after `--`
     #[arg(last = true, num_args = 0..)]
     pub command: Vec<OsString>,
@@ -453,6 +458,16 @@ pub struct LogsArgs {
     /// escaped (\x1b); output to a pipe or file is always byte-exact
     #[arg(long)]
     pub raw: bool,
+    /// Prefix each line with the time it was written (RFC 3339, UTC)
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Only lines written at or after this time: RFC 3339, Unix seconds,
+    /// or a duration ago (10m, 1h30m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines written before this time (same forms as --since)
+    #[arg(long, conflicts_with = "follow")]
+    pub until: Option<String>,
     /// Instance id, name or unique id prefix
     #[arg(required_unless_present = "dir")]
     pub instance: Option<String>,

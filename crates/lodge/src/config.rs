@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lodge_common::paths::Paths;
+use serde::{Deserialize, Serialize};
 
 /// Where the daemon keeps its state and listens.
 #[derive(Debug, Clone)]
@@ -29,6 +30,25 @@ pub struct Config {
     /// `LODGE_BENCH_ENDPOINTS=1`: serve the benchmark-only agent throughput
     /// route (`scripts/bench-exec.sh`). Off by default.
     pub bench_endpoints: bool,
+    /// `LODGE_CONSOLE`: where new instances' workloads write (`virtio`, the
+    /// default: a fast virtio console; `serial`: the UART only).
+    pub console: ConsoleKind,
+    /// `LODGE_KERNEL_ARGS`: appended to every guest kernel command line
+    /// (e.g. `loglevel=7` to see the kernel's boot lines in the console
+    /// log despite `quiet`). Empty by default.
+    pub kernel_args: String,
+}
+
+/// The console the workload writes to. Both end up in `logs/app.log`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// The UART (`ttyS0`) only, like the kernel.
+    #[default]
+    Serial,
+    /// A virtio console (`hvc0`) for the workload; the kernel and lodge's
+    /// init keep the UART.
+    Virtio,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lodge";
@@ -64,7 +84,14 @@ impl Config {
             std::env::var("LODGE_BENCH_ENDPOINTS").ok().as_deref(),
             Some("1" | "true" | "yes")
         );
+        let console = console_from(std::env::var("LODGE_CONSOLE").ok().as_deref())?;
+        let kernel_args = std::env::var("LODGE_KERNEL_ARGS").unwrap_or_default();
+        if kernel_args.contains(['\0', '\n', '\r']) {
+            bail!("LODGE_KERNEL_ARGS must be one line");
+        }
         Ok(Config {
+            kernel_args: kernel_args.trim().to_string(),
+            console,
             bench_endpoints,
             network,
             data_dir,
@@ -84,6 +111,16 @@ impl Config {
 
     pub fn guests_dir(&self) -> PathBuf {
         self.paths().guests_dir()
+    }
+}
+
+/// `LODGE_CONSOLE`: `virtio` (unset, also `hvc`/`fast`) or `serial`
+/// (also `ttyS0`/`uart`).
+pub fn console_from(value: Option<&str>) -> Result<ConsoleKind> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "virtio" | "hvc" | "hvc0" | "fast") => Ok(ConsoleKind::Virtio),
+        Some("serial" | "ttys0" | "uart") => Ok(ConsoleKind::Serial),
+        Some(other) => bail!("LODGE_CONSOLE {other:?}: expected virtio or serial"),
     }
 }
 
@@ -140,6 +177,24 @@ pub fn data_dir_from_env() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn console_kind_from_env() {
+        assert_eq!(console_from(None).expect("valid"), ConsoleKind::Virtio);
+        assert_eq!(
+            console_from(Some("virtio")).expect("valid"),
+            ConsoleKind::Virtio
+        );
+        assert_eq!(
+            console_from(Some(" Serial ")).expect("valid"),
+            ConsoleKind::Serial
+        );
+        assert_eq!(
+            console_from(Some("ttyS0")).expect("valid"),
+            ConsoleKind::Serial
+        );
+        assert!(console_from(Some("vga")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -1,4 +1,5 @@
-//! The two serial ports: the user's console and the host's status channel.
+//! The two serial ports, the user's console and the host's status channel,
+//! and the workload's optional fast (virtio) console.
 //!
 //! The console (ttyS0, whatever `/dev/console` points at) carries only what
 //! the workload and the kernel write: output post-processing is switched off
@@ -13,7 +14,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use lodge_guest::{StatusEvent, STATUS_TTY};
+use std::time::{Duration, Instant};
+
+use lodge_guest::{StatusEvent, FAST_CONSOLE_DEVICE, FAST_CONSOLE_FLAG, STATUS_TTY};
 
 use crate::sys;
 
@@ -99,6 +102,61 @@ impl Console {
     /// Wait until everything written to the console has left the UART.
     pub fn drain(&self) {
         self.with_tty(|tty: &File| sys::drain(&tty.as_raw_fd()));
+    }
+}
+
+/// The workload's fast console: the virtio console ([`FAST_CONSOLE_DEVICE`])
+/// when the kernel command line asks for it ([`FAST_CONSOLE_FLAG`]). The
+/// kernel and lodge-init keep the serial console, so nothing printed before
+/// the virtio driver is up is lost; the host merges both into one log.
+///
+/// Output processing is off as on the serial console. The virtio console
+/// hands each write to the host and waits until the host took it, so when
+/// the host's pipe is full the workload waits; [`FastConsole::drain`]
+/// returning means every byte left the guest.
+pub struct FastConsole {
+    tty: File,
+}
+
+impl FastConsole {
+    /// Opens the fast console if the command line asks for it, waiting up
+    /// to `timeout` for the device (the port appears shortly after the
+    /// virtio driver loads). `Err` says why it could not be used.
+    pub fn open_if_asked(timeout: Duration) -> Option<Result<Self, String>> {
+        let asked = std::fs::read_to_string("/proc/cmdline")
+            .map(|cmdline| {
+                cmdline
+                    .split_whitespace()
+                    .any(|arg| arg == FAST_CONSOLE_FLAG)
+            })
+            .unwrap_or(false);
+        if !asked {
+            return None;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match open_tty(FAST_CONSOLE_DEVICE) {
+                Ok(tty) => {
+                    // Not a terminal is fine: bytes pass unchanged.
+                    let _ = sys::disable_output_processing(&tty);
+                    return Some(Ok(Self { tty }));
+                }
+                Err(err) if Instant::now() >= deadline => {
+                    return Some(Err(format!("{FAST_CONSOLE_DEVICE}: {err}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// The descriptor for the workload's standard streams.
+    pub fn raw_fd(&self) -> RawFd {
+        self.tty.as_raw_fd()
+    }
+
+    /// Wait until everything written has left the guest.
+    pub fn drain(&self) {
+        let _ = sys::drain(&self.tty);
     }
 }
 

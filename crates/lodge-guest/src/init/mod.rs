@@ -34,11 +34,13 @@ use crate::sys::{self, ExitStatus};
 
 use error::{Context, Error, Result};
 
-use console::{Console, StatusPort};
+use console::{Console, FastConsole, StatusPort};
 use rootfs::Mounts;
 
 /// How long to wait for the virtio disks to appear.
 const DISK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the fast console's device to appear.
+const FAST_CONSOLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the configured NIC to appear.
 const NIC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for leftover processes to die after SIGKILL.
@@ -70,9 +72,10 @@ pub fn pid1() -> ! {
     }
 
     let status = StatusPort::open();
+    let mut fast = None;
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
         early?;
-        run(&console, &status, &mut mounts, signals.as_ref())
+        run(&console, &status, &mut fast, &mut mounts, signals.as_ref())
     }));
     let ending = match ran {
         Ok(Ok(exit)) => Ending::Exited(exit),
@@ -86,6 +89,12 @@ pub fn pid1() -> ! {
             Ending::Failed(format!("internal error: {what}"))
         }
     };
+    if let Some(fast) = &fast {
+        // The workload has ended: what it wrote leaves the guest before
+        // anything is torn down (the virtio console is synchronous, so
+        // this returns at once unless the host is still catching up).
+        fast.drain();
+    }
     finish(&console, &status, &mut mounts, ending)
 }
 
@@ -98,6 +107,7 @@ fn selftest_requested() -> bool {
 fn run(
     console: &Console,
     status: &StatusPort,
+    fast: &mut Option<FastConsole>,
     mounts: &mut Mounts,
     signals: Option<&OwnedFd>,
 ) -> Result<ExitStatus> {
@@ -139,7 +149,20 @@ fn run(
 
     let hostname = config.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
-    let plan = workload::plan(&config, rootfs::NEWROOT, console.raw_fd(), hostname)?;
+    // The workload writes to the fast console when the host gave the VM
+    // one; without it (or if it never appears) to the serial console.
+    *fast = match FastConsole::open_if_asked(FAST_CONSOLE_TIMEOUT) {
+        Some(Ok(port)) => Some(port),
+        Some(Err(why)) => {
+            console.write(&format!(
+                "lodge-init: no fast console ({why}); using the serial console\n"
+            ));
+            None
+        }
+        None => None,
+    };
+    let workload_fd = fast.as_ref().map_or(console.raw_fd(), FastConsole::raw_fd);
+    let plan = workload::plan(&config, rootfs::NEWROOT, workload_fd, hostname)?;
     let mut agent = agent_supervisor::AgentSupervisor::start(&workload::agent_config(
         &config,
         rootfs::NEWROOT,

@@ -40,6 +40,13 @@ pub const CONSOLE_CHARDEV: &str = "console";
 pub const STATUS_CHARDEV: &str = "status";
 /// The QEMU fd set holding the status channel's inherited descriptor.
 pub const STATUS_FDSET: u32 = 1;
+/// Chardev id of the workload's fast console (virtio console, guest `hvc0`).
+pub const FAST_CONSOLE_CHARDEV: &str = "fastcon";
+/// The QEMU fd set holding the fast console's inherited descriptor.
+pub const FAST_CONSOLE_FDSET: u32 = 2;
+/// Name of the fast console's virtio-serial port (in the guest's
+/// `/sys/class/virtio-ports/*/name`).
+pub const FAST_CONSOLE_PORT: &str = "org.lodge.console";
 /// Chardev id of the QMP control socket.
 pub const QMP_CHARDEV: &str = "qmp";
 /// Chardev id of the agent's virtio-serial channel.
@@ -242,6 +249,27 @@ pub fn build_argv(
         ]);
     }
 
+    // The workload's fast console: a virtio console on its own
+    // virtio-serial bus (port 0, the guest's `hvc0`), written into the pipe
+    // the monitor passed as `console_fd`. The virtio port moves a page per
+    // guest exit where the UART traps on every byte; when the pipe is full
+    // QEMU throttles the port and the guest waits (no byte is dropped).
+    if let Some(fd) = cfg.console_fd {
+        push(&[
+            &"-add-fd",
+            &format!("fd={fd},set={FAST_CONSOLE_FDSET},opaque={FAST_CONSOLE_CHARDEV}"),
+            &"-chardev",
+            &format!(
+                "file,id={FAST_CONSOLE_CHARDEV},path=/dev/fdset/{FAST_CONSOLE_FDSET},append=on"
+            ),
+            &"-device",
+            &"virtio-serial-pci,id=vcon0,max_ports=1",
+            &"-device",
+            &format!(
+                "virtconsole,bus=vcon0.0,chardev={FAST_CONSOLE_CHARDEV},name={FAST_CONSOLE_PORT}"
+            ),
+        ]);
+    }
     // Hot-plug slots, then the disks that sit in them from boot (after
     // every other device, so they never shift another device's address).
     if opts.machine == MachineType::Q35 {
@@ -647,6 +675,48 @@ mod tests {
             assert!(matches!(
                 build_argv(OsStr::new("qemu"), &tcg(), &cfg),
                 Err(ConfigError::StatusFd(_))
+            ));
+        }
+    }
+
+    /// With `console_fd`, the workload's fast console is a virtio console
+    /// on its own virtio-serial bus writing into the inherited pipe; the
+    /// serial console stays where it was.
+    #[test]
+    fn fast_console_on_an_inherited_fd() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/q.sock", "/s.log");
+        cfg.status_fd = Some(3);
+        cfg.console_fd = Some(4);
+        let built = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let argv = argv_strings(&built);
+        let at = argv
+            .iter()
+            .position(|a| *a == "fd=4,set=2,opaque=fastcon")
+            .expect("-add-fd");
+        assert_eq!(
+            argv[at - 1..at + 7],
+            [
+                "-add-fd",
+                "fd=4,set=2,opaque=fastcon",
+                "-chardev",
+                "file,id=fastcon,path=/dev/fdset/2,append=on",
+                "-device",
+                "virtio-serial-pci,id=vcon0,max_ports=1",
+                "-device",
+                "virtconsole,bus=vcon0.0,chardev=fastcon,name=org.lodge.console",
+            ]
+        );
+        let serials: Vec<_> = argv
+            .windows(2)
+            .filter(|w| w[0] == "-serial")
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(serials, ["chardev:console", "chardev:status"]);
+        for bad in [2, 3] {
+            cfg.console_fd = Some(bad);
+            assert!(matches!(
+                build_argv(OsStr::new("qemu"), &tcg(), &cfg),
+                Err(ConfigError::ConsoleFd(_))
             ));
         }
     }

@@ -11,6 +11,13 @@
 //! one unfinished piece are held at a time). A follow
 //! stream has no timeout and ends when the VM's monitor exits or the client
 //! goes away.
+//!
+//! lodge's additions, `since`, `until` and `timestamps`, read the time
+//! index beside each segment (`lodge_logs::read_window_to`); with `follow`
+//! the follower is opened first and the window's view stops at the byte it
+//! starts from, so nothing is sent twice or skipped. With `timestamps` each
+//! line's data is `<RFC 3339 time> <line>`; followed lines are stamped when
+//! read.
 
 use std::convert::Infallible;
 
@@ -20,7 +27,7 @@ use super::types::LogsQuery;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use lodge_logs::{LineChunk, LineSplitter};
 
 /// Map an API source name to the log.
@@ -57,7 +64,10 @@ pub const CONTINUED: &str = "continued";
 
 /// Stream an instance's log.
 #[utoipa::path(get, path = "/instances/{id}/logs",
-    params(("tail" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("source" = Option<String>, Query, description = "app, vmm or hypeman/lodge")),
+    params(("tail" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("source" = Option<String>, Query, description = "app, vmm or hypeman/lodge"),
+        ("since" = Option<String>, Query, description = "lines written at or after: RFC 3339, Unix seconds or a duration ago like 10m"),
+        ("until" = Option<String>, Query, description = "lines written before (same forms)"),
+        ("timestamps" = Option<bool>, Query, description = "prefix each line with its RFC 3339 time")),
     responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = super::error::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -75,12 +85,145 @@ pub async fn logs(
         (true, lodge_logs::Source::Lodge) => lodge_logs::Follow::Forever,
         (true, _) => lodge_logs::Follow::UntilWriterExits,
     };
+    let stamps = q.timestamps.unwrap_or(false);
+    if stamps || q.since.is_some() || q.until.is_some() {
+        let now = std::time::SystemTime::now();
+        let point = |name: &str, value: Option<&str>| {
+            value
+                .map(|v| lodge_common::time::parse_point_in_time(v, now))
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+        };
+        let window = lodge_logs::Window {
+            since: point("since", q.since.as_deref())?,
+            until: point("until", q.until.as_deref())?,
+        };
+        let follow = if window.until.is_some() {
+            lodge_logs::Follow::No
+        } else {
+            follow
+        };
+        let (lines, follower) = tokio::task::spawn_blocking(move || {
+            let follower = match follow {
+                lodge_logs::Follow::No => None,
+                _ => Some(lodge_logs::Follower::open(
+                    &dir,
+                    source,
+                    lodge_logs::Tail::Lines(0),
+                    follow,
+                )?),
+            };
+            let stop = follower
+                .as_ref()
+                .and_then(lodge_logs::Follower::start_point);
+            let lines = lodge_logs::read_window_to(&dir, source, window, tail, stop)?;
+            Ok::<_, lodge_logs::ReadError>((lines, follower))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
+        let window_events = stream::iter(timed_events(lines, stamps).into_iter().map(Ok));
+        return Ok(match follower {
+            Some(follower) => {
+                Sse::new(window_events.chain(line_events_stamped(follower, stamps))).into_response()
+            }
+            None => Sse::new(window_events).into_response(),
+        });
+    }
     let follower =
         tokio::task::spawn_blocking(move || lodge_logs::Follower::open(&dir, source, tail, follow))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
     Ok(Sse::new(line_events(follower)).into_response())
+}
+
+/// The `data` of a line's first piece with `timestamps`: its time first.
+fn stamped(time: Option<std::time::SystemTime>, piece: &LineChunk) -> LineChunk {
+    let stamp = time.map_or_else(|| "-".to_owned(), lodge_common::time::rfc3339_micros);
+    let mut bytes = Vec::with_capacity(stamp.len() + 1 + piece.bytes.len());
+    bytes.extend_from_slice(stamp.as_bytes());
+    bytes.push(b' ');
+    bytes.extend_from_slice(&piece.bytes);
+    LineChunk {
+        bytes,
+        ends_line: piece.ends_line,
+    }
+}
+
+/// Events for the lines of a time window.
+fn timed_events(lines: Vec<lodge_logs::TimedLine>, stamps: bool) -> Vec<Event> {
+    let count = lines.len();
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut bytes = line.bytes;
+            // A piece ends its line at its newline, or at the very end.
+            let ends_line = bytes.last() == Some(&b'\n') || i + 1 == count;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            let piece = LineChunk { bytes, ends_line };
+            if stamps && line.starts_line {
+                event(&stamped(line.time, &piece))
+            } else {
+                event(&piece)
+            }
+        })
+        .collect()
+}
+
+/// [`line_events`], each line stamped with the time it was read when
+/// `stamps`.
+fn line_events_stamped(
+    follower: lodge_logs::Follower,
+    stamps: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let ready: Vec<Event> = Vec::new();
+    let state = (
+        LineSplitter::default(),
+        follower,
+        ready.into_iter(),
+        false,
+        true,
+    );
+    stream::unfold(
+        state,
+        move |(mut splitter, mut follower, mut ready, mut done, mut starts)| async move {
+            loop {
+                if let Some(ev) = ready.next() {
+                    return Some((Ok(ev), (splitter, follower, ready, done, starts)));
+                }
+                if done {
+                    return None;
+                }
+                let pieces = match follower.next().await {
+                    Ok(Some(bytes)) => splitter.push(&bytes),
+                    Ok(None) => {
+                        done = true;
+                        splitter.finish().into_iter().collect()
+                    }
+                    Err(e) => {
+                        tracing::warn!("following logs: {e}");
+                        done = true;
+                        splitter.finish().into_iter().collect()
+                    }
+                };
+                let now = Some(std::time::SystemTime::now());
+                let mut events = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    events.push(if stamps && starts {
+                        event(&stamped(now, &piece))
+                    } else {
+                        event(&piece)
+                    });
+                    starts = piece.ends_line;
+                }
+                ready = events.into_iter();
+            }
+        },
+    )
 }
 
 /// The follower yields the tail first, then (when following) new output.

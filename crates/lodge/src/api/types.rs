@@ -357,6 +357,17 @@ pub struct LogsQuery {
     /// app, vmm or lodge (hypeman's name for it also works).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Only lines written at or after this time: RFC 3339, Unix seconds,
+    /// or a duration ago (`10m`). lodge's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only lines written before this time (same forms). lodge's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Prefix each line with the time it was written (RFC 3339, UTC,
+    /// microseconds) and a space. lodge's addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<bool>,
 }
 
 // --- images ----------------------------------------------------------------

@@ -195,6 +195,9 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
             "hypeman" => "lodge".to_string(),
             s => s.to_string(),
         }),
+        since: args.since.clone(),
+        until: args.until.clone(),
+        timestamps: args.timestamps.then_some(true),
     };
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;

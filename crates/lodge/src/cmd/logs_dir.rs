@@ -37,6 +37,9 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
         (true, Source::Lodge) => Follow::Forever,
         (true, Source::App | Source::Vmm) => Follow::UntilWriterExits,
     };
+    if args.timestamps || args.since.is_some() || args.until.is_some() {
+        return run_timed(dir, args, source, tail, follow);
+    }
     let mut follower = Follower::open(dir, source, tail, follow)?;
 
     // An unbuffered handle on fd 1: std's stdout is line-buffered.
@@ -75,6 +78,107 @@ pub fn run(dir: &Path, args: &LogsArgs) -> Result<u8> {
     }
 }
 
+/// `--timestamps`, `--since`, `--until`: the lines of the window from the
+/// time index (see `lodge_logs::times`), then, with `-f`, what follows,
+/// handed over at the exact byte where the window's view ended. Followed
+/// lines are stamped when read (within the follow latency).
+fn run_timed(
+    dir: &Path,
+    args: &LogsArgs,
+    source: Source,
+    tail: Tail,
+    follow: Follow,
+) -> Result<u8> {
+    let now = std::time::SystemTime::now();
+    let point = |flag: &str, value: &Option<String>| -> Result<_> {
+        value
+            .as_deref()
+            .map(|v| lodge_common::time::parse_point_in_time(v, now))
+            .transpose()
+            .with_context(|| format!("invalid {flag}"))
+    };
+    let window = lodge_logs::Window {
+        since: point("--since", &args.since)?,
+        until: point("--until", &args.until)?,
+    };
+    // The follower first, at the end: the window stops where it starts.
+    let follower = match follow {
+        Follow::No => None,
+        _ => Some(Follower::open(dir, source, Tail::Lines(0), follow)?),
+    };
+    let stop = follower.as_ref().and_then(Follower::start_point);
+    let lines = lodge_logs::read_window_to(dir, source, window, tail, stop)?;
+    let stdout = io::stdout();
+    let escape = !args.raw && stdout.is_terminal();
+    let mut out = io::BufWriter::with_capacity(CHUNK, stdout.lock());
+    let mut escaped = Vec::new();
+    let mut emit = |out: &mut io::BufWriter<io::StdoutLock<'_>>,
+                    time: Option<std::time::SystemTime>,
+                    starts: bool,
+                    bytes: &[u8]|
+     -> io::Result<()> {
+        if args.timestamps && starts {
+            let stamp = time.map_or_else(|| "-".to_owned(), lodge_common::time::rfc3339_micros);
+            out.write_all(stamp.as_bytes())?;
+            out.write_all(b" ")?;
+        }
+        if escape {
+            escaped.clear();
+            escape_controls(bytes, true, &mut escaped);
+            out.write_all(&escaped)
+        } else {
+            out.write_all(bytes)
+        }
+    };
+    let closed = |err: &io::Error| err.kind() == io::ErrorKind::BrokenPipe;
+    for line in &lines {
+        match emit(&mut out, line.time, line.starts_line, &line.bytes) {
+            Ok(()) => {}
+            Err(err) if closed(&err) => return Ok(0),
+            Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
+        }
+    }
+    match out.flush() {
+        Ok(()) => {}
+        Err(err) if closed(&err) => return Ok(0),
+        Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
+    }
+    let Some(mut follower) = follower else {
+        return Ok(0);
+    };
+    let mut splitter = lodge_logs::LineSplitter::default();
+    // The window may have ended inside a line the follower finishes.
+    let mut starts = lines.last().is_none_or(|l| l.bytes.ends_with(b"\n"));
+    loop {
+        let chunk = follower.next_blocking()?;
+        let pieces = match &chunk {
+            Some(bytes) => splitter.push(bytes),
+            None => splitter.finish().into_iter().collect(),
+        };
+        let read_at = std::time::SystemTime::now();
+        for piece in pieces {
+            let mut bytes = piece.bytes;
+            if piece.ends_line && chunk.is_some() {
+                bytes.push(b'\n');
+            }
+            match emit(&mut out, Some(read_at), starts, &bytes) {
+                Ok(()) => {}
+                Err(err) if closed(&err) => return Ok(0),
+                Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
+            }
+            starts = piece.ends_line;
+        }
+        match out.flush() {
+            Ok(()) => {}
+            Err(err) if closed(&err) => return Ok(0),
+            Err(err) => return Err(anyhow::Error::new(err).context("cannot write to stdout")),
+        }
+        if chunk.is_none() {
+            return Ok(0);
+        }
+    }
+}
+
 /// Writes all of `bytes`; false if stdout was closed (`| head`).
 fn write_out(out: &mut File, bytes: &[u8]) -> Result<bool> {
     match out.write_all(bytes) {
@@ -101,6 +205,9 @@ fn parse_fast(args: &[OsString]) -> Option<LogsArgs> {
         tail: "100".into(),
         follow: false,
         raw: false,
+        timestamps: false,
+        since: None,
+        until: None,
         instance: None,
     };
     let mut rest = args.iter();

@@ -31,6 +31,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             tail: Some(u64::from(u32::MAX)),
             follow: Some(true),
             source: Some("app".to_string()),
+            ..LogsQuery::default()
         };
         client
             .logs(&id, &query, |line, ends| Ok(out.write(line, ends)?))

@@ -35,12 +35,20 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
             })?),
             None => None,
         };
+    let console_fd =
+        match &args.console_fd {
+            Some(text) => Some(text.parse::<i32>().map_err(|_| {
+                anyhow!("invalid --console-fd {text:?}: expected a descriptor number")
+            })?),
+            None => None,
+        };
     let config = lodge_monitor::Config {
         log_dir: args.log_dir,
         max_size: max_size.as_u64(),
         max_files,
         command: args.command,
         status_fd,
+        console_fd,
     };
     Ok(lodge_monitor::run(&config)?)
 }
@@ -51,7 +59,7 @@ pub fn fast(args: &[OsString]) -> Option<Result<u8>> {
     parse_fast(args).map(run)
 }
 
-/// `--log-dir`, `--max-size`, `--max-files`, `--status-fd` (as `--flag
+/// `--log-dir`, `--max-size`, `--max-files`, `--status-fd`, `--console-fd` (as `--flag
 /// VALUE` or `--flag=VALUE`), then `--` and the command.
 fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
     let mut parsed = SuperviseArgs {
@@ -59,6 +67,7 @@ fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
         max_size: "50MiB".into(),
         max_files: "5".into(),
         status_fd: None,
+        console_fd: None,
         command: Vec::new(),
     };
     let mut log_dir = None;
@@ -75,6 +84,7 @@ fn parse_fast(args: &[OsString]) -> Option<SuperviseArgs> {
             "--max-size" => parsed.max_size = value()?.into_string().ok()?,
             "--max-files" => parsed.max_files = value()?.into_string().ok()?,
             "--status-fd" => parsed.status_fd = Some(value()?.into_string().ok()?),
+            "--console-fd" => parsed.console_fd = Some(value()?.into_string().ok()?),
             _ => return None,
         }
     }

@@ -82,6 +82,7 @@ impl Manager {
             .as_ref()
             .map(|l| NetworkRecord::new(l, spec.network.limits));
         let network = self.net.as_ref().map(|dn| dn.network.clone());
+        let console = self.cfg.console;
         // Prepared under a staging name that listing ignores, then renamed
         // into place, so a failed create leaves nothing behind.
         let staging = Paths {
@@ -91,7 +92,15 @@ impl Manager {
             let staging = staging.clone();
             let id = id.clone();
             tokio::task::spawn_blocking(move || {
-                prepare(&staging, &id, &spec, record, network.as_ref(), volumes)
+                prepare(
+                    &staging,
+                    &id,
+                    &spec,
+                    record,
+                    network.as_ref(),
+                    console,
+                    volumes,
+                )
             })
             .await
             .map_err(|e| Error::Task {
@@ -184,6 +193,7 @@ fn prepare(
     spec: &CreateSpec,
     network: Option<NetworkRecord>,
     net: Option<&lodge_net::Network>,
+    console: super::store::ConsoleKind,
     volumes: Vec<store::VolumeAttachment>,
 ) -> Result<Metadata> {
     std::fs::create_dir_all(dir.logs()).map_err(io(format!("creating {}", dir.dir.display())))?;
@@ -237,6 +247,7 @@ fn prepare(
         restart_policy: spec.restart_policy.clone(),
         restart_status: None,
         health_check: spec.health_check.clone(),
+        console,
         volumes,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;

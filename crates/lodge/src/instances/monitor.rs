@@ -30,7 +30,7 @@ use lodge_hypervisor::{
 
 use super::error::{MonitorError, Result};
 use super::observe::monitor_alive;
-use super::store::{upper_disk, Metadata, Paths, VolumeAttachment};
+use super::store::{upper_disk, ConsoleKind, Metadata, Paths, VolumeAttachment};
 use crate::config::Config;
 
 /// Console on the first serial port; the kernel stays quiet so the console
@@ -50,6 +50,27 @@ const STATUS_FD: i32 = 3;
 /// (a volume, or an overlay's upper disk). Fixed, so a VM started again
 /// or restored has the same devices.
 pub const HOTPLUG_SLOTS: u32 = super::spec::MAX_VOLUMES as u32;
+
+/// The descriptor on which the monitor hands the VMM the write end of the
+/// workload's fast console (`lodge supervise --console-fd`), merged by the
+/// monitor into `logs/app.log` with the serial console.
+const CONSOLE_FD: i32 = 4;
+
+/// Tells lodge's guest init to give the workload the virtio console
+/// (`lodge_guest::FAST_CONSOLE_FLAG`); the kernel keeps `ttyS0`.
+/// Then the operator's `LODGE_KERNEL_ARGS`, last so they win.
+fn kernel_cmdline(console: ConsoleKind, extra: &str) -> String {
+    let mut cmdline = KERNEL_CMDLINE.to_string();
+    if console == ConsoleKind::Virtio {
+        cmdline.push(' ');
+        cmdline.push_str(lodge_guest::FAST_CONSOLE_FLAG);
+    }
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
 
 /// How long a monitor may take to hold its lock and record its child.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,12 +139,13 @@ impl Launcher {
             memory_bytes: meta.memory_bytes,
             kernel: kernel_image(&self.cfg.system_dir),
             initrd: self.cfg.system_dir.join("initrd.img"),
-            cmdline: KERNEL_CMDLINE.to_string(),
+            cmdline: kernel_cmdline(meta.console, &self.cfg.kernel_args),
             disks,
             control_socket: paths.control_socket(),
             // Unused while `status_fd` is set; kept valid for the config.
             status_file: paths.status_file(),
             status_fd: Some(STATUS_FD),
+            console_fd: (meta.console == ConsoleKind::Virtio).then_some(CONSOLE_FD),
             // The guest agent's transport; without it the VM still runs,
             // and exec/cp are refused (see `Manager::agent_endpoint`).
             agent_channel: caps.virtio_serial.then(|| VirtioSerialChannel {
@@ -182,9 +204,11 @@ impl Launcher {
             .arg("--max-files")
             .arg(self.cfg.log_max_files.to_string())
             .arg("--status-fd")
-            .arg(STATUS_FD.to_string())
-            .arg("--")
-            .args(argv.iter().map(OsString::as_os_str));
+            .arg(STATUS_FD.to_string());
+        if let Some(fd) = vm.console_fd {
+            cmd.arg("--console-fd").arg(fd.to_string());
+        }
+        cmd.arg("--").args(argv.iter().map(OsString::as_os_str));
         let stderr = File::create(paths.monitor_stderr()).map_err(MonitorError::ErrorFile)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

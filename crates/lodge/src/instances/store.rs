@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use lodge_hypervisor::HypervisorKind;
+
+pub use crate::config::ConsoleKind;
 use serde::{Deserialize, Serialize};
 
 /// What lodge remembers about an instance between operations.
@@ -70,6 +72,11 @@ pub struct Metadata {
     /// hypeman's workload health check (`health`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<super::health::HealthCheck>,
+    /// Where the workload's output goes; records from before the fast
+    /// console have none and keep the serial console (a standby snapshot
+    /// must be restored into the same devices).
+    #[serde(default)]
+    pub console: ConsoleKind,
     /// Volumes attached to the instance, at create or while running; the
     /// one record of who holds a volume (lodge-volumes reads it back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -249,6 +256,7 @@ mod tests {
             paused: false,
             started_at: None,
             stopped_at: Some(SystemTime::now()),
+            console: ConsoleKind::Virtio,
             network: Some(NetworkRecord {
                 ip: std::net::Ipv4Addr::new(10, 100, 0, 2),
                 mac: "02:4c:0a:64:00:02".into(),
