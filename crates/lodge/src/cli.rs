@@ -35,6 +35,12 @@ pub enum Command {
     Stop(InstanceArg),
     /// Boot a stopped instance again
     Start(InstanceArg),
+    /// Put a running instance in standby (save its state to disk, VMM exits)
+    Standby(InstanceArg),
+    /// Restore an instance from standby; the guest continues where it was
+    Restore(InstanceArg),
+    /// Wait until an instance is in a state (exit 1 on timeout)
+    Wait(WaitArgs),
     /// Delete instances
     Rm(RmArgs),
     /// Show an instance as JSON
@@ -229,6 +235,17 @@ pub struct PsArgs {
 pub struct InstanceArg {
     /// Instance id, name or unique id prefix
     pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// The state to wait for (Running, Standby, Stopped, …)
+    pub state: String,
+    /// How long to wait, as a Go duration (at most 5m)
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]

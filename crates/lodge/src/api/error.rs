@@ -89,6 +89,12 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
         E::CreateFailed(failed) => status_of(&failed.run),
+        // A saved state this host cannot load, or that failed to load.
+        E::Backend(B::Incompatible { .. }) => (StatusCode::CONFLICT, "snapshot_incompatible"),
+        E::Backend(B::StateTransfer { op: "loading", .. }) => {
+            (StatusCode::CONFLICT, "restore_failed")
+        }
+        E::StateFileMissing { .. } => (StatusCode::CONFLICT, "snapshot_missing"),
         E::Image(_)
         | E::Disk(_)
         | E::Io { .. }

@@ -16,6 +16,7 @@ mod images;
 pub mod instances;
 pub mod logs;
 pub mod server;
+mod standby;
 mod state;
 pub mod types;
 mod ws;
@@ -48,6 +49,9 @@ pub use state::{AppState, MAX_BODY};
         instances::delete,
         instances::stop,
         instances::start,
+        standby::wait,
+        standby::standby,
+        standby::restore,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -67,6 +71,7 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::state::State,
         instances::CreateInstance,
         instances::StartInstance,
+        crate::instances::wait::WaitOutcome,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -92,6 +97,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/wait", get(standby::wait))
+        .route("/instances/{id}/standby", post(standby::standby))
+        .route("/instances/{id}/restore", post(standby::restore))
         .route("/instances/{id}/logs", get(logs::logs))
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))

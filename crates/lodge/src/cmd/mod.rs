@@ -10,7 +10,9 @@ mod logs_escape;
 mod rt;
 mod run;
 mod serve;
+mod standby;
 mod supervise;
+mod wait;
 mod ws;
 
 use anyhow::Result;
@@ -51,6 +53,9 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Stop(args) => instance_verbs::stop(args),
         Command::Start(args) => instance_verbs::start(args),
         Command::Rm(args) => instance_verbs::rm(args),
+        Command::Standby(args) => standby::standby(args),
+        Command::Restore(args) => standby::restore(args),
+        Command::Wait(args) => wait::run(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),

@@ -58,6 +58,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     };
     let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone(), net)?);
     manager.sweep();
+    manager.reconcile_standby().await;
     manager
         .reap_network()
         .await

@@ -216,6 +216,7 @@ fn prepare(
         started_at: None,
         stopped_at: None,
         network,
+        standby: Default::default(),
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

@@ -60,6 +60,9 @@ pub enum Error {
         #[source]
         source: Option<tokio::task::JoinError>,
     },
+    /// The instance's record names a saved state whose file is gone.
+    #[error("the saved state of instance {id} is missing ({path})")]
+    StateFileMissing { id: String, path: String },
     /// The request asked for a network and this daemon runs without one.
     #[error("networking is off in this daemon (LODGE_NETWORK=off, or not run as root): create the instance with network.enabled=false, or start the daemon as root with networking on")]
     NetworkDisabled,

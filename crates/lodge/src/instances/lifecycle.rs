@@ -37,6 +37,8 @@ impl Manager {
             }
         }
         meta.paused = false;
+        // A fresh boot: its monitor sees the program's start line itself.
+        meta.standby.resumed = false;
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;
         store::save(paths, &meta).map_err(io("writing instance record"))?;

@@ -20,6 +20,10 @@
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
 //!   hypervisor backend the instance was created with;
+//! - `standby`: standby and restore (save the VM's state beside its
+//!   disks and let the VMM exit; start it again from that state), and
+//!   finishing or undoing one a daemon crash cut short;
+//! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
@@ -34,9 +38,11 @@ pub mod net;
 mod observe;
 mod oplog;
 pub mod spec;
+mod standby;
 pub mod state;
 pub mod store;
 mod view;
+pub mod wait;
 
 pub use error::Error;
 pub use manager::{image_users, AgentEndpoint, Manager};

@@ -140,6 +140,20 @@ impl Launcher {
         let backend = self.backend(meta.hypervisor)?;
         let vm = self.vm_config(&backend, paths, meta)?;
         let argv = backend.vmm_command(&vm)?;
+        self.spawn_monitor(paths, argv).await
+    }
+
+    /// [`Launcher::start`] with the VMM waiting for a saved state instead
+    /// of booting (the backend's `restore_command`); its console appends
+    /// to the same logs.
+    pub async fn start_restore(&self, paths: &Paths, meta: &Metadata) -> Result<()> {
+        let backend = self.backend(meta.hypervisor)?;
+        let vm = self.vm_config(&backend, paths, meta)?;
+        let argv = backend.restore_command(&vm)?;
+        self.spawn_monitor(paths, argv).await
+    }
+
+    async fn spawn_monitor(&self, paths: &Paths, argv: Vec<OsString>) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.cfg.lodge_exe);
         cmd.arg("supervise")
             .arg("--log-dir")

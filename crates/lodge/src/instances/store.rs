@@ -52,6 +52,56 @@ pub struct Metadata {
     /// instance without a network (and every record from before networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// Standby: the saved state while the instance sleeps, and what a
+    /// standby or restore left behind.
+    #[serde(default, skip_serializing_if = "StandbyState::is_empty")]
+    pub standby: StandbyState,
+}
+
+/// What an instance's record says about standby (see `standby`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyState {
+    /// The saved memory and device state, while the instance is in standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SavedState>,
+    /// The running VMM was restored from a state saved after the guest
+    /// program had started (its start line went to an earlier monitor).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// Why the last restore failed; cleared by the next standby or restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A standby or restore under way (or cut short by a daemon crash:
+    /// the daemon finishes or undoes it when it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingOp>,
+}
+
+impl StandbyState {
+    pub fn is_empty(&self) -> bool {
+        *self == StandbyState::default()
+    }
+}
+
+/// A saved VM state: where it is and what can load it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// The state file, relative to the instance directory.
+    pub file: PathBuf,
+    /// Bytes of the state file.
+    pub size_bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub created_at: SystemTime,
+    /// The VMM version, machine type, accelerator and CPU model it needs.
+    pub identity: lodge_hypervisor::SnapshotIdentity,
+}
+
+/// An operation that changes whether a VMM runs, recorded while under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingOp {
+    Standby,
+    Restore,
 }
 
 /// An instance's place on the default network, persisted in its record.
@@ -208,6 +258,7 @@ mod tests {
                 bandwidth_download: Some("10Mbps".into()),
                 bandwidth_upload: None,
             }),
+            standby: StandbyState::default(),
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");
@@ -220,6 +271,7 @@ mod tests {
         assert_eq!(back.network, meta.network);
         assert_eq!(json["network"]["ip"], "10.100.0.2");
         assert!(json["network"].get("bandwidth_upload").is_none());
+        assert!(json.get("standby").is_none(), "no standby, no field");
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
             list_ids(dir.path()).expect("list"),

@@ -1,0 +1,435 @@
+//! Standby and restore: a VM that sleeps to disk and wakes where it was.
+//!
+//! Standby, under the instance lock:
+//! 1. refuse unless Running; record `pending: standby` and `paused`;
+//! 2. the backend pauses the guest and saves memory + device state to
+//!    `standby/memory.partial` (the VMM stays, paused);
+//! 3. end the VMM (its monitor records the exit and releases the logs);
+//! 4. fsync the file, rename it to `standby/memory`, record the saved
+//!    state (with the VMM identity it needs) and clear `pending`;
+//! 5. delete the TAP (the address stays leased to the instance).
+//!
+//! A failure in 2 or 3 cancels the save and continues the guest.
+//!
+//! Restore, under the lock:
+//! 1. refuse unless Standby; check the VMM binary against the identity
+//!    recorded with the state (version, machine, accelerator) before
+//!    anything starts; record `pending: restore`;
+//! 2. recreate the TAP (same name, MAC and address), start a monitor whose
+//!    VMM waits for the state (same arguments, so the console appends to
+//!    the same `app.log`), load the file (the CPU model is checked once
+//!    the VMM runs);
+//! 3. the point of no return: record that the state has been used (the
+//!    guest is loaded and paused), delete the file, continue the guest.
+//!
+//! A failure before 3 ends the new VMM, deletes the TAP and leaves the
+//! instance in Standby with its state and the reason in `state_error`.
+//! Disks are used in place throughout: the VMM flushes them when the save
+//! completes, and nothing runs on them between standby and restore.
+//!
+//! A daemon killed in the middle leaves `pending` in the record;
+//! [`Manager::reconcile_standby`] settles it when the daemon starts.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use lodge_hypervisor::{Backend, Feature, Hypervisor};
+
+use super::error::{io, Error, Result};
+use super::manager::{Locked, Manager};
+use super::net;
+use super::observe::{monitor_alive, observe};
+use super::oplog::oplog;
+use super::state::{self, State};
+use super::store::{self, Metadata, Paths, PendingOp, SavedState, StandbyState};
+use super::view::Instance;
+
+/// Directory of the saved state, inside the instance directory.
+const STATE_DIR: &str = "standby";
+/// The saved memory and device state.
+const STATE_FILE: &str = "memory";
+/// The state file while it is being written.
+const PARTIAL_FILE: &str = "memory.partial";
+
+/// Time allowed to save or load a state: generous, as the stream runs at
+/// disk speed (hundreds of MiB/s) and the host may be busy.
+fn transfer_timeout(memory_bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs(30 * memory_bytes.div_ceil(1 << 30))
+}
+
+fn state_dir(paths: &Paths) -> PathBuf {
+    paths.dir.join(STATE_DIR)
+}
+
+/// An error and its causes as one line (for `state_error`).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.contains(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Removes `path` if it exists.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Makes `file` durable and gives it its final name; returns its size.
+fn commit_state_file(file: &Path, to: &Path) -> std::io::Result<u64> {
+    let f = std::fs::File::open(file)?;
+    f.sync_all()?;
+    let size = f.metadata()?.len();
+    std::fs::rename(file, to)?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(size)
+}
+
+impl Manager {
+    /// Puts a running instance in standby (see the module doc).
+    pub async fn standby(&self, key: &str) -> Result<Instance> {
+        let Locked {
+            _guard,
+            id,
+            paths,
+            mut meta,
+        } = self.lock_instance(key).await?;
+        let state = state::derive(&observe(&paths, &meta));
+        if state != State::Running {
+            return Err(Error::WrongState {
+                id,
+                state,
+                action: "standby",
+                needs: "running",
+            });
+        }
+        let backend = self.launcher.backend(meta.hypervisor)?;
+        backend
+            .capabilities()
+            .require(backend.kind(), Feature::Snapshot)?;
+        let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+        let dir = state_dir(&paths);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let partial = dir.join(PARTIAL_FILE);
+        remove_if_present(&partial).map_err(io("removing an unfinished state file"))?;
+
+        meta.paused = true;
+        meta.standby.pending = Some(PendingOp::Standby);
+        meta.standby.error = None;
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        oplog(&paths, "standby: saving the VM state");
+        let started = Instant::now();
+
+        let saved = backend
+            .save(&vm, &partial, transfer_timeout(meta.memory_bytes))
+            .await;
+        let identity = match saved {
+            Ok(identity) => identity,
+            Err(e) => return Err(self.undo_standby(&backend, &paths, meta, e.into()).await),
+        };
+        let saved_in = started.elapsed();
+        // Paused after a completed save: QEMU's `quit` ends it at once.
+        if let Err(e) = self.launcher.force_stop(&paths, &meta).await {
+            return Err(self.undo_standby(&backend, &paths, meta, e).await);
+        }
+        let file = dir.join(STATE_FILE);
+        let size = {
+            let (partial, file) = (partial.clone(), file.clone());
+            tokio::task::spawn_blocking(move || commit_state_file(&partial, &file))
+                .await
+                .map_err(|e| Error::Task {
+                    what: "state file sync",
+                    source: Some(e),
+                })?
+                .map_err(io("writing the state file"))?
+        };
+        meta.paused = false;
+        meta.standby = StandbyState {
+            snapshot: Some(SavedState {
+                file: PathBuf::from(STATE_DIR).join(STATE_FILE),
+                size_bytes: size,
+                created_at: SystemTime::now(),
+                identity,
+            }),
+            ..StandbyState::default()
+        };
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        // The VMM has exited: nothing holds the TAP any more.
+        self.tap_down(&meta).await?;
+        oplog(
+            &paths,
+            &format!(
+                "standby: saved {} MiB of state in {} ms ({} ms with the VMM's exit and sync)",
+                size >> 20,
+                saved_in.as_millis(),
+                started.elapsed().as_millis()
+            ),
+        );
+        Ok(self.view(&meta))
+    }
+
+    /// A standby failed (`err`) before the state was committed: cancel the
+    /// save, continue the guest and clear the record's marks.
+    async fn undo_standby(
+        &self,
+        backend: &Backend,
+        paths: &Paths,
+        mut meta: Metadata,
+        err: Error,
+    ) -> Error {
+        let mut cleanup = Vec::new();
+        if monitor_alive(&paths.logs()) {
+            match self.launcher.vm_config(backend, paths, &meta) {
+                Ok(vm) => {
+                    if let Err(e) = backend.abort_save(&vm).await {
+                        cleanup.push(e.into());
+                    }
+                }
+                Err(e) => cleanup.push(e.into()),
+            }
+        } else if let Err(e) = self.tap_down(&meta).await {
+            // The VMM is gone (the instance is Stopped): so is its TAP.
+            cleanup.push(e);
+        }
+        if let Err(e) = remove_if_present(&state_dir(paths).join(PARTIAL_FILE)) {
+            cleanup.push(io("removing an unfinished state file")(e));
+        }
+        meta.paused = false;
+        meta.standby.pending = None;
+        if let Err(e) = store::save(paths, &meta) {
+            cleanup.push(io("writing instance record")(e));
+        }
+        oplog(
+            paths,
+            &format!("standby failed, guest continued: {}", chain(&err)),
+        );
+        Error::with_cleanup(err, cleanup)
+    }
+
+    /// Restores an instance from standby (see the module doc).
+    pub async fn restore(&self, key: &str) -> Result<Instance> {
+        let Locked {
+            _guard,
+            id,
+            paths,
+            mut meta,
+        } = self.lock_instance(key).await?;
+        let state = state::derive(&observe(&paths, &meta));
+        let saved = match (&state, &meta.standby.snapshot) {
+            (State::Standby, Some(saved)) => saved.clone(),
+            _ => {
+                return Err(Error::WrongState {
+                    id,
+                    state,
+                    action: "restore",
+                    needs: "in standby",
+                })
+            }
+        };
+        let file = paths.dir.join(&saved.file);
+        if !file.exists() {
+            return Err(Error::StateFileMissing {
+                id,
+                path: file.display().to_string(),
+            });
+        }
+        let backend = self.launcher.backend(meta.hypervisor)?;
+        backend
+            .capabilities()
+            .require(backend.kind(), Feature::Snapshot)?;
+        saved.identity.check(&backend.snapshot_identity().await?)?;
+
+        meta.standby.pending = Some(PendingOp::Restore);
+        meta.standby.error = None;
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        oplog(&paths, "restore: loading the saved state");
+        let started = Instant::now();
+        if let Err(e) = self
+            .load_saved(&backend, &paths, &meta, &file, &saved)
+            .await
+        {
+            let mut cleanup = Vec::new();
+            if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
+                cleanup.push(c);
+            }
+            if let Err(c) = self.tap_down(&meta).await {
+                cleanup.push(c);
+            }
+            meta.standby.pending = None;
+            meta.standby.error = Some(chain(&e));
+            if let Err(c) = store::save(&paths, &meta) {
+                cleanup.push(io("writing instance record")(c));
+            }
+            oplog(
+                &paths,
+                &format!("restore failed, still in standby: {}", chain(&e)),
+            );
+            return Err(Error::with_cleanup(e, cleanup));
+        }
+        let loaded_in = started.elapsed();
+        // The guest is loaded and paused: the saved state has served. From
+        // here on, its disks move on, so the state must never load again.
+        meta.standby.snapshot = None;
+        meta.standby.resumed = true;
+        meta.paused = true;
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        if let Err(e) = std::fs::remove_dir_all(state_dir(&paths)) {
+            tracing::warn!("removing the used state of {id}: {e}");
+        }
+        let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+        backend.resume(&vm).await?;
+        meta.paused = false;
+        meta.standby.pending = None;
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        oplog(
+            &paths,
+            &format!(
+                "restore: state loaded in {} ms, guest continued after {} ms",
+                loaded_in.as_millis(),
+                started.elapsed().as_millis()
+            ),
+        );
+        Ok(self.view(&meta))
+    }
+
+    /// Restore steps 2 (see the module doc): TAP, monitor, load.
+    async fn load_saved(
+        &self,
+        backend: &Backend,
+        paths: &Paths,
+        meta: &Metadata,
+        file: &Path,
+        saved: &SavedState,
+    ) -> Result<()> {
+        if let Some(rec) = &meta.network {
+            let dn = self.net.as_deref().ok_or(Error::NetworkDisabled)?;
+            net::tap_up(dn, meta, rec).await?;
+        }
+        self.launcher.start_restore(paths, meta).await?;
+        let vm = self.launcher.vm_config(backend, paths, meta)?;
+        backend
+            .load(
+                &vm,
+                file,
+                &saved.identity,
+                transfer_timeout(meta.memory_bytes),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Settles standbys and restores a daemon crash cut short (called once
+    /// when the daemon starts, before it serves):
+    ///
+    /// - a standby whose VMM still runs is cancelled and the guest
+    ///   continued; one whose VMM is gone leaves a Stopped instance (its
+    ///   disks were flushed; the unfinished state is dropped);
+    /// - a restore that had not used the state yet ends its VMM and stays
+    ///   in Standby with the state; one that had continues the guest.
+    pub async fn reconcile_standby(&self) {
+        let all = match self.all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!("reconciling standby: {e}");
+                return;
+            }
+        };
+        for meta in all {
+            let Some(op) = meta.standby.pending else {
+                continue;
+            };
+            let id = meta.id.clone();
+            match self.reconcile_one(&id, op).await {
+                Ok(what) => tracing::warn!("instance {id}: {what}"),
+                Err(e) => tracing::warn!("instance {id}: settling an interrupted {op:?}: {e}"),
+            }
+        }
+    }
+
+    async fn reconcile_one(&self, id: &str, op: PendingOp) -> Result<&'static str> {
+        let Locked {
+            _guard,
+            paths,
+            mut meta,
+            ..
+        } = self.lock_instance(id).await?;
+        let alive = monitor_alive(&paths.logs());
+        let backend = self.launcher.backend(meta.hypervisor)?;
+        let what = match (op, alive, meta.standby.snapshot.is_some()) {
+            (PendingOp::Standby, true, _) => {
+                let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+                backend.abort_save(&vm).await?;
+                meta.paused = false;
+                "a standby cut short by a daemon restart was cancelled; the guest continues"
+            }
+            (PendingOp::Standby, false, _) => {
+                self.tap_down(&meta).await?;
+                meta.paused = false;
+                "a standby cut short by a daemon restart lost its VMM; the instance is stopped"
+            }
+            (PendingOp::Restore, _, true) => {
+                self.launcher.force_stop(&paths, &meta).await?;
+                self.tap_down(&meta).await?;
+                meta.standby.error = Some(
+                    "a daemon restart interrupted the restore; the saved state is kept".into(),
+                );
+                "a restore cut short by a daemon restart was undone; still in standby"
+            }
+            (PendingOp::Restore, true, false) => {
+                let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+                backend.resume(&vm).await?;
+                meta.paused = false;
+                "a restore cut short by a daemon restart was finished; the guest continues"
+            }
+            (PendingOp::Restore, false, false) => {
+                meta.paused = false;
+                "a restore cut short by a daemon restart lost its VMM; the instance is stopped"
+            }
+        };
+        if op == PendingOp::Standby {
+            remove_if_present(&state_dir(&paths).join(PARTIAL_FILE))
+                .map_err(io("removing an unfinished state file"))?;
+        }
+        meta.standby.pending = None;
+        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        oplog(&paths, what);
+        Ok(what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_timeouts_grow_with_memory() {
+        assert_eq!(transfer_timeout(256 << 20), Duration::from_secs(60));
+        assert_eq!(transfer_timeout(4 << 30), Duration::from_secs(150));
+    }
+
+    #[test]
+    fn a_committed_state_file_has_its_final_name() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let partial = dir.path().join(PARTIAL_FILE);
+        std::fs::write(&partial, b"state")?;
+        let file = dir.path().join(STATE_FILE);
+        assert_eq!(commit_state_file(&partial, &file)?, 5);
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read(&file)?, b"state");
+        remove_if_present(&partial)?;
+        remove_if_present(&file)?;
+        assert!(!file.exists());
+        Ok(())
+    }
+}
