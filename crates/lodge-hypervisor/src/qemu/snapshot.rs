@@ -70,6 +70,18 @@ pub fn parse_version_output(out: &str) -> Option<String> {
     Some(rest.to_string())
 }
 
+/// `err` and its causes, as one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// Polls `query-migrate` until `completed`, failing on `failed` or
 /// `cancelled` or when `deadline` passes.
 async fn wait_completed(
@@ -203,10 +215,19 @@ impl QemuBackend {
         let mut qmp = self.connect(cfg).await?;
         let now = self.running_identity(&mut qmp, cfg).await?;
         saved.check(&now)?;
-        qmp.migrate_incoming(&uri)
-            .await
-            .map_err(|e| qmp_err(cfg, e))?;
-        wait_completed(&mut qmp, cfg, "loading", deadline).await
+        let loaded = match qmp.migrate_incoming(&uri).await {
+            Ok(()) => wait_completed(&mut qmp, cfg, "loading", deadline).await,
+            Err(e) => Err(qmp_err(cfg, e)),
+        };
+        // QEMU exits when a load fails: its control channel breaks.
+        loaded.map_err(|e| match e {
+            BackendError::Control { .. } => BackendError::StateTransfer {
+                op: "loading",
+                vm: cfg.id.clone(),
+                reason: format!("the VMM ended while loading it ({})", error_chain(&e)),
+            },
+            other => other,
+        })
     }
 }
 

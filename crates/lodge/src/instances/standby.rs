@@ -33,7 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use lodge_hypervisor::{Backend, Feature, Hypervisor};
+use lodge_hypervisor::{Backend, BackendError, Feature, Hypervisor};
 
 use super::error::{io, Error, Result};
 use super::manager::{Locked, Manager};
@@ -94,6 +94,35 @@ fn commit_state_file(file: &Path, to: &Path) -> std::io::Result<u64> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(size)
+}
+
+/// The last line of the live `vmm.log` (read within its last 2 KiB).
+fn last_vmm_line(paths: &Paths) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(paths.logs().join("vmm.log")).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(2048))).ok()?;
+    let mut buf = Vec::new();
+    f.take(2048).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// A failed load with the VMM's own last words added (QEMU logs why a
+/// load failed, e.g. "load of migration failed: Invalid argument").
+fn with_vmm_reason(err: Error, paths: &Paths) -> Error {
+    let Error::Backend(BackendError::StateTransfer { op, vm, reason }) = err else {
+        return err;
+    };
+    let reason = match last_vmm_line(paths) {
+        Some(line) => format!("{reason}; the VMM said: {line}"),
+        None => reason,
+    };
+    Error::Backend(BackendError::StateTransfer { op, vm, reason })
 }
 
 impl Manager {
@@ -259,6 +288,7 @@ impl Manager {
             .load_saved(&backend, &paths, &meta, &file, &saved)
             .await
         {
+            let e = with_vmm_reason(e, &paths);
             let mut cleanup = Vec::new();
             if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
                 cleanup.push(c);
