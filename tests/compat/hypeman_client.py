@@ -60,7 +60,28 @@ def main():
     assert stopped.state == "Stopped", stopped
     started = client.instances.start(inst.id)
     assert started.state in ("Initializing", "Running"), started
-    wait_state(client, inst.id, "Running")
+    waited = client.instances.wait(inst.id, state="Running", api_timeout="2m")
+    assert waited.state == "Running" and not waited.timed_out, waited
+
+    # Standby and restore, with hypeman's wait in between.
+    asleep = client.instances.standby(inst.id)
+    assert asleep.state == "Standby" and asleep.has_snapshot, asleep
+    waited = client.instances.wait(inst.id, state="Standby", api_timeout="5s")
+    assert waited.state == "Standby" and not waited.timed_out, waited
+    waited = client.instances.wait(inst.id, state="Running", api_timeout="200ms")
+    assert waited.state == "Standby" and waited.timed_out, waited
+    try:
+        client.instances.standby(inst.id)
+        raise AssertionError("expected ConflictError")
+    except hypeman.ConflictError as e:
+        assert e.body["code"] == "invalid_state", e.body
+    awake = client.instances.restore(inst.id)
+    assert awake.state == "Running" and not awake.has_snapshot, awake
+    try:
+        client.instances.restore(inst.id)
+        raise AssertionError("expected ConflictError")
+    except hypeman.ConflictError as e:
+        assert e.body["code"] == "invalid_state", e.body
 
     try:
         client.instances.get("no-such-instance")
