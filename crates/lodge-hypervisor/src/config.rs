@@ -87,6 +87,11 @@ pub struct VmConfig {
     /// before networking, hence the default.
     #[serde(default)]
     pub nics: Vec<NicConfig>,
+    /// Guest RAM backed by this file, mapped shared: the file *is* the
+    /// guest's memory, so a saved state needs only the devices and a
+    /// restore maps the pages back lazily. `None`: anonymous memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<PathBuf>,
 }
 
 /// One virtio network interface backed by a host TAP device that already
@@ -278,6 +283,7 @@ impl VmConfig {
             status_fd: None,
             agent_channel: None,
             nics: Vec::new(),
+            memory_file: None,
         }
     }
 
@@ -306,6 +312,9 @@ impl VmConfig {
         }
         check_path("kernel", &self.kernel)?;
         check_path("initrd", &self.initrd)?;
+        if let Some(file) = &self.memory_file {
+            check_path("memory file", file)?;
+        }
         if self.cmdline.len() > MAX_CMDLINE_LEN || self.cmdline.contains(['\0', '\n', '\r']) {
             return Err(ConfigError::Cmdline);
         }

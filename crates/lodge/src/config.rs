@@ -26,6 +26,10 @@ pub struct Config {
     /// The default network to set up, or `None` when networking is off
     /// (`LODGE_NETWORK=off`, or not root and not asked for).
     pub network: Option<lodge_net::NetConfig>,
+    /// Guest RAM in a shared file in the instance directory, so standby
+    /// saves only the devices and restore maps memory back lazily
+    /// (`LODGE_MEMORY_FILE=off`: anonymous RAM, standby streams it all).
+    pub memory_file: bool,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lodge";
@@ -57,7 +61,13 @@ impl Config {
             is_root(),
             lodge_net::NetConfig::from_env,
         )?;
+        let memory_file = match std::env::var("LODGE_MEMORY_FILE").as_deref() {
+            Ok("off") | Ok("0") | Ok("false") => false,
+            Ok("on") | Ok("1") | Ok("true") | Ok("") | Err(_) => true,
+            Ok(other) => anyhow::bail!("LODGE_MEMORY_FILE {other:?}: expected on or off"),
+        };
         Ok(Config {
+            memory_file,
             network,
             data_dir,
             system_dir,

@@ -32,6 +32,10 @@ use crate::hypervisor::{BackendError, SnapshotIdentity};
 /// How often a migration's progress is asked while waiting for it.
 const POLL: Duration = Duration::from_millis(10);
 
+/// The migration capability that leaves shared RAM (a VM whose memory is
+/// a file, see `VmConfig::memory_file`) out of the stream.
+const IGNORE_SHARED: &str = "x-ignore-shared";
+
 /// `max-bandwidth` for a save to a local file: no throttle to speak of.
 const UNTHROTTLED: u64 = 1 << 40;
 
@@ -173,6 +177,12 @@ impl QemuBackend {
         qmp.set_migration_bandwidth(UNTHROTTLED)
             .await
             .map_err(|e| qmp_err(cfg, e))?;
+        if cfg.memory_file.is_some() {
+            // The RAM file stays where it is: save only the devices.
+            qmp.set_migration_capability(IGNORE_SHARED, true)
+                .await
+                .map_err(|e| qmp_err(cfg, e))?;
+        }
         qmp.migrate(&uri).await.map_err(|e| qmp_err(cfg, e))?;
         wait_completed(&mut qmp, cfg, "saving", deadline).await?;
         Ok(identity)
@@ -215,6 +225,11 @@ impl QemuBackend {
         let mut qmp = self.connect(cfg).await?;
         let now = self.running_identity(&mut qmp, cfg).await?;
         saved.check(&now)?;
+        if cfg.memory_file.is_some() {
+            qmp.set_migration_capability(IGNORE_SHARED, true)
+                .await
+                .map_err(|e| qmp_err(cfg, e))?;
+        }
         let loaded = match qmp.migrate_incoming(&uri).await {
             Ok(()) => wait_completed(&mut qmp, cfg, "loading", deadline).await,
             Err(e) => Err(qmp_err(cfg, e)),

@@ -37,8 +37,11 @@ impl Manager {
             }
         }
         meta.paused = false;
-        // A fresh boot: its monitor sees the program's start line itself.
+        // A fresh boot: its monitor sees the program's start line itself,
+        // and its RAM starts empty.
         meta.standby.resumed = false;
+        meta.standby.ram_file = self.cfg.memory_file;
+        super::standby::remove_ram_file(paths)?;
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;
         store::save(paths, &meta).map_err(io("writing instance record"))?;
@@ -76,8 +79,9 @@ impl Manager {
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
-        // The VMM has exited: nothing holds the TAP any more.
+        // The VMM has exited: nothing holds the TAP any more, nor its RAM.
         self.tap_down(&meta).await?;
+        super::standby::remove_ram_file(&paths)?;
         oplog(
             &paths,
             if graceful {

@@ -122,6 +122,10 @@ impl Launcher {
                 port_name: lodge_guest::agent::AGENT_PORT.to_string(),
             }),
             nics,
+            memory_file: meta
+                .standby
+                .ram_file
+                .then(|| paths.dir.join(super::standby::RAM_FILE)),
         })
     }
 

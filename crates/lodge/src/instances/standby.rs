@@ -51,6 +51,24 @@ const STATE_FILE: &str = "memory";
 /// The state file while it is being written.
 const PARTIAL_FILE: &str = "memory.partial";
 
+/// The guest RAM file of a VM whose memory is a file (in the instance
+/// directory, beside the disks).
+pub(super) const RAM_FILE: &str = "memory.ram";
+
+/// Removes the guest RAM file of a VM that has ended (nothing to keep).
+pub(super) fn remove_ram_file(paths: &Paths) -> Result<()> {
+    remove_if_present(&paths.dir.join(RAM_FILE)).map_err(io("removing the guest RAM file"))
+}
+
+/// Makes the guest RAM file durable (its pages are in the page cache
+/// once the VMM exits; the state is only complete with them on disk).
+fn sync_ram_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .sync_all()
+}
+
 /// Time allowed to save or load a state: generous, as the stream runs at
 /// disk speed (hundreds of MiB/s) and the host may be busy.
 fn transfer_timeout(memory_bytes: u64) -> Duration {
@@ -173,21 +191,30 @@ impl Manager {
             return Err(self.undo_standby(&backend, &paths, meta, e).await);
         }
         let file = dir.join(STATE_FILE);
+        let ram_file = meta.standby.ram_file.then(|| PathBuf::from(RAM_FILE));
         let size = {
             let (partial, file) = (partial.clone(), file.clone());
-            tokio::task::spawn_blocking(move || commit_state_file(&partial, &file))
-                .await
-                .map_err(|e| Error::Task {
-                    what: "state file sync",
-                    source: Some(e),
-                })?
-                .map_err(io("writing the state file"))?
+            let ram = ram_file.as_ref().map(|f| paths.dir.join(f));
+            tokio::task::spawn_blocking(move || {
+                if let Some(ram) = &ram {
+                    sync_ram_file(ram)?;
+                }
+                commit_state_file(&partial, &file)
+            })
+            .await
+            .map_err(|e| Error::Task {
+                what: "state file sync",
+                source: Some(e),
+            })?
+            .map_err(io("writing the state file"))?
         };
         meta.paused = false;
         meta.standby = StandbyState {
+            ram_file: meta.standby.ram_file,
             snapshot: Some(SavedState {
                 file: PathBuf::from(STATE_DIR).join(STATE_FILE),
                 size_bytes: size,
+                ram_file,
                 created_at: SystemTime::now(),
                 identity,
             }),
@@ -267,11 +294,14 @@ impl Manager {
             }
         };
         let file = paths.dir.join(&saved.file);
-        if !file.exists() {
-            return Err(Error::StateFileMissing {
-                id,
-                path: file.display().to_string(),
-            });
+        for needed in std::iter::once(&saved.file).chain(&saved.ram_file) {
+            let path = paths.dir.join(needed);
+            if !path.exists() {
+                return Err(Error::StateFileMissing {
+                    id,
+                    path: path.display().to_string(),
+                });
+            }
         }
         let backend = self.launcher.backend(meta.hypervisor)?;
         backend
@@ -284,29 +314,32 @@ impl Manager {
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
         oplog(&paths, "restore: loading the saved state");
         let started = Instant::now();
-        if let Err(e) = self
+        let loaded = self
             .load_saved(&backend, &paths, &meta, &file, &saved)
-            .await
-        {
-            let e = with_vmm_reason(e, &paths);
-            let mut cleanup = Vec::new();
-            if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
-                cleanup.push(c);
+            .await;
+        let vmm_up_in = match loaded {
+            Ok(up) => up,
+            Err(e) => {
+                let e = with_vmm_reason(e, &paths);
+                let mut cleanup = Vec::new();
+                if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
+                    cleanup.push(c);
+                }
+                if let Err(c) = self.tap_down(&meta).await {
+                    cleanup.push(c);
+                }
+                meta.standby.pending = None;
+                meta.standby.error = Some(chain(&e));
+                if let Err(c) = store::save(&paths, &meta) {
+                    cleanup.push(io("writing instance record")(c));
+                }
+                oplog(
+                    &paths,
+                    &format!("restore failed, still in standby: {}", chain(&e)),
+                );
+                return Err(Error::with_cleanup(e, cleanup));
             }
-            if let Err(c) = self.tap_down(&meta).await {
-                cleanup.push(c);
-            }
-            meta.standby.pending = None;
-            meta.standby.error = Some(chain(&e));
-            if let Err(c) = store::save(&paths, &meta) {
-                cleanup.push(io("writing instance record")(c));
-            }
-            oplog(
-                &paths,
-                &format!("restore failed, still in standby: {}", chain(&e)),
-            );
-            return Err(Error::with_cleanup(e, cleanup));
-        }
+        };
         let loaded_in = started.elapsed();
         // The guest is loaded and paused: the saved state has served. From
         // here on, its disks move on, so the state must never load again.
@@ -325,7 +358,8 @@ impl Manager {
         oplog(
             &paths,
             &format!(
-                "restore: state loaded in {} ms, guest continued after {} ms",
+                "restore: VMM up in {} ms, state loaded in {} ms, guest continued after {} ms",
+                vmm_up_in.as_millis(),
                 loaded_in.as_millis(),
                 started.elapsed().as_millis()
             ),
@@ -333,7 +367,8 @@ impl Manager {
         Ok(self.view(&meta))
     }
 
-    /// Restore steps 2 (see the module doc): TAP, monitor, load.
+    /// Restore steps 2 (see the module doc): TAP, monitor, load. Returns
+    /// how long the VMM took to be up (the rest is the load).
     async fn load_saved(
         &self,
         backend: &Backend,
@@ -341,12 +376,14 @@ impl Manager {
         meta: &Metadata,
         file: &Path,
         saved: &SavedState,
-    ) -> Result<()> {
+    ) -> Result<Duration> {
+        let started = Instant::now();
         if let Some(rec) = &meta.network {
             let dn = self.net.as_deref().ok_or(Error::NetworkDisabled)?;
             net::tap_up(dn, meta, rec).await?;
         }
         self.launcher.start_restore(paths, meta).await?;
+        let up = started.elapsed();
         let vm = self.launcher.vm_config(backend, paths, meta)?;
         backend
             .load(
@@ -356,7 +393,7 @@ impl Manager {
                 transfer_timeout(meta.memory_bytes),
             )
             .await?;
-        Ok(())
+        Ok(up)
     }
 
     /// Settles standbys and restores a daemon crash cut short (called once

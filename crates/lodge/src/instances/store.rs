@@ -68,6 +68,11 @@ pub struct StandbyState {
     /// program had started (its start line went to an earlier monitor).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// The VMM runs (or was saved) with its RAM in the instance's memory
+    /// file, mapped shared, rather than in anonymous memory (decided at
+    /// each boot; see `VmConfig::memory_file`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ram_file: bool,
     /// Why the last restore failed; cleared by the next standby or restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -90,6 +95,11 @@ pub struct SavedState {
     pub file: PathBuf,
     /// Bytes of the state file.
     pub size_bytes: u64,
+    /// The guest RAM file the state goes with (relative to the instance
+    /// directory), when the VM's memory is a file; its pages are not in
+    /// the state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub created_at: SystemTime,
     /// The VMM version, machine type, accelerator and CPU model it needs.
