@@ -120,7 +120,7 @@ fn standby_and_restore_keep_memory_and_the_log_five_times() {
     let ops = d.log_lines(&id, "source=lodge&tail=100");
     assert_eq!(
         ops.iter()
-            .filter(|l| l.contains("restore: state loaded"))
+            .filter(|l| l.contains("restore: VMM up"))
             .count(),
         5,
         "{ops:?}"
