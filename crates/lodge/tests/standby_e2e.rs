@@ -69,6 +69,31 @@ fn wait_api(d: &Daemon, id: &str, state: &str, timeout: &str) -> Value {
 fn standby_and_restore_keep_memory_and_the_log_five_times() {
     require_guest!();
     let d = Daemon::start();
+    cycles(&d, 5);
+    // The RAM file stays beside the disks; the state file is the devices.
+    let id = d.get("sleeper")["id"].as_str().expect("id").to_string();
+    assert!(d.guests_dir().join(&id).join("memory.ram").exists());
+    // Stop and delete work on a restored instance; stop drops the RAM.
+    assert_eq!(post(&d, &format!("/instances/{id}/stop")).status, 200);
+    assert!(!d.guests_dir().join(&id).join("memory.ram").exists());
+    assert_eq!(
+        d.api("DELETE", &format!("/instances/{id}"), None).status,
+        204
+    );
+}
+
+/// The same with anonymous guest RAM: standby streams it to the file.
+#[test]
+fn standby_and_restore_with_ram_streamed_to_the_state_file() {
+    require_guest!();
+    let d = Daemon::start_with_env(&[("LODGE_MEMORY_FILE", "off")]);
+    cycles(&d, 2);
+    let id = d.get("sleeper")["id"].as_str().expect("id").to_string();
+    assert!(!d.guests_dir().join(&id).join("memory.ram").exists());
+}
+
+/// `n` standby/restore cycles of a counter guest named `sleeper`.
+fn cycles(d: &Daemon, n: usize) {
     let id = d.create(counter("sleeper"))["id"]
         .as_str()
         .expect("id")
@@ -79,7 +104,7 @@ fn standby_and_restore_keep_memory_and_the_log_five_times() {
         (last_number(&d, &id) >= 5).then_some(())
     });
     let mut log_len = 0;
-    for cycle in 0..5 {
+    for cycle in 0..n {
         let t0 = Instant::now();
         let r = post(&d, &format!("/instances/{id}/standby"));
         assert_eq!(r.status, 200, "standby {cycle}: {}", r.text);
@@ -115,21 +140,13 @@ fn standby_and_restore_keep_memory_and_the_log_five_times() {
     let expected: Vec<u64> = (1..=all.len() as u64).collect();
     assert_eq!(
         all, expected,
-        "every line exactly once, in order, across 5 standby/restore cycles"
+        "every line exactly once, in order, across {n} standby/restore cycles"
     );
     let ops = d.log_lines(&id, "source=lodge&tail=100");
     assert_eq!(
-        ops.iter()
-            .filter(|l| l.contains("restore: VMM up"))
-            .count(),
-        5,
+        ops.iter().filter(|l| l.contains("restore: VMM up")).count(),
+        n,
         "{ops:?}"
-    );
-    // Stop and delete work on a restored instance.
-    assert_eq!(post(&d, &format!("/instances/{id}/stop")).status, 200);
-    assert_eq!(
-        d.api("DELETE", &format!("/instances/{id}"), None).status,
-        204
     );
 }
 
