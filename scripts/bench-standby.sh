@@ -6,7 +6,7 @@
 #   succeeds) against a cold `run` → guest answering, same rootfs and
 #   memory (256 MiB); median of RUNS (default 5). Goal ≤ 0.25.
 # - standby time per GiB of guest memory against `cp` of a file of the
-#   same size to the same disk: a 1 GiB guest fills FILL_MIB (default 900)
+#   same size to the same disk: a 1 GiB guest fills FILL_MIB (default 640)
 #   of a tmpfs with random bytes, so its RAM is nearly all touched; the
 #   standby (pause, save, VMM exit, fsync) is timed by the API call, the
 #   copy as `cp` + `sync` of that file (durable, as a standby is) and also
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 runs="${RUNS:-5}"
-fill_mib="${FILL_MIB:-900}"
+fill_mib="${FILL_MIB:-640}"
 lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d /tmp/lodge-bench-standby.XXXXXX)"
 # Benchmarks never touch the host's network.
@@ -49,6 +49,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 now() { date +%s%N; }
 ms() { echo $(( ($(now) - $1) / 1000000 )); }
@@ -80,7 +81,10 @@ for mode in on off; do
         "mkdir -p /fill && mount -t tmpfs -o size=${fill_mib}m none /fill && \
          dd if=/dev/urandom of=/fill/x bs=1M count=$((fill_mib - 4)) 2>/dev/null && echo filled; \
          while :; do sleep 3600; done" >/dev/null
-    until "$lodge" logs fill 2>/dev/null | grep -q filled; do sleep 0.5; done
+    until "$lodge" logs fill 2>/dev/null | grep -q filled; do
+        "$lodge" logs fill 2>/dev/null | grep -q "Out of memory" && { echo "bench-standby: the guest ran out of memory; lower FILL_MIB" >&2; exit 1; }
+        sleep 0.5
+    done
     t0=$(now); "$lodge" standby fill >/dev/null; standby=$(ms "$t0")
     dir="$LODGE_DATA_DIR/guests/$("$lodge" inspect fill | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
     state=$(du -sm "$dir/standby" | cut -f1); ram=$(du -sm "$dir/memory.ram" 2>/dev/null | cut -f1 || echo 0)

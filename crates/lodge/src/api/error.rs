@@ -95,6 +95,9 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
             (StatusCode::CONFLICT, "restore_failed")
         }
         E::StateFileMissing { .. } => (StatusCode::CONFLICT, "snapshot_missing"),
+        E::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::SnapshotNameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        E::BadSnapshotRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         E::Image(_)
         | E::Disk(_)
         | E::Io { .. }

@@ -16,6 +16,7 @@ mod images;
 pub mod instances;
 pub mod logs;
 pub mod server;
+mod snapshots;
 mod standby;
 mod state;
 pub mod types;
@@ -52,6 +53,11 @@ pub use state::{AppState, MAX_BODY};
         standby::wait,
         standby::standby,
         standby::restore,
+        snapshots::create,
+        snapshots::list,
+        snapshots::get_one,
+        snapshots::delete,
+        snapshots::restore,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -72,6 +78,11 @@ pub use state::{AppState, MAX_BODY};
         instances::CreateInstance,
         instances::StartInstance,
         crate::instances::wait::WaitOutcome,
+        crate::instances::snapshots::Snapshot,
+        crate::instances::snapshots::SnapshotKind,
+        crate::instances::snapshots::TargetState,
+        snapshots::CreateSnapshot,
+        snapshots::RestoreSnapshot,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -100,6 +111,19 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/wait", get(standby::wait))
         .route("/instances/{id}/standby", post(standby::standby))
         .route("/instances/{id}/restore", post(standby::restore))
+        .route(
+            "/instances/{id}/snapshots",
+            post(snapshots::create),
+        )
+        .route(
+            "/instances/{id}/snapshots/{snapshot_id}/restore",
+            post(snapshots::restore),
+        )
+        .route("/snapshots", get(snapshots::list))
+        .route(
+            "/snapshots/{id}",
+            get(snapshots::get_one).delete(snapshots::delete),
+        )
         .route("/instances/{id}/logs", get(logs::logs))
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))

@@ -60,6 +60,13 @@ pub enum Error {
         #[source]
         source: Option<tokio::task::JoinError>,
     },
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+    #[error("this instance already has a snapshot named {0:?}")]
+    SnapshotNameTaken(String),
+    /// A snapshot request that cannot be honoured as asked.
+    #[error("{0}")]
+    BadSnapshotRequest(String),
     /// The instance's record names a saved state whose file is gone.
     #[error("the saved state of instance {id} is missing ({path})")]
     StateFileMissing { id: String, path: String },

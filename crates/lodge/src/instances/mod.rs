@@ -23,12 +23,16 @@
 //! - `standby`: standby and restore (save the VM's state beside its
 //!   disks and let the VMM exit; start it again from that state), and
 //!   finishing or undoing one a daemon crash cut short;
+//! - `snapshots`: snapshots kept apart from their instance (disks, and
+//!   for kind Standby the saved state), restored into it; `diskcopy`
+//!   copies their files (reflink, else sparse);
 //! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
 mod create;
+mod diskcopy;
 pub mod error;
 mod lifecycle;
 mod manager;
@@ -37,6 +41,7 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+pub mod snapshots;
 pub mod spec;
 mod standby;
 pub mod state;

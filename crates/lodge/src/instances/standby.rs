@@ -146,13 +146,17 @@ fn with_vmm_reason(err: Error, paths: &Paths) -> Error {
 impl Manager {
     /// Puts a running instance in standby (see the module doc).
     pub async fn standby(&self, key: &str) -> Result<Instance> {
-        let Locked {
-            _guard,
-            id,
-            paths,
-            mut meta,
-        } = self.lock_instance(key).await?;
-        let state = state::derive(&observe(&paths, &meta));
+        let mut locked = self.lock_instance(key).await?;
+        self.standby_locked(&mut locked).await?;
+        Ok(self.view(&locked.meta))
+    }
+
+    /// [`Manager::standby`] of an instance whose lock the caller holds.
+    pub(super) async fn standby_locked(&self, locked: &mut Locked) -> Result<()> {
+        let id = locked.id.clone();
+        let paths = locked.paths.clone();
+        let meta = &mut locked.meta;
+        let state = state::derive(&observe(&paths, meta));
         if state != State::Running {
             return Err(Error::WrongState {
                 id,
@@ -165,7 +169,7 @@ impl Manager {
         backend
             .capabilities()
             .require(backend.kind(), Feature::Snapshot)?;
-        let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+        let vm = self.launcher.vm_config(&backend, &paths, meta)?;
         let dir = state_dir(&paths);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let partial = dir.join(PARTIAL_FILE);
@@ -174,7 +178,7 @@ impl Manager {
         meta.paused = true;
         meta.standby.pending = Some(PendingOp::Standby);
         meta.standby.error = None;
-        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         oplog(&paths, "standby: saving the VM state");
         let started = Instant::now();
 
@@ -187,7 +191,7 @@ impl Manager {
         };
         let saved_in = started.elapsed();
         // Paused after a completed save: QEMU's `quit` ends it at once.
-        if let Err(e) = self.launcher.force_stop(&paths, &meta).await {
+        if let Err(e) = self.launcher.force_stop(&paths, meta).await {
             return Err(self.undo_standby(&backend, &paths, meta, e).await);
         }
         let file = dir.join(STATE_FILE);
@@ -220,9 +224,9 @@ impl Manager {
             }),
             ..StandbyState::default()
         };
-        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         // The VMM has exited: nothing holds the TAP any more.
-        self.tap_down(&meta).await?;
+        self.tap_down(meta).await?;
         oplog(
             &paths,
             &format!(
@@ -232,7 +236,7 @@ impl Manager {
                 started.elapsed().as_millis()
             ),
         );
-        Ok(self.view(&meta))
+        Ok(())
     }
 
     /// A standby failed (`err`) before the state was committed: cancel the
@@ -241,12 +245,12 @@ impl Manager {
         &self,
         backend: &Backend,
         paths: &Paths,
-        mut meta: Metadata,
+        meta: &mut Metadata,
         err: Error,
     ) -> Error {
         let mut cleanup = Vec::new();
         if monitor_alive(&paths.logs()) {
-            match self.launcher.vm_config(backend, paths, &meta) {
+            match self.launcher.vm_config(backend, paths, meta) {
                 Ok(vm) => {
                     if let Err(e) = backend.abort_save(&vm).await {
                         cleanup.push(e.into());
@@ -254,7 +258,7 @@ impl Manager {
                 }
                 Err(e) => cleanup.push(e.into()),
             }
-        } else if let Err(e) = self.tap_down(&meta).await {
+        } else if let Err(e) = self.tap_down(meta).await {
             // The VMM is gone (the instance is Stopped): so is its TAP.
             cleanup.push(e);
         }
@@ -263,7 +267,7 @@ impl Manager {
         }
         meta.paused = false;
         meta.standby.pending = None;
-        if let Err(e) = store::save(paths, &meta) {
+        if let Err(e) = store::save(paths, meta) {
             cleanup.push(io("writing instance record")(e));
         }
         oplog(
@@ -275,13 +279,17 @@ impl Manager {
 
     /// Restores an instance from standby (see the module doc).
     pub async fn restore(&self, key: &str) -> Result<Instance> {
-        let Locked {
-            _guard,
-            id,
-            paths,
-            mut meta,
-        } = self.lock_instance(key).await?;
-        let state = state::derive(&observe(&paths, &meta));
+        let mut locked = self.lock_instance(key).await?;
+        self.restore_locked(&mut locked).await?;
+        Ok(self.view(&locked.meta))
+    }
+
+    /// [`Manager::restore`] of an instance whose lock the caller holds.
+    pub(super) async fn restore_locked(&self, locked: &mut Locked) -> Result<()> {
+        let id = locked.id.clone();
+        let paths = locked.paths.clone();
+        let meta = &mut locked.meta;
+        let state = state::derive(&observe(&paths, meta));
         let saved = match (&state, &meta.standby.snapshot) {
             (State::Standby, Some(saved)) => saved.clone(),
             _ => {
@@ -311,26 +319,26 @@ impl Manager {
 
         meta.standby.pending = Some(PendingOp::Restore);
         meta.standby.error = None;
-        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         oplog(&paths, "restore: loading the saved state");
         let started = Instant::now();
         let loaded = self
-            .load_saved(&backend, &paths, &meta, &file, &saved)
+            .load_saved(&backend, &paths, meta, &file, &saved)
             .await;
         let vmm_up_in = match loaded {
             Ok(up) => up,
             Err(e) => {
                 let e = with_vmm_reason(e, &paths);
                 let mut cleanup = Vec::new();
-                if let Err(c) = self.launcher.force_stop(&paths, &meta).await {
+                if let Err(c) = self.launcher.force_stop(&paths, meta).await {
                     cleanup.push(c);
                 }
-                if let Err(c) = self.tap_down(&meta).await {
+                if let Err(c) = self.tap_down(meta).await {
                     cleanup.push(c);
                 }
                 meta.standby.pending = None;
                 meta.standby.error = Some(chain(&e));
-                if let Err(c) = store::save(&paths, &meta) {
+                if let Err(c) = store::save(&paths, meta) {
                     cleanup.push(io("writing instance record")(c));
                 }
                 oplog(
@@ -346,15 +354,15 @@ impl Manager {
         meta.standby.snapshot = None;
         meta.standby.resumed = true;
         meta.paused = true;
-        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         if let Err(e) = std::fs::remove_dir_all(state_dir(&paths)) {
             tracing::warn!("removing the used state of {id}: {e}");
         }
-        let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+        let vm = self.launcher.vm_config(&backend, &paths, meta)?;
         backend.resume(&vm).await?;
         meta.paused = false;
         meta.standby.pending = None;
-        store::save(&paths, &meta).map_err(io("writing instance record"))?;
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         oplog(
             &paths,
             &format!(
@@ -364,7 +372,7 @@ impl Manager {
                 started.elapsed().as_millis()
             ),
         );
-        Ok(self.view(&meta))
+        Ok(())
     }
 
     /// Restore steps 2 (see the module doc): TAP, monitor, load. Returns
