@@ -41,6 +41,9 @@ pub enum Command {
     Restore(InstanceArg),
     /// Wait until an instance is in a state (exit 1 on timeout)
     Wait(WaitArgs),
+    /// Snapshots of instances: create, ls, rm, restore
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Delete instances
     Rm(RmArgs),
     /// Show an instance as JSON
@@ -246,6 +249,63 @@ pub struct WaitArgs {
     /// How long to wait, as a Go duration (at most 5m)
     #[arg(long, default_value = "60s")]
     pub timeout: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of an instance
+    Create(SnapshotCreateArgs),
+    /// List snapshots
+    Ls(SnapshotLsArgs),
+    /// Delete snapshots
+    Rm(SnapshotRmArgs),
+    /// Restore a snapshot into its instance (stopped or in standby)
+    Restore(SnapshotRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// `standby`: disks and memory (a running instance sleeps briefly);
+    /// `stopped`: disks only (the instance must be stopped or in standby)
+    #[arg(long, default_value = "standby", value_parser = ["standby", "stopped"])]
+    pub kind: String,
+    /// Snapshot name (lowercase letters, digits, dashes)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag KEY=VALUE (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotLsArgs {
+    /// Only snapshots of this instance (id)
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only ids
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRmArgs {
+    /// Snapshot ids (or unique id prefixes)
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// Snapshot id (or unique id prefix)
+    pub snapshot: String,
+    /// State to leave the instance in (default: running for a standby
+    /// snapshot, stopped for a stopped one)
+    #[arg(long, value_parser = ["running", "standby", "stopped"])]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -111,10 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/wait", get(standby::wait))
         .route("/instances/{id}/standby", post(standby::standby))
         .route("/instances/{id}/restore", post(standby::restore))
-        .route(
-            "/instances/{id}/snapshots",
-            post(snapshots::create),
-        )
+        .route("/instances/{id}/snapshots", post(snapshots::create))
         .route(
             "/instances/{id}/snapshots/{snapshot_id}/restore",
             post(snapshots::restore),

@@ -10,6 +10,7 @@ mod logs_escape;
 mod rt;
 mod run;
 mod serve;
+mod snapshot;
 mod standby;
 mod supervise;
 mod wait;
@@ -56,6 +57,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Standby(args) => standby::standby(args),
         Command::Restore(args) => standby::restore(args),
         Command::Wait(args) => wait::run(args),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Inspect(args) => instance_verbs::inspect(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),

@@ -301,8 +301,7 @@ impl Manager {
     ) -> Result<SnapshotRecord> {
         let id = new_id();
         let staging = self.snapshots_dir().join(format!(".creating-{id}"));
-        std::fs::create_dir_all(&staging)
-            .map_err(io(format!("creating {}", staging.display())))?;
+        std::fs::create_dir_all(&staging).map_err(io(format!("creating {}", staging.display())))?;
         let mut source = locked.meta.clone();
         let saved = match req.kind {
             SnapshotKind::Standby => source.standby.snapshot.clone(),

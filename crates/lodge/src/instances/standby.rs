@@ -322,9 +322,7 @@ impl Manager {
         store::save(&paths, meta).map_err(io("writing instance record"))?;
         oplog(&paths, "restore: loading the saved state");
         let started = Instant::now();
-        let loaded = self
-            .load_saved(&backend, &paths, meta, &file, &saved)
-            .await;
+        let loaded = self.load_saved(&backend, &paths, meta, &file, &saved).await;
         let vmm_up_in = match loaded {
             Ok(up) => up,
             Err(e) => {
