@@ -41,6 +41,8 @@ pub enum Command {
     Restore(InstanceArg),
     /// Wait until an instance is in a state (exit 1 on timeout)
     Wait(WaitArgs),
+    /// Make a new instance from an instance or (with --snapshot) a snapshot
+    Fork(ForkArgs),
     /// Snapshots of instances: create, ls, rm, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -249,6 +251,23 @@ pub struct WaitArgs {
     /// How long to wait, as a Go duration (at most 5m)
     #[arg(long, default_value = "60s")]
     pub timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// Source instance (id, name or unique id prefix), or snapshot id with --snapshot
+    pub source: String,
+    /// Name of the new instance
+    pub name: String,
+    /// SOURCE is a snapshot
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Allow a running source (it sleeps briefly for the copy)
+    #[arg(long)]
+    pub from_running: bool,
+    /// State of the fork when done (default: the source's)
+    #[arg(long, value_parser = ["running", "standby", "stopped"])]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

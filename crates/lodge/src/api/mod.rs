@@ -12,6 +12,7 @@ mod capabilities;
 mod cp;
 mod error;
 mod exec;
+mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
@@ -58,6 +59,8 @@ pub use state::{AppState, MAX_BODY};
         snapshots::get_one,
         snapshots::delete,
         snapshots::restore,
+        fork::fork_instance,
+        fork::fork_snapshot,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -83,6 +86,7 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::snapshots::TargetState,
         snapshots::CreateSnapshot,
         snapshots::RestoreSnapshot,
+        fork::ForkInstance,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -116,6 +120,8 @@ pub fn router(state: AppState) -> Router {
             "/instances/{id}/snapshots/{snapshot_id}/restore",
             post(snapshots::restore),
         )
+        .route("/instances/{id}/fork", post(fork::fork_instance))
+        .route("/snapshots/{id}/fork", post(fork::fork_snapshot))
         .route("/snapshots", get(snapshots::list))
         .route(
             "/snapshots/{id}",

@@ -3,6 +3,7 @@
 
 mod cp;
 mod exec;
+mod fork;
 mod images;
 mod instance_verbs;
 mod logs_dir;
@@ -58,6 +59,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Restore(args) => standby::restore(args),
         Command::Wait(args) => wait::run(args),
         Command::Snapshot(cmd) => snapshot::run(cmd),
+        Command::Fork(args) => fork::run(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),

@@ -26,6 +26,7 @@
 //! - `snapshots`: snapshots kept apart from their instance (disks, and
 //!   for kind Standby the saved state), restored into it; `diskcopy`
 //!   copies their files (reflink, else sparse);
+//! - `fork`: new instances copied from an instance or a snapshot;
 //! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
@@ -34,6 +35,7 @@
 mod create;
 mod diskcopy;
 pub mod error;
+mod fork;
 mod lifecycle;
 mod manager;
 mod monitor;
@@ -50,6 +52,7 @@ mod view;
 pub mod wait;
 
 pub use error::Error;
+pub use fork::ForkRequest;
 pub use manager::{image_users, AgentEndpoint, Manager};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;

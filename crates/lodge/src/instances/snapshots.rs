@@ -455,7 +455,7 @@ impl Manager {
 }
 
 /// Forgets an instance's saved state (files and record): it will boot.
-fn drop_saved_state(paths: &Paths, meta: &mut Metadata) -> Result<()> {
+pub(super) fn drop_saved_state(paths: &Paths, meta: &mut Metadata) -> Result<()> {
     match std::fs::remove_dir_all(paths.dir.join("standby")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io("removing the saved state")(e))
