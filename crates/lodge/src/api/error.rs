@@ -96,6 +96,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         }
         E::StateFileMissing { .. } => (StatusCode::CONFLICT, "snapshot_missing"),
         E::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::Readdress { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         E::SnapshotNameTaken(_) => (StatusCode::CONFLICT, "conflict"),
         E::BadSnapshotRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         E::Image(_)

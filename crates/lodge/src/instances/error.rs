@@ -60,6 +60,9 @@ pub enum Error {
         #[source]
         source: Option<tokio::task::JoinError>,
     },
+    /// A restored fork runs, but its guest kept its source's address.
+    #[error("instance {id} runs, but its guest could not take its own address: {reason}")]
+    Readdress { id: String, reason: String },
     #[error("snapshot {0:?} not found")]
     SnapshotNotFound(String),
     #[error("this instance already has a snapshot named {0:?}")]

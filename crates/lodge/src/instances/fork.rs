@@ -13,7 +13,7 @@
 //!    directory into place;
 //! 4. bring the fork to its target state: a fork with memory is in
 //!    Standby and restores to Running (then the guest agent moves the
-//!    guest onto the fork's address, see `netfix`); one without boots.
+//!    guest onto the fork's address, see `standby`); one without boots.
 //!
 //! A failure in 3 leaves nothing behind (directory, lease); the source is
 //! restored in any case.
@@ -224,7 +224,12 @@ impl Manager {
             ram_file: source.saved.as_ref().is_some_and(|s| s.ram_file.is_some()),
             snapshot: source.saved.clone(),
             // Its guest still has the source's address until told.
-            readdress: source.saved.is_some() && meta.network.is_some(),
+            readdress_from: source
+                .saved
+                .as_ref()
+                .and(meta.network.as_ref())
+                .and(source.meta.network.as_ref())
+                .map(|rec| rec.ip),
             ..StandbyState::default()
         };
         let network = self.net.as_ref().map(|dn| dn.network.clone());
@@ -290,7 +295,7 @@ impl Manager {
             (true, TargetState::Stopped) => {
                 let mut locked = self.lock_instance(id).await?;
                 super::snapshots::drop_saved_state(&locked.paths, &mut locked.meta)?;
-                locked.meta.standby.readdress = false;
+                locked.meta.standby.readdress_from = None;
                 store::save(&locked.paths, &locked.meta).map_err(io("writing instance record"))?;
                 Ok(self.view(&locked.meta))
             }

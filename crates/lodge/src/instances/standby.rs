@@ -69,6 +69,9 @@ fn sync_ram_file(path: &Path) -> std::io::Result<()> {
         .sync_all()
 }
 
+/// How long a restored fork's guest agent has to take its new address.
+const READDRESS_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Time allowed to save or load a state: generous, as the stream runs at
 /// disk speed (hundreds of MiB/s) and the host may be busy.
 fn transfer_timeout(memory_bytes: u64) -> Duration {
@@ -361,6 +364,11 @@ impl Manager {
         meta.paused = false;
         meta.standby.pending = None;
         store::save(&paths, meta).map_err(io("writing instance record"))?;
+        if let Some(old) = meta.standby.readdress_from {
+            self.readdress_guest(&id, &paths, meta, old).await?;
+            meta.standby.readdress_from = None;
+            store::save(&paths, meta).map_err(io("writing instance record"))?;
+        }
         oplog(
             &paths,
             &format!(
@@ -371,6 +379,72 @@ impl Manager {
             ),
         );
         Ok(())
+    }
+
+    /// Asks the guest agent of a restored fork to move the guest from the
+    /// address it was saved with (`old`, its source's) onto the fork's own
+    /// (MAC, address, host name), retrying while the agent reconnects.
+    async fn readdress_guest(
+        &self,
+        id: &str,
+        paths: &Paths,
+        meta: &Metadata,
+        old: std::net::Ipv4Addr,
+    ) -> Result<()> {
+        let net = self.net.as_deref().map(|dn| &dn.network);
+        let Some(network) = super::lifecycle::guest_config(meta, net)?.network else {
+            return Ok(());
+        };
+        let req = lodge_guest::protocol::Request::Readdress(lodge_guest::protocol::Readdress {
+            network,
+            old_ip: Some(old),
+        });
+        let transport = crate::agent::UnixSocket(paths.agent_socket());
+        let deadline = Instant::now() + READDRESS_TIMEOUT;
+        loop {
+            let attempt = async {
+                let conn = self
+                    .agents()
+                    .connect(id, &transport, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (_tx, mut rx) = conn.open(&req).await.map_err(|e| e.to_string())?;
+                loop {
+                    match rx.recv().await.map_err(|e| e.to_string())? {
+                        crate::agent::Inbound::Event(lodge_guest::protocol::Event::Result {
+                            ..
+                        }) => return Ok(()),
+                        crate::agent::Inbound::Event(lodge_guest::protocol::Event::Error {
+                            message,
+                            ..
+                        }) => return Err(format!("the guest agent: {message}")),
+                        crate::agent::Inbound::Closed => {
+                            return Err("the guest agent closed the request".to_string())
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            match attempt.await {
+                Ok(()) => {
+                    oplog(
+                        paths,
+                        &format!("restore: guest moved from {old} to its own address"),
+                    );
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("readdressing {id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Readdress {
+                        id: id.to_string(),
+                        reason: e,
+                    })
+                }
+            }
+        }
     }
 
     /// Restore steps 2 (see the module doc): TAP, monitor, load. Returns

@@ -73,10 +73,11 @@ pub struct StandbyState {
     /// each boot; see `VmConfig::memory_file`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ram_file: bool,
-    /// The guest was saved with another instance's address (a fork):
-    /// after its next restore, the guest agent moves it onto this one's.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub readdress: bool,
+    /// The guest was saved with another instance's address, this one (a
+    /// fork): after its next restore, the guest agent moves it onto the
+    /// instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdress_from: Option<std::net::Ipv4Addr>,
     /// Why the last restore failed; cleared by the next standby or restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
