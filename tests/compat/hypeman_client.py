@@ -83,6 +83,31 @@ def main():
     except hypeman.ConflictError as e:
         assert e.body["code"] == "invalid_state", e.body
 
+    # Snapshots and forks.
+    snap = client.instances.snapshots.create(inst.id, kind="Standby", name="py-snap", tags={"by": "python"})
+    assert snap.kind == "Standby" and snap.name == "py-snap" and snap.tags == {"by": "python"}, snap
+    assert snap.source_instance_id == inst.id and snap.source_hypervisor == "qemu", snap
+    assert client.snapshots.get(snap.id).id == snap.id
+    assert [s.id for s in client.snapshots.list(tags={"by": "python"})] == [snap.id]
+    assert client.snapshots.list(kind="Stopped") == []
+    forked = client.instances.fork(inst.id, name="py-fork", from_running=True)
+    assert forked.name == "py-fork" and forked.id != inst.id and forked.state == "Running", forked
+    from_snap = client.snapshots.fork(snap.id, name="py-snap-fork", target_state="Stopped")
+    assert from_snap.state == "Stopped" and not from_snap.has_snapshot, from_snap
+    client.instances.stop(inst.id)
+    back = client.instances.snapshots.restore(snap.id, id=inst.id, target_state="Standby")
+    assert back.state == "Standby" and back.has_snapshot, back
+    back = client.instances.restore(inst.id)
+    assert back.state == "Running", back
+    for extra in (forked.id, from_snap.id):
+        client.instances.delete(extra)
+    client.snapshots.delete(snap.id)
+    try:
+        client.snapshots.get(snap.id)
+        raise AssertionError("expected NotFoundError")
+    except hypeman.NotFoundError:
+        pass
+
     try:
         client.instances.get("no-such-instance")
         raise AssertionError("expected NotFoundError")
