@@ -17,7 +17,7 @@ fn last_number(d: &Daemon, id: &str) -> u64 {
     text.lines()
         .filter_map(|l| l.strip_prefix("line "))
         .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 
@@ -116,11 +116,11 @@ fn snapshots_bring_back_memory_and_disks() {
     assert_eq!(ids(&d.api("GET", "/snapshots", None).body), both);
     assert_eq!(
         ids(&d.api("GET", "/snapshots?kind=Stopped", None).body),
-        [s2.clone()]
+        [s2.as_str()]
     );
     assert_eq!(
         ids(&d.api("GET", "/snapshots?tags%5Benv%5D=test", None).body),
-        [s1.clone()]
+        [s1.as_str()]
     );
     assert_eq!(
         ids(&d
@@ -130,7 +130,7 @@ fn snapshots_bring_back_memory_and_disks() {
                 None
             )
             .body),
-        [s2.clone()]
+        [s2.as_str()]
     );
     assert_eq!(
         d.api("GET", &format!("/snapshots/{s1}"), None).body["name"],

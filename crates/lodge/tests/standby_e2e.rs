@@ -98,33 +98,33 @@ fn cycles(d: &Daemon, n: usize) {
         .as_str()
         .expect("id")
         .to_string();
-    let w = wait_api(&d, &id, "Running", "2m");
+    let w = wait_api(d, &id, "Running", "2m");
     assert_eq!(w, json!({"state": "Running", "timed_out": false}), "{w}");
     wait_until("the counter to run", BOOT, || {
-        (last_number(&d, &id) >= 5).then_some(())
+        (last_number(d, &id) >= 5).then_some(())
     });
     let mut log_len = 0;
     for cycle in 0..n {
         let t0 = Instant::now();
-        let r = post(&d, &format!("/instances/{id}/standby"));
+        let r = post(d, &format!("/instances/{id}/standby"));
         assert_eq!(r.status, 200, "standby {cycle}: {}", r.text);
         let standby_ms = t0.elapsed().as_millis();
         assert_eq!(r.body["state"], "Standby", "{}", r.text);
         assert_eq!(r.body["has_snapshot"], true, "{}", r.text);
         assert_eq!(
-            wait_api(&d, &id, "Standby", "1s"),
+            wait_api(d, &id, "Standby", "1s"),
             json!({"state": "Standby", "timed_out": false})
         );
-        let before = last_number(&d, &id);
+        let before = last_number(d, &id);
         // Asleep: not a single line more.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(last_number(&d, &id), before, "output while in standby");
-        let len = std::fs::metadata(app_log(&d, &id)).expect("log").len();
+        assert_eq!(last_number(d, &id), before, "output while in standby");
+        let len = std::fs::metadata(app_log(d, &id)).expect("log").len();
         assert!(len >= log_len, "the log shrank: {len} < {log_len}");
         log_len = len;
 
         let t0 = Instant::now();
-        let r = post(&d, &format!("/instances/{id}/restore"));
+        let r = post(d, &format!("/instances/{id}/restore"));
         assert_eq!(r.status, 200, "restore {cycle}: {}", r.text);
         let restore_ms = t0.elapsed().as_millis();
         assert_eq!(r.body["state"], "Running", "{}", r.text);
@@ -133,10 +133,10 @@ fn cycles(d: &Daemon, n: usize) {
         // The counter continues from memory: the next line is before + 1
         // (checked by `numbers`), not 1 again.
         wait_until("the counter to continue", Duration::from_secs(30), || {
-            (last_number(&d, &id) >= before + 3).then_some(())
+            (last_number(d, &id) >= before + 3).then_some(())
         });
     }
-    let all = numbers(&d, &id);
+    let all = numbers(d, &id);
     let expected: Vec<u64> = (1..=all.len() as u64).collect();
     assert_eq!(
         all, expected,

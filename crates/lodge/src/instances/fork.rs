@@ -110,11 +110,11 @@ impl Manager {
         let saved = locked.meta.standby.snapshot.clone().map(|s| {
             files.push((paths.dir.join(&s.file), "standby/memory".into()));
             if let Some(ram) = &s.ram_file {
-                files.push((paths.dir.join(ram), super::standby::RAM_FILE.into()));
+                files.push((paths.dir.join(ram), super::store::RAM_FILE.into()));
             }
             SavedState {
                 file: PathBuf::from("standby/memory"),
-                ram_file: s.ram_file.as_ref().map(|_| super::standby::RAM_FILE.into()),
+                ram_file: s.ram_file.as_ref().map(|_| super::store::RAM_FILE.into()),
                 ..s
             }
         });
@@ -155,11 +155,11 @@ impl Manager {
         let saved = record.state.clone().map(|s| {
             files.push((dir.join(&s.file), "standby/memory".into()));
             if let Some(ram) = &s.ram_file {
-                files.push((dir.join(ram), super::standby::RAM_FILE.into()));
+                files.push((dir.join(ram), super::store::RAM_FILE.into()));
             }
             SavedState {
                 file: PathBuf::from("standby/memory"),
-                ram_file: s.ram_file.as_ref().map(|_| super::standby::RAM_FILE.into()),
+                ram_file: s.ram_file.as_ref().map(|_| super::store::RAM_FILE.into()),
                 ..s
             }
         });

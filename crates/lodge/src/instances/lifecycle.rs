@@ -41,7 +41,7 @@ impl Manager {
         // and its RAM starts empty.
         meta.standby.resumed = false;
         meta.standby.ram_file = self.cfg.memory_file;
-        super::standby::remove_ram_file(paths)?;
+        store::remove_ram_file(paths).map_err(io("removing the guest RAM file"))?;
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;
         store::save(paths, &meta).map_err(io("writing instance record"))?;
@@ -81,7 +81,7 @@ impl Manager {
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
         // The VMM has exited: nothing holds the TAP any more, nor its RAM.
         self.tap_down(&meta).await?;
-        super::standby::remove_ram_file(&paths)?;
+        store::remove_ram_file(&paths).map_err(io("removing the guest RAM file"))?;
         oplog(
             &paths,
             if graceful {

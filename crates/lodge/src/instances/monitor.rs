@@ -125,7 +125,7 @@ impl Launcher {
             memory_file: meta
                 .standby
                 .ram_file
-                .then(|| paths.dir.join(super::standby::RAM_FILE)),
+                .then(|| paths.dir.join(super::store::RAM_FILE)),
         })
     }
 

@@ -357,7 +357,7 @@ impl Manager {
         key: &str,
         sid: &str,
         target: Option<TargetState>,
-    ) -> Result<super::Instance> {
+    ) -> Result<super::view::Instance> {
         let record = self.snapshot_record(sid)?;
         let mut locked = self.lock_instance(key).await?;
         if record.source.id != locked.id {
@@ -462,7 +462,7 @@ pub(super) fn drop_saved_state(paths: &Paths, meta: &mut Metadata) -> Result<()>
         }
         _ => {}
     }
-    super::standby::remove_ram_file(paths)?;
+    store::remove_ram_file(paths).map_err(io("removing the guest RAM file"))?;
     meta.standby.snapshot = None;
     meta.standby.error = None;
     store::save(paths, meta).map_err(io("writing instance record"))

@@ -41,7 +41,7 @@ use super::net;
 use super::observe::{monitor_alive, observe};
 use super::oplog::oplog;
 use super::state::{self, State};
-use super::store::{self, Metadata, Paths, PendingOp, SavedState, StandbyState};
+use super::store::{self, Metadata, Paths, PendingOp, SavedState, StandbyState, RAM_FILE};
 use super::view::Instance;
 
 /// Directory of the saved state, inside the instance directory.
@@ -50,15 +50,6 @@ const STATE_DIR: &str = "standby";
 const STATE_FILE: &str = "memory";
 /// The state file while it is being written.
 const PARTIAL_FILE: &str = "memory.partial";
-
-/// The guest RAM file of a VM whose memory is a file (in the instance
-/// directory, beside the disks).
-pub(super) const RAM_FILE: &str = "memory.ram";
-
-/// Removes the guest RAM file of a VM that has ended (nothing to keep).
-pub(super) fn remove_ram_file(paths: &Paths) -> Result<()> {
-    remove_if_present(&paths.dir.join(RAM_FILE)).map_err(io("removing the guest RAM file"))
-}
 
 /// Makes the guest RAM file durable (its pages are in the page cache
 /// once the VMM exits; the state is only complete with them on disk).

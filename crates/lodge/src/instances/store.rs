@@ -167,6 +167,18 @@ impl NetworkRecord {
 /// Layout of one instance directory: lodge-common's, the one definition.
 pub use lodge_common::paths::GuestPaths as Paths;
 
+/// The guest RAM file of a VM whose memory is a file (see `standby`), in
+/// the instance directory beside the disks.
+pub const RAM_FILE: &str = "memory.ram";
+
+/// Removes the guest RAM file of a VM that has ended (nothing to keep).
+pub fn remove_ram_file(paths: &Paths) -> std::io::Result<()> {
+    match std::fs::remove_file(paths.dir.join(RAM_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub fn save(paths: &Paths, meta: &Metadata) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
     lodge_common::fsutil::write_atomic(&paths.metadata(), &json)
