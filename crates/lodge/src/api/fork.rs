@@ -70,7 +70,8 @@ pub async fn fork_instance(
 
 /// Make a new instance from a snapshot.
 #[utoipa::path(post, path = "/snapshots/{id}/fork", request_body = ForkInstance,
-    responses((status = 201, body = Instance), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 201, body = Instance), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)))]
 pub async fn fork_snapshot(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -25,7 +25,8 @@
 //!   finishing or undoing one a daemon crash cut short;
 //! - `snapshots`: snapshots kept apart from their instance (disks, and
 //!   for kind Standby the saved state), restored into it; `diskcopy`
-//!   copies their files (reflink, else sparse);
+//!   copies their files (reflink, else sparse); `snapshot_store` reads
+//!   and shapes their records;
 //! - `fork`: new instances copied from an instance or a snapshot;
 //! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
@@ -43,6 +44,7 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+mod snapshot_store;
 pub mod snapshots;
 pub mod spec;
 mod standby;

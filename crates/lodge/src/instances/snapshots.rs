@@ -28,76 +28,10 @@ use super::manager::{Locked, Manager};
 use super::naming::{new_id, Name};
 use super::observe::observe;
 use super::oplog::oplog;
+use super::snapshot_store::{records_in, snapshots_dir_of, RECORD};
+pub use super::snapshot_store::{Snapshot, SnapshotKind, SnapshotRecord};
 use super::state::{self, State};
 use super::store::{self, Metadata, Paths, SavedState, StandbyState};
-
-/// hypeman's snapshot kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub enum SnapshotKind {
-    /// Disks plus memory and device state: restores to a running guest.
-    Standby,
-    /// Disks only: restores to a stopped instance that boots afresh.
-    Stopped,
-}
-
-/// A snapshot as the API shows it: hypeman's `Snapshot` shape.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Snapshot {
-    pub id: String,
-    /// RFC 3339.
-    pub created_at: String,
-    pub kind: SnapshotKind,
-    /// Bytes of the snapshot's files (allocated, so sparse disks count
-    /// what they hold).
-    pub size_bytes: u64,
-    pub source_hypervisor: String,
-    pub source_instance_id: String,
-    pub source_instance_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    /// Always `none`: lodge does not compress snapshots yet.
-    pub compression_state: String,
-}
-
-/// What a snapshot holds, in `snapshot.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SnapshotRecord {
-    pub id: String,
-    pub name: Option<String>,
-    pub kind: SnapshotKind,
-    /// RFC 3339.
-    pub created_at: String,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    /// The instance's record when the snapshot was taken.
-    pub source: Metadata,
-    /// The disk files copied (names in the instance directory and here).
-    pub disks: Vec<String>,
-    /// The saved memory and device state (paths relative to the snapshot
-    /// directory); `Standby` snapshots only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<SavedState>,
-    pub size_bytes: u64,
-}
-
-impl SnapshotRecord {
-    pub fn view(&self) -> Snapshot {
-        Snapshot {
-            id: self.id.clone(),
-            created_at: self.created_at.clone(),
-            kind: self.kind,
-            size_bytes: self.size_bytes,
-            source_hypervisor: self.source.hypervisor.to_string(),
-            source_instance_id: self.source.id.clone(),
-            source_instance_name: self.source.name.clone(),
-            name: self.name.clone(),
-            tags: self.tags.clone(),
-            compression_state: "none".into(),
-        }
-    }
-}
 
 /// A request to take a snapshot, parsed.
 #[derive(Debug, Clone)]
@@ -139,7 +73,6 @@ pub enum TargetState {
     Running,
 }
 
-const RECORD: &str = "snapshot.json";
 /// The saved device (and, without a RAM file, memory) state.
 const STATE_FILE: &str = "memory";
 /// The copy of the guest RAM file.
@@ -176,30 +109,12 @@ fn disk_files(paths: &Paths, meta: &Metadata) -> Vec<String> {
 
 impl Manager {
     pub(super) fn snapshots_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("snapshots")
+        snapshots_dir_of(&self.cfg.data_dir)
     }
 
     /// Every snapshot record (unreadable ones are logged and skipped).
     pub(super) fn snapshot_records(&self) -> Vec<SnapshotRecord> {
-        let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            match std::fs::read(e.path().join(RECORD)) {
-                Ok(bytes) => match serde_json::from_slice::<SnapshotRecord>(&bytes) {
-                    Ok(r) => out.push(r),
-                    Err(err) => tracing::warn!("snapshot {name}: unreadable record: {err}"),
-                },
-                Err(err) => tracing::warn!("snapshot {name}: {err}"),
-            }
-        }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        out
+        records_in(&self.snapshots_dir())
     }
 
     /// A snapshot by id (or unique id prefix).
