@@ -18,7 +18,9 @@ const BOOT: Duration = Duration::from_secs(120);
 fn numbers(d: &Daemon, id: &str) -> Vec<u64> {
     let bytes = std::fs::read(d.guests_dir().join(id).join("logs/app.log")).unwrap_or_default();
     assert!(!bytes.contains(&0), "a NUL byte in the console log");
-    let nums: Vec<u64> = String::from_utf8_lossy(&bytes)
+    // Only whole lines: the monitor may be writing the last one.
+    let whole = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)];
+    let nums: Vec<u64> = String::from_utf8_lossy(whole)
         .lines()
         .filter_map(|l| l.strip_prefix("line "))
         .filter_map(|n| n.trim().parse().ok())

@@ -14,6 +14,8 @@ const BOOT: Duration = Duration::from_secs(120);
 fn last_number(d: &Daemon, id: &str) -> u64 {
     let text =
         std::fs::read_to_string(d.guests_dir().join(id).join("logs/app.log")).unwrap_or_default();
+    // Only whole lines: the monitor may be writing the last one.
+    let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     text.lines()
         .filter_map(|l| l.strip_prefix("line "))
         .filter_map(|n| n.trim().parse().ok())

@@ -37,6 +37,8 @@ fn numbers(d: &Daemon, id: &str) -> Vec<u64> {
     let bytes = std::fs::read(app_log(d, id)).expect("read app.log");
     assert!(!bytes.contains(&0), "a NUL byte in the console log");
     let text = String::from_utf8(bytes).expect("utf-8 log");
+    // Only whole lines: the monitor may be writing the last one.
+    let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let mut out = Vec::new();
     for line in text.lines() {
         let Some(n) = line.strip_prefix("line ") else {
