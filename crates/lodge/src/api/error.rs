@@ -95,7 +95,8 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
             (StatusCode::CONFLICT, "restore_failed")
         }
         E::StateFileMissing { .. } => (StatusCode::CONFLICT, "snapshot_missing"),
-        E::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::SnapshotNotFound(_) | E::NoSchedule(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::ScheduleSkipped(_) => (StatusCode::CONFLICT, "invalid_state"),
         E::Readdress { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         E::SnapshotNameTaken(_) => (StatusCode::CONFLICT, "conflict"),
         E::BadSnapshotRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -16,6 +16,7 @@ mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
+mod schedule;
 pub mod server;
 mod snapshots;
 mod standby;
@@ -61,6 +62,9 @@ pub use state::{AppState, MAX_BODY};
         snapshots::restore,
         fork::fork_instance,
         fork::fork_snapshot,
+        schedule::get_one,
+        schedule::put,
+        schedule::delete,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -87,6 +91,9 @@ pub use state::{AppState, MAX_BODY};
         snapshots::CreateSnapshot,
         snapshots::RestoreSnapshot,
         fork::ForkInstance,
+        schedule::PutSchedule,
+        crate::instances::schedule::SnapshotSchedule,
+        crate::instances::schedule::Retention,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -121,6 +128,12 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::restore),
         )
         .route("/instances/{id}/fork", post(fork::fork_instance))
+        .route(
+            "/instances/{id}/snapshot-schedule",
+            get(schedule::get_one)
+                .put(schedule::put)
+                .delete(schedule::delete),
+        )
         .route("/snapshots/{id}/fork", post(fork::fork_snapshot))
         .route("/snapshots", get(snapshots::list))
         .route(

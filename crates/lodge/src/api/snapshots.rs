@@ -63,6 +63,7 @@ pub async fn create(
         kind: body.kind,
         name,
         tags: body.tags.unwrap_or_default(),
+        scheduled: false,
     };
     let snap = state.manager.create_snapshot(&id, req).await?;
     Ok((StatusCode::CREATED, Json(snap)))

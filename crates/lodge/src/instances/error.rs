@@ -63,6 +63,11 @@ pub enum Error {
     /// A restored fork runs, but its guest kept its source's address.
     #[error("instance {id} runs, but its guest could not take its own address: {reason}")]
     Readdress { id: String, reason: String },
+    #[error("instance {0} has no snapshot schedule")]
+    NoSchedule(String),
+    /// A scheduled run found the instance in a state it cannot snapshot.
+    #[error("skipped: the instance is {0:?}")]
+    ScheduleSkipped(State),
     #[error("snapshot {0:?} not found")]
     SnapshotNotFound(String),
     #[error("this instance already has a snapshot named {0:?}")]

@@ -28,6 +28,7 @@
 //!   copies their files (reflink, else sparse); `snapshot_store` reads
 //!   and shapes their records;
 //! - `fork`: new instances copied from an instance or a snapshot;
+//! - `schedule`: snapshot schedules and the daemon task that runs them;
 //! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
@@ -44,6 +45,7 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+pub mod schedule;
 mod snapshot_store;
 pub mod snapshots;
 pub mod spec;

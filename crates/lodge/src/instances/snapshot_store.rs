@@ -63,6 +63,9 @@ pub struct SnapshotRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<SavedState>,
     pub size_bytes: u64,
+    /// Taken by the instance's snapshot schedule (its retention applies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
 }
 
 impl SnapshotRecord {

@@ -39,6 +39,8 @@ pub struct SnapshotRequest {
     pub kind: SnapshotKind,
     pub name: Option<Name>,
     pub tags: BTreeMap<String, String>,
+    /// Taken by the instance's snapshot schedule.
+    pub scheduled: bool,
 }
 
 /// Filters of `GET /snapshots` (all must match).
@@ -146,6 +148,10 @@ impl Manager {
     }
 
     pub async fn delete_snapshot(&self, key: &str) -> Result<()> {
+        self.delete_snapshot_now(key)
+    }
+
+    pub(super) fn delete_snapshot_now(&self, key: &str) -> Result<()> {
         let r = self.snapshot_record(key)?;
         let dir = self.snapshots_dir().join(&r.id);
         let trash = self.snapshots_dir().join(format!(".deleting-{}", r.id));
@@ -250,6 +256,7 @@ impl Manager {
                 source,
                 state,
                 size_bytes: allocated(&staging),
+                scheduled: req.scheduled,
             };
             let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other);
             json.and_then(|j| lodge_common::fsutil::write_atomic(&staging.join(RECORD), &j))
@@ -423,6 +430,7 @@ mod tests {
             disks: vec![],
             state: None,
             size_bytes: 0,
+            scheduled: false,
             source: meta.clone(),
         };
         assert!(SnapshotFilter::default().matches(&r));
