@@ -102,6 +102,23 @@ def main():
     for extra in (forked.id, from_snap.id):
         client.instances.delete(extra)
     client.snapshots.delete(snap.id)
+    sched = client.instances.snapshot_schedule.update(
+        inst.id, interval="1h", retention={"max_count": 2}, name_prefix="py", metadata={"by": "python"}
+    )
+    assert sched.instance_id == inst.id and sched.interval == "1h" and sched.retention.max_count == 2, sched
+    assert sched.last_snapshot_id is None and sched.next_run_at > sched.created_at, sched
+    assert client.instances.snapshot_schedule.get(inst.id).name_prefix == "py"
+    try:
+        client.instances.snapshot_schedule.update(inst.id, interval="10s", retention={"max_count": 1})
+        raise AssertionError("expected BadRequestError")
+    except hypeman.BadRequestError:
+        pass
+    client.instances.snapshot_schedule.delete(inst.id)
+    try:
+        client.instances.snapshot_schedule.get(inst.id)
+        raise AssertionError("expected NotFoundError")
+    except hypeman.NotFoundError:
+        pass
     try:
         client.snapshots.get(snap.id)
         raise AssertionError("expected NotFoundError")
