@@ -190,7 +190,7 @@ impl Manager {
         }
         let file = dir.join(STATE_FILE);
         let ram_file = meta.standby.ram_file.then(|| PathBuf::from(RAM_FILE));
-        let size = {
+        let committed = {
             let (partial, file) = (partial.clone(), file.clone());
             let ram = ram_file.as_ref().map(|f| paths.dir.join(f));
             tokio::task::spawn_blocking(move || {
@@ -203,8 +203,35 @@ impl Manager {
             .map_err(|e| Error::Task {
                 what: "state file sync",
                 source: Some(e),
-            })?
-            .map_err(io("writing the state file"))?
+            })
+            .and_then(|r| r.map_err(io("writing the state file")))
+        };
+        let size = match committed {
+            Ok(size) => size,
+            Err(e) => {
+                // The VMM is gone and its state could not be kept: the
+                // instance is stopped (its disks were flushed by the save).
+                let mut cleanup = Vec::new();
+                if let Err(c) = remove_if_present(&partial) {
+                    cleanup.push(io("removing an unfinished state file")(c));
+                }
+                if let Err(c) = self.tap_down(meta).await {
+                    cleanup.push(c);
+                }
+                meta.paused = false;
+                meta.standby.pending = None;
+                if let Err(c) = store::save(&paths, meta) {
+                    cleanup.push(io("writing instance record")(c));
+                }
+                oplog(
+                    &paths,
+                    &format!(
+                        "standby failed after the VMM exited; stopped: {}",
+                        chain(&e)
+                    ),
+                );
+                return Err(Error::with_cleanup(e, cleanup));
+            }
         };
         meta.paused = false;
         meta.standby = StandbyState {
