@@ -187,14 +187,14 @@ fn wrong_states_bad_input_and_broken_states_answer_clearly() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     wait_api(&d, &id, "Running", "2m");
 
-    // Restore without a saved state, compression asked for: refused.
+    // Restore without a saved state, a compression level out of range: refused.
     let r = post(&d, &format!("/instances/{id}/restore"));
     assert_eq!(r.status, 409, "{}", r.text);
     assert_eq!(r.body["code"], "invalid_state", "{}", r.text);
     let r = d.api(
         "POST",
         &format!("/instances/{id}/standby"),
-        Some(&json!({"compression": {"enabled": true, "algorithm": "zstd"}})),
+        Some(&json!({"compression": {"enabled": true, "algorithm": "zstd", "level": 40}})),
     );
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(d.state(&id), "Running");
@@ -305,4 +305,66 @@ fn wrong_states_bad_input_and_broken_states_answer_clearly() {
     let r = post(&d, &format!("/instances/{id}/standby"));
     assert_eq!(r.status, 409, "{}", r.text);
     assert_eq!(r.body["code"], "invalid_state", "{}", r.text);
+}
+
+/// A standby asked to compress its memory: compressed in the background
+/// (the uncompressed RAM file goes), decompressed by the restore; a
+/// restore before a delayed compression starts simply drops it.
+#[test]
+fn compressed_standby_restores() {
+    require_guest!();
+    let d = Daemon::start();
+    let id = d.create(counter("packed"))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_api(&d, &id, "Running", "2m");
+    wait_until("the counter to run", BOOT, || {
+        (last_number(&d, &id) >= 5).then_some(())
+    });
+    let dir = d.guests_dir().join(&id);
+    let r = d.api(
+        "POST",
+        &format!("/instances/{id}/standby"),
+        Some(&json!({"compression": {"enabled": true, "algorithm": "zstd", "level": 3}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_until(
+        "the memory to be compressed",
+        Duration::from_secs(60),
+        || (dir.join("memory.ram.zst").exists() && !dir.join("memory.ram").exists()).then_some(()),
+    );
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).expect("record"))
+            .expect("json");
+    let c = &meta["standby"]["snapshot"]["compression"];
+    assert_eq!(c["state"], "compressed", "{meta}");
+    assert!(
+        c["compressed_bytes"].as_u64() < c["uncompressed_bytes"].as_u64(),
+        "{c}"
+    );
+    let before = last_number(&d, &id);
+    let r = post(&d, &format!("/instances/{id}/restore"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_until("the counter to continue", Duration::from_secs(30), || {
+        (last_number(&d, &id) > before + 2).then_some(())
+    });
+    assert!(!dir.join("memory.ram.zst").exists());
+
+    // Delayed compression, restored before it starts.
+    let r = d.api(
+        "POST",
+        &format!("/instances/{id}/standby"),
+        Some(&json!({"compression": {"enabled": true, "algorithm": "lz4"}, "compression_delay": "1m"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = post(&d, &format!("/instances/{id}/restore"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["state"], "Running", "{}", r.text);
+    let all = numbers(&d, &id);
+    assert_eq!(all, (1..=all.len() as u64).collect::<Vec<_>>());
+    let ops = d.log_lines(&id, "source=lodge&tail=100");
+    for line in ops.iter().filter(|l| l.contains("compress")) {
+        eprintln!("{line}");
+    }
 }

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::instances::state::State as InstanceState;
+use crate::instances::store::CompressionAlgorithm;
 use crate::instances::wait::{WaitOutcome, DEFAULT_WAIT, MAX_WAIT};
-use crate::instances::Instance;
+use crate::instances::{CompressionSpec, Instance};
 
 #[derive(Debug, Deserialize)]
 pub struct WaitQuery {
@@ -59,8 +60,8 @@ pub async fn standby(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Instance>, ApiError> {
-    refuse_compression(&body)?;
-    Ok(Json(state.manager.standby(&id).await?))
+    let compression = parse_standby_body(&body)?;
+    Ok(Json(state.manager.standby(&id, compression).await?))
 }
 
 /// Restore an instance from standby: its VMM starts again from the saved
@@ -74,40 +75,46 @@ pub async fn restore(
     Ok(Json(state.manager.restore(&id).await?))
 }
 
-/// hypeman's `StandbyInstanceRequest`: an empty body, `{}`, or compression
-/// settings, which lodge does not have yet and refuses when they ask for it.
-fn refuse_compression(body: &[u8]) -> Result<(), ApiError> {
+/// hypeman's `StandbyInstanceRequest`: an empty body, `{}`, or
+/// `compression {enabled, algorithm, level}` and `compression_delay`.
+fn parse_standby_body(body: &[u8]) -> Result<Option<CompressionSpec>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+        return Ok(None);
     }
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let Some(obj) = v.as_object() else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        compression: Option<Compression>,
+        #[serde(default)]
+        compression_delay: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Compression {
+        enabled: bool,
+        #[serde(default)]
+        algorithm: Option<CompressionAlgorithm>,
+        #[serde(default)]
+        level: Option<u32>,
+    }
+    let b: Body = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid standby request: {e}")))?;
+    let Some(c) = b.compression.filter(|c| c.enabled) else {
+        return Ok(None);
     };
-    for (key, value) in obj {
-        match key.as_str() {
-            "compression" => {
-                let asks = match value {
-                    serde_json::Value::Null => false,
-                    serde_json::Value::Object(o) => o.get("enabled").is_some_and(|e| e != false),
-                    _ => true,
-                };
-                if asks {
-                    return Err(ApiError::bad_request(
-                        "snapshot compression is not supported yet",
-                    ));
-                }
-            }
-            "compression_delay" => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown field `{other}` in the standby request"
-                )))
-            }
-        }
-    }
-    Ok(())
+    let delay = match b.compression_delay.as_deref() {
+        None | Some("") => Duration::ZERO,
+        Some(t) => parse_go_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("compression_delay {t:?}: {e}")))?,
+    };
+    CompressionSpec::new(
+        c.algorithm.unwrap_or(CompressionAlgorithm::Zstd),
+        c.level,
+        delay,
+    )
+    .map(Some)
+    .map_err(ApiError::bad_request)
 }
 
 /// A Go duration (`300ms`, `30s`, `2m`, `1m30s`, `1h`): one or more
@@ -178,13 +185,37 @@ mod tests {
 
     #[test]
     fn standby_bodies() {
-        assert!(refuse_compression(b"").is_ok());
-        assert!(refuse_compression(b"{}").is_ok());
-        assert!(refuse_compression(br#"{"compression": {"enabled": false}}"#).is_ok());
-        assert!(refuse_compression(br#"{"compression_delay": "30s"}"#).is_ok());
-        let e = refuse_compression(br#"{"compression": {"enabled": true}}"#).expect_err("asks");
-        assert!(e.message.contains("not supported"), "{}", e.message);
-        assert!(refuse_compression(br#"{"bogus": 1}"#).is_err());
-        assert!(refuse_compression(b"[1]").is_err());
+        assert_eq!(parse_standby_body(b"").expect("empty"), None);
+        assert_eq!(parse_standby_body(b"{}").expect("{}"), None);
+        assert_eq!(
+            parse_standby_body(br#"{"compression": {"enabled": false}}"#).expect("off"),
+            None
+        );
+        let spec = parse_standby_body(
+            br#"{"compression": {"enabled": true, "algorithm": "lz4", "level": 3}, "compression_delay": "2s"}"#,
+        )
+        .expect("valid")
+        .expect("asked");
+        assert_eq!(spec.algorithm, CompressionAlgorithm::Lz4);
+        assert_eq!((spec.level, spec.delay), (3, Duration::from_secs(2)));
+        let spec = parse_standby_body(br#"{"compression": {"enabled": true}}"#)
+            .expect("valid")
+            .expect("asked");
+        assert_eq!(
+            (spec.algorithm, spec.level),
+            (CompressionAlgorithm::Zstd, 1)
+        );
+        for bad in [
+            &br#"{"compression": {"enabled": true, "level": 40}}"#[..],
+            br#"{"compression": {"enabled": true, "algorithm": "gzip"}}"#,
+            br#"{"bogus": 1}"#,
+            b"[1]",
+        ] {
+            assert!(
+                parse_standby_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

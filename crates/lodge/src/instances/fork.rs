@@ -101,6 +101,9 @@ impl Manager {
         self.check_name_free(&req.name)?;
         if woke {
             self.standby_locked(&mut locked).await?;
+        } else {
+            // The copy needs the saved memory as it loads.
+            super::compress::ensure_uncompressed(&locked.paths, &mut locked.meta).await?;
         }
         let paths = locked.paths.clone();
         let mut files: Vec<(PathBuf, String)> = disk_names(&paths, &locked.meta)

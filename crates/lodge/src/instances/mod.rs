@@ -29,11 +29,13 @@
 //!   and shapes their records;
 //! - `fork`: new instances copied from an instance or a snapshot;
 //! - `schedule`: snapshot schedules and the daemon task that runs them;
+//! - `compress`: compressing a standby's memory in the background;
 //! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
+mod compress;
 mod create;
 mod diskcopy;
 pub mod error;
@@ -55,6 +57,7 @@ pub mod store;
 mod view;
 pub mod wait;
 
+pub use compress::CompressionSpec;
 pub use error::Error;
 pub use fork::ForkRequest;
 pub use manager::{image_users, AgentEndpoint, Manager};

@@ -191,6 +191,10 @@ impl Manager {
                 })
             }
         };
+        if !wake {
+            // The copy needs the saved memory as it loads.
+            super::compress::ensure_uncompressed(&locked.paths, &mut locked.meta).await?;
+        }
         let taken = self.copy_into_snapshot(&locked, &req).await;
         if wake {
             // The source goes on whatever happened to the copy.

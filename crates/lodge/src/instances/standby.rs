@@ -35,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lodge_hypervisor::{Backend, BackendError, Feature, Hypervisor};
 
+use super::compress::{self, CompressionSpec};
 use super::error::{io, Error, Result};
 use super::manager::{Locked, Manager};
 use super::net;
@@ -138,10 +139,21 @@ fn with_vmm_reason(err: Error, paths: &Paths) -> Error {
 }
 
 impl Manager {
-    /// Puts a running instance in standby (see the module doc).
-    pub async fn standby(&self, key: &str) -> Result<Instance> {
+    /// Puts a running instance in standby (see the module doc), then
+    /// compresses the saved memory in the background when `compression`
+    /// asks for it (see `compress`).
+    pub async fn standby(
+        &self,
+        key: &str,
+        compression: Option<CompressionSpec>,
+    ) -> Result<Instance> {
         let mut locked = self.lock_instance(key).await?;
         self.standby_locked(&mut locked).await?;
+        if let (Some(spec), Some(saved)) = (compression, locked.meta.standby.snapshot.as_mut()) {
+            compress::mark(saved, &spec);
+            store::save(&locked.paths, &locked.meta).map_err(io("writing instance record"))?;
+            compress::spawn(self.lock_for(&locked.id), locked.paths.clone(), spec.delay);
+        }
         Ok(self.view(&locked.meta))
     }
 
@@ -242,6 +254,7 @@ impl Manager {
                 ram_file,
                 created_at: SystemTime::now(),
                 identity,
+                compression: None,
             }),
             ..StandbyState::default()
         };
@@ -311,6 +324,9 @@ impl Manager {
         let paths = locked.paths.clone();
         let meta = &mut locked.meta;
         let state = state::derive(&observe(&paths, meta));
+        if state == State::Standby {
+            compress::ensure_uncompressed(&paths, meta).await?;
+        }
         let saved = match (&state, &meta.standby.snapshot) {
             (State::Standby, Some(saved)) => saved.clone(),
             _ => {
@@ -511,6 +527,25 @@ impl Manager {
             }
         };
         for meta in all {
+            let compressing = meta
+                .standby
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.compression.as_ref())
+                .is_some_and(|c| c.state == store::CompressionState::Compressing);
+            if compressing {
+                // Cut short (or never started): the memory stays as it is.
+                match self.lock_instance(&meta.id).await {
+                    Ok(mut locked) => {
+                        let done =
+                            compress::ensure_uncompressed(&locked.paths, &mut locked.meta).await;
+                        if let Err(e) = done {
+                            tracing::warn!("instance {}: dropping a compression: {e}", meta.id);
+                        }
+                    }
+                    Err(e) => tracing::warn!("instance {}: {e}", meta.id),
+                }
+            }
             let Some(op) = meta.standby.pending else {
                 continue;
             };

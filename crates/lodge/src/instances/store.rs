@@ -109,6 +109,42 @@ pub struct SavedState {
     pub created_at: SystemTime,
     /// The VMM version, machine type, accelerator and CPU model it needs.
     pub identity: lodge_hypervisor::SnapshotIdentity,
+    /// Compression of the state's memory, when asked for (see `compress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// How a saved state's memory is compressed, and how far that got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: CompressionAlgorithm,
+    pub level: u32,
+    pub state: CompressionState,
+    /// Bytes of the memory before and after, once compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// hypeman's compression algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    Zstd,
+    Lz4,
+}
+
+/// hypeman's `compression_state` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionState {
+    /// Waiting for its delay, or running.
+    Compressing,
+    Compressed,
+    Error,
 }
 
 /// An operation that changes whether a VMM runs, recorded while under way.
