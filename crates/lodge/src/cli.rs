@@ -36,7 +36,7 @@ pub enum Command {
     /// Boot a stopped instance again
     Start(InstanceArg),
     /// Put a running instance in standby (save its state to disk, VMM exits)
-    Standby(InstanceArg),
+    Standby(StandbyArgs),
     /// Restore an instance from standby; the guest continues where it was
     Restore(InstanceArg),
     /// Wait until an instance is in a state (exit 1 on timeout)
@@ -240,6 +240,21 @@ pub struct PsArgs {
 pub struct InstanceArg {
     /// Instance id, name or unique id prefix
     pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// Compress the saved memory in the background (restore decompresses it)
+    #[arg(long, value_parser = ["zstd", "lz4"])]
+    pub compress: Option<String>,
+    /// Compression level (zstd 1-19, lz4 0-9)
+    #[arg(long, requires = "compress")]
+    pub level: Option<u32>,
+    /// Wait this long (Go duration) before compressing
+    #[arg(long, requires = "compress")]
+    pub compress_after: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -351,13 +351,21 @@ fn compressed_standby_restores() {
     });
     assert!(!dir.join("memory.ram.zst").exists());
 
-    // Delayed compression, restored before it starts.
-    let r = d.api(
-        "POST",
-        &format!("/instances/{id}/standby"),
-        Some(&json!({"compression": {"enabled": true, "algorithm": "lz4"}, "compression_delay": "1m"})),
+    // Delayed compression (asked through the CLI), restored before it starts.
+    let out = d.lodge(&[
+        "standby",
+        &id,
+        "--compress",
+        "lz4",
+        "--compress-after",
+        "1m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(d.state(&id), "Standby");
     let r = post(&d, &format!("/instances/{id}/restore"));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["state"], "Running", "{}", r.text);
