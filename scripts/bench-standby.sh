@@ -11,6 +11,8 @@
 #   standby (pause, save, VMM exit, fsync) is timed by the API call, the
 #   copy as `cp` + `sync` of that file (durable, as a standby is) and also
 #   plain `cp`. Goal ≤ 1.5.
+# - with compression (zstd, then lz4, default levels): the compressed size
+#   against the memory's, and the restore→answering time it adds.
 #
 # Both guest memory modes are measured: the default (guest RAM is a shared
 # file in the instance dir, standby saves only the devices) and
@@ -97,5 +99,16 @@ for mode in on off; do
     rm -f "$work/data-$mode/src" "$work/data-$mode/dst"
     t0=$(now); "$lodge" restore fill >/dev/null; answering fill; big_restore=$(ms "$t0")
     echo "memory file $mode: standby of a 1 GiB guest (${fill_mib} MiB touched; state ${state} MiB, RAM file ${ram} MiB) ${standby} ms; cp+sync of 1 GiB ${cp_sync} ms: ratio $(ratio "$standby" "$cp_sync") (goal ≤ 1.5); plain cp ${cp_plain} ms: ratio $(ratio "$standby" "$cp_plain"); its restore→answering ${big_restore} ms"
+    # With compression: the compressed size against the memory's, and
+    # what decompressing adds to the restore.
+    pattern="memory compressed\|compression failed"
+    for alg in zstd lz4; do
+        seen=$(grep -c "$pattern" "$dir/logs/lodge.log" || true)
+        "$lodge" standby fill --compress "$alg" >/dev/null
+        until [ "$(grep -c "$pattern" "$dir/logs/lodge.log" || true)" -gt "$seen" ]; do sleep 0.2; done
+        line=$(grep "$pattern" "$dir/logs/lodge.log" | tail -1)
+        t0=$(now); "$lodge" restore fill >/dev/null; answering fill; packed_restore=$(ms "$t0")
+        echo "memory file $mode: $alg: ${line#* }; restore→answering ${packed_restore} ms (uncompressed ${big_restore} ms)"
+    done
     stop_daemon
 done
