@@ -365,4 +365,41 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn set_mac_matches_the_reference_encoding() {
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        let mac = [0x02, 0x4c, 10, 100, 0, 7];
+        let mut msg = LinkMessage::default();
+        msg.header.index = 2;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        assert_eq!(
+            set_mac_request(2, mac).finish(5),
+            reference(
+                netlink_packet_route::RouteNetlinkMessage::SetLink(msg),
+                0,
+                5
+            )
+        );
+    }
+
+    #[test]
+    fn del_address_matches_the_reference_encoding() {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        use std::net::IpAddr;
+        let ip = Ipv4Addr::new(10, 100, 0, 2);
+        let mut msg = AddressMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.prefix_len = 16;
+        msg.header.index = 2;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        assert_eq!(
+            del_address_request(2, ip, 16).finish(6),
+            reference(
+                netlink_packet_route::RouteNetlinkMessage::DelAddress(msg),
+                0,
+                6
+            )
+        );
+    }
 }
