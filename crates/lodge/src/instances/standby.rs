@@ -89,6 +89,19 @@ fn chain(err: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Waits up to `timeout` for the instance's monitor (and so its VMM) to
+/// be gone.
+async fn wait_monitor_exit(paths: &Paths, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while monitor_alive(&paths.logs()) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Removes `path` if it exists.
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -196,6 +209,9 @@ impl Manager {
             Err(e) => return Err(self.undo_standby(&backend, &paths, meta, e.into()).await),
         };
         let saved_in = started.elapsed();
+        // The state file is whole: a daemon restarted from here on commits it.
+        meta.standby.saved_identity = Some(identity.clone());
+        store::save(&paths, meta).map_err(io("writing instance record"))?;
         // Paused after a completed save: QEMU's `quit` ends it at once.
         if let Err(e) = self.launcher.force_stop(&paths, meta).await {
             return Err(self.undo_standby(&backend, &paths, meta, e).await);
@@ -232,6 +248,7 @@ impl Manager {
                 }
                 meta.paused = false;
                 meta.standby.pending = None;
+                meta.standby.saved_identity = None;
                 if let Err(c) = store::save(&paths, meta) {
                     cleanup.push(io("writing instance record")(c));
                 }
@@ -301,6 +318,7 @@ impl Manager {
         }
         meta.paused = false;
         meta.standby.pending = None;
+        meta.standby.saved_identity = None;
         if let Err(e) = store::save(paths, meta) {
             cleanup.push(io("writing instance record")(e));
         }
@@ -564,19 +582,59 @@ impl Manager {
             mut meta,
             ..
         } = self.lock_instance(id).await?;
-        let alive = monitor_alive(&paths.logs());
+        let mut alive = monitor_alive(&paths.logs());
         let backend = self.launcher.backend(meta.hypervisor)?;
+        if op == PendingOp::Standby && alive {
+            let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
+            if let Err(e) = backend.abort_save(&vm).await {
+                // The crash may have come as the VMM was told to quit:
+                // then it is ending, and the save is settled as below.
+                if !wait_monitor_exit(&paths, Duration::from_secs(5)).await {
+                    return Err(e.into());
+                }
+                alive = false;
+            }
+        }
         let what = match (op, alive, meta.standby.snapshot.is_some()) {
             (PendingOp::Standby, true, _) => {
-                let vm = self.launcher.vm_config(&backend, &paths, &meta)?;
-                backend.abort_save(&vm).await?;
                 meta.paused = false;
                 "a standby cut short by a daemon restart was cancelled; the guest continues"
             }
             (PendingOp::Standby, false, _) => {
                 self.tap_down(&meta).await?;
                 meta.paused = false;
-                "a standby cut short by a daemon restart lost its VMM; the instance is stopped"
+                let dir = state_dir(&paths);
+                let partial = dir.join(PARTIAL_FILE);
+                let file = dir.join(STATE_FILE);
+                match meta.standby.saved_identity.take() {
+                    Some(identity) if partial.exists() || file.exists() => {
+                        // The save had completed: keep it (the crash may
+                        // have come before or after the file's rename).
+                        let ram_file = meta.standby.ram_file.then(|| PathBuf::from(RAM_FILE));
+                        if let Some(ram) = &ram_file {
+                            sync_ram_file(&paths.dir.join(ram))
+                                .map_err(io("writing the guest RAM file"))?;
+                        }
+                        let size = if partial.exists() {
+                            commit_state_file(&partial, &file)
+                        } else {
+                            std::fs::metadata(&file).map(|m| m.len())
+                        }
+                        .map_err(io("writing the state file"))?;
+                        meta.standby.snapshot = Some(SavedState {
+                            file: PathBuf::from(STATE_DIR).join(STATE_FILE),
+                            size_bytes: size,
+                            ram_file,
+                            created_at: SystemTime::now(),
+                            identity,
+                            compression: None,
+                        });
+                        "a standby cut short by a daemon restart after its save was finished; in standby"
+                    }
+                    _ => {
+                        "a standby cut short by a daemon restart lost its VMM; the instance is stopped"
+                    }
+                }
             }
             (PendingOp::Restore, _, true) => {
                 self.launcher.force_stop(&paths, &meta).await?;
@@ -602,6 +660,7 @@ impl Manager {
                 .map_err(io("removing an unfinished state file"))?;
         }
         meta.standby.pending = None;
+        meta.standby.saved_identity = None;
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
         oplog(&paths, what);
         Ok(what)

@@ -85,6 +85,11 @@ pub struct StandbyState {
     /// the daemon finishes or undoes it when it starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingOp>,
+    /// Set by a standby once its save has completed (the state file is
+    /// whole, still under its temporary name): what the state needs, so a
+    /// daemon restarted before the commit can finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_identity: Option<lodge_hypervisor::SnapshotIdentity>,
 }
 
 impl StandbyState {
