@@ -14,6 +14,12 @@
 //! bytes each in the stream, so the file is about the size of the memory
 //! the guest has touched.
 //!
+//! With `VmConfig::memory_file` the guest RAM is a file mapped shared, and
+//! the `x-ignore-shared` capability (on both sides) leaves it out of the
+//! stream: the save is the device state only, and the restored QEMU maps
+//! the same file, faulting pages in as the guest touches them (QEMU 7.2's
+//! nearest to `mapped-ram`; measured in scripts/bench-standby.sh).
+//!
 //! The saved state only loads into the same QEMU version, machine type
 //! and CPU model: the identity ([`SnapshotIdentity`]) is read from the
 //! running QEMU at save time and checked again before a load.
