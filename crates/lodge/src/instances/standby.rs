@@ -34,8 +34,9 @@
 //! Where the memory goes: with `VmConfig::memory_file` (lodge's default)
 //! the guest RAM *is* `memory.ram`, mapped shared, so the save holds only
 //! the devices (~0.5 MB) and the restore maps the RAM back lazily; without
-//! it, the whole RAM goes through the migration stream both ways (about
-//! 2.5x slower to restore a 256 MiB guest here, see scripts/bench-standby.sh).
+//! it, the whole RAM goes through the migration stream both ways (a 1 GiB
+//! guest with 640 MiB touched: restore to an answering guest in 0.75 s
+//! against 2.8 s here, see scripts/bench-standby.sh).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
