@@ -26,6 +26,7 @@ work="$(mktemp -d /tmp/lodge-bench-exec.XXXXXX)"
 export LODGE_DATA_DIR="$work/data"
 # Benchmarks never touch the host's network (scripts/bench-net.sh builds its own).
 export LODGE_NETWORK="${LODGE_NETWORK:-off}"
+export LODGE_BENCH_ENDPOINTS=1 # the agent throughput route (off by default)
 export LODGE_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
 export LODGE_BASE_URL="http://$LODGE_LISTEN"
 "$lodge" serve >"$work/serve.log" 2>&1 &

@@ -2,7 +2,9 @@
 # Benchmark of image pull + conversion (issue 4), measured side by side in
 # one run against the same local registry:
 #   1. cold `lodge pull` (fetch, verify, unpack, build the ext4 root disk)
-#      vs `skopeo copy` + `umoci unpack` + `mkfs.ext4 -d` (target ratio <= 1.0)
+#      vs `skopeo copy` + `umoci unpack` + `mkfs.ext4 -d` (target ratio <= 1.0),
+#      and vs the same with `umoci raw unpack`, which skips umoci's mtree
+#      manifest and runtime config (the fairer baseline: lodge makes neither)
 #   2. a second, cached `lodge pull` of the same image (target <= 0.1 s)
 #
 # The image has four layers (busybox plus ~40 MiB of generated files: random
@@ -98,27 +100,35 @@ export LODGE_API_KEY
 # Both sides start cold: no cached blobs, no disk, page cache dropped of
 # nothing in particular (the registry's files stay warm for both).
 RESET_LODGE="$LODGE rmi $REF >/dev/null 2>&1 || true; rm -f '$DATA'/images/blobs/sha256/*; sync"
-RESET_BASE="rm -rf $WORK/oci $WORK/bundle $WORK/base.ext4; sync"
+RESET_BASE="rm -rf $WORK/oci $WORK/bundle $WORK/base.ext4 $WORK/raw $WORK/raw.ext4; sync"
 size=$(( $(du -sb "$WORK/layers" | cut -f1) + $(du -sb "$BUSYBOX" | cut -f1) ))
 blocks=$(( (size + size / 4 + (16 << 20)) / 4096 ))
 BASELINE="skopeo --insecure-policy copy --quiet --src-tls-verify=false docker://$REF oci:$WORK/oci:app \
  && umoci unpack --image $WORK/oci:app $WORK/bundle >/dev/null \
  && mkfs.ext4 -q -F -O ^has_journal -b 4096 -d $WORK/bundle/rootfs $WORK/base.ext4 $blocks"
+BASELINE_RAW="skopeo --insecure-policy copy --quiet --src-tls-verify=false docker://$REF oci:$WORK/oci:app \
+ && umoci raw unpack --image $WORK/oci:app $WORK/raw >/dev/null \
+ && mkfs.ext4 -q -F -O ^has_journal -b 4096 -d $WORK/raw $WORK/raw.ext4 $blocks"
 
 echo
 echo "== 1. cold pull + convert: lodge vs skopeo copy + umoci unpack + mkfs.ext4 -d"
 hyperfine --runs "$RUNS" --warmup 1 --export-json "$WORK/cold.json" \
     -n "lodge pull" --prepare "$RESET_LODGE" "$LODGE pull -q $REF" \
-    -n "skopeo+umoci+mkfs" --prepare "$RESET_BASE" "$BASELINE" >&2
+    -n "skopeo+umoci+mkfs" --prepare "$RESET_BASE" "$BASELINE" \
+    -n "skopeo+umoci raw+mkfs" --prepare "$RESET_BASE" "$BASELINE_RAW" >&2
 t_lodge=$(mean "$WORK/cold.json" 0)
 t_base=$(mean "$WORK/cold.json" 1)
+t_raw=$(mean "$WORK/cold.json" 2)
 cold_ratio=$(ratio "$t_lodge" "$t_base")
+raw_ratio=$(ratio "$t_lodge" "$t_raw")
 echo "lodge $(printf %.3f "$t_lodge") s, baseline $(printf %.3f "$t_base") s, ratio $cold_ratio (target <= 1.0)"
+echo "lodge $(printf %.3f "$t_lodge") s, raw-unpack baseline $(printf %.3f "$t_raw") s, ratio $raw_ratio"
 
-# Same content on both sides: compare a few files inside both disks.
+# Same content on both sides: compare a few files inside both disks (the
+# raw-unpack baseline ran last, so its disk is the one left).
 for f in /usr/lib/app/lib07.so /usr/share/app/src/05/file0005.txt /var/lib/app/data03.bin /bin/busybox; do
     disk=$(ls "$DATA"/images/disks/*.ext4)
-    cmp <(debugfs -R "cat $f" "$disk" 2>/dev/null) <(debugfs -R "cat $f" "$WORK/base.ext4" 2>/dev/null) \
+    cmp <(debugfs -R "cat $f" "$disk" 2>/dev/null) <(debugfs -R "cat $f" "$WORK/raw.ext4" 2>/dev/null) \
         || { echo "disks differ at $f" >&2; exit 1; }
 done
 
@@ -131,4 +141,4 @@ t_cached=$(mean "$WORK/cached.json" 0)
 echo "cached pull $(printf %.3f "$t_cached") s (target <= 0.1 s)"
 
 echo
-echo "summary: cold ratio $cold_ratio (lodge $(printf %.3f "$t_lodge") s vs $(printf %.3f "$t_base") s), cached pull $(printf %.3f "$t_cached") s"
+echo "summary: cold ratio $cold_ratio (lodge $(printf %.3f "$t_lodge") s vs $(printf %.3f "$t_base") s), vs umoci raw unpack $raw_ratio ($(printf %.3f "$t_raw") s), cached pull $(printf %.3f "$t_cached") s"

@@ -39,7 +39,10 @@ host_net() {
 # namespace; with numifbs=0 it adds none (no effect if already loaded).
 modprobe ifb numifbs=0 2>/dev/null || true
 before=$(host_net)
-cargo test --workspace -- --test-threads="${LODGE_TEST_THREADS:-2}"
+# A hang fails the run instead of eating CI's 90 minutes (each CLI call a
+# test makes has its own limit too: tests/common/mod.rs `output_within`).
+timeout --kill-after=30 "${LODGE_TEST_TIMEOUT:-3600}" \
+    cargo test --workspace -- --test-threads="${LODGE_TEST_THREADS:-2}"
 after=$(host_net)
 if [ "$before" != "$after" ]; then
     echo "test.sh: the tests changed the host's network:" >&2

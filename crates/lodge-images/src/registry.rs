@@ -45,12 +45,8 @@ impl RegistryOptions {
     /// `LODGE_REGISTRY_AUTH_FILE`, `REGISTRY_AUTH_FILE`,
     /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
     pub fn from_env() -> Self {
-        let insecure = std::env::var("LODGE_INSECURE_REGISTRIES")
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let insecure =
+            insecure_from(&std::env::var("LODGE_INSECURE_REGISTRIES").unwrap_or_default());
         let auth_file = ["LODGE_REGISTRY_AUTH_FILE", "REGISTRY_AUTH_FILE"]
             .iter()
             .find_map(|k| {
@@ -161,6 +157,24 @@ fn host_of(registry: &str) -> &str {
 }
 
 /// Whether a registry is on this machine (spoken to over plain HTTP).
+/// `LODGE_INSECURE_REGISTRIES`: comma-separated `host[:port]`, spaces and
+/// a trailing `/` ignored.
+fn insecure_from(value: &str) -> HashSet<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether `registry` is spoken to over plain HTTP: loopback, or listed in
+/// `LODGE_INSECURE_REGISTRIES` by `host:port` or by host alone.
+fn plain_http(registry: &str, opts: &RegistryOptions) -> bool {
+    is_loopback(registry)
+        || opts.insecure.contains(registry)
+        || opts.insecure.contains(host_of(registry))
+}
+
 pub fn is_loopback(registry: &str) -> bool {
     let host = host_of(registry);
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -250,9 +264,7 @@ impl Remote {
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
         let registry = reference.registry();
-        let plain = is_loopback(registry)
-            || opts.insecure.contains(registry)
-            || opts.insecure.contains(host_of(registry));
+        let plain = plain_http(registry, opts);
         let config = ClientConfig {
             protocol: if plain {
                 ClientProtocol::Http
@@ -440,6 +452,28 @@ fn classify(e: OciDistributionError, target: &Reference) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insecure_registries_are_spoken_to_over_plain_http() {
+        let opts = RegistryOptions {
+            insecure: insecure_from(" registry.lan:5000/ ,mirror.internal,, "),
+            auth_file: None,
+        };
+        assert_eq!(opts.insecure.len(), 2, "{:?}", opts.insecure);
+        assert!(plain_http("registry.lan:5000", &opts));
+        assert!(
+            !plain_http("registry.lan:5001", &opts),
+            "another port is not listed"
+        );
+        assert!(plain_http("mirror.internal", &opts));
+        assert!(
+            plain_http("mirror.internal:8443", &opts),
+            "a host alone covers its ports"
+        );
+        assert!(plain_http("127.0.0.1:5000", &opts), "loopback always");
+        assert!(!plain_http("docker.io", &opts));
+        assert!(!plain_http("ghcr.io", &RegistryOptions::default()));
+    }
 
     #[test]
     fn loopback_detection() {

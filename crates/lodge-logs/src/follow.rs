@@ -16,7 +16,10 @@
 //! end of the log is the monitor's exit: at idle we first check the monitor
 //! lock, then drain everything (rotations included); if the lock was already
 //! free before that drain, the log is complete. The lock's release closes a
-//! descriptor opened for writing, which is itself an inotify event.
+//! descriptor opened for writing, which is itself an inotify event. The
+//! kernel queues that event before it drops the lock of a dying process, so
+//! a close seen while the lock still looks held is re-checked a few times
+//! on a short, growing timeout: the one place a timer is needed.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -36,6 +39,9 @@ const CHUNK: usize = 64 * 1024;
 const EVENT_BUF: usize = 4096;
 /// Attempts at opening a successor while the directory keeps rotating.
 const ATTEMPTS: u32 = 200;
+/// Re-checks of the monitor lock after its close was seen while it still
+/// looked held; waits of 1, 2, 4, … ms (about 1 s in all).
+const LOCK_RECHECKS: u32 = 10;
 
 /// Whether and how long to keep reading after the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,8 @@ pub struct Follower {
     tip_rotated: bool,
     /// The monitor lock was free before the current drain began.
     writer_gone: bool,
+    /// Lock re-checks left (see the module comment).
+    lock_rechecks: u32,
     notifier: Option<Notifier>,
     buf: Vec<u8>,
 }
@@ -91,6 +99,7 @@ impl Follower {
             position,
             tip_rotated: false,
             writer_gone: false,
+            lock_rechecks: 0,
             notifier,
             buf: Vec::new(),
         })
@@ -135,10 +144,23 @@ impl Follower {
             match self.step()? {
                 Step::Data(n) => return Ok(Some(self.buf[..n].to_vec())),
                 Step::Finished => return Ok(None),
-                Step::Wait => match &mut self.notifier {
-                    Some(notifier) => notifier.wait_async().await?,
-                    None => return Ok(None),
-                },
+                Step::Wait => {
+                    let timeout = self.recheck_timeout();
+                    match &mut self.notifier {
+                        Some(notifier) => match timeout {
+                            None => notifier.wait_async().await?,
+                            Some(timeout) => {
+                                // Elapsed: look at the lock again.
+                                if let Ok(waited) =
+                                    tokio::time::timeout(timeout, notifier.wait_async()).await
+                                {
+                                    waited?;
+                                }
+                            }
+                        },
+                        None => return Ok(None),
+                    }
+                }
             }
         }
     }
@@ -157,10 +179,22 @@ impl Follower {
     }
 
     fn wait_blocking(&mut self) -> Result<(), ReadError> {
-        match &mut self.notifier {
-            Some(notifier) => notifier.wait_blocking(),
-            None => Ok(()),
+        let timeout = self.recheck_timeout();
+        match (&mut self.notifier, timeout) {
+            (Some(notifier), None) => notifier.wait_blocking(),
+            (Some(notifier), Some(timeout)) => notifier.wait_poll(Some(timeout)),
+            (None, _) => Ok(()),
         }
+    }
+
+    /// The timeout of the next wait while the monitor lock is re-checked.
+    fn recheck_timeout(&mut self) -> Option<std::time::Duration> {
+        if self.lock_rechecks == 0 {
+            return None;
+        }
+        self.lock_rechecks -= 1;
+        let shift = LOCK_RECHECKS - 1 - self.lock_rechecks;
+        Some(std::time::Duration::from_millis(1 << shift))
     }
 
     /// Reads what is there; decides between data, waiting and the end.
@@ -211,7 +245,7 @@ impl Follower {
                 }
             }
             // Idle: everything written so far was read.
-            let dir_gone = self.notifier.as_ref().is_some_and(|n| n.gone);
+            let dir_gone = self.notifier.as_ref().is_some_and(|n| n.seen.gone);
             match self.follow {
                 Follow::No => return Ok(Step::Finished),
                 Follow::Forever if dir_gone => return Ok(Step::Finished),
@@ -225,6 +259,11 @@ impl Follower {
                         // more pass over the files and the log is complete.
                         self.writer_gone = true;
                         continue;
+                    }
+                    if let Some(notifier) = &mut self.notifier {
+                        if std::mem::take(&mut notifier.seen.lock_closed) {
+                            self.lock_rechecks = LOCK_RECHECKS;
+                        }
                     }
                     return Ok(Step::Wait);
                 }
@@ -343,8 +382,16 @@ struct Notifier {
     fd: NotifyFd,
     buf: Vec<u8>,
     base: &'static str,
+    seen: Seen,
+}
+
+/// What the events read so far said beyond "look again".
+#[derive(Debug, Default)]
+struct Seen {
     /// The directory was deleted (or unmounted): no event will ever come.
     gone: bool,
+    /// A descriptor of the monitor lock opened for writing was closed.
+    lock_closed: bool,
 }
 
 #[derive(Debug)]
@@ -386,7 +433,7 @@ impl Notifier {
             fd: NotifyFd::Blocking(inotify),
             buf: vec![0; EVENT_BUF],
             base,
-            gone: false,
+            seen: Seen::default(),
         })
     }
 
@@ -398,13 +445,13 @@ impl Notifier {
         if !matches!(self.fd, NotifyFd::Blocking(_)) {
             // Used from async code before: the descriptor is non-blocking
             // and owned by tokio; wait with poll instead.
-            return self.wait_poll();
+            return self.wait_poll(None);
         }
         let Notifier {
             fd,
             buf,
             base,
-            gone,
+            seen,
         } = self;
         let inotify = match fd {
             NotifyFd::Blocking(inotify) => inotify,
@@ -414,7 +461,7 @@ impl Notifier {
         loop {
             match inotify.read_events_blocking(buf) {
                 Ok(events) => {
-                    if relevant(events, base, gone) {
+                    if relevant(events, base, seen) {
                         return Ok(());
                     }
                 }
@@ -424,29 +471,47 @@ impl Notifier {
         }
     }
 
-    #[cfg(feature = "async")]
-    fn wait_poll(&mut self) -> Result<(), ReadError> {
-        use rustix::event::{poll, PollFd, PollFlags};
+    /// Waits with poll(2) for an event about our files, at most `timeout`
+    /// if given. Works on the descriptor whichever side owns it.
+    fn wait_poll(&mut self, timeout: Option<std::time::Duration>) -> Result<(), ReadError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
         let Notifier {
             fd,
             buf,
             base,
-            gone,
+            seen,
         } = self;
-        let NotifyFd::Async(afd) = fd else {
-            return Ok(());
+        let inotify = match fd {
+            NotifyFd::Blocking(inotify) => inotify,
+            #[cfg(feature = "async")]
+            NotifyFd::Async(afd) => afd.get_mut(),
+            #[cfg(feature = "async")]
+            NotifyFd::Moved => return Ok(()),
         };
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            let inotify = afd.get_mut();
             match inotify.read_events(buf) {
                 Ok(events) => {
-                    if relevant(events, base, gone) {
+                    if relevant(events, base, seen) {
                         return Ok(());
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let left = match deadline {
+                        None => None,
+                        Some(deadline) => {
+                            let left =
+                                deadline.saturating_duration_since(std::time::Instant::now());
+                            if left.is_zero() {
+                                return Ok(());
+                            }
+                            Some(Timespec::try_from(left).map_err(|_| {
+                                ReadError::Io(io::Error::other("poll timeout out of range"))
+                            })?)
+                        }
+                    };
                     let mut fds = [PollFd::new(&*inotify, PollFlags::IN)];
-                    match poll(&mut fds, None) {
+                    match poll(&mut fds, left.as_ref()) {
                         Ok(_) | Err(rustix::io::Errno::INTR) => {}
                         Err(err) => return Err(ReadError::Io(err.into())),
                     }
@@ -469,7 +534,7 @@ impl Notifier {
             fd,
             buf,
             base,
-            gone,
+            seen,
         } = self;
         let NotifyFd::Async(afd) = fd else {
             return Ok(());
@@ -480,7 +545,7 @@ impl Notifier {
                 inner
                     .get_mut()
                     .read_events(buf)
-                    .map(|events| relevant(events, base, gone))
+                    .map(|events| relevant(events, base, seen))
             }) {
                 Ok(Ok(true)) => return Ok(()),
                 Ok(Ok(false)) => {}
@@ -494,23 +559,25 @@ impl Notifier {
 }
 
 /// Whether a batch of events concerns our log (`base`, its segments) or the
-/// monitor lock; notes the end of the watch in `gone`.
-fn relevant(events: inotify::Events<'_>, base: &str, gone: &mut bool) -> bool {
+/// monitor lock; notes in `seen` the end of the watch and a lock close.
+fn relevant(events: inotify::Events<'_>, base: &str, seen: &mut Seen) -> bool {
     let mut wake = false;
     for event in events {
         if event
             .mask
             .intersects(EventMask::DELETE_SELF | EventMask::IGNORED | EventMask::UNMOUNT)
         {
-            *gone = true;
+            seen.gone = true;
             wake = true;
         } else if event.mask.contains(EventMask::Q_OVERFLOW) {
             wake = true;
         } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-            if name == MONITOR_LOCK
-                || name
-                    .strip_prefix(base)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            if name == MONITOR_LOCK {
+                seen.lock_closed |= event.mask.contains(EventMask::CLOSE_WRITE);
+                wake = true;
+            } else if name
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             {
                 wake = true;
             }
@@ -562,6 +629,45 @@ mod tests {
             }
             out
         })
+    }
+
+    /// The kernel queues the close event of a dying monitor's lock before it
+    /// drops the lock. Reproduced by hand: a close while the lock is held,
+    /// then the lock dropped from a read-only descriptor, which raises no
+    /// event. The follower must still end (before the fix it waited forever).
+    #[test]
+    fn ends_when_the_lock_goes_after_its_close_event() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("app.log"), b"last\n")?;
+        fs::write(dir.path().join(MONITOR_LOCK), b"")?;
+        let holder = File::open(dir.path().join(MONITOR_LOCK))?;
+        rustix::fs::flock(
+            &holder,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )?;
+        let follower =
+            Follower::open(dir.path(), Source::App, Tail::All, Follow::UntilWriterExits)?;
+        let (done_tx, done_rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            let out = collect(follower).join();
+            // The receiver is gone only if the test already failed.
+            done_tx.send(out).ok();
+        });
+        thread::sleep(Duration::from_millis(50));
+        // A close of the lock file opened for writing, lock still held.
+        drop(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(MONITOR_LOCK))?,
+        );
+        thread::sleep(Duration::from_millis(50));
+        drop(holder);
+        let out = done_rx
+            .recv_timeout(Duration::from_secs(5))?
+            .map_err(|_| "follower panicked")?;
+        assert_eq!(out, b"last\n");
+        reader.join().map_err(|_| "reader panicked")?;
+        Ok(())
     }
 
     #[test]
@@ -767,12 +873,12 @@ mod tests {
                 fd,
                 buf,
                 base,
-                gone,
+                seen,
             } = notifier;
             let NotifyFd::Blocking(inotify) = fd else {
                 return Err(io::Error::other("not blocking"));
             };
-            Ok(relevant(inotify.read_events(buf)?, base, gone))
+            Ok(relevant(inotify.read_events(buf)?, base, seen))
         };
         fs::write(dir.path().join("vmm.log"), b"noise")?;
         fs::write(dir.path().join("app.logx"), b"noise")?;
@@ -784,7 +890,7 @@ mod tests {
         assert!(wakes(&mut notifier)?);
         fs::write(dir.path().join(MONITOR_LOCK), b"")?;
         assert!(wakes(&mut notifier)?);
-        assert!(!notifier.gone);
+        assert!(!notifier.seen.gone);
         Ok(())
     }
 

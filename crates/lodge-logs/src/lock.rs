@@ -5,7 +5,13 @@
 //! life. The kernel drops the lock when the process dies, however it dies
 //! (even SIGKILL), and closing the descriptor, which it had open for writing,
 //! raises `IN_CLOSE_WRITE` on the directory: that is what wakes followers
-//! waiting for the end of the log, with no timer anywhere.
+//! waiting for the end of the log.
+//!
+//! The kernel queues that close event *before* it drops the lock of a
+//! process that dies, so a follower woken by it may still see the lock
+//! held. A monitor that ends normally therefore unlocks before it closes
+//! (see `Drop`), and a follower woken by a close while the lock still looks
+//! held re-checks a few times (see `follow.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -40,7 +46,17 @@ pub fn monitor_alive(dir: &Path) -> io::Result<bool> {
 /// dropped or when the process exits.
 #[derive(Debug)]
 pub struct MonitorLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for MonitorLock {
+    fn drop(&mut self) {
+        // Unlock first, so the close event that follows finds the lock free.
+        // Should this fail, the kernel still releases the lock at close; a
+        // follower then relies on its re-check.
+        let unlocked = flock(&self.file, FlockOperation::Unlock);
+        debug_assert!(unlocked.is_ok(), "unlock: {unlocked:?}");
+    }
 }
 
 impl MonitorLock {
@@ -60,7 +76,7 @@ impl MonitorLock {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(Some(MonitorLock { _file: file })),
+                Ok(()) => return Ok(Some(MonitorLock { file })),
                 Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }

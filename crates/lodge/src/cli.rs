@@ -28,7 +28,8 @@ pub enum Command {
     /// Print an API token signed with this host's secret
     Token(TokenArgs),
     /// Create and boot an instance
-    Run(RunArgs),
+    // Boxed: its flags make it far larger than the other variants.
+    Run(Box<RunArgs>),
     /// List instances
     Ps(PsArgs),
     /// Stop an instance (graceful power-down, then force)
@@ -50,6 +51,14 @@ pub enum Command {
     Rm(RmArgs),
     /// Show an instance as JSON
     Inspect(InstanceArg),
+    /// Show what running instances cost the host (CPU, memory, network)
+    Stats(StatsArgs),
+    /// Change an instance's labels (hypeman's tags) without touching its VM
+    Update(UpdateArgs),
+    /// Give an image another name, without pulling (SOURCE TARGET)
+    Tag(TagArgs),
+    /// Host-wide views (`system df`: disk use and allocation)
+    System(SystemArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
     /// Copy files or directories between an instance and the host (INSTANCE:PATH on one side)
@@ -128,6 +137,9 @@ pub struct ImagesArgs {
     /// Print only names
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only images matching label=K=V or label=K (repeatable, all must match)
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +233,30 @@ pub struct RunArgs {
     /// Limit guest→host traffic, e.g. 100Mbps, 1Gbps or 125MB/s
     #[arg(long, value_name = "RATE")]
     pub bandwidth_up: Option<String>,
+    /// Label (hypeman's tag) K=V (repeatable)
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Delete the instance this long after it is created (e.g. 30m, 1h)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Restart policy: no, always, on-failure[:MAX_ATTEMPTS]
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Health check: a shell command run in the guest, healthy on exit 0
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 10s)
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_interval: Option<String>,
+    /// Longest a health check may take (default 5s)
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures before unhealthy (default 3)
+    #[arg(long, value_name = "N", requires = "health_cmd")]
+    pub health_retries: Option<u32>,
+    /// Failures do not count this long after a boot
+    #[arg(long, value_name = "DURATION", requires = "health_cmd")]
+    pub health_start_period: Option<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -234,6 +270,64 @@ pub struct PsArgs {
     /// Print only ids
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only instances matching: label=K=V, label=K, state=STATE (repeatable, all must match)
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Add or change a label K=V (repeatable)
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Remove the label K (repeatable)
+    #[arg(long = "label-rm", value_name = "K")]
+    pub remove: Vec<String>,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    #[command(subcommand)]
+    pub command: SystemCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Disk used by images, the layer cache, overlays and volumes; vCPU and memory allocation
+    Df(DfArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DfArgs {
+    /// Print the API's JSON (GET /resources)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image to name again
+    pub source: String,
+    /// The new name, an image reference with a tag
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Redraw every --interval seconds, with CPU% between samples
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Seconds between samples with --watch
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Print the API's JSON (one-shot only)
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Instance ids, names or unique id prefixes
+    #[arg(required = true)]
+    pub instances: Vec<String>,
 }
 
 #[derive(Debug, Args)]

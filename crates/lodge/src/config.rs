@@ -26,6 +26,9 @@ pub struct Config {
     /// The default network to set up, or `None` when networking is off
     /// (`LODGE_NETWORK=off`, or not root and not asked for).
     pub network: Option<lodge_net::NetConfig>,
+    /// `LODGE_BENCH_ENDPOINTS=1`: serve the benchmark-only agent throughput
+    /// route (`scripts/bench-exec.sh`). Off by default.
+    pub bench_endpoints: bool,
     /// Guest RAM in a shared file in the instance directory, so standby
     /// saves only the devices and restore maps memory back lazily
     /// (`LODGE_MEMORY_FILE=off`: anonymous RAM, standby streams it all).
@@ -61,12 +64,17 @@ impl Config {
             is_root(),
             lodge_net::NetConfig::from_env,
         )?;
+        let bench_endpoints = matches!(
+            std::env::var("LODGE_BENCH_ENDPOINTS").ok().as_deref(),
+            Some("1" | "true" | "yes")
+        );
         let memory_file = match std::env::var("LODGE_MEMORY_FILE").as_deref() {
             Ok("off") | Ok("0") | Ok("false") => false,
             Ok("on") | Ok("1") | Ok("true") | Ok("") | Err(_) => true,
             Ok(other) => anyhow::bail!("LODGE_MEMORY_FILE {other:?}: expected on or off"),
         };
         Ok(Config {
+            bench_endpoints,
             memory_file,
             network,
             data_dir,

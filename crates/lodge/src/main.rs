@@ -16,6 +16,7 @@ mod config;
 mod disks;
 mod instances;
 mod sizes;
+mod tags;
 
 use std::process::ExitCode;
 

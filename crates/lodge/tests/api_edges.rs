@@ -90,23 +90,27 @@ fn an_invalid_create_is_refused_before_any_pull() {
     require_guest!();
     let d = Daemon::start();
     // A registry that does not exist: a pull could only fail (502).
-    for (body, field) in [
+    // A size is hypeman's `invalid_size` (issue 16); the rest `bad_request`.
+    for (body, field, code) in [
         (
             json!({"name": "bad", "image": "127.0.0.1:1/x", "vcpus": 0}),
             "vcpus",
+            "bad_request",
         ),
         (
             json!({"name": "bad", "image": "127.0.0.1:1/x", "size": "12XB"}),
             "size",
+            "invalid_size",
         ),
         (
             json!({"name": "bad", "image": "127.0.0.1:1/x", "workdir": "srv"}),
             "working directory",
+            "bad_request",
         ),
     ] {
         let r = d.api("POST", "/instances", Some(&body));
         assert_eq!(r.status, 400, "{body}: {}", r.text);
-        assert_eq!(r.body["code"], "bad_request", "{}", r.text);
+        assert_eq!(r.body["code"], code, "{}", r.text);
         let message = r.body["message"].as_str().unwrap_or("");
         assert!(message.contains(field), "{body}: {message}");
     }
@@ -208,4 +212,24 @@ fn an_agent_request_racing_a_stop_answers_as_after_the_stop() {
         );
     }
     assert!(seen.iter().any(|(s, _)| *s == 409), "no stat saw the stop");
+}
+
+/// The agent throughput route exists for `scripts/bench-exec.sh` only: off
+/// unless the daemon was started with `LODGE_BENCH_ENDPOINTS=1`, and bounded.
+#[test]
+fn the_benchmark_route_is_opt_in_and_bounded() {
+    let path = "/instances/nobody/agent/throughput?direction=from";
+    let d = Daemon::start();
+    let r = d.api("GET", path, None);
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(r.body["code"], "not_found", "{}", r.text);
+    drop(d);
+
+    let d = Daemon::start_with_env(&[("LODGE_BENCH_ENDPOINTS", "1")]);
+    let r = d.api("GET", &format!("{path}&bytes={}", 5u64 << 30), None);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("at most"), "{}", r.text);
+    let r = d.api("GET", path, None);
+    assert_eq!(r.status, 404, "no such instance: {}", r.text);
+    assert_ne!(r.body["message"], "no such endpoint", "{}", r.text);
 }

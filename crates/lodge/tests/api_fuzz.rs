@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -39,7 +41,7 @@ fn schemathesis() -> Result<PathBuf, String> {
         .ok_or("LODGE_COMPAT_PYTHON has no directory")?;
     let ok = Command::new(&st)
         .arg("--version")
-        .output()
+        .output_limited()
         .is_ok_and(|o| o.status.success());
     if !ok {
         return Err(format!(
@@ -100,7 +102,9 @@ const LIVE: &str = "fuzz";
 /// `DELETE /instances/{id}` and `POST /instances/{id}/stop` are left out;
 /// tests/api_edges.rs races both against other requests. An archive upload
 /// (application/x-tar) has no serializer in schemathesis;
-/// tests/images_e2e.rs covers it.
+/// tests/images_e2e.rs covers it. hypeman's routes lodge does not serve
+/// yet (tagged `not_implemented`) answer nothing but 501, a server error to
+/// schemathesis; tests/api_compat_e2e.rs checks them.
 fn config() -> String {
     format!(
         r#"[dictionaries.ids]
@@ -119,6 +123,10 @@ enabled = false
 
 [[operations]]
 include-name = "POST /images/load"
+enabled = false
+
+[[operations]]
+include-tag = "not_implemented"
 enabled = false
 "#
     )
@@ -156,7 +164,7 @@ fn fuzz(st: &std::path::Path) {
         .env("NO_COLOR", "1")
         // Its cache of crashes lives beside the data, not in the source tree.
         .current_dir(&d.data_dir)
-        .output()
+        .output_limited_for(Duration::from_secs(900))
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::process::Command;
 
 use common::{busybox_rootfs, Daemon};
@@ -47,7 +49,7 @@ fn hypemans_python_client_drives_lodge() {
         .env("HYPEMAN_API_KEY", &d.token)
         .env("LODGE_ROOTFS", busybox_rootfs())
         .env("LODGE_ARCHIVE", &archive)
-        .output()
+        .output_limited()
         .expect("run python");
     assert!(
         out.status.success(),

@@ -26,6 +26,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -66,7 +68,7 @@ fn is_root() -> bool {
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh")
         .args(["-c", cmd])
-        .output()
+        .output_limited()
         .expect("run sh");
     assert!(
         out.status.success(),
@@ -143,7 +145,7 @@ impl World {
             .env(INNER, "1")
             .env(OUT_LOG, self.server_log())
             .env(OUT_PAGE, self.page())
-            .output()
+            .output_limited_for(Duration::from_secs(900))
             .expect("re-run the test inside the namespace");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -173,7 +175,7 @@ impl Drop for World {
             // Daemon, monitors, QEMU: whatever the inner run left.
             let pids = Command::new("ip")
                 .args(["netns", "pids", ns])
-                .output()
+                .output_limited()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             for pid in pids.split_whitespace() {
@@ -537,7 +539,7 @@ print("python client: network ip", ip)
             .env("HYPEMAN_BASE_URL", &d.base)
             .env("HYPEMAN_API_KEY", &d.token)
             .env("LODGE_ROOTFS", busybox_rootfs())
-            .output()
+            .output_limited()
             .expect("run python");
         assert!(
             out.status.success(),

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::OutputLimited;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ fn exec(d: &Daemon, args: &[&str]) -> (i32, String, String) {
         .env("LODGE_BASE_URL", &d.base)
         .env("LODGE_API_KEY", &d.token)
         .stdin(Stdio::null())
-        .output()
+        .output_limited()
         .expect("run lodge exec");
     (
         out.status.code().unwrap_or(-1),

@@ -87,8 +87,11 @@ fn a_flooded_and_forged_status_channel_changes_nothing() {
     );
     assert_eq!(ours["state"], "Running", "forged exit believed: {ours}");
     assert!(ours["exit_code"].is_null(), "{ours}");
+    // Before the fix this took over 500 ms at 2 MB; the read's bound in
+    // bytes is asserted by a unit test (observe.rs), so the margin here is
+    // for a loaded 2-core machine.
     assert!(
-        took < Duration::from_millis(300),
+        took < Duration::from_millis(1500),
         "GET /instances took {took:?} during a status flood"
     );
     let (kept, _) = status_on_disk(&logs);

@@ -1,9 +1,10 @@
-//! Reading and deleting what the store holds: one image, all images, and
-//! deletion guarded by the instances and leases that use a disk.
+//! Reading and deleting what the store holds: one image, all images,
+//! another name for an image (tag), and deletion guarded by the instances
+//! and leases that use a disk.
 
 use super::state::{ImageInfo, Images};
 use crate::error::{io, Error, ErrorKind, Result};
-use crate::reference::lookup_key;
+use crate::reference::{lookup_key, Source};
 use crate::store::ImageRecord;
 
 impl Images {
@@ -40,6 +41,60 @@ impl Images {
             .into_iter()
             .map(|r| self.info(r))
             .collect())
+    }
+
+    /// Gives the ready image `name` a second name, `target` (a registry
+    /// reference with a tag), without pulling: both names share the one
+    /// disk, as `docker tag`. An existing `target` is repointed; one being
+    /// pulled is refused.
+    pub fn tag(&self, name: &str, target: &str) -> Result<ImageInfo> {
+        let key = lookup_key(name)?;
+        let invalid =
+            |why: &str| Error::new(ErrorKind::Invalid, format!("target {target:?}: {why}"));
+        let target_key = match Source::parse(target.trim())? {
+            Source::Registry(_) if target.contains('@') => {
+                return Err(invalid("a tag cannot be a digest reference"))
+            }
+            Source::Registry(r) => crate::reference::canonical(&r),
+            _ => return Err(invalid("must be an image reference with a tag")),
+        };
+        let inner = self.lock();
+        if inner.jobs.contains_key(&target_key) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("image {target_key} is being pulled; tag it when the pull has ended"),
+            ));
+        }
+        let Some(record) = self
+            .records
+            .load(&key)
+            .map_err(io("reading an image record"))?
+        else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("image {key} not found"),
+            ));
+        };
+        if !record.usable() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "image {key} is {}, not ready: it cannot be tagged yet",
+                    record.status.as_str()
+                ),
+            ));
+        }
+        let tagged = ImageRecord {
+            name: target_key,
+            created_at: lodge_common::time::now_rfc3339(),
+            pull: None,
+            ..record
+        };
+        self.records
+            .save(&tagged)
+            .map_err(io("writing an image record"))?;
+        drop(inner);
+        Ok(self.info(tagged))
     }
 
     /// Deletes a local image name. Refused while it is being pulled, or

@@ -325,9 +325,10 @@ enum Upload {
     Failed(String),
 }
 
-/// lodge extension: the raw rate of the instance's agent channel. Moves
-/// zero bytes through the same framing and flow control a copy uses, with
-/// no files and no WebSocket, between the daemon and the guest agent.
+/// lodge extension for benchmarks, served only with
+/// `LODGE_BENCH_ENDPOINTS=1`: the raw rate of the instance's agent channel.
+/// Moves zero bytes through the same framing and flow control a copy uses,
+/// with no files and no WebSocket, between the daemon and the guest agent.
 #[utoipa::path(get, path = "/instances/{id}/agent/throughput",
     params(("direction" = String, Query, description = "`from` (guest to host) or `to`"),
         ("bytes" = Option<u64>, Query, description = "bytes to move, default 64 MiB")),
@@ -338,12 +339,20 @@ pub async fn throughput(
     query: Result<Query<ThroughputQuery>, QueryRejection>,
 ) -> Result<axum::Json<Throughput>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.bytes.is_some_and(|b| b > MAX_MEASURE) {
+        return Err(ApiError::bad_request(format!(
+            "bytes: at most {MAX_MEASURE} per measurement"
+        )));
+    }
     let ep = endpoint(&state, &id, "measure")?;
     match measure(&state.manager, &ep, q).await {
         Ok(t) => Ok(axum::Json(t)),
         Err(e) => Err(after_agent_failure(&state, &id, "measure", e).await),
     }
 }
+
+/// The most one throughput measurement moves (4 GiB).
+const MAX_MEASURE: u64 = 4 << 30;
 
 async fn measure(
     manager: &crate::instances::Manager,

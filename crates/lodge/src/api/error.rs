@@ -7,6 +7,7 @@ use axum::Json;
 
 pub use super::types::ErrorBody;
 use crate::instances;
+use crate::instances::spec::SpecError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -27,6 +28,14 @@ impl ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: "unauthorized",
+            message: message.into(),
+        }
+    }
+    /// hypeman's answer to a size that does not parse or is out of range.
+    pub fn invalid_size(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_size",
             message: message.into(),
         }
     }
@@ -79,15 +88,21 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
     match err {
         E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         E::Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous"),
+        // hypeman's code for a size it cannot accept.
+        E::InvalidSpec(SpecError::Memory(_) | SpecError::Overlay(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_size")
+        }
         E::InvalidName(_) | E::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         // A hypervisor this build lacks, or a feature its backend lacks.
         E::Backend(B::Unavailable(_) | B::Unsupported { .. }) => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
-        E::NameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        // hypeman's code for a duplicate name.
+        E::NameTaken(_) => (StatusCode::CONFLICT, "already_exists"),
         E::NetworkDisabled => (StatusCode::BAD_REQUEST, "network_disabled"),
         E::Network(lodge_net::NetError::SubnetFull { .. }) => (StatusCode::CONFLICT, "subnet_full"),
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
+        E::InsufficientResources { .. } => (StatusCode::CONFLICT, "insufficient_resources"),
         E::CreateFailed(failed) => status_of(&failed.run),
         // A saved state this host cannot load, or that failed to load.
         E::Backend(B::Incompatible { .. }) => (StatusCode::CONFLICT, "snapshot_incompatible"),
@@ -106,6 +121,7 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         | E::Backend(_)
         | E::Monitor(_)
         | E::Network(_)
+        | E::BadConfig(_)
         | E::Task { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
@@ -141,7 +157,9 @@ mod tests {
         let cases: Vec<(Error, u16, &str)> = vec![
             (Error::NotFound("x".into()), 404, "not_found"),
             (Error::Ambiguous("a".into()), 409, "ambiguous"),
-            (Error::NameTaken("web".into()), 409, "conflict"),
+            // hypeman's code (issue 16); lodge said `conflict` before.
+            (Error::NameTaken("web".into()), 409, "already_exists"),
+            (SpecError::Memory(1 << 20).into(), 400, "invalid_size"),
             (SpecError::NothingToRun.into(), 400, "bad_request"),
             (
                 BackendError::Unavailable(HypervisorKind::CloudHypervisor).into(),

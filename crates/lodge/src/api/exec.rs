@@ -12,9 +12,17 @@
 //!    stdout and stderr; a client that sets `split_stderr` gets each binary
 //!    message prefixed with one byte naming the stream: 1 stdout, 2 stderr
 //!    (as Kubernetes' channel protocol).
-//! 5. The last message is text: `{"exitCode": N}`, plus `signal`,
-//!    `timed_out` or `error` when they apply. A command that cannot be
-//!    started ends with exit code 127 (not found) or 126 and an `error`.
+//! 5. The last message is text, exactly `{"exitCode": N}` as hypeman
+//!    sends it (its Python client refuses any other key): a timeout is
+//!    124 (as `timeout(1)`), death by signal N is 128+N, a command that
+//!    cannot be started 127 (not found) or 126, with the reason sent
+//!    before it as output (`Error: …`). A client that set lodge's
+//!    `split_stderr` gets the detail in the last message instead:
+//!    `signal`, `timed_out` or `error` beside `exitCode` (lodge's CLI
+//!    reports them); hypeman's clients never set it, so never see them.
+//! 6. A `resize` may arrive before the command has its terminal (clients
+//!    send it right after the request): the latest one is held and
+//!    applied as soon as the agent reports the command started.
 //!
 //! The handler only translates between the WebSocket and an agent stream
 //! ([`crate::agent`]); the command runs in the guest agent.
@@ -33,8 +41,8 @@ use super::error::ApiError;
 use super::state::AppState;
 use super::types::{CloseStdin, ExecExit, ExecRequest, PathInfo, ResizeMessage, StatQuery};
 use super::ws::{
-    after_agent_failure, close, close_and_drain, connect, drain, endpoint, first_request,
-    send_json, unavailable, upgrade, Sink, CLOSE_TIMEOUT,
+    after_agent_failure, close, connect, drain, endpoint, first_request, send_json, unavailable,
+    upgrade, Sink, CLOSE_TIMEOUT,
 };
 use crate::agent::{AgentError, Inbound};
 use crate::instances::{AgentEndpoint, Manager};
@@ -64,17 +72,35 @@ fn ending(code: i32, signal: Option<i32>, timed_out: bool) -> ExecExit {
 }
 
 async fn finish(mut sink: Sink, split: bool, ending: ExecExit) {
-    if let (Some(e), false) = (&ending.error, split) {
-        // hypeman's clients show binary messages only; one that is gone
-        // misses nothing.
-        let shown = Message::Binary(format!("Error: {e}\r\n").into_bytes().into());
-        if sink.send(shown).await.is_err() {
-            tracing::debug!("the exec client left before the error");
+    let last = if split {
+        ending
+    } else {
+        if let Some(e) = &ending.error {
+            // hypeman's clients show binary messages only; one that is gone
+            // misses nothing.
+            let shown = Message::Binary(format!("Error: {e}\r\n").into_bytes().into());
+            if sink.send(shown).await.is_err() {
+                tracing::debug!("the exec client left before the error");
+            }
         }
-    }
-    send_json(&mut sink, &ending).await;
+        hypeman_ending(&ending)
+    };
+    send_json(&mut sink, &last).await;
     close(sink).await;
 }
+
+/// The last message as hypeman sends it: `{"exitCode": N}` and nothing
+/// else (a request that could not be read counts as a command that could
+/// not be invoked, 126).
+fn hypeman_ending(ending: &ExecExit) -> ExecExit {
+    ExecExit {
+        exit_code: Some(ending.exit_code.unwrap_or(NOT_INVOKED)),
+        ..ExecExit::default()
+    }
+}
+
+/// Exit code of a command that could not be invoked (as a shell's).
+const NOT_INVOKED: i32 = 126;
 
 fn exec_start(req: &ExecRequest) -> Result<ExecStart, String> {
     let command = if req.command.is_empty() {
@@ -109,8 +135,10 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let req: ExecRequest = match first_request(&mut source).await {
         Ok(r) => r,
         Err(e) => {
-            send_json(&mut sink, &ExecExit::refused(e)).await;
-            return close_and_drain(sink, source).await;
+            // Whether the client wanted lodge's detail is unknown: it gets
+            // hypeman's shape, the reason as output.
+            finish(sink, false, ExecExit::refused(e)).await;
+            return drain(source).await;
         }
     };
     let split = req.split_stderr;
@@ -140,19 +168,44 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     // Client → guest, on its own task: waiting for stdin credit must never
     // hold up the output.
     let tty = req.tty;
+    let (started_tx, mut started_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut started_tx = Some(started_tx);
     let mut input = tokio::spawn(async move {
         let mut open = true;
-        while let Some(msg) = source.next().await {
+        // Until the command has its terminal, the latest resize waits here.
+        let mut started = false;
+        let mut held: Option<Control> = None;
+        loop {
+            let msg = tokio::select! {
+                got = &mut started_rx, if !started => {
+                    started = true;
+                    if let (Ok(()), Some(resize)) = (got, held.take()) {
+                        if tx.control(&resize).await.is_err() {
+                            open = false;
+                        }
+                    }
+                    continue;
+                }
+                msg = source.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
             let sent = match msg {
                 Ok(Message::Binary(b)) if open => tx.data(&b).await,
                 Ok(Message::Text(t)) => {
                     if let Ok(r) = serde_json::from_str::<ResizeMessage>(&t) {
                         if tty && r.resize.rows > 0 && r.resize.cols > 0 {
-                            tx.control(&Control::Resize {
+                            let resize = Control::Resize {
                                 rows: r.resize.rows,
                                 cols: r.resize.cols,
-                            })
-                            .await
+                            };
+                            if started {
+                                tx.control(&resize).await
+                            } else {
+                                held = Some(resize);
+                                Ok(())
+                            }
                         } else {
                             Ok(())
                         }
@@ -205,6 +258,13 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
             }
             Ok(Inbound::Event(Event::Error { message, .. })) => {
                 break ExecExit::failed(127, message)
+            }
+            Ok(Inbound::Event(Event::Started { .. })) => {
+                if let Some(tx) = started_tx.take() {
+                    // The input task may be over already.
+                    tx.send(()).ok();
+                }
+                continue;
             }
             Ok(Inbound::Event(_)) => continue,
             Ok(Inbound::Closed) => {
@@ -320,6 +380,26 @@ mod tests {
             let req: ExecRequest = serde_json::from_str(body).expect("json");
             assert!(exec_start(&req).is_err(), "{body}");
         }
+    }
+
+    #[test]
+    fn hypeman_clients_get_the_exit_code_alone() {
+        let shape = |e: ExecExit| serde_json::to_value(hypeman_ending(&e)).expect("json");
+        let timed_out = ExecExit {
+            exit_code: Some(124),
+            signal: Some(9),
+            timed_out: true,
+            error: None,
+        };
+        assert_eq!(shape(timed_out), serde_json::json!({"exitCode": 124}));
+        assert_eq!(
+            shape(ExecExit::failed(127, "not found")),
+            serde_json::json!({"exitCode": 127})
+        );
+        assert_eq!(
+            shape(ExecExit::refused("invalid JSON")),
+            serde_json::json!({"exitCode": 126})
+        );
     }
 
     #[test]

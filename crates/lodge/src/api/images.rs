@@ -30,6 +30,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use lodge_images::{ArchiveFormat, Credentials, ErrorKind, ImageInfo, LoadRequest, PullRequest};
+use serde::{Deserialize, Serialize};
 
 impl From<ImageInfo> for Image {
     fn from(i: ImageInfo) -> Self {
@@ -122,6 +123,7 @@ pub async fn create(
         }),
         tags: body.tags.unwrap_or_default(),
     };
+    crate::tags::validate(&req.tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let info = state.images.pull(req).await?;
     Ok((StatusCode::ACCEPTED, Json(Image::from(info))))
 }
@@ -212,13 +214,7 @@ pub fn upload_routes(state: AppState) -> Router<AppState> {
 
 /// `tags[key]=value` pairs of a query string (hypeman's tag filter).
 fn tag_filter(query: &HashMap<String, String>) -> BTreeMap<String, String> {
-    query
-        .iter()
-        .filter_map(|(k, v)| {
-            let key = k.strip_prefix("tags[")?.strip_suffix(']')?;
-            Some((key.to_string(), v.clone()))
-        })
-        .collect()
+    crate::tags::filter_from_query(query)
 }
 
 /// List images, optionally only those carrying all the given tags.
@@ -296,4 +292,23 @@ mod tests {
             [("team".to_string(), "a".to_string())].into()
         );
     }
+}
+
+/// `POST /images/{name}/tag`'s body (hypeman's).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TagImage {
+    /// The new name: an image reference with a tag.
+    pub target: String,
+}
+
+/// Give a ready image another name, without pulling (as `docker tag`).
+#[utoipa::path(post, path = "/images/{name}/tag", request_body = TagImage,
+    responses((status = 200, body = Image), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)))]
+pub async fn tag(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<TagImage>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(Image::from(state.images.tag(&name, &body.target)?)))
 }

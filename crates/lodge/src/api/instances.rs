@@ -4,7 +4,7 @@
 //! (names, sizes and the hypervisor parsed, nothing looked up); resolving
 //! the image, defaults and limits are the manager's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use axum::body::Bytes;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use lodge_hypervisor::HypervisorKind;
 
 use super::error::ApiError;
+use super::policies::{expiry, health_check, restart_policy};
 use super::state::{ApiJson, AppState};
 use crate::instances::naming::Name;
 use crate::instances::spec::NetworkRequest;
@@ -59,8 +60,11 @@ pub struct CreateInstance {
     /// the daemon has one (hypeman's default), none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<CreateNetwork>,
+    /// hypeman's user tags: at most 50, see `crate::tags` for the rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
     /// Every other hypeman field: the ones lodge cannot honour yet are
-    /// refused when set; the rest (tags, hints) are accepted and ignored.
+    /// refused when set; the rest (hints) are accepted and ignored.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -124,13 +128,9 @@ const UNSUPPORTED: &[&str] = &[
     "gpu",
     "credentials",
     "snapshot_policy",
-    "restart_policy",
-    "health_check",
     "auto_standby",
     "hotplug_size",
     "disk_io_bps",
-    "expires_at",
-    "ttl",
 ];
 
 impl CreateInstance {
@@ -172,20 +172,31 @@ impl CreateInstance {
         let memory_bytes = self
             .size
             .as_deref()
-            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("size: {e}"))))
+            .map(|s| parse_size(s).map_err(|e| ApiError::invalid_size(format!("size: {e}"))))
             .transpose()?;
         let overlay_bytes = self
             .overlay_size
             .as_deref()
-            .map(|s| parse_size(s).map_err(|e| ApiError::bad_request(format!("overlay_size: {e}"))))
+            .map(|s| {
+                parse_size(s).map_err(|e| ApiError::invalid_size(format!("overlay_size: {e}")))
+            })
             .transpose()?;
         let network = self
             .network
             .map(CreateNetwork::into_request)
             .transpose()?
             .unwrap_or_default();
+        let tags = self.tags.unwrap_or_default();
+        crate::tags::validate(&tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let expires_at = expiry(self.other.get("ttl"), self.other.get("expires_at"))?.flatten();
+        let restart_policy = restart_policy(self.other.get("restart_policy"))?.flatten();
+        let health_check = health_check(self.other.get("health_check"))?.flatten();
         Ok(CreateRequest {
             network,
+            tags,
+            expires_at,
+            restart_policy,
+            health_check,
             name,
             hypervisor,
             root,
@@ -213,27 +224,27 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(instance)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    state: Option<String>,
-}
-
-/// List instances, optionally only those in one state.
-#[utoipa::path(get, path = "/instances", params(("state" = Option<String>, Query, description = "filter by state")),
+/// List instances, optionally only those in one state and carrying every
+/// given tag.
+#[utoipa::path(get, path = "/instances", params(("state" = Option<String>, Query, description = "filter by state"),
+        ("tags" = Option<BTreeMap<String, String>>, Query, style = DeepObject, explode, description = "tags[key]=value: only instances carrying every pair")),
     responses((status = 200, body = Vec<Instance>)))]
 pub async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filter = match q.state.as_deref() {
+    let tags = crate::tags::filter_from_query(&q);
+    let filter = match q.get("state").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(
             InstanceState::parse(s)
                 .ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
         ),
     };
-    Ok(Json(state.manager.list(filter).await?))
+    let mut all = state.manager.list(filter).await?;
+    all.retain(|i| crate::tags::matches(&i.tags, &tags));
+    Ok(Json(all))
 }
 
 /// Get an instance by id, name or unique id prefix.
@@ -410,4 +421,88 @@ mod tests {
             );
         }
     }
+}
+
+/// What a running instance costs the host: CPU time and memory of its VMM,
+/// its network bytes, its allocation.
+#[utoipa::path(get, path = "/instances/{id}/stats",
+    responses((status = 200, body = crate::instances::InstanceStats), (status = 409, body = super::error::ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::instances::InstanceStats>, ApiError> {
+    Ok(Json(state.manager.stats(&id).await?))
+}
+
+/// hypeman's update body. lodge honours `ttl`/`expires_at` (`"0s"` or
+/// `null` clears the expiry), `restart_policy` (`null` clears it) and
+/// `tags` (a lodge extension: the whole set is replaced), and refuses
+/// hypeman's other fields clearly.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UpdateInstance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// hypeman's `env`: only keys bound to credentials may change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// hypeman's other fields: `ttl`, `expires_at`, `restart_policy`
+    /// honoured; `health_check`, `auto_standby` refused when set.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// hypeman update fields lodge does not provide yet.
+const UPDATE_UNSUPPORTED: &[&str] = &["auto_standby"];
+
+/// hypeman update fields lodge honours beside `tags`.
+const UPDATE_SUPPORTED: &[&str] = &["ttl", "expires_at", "restart_policy", "health_check"];
+
+impl UpdateInstance {
+    fn into_update(self) -> Result<crate::instances::InstanceUpdate, ApiError> {
+        if let Some(key) = self
+            .other
+            .keys()
+            .find(|k| !UPDATE_SUPPORTED.contains(&k.as_str()))
+        {
+            return Err(if UPDATE_UNSUPPORTED.contains(&key.as_str()) {
+                ApiError::bad_request(format!("`{key}` is not supported yet"))
+            } else {
+                ApiError::bad_request(format!("unknown field `{key}`"))
+            });
+        }
+        if let Some(key) = self.env.as_ref().and_then(|e| e.keys().next()) {
+            // hypeman accepts only keys bound to credentials; lodge has none.
+            return Err(ApiError::bad_request(format!(
+                "env {key:?}: only environment variables bound to credentials can be updated, and this instance has none"
+            )));
+        }
+        if let Some(tags) = &self.tags {
+            crate::tags::validate(tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        Ok(crate::instances::InstanceUpdate {
+            tags: self.tags,
+            expires_at: expiry(self.other.get("ttl"), self.other.get("expires_at"))?,
+            restart_policy: restart_policy(self.other.get("restart_policy"))?,
+            health_check: health_check(self.other.get("health_check"))?,
+        })
+    }
+}
+
+/// Change an instance without touching its VM (tags).
+#[utoipa::path(patch, path = "/instances/{id}", request_body = UpdateInstance,
+    responses((status = 200, body = Instance), (status = 400, body = super::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Instance>, ApiError> {
+    // An empty body is an update of nothing (hypeman's client sends `{}`).
+    let req: UpdateInstance = if body.iter().all(u8::is_ascii_whitespace) {
+        UpdateInstance::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    Ok(Json(state.manager.update(&id, req.into_update()?).await?))
 }

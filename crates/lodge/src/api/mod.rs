@@ -2,11 +2,13 @@
 //!
 //! Handlers only translate: parse the request into a typed call on the
 //! instance manager and render the result. Auth is one middleware in front of
-//! everything but `/health` and `/spec.json`; every rejection, including
+//! everything but `/health` and `/spec.json`/`/spec.yaml`; every rejection, including
 //! axum's own (bad JSON, oversized body, unknown route, wrong method), is
 //! turned into the `{code, message}` error shape. The error statuses those
 //! shared layers can answer are added to every operation of `/spec.json`
 //! in one place ([`shared_errors`]) rather than repeated on each handler.
+//! hypeman routes lodge lacks answer 501 `not_implemented` from one table
+//! (`unimplemented.rs`) rather than 404.
 
 mod capabilities;
 mod cp;
@@ -16,13 +18,17 @@ mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
+mod policies;
+mod resources;
 mod schedule;
 pub mod server;
 mod snapshots;
 mod standby;
 mod state;
 pub mod types;
+mod unimplemented;
 mod ws;
+mod yaml;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -52,6 +58,9 @@ pub use state::{AppState, MAX_BODY};
         instances::delete,
         instances::stop,
         instances::start,
+        instances::stats,
+        instances::update,
+        resources::resources,
         standby::wait,
         standby::standby,
         standby::restore,
@@ -69,21 +78,31 @@ pub use state::{AppState, MAX_BODY};
         exec::exec,
         exec::stat,
         cp::cp,
-        cp::throughput,
         images::create,
         images::list,
         images::get_one,
         images::delete,
         images::load,
+        images::tag,
     ),
     components(schemas(
         crate::instances::Instance,
         crate::instances::InstanceNetwork,
+        crate::instances::InstanceStats,
+        crate::instances::Resources,
+        crate::instances::ResourceStatus,
+        crate::instances::ResourceAllocation,
+        crate::instances::DiskBreakdown,
         instances::CreateNetwork,
         capabilities::Capabilities,
         crate::instances::state::State,
         instances::CreateInstance,
         instances::StartInstance,
+        instances::UpdateInstance,
+        policies::RestartPolicyBody,
+        policies::HealthCheckBody,
+        crate::instances::health::HealthStatus,
+        images::TagImage,
         crate::instances::wait::WaitOutcome,
         crate::instances::snapshots::Snapshot,
         crate::instances::snapshots::SnapshotKind,
@@ -110,15 +129,19 @@ pub use state::{AppState, MAX_BODY};
 struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
+    let mut protected = Router::new()
         .route("/capabilities", get(capabilities::capabilities))
+        .route("/resources", get(resources::resources))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",
-            get(instances::get_one).delete(instances::delete),
+            get(instances::get_one)
+                .delete(instances::delete)
+                .patch(instances::update),
         )
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/stats", get(instances::stats))
         .route("/instances/{id}/wait", get(standby::wait))
         .route("/instances/{id}/standby", post(standby::standby))
         .route("/instances/{id}/restore", post(standby::restore))
@@ -144,37 +167,32 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))
         .route("/instances/{id}/stat", get(exec::stat))
-        .route("/instances/{id}/agent/throughput", get(cp::throughput))
         .route("/images", post(images::create).get(images::list))
         .route(
             "/images/{name}",
             get(images::get_one).delete(images::delete),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/images/{name}/tag", post(images::tag));
+    if state.bench_endpoints {
+        protected = protected.route("/instances/{id}/agent/throughput", get(cp::throughput));
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
         .route("/spec.json", get(spec))
+        .route("/spec.yaml", get(spec_yaml))
         .merge(protected)
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(unimplemented::unrouted)
+        .method_not_allowed_fallback(unimplemented::wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(reject_declared_oversize))
         // Archive uploads, bounded by the image size limit instead.
         .merge(images::upload_routes(state.clone()))
         // Again for the upload route (the call only reaches the routes
         // present, and before the `layer`s above).
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(unimplemented::wrong_method)
         .with_state(state)
-}
-
-/// A known path asked with a method it does not have; axum adds the
-/// `Allow` header.
-async fn method_not_allowed(method: axum::http::Method) -> ApiError {
-    ApiError {
-        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        code: "method_not_allowed",
-        message: format!("method {method} is not allowed here"),
-    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -195,10 +213,51 @@ async fn spec() -> Response {
     }
 }
 
+/// The same document as YAML, as hypeman serves it beside the JSON.
+async fn spec_yaml() -> Response {
+    let doc = spec_json().and_then(|s| serde_json::from_str::<serde_json::Value>(&s));
+    match doc {
+        Ok(v) => (
+            [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+            yaml::to_string(&v),
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
 /// The OpenAPI document, with the error answers every route shares added
 /// to each operation (see [`shared_errors`]).
 fn spec_json() -> serde_json::Result<String> {
     let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    // hypeman's routes lodge lacks are documented as what they answer.
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (method, path, what) in unimplemented::NOT_IMPLEMENTED {
+            let item = paths
+                .entry(path.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(item) = item.as_object_mut() {
+                let params: Vec<serde_json::Value> = path
+                    .split('/')
+                    .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                    .map(|name| {
+                        serde_json::json!({
+                            "name": name, "in": "path", "required": true,
+                            "schema": {"type": "string"},
+                        })
+                    })
+                    .collect();
+                item.entry(method.to_ascii_lowercase()).or_insert_with(|| {
+                    serde_json::json!({
+                        "summary": format!("{what}: not implemented by lodge yet"),
+                        "tags": [unimplemented::TAG],
+                        "parameters": params,
+                        "responses": {"501": error_response("not implemented")},
+                    })
+                });
+            }
+        }
+    }
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else {
@@ -239,7 +298,7 @@ fn spec_json() -> serde_json::Result<String> {
 /// resolution, the body size limit, and internal failures.
 fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'static str)> {
     let mut out = Vec::new();
-    let open = matches!(path, "/health" | "/spec.json");
+    let open = matches!(path, "/health" | "/spec.json" | "/spec.yaml");
     if !open {
         out.push((401, "missing or invalid token"));
     }
@@ -304,7 +363,7 @@ mod tests {
         for (path, item) in paths {
             for (method, op) in item.as_object().expect("path item") {
                 let responses = &op["responses"];
-                let open = matches!(path.as_str(), "/health" | "/spec.json");
+                let open = matches!(path.as_str(), "/health" | "/spec.json" | "/spec.yaml");
                 assert_eq!(
                     responses.get("401").is_some(),
                     !open,

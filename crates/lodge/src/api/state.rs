@@ -24,6 +24,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     pub auth: Arc<Auth>,
     pub images: Arc<lodge_images::Images>,
+    /// Whether the benchmark-only routes are served (see `Config`).
+    pub bench_endpoints: bool,
 }
 
 /// Refuses a body whose declared length is over the limit before reading

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
 use crate::api::types::{CreateImage, Image};
-use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs};
+use crate::cli::{ImagesArgs, MkImageArgs, PullArgs, RmiArgs, TagArgs};
 use crate::client::{encode, failure, Client};
 
 /// An archive source as typed: `oci-archive:PATH[:REF]`.
@@ -227,10 +227,34 @@ pub fn pull(args: PullArgs) -> Result<u8> {
     })
 }
 
+/// Query pairs for the API (`tags[K]=V`) and label keys checked here.
+type LabelFilter = (Vec<(String, String)>, Vec<String>);
+
+/// `images --filter`s: `label=K=V` pairs for the API, and `label=K` keys
+/// checked here.
+fn image_filter(filters: &[String]) -> Result<LabelFilter> {
+    let (mut query, mut keys) = (Vec::new(), Vec::new());
+    for raw in filters {
+        match raw.strip_prefix("label=") {
+            Some(l) => match l.split_once('=') {
+                Some((k, v)) => query.push((format!("tags[{k}]"), v.to_string())),
+                None => keys.push(l.to_string()),
+            },
+            None => bail!("unsupported filter {raw:?}: use label=K=V or label=K"),
+        }
+    }
+    Ok((query, keys))
+}
+
 pub fn images(args: ImagesArgs) -> Result<u8> {
+    let (query, keys) = image_filter(&args.filters)?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let list: Vec<Image> = client.call(Method::GET, "/images").await?;
+        let mut list: Vec<Image> = client.get_with("/images", &query).await?;
+        list.retain(|i| {
+            keys.iter()
+                .all(|k| i.tags.as_ref().is_some_and(|t| t.contains_key(k)))
+        });
         if args.quiet {
             for i in &list {
                 println!("{}", i.name);
@@ -289,6 +313,23 @@ pub fn rmi(args: RmiArgs) -> Result<u8> {
     })
 }
 
+/// `lodge tag SOURCE TARGET`: `POST /images/{source}/tag`.
+pub fn tag(args: TagArgs) -> Result<u8> {
+    super::rt::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let body = serde_json::json!({ "target": args.target });
+        let img: Image = client
+            .call_with(
+                Method::POST,
+                &format!("/images/{}/tag", encode(&args.source)),
+                &body,
+            )
+            .await?;
+        println!("{}", img.name);
+        Ok(0)
+    })
+}
+
 pub fn mk_image(args: MkImageArgs) -> Result<u8> {
     use lodge_images::builder::{write_docker_archive, Image, Layer, LayerBuilder, Layout};
     let mut layers = Vec::new();
@@ -313,4 +354,18 @@ pub fn mk_image(args: MkImageArgs) -> Result<u8> {
         Layout::single(&image, args.name.as_deref())?.write_archive(&args.output)?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_filters_go_to_the_api_or_stay_here() {
+        let (query, keys) =
+            image_filter(&["label=team=web".into(), "label=canary".into()]).expect("valid");
+        assert_eq!(query, vec![("tags[team]".to_string(), "web".to_string())]);
+        assert_eq!(keys, vec!["canary".to_string()]);
+        assert!(image_filter(&["dangling=true".into()]).is_err());
+    }
 }

@@ -1,4 +1,5 @@
-//! The small instance verbs over the API: ps, stop, start, rm, inspect, logs.
+//! The small instance verbs over the API: ps, stop, start, rm, inspect,
+//! update, logs.
 //!
 //! Instances are read as the API's own `Instance` type; `inspect` prints the
 //! JSON whole, as the daemon sent it.
@@ -10,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::api::types::LogsQuery;
-use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs};
+use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs, UpdateArgs};
 use crate::client::{encode, ApiFailure, Client};
 use crate::instances::{Instance, State};
 
@@ -20,13 +21,48 @@ fn path(instance: &str) -> String {
     format!("/instances/{}", encode(instance))
 }
 
+/// `ps --filter`s, parsed: label pairs go to the API as `tags[k]=v`, label
+/// keys alone and states are checked here.
+#[derive(Debug, Default, PartialEq)]
+struct PsFilter {
+    query: Vec<(String, String)>,
+    label_keys: Vec<String>,
+    states: Vec<State>,
+}
+
+fn ps_filter(filters: &[String]) -> Result<PsFilter> {
+    let mut f = PsFilter::default();
+    for raw in filters {
+        match raw.split_once('=') {
+            Some(("label", l)) => match l.split_once('=') {
+                Some((k, v)) => f.query.push((format!("tags[{k}]"), v.to_string())),
+                None => f.label_keys.push(l.to_string()),
+            },
+            Some(("state" | "status", s)) => f.states.push(
+                State::parse(s)
+                    .ok_or_else(|| anyhow::anyhow!("unknown state {s:?} in --filter"))?,
+            ),
+            _ => anyhow::bail!("unsupported filter {raw:?}: use label=K=V, label=K or state=STATE"),
+        }
+    }
+    Ok(f)
+}
+
 pub fn ps(args: PsArgs) -> Result<u8> {
+    let filter = ps_filter(&args.filters)?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let list: Vec<Instance> = client.call(Method::GET, "/instances").await?;
+        let list: Vec<Instance> = client.get_with("/instances", &filter.query).await?;
         let shown = list
             .iter()
-            .filter(|i| args.all || !matches!(i.state, State::Stopped | State::Created));
+            .filter(|i| {
+                // A state filter shows stopped instances too, as docker's.
+                args.all
+                    || !filter.states.is_empty()
+                    || !matches!(i.state, State::Stopped | State::Created)
+            })
+            .filter(|i| filter.states.is_empty() || filter.states.contains(&i.state))
+            .filter(|i| filter.label_keys.iter().all(|k| i.tags.contains_key(k)));
         let mut out = std::io::stdout().lock();
         if !args.quiet {
             writeln!(
@@ -60,6 +96,29 @@ pub fn inspect(args: InstanceArg) -> Result<u8> {
         let client = Client::from_env()?;
         let inst: Value = client.call(Method::GET, &path(&args.instance)).await?;
         println!("{}", serde_json::to_string_pretty(&inst)?);
+        Ok(0)
+    })
+}
+
+/// Labels added or changed and removed, on the instance's current set;
+/// the whole set is sent (PATCH replaces it).
+pub fn update(args: UpdateArgs) -> Result<u8> {
+    super::rt::runtime()?.block_on(async {
+        let client = Client::from_env()?;
+        let inst: Instance = client.call(Method::GET, &path(&args.instance)).await?;
+        let mut tags = inst.tags.clone();
+        for k in &args.remove {
+            tags.remove(k);
+        }
+        for l in &args.labels {
+            let (k, v) = crate::tags::parse_pair(l);
+            tags.insert(k, v);
+        }
+        let body = serde_json::json!({ "tags": tags });
+        let inst: Instance = client
+            .call_with(Method::PATCH, &path(&inst.id), &body)
+            .await?;
+        println!("{}", inst.id);
         Ok(0)
     })
 }
@@ -153,4 +212,29 @@ pub fn logs(instance: &str, args: &LogsArgs) -> Result<u8> {
             },
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_filters_read_like_docker() {
+        let f = ps_filter(&[
+            "label=team=web".into(),
+            "label=canary".into(),
+            "state=Running".into(),
+        ])
+        .expect("valid");
+        assert_eq!(
+            f,
+            PsFilter {
+                query: vec![("tags[team]".into(), "web".into())],
+                label_keys: vec!["canary".into()],
+                states: vec![State::Running],
+            }
+        );
+        assert!(ps_filter(&["name=x".into()]).is_err());
+        assert!(ps_filter(&["state=Sleeping".into()]).is_err());
+    }
 }

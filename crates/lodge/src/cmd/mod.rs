@@ -13,7 +13,9 @@ mod run;
 mod serve;
 mod snapshot;
 mod standby;
+mod stats;
 mod supervise;
+mod system;
 mod wait;
 mod ws;
 
@@ -50,7 +52,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             println!("{}", auth.mint("lodge", args.ttl)?);
             Ok(0)
         }
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ps(args) => instance_verbs::ps(args),
         Command::Stop(args) => instance_verbs::stop(args),
         Command::Start(args) => instance_verbs::start(args),
@@ -61,6 +63,10 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Fork(args) => fork::run(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Update(args) => instance_verbs::update(args),
+        Command::Tag(args) => images::tag(args),
+        Command::System(args) => system::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),

@@ -88,7 +88,34 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         .name
         .clone()
         .unwrap_or_else(|| format!("vm-{}", &new_id()[..8]));
+    let mut other = BTreeMap::new();
+    if let Some(ttl) = &args.ttl {
+        other.insert("ttl".to_string(), serde_json::json!(ttl));
+    }
+    if let Some(restart) = &args.restart {
+        other.insert("restart_policy".to_string(), restart_policy(restart)?);
+    }
+    if let Some(cmd) = &args.health_cmd {
+        let mut check = serde_json::json!({
+            "type": "exec",
+            "exec": {"command": ["/bin/sh", "-c", cmd]},
+        });
+        for (k, v) in [
+            ("interval", &args.health_interval),
+            ("timeout", &args.health_timeout),
+            ("start_period", &args.health_start_period),
+        ] {
+            if let Some(v) = v {
+                check[k] = serde_json::json!(v);
+            }
+        }
+        if let Some(n) = args.health_retries {
+            check["failure_threshold"] = serde_json::json!(n);
+        }
+        other.insert("health_check".to_string(), check);
+    }
     Ok(CreateInstance {
+        other,
         name,
         image,
         rootfs,
@@ -100,8 +127,44 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
         env: Some(env),
         workdir: args.workdir.clone(),
         network,
+        tags: (!args.labels.is_empty()).then(|| {
+            args.labels
+                .iter()
+                .map(|l| crate::tags::parse_pair(l))
+                .collect()
+        }),
         ..CreateInstance::default()
     })
+}
+
+/// docker's `--restart` (`no`, `always`, `on-failure[:N]`, and
+/// `unless-stopped`, which is `always` here: a stop through the API always
+/// holds) as hypeman's `restart_policy`.
+fn restart_policy(s: &str) -> Result<serde_json::Value> {
+    let (mode, max) = match s.split_once(':') {
+        Some((m, n)) => (
+            m,
+            Some(
+                n.parse::<u32>()
+                    .with_context(|| format!("--restart {s:?}: {n:?} is not a count"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    let policy = match mode {
+        "no" | "never" => "never",
+        "always" | "unless-stopped" => "always",
+        "on-failure" | "on_failure" => "on_failure",
+        _ => bail!("--restart {s:?}: use no, always, unless-stopped or on-failure[:N]"),
+    };
+    if max.is_some() && policy != "on_failure" {
+        bail!("--restart {s:?}: only on-failure takes a count");
+    }
+    let mut p = serde_json::json!({ "policy": policy });
+    if let Some(n) = max {
+        p["max_attempts"] = serde_json::json!(n);
+    }
+    Ok(p)
 }
 
 /// `--network`, `--bandwidth-down/up` as hypeman's `network`; nothing when
@@ -140,12 +203,13 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
     use crate::cli::{Cli, Command};
 
     fn run_args(args: &[&str]) -> RunArgs {
         let argv = ["lodge", "run"].iter().chain(args).copied();
         match Cli::try_parse_from(argv).expect("parses").command {
-            Command::Run(a) => a,
+            Command::Run(a) => *a,
             other => panic!("not run: {other:?}"),
         }
     }
@@ -184,5 +248,24 @@ mod tests {
         ]))
         .is_err());
         assert!(Cli::try_parse_from(["lodge", "run", "--network", "host", "busybox"]).is_err());
+    }
+
+    #[test]
+    fn restart_flags_read_like_docker() {
+        assert_eq!(
+            restart_policy("on-failure:3").expect("valid"),
+            serde_json::json!({"policy": "on_failure", "max_attempts": 3})
+        );
+        assert_eq!(
+            restart_policy("unless-stopped").expect("valid"),
+            serde_json::json!({"policy": "always"})
+        );
+        assert_eq!(
+            restart_policy("no").expect("valid"),
+            serde_json::json!({"policy": "never"})
+        );
+        for bad in ["sometimes", "always:3", "on-failure:x"] {
+            assert!(restart_policy(bad).is_err(), "{bad}");
+        }
     }
 }

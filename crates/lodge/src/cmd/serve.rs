@@ -4,7 +4,8 @@
 //! (or converged) before the manager exists and before the API listens, and
 //! leftovers are reaped once before the first request; any failure there
 //! ends the start, so the daemon never serves half-configured. The reaper
-//! then runs every `REAP_INTERVAL`, whether or not any VM runs.
+//! then runs every `REAP_INTERVAL`, whether or not any VM runs. The
+//! supervisor of lifecycle policies (expiry, restart) runs every second.
 
 use std::sync::Arc;
 
@@ -78,10 +79,23 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
             }
         });
     }
+    // The supervisor: expiries and restart policies (survives restarts: the
+    // policies are in the records; the first pass runs at once).
+    let supervisor = manager.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::instances::policies::POLICY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            supervisor.enforce_policies().await;
+            supervisor.run_health_checks().await;
+        }
+    });
     let app = api::router(AppState {
         manager,
         auth,
         images,
+        bench_endpoints: cfg.bench_endpoints,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -54,6 +54,15 @@ impl Manager {
             })?
             .ok_or_else(|| Error::NameTaken(name.to_string()))?;
         let id = naming::new_id();
+        // Room for the VM, held until its boot is over (then its state
+        // counts it).
+        let _room = self.admit(
+            &id,
+            super::admission::Demand {
+                vcpus: u64::from(spec.vcpus),
+                memory_bytes: spec.memory_bytes,
+            },
+        )?;
         let paths = self.paths(&id);
         // The lease is taken first (the guest's config disk carries the
         // address) and the reaper is kept out until the record is in place.
@@ -216,6 +225,11 @@ fn prepare(
         started_at: None,
         stopped_at: None,
         network,
+        tags: spec.tags.clone(),
+        expires_at: spec.expires_at,
+        restart_policy: spec.restart_policy.clone(),
+        restart_status: None,
+        health_check: spec.health_check.clone(),
         standby: Default::default(),
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;

@@ -84,6 +84,16 @@ pub enum Error {
     /// Setting up or tearing down the instance's network failed.
     #[error(transparent)]
     Network(#[from] lodge_net::NetError),
+    /// A create or start would take more than the effective limit of a
+    /// resource (see `resources`).
+    #[error("insufficient {resource}: {message}")]
+    InsufficientResources {
+        resource: &'static str,
+        message: String,
+    },
+    /// A setting from the environment is invalid.
+    #[error("{0}")]
+    BadConfig(String),
     /// An operation failed and undoing its partial work failed too.
     #[error(transparent)]
     CreateFailed(Box<CreateFailed>),

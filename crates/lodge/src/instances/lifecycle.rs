@@ -121,6 +121,7 @@ impl Manager {
             meta.cmd = c;
         }
         check_runnable(&meta.entrypoint, &meta.cmd)?;
+        let _room = self.admit(&id, super::admission::Demand::of(&meta))?;
         let network = self.net.as_deref().map(|dn| &dn.network);
         disks::raw_image(
             &paths.config_disk(),

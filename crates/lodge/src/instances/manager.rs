@@ -37,6 +37,10 @@ pub struct Manager {
     agents: crate::agent::Pool,
     /// The default network; `None` when the daemon runs without one.
     pub(super) net: Option<Arc<DaemonNet>>,
+    /// Resource limits and the boots in flight (`resources`).
+    pub(super) admission: super::admission::Admission,
+    /// Health check results of running instances (`health_checks`).
+    pub(super) health: super::health::Book,
 }
 
 /// Where a running instance's guest agent is reached.
@@ -78,6 +82,8 @@ impl Manager {
             claims: Claims::default(),
             agents: crate::agent::Pool::default(),
             net,
+            admission: super::admission::Admission::from_env().map_err(Error::BadConfig)?,
+            health: super::health::Book::default(),
         })
     }
 
@@ -164,7 +170,9 @@ impl Manager {
 
     pub(super) fn view(&self, meta: &Metadata) -> Instance {
         let observed = observe(&self.paths(&meta.id), meta);
-        Instance::from_parts(meta, &observed)
+        let mut instance = Instance::from_parts(meta, &observed);
+        instance.health_status = self.health_of(meta, instance.state);
+        instance
     }
 
     pub async fn list(&self, filter: Option<State>) -> Result<Vec<Instance>> {

@@ -16,6 +16,15 @@
 //! - `spec`: the typed create request and its pure validation;
 //! - `observe`: the facts the state is derived from (monitor lock, guest
 //!   status channel, the monitor's exit record);
+//! - `admission`: the vCPU and memory limits and the boots in flight;
+//! - `resources`: host capacity, what instances hold, and the admission of
+//!   creates and starts;
+//! - `stats`: what a running VM costs the host (CPU, memory, network);
+//! - `health`, `health_checks`: workload health checks (policy, status,
+//!   probes) and their scheduling;
+//! - `policies`: TTL expiry and restart policies, enforced by the
+//!   daemon's supervisor (`policy`: their types and value syntax);
+//! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
@@ -35,11 +44,14 @@
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
+mod admission;
 mod compress;
 mod create;
 mod diskcopy;
 pub mod error;
 mod fork;
+pub mod health;
+mod health_checks;
 mod lifecycle;
 mod manager;
 mod monitor;
@@ -47,13 +59,18 @@ pub mod naming;
 pub mod net;
 mod observe;
 mod oplog;
+pub mod policies;
+pub mod policy;
+mod resources;
 pub mod schedule;
 mod snapshot_store;
 pub mod snapshots;
 pub mod spec;
 mod standby;
 pub mod state;
+mod stats;
 pub mod store;
+mod update;
 mod view;
 pub mod wait;
 
@@ -61,6 +78,9 @@ pub use compress::CompressionSpec;
 pub use error::Error;
 pub use fork::ForkRequest;
 pub use manager::{image_users, AgentEndpoint, Manager};
+pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use spec::{CreateRequest, RootRequest, RunOverrides};
 pub use state::State;
+pub use stats::InstanceStats;
+pub use update::InstanceUpdate;
 pub use view::{Instance, InstanceNetwork};

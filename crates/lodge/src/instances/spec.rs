@@ -38,6 +38,12 @@ pub struct CreateRequest {
     /// hypeman's `network`; whether it can be honoured is the manager's
     /// call (it knows whether the daemon has a network).
     pub network: NetworkRequest,
+    /// User tags, validated by the API (`crate::tags`).
+    pub tags: BTreeMap<String, String>,
+    /// hypeman's TTL, as the time it ends.
+    pub expires_at: Option<std::time::SystemTime>,
+    pub restart_policy: Option<super::policy::RestartPolicy>,
+    pub health_check: Option<super::health::HealthCheck>,
 }
 
 /// What the instance boots, as asked for.
@@ -93,6 +99,10 @@ pub struct CreateSpec {
     /// Numeric `uid[:gid]` to run as (an image's `User`); `None` is root.
     pub user: Option<String>,
     pub network: NetworkRequest,
+    pub tags: BTreeMap<String, String>,
+    pub expires_at: Option<std::time::SystemTime>,
+    pub restart_policy: Option<super::policy::RestartPolicy>,
+    pub health_check: Option<super::health::HealthCheck>,
 }
 
 /// Which rule of a create spec was broken.
@@ -182,6 +192,10 @@ impl CreateSpec {
             workdir: run.workdir,
             user: run.user,
             network: req.network,
+            tags: req.tags,
+            expires_at: req.expires_at,
+            restart_policy: req.restart_policy,
+            health_check: req.health_check,
         })
     }
 
@@ -287,6 +301,10 @@ mod tests {
                 ..RunOverrides::default()
             },
             network: NetworkRequest::default(),
+            tags: BTreeMap::new(),
+            expires_at: None,
+            restart_policy: None,
+            health_check: None,
         }
     }
 

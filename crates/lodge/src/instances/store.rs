@@ -52,6 +52,24 @@ pub struct Metadata {
     /// instance without a network (and every record from before networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// hypeman's user tags (validated where the API takes them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// When the instance is stopped and deleted (hypeman's TTL).
+    #[serde(
+        default,
+        with = "humantime_serde_compat::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<SystemTime>,
+    /// hypeman's restart policy and where it stands (`policies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<super::policy::RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_status: Option<super::policy::RestartState>,
+    /// hypeman's workload health check (`health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<super::health::HealthCheck>,
     /// Standby: the saved state while the instance sleeps, and what a
     /// standby or restore left behind.
     #[serde(default, skip_serializing_if = "StandbyState::is_empty")]
@@ -326,6 +344,11 @@ mod tests {
                 bandwidth_download: Some("10Mbps".into()),
                 bandwidth_upload: None,
             }),
+            tags: BTreeMap::from([("team".to_string(), "web".to_string())]),
+            expires_at: None,
+            restart_policy: None,
+            restart_status: None,
+            health_check: None,
             standby: StandbyState::default(),
         };
         save(&paths, &meta).expect("save");
@@ -339,6 +362,7 @@ mod tests {
         assert_eq!(back.network, meta.network);
         assert_eq!(json["network"]["ip"], "10.100.0.2");
         assert!(json["network"].get("bandwidth_upload").is_none());
+        assert_eq!(back.tags, meta.tags);
         assert!(json.get("standby").is_none(), "no standby, no field");
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(

@@ -39,6 +39,49 @@ pub struct Instance {
     /// from before networking.
     #[serde(default)]
     pub network: InstanceNetwork,
+    /// hypeman's user tags; `{}` when none.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// RFC 3339: when the instance is stopped and deleted (hypeman's TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// hypeman's `RestartPolicy` (durations in Go's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub restart_policy: Option<RestartPolicyView>,
+    /// hypeman's `RestartStatus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub restart_status: Option<super::policy::RestartState>,
+    /// hypeman's `HealthCheck` (durations in Go's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub health_check: Option<serde_json::Value>,
+    /// hypeman's `InstanceHealthStatus`; set by the manager, which keeps
+    /// the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<super::health::HealthStatus>,
+}
+
+/// hypeman's `RestartPolicy` as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicyView {
+    pub policy: super::policy::RestartMode,
+    pub backoff: String,
+    pub max_attempts: u32,
+    pub stable_after: String,
+}
+
+impl RestartPolicyView {
+    fn of(p: &super::policy::RestartPolicy) -> Self {
+        use super::policy::format_go_duration as go;
+        RestartPolicyView {
+            policy: p.policy,
+            backoff: go(p.backoff),
+            max_attempts: p.max_attempts,
+            stable_after: go(p.stable_after),
+        }
+    }
 }
 
 /// hypeman's `Instance.network`.
@@ -100,6 +143,15 @@ impl Instance {
             hypervisor: meta.hypervisor.to_string(),
             has_snapshot: meta.standby.snapshot.is_some(),
             network: InstanceNetwork::of(meta),
+            tags: meta.tags.clone(),
+            expires_at: meta.expires_at.map(rfc3339),
+            restart_policy: meta.restart_policy.as_ref().map(RestartPolicyView::of),
+            restart_status: meta.restart_status.clone(),
+            health_check: meta
+                .health_check
+                .as_ref()
+                .map(super::health::HealthCheck::view),
+            health_status: None,
         }
     }
 }

@@ -19,6 +19,81 @@ use serde_json::Value;
 
 pub const LODGE: &str = env!("CARGO_BIN_EXE_lodge");
 
+/// The longest any one CLI call of a test may take (a pull, a run that
+/// boots a VM under TCG): past it the test fails instead of hanging CI.
+pub const CLI_LIMIT: Duration = Duration::from_secs(300);
+
+/// `cmd.output()`, but killed and failed after `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    try_output_within(cmd, limit).unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// `Command::output` with a time limit, for the tests' child processes:
+/// stdin is null and output captured as with `output()`, and a child still
+/// running after [`CLI_LIMIT`] is killed and fails the test (a hang would
+/// otherwise hold CI until its own timeout).
+pub trait OutputLimited {
+    fn output_limited(&mut self) -> std::io::Result<std::process::Output> {
+        self.output_limited_for(CLI_LIMIT)
+    }
+    /// The same with another limit (a whole inner test run, a fuzzer).
+    fn output_limited_for(&mut self, limit: Duration) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputLimited for Command {
+    fn output_limited_for(&mut self, limit: Duration) -> std::io::Result<std::process::Output> {
+        try_output_within(self.stdin(Stdio::null()), limit)
+    }
+}
+
+/// [`output_within`], with a spawn failure returned.
+pub fn try_output_within(
+    cmd: &mut Command,
+    limit: Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                // A read error ends the capture; what was read is kept.
+                pipe.read_to_end(&mut buf).ok();
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for a child") {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("{cmd:?} did not finish within {limit:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 /// Set (to anything but `0`) where a missing guest must fail the suite
 /// rather than skip its VM tests; scripts/test.sh sets it.
 pub const REQUIRE_GUEST_ENV: &str = "LODGE_REQUIRE_GUEST";
@@ -136,10 +211,15 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with extra variables for `lodge serve`, which
-    /// override the harness's own (`LODGE_NETWORK=off`). Only a test inside
-    /// a network namespace of its own may turn networking on.
+    /// override the harness's own (`LODGE_NETWORK=off`, and a vCPU
+    /// oversubscription roomy enough for the suite's small VMs on a 2-core
+    /// host; admission itself is tested with its own limits). Only a test
+    /// inside a network namespace of its own may turn networking on.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-        let mut vars = vec![("LODGE_NETWORK".to_string(), "off".to_string())];
+        let mut vars = vec![
+            ("LODGE_NETWORK".to_string(), "off".to_string()),
+            ("LODGE_OVERSUB_CPU".to_string(), "16".to_string()),
+        ];
         for (k, v) in env {
             vars.retain(|(key, _)| key != k);
             vars.push((k.to_string(), v.to_string()));
@@ -234,7 +314,7 @@ impl Daemon {
         if !self.token.is_empty() {
             cmd.env("LODGE_API_KEY", &self.token);
         }
-        cmd.output().expect("run lodge")
+        output_within(&mut cmd, CLI_LIMIT)
     }
 
     pub fn request(
