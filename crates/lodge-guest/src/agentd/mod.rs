@@ -2,7 +2,9 @@
 //! workload, serving exec, copy and stat to the host over the virtio-serial
 //! port named [`AGENT_PORT`] (protocol: [`lodge_guest::protocol`]).
 //! PID 1 starts and restarts it (`init::agent_supervisor`); the agent
-//! itself imports nothing of the init, only the shared `sys` and `spawn`.
+//! itself imports nothing of the init, only the shared `sys`, `netlink`
+//! (to move a restored fork onto its own address, see [`readdress`]) and
+//! `spawn`.
 //!
 //! Shape, and why:
 //!
@@ -30,6 +32,7 @@ mod config;
 mod copy;
 mod exec;
 mod port;
+mod readdress;
 mod session;
 mod wire;
 
@@ -284,6 +287,7 @@ impl Agent {
                     }
                     Request::Discard => copy::discard(&out, rx),
                     Request::Generate { bytes } => copy::generate(&out, bytes),
+                    Request::Readdress(req) => readdress::readdress(&out, &req),
                 }
                 agent.finish(&out);
             });

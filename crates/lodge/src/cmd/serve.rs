@@ -59,6 +59,8 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     };
     let manager = Arc::new(Manager::new(cfg.clone(), accel, images.clone(), net)?);
     manager.sweep();
+    manager.reconcile_standby().await;
+    tokio::spawn(manager.clone().run_schedules());
     manager
         .reap_network()
         .await

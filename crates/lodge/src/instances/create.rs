@@ -233,6 +233,7 @@ fn prepare(
         restart_status: None,
         health_check: spec.health_check.clone(),
         console,
+        standby: Default::default(),
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;
