@@ -13,7 +13,7 @@ packages=(
     erofs-utils       # mkfs.erofs: read-only image disks
     kmod              # depmod/modprobe: resolving the guest's kernel modules
     cpio              # packing the initrd
-    xz-utils zstd     # decompressing kernel modules and images
+    xz-utils zstd lz4 # decompressing kernel modules and images; standby compression
     binutils          # strip/readelf for the static guest init
     libc6-dev         # libc.a, for the statically linked guest init
     docker-registry   # a real OCI registry on loopback for tests

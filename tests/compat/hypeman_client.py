@@ -113,7 +113,70 @@ def main():
     assert stopped.state == "Stopped", stopped
     started = client.instances.start(inst.id)
     assert started.state in ("Initializing", "Running"), started
-    wait_state(client, inst.id, "Running")
+    waited = client.instances.wait(inst.id, state="Running", api_timeout="2m")
+    assert waited.state == "Running" and not waited.timed_out, waited
+
+    # Standby and restore, with hypeman's wait in between.
+    asleep = client.instances.standby(inst.id)
+    assert asleep.state == "Standby" and asleep.has_snapshot, asleep
+    waited = client.instances.wait(inst.id, state="Standby", api_timeout="5s")
+    assert waited.state == "Standby" and not waited.timed_out, waited
+    waited = client.instances.wait(inst.id, state="Running", api_timeout="200ms")
+    assert waited.state == "Standby" and waited.timed_out, waited
+    try:
+        client.instances.standby(inst.id)
+        raise AssertionError("expected ConflictError")
+    except hypeman.ConflictError as e:
+        assert e.body["code"] == "invalid_state", e.body
+    awake = client.instances.restore(inst.id)
+    assert awake.state == "Running" and not awake.has_snapshot, awake
+    try:
+        client.instances.restore(inst.id)
+        raise AssertionError("expected ConflictError")
+    except hypeman.ConflictError as e:
+        assert e.body["code"] == "invalid_state", e.body
+
+    # Snapshots and forks.
+    snap = client.instances.snapshots.create(inst.id, kind="Standby", name="py-snap", tags={"by": "python"})
+    assert snap.kind == "Standby" and snap.name == "py-snap" and snap.tags == {"by": "python"}, snap
+    assert snap.source_instance_id == inst.id and snap.source_hypervisor == "qemu", snap
+    assert client.snapshots.get(snap.id).id == snap.id
+    assert [s.id for s in client.snapshots.list(tags={"by": "python"})] == [snap.id]
+    assert client.snapshots.list(kind="Stopped") == []
+    forked = client.instances.fork(inst.id, name="py-fork", from_running=True)
+    assert forked.name == "py-fork" and forked.id != inst.id and forked.state == "Running", forked
+    from_snap = client.snapshots.fork(snap.id, name="py-snap-fork", target_state="Stopped")
+    assert from_snap.state == "Stopped" and not from_snap.has_snapshot, from_snap
+    client.instances.stop(inst.id)
+    back = client.instances.snapshots.restore(snap.id, id=inst.id, target_state="Standby")
+    assert back.state == "Standby" and back.has_snapshot, back
+    back = client.instances.restore(inst.id)
+    assert back.state == "Running", back
+    for extra in (forked.id, from_snap.id):
+        client.instances.delete(extra)
+    client.snapshots.delete(snap.id)
+    sched = client.instances.snapshot_schedule.update(
+        inst.id, interval="1h", retention={"max_count": 2}, name_prefix="py", metadata={"by": "python"}
+    )
+    assert sched.instance_id == inst.id and sched.interval == "1h" and sched.retention.max_count == 2, sched
+    assert sched.last_snapshot_id is None and sched.next_run_at > sched.created_at, sched
+    assert client.instances.snapshot_schedule.get(inst.id).name_prefix == "py"
+    try:
+        client.instances.snapshot_schedule.update(inst.id, interval="10s", retention={"max_count": 1})
+        raise AssertionError("expected BadRequestError")
+    except hypeman.BadRequestError:
+        pass
+    client.instances.snapshot_schedule.delete(inst.id)
+    try:
+        client.instances.snapshot_schedule.get(inst.id)
+        raise AssertionError("expected NotFoundError")
+    except hypeman.NotFoundError:
+        pass
+    try:
+        client.snapshots.get(snap.id)
+        raise AssertionError("expected NotFoundError")
+    except hypeman.NotFoundError:
+        pass
 
     try:
         client.instances.get("no-such-instance")

@@ -42,6 +42,7 @@ class Ctx:
         self.c = hypeman.Hypeman(_strict_response_validation=True, max_retries=0)
         self.inst = None  # the running instance's id
         self.image = None  # the imported image's name
+        self.snapshot = None  # the snapshot made on the way
 
 
 def wait_state(ctx, ident, want, timeout=90):
@@ -162,6 +163,54 @@ def instance_wait(ctx):
     assert r.state == "Running", r
 
 
+def schedule_update(ctx):
+    s = ctx.c.instances.snapshot_schedule.update(ctx.inst, interval="1h", retention={"max_count": 2})
+    assert s.instance_id == ctx.inst and s.interval == "1h", s
+
+
+def schedule_get(ctx):
+    s = ctx.c.instances.snapshot_schedule.get(ctx.inst)
+    assert s.retention.max_count == 2, s
+
+
+def instance_standby(ctx):
+    i = ctx.c.instances.standby(ctx.inst)
+    assert i.state == "Standby" and i.has_snapshot, i
+
+
+def instance_restore(ctx):
+    i = ctx.c.instances.restore(ctx.inst)
+    assert i.state == "Running", i
+
+
+def snapshot_create(ctx):
+    s = ctx.c.instances.snapshots.create(ctx.inst, kind="Standby", name="compat-snap", tags={"suite": "compat"})
+    assert s.kind == "Standby" and s.source_instance_id == ctx.inst, s
+    ctx.snapshot = s.id
+
+
+def snapshot_list(ctx):
+    assert [s.id for s in ctx.c.snapshots.list(tags={"suite": "compat"})] == [ctx.snapshot]
+
+
+def instance_fork(ctx):
+    f = ctx.c.instances.fork(ctx.inst, name="py-fork", from_running=True)
+    assert f.state == "Running" and f.id != ctx.inst, f
+    ctx.c.instances.delete(f.id)
+
+
+def snapshot_fork(ctx):
+    f = ctx.c.snapshots.fork(ctx.snapshot, name="py-snap-fork", target_state="Stopped")
+    assert f.state == "Stopped", f
+    ctx.c.instances.delete(f.id)
+
+
+def snapshot_restore(ctx):
+    ctx.c.instances.stop(ctx.inst)
+    i = ctx.c.instances.snapshots.restore(ctx.snapshot, id=ctx.inst)
+    assert i.state == "Running", i
+
+
 def resources_get(ctx):
     r = ctx.c.resources.get()
     assert r.cpu.allocated >= 1, r
@@ -247,27 +296,23 @@ METHODS = [
     ("instances.logs", WORKS, instance_logs),
     ("instances.stat", WORKS, instance_stat),
     ("instances.stats", WORKS, instance_stats),
-    ("instances.wait", NOT_IMPLEMENTED, instance_wait),
+    ("instances.wait", WORKS, instance_wait),
     ("resources.get", WORKS, resources_get),
     ("resources.reclaim_memory", NOT_IMPLEMENTED, lambda x: x.c.resources.reclaim_memory(reclaim_bytes=1 << 20)),
     ("instances.auto_standby.status", NOT_IMPLEMENTED, lambda x: x.c.instances.auto_standby.status(x.inst)),
     ("instances.auto_standby.hold", NOT_IMPLEMENTED, lambda x: x.c.instances.auto_standby.hold(x.inst)),
-    ("instances.snapshot_schedule.get", NOT_IMPLEMENTED, lambda x: x.c.instances.snapshot_schedule.get(x.inst)),
-    (
-        "instances.snapshot_schedule.update",
-        NOT_IMPLEMENTED,
-        lambda x: x.c.instances.snapshot_schedule.update(x.inst, interval="1h", retention={"max_count": 2}),
-    ),
-    ("instances.snapshot_schedule.delete", NOT_IMPLEMENTED, lambda x: x.c.instances.snapshot_schedule.delete(x.inst)),
-    ("instances.snapshots.create", NOT_IMPLEMENTED, lambda x: x.c.instances.snapshots.create(x.inst, kind="Standby")),
-    ("instances.snapshots.restore", NOT_IMPLEMENTED, lambda x: x.c.instances.snapshots.restore("snap", id=x.inst)),
-    ("snapshots.list", NOT_IMPLEMENTED, lambda x: x.c.snapshots.list()),
-    ("snapshots.get", NOT_IMPLEMENTED, lambda x: x.c.snapshots.get("snap")),
-    ("snapshots.fork", NOT_IMPLEMENTED, lambda x: x.c.snapshots.fork("snap", name="forked")),
-    ("snapshots.delete", NOT_IMPLEMENTED, lambda x: x.c.snapshots.delete("snap")),
-    ("instances.standby", NOT_IMPLEMENTED, lambda x: x.c.instances.standby(x.inst)),
-    ("instances.restore", NOT_IMPLEMENTED, lambda x: x.c.instances.restore(x.inst)),
-    ("instances.fork", NOT_IMPLEMENTED, lambda x: x.c.instances.fork(x.inst, name="py-fork")),
+    ("instances.snapshot_schedule.update", WORKS, schedule_update),
+    ("instances.snapshot_schedule.get", WORKS, schedule_get),
+    ("instances.snapshot_schedule.delete", WORKS, lambda x: x.c.instances.snapshot_schedule.delete(x.inst)),
+    ("instances.standby", WORKS, instance_standby),
+    ("instances.restore", WORKS, instance_restore),
+    ("instances.snapshots.create", WORKS, snapshot_create),
+    ("snapshots.list", WORKS, snapshot_list),
+    ("snapshots.get", WORKS, lambda x: x.c.snapshots.get(x.snapshot)),
+    ("instances.fork", WORKS, instance_fork),
+    ("snapshots.fork", WORKS, snapshot_fork),
+    ("instances.snapshots.restore", WORKS, snapshot_restore),
+    ("snapshots.delete", WORKS, lambda x: x.c.snapshots.delete(x.snapshot)),
     ("volumes.create", WORKS, volume_create),
     ("volumes.create_from_archive", WORKS, volume_create_from_archive),
     ("volumes.list", WORKS, volume_list),

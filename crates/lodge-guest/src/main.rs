@@ -2,7 +2,7 @@
 //! `agentd`), plus one host-side helper.
 //!
 //! Modules: `init` (PID 1) and `agentd` (the agent) share the OS-call layer
-//! `sys` and the process starter `spawn`; `init` knows the agent only as
+//! `sys`, the rtnetlink client `netlink` and the process starter `spawn`; `init` knows the agent only as
 //! the configuration it hands over (`agentd::AgentConfig`), and `agentd`
 //! imports nothing of `init`.
 //!
@@ -14,6 +14,7 @@
 
 mod agentd;
 mod init;
+mod netlink;
 mod spawn;
 mod sys;
 

@@ -98,6 +98,11 @@ pub struct VmConfig {
     /// before networking, hence the default.
     #[serde(default)]
     pub nics: Vec<NicConfig>,
+    /// Guest RAM backed by this file, mapped shared: the file *is* the
+    /// guest's memory, so a saved state needs only the devices and a
+    /// restore maps the pages back lazily. `None`: anonymous memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<PathBuf>,
     /// Hot-plug slots made at boot (at most [`MAX_HOTPLUG_SLOTS`]): disks
     /// can be added to and removed from them while the VM runs, and a disk
     /// with a [`DiskConfig::slot`] sits in its slot from boot. Absent in
@@ -316,6 +321,7 @@ impl VmConfig {
             console_fd: None,
             agent_channel: None,
             nics: Vec::new(),
+            memory_file: None,
             hotplug_slots: 0,
         }
     }
@@ -345,6 +351,9 @@ impl VmConfig {
         }
         check_path("kernel", &self.kernel)?;
         check_path("initrd", &self.initrd)?;
+        if let Some(file) = &self.memory_file {
+            check_path("memory file", file)?;
+        }
         if self.cmdline.len() > MAX_CMDLINE_LEN || self.cmdline.contains(['\0', '\n', '\r']) {
             return Err(ConfigError::Cmdline);
         }

@@ -9,9 +9,13 @@
 //! in each `match` here and one field in [`Backends`].
 
 use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::config::{DiskConfig, VmConfig};
-use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
+use crate::hypervisor::{
+    BackendError, Capabilities, Hypervisor, HypervisorKind, SnapshotIdentity, VmState,
+};
 use crate::qemu::QemuBackend;
 
 /// Every backend lodge has, chosen at run time.
@@ -113,6 +117,47 @@ impl Hypervisor for Backend {
     ) -> Result<(), BackendError> {
         match self {
             Backend::Qemu(b) => b.detach_disk(cfg, slot, timeout).await,
+        }
+    }
+
+    async fn snapshot_identity(&self) -> Result<SnapshotIdentity, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.snapshot_identity().await,
+        }
+    }
+
+    async fn save(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        timeout: Duration,
+    ) -> Result<SnapshotIdentity, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.save(cfg, state_file, timeout).await,
+        }
+    }
+
+    async fn abort_save(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.abort_save(cfg).await,
+        }
+    }
+
+    fn restore_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.restore_command(cfg),
+        }
+    }
+
+    async fn load(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        saved: &SnapshotIdentity,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.load(cfg, state_file, saved, timeout).await,
         }
     }
 }

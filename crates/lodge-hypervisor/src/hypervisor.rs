@@ -19,7 +19,9 @@
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +180,26 @@ pub enum BackendError {
     /// No backend of this kind is built into lodge.
     #[error("the {0} backend is not available in this build")]
     Unavailable(HypervisorKind),
+    /// A saved state cannot be loaded by this VMM.
+    #[error("the saved state needs {what} {saved:?}, but this host has {found:?}")]
+    Incompatible {
+        /// The field that differs (`VMM version`, `machine type`, …).
+        what: &'static str,
+        /// The value recorded with the state.
+        saved: String,
+        /// The value here.
+        found: String,
+    },
+    /// Saving or loading the VM's state failed (the VMM said why).
+    #[error("{op} the state of vm {vm} failed: {reason}")]
+    StateTransfer {
+        /// `saving` or `loading`.
+        op: &'static str,
+        /// The VM's id.
+        vm: String,
+        /// The VMM's reason.
+        reason: String,
+    },
     /// The VMM's control channel did not answer as expected.
     #[error("{backend} control channel of vm {vm} failed")]
     Control {
@@ -193,6 +215,51 @@ pub enum BackendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// What a saved VM state depends on besides the VM's own configuration:
+/// a state is only loaded by a VMM that matches it on every field (a QEMU
+/// migration stream is only promised to load into the same QEMU, machine
+/// type and CPU model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIdentity {
+    /// The VMM's version, e.g. `7.2.22 (Debian 1:7.2+dfsg-7)`.
+    pub vmm_version: String,
+    /// The machine type, e.g. `q35`.
+    pub machine: String,
+    /// The accelerator, e.g. `tcg`.
+    pub accel: String,
+    /// The guest CPU model, as the running VMM names it; empty when not
+    /// known yet (an identity asked of the VMM binary before it runs).
+    #[serde(default)]
+    pub cpu_model: String,
+}
+
+impl SnapshotIdentity {
+    /// `Ok` if a state saved under `self` may be loaded by `now`; else the
+    /// first field that differs. An empty CPU model on either side is not
+    /// compared (it is checked again once the VMM runs).
+    pub fn check(&self, now: &SnapshotIdentity) -> Result<(), BackendError> {
+        let fields = [
+            ("VMM version", &self.vmm_version, &now.vmm_version),
+            ("machine type", &self.machine, &now.machine),
+            ("accelerator", &self.accel, &now.accel),
+            ("CPU model", &self.cpu_model, &now.cpu_model),
+        ];
+        for (what, saved, found) in fields {
+            if what == "CPU model" && (saved.is_empty() || found.is_empty()) {
+                continue;
+            }
+            if saved != found {
+                return Err(BackendError::Incompatible {
+                    what,
+                    saved: saved.clone(),
+                    found: found.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl BackendError {
@@ -250,6 +317,42 @@ pub trait Hypervisor {
         cfg: &VmConfig,
         slot: u32,
         timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The identity a state saved now would carry, asked of the VMM binary
+    /// without starting a VM (the CPU model is left empty), so a restore is
+    /// checked before anything starts.
+    fn snapshot_identity(
+        &self,
+    ) -> impl Future<Output = Result<SnapshotIdentity, BackendError>> + Send;
+
+    /// Pauses the guest and saves its memory and device state to
+    /// `state_file`, within `timeout`. The VMM stays, paused, for the
+    /// caller to end (or to continue with [`Hypervisor::abort_save`]).
+    fn save(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<SnapshotIdentity, BackendError>> + Send;
+
+    /// Abandons a save in progress (or done) and continues the guest.
+    fn abort_save(&self, cfg: &VmConfig) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The VMM's argv that starts `cfg` waiting for a saved state instead
+    /// of booting: [`Hypervisor::vmm_command`] plus what makes it wait.
+    fn restore_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError>;
+
+    /// Loads `state_file` into a VMM started from
+    /// [`Hypervisor::restore_command`], within `timeout`, after checking the
+    /// running VMM against `saved`. The guest is left paused;
+    /// [`Hypervisor::resume`] continues it.
+    fn load(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        saved: &SnapshotIdentity,
+        timeout: Duration,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 

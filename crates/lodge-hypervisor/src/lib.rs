@@ -30,6 +30,6 @@ pub use config::{ConfigError, DiskConfig, DiskFormat, NicConfig, VirtioSerialCha
 pub use dispatch::{Backend, Backends};
 pub use hypervisor::{
     BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, ParseHypervisorKindError,
-    VmState,
+    SnapshotIdentity, VmState,
 };
 pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions};

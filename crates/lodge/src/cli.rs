@@ -36,6 +36,17 @@ pub enum Command {
     Stop(InstanceArg),
     /// Boot a stopped instance again
     Start(InstanceArg),
+    /// Put a running instance in standby (save its state to disk, VMM exits)
+    Standby(StandbyArgs),
+    /// Restore an instance from standby; the guest continues where it was
+    Restore(InstanceArg),
+    /// Wait until an instance is in a state (exit 1 on timeout)
+    Wait(WaitArgs),
+    /// Make a new instance from an instance or (with --snapshot) a snapshot
+    Fork(ForkArgs),
+    /// Snapshots of instances: create, ls, rm, restore
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Delete instances
     Rm(RmArgs),
     /// Show an instance as JSON
@@ -400,6 +411,106 @@ pub struct StatsArgs {
 pub struct InstanceArg {
     /// Instance id, name or unique id prefix
     pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// Compress the saved memory in the background (restore decompresses it)
+    #[arg(long, value_parser = ["zstd", "lz4"])]
+    pub compress: Option<String>,
+    /// Compression level (zstd 1-19, lz4 0-9)
+    #[arg(long, requires = "compress")]
+    pub level: Option<u32>,
+    /// Wait this long (Go duration) before compressing
+    #[arg(long, requires = "compress")]
+    pub compress_after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// The state to wait for (Running, Standby, Stopped, …)
+    pub state: String,
+    /// How long to wait, as a Go duration (at most 5m)
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// Source instance (id, name or unique id prefix), or snapshot id with --snapshot
+    pub source: String,
+    /// Name of the new instance
+    pub name: String,
+    /// SOURCE is a snapshot
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Allow a running source (it sleeps briefly for the copy)
+    #[arg(long)]
+    pub from_running: bool,
+    /// State of the fork when done (default: the source's)
+    #[arg(long, value_parser = ["running", "standby", "stopped"])]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of an instance
+    Create(SnapshotCreateArgs),
+    /// List snapshots
+    Ls(SnapshotLsArgs),
+    /// Delete snapshots
+    Rm(SnapshotRmArgs),
+    /// Restore a snapshot into its instance (stopped or in standby)
+    Restore(SnapshotRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// `standby`: disks and memory (a running instance sleeps briefly);
+    /// `stopped`: disks only (the instance must be stopped or in standby)
+    #[arg(long, default_value = "standby", value_parser = ["standby", "stopped"])]
+    pub kind: String,
+    /// Snapshot name (lowercase letters, digits, dashes)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag KEY=VALUE (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotLsArgs {
+    /// Only snapshots of this instance (id)
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only ids
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRmArgs {
+    /// Snapshot ids (or unique id prefixes)
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+    /// Snapshot id (or unique id prefix)
+    pub snapshot: String,
+    /// State to leave the instance in (default: running for a standby
+    /// snapshot, stopped for a stopped one)
+    #[arg(long, value_parser = ["running", "standby", "stopped"])]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Args)]

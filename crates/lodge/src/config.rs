@@ -30,6 +30,10 @@ pub struct Config {
     /// `LODGE_BENCH_ENDPOINTS=1`: serve the benchmark-only agent throughput
     /// route (`scripts/bench-exec.sh`). Off by default.
     pub bench_endpoints: bool,
+    /// Guest RAM in a shared file in the instance directory, so standby
+    /// saves only the devices and restore maps memory back lazily
+    /// (`LODGE_MEMORY_FILE=off`: anonymous RAM, standby streams it all).
+    pub memory_file: bool,
     /// `LODGE_CONSOLE`: where new instances' workloads write (`virtio`, the
     /// default: a fast virtio console; `serial`: the UART only).
     pub console: ConsoleKind,
@@ -89,10 +93,16 @@ impl Config {
         if kernel_args.contains(['\0', '\n', '\r']) {
             bail!("LODGE_KERNEL_ARGS must be one line");
         }
+        let memory_file = match std::env::var("LODGE_MEMORY_FILE").as_deref() {
+            Ok("off") | Ok("0") | Ok("false") => false,
+            Ok("on") | Ok("1") | Ok("true") | Ok("") | Err(_) => true,
+            Ok(other) => anyhow::bail!("LODGE_MEMORY_FILE {other:?}: expected on or off"),
+        };
         Ok(Config {
             kernel_args: kernel_args.trim().to_string(),
             console,
             bench_endpoints,
+            memory_file,
             network,
             data_dir,
             system_dir,

@@ -721,3 +721,70 @@ fn a_daemon_without_network_refuses_only_explicit_requests() {
         "no leases without a network"
     );
 }
+
+/// Standby and restore keep the guest's network identity (same TAP name,
+/// address and MAC; the TAP exists only while the VMM runs); a fork of a
+/// running guest, restored from its memory, is moved by its guest agent
+/// onto its own address and name and answers there, while the source
+/// still answers at its own (hypeman #423).
+#[test]
+fn standby_keeps_the_address_and_a_fork_gets_its_own() {
+    require_guest!();
+    if !inside_world("standby_keeps_the_address_and_a_fork_gets_its_own", "s") {
+        return;
+    }
+    let d = networked_daemon();
+    let script =
+        "mkdir -p /www && echo hello-from-web > /www/index.html && busybox httpd -p 8080 -h /www; \
+        trap 'exit 0' TERM; while :; do sleep 1; done";
+    let web = d.create(vm("web", script, None));
+    let id = id_of(&web);
+    let ip = ip_of(&web);
+    let addr: SocketAddr = format!("{ip}:8080").parse().expect("addr");
+    let answers = |addr: SocketAddr| {
+        wait_until(&format!("{addr} to answer"), BOOT, || {
+            http_get(addr, "/").filter(|b| b.trim() == "hello-from-web")
+        })
+    };
+    answers(addr);
+
+    let r = d.api("POST", &format!("/instances/{id}/standby"), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!lodge_links().contains(&tap_of(&id)), "no TAP while asleep");
+    let r = d.api("POST", &format!("/instances/{id}/restore"), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["network"], web["network"], "the same identity");
+    assert!(lodge_links().contains(&tap_of(&id)));
+    answers(addr);
+
+    let r = d.api(
+        "POST",
+        &format!("/instances/{id}/fork"),
+        Some(&json!({"name": "web-fork", "from_running": true})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let fork = r.body.clone();
+    let fork_id = id_of(&fork);
+    let fork_ip = ip_of(&fork);
+    assert_ne!(fork_ip, ip);
+    assert_ne!(fork["network"]["mac"], web["network"]["mac"]);
+    let fork_addr: SocketAddr = format!("{fork_ip}:8080").parse().expect("addr");
+    answers(fork_addr);
+    answers(addr);
+    let out = d.lodge(&["exec", &fork_id, "sh", "-c", "hostname; ip -4 -o addr show"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("web-fork\n"), "{text}");
+    assert!(text.contains(&format!("inet {fork_ip}/")), "{text}");
+    assert!(!text.contains(&format!("inet {ip}/")), "{text}");
+    let ops = d.log_lines(&fork_id, "source=lodge");
+    assert!(
+        ops.iter()
+            .any(|l| l.contains(&format!("guest moved from {ip}"))),
+        "{ops:?}"
+    );
+}

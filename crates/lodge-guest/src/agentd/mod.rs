@@ -2,7 +2,9 @@
 //! workload, serving exec, copy, stat and volume (un)mounts to the host over the virtio-serial
 //! port named [`AGENT_PORT`] (protocol: [`lodge_guest::protocol`]).
 //! PID 1 starts and restarts it (`init::agent_supervisor`); the agent
-//! itself imports nothing of the init, only the shared `sys` and `spawn`.
+//! itself imports nothing of the init, only the shared `sys`, `netlink`
+//! (to move a restored fork onto its own address, see [`readdress`]) and
+//! `spawn`.
 //!
 //! Shape, and why:
 //!
@@ -31,6 +33,7 @@ mod copy;
 mod exec;
 mod mount;
 mod port;
+mod readdress;
 mod session;
 mod wire;
 
@@ -285,6 +288,7 @@ impl Agent {
                     }
                     Request::Discard => copy::discard(&out, rx),
                     Request::Generate { bytes } => copy::generate(&out, bytes),
+                    Request::Readdress(req) => readdress::readdress(&out, &req),
                     Request::Mount(m) => mount::mount(&out, &m),
                     Request::Unmount { mount_path } => mount::unmount(&out, &mount_path),
                 }

@@ -16,7 +16,6 @@ mod console;
 mod disks;
 mod error;
 mod modules;
-mod netlink;
 mod network;
 mod rootfs;
 mod volumes;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use lodge_guest::{MacAddr, NetworkConfig};
 
 use super::error::{Context, Error, Result};
-use super::netlink::Rtnl;
+use crate::netlink::Rtnl;
 
 /// Where the kernel lists network interfaces.
 const SYS_CLASS_NET: &str = "/sys/class/net";

@@ -54,12 +54,27 @@ pub enum Request {
     /// Send `bytes` zero bytes as `Data`, then `End {last: true}`. Measures
     /// the raw channel from guest to host.
     Generate { bytes: u64 },
+    /// Move the guest's NIC onto another address (a fork restored from its
+    /// source's memory still has the source's): answered by `Result`, or
+    /// `Error` at the first step that failed.
+    Readdress(Readdress),
     /// Mount a volume disk that was just hot-plugged (waiting for it to
     /// appear). Answered by `Result` once mounted, or `Error`.
     Mount(crate::volumes::VolumeMount),
     /// Unmount the volume at `mount_path` (never lazily: a busy mount
     /// stays and the answer says so). Answered by `Result` or `Error`.
     Unmount { mount_path: String },
+}
+
+/// A new network identity for the guest's (one) NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Readdress {
+    /// The new MAC, address, prefix, gateway and host name.
+    pub network: crate::NetworkConfig,
+    /// The address to remove (the one the guest was saved with).
+    #[serde(default)]
+    pub old_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A command to run.

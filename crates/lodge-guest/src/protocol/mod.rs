@@ -49,7 +49,9 @@ pub mod paths;
 pub mod tree;
 
 pub use frame::{encode, Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD};
-pub use messages::{Control, EntryHeader, Event, ExecStart, Hello, HelloAck, PathInfo, Request};
+pub use messages::{
+    Control, EntryHeader, Event, ExecStart, Hello, HelloAck, PathInfo, Readdress, Request,
+};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;

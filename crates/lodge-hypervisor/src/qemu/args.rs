@@ -51,6 +51,8 @@ pub const FAST_CONSOLE_PORT: &str = "org.lodge.console";
 pub const QMP_CHARDEV: &str = "qmp";
 /// Chardev id of the agent's virtio-serial channel.
 pub const AGENT_CHARDEV: &str = "agent";
+/// Object id of the file-backed guest RAM, when there is one.
+pub const MEMORY_BACKEND: &str = "mem0";
 /// Netdev id prefix of the network interfaces (`net0`, `net1`, …).
 pub const NETDEV_PREFIX: &str = "net";
 
@@ -151,7 +153,22 @@ pub fn build_argv(
         &"none",
         &"-no-reboot",
     ]);
-    push(&[&"-machine", &opts.machine.as_str()]);
+    match &cfg.memory_file {
+        None => push(&[&"-machine", &opts.machine.as_str()]),
+        // RAM is this file, mapped shared (see `VmConfig::memory_file`).
+        Some(file) => push(&[
+            &"-object",
+            &OptBuf::new(&format!(
+                "memory-backend-file,id={MEMORY_BACKEND},size={}M",
+                cfg.memory_mib()
+            ))
+            .kv("mem-path", file)
+            .kv("share", "on")
+            .done(),
+            &"-machine",
+            &format!("{},memory-backend={MEMORY_BACKEND}", opts.machine.as_str()),
+        ]),
+    }
     push(&[&"-accel", &opts.accel.as_str()]);
     push(&[&"-smp", &cfg.vcpus.to_string()]);
     push(&[&"-m", &cfg.memory_mib().to_string()]);
@@ -403,6 +420,30 @@ mod tests {
                 "chardev=qmp,mode=control",
             ]
         );
+    }
+
+    /// Guest RAM in a shared file: a memory backend object the machine
+    /// uses, its path escaped like every other.
+    #[test]
+    fn memory_file_backs_the_guest_ram() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/d/qmp.sock", "/d/s.log");
+        cfg.memory_bytes = 256 * MIB;
+        cfg.memory_file = Some("/d/my vms,2/memory.ram".into());
+        let argv = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let argv = argv_strings(&argv);
+        let at = argv.iter().position(|a| *a == "-object").expect("-object");
+        assert_eq!(
+            argv[at..at + 4],
+            [
+                "-object",
+                "memory-backend-file,id=mem0,size=256M,mem-path=/d/my vms,,2/memory.ram,share=on",
+                "-machine",
+                "q35,memory-backend=mem0",
+            ]
+        );
+        assert!(argv.windows(2).any(|w| w == ["-m", "256"]));
+        cfg.memory_file = Some("memory.ram".into());
+        assert!(build_argv(OsStr::new("qemu"), &tcg(), &cfg).is_err());
     }
 
     /// hypeman's TestBuildArgs_SerialLog, lodge's way: the console goes to

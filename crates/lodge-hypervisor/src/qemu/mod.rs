@@ -12,16 +12,22 @@
 pub mod args;
 pub mod options;
 pub mod qmp;
+pub mod snapshot;
 
 use std::ffi::{OsStr, OsString};
+use std::path::Path;
 use std::time::Duration;
 
 pub use args::{build_argv, escape, CONSOLE_TTY, DEFAULT_QEMU_BINARY, STATUS_TTY};
 pub use options::{Accel, MachineType, ParseAccelError, ParseMachineTypeError, QemuOptions};
-pub use qmp::{QmpClient, QmpError, QmpEvent, RunState, StatusInfo};
+pub use qmp::{
+    MigrationInfo, MigrationStatus, QmpClient, QmpError, QmpEvent, RunState, StatusInfo,
+};
 
 use crate::config::{ConfigError, DiskConfig, VmConfig};
-use crate::hypervisor::{BackendError, Capabilities, Hypervisor, HypervisorKind, VmState};
+use crate::hypervisor::{
+    BackendError, Capabilities, Hypervisor, HypervisorKind, SnapshotIdentity, VmState,
+};
 
 /// Default time to wait for the QMP socket to accept a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -152,8 +158,8 @@ impl Hypervisor for QemuBackend {
         Capabilities {
             pause_resume: true,
             graceful_shutdown: true,
-            // QEMU can migrate to a file, but lodge's standby is not built.
-            snapshot: false,
+            // Migration to a file (see `snapshot`).
+            snapshot: true,
             virtio_serial: true,
             // No /dev/vhost-vsock on lodge's hosts; not wired up.
             vsock: false,
@@ -259,6 +265,37 @@ impl Hypervisor for QemuBackend {
         qmp.blockdev_del(&args::slot_node(slot))
             .await
             .map_err(|e| qmp_err(cfg, e))
+    }
+
+    async fn snapshot_identity(&self) -> Result<SnapshotIdentity, BackendError> {
+        self.binary_identity().await
+    }
+
+    async fn save(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        timeout: Duration,
+    ) -> Result<SnapshotIdentity, BackendError> {
+        self.save_state(cfg, state_file, timeout).await
+    }
+
+    async fn abort_save(&self, cfg: &VmConfig) -> Result<(), BackendError> {
+        self.abort_state_save(cfg).await
+    }
+
+    fn restore_command(&self, cfg: &VmConfig) -> Result<Vec<OsString>, BackendError> {
+        Ok(snapshot::restore_argv(self.vmm_command(cfg)?))
+    }
+
+    async fn load(
+        &self,
+        cfg: &VmConfig,
+        state_file: &Path,
+        saved: &SnapshotIdentity,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        self.load_state(cfg, state_file, saved, timeout).await
     }
 }
 

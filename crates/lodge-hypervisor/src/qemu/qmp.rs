@@ -174,6 +174,87 @@ struct RawStatus {
     status: String,
 }
 
+/// Where a migration (a save to, or load from, a file) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStatus {
+    /// No migration has started (also what a QEMU waiting with
+    /// `-incoming defer` reports before `migrate-incoming`).
+    None,
+    /// Setting up.
+    Setup,
+    /// Sending or receiving.
+    Active,
+    /// Finished; the state is saved (or loaded).
+    Completed,
+    /// Failed; see [`MigrationInfo::error`].
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Another state (`pre-switchover`, `device`, `cancelling`, …): still
+    /// under way.
+    Other(String),
+}
+
+impl MigrationStatus {
+    /// Maps QMP's status name.
+    pub fn from_qmp(name: &str) -> Self {
+        match name {
+            "none" => MigrationStatus::None,
+            "setup" => MigrationStatus::Setup,
+            "active" => MigrationStatus::Active,
+            "completed" => MigrationStatus::Completed,
+            "failed" => MigrationStatus::Failed,
+            "cancelled" => MigrationStatus::Cancelled,
+            other => MigrationStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+/// The reply of `query-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// Where the migration is.
+    pub status: MigrationStatus,
+    /// QEMU's reason, when it failed.
+    pub error: Option<String>,
+    /// RAM bytes sent so far (outgoing only).
+    pub transferred: u64,
+}
+
+#[derive(Deserialize)]
+struct RawMigration {
+    status: Option<String>,
+    #[serde(rename = "error-desc")]
+    error_desc: Option<String>,
+    ram: Option<RawMigrationRam>,
+}
+
+#[derive(Deserialize)]
+struct RawMigrationRam {
+    #[serde(default)]
+    transferred: u64,
+}
+
+#[derive(Deserialize)]
+struct RawVersion {
+    qemu: RawVersionTriple,
+    #[serde(default)]
+    package: String,
+}
+
+#[derive(Deserialize)]
+struct RawVersionTriple {
+    major: u32,
+    minor: u32,
+    micro: u32,
+}
+
+#[derive(Deserialize)]
+struct RawCpu {
+    #[serde(rename = "qom-type", default)]
+    qom_type: String,
+}
+
 /// One connected, negotiated QMP session.
 #[derive(Debug)]
 pub struct QmpClient {
@@ -376,6 +457,91 @@ impl QmpClient {
         self.execute_raw("device_del", Some(json!({ "id": id })))
             .await
             .map(drop)
+    }
+
+    /// `migrate`: starts saving the VM's state to `uri` (e.g. `exec:cat >
+    /// FILE`) and returns at once; [`QmpClient::query_migrate`] tells
+    /// when it has finished.
+    pub async fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute_raw("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-incoming`: starts loading a saved state from `uri` into a
+    /// QEMU started with `-incoming defer`; returns at once.
+    pub async fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute_raw("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate_cancel`: abandons an outgoing migration.
+    pub async fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        self.execute_raw("migrate_cancel", None).await.map(drop)
+    }
+
+    /// `migrate-set-parameters` with `max-bandwidth` in bytes per second
+    /// (QEMU's default throttles a save to a file to 128 MiB/s).
+    pub async fn set_migration_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
+        self.execute_raw(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bytes_per_sec })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `migrate-set-capabilities` for one capability.
+    pub async fn set_migration_capability(
+        &mut self,
+        capability: &str,
+        state: bool,
+    ) -> Result<(), QmpError> {
+        self.execute_raw(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": capability, "state": state }] })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `query-migrate`: where the current (or last) migration is.
+    pub async fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
+        let raw: RawMigration = self.execute("query-migrate", None).await?;
+        Ok(MigrationInfo {
+            status: raw
+                .status
+                .as_deref()
+                .map_or(MigrationStatus::None, MigrationStatus::from_qmp),
+            error: raw.error_desc,
+            transferred: raw.ram.map(|r| r.transferred).unwrap_or(0),
+        })
+    }
+
+    /// `query-version`: QEMU's version as `MAJOR.MINOR.MICRO` followed by
+    /// its package string in parentheses when it has one (as `qemu
+    /// --version` prints it).
+    pub async fn query_version(&mut self) -> Result<String, QmpError> {
+        let raw: RawVersion = self.execute("query-version", None).await?;
+        let v = raw.qemu;
+        let package = raw.package.trim();
+        Ok(if package.is_empty() {
+            format!("{}.{}.{}", v.major, v.minor, v.micro)
+        } else {
+            format!("{}.{}.{} ({package})", v.major, v.minor, v.micro)
+        })
+    }
+
+    /// The QOM type of the first vCPU (e.g. `qemu64-x86_64-cpu`), from
+    /// `query-cpus-fast`.
+    pub async fn query_cpu_model(&mut self) -> Result<String, QmpError> {
+        let cpus: Vec<RawCpu> = self.execute("query-cpus-fast", None).await?;
+        Ok(cpus
+            .into_iter()
+            .next()
+            .map(|c| c.qom_type)
+            .unwrap_or_default())
     }
 
     /// Takes every event queued so far, oldest first.

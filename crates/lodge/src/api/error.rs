@@ -104,6 +104,17 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
         E::WrongState { .. } => (StatusCode::CONFLICT, "invalid_state"),
         E::InsufficientResources { .. } => (StatusCode::CONFLICT, "insufficient_resources"),
         E::CreateFailed(failed) => status_of(&failed.run),
+        // A saved state this host cannot load, or that failed to load.
+        E::Backend(B::Incompatible { .. }) => (StatusCode::CONFLICT, "snapshot_incompatible"),
+        E::Backend(B::StateTransfer { op: "loading", .. }) => {
+            (StatusCode::CONFLICT, "restore_failed")
+        }
+        E::StateFileMissing { .. } => (StatusCode::CONFLICT, "snapshot_missing"),
+        E::SnapshotNotFound(_) | E::NoSchedule(_) => (StatusCode::NOT_FOUND, "not_found"),
+        E::ScheduleSkipped(_) => (StatusCode::CONFLICT, "invalid_state"),
+        E::Readdress { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        E::SnapshotNameTaken(_) => (StatusCode::CONFLICT, "conflict"),
+        E::BadSnapshotRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         E::Volume(v) => volume_status(v.kind()),
         E::NotAttached { .. } => (StatusCode::NOT_FOUND, "not_found"),
         E::Agent(_) => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),

@@ -14,12 +14,16 @@ mod capabilities;
 mod cp;
 mod error;
 mod exec;
+mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
 mod policies;
 mod resources;
+mod schedule;
 pub mod server;
+mod snapshots;
+mod standby;
 mod state;
 pub mod types;
 mod unimplemented;
@@ -58,6 +62,19 @@ pub use state::{AppState, MAX_BODY};
         instances::stats,
         instances::update,
         resources::resources,
+        standby::wait,
+        standby::standby,
+        standby::restore,
+        snapshots::create,
+        snapshots::list,
+        snapshots::get_one,
+        snapshots::delete,
+        snapshots::restore,
+        fork::fork_instance,
+        fork::fork_snapshot,
+        schedule::get_one,
+        schedule::put,
+        schedule::delete,
         logs::logs,
         exec::exec,
         exec::stat,
@@ -94,6 +111,16 @@ pub use state::{AppState, MAX_BODY};
         policies::HealthCheckBody,
         crate::instances::health::HealthStatus,
         images::TagImage,
+        crate::instances::wait::WaitOutcome,
+        crate::instances::snapshots::Snapshot,
+        crate::instances::snapshots::SnapshotKind,
+        crate::instances::snapshots::TargetState,
+        snapshots::CreateSnapshot,
+        snapshots::RestoreSnapshot,
+        fork::ForkInstance,
+        schedule::PutSchedule,
+        crate::instances::schedule::SnapshotSchedule,
+        crate::instances::schedule::Retention,
         error::ErrorBody,
         types::ExecRequest,
         types::PathInfo,
@@ -128,6 +155,27 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/start", post(instances::start))
         .route("/instances/{id}/stats", get(instances::stats))
+        .route("/instances/{id}/wait", get(standby::wait))
+        .route("/instances/{id}/standby", post(standby::standby))
+        .route("/instances/{id}/restore", post(standby::restore))
+        .route("/instances/{id}/snapshots", post(snapshots::create))
+        .route(
+            "/instances/{id}/snapshots/{snapshot_id}/restore",
+            post(snapshots::restore),
+        )
+        .route("/instances/{id}/fork", post(fork::fork_instance))
+        .route(
+            "/instances/{id}/snapshot-schedule",
+            get(schedule::get_one)
+                .put(schedule::put)
+                .delete(schedule::delete),
+        )
+        .route("/snapshots/{id}/fork", post(fork::fork_snapshot))
+        .route("/snapshots", get(snapshots::list))
+        .route(
+            "/snapshots/{id}",
+            get(snapshots::get_one).delete(snapshots::delete),
+        )
         .route("/instances/{id}/logs", get(logs::logs))
         .route("/instances/{id}/exec", get(exec::exec))
         .route("/instances/{id}/cp", get(cp::cp))

@@ -3,6 +3,7 @@
 
 mod cp;
 mod exec;
+mod fork;
 mod images;
 mod instance_verbs;
 mod logs_dir;
@@ -10,10 +11,13 @@ mod logs_escape;
 mod rt;
 mod run;
 mod serve;
+mod snapshot;
+mod standby;
 mod stats;
 mod supervise;
 mod system;
 mod volume;
+mod wait;
 mod ws;
 
 use anyhow::Result;
@@ -54,6 +58,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Stop(args) => instance_verbs::stop(args),
         Command::Start(args) => instance_verbs::start(args),
         Command::Rm(args) => instance_verbs::rm(args),
+        Command::Standby(args) => standby::standby(args),
+        Command::Restore(args) => standby::restore(args),
+        Command::Wait(args) => wait::run(args),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
+        Command::Fork(args) => fork::run(args),
         Command::Inspect(args) => instance_verbs::inspect(args),
         Command::Stats(args) => stats::run(args),
         Command::Update(args) => instance_verbs::update(args),

@@ -66,6 +66,8 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         volumes.clone(),
     )?);
     manager.sweep();
+    manager.reconcile_standby().await;
+    tokio::spawn(manager.clone().run_schedules());
     manager
         .reap_network()
         .await

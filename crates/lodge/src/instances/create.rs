@@ -248,6 +248,7 @@ fn prepare(
         restart_status: None,
         health_check: spec.health_check.clone(),
         console,
+        standby: Default::default(),
         volumes,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;

@@ -60,6 +60,24 @@ pub enum Error {
         #[source]
         source: Option<tokio::task::JoinError>,
     },
+    /// A restored fork runs, but its guest kept its source's address.
+    #[error("instance {id} runs, but its guest could not take its own address: {reason}")]
+    Readdress { id: String, reason: String },
+    #[error("instance {0} has no snapshot schedule")]
+    NoSchedule(String),
+    /// A scheduled run found the instance in a state it cannot snapshot.
+    #[error("skipped: the instance is {0:?}")]
+    ScheduleSkipped(State),
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+    #[error("this instance already has a snapshot named {0:?}")]
+    SnapshotNameTaken(String),
+    /// A snapshot request that cannot be honoured as asked.
+    #[error("{0}")]
+    BadSnapshotRequest(String),
+    /// The instance's record names a saved state whose file is gone.
+    #[error("the saved state of instance {id} is missing ({path})")]
+    StateFileMissing { id: String, path: String },
     /// The request asked for a network and this daemon runs without one.
     #[error("networking is off in this daemon (LODGE_NETWORK=off, or not run as root): create the instance with network.enabled=false, or start the daemon as root with networking on")]
     NetworkDisabled,

@@ -37,6 +37,11 @@ impl Manager {
             }
         }
         meta.paused = false;
+        // A fresh boot: its monitor sees the program's start line itself,
+        // and its RAM starts empty.
+        meta.standby.resumed = false;
+        meta.standby.ram_file = self.cfg.memory_file;
+        store::remove_ram_file(paths).map_err(io("removing the guest RAM file"))?;
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;
         store::save(paths, &meta).map_err(io("writing instance record"))?;
@@ -74,8 +79,9 @@ impl Manager {
         meta.paused = false;
         meta.stopped_at = Some(SystemTime::now());
         store::save(&paths, &meta).map_err(io("writing instance record"))?;
-        // The VMM has exited: nothing holds the TAP any more.
+        // The VMM has exited: nothing holds the TAP any more, nor its RAM.
         self.tap_down(&meta).await?;
+        store::remove_ram_file(&paths).map_err(io("removing the guest RAM file"))?;
         oplog(
             &paths,
             if graceful {

@@ -314,7 +314,7 @@ pub fn volume_users(
 /// it reads the records directly, so the store can be opened before (and
 /// handed to) the manager.
 pub fn image_users(guests: &Path, digest: &str) -> Vec<String> {
-    match all_records(guests) {
+    let mut users = match all_records(guests) {
         Ok(all) => all
             .into_iter()
             .filter(|m| m.image_digest.as_deref() == Some(digest))
@@ -322,5 +322,10 @@ pub fn image_users(guests: &Path, digest: &str) -> Vec<String> {
             .collect(),
         // Unknown users: keep the image rather than risk a dangling disk.
         Err(e) => vec![format!("(instance records unreadable: {e})")],
+    };
+    // Snapshots boot from the image's disk too when restored or forked.
+    if let Some(data_dir) = guests.parent() {
+        users.extend(super::snapshot_store::image_users(data_dir, digest));
     }
+    users
 }

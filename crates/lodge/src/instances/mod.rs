@@ -31,13 +31,27 @@
 //!   lease and TAP, and the reaper of leftovers;
 //! - `monitor`: starting a VM's monitor and stopping its VMM through the
 //!   hypervisor backend the instance was created with;
+//! - `standby`: standby and restore (save the VM's state beside its
+//!   disks and let the VMM exit; start it again from that state), and
+//!   finishing or undoing one a daemon crash cut short;
+//! - `snapshots`: snapshots kept apart from their instance (disks, and
+//!   for kind Standby the saved state), restored into it; `diskcopy`
+//!   copies their files (reflink, else sparse); `snapshot_store` reads
+//!   and shapes their records;
+//! - `fork`: new instances copied from an instance or a snapshot;
+//! - `schedule`: snapshot schedules and the daemon task that runs them;
+//! - `compress`: compressing a standby's memory in the background;
+//! - `wait`: waiting for an instance to reach a state;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
 
 mod admission;
+mod compress;
 mod create;
+mod diskcopy;
 pub mod error;
+mod fork;
 pub mod health;
 mod health_checks;
 mod lifecycle;
@@ -50,15 +64,22 @@ mod oplog;
 pub mod policies;
 pub mod policy;
 mod resources;
+pub mod schedule;
+mod snapshot_store;
+pub mod snapshots;
 pub mod spec;
+mod standby;
 pub mod state;
 mod stats;
 pub mod store;
 mod update;
 mod view;
 mod volumes;
+pub mod wait;
 
+pub use compress::CompressionSpec;
 pub use error::Error;
+pub use fork::ForkRequest;
 pub use manager::{image_users, volume_users, AgentEndpoint, Manager};
 pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use spec::{CreateRequest, RootRequest, RunOverrides, VolumeRequest};

@@ -154,6 +154,10 @@ impl Launcher {
             }),
             nics,
             hotplug_slots: HOTPLUG_SLOTS,
+            memory_file: meta
+                .standby
+                .ram_file
+                .then(|| paths.dir.join(super::store::RAM_FILE)),
         })
     }
 
@@ -195,6 +199,20 @@ impl Launcher {
         let backend = self.backend(meta.hypervisor)?;
         let vm = self.vm_config(&backend, paths, meta)?;
         let argv = backend.vmm_command(&vm)?;
+        self.spawn_monitor(paths, &vm, argv).await
+    }
+
+    /// [`Launcher::start`] with the VMM waiting for a saved state instead
+    /// of booting (the backend's `restore_command`); its console appends
+    /// to the same logs.
+    pub async fn start_restore(&self, paths: &Paths, meta: &Metadata) -> Result<()> {
+        let backend = self.backend(meta.hypervisor)?;
+        let vm = self.vm_config(&backend, paths, meta)?;
+        let argv = backend.restore_command(&vm)?;
+        self.spawn_monitor(paths, &vm, argv).await
+    }
+
+    async fn spawn_monitor(&self, paths: &Paths, vm: &VmConfig, argv: Vec<OsString>) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.cfg.lodge_exe);
         cmd.arg("supervise")
             .arg("--log-dir")

@@ -47,10 +47,17 @@ pub fn observe(paths: &Paths, meta: &Metadata) -> Observed {
         monitor_alive: alive,
         ever_started: meta.started_at.is_some(),
         paused: meta.paused,
-        guest: guest_progress(&logs, &paths.status_file()),
+        guest: match guest_progress(&logs, &paths.status_file()) {
+            // Restored from a state saved while the program ran: the
+            // monitor of this VMM never saw the start line.
+            GuestProgress::NotStarted if alive && meta.standby.resumed => GuestProgress::Started,
+            progress => progress,
+        },
         vmm_exit: read_vmm_exit(&logs),
         orphan_vmm: if alive { None } else { orphan_vmm(&logs) },
         capture: if alive { read_capture(&logs) } else { None },
+        standby: meta.standby.snapshot.is_some(),
+        restore_error: meta.standby.error.clone(),
     }
 }
 

@@ -73,6 +73,10 @@ pub struct Observed {
     pub orphan_vmm: Option<u32>,
     /// The live monitor's report on console capture (a full disk).
     pub capture: Option<lodge_monitor::CaptureInfo>,
+    /// A saved VM state is recorded: with no VMM, the instance sleeps.
+    pub standby: bool,
+    /// Why the last restore failed, if it did.
+    pub restore_error: Option<String>,
 }
 
 pub fn derive(o: &Observed) -> State {
@@ -81,6 +85,9 @@ pub fn derive(o: &Observed) -> State {
             // Not Stopped (a VMM runs and holds its disks), not Running
             // (nothing captures or controls it): see `state_error`.
             return State::Unknown;
+        }
+        if o.standby {
+            return State::Standby;
         }
         return if o.ever_started {
             State::Stopped
@@ -107,12 +114,19 @@ pub fn derive(o: &Observed) -> State {
 /// up by a failing disk.
 pub fn state_error(o: &Observed) -> Option<String> {
     if !o.monitor_alive {
-        return o.orphan_vmm.map(|pid| {
-            format!(
-                "the VMM (pid {pid}) is running without its monitor: its console is not \
-                 captured and it cannot be controlled; stop or delete the instance to end it"
-            )
-        });
+        return o
+            .orphan_vmm
+            .map(|pid| {
+                format!(
+                    "the VMM (pid {pid}) is running without its monitor: its console is not \
+                     captured and it cannot be controlled; stop or delete the instance to end it"
+                )
+            })
+            .or_else(|| {
+                o.restore_error
+                    .as_ref()
+                    .map(|e| format!("the last restore failed: {e}"))
+            });
     }
     let stalls = &o.capture.as_ref()?.stalled;
     let first = stalls.first()?;
@@ -166,6 +180,8 @@ mod tests {
             vmm_exit: None,
             orphan_vmm: None,
             capture: None,
+            standby: false,
+            restore_error: None,
         }
     }
 
@@ -260,6 +276,30 @@ mod tests {
         // A dead monitor's last record is stale.
         o.monitor_alive = false;
         assert_eq!(state_error(&o), None);
+    }
+
+    #[test]
+    fn a_saved_state_without_a_vmm_is_standby() {
+        use GuestProgress::*;
+        let mut o = obs(false, true, false, Started);
+        o.standby = true;
+        assert_eq!(derive(&o), State::Standby);
+        assert_eq!(state_error(&o), None);
+        // A failed restore leaves it in standby and says why.
+        o.restore_error = Some("loading the state failed".into());
+        assert_eq!(derive(&o), State::Standby);
+        let msg = state_error(&o).unwrap_or_default();
+        assert!(msg.contains("last restore failed"), "{msg}");
+        // Saving or loading: the VMM runs, its state wins.
+        o.monitor_alive = true;
+        o.paused = true;
+        assert_eq!(derive(&o), State::Paused);
+        o.paused = false;
+        assert_eq!(derive(&o), State::Running);
+        // An orphan VMM is never hidden behind a saved state.
+        o.monitor_alive = false;
+        o.orphan_vmm = Some(7);
+        assert_eq!(derive(&o), State::Unknown);
     }
 
     #[test]

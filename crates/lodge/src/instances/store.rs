@@ -77,10 +77,116 @@ pub struct Metadata {
     /// must be restored into the same devices).
     #[serde(default)]
     pub console: ConsoleKind,
+    /// Standby: the saved state while the instance sleeps, and what a
+    /// standby or restore left behind.
+    #[serde(default, skip_serializing_if = "StandbyState::is_empty")]
+    pub standby: StandbyState,
     /// Volumes attached to the instance, at create or while running; the
     /// one record of who holds a volume (lodge-volumes reads it back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeAttachment>,
+}
+
+/// What an instance's record says about standby (see `standby`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyState {
+    /// The saved memory and device state, while the instance is in standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SavedState>,
+    /// The running VMM was restored from a state saved after the guest
+    /// program had started (its start line went to an earlier monitor).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// The VMM runs (or was saved) with its RAM in the instance's memory
+    /// file, mapped shared, rather than in anonymous memory (decided at
+    /// each boot; see `VmConfig::memory_file`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ram_file: bool,
+    /// The guest was saved with another instance's address, this one (a
+    /// fork): after its next restore, the guest agent moves it onto the
+    /// instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdress_from: Option<std::net::Ipv4Addr>,
+    /// Why the last restore failed; cleared by the next standby or restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A standby or restore under way (or cut short by a daemon crash:
+    /// the daemon finishes or undoes it when it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingOp>,
+    /// Set by a standby once its save has completed (the state file is
+    /// whole, still under its temporary name): what the state needs, so a
+    /// daemon restarted before the commit can finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_identity: Option<lodge_hypervisor::SnapshotIdentity>,
+}
+
+impl StandbyState {
+    pub fn is_empty(&self) -> bool {
+        *self == StandbyState::default()
+    }
+}
+
+/// A saved VM state: where it is and what can load it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// The state file, relative to the instance directory.
+    pub file: PathBuf,
+    /// Bytes of the state file.
+    pub size_bytes: u64,
+    /// The guest RAM file the state goes with (relative to the instance
+    /// directory), when the VM's memory is a file; its pages are not in
+    /// the state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde_compat")]
+    pub created_at: SystemTime,
+    /// The VMM version, machine type, accelerator and CPU model it needs.
+    pub identity: lodge_hypervisor::SnapshotIdentity,
+    /// Compression of the state's memory, when asked for (see `compress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// How a saved state's memory is compressed, and how far that got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: CompressionAlgorithm,
+    pub level: u32,
+    pub state: CompressionState,
+    /// Bytes of the memory before and after, once compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// hypeman's compression algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    Zstd,
+    Lz4,
+}
+
+/// hypeman's `compression_state` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionState {
+    /// Waiting for its delay, or running.
+    Compressing,
+    Compressed,
+    Error,
+}
+
+/// An operation that changes whether a VMM runs, recorded while under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingOp {
+    Standby,
+    Restore,
 }
 
 /// One volume attached to an instance.
@@ -155,6 +261,18 @@ impl NetworkRecord {
 
 /// Layout of one instance directory: lodge-common's, the one definition.
 pub use lodge_common::paths::GuestPaths as Paths;
+
+/// The guest RAM file of a VM whose memory is a file (see `standby`), in
+/// the instance directory beside the disks.
+pub const RAM_FILE: &str = "memory.ram";
+
+/// Removes the guest RAM file of a VM that has ended (nothing to keep).
+pub fn remove_ram_file(paths: &Paths) -> std::io::Result<()> {
+    match std::fs::remove_file(paths.dir.join(RAM_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
 
 pub fn save(paths: &Paths, meta: &Metadata) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
@@ -268,6 +386,7 @@ mod tests {
             restart_policy: None,
             restart_status: None,
             health_check: None,
+            standby: StandbyState::default(),
             volumes: vec![VolumeAttachment {
                 volume_id: "vol-1".into(),
                 mount_path: "/data".into(),
@@ -291,6 +410,7 @@ mod tests {
         assert_eq!(back.volumes, meta.volumes);
         assert!(json["network"].get("bandwidth_upload").is_none());
         assert_eq!(back.tags, meta.tags);
+        assert!(json.get("standby").is_none(), "no standby, no field");
         std::fs::create_dir_all(dir.path().join("nometa")).expect("mkdir");
         assert_eq!(
             list_ids(dir.path()).expect("list"),

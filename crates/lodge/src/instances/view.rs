@@ -175,7 +175,7 @@ impl Instance {
             entrypoint: meta.entrypoint.clone(),
             cmd: meta.cmd.clone(),
             hypervisor: meta.hypervisor.to_string(),
-            has_snapshot: false,
+            has_snapshot: meta.standby.snapshot.is_some(),
             network: InstanceNetwork::of(meta),
             tags: meta.tags.clone(),
             expires_at: meta.expires_at.map(rfc3339),

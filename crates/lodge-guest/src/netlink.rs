@@ -1,7 +1,9 @@
 //! A small synchronous rtnetlink client: the three requests PID 1 needs to
 //! bring up the guest's network (link up with an MTU, an address, a
-//! default route), each sent with `NLM_F_ACK` and answered by the kernel's
-//! acknowledgement before the next one goes out.
+//! default route), and the two more the agent needs to move a restored
+//! fork onto its own address (delete an address, set the MAC), each sent
+//! with `NLM_F_ACK` and answered by the kernel's acknowledgement before
+//! the next one goes out.
 //!
 //! The socket is `netlink-sys`'s blocking one; nothing here needs an async
 //! runtime. The messages are encoded here, by hand: three fixed headers and
@@ -30,6 +32,7 @@ const NLMSG_ERROR: u16 = 2;
 // linux/rtnetlink.h
 const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
@@ -38,6 +41,7 @@ const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RTN_UNICAST: u8 = 1;
 // linux/if_link.h, linux/if_addr.h, linux/if.h, linux/socket.h
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -111,6 +115,23 @@ fn add_address_request(index: u32, ip: Ipv4Addr, prefix_len: u8) -> Request {
     }
 }
 
+/// `ip link set dev INDEX address MAC`.
+fn set_mac_request(index: u32, mac: [u8; 6]) -> Request {
+    let mut header = [0u8; 16];
+    header[0] = AF_UNSPEC;
+    header[4..8].copy_from_slice(&index.to_ne_bytes());
+    Request::new(RTM_SETLINK, 0, &header).attr(IFLA_ADDRESS, &mac)
+}
+
+/// `ip addr del IP/LEN dev INDEX`.
+fn del_address_request(index: u32, ip: Ipv4Addr, prefix_len: u8) -> Request {
+    let mut header = [0u8; 8];
+    header[0] = AF_INET;
+    header[1] = prefix_len;
+    header[4..8].copy_from_slice(&index.to_ne_bytes());
+    Request::new(RTM_DELADDR, 0, &header).attr(IFA_LOCAL, &ip.octets())
+}
+
 /// `ip route add default via GATEWAY dev INDEX`.
 fn default_route_request(index: u32, gateway: Ipv4Addr) -> Request {
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
@@ -161,6 +182,16 @@ impl Rtnl {
     /// Add the default route via `gateway` out of link `index`.
     pub fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
         self.request(default_route_request(index, gateway))
+    }
+
+    /// Give link `index` the hardware address `mac`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        self.request(set_mac_request(index, mac))
+    }
+
+    /// Remove `ip/prefix_len` from link `index`.
+    pub fn del_address(&mut self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        self.request(del_address_request(index, ip, prefix_len))
     }
 
     /// Send one request and wait for its acknowledgement; a negative errno
@@ -331,6 +362,43 @@ mod tests {
                 netlink_packet_route::RouteNetlinkMessage::NewRoute(msg),
                 NLM_F_CREATE | NLM_F_EXCL,
                 4
+            )
+        );
+    }
+
+    #[test]
+    fn set_mac_matches_the_reference_encoding() {
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        let mac = [0x02, 0x4c, 10, 100, 0, 7];
+        let mut msg = LinkMessage::default();
+        msg.header.index = 2;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        assert_eq!(
+            set_mac_request(2, mac).finish(5),
+            reference(
+                netlink_packet_route::RouteNetlinkMessage::SetLink(msg),
+                0,
+                5
+            )
+        );
+    }
+
+    #[test]
+    fn del_address_matches_the_reference_encoding() {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        use std::net::IpAddr;
+        let ip = Ipv4Addr::new(10, 100, 0, 2);
+        let mut msg = AddressMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.prefix_len = 16;
+        msg.header.index = 2;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        assert_eq!(
+            del_address_request(2, ip, 16).finish(6),
+            reference(
+                netlink_packet_route::RouteNetlinkMessage::DelAddress(msg),
+                0,
+                6
             )
         );
     }
