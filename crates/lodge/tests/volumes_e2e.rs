@@ -4,7 +4,8 @@
 //! writer is deleted, the sharing rules, hot attach and detach (busy
 //! refused), an overlay whose writes stay in the instance's upper disk, an
 //! archive arriving with its modes and symlink, and attachments surviving
-//! a stop/start and a daemon restart. Each section prints its time.
+//! a stop/start, a standby/restore and a daemon restart. Each section
+//! prints its time.
 
 mod common;
 
@@ -475,7 +476,7 @@ fn volumes_outlive_instances_and_follow_the_rules() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("attached"));
     section("from-archive", t0);
 
-    // --- attachments survive stop/start and a daemon restart ------------
+    // --- attachments survive stop/start, standby/restore, a daemon restart
     let t0 = Instant::now();
     let r = d.api("POST", &format!("/instances/{b_id}/stop"), None);
     assert_eq!(r.status, 200, "{}", r.text);
@@ -483,6 +484,18 @@ fn volumes_outlive_instances_and_follow_the_rules() {
     assert_eq!(r.status, 200, "{}", r.text);
     let (code, out, err) = exec(&d, "reader-b", "cat /data/f");
     assert_eq!((code, out.as_str()), (0, "hello-from-a\n"), "{err}");
+    // Standby and restore of a VM with hot-plugged volumes: the restored
+    // QEMU has the same disks in the same slots, still mounted.
+    let r = d.api("POST", &format!("/instances/{c_id}/standby"), None);
+    assert_eq!(r.status, 200, "standby: {}", r.text);
+    let r = d.api("POST", &format!("/instances/{c_id}/restore"), None);
+    assert_eq!(r.status, 200, "restore: {}", r.text);
+    let (code, out, err) = exec(&d, "reader-c", "cat /hot/g /arch/app/secret /data/f");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hot-bytes\nabchello-from-a\n"),
+        "{err}"
+    );
     let mut d = d;
     d.kill9();
     d.spawn();
