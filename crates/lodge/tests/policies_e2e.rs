@@ -69,7 +69,8 @@ fn ttl_deletes_at_expiry_even_across_a_daemon_restart() {
         Duration::from_secs(40),
         || (d.api("GET", &format!("/instances/{short}"), None).status == 404).then_some(()),
     );
-    assert_eq!(d.state(&kept), "Running");
+    // Not expired, so still there (it may still be booting on a loaded host).
+    d.wait_state(&kept, "Running", Duration::from_secs(120));
 
     // And with the daemon up, via PATCH.
     let r = d.api(
@@ -106,7 +107,7 @@ fn restart_policy_retries_a_failing_workload_up_to_its_cap() {
         "restart_policy": {"policy": "always", "backoff": "1s"},
     }));
     let always = always["id"].as_str().expect("id").to_string();
-    d.wait_state(&always, "Running", Duration::from_secs(60));
+    d.wait_state(&always, "Running", Duration::from_secs(120));
     let r = d.api("POST", &format!("/instances/{always}/stop"), None);
     assert_eq!(r.status, 200, "{}", r.text);
 
