@@ -36,6 +36,34 @@ pub fn rfc3339_micros(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
+/// Splits a trailing numeric zone offset (`+HH:MM` or `-HH:MM`) off `s`:
+/// what precedes it, whether the zone is ahead of UTC, and the offset.
+/// `None` when `s` does not end in one. Safe on any input (client text):
+/// it never slices inside a character.
+pub fn split_zone_offset(s: &str) -> Option<(&str, bool, std::time::Duration)> {
+    let at = s.len().checked_sub(6)?;
+    let (head, zone) = (s.get(..at)?, s.get(at..)?.as_bytes());
+    let ahead = match zone[0] {
+        b'+' => true,
+        b'-' => false,
+        _ => return None,
+    };
+    let digit = |i: usize| zone[i].is_ascii_digit().then(|| u64::from(zone[i] - b'0'));
+    if zone[3] != b':' {
+        return None;
+    }
+    let hours = digit(1)? * 10 + digit(2)?;
+    let minutes = digit(4)? * 10 + digit(5)?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((
+        head,
+        ahead,
+        std::time::Duration::from_secs(hours * 3600 + minutes * 60),
+    ))
+}
+
 /// A `--since`/`--until` value, as docker takes them: an RFC 3339 time
 /// (`Z` or a `+HH:MM`/`-HH:MM` offset), Unix seconds (`1700000000.5`), or a
 /// duration before `now` (`10m`, `1h30m`, `90s`).
@@ -56,22 +84,15 @@ pub fn parse_point_in_time(s: &str, now: SystemTime) -> Result<SystemTime, TimeE
         }
         return Err(fail("negative Unix time"));
     }
-    if s.len() > 6 {
-        let (head, zone) = s.split_at(s.len() - 6);
-        let z = zone.as_bytes();
-        if (z[0] == b'+' || z[0] == b'-') && z[3] == b':' {
-            let hours: u64 = zone[1..3].parse().map_err(|_| fail("bad zone offset"))?;
-            let minutes: u64 = zone[4..6].parse().map_err(|_| fail("bad zone offset"))?;
-            let offset = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
-            let local = parse_rfc3339(&format!("{head}Z"))?;
-            // Local time = UTC + offset, so UTC = local - offset.
-            let utc = if z[0] == b'+' {
-                local.checked_sub(offset)
-            } else {
-                local.checked_add(offset)
-            };
-            return utc.ok_or_else(|| fail("out of range"));
-        }
+    if let Some((head, ahead, offset)) = split_zone_offset(s) {
+        let local = parse_rfc3339(&format!("{head}Z"))?;
+        // Local time = UTC + offset, so UTC = local - offset.
+        let utc = if ahead {
+            local.checked_sub(offset)
+        } else {
+            local.checked_add(offset)
+        };
+        return utc.ok_or_else(|| fail("out of range"));
     }
     parse_rfc3339(s).map_err(|_| fail("expected RFC 3339, Unix seconds or a duration like 10m"))
 }
@@ -80,6 +101,42 @@ pub fn parse_point_in_time(s: &str, now: SystemTime) -> Result<SystemTime, TimeE
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Client text: multibyte characters where an offset would be must
+    /// neither panic nor parse (the API fuzzer found the panic).
+    #[test]
+    fn zone_offsets_of_any_text() {
+        assert_eq!(
+            split_zone_offset("2024-01-01T10:00:00+02:30"),
+            Some(("2024-01-01T10:00:00", true, Duration::from_secs(9000)))
+        );
+        assert_eq!(
+            split_zone_offset("x-01:00"),
+            Some(("x", false, Duration::from_secs(3600)))
+        );
+        for text in [
+            "",
+            "+02:00",
+            "ééééé",
+            "2024é+02:0é",
+            "a\u{10FFFF}:00",
+            "++1:00x",
+            "2024-01-01T10:00:00+24:00",
+        ] {
+            let _ = split_zone_offset(text);
+        }
+        assert_eq!(split_zone_offset("abc+1é:00"), None);
+        assert_eq!(split_zone_offset("2024-01-01T10:00:00+24:00"), None);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for text in [
+            "éééa",
+            "ééééééé",
+            "x\u{1F600}\u{1F600}",
+            "2024-01-01T00:00:0é",
+        ] {
+            assert!(parse_point_in_time(text, now).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn points_in_time() -> Result<(), TimeError> {

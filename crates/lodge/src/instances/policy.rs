@@ -80,17 +80,8 @@ pub fn parse_time(s: &str) -> Result<SystemTime, String> {
     let bad = |why: String| format!("invalid time {s:?}: {why}");
     let t = s.trim();
     // A numeric offset at the end: ±HH:MM.
-    let (base, offset) = match t.len().checked_sub(6).map(|i| t.split_at(i)) {
-        Some((base, off))
-            if (off.starts_with('+') || off.starts_with('-'))
-                && off.as_bytes().get(3) == Some(&b':')
-                && base.contains('T') =>
-        {
-            let h: u64 = off[1..3].parse().map_err(|_| bad("bad offset".into()))?;
-            let m: u64 = off[4..6].parse().map_err(|_| bad("bad offset".into()))?;
-            let secs = Duration::from_secs(h * 3600 + m * 60);
-            (base, Some((off.starts_with('+'), secs)))
-        }
+    let (base, offset) = match lodge_common::time::split_zone_offset(t) {
+        Some((base, ahead, secs)) if base.contains('T') => (base, Some((ahead, secs))),
         _ => (t, None),
     };
     let utc = lodge_common::time::parse_rfc3339(base).map_err(|e| bad(e.to_string()))?;
