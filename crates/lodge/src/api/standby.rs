@@ -117,51 +117,9 @@ fn parse_standby_body(body: &[u8]) -> Result<Option<CompressionSpec>, ApiError> 
     .map_err(ApiError::bad_request)
 }
 
-/// A Go duration (`300ms`, `30s`, `2m`, `1m30s`, `1h`): one or more
-/// decimal numbers, each with a unit of ns, us (µs), ms, s, m or h.
+/// A Go duration (`300ms`, `30s`, `2m`, `1m30s`, `1h`) of at most 1e9 s.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if rest.starts_with('-') {
-        return Err("a duration cannot be negative".into());
-    }
-    rest = rest.strip_prefix('+').unwrap_or(rest);
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit after {rest:?}"))?;
-        if num_len == 0 {
-            return Err(format!("expected a number at {rest:?}"));
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("bad number {:?}", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            unit => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    if !total.is_finite() || total > 1e9 {
-        return Err("duration too long".into());
-    }
-    Ok(Duration::from_secs_f64(total))
+    crate::instances::policy::parse_go_duration_at_most(text, 1e9)
 }
 
 #[cfg(test)]

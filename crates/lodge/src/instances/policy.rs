@@ -10,43 +10,53 @@ use serde::{Deserialize, Serialize};
 
 /// A Go duration (`300ms`, `1.5h`, `2h45m`, `0s`), as hypeman takes them.
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use Go's form, e.g. 90s, 5m or 1h30m");
-    let t = s.trim();
-    if t == "0" {
+    parse_go_duration_at_most(s, 1e12).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A Go duration (`300ms`, `30s`, `2m`, `1m30s`, `1h`): one or more
+/// decimal numbers, each with a unit of ns, us (µs), ms, s, m or h; at
+/// most `max_secs`. The one parser of hypeman's duration strings.
+pub fn parse_go_duration_at_most(text: &str, max_secs: f64) -> Result<Duration, String> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    if rest == "0" {
         return Ok(Duration::ZERO);
     }
-    if t.is_empty() || t.starts_with('-') {
-        return Err(bad());
+    if rest.starts_with('-') {
+        return Err("a duration cannot be negative".into());
     }
-    let t = t.strip_prefix('+').unwrap_or(t);
+    rest = rest.strip_prefix('+').unwrap_or(rest);
     let mut total = 0f64;
-    let mut rest = t;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+            .ok_or_else(|| format!("missing unit after {rest:?}"))?;
         if num_len == 0 {
-            return Err(bad());
+            return Err(format!("expected a number at {rest:?}"));
         }
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("bad number {:?}", &rest[..num_len]))?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
+        let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
             "ms" => 1e-3,
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            _ => return Err(bad()),
+            unit => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
         };
         rest = &rest[unit_len..];
-        total += n * secs;
+        total += value * scale;
     }
-    if !total.is_finite() || total > 1e12 {
-        return Err(bad());
+    if !total.is_finite() || total > max_secs {
+        return Err("duration too long".into());
     }
     Ok(Duration::from_secs_f64(total))
 }
