@@ -32,7 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http::{header, HeaderValue, Request};
 use axum::Router;
+use http_body::Body as _;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -245,9 +248,21 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) -> std::i
         openers.add(state.clone(), cap);
         let tower = TowerToHyperService::new(app.clone());
         let asked = state.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             asked.asked.store(true, Ordering::SeqCst);
-            hyper::service::Service::call(&tower, req)
+            let (req, read) = Tracked::wrap(req);
+            let answer = hyper::service::Service::call(&tower, req);
+            async move {
+                let mut res = answer.await?;
+                if res.status().as_u16() >= 400 && read.unfinished() {
+                    // hyper will close this connection rather than read the
+                    // rest of the body; say so, or a keep-alive client
+                    // sends its next request into a closing socket.
+                    res.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(res)
+            }
         });
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::spawn(async move {
@@ -263,6 +278,71 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) -> std::i
             }
             state.gone.store(true, Ordering::SeqCst);
         });
+    }
+}
+
+/// A request body that records whether it was read to its end.
+///
+/// A handler that answers an error without reading the body (a 501, a
+/// 401, a 413 by declared length) leaves hyper to drain it; when the rest
+/// has not arrived yet hyper closes the connection instead, after a
+/// response that did not say so. The loop adds `Connection: close` to such
+/// an error response so the client opens a new connection.
+struct Tracked {
+    inner: Incoming,
+    read: Arc<BodyRead>,
+}
+
+/// Shared between a [`Tracked`] body and the loop that answered for it.
+struct BodyRead {
+    /// The request came with a body at all.
+    had_body: bool,
+    ended: AtomicBool,
+}
+
+impl BodyRead {
+    fn unfinished(&self) -> bool {
+        self.had_body && !self.ended.load(Ordering::SeqCst)
+    }
+}
+
+impl Tracked {
+    fn wrap(req: Request<Incoming>) -> (Request<Tracked>, Arc<BodyRead>) {
+        let had_body = !req.body().is_end_stream();
+        let read = Arc::new(BodyRead {
+            had_body,
+            ended: AtomicBool::new(!had_body),
+        });
+        let req = req.map(|inner| Tracked {
+            inner,
+            read: read.clone(),
+        });
+        (req, read)
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.read.ended.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -342,5 +422,95 @@ mod tests {
         assert!(Limits::parse(Some("many"), None).is_err());
         assert!(Limits::parse(None, Some("0s")).is_err());
         assert!(Limits::parse(None, Some("soon")).is_err());
+    }
+
+    /// Reads one response head and its `Content-Length` body from `s`.
+    async fn read_response(s: &mut TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("response in time")
+                .expect("read");
+            if n == 0 {
+                return text;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// An error answered before the body arrived must not leave the
+    /// connection looking reusable: hypeman's client (keep-alive, no
+    /// retries) failed its next call with a connection error.
+    #[tokio::test]
+    async fn an_error_before_the_body_is_read_closes_the_connection_openly() {
+        use tokio::io::AsyncWriteExt;
+        let app = Router::new()
+            .route(
+                "/skip",
+                axum::routing::post(|| async { axum::http::StatusCode::NOT_IMPLEMENTED }),
+            )
+            .route("/next", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/read",
+                axum::routing::post(|body: String| async move {
+                    (axum::http::StatusCode::BAD_REQUEST, body)
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(serve(listener, app, Limits::default()));
+
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /skip HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .expect("head");
+        let first = read_response(&mut s).await;
+        assert!(first.starts_with("HTTP/1.1 501"), "{first}");
+        let closing = first.to_ascii_lowercase().contains("connection: close");
+        // The rest of the body, then the next request on the same socket.
+        let _ = s
+            .write_all(b"0123456789GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+        let second = read_response(&mut s).await;
+        assert!(
+            closing || second.starts_with("HTTP/1.1 200"),
+            "the connection was closed without saying so: {first:?} then {second:?}"
+        );
+        assert!(closing, "an unread body ends the connection: {first:?}");
+
+        // An error after the body was read keeps the connection.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .expect("request");
+        let first = read_response(&mut s).await;
+        assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+        assert!(
+            !first.to_ascii_lowercase().contains("connection: close"),
+            "{first}"
+        );
+        s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("next");
+        let second = read_response(&mut s).await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        server.abort();
     }
 }
