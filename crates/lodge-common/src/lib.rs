@@ -6,6 +6,7 @@
 //! has a 4 MiB memory budget and the guest init is a static binary; anything
 //! async or JSON-shaped belongs to the crates that already pay for it.
 
+pub mod activity;
 pub mod env;
 pub mod fsutil;
 pub mod paths;

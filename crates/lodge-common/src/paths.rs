@@ -88,6 +88,11 @@ impl Paths {
         self.data_dir.join("network").join("leases")
     }
 
+    /// The ingress process's configuration, certificates and socket.
+    pub fn ingress_dir(&self) -> PathBuf {
+        self.data_dir.join("ingress")
+    }
+
     /// The volume store (lodge-volumes).
     pub fn volumes(&self) -> PathBuf {
         self.data_dir.join("volumes")
@@ -184,6 +189,11 @@ impl GuestPaths {
     /// owned the status channel; read only for VMs started back then.
     pub fn status_file(&self) -> PathBuf {
         self.dir.join("status.log")
+    }
+    /// Traffic through the ingress ([`crate::activity::Activity`]),
+    /// written by the ingress process, read by auto-standby.
+    pub fn ingress_activity(&self) -> PathBuf {
+        self.dir.join("ingress-activity")
     }
     /// The monitor's own stderr.
     pub fn monitor_stderr(&self) -> PathBuf {
