@@ -280,6 +280,29 @@ def stream(s):
     return list(s)
 
 
+def auto_standby_status(ctx):
+    inst = ctx.c.instances.update(
+        ctx.inst,
+        auto_standby={"enabled": True, "idle_timeout": "10m", "ignore_destination_ports": [22]},
+    )
+    assert inst.auto_standby.enabled and inst.auto_standby.idle_timeout == "10m", inst
+    assert inst.auto_standby.ignore_destination_ports == [22], inst
+    s = ctx.c.instances.auto_standby.status(ctx.inst)
+    assert s.configured and s.enabled and s.idle_timeout == "10m", s
+    assert s.status in ("idle_countdown", "active", "ineligible"), s
+    return s
+
+
+def auto_standby_hold(ctx):
+    s = ctx.c.instances.auto_standby.hold(ctx.inst)
+    if s.eligible:
+        assert s.hold_until is not None, s
+    # Off again: later calls put the instance in standby themselves.
+    inst = ctx.c.instances.update(ctx.inst, auto_standby={"enabled": False})
+    assert inst.auto_standby.enabled is False, inst
+    return s
+
+
 # (method, expected, call). The order is the order of the run: objects are
 # made before the calls that use them and deleted at the end.
 METHODS = [
@@ -299,8 +322,8 @@ METHODS = [
     ("instances.wait", WORKS, instance_wait),
     ("resources.get", WORKS, resources_get),
     ("resources.reclaim_memory", NOT_IMPLEMENTED, lambda x: x.c.resources.reclaim_memory(reclaim_bytes=1 << 20)),
-    ("instances.auto_standby.status", NOT_IMPLEMENTED, lambda x: x.c.instances.auto_standby.status(x.inst)),
-    ("instances.auto_standby.hold", NOT_IMPLEMENTED, lambda x: x.c.instances.auto_standby.hold(x.inst)),
+    ("instances.auto_standby.status", WORKS, auto_standby_status),
+    ("instances.auto_standby.hold", WORKS, auto_standby_hold),
     ("instances.snapshot_schedule.update", WORKS, schedule_update),
     ("instances.snapshot_schedule.get", WORKS, schedule_get),
     ("instances.snapshot_schedule.delete", WORKS, lambda x: x.c.instances.snapshot_schedule.delete(x.inst)),

@@ -71,6 +71,9 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Manage volumes: persistent disks that outlive instances
     Volume(VolumeArgs),
+    /// Auto-standby of an instance: its status, or a hold that keeps it up
+    #[command(subcommand)]
+    AutoStandby(AutoStandbyCommand),
     /// Write an image (one layer per --layer directory) as an OCI or docker archive
     #[command(hide = true)]
     MkImage(MkImageArgs),
@@ -316,6 +319,10 @@ pub struct RunArgs {
     /// Restart policy: no, always, on-failure[:MAX_ATTEMPTS]
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,
+    /// Put the instance in standby after this long without inbound TCP
+    /// connections (e.g. 30s, 10m; hypeman's auto_standby.idle_timeout)
+    #[arg(long, value_name = "DURATION")]
+    pub auto_standby: Option<String>,
     /// Health check: a shell command run in the guest, healthy on exit 0
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
@@ -360,6 +367,9 @@ pub struct UpdateArgs {
     /// Remove the label K (repeatable)
     #[arg(long = "label-rm", value_name = "K")]
     pub remove: Vec<String>,
+    /// Auto-standby after DURATION idle (e.g. 30s), or `off`
+    #[arg(long, value_name = "DURATION|off")]
+    pub auto_standby: Option<String>,
     /// Instance id, name or unique id prefix
     pub instance: String,
 }
@@ -582,4 +592,32 @@ pub struct LogsArgs {
     /// Instance id, name or unique id prefix
     #[arg(required_unless_present = "dir")]
     pub instance: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AutoStandbyCommand {
+    /// Whether auto-standby applies, what keeps the instance up, when it goes
+    Status(AutoStandbyStatusArgs),
+    /// Keep the instance from auto-standby for a while (default: its idle timeout)
+    Hold(AutoStandbyHoldArgs),
+    /// End a hold
+    Release(InstanceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AutoStandbyStatusArgs {
+    /// Print the API's JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AutoStandbyHoldArgs {
+    /// How long to hold (Go duration, e.g. 10m)
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
 }

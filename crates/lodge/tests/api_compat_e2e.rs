@@ -33,7 +33,7 @@ fn answers_in_hypemans_shapes() {
 
     // A hypeman route lodge lacks: 501 with the JSON body, after the token.
     for (method, path) in [
-        ("POST", "/instances/x/auto-standby/hold"),
+        ("GET", "/devices/available"),
         ("GET", "/ingresses"),
         ("POST", "/resources/memory/reclaim"),
         ("GET", "/builds/b1/events"),

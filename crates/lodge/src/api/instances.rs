@@ -153,7 +153,6 @@ const UNSUPPORTED: &[&str] = &[
     "gpu",
     "credentials",
     "snapshot_policy",
-    "auto_standby",
     "hotplug_size",
     "disk_io_bps",
 ];
@@ -216,6 +215,7 @@ impl CreateInstance {
         let expires_at = expiry(self.other.get("ttl"), self.other.get("expires_at"))?.flatten();
         let restart_policy = restart_policy(self.other.get("restart_policy"))?.flatten();
         let health_check = health_check(self.other.get("health_check"))?.flatten();
+        let auto_standby = super::auto_standby::policy(self.other.get("auto_standby"))?.flatten();
         let volumes = self
             .volumes
             .unwrap_or_default()
@@ -224,6 +224,7 @@ impl CreateInstance {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CreateRequest {
             volumes,
+            auto_standby,
             network,
             tags,
             expires_at,
@@ -490,7 +491,8 @@ pub async fn stats(
 }
 
 /// hypeman's update body. lodge honours `ttl`/`expires_at` (`"0s"` or
-/// `null` clears the expiry), `restart_policy` (`null` clears it) and
+/// `null` clears the expiry), `restart_policy`, `health_check` and
+/// `auto_standby` (`null` clears each; an object replaces it whole) and
 /// `tags` (a lodge extension: the whole set is replaced), and refuses
 /// hypeman's other fields clearly.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -500,18 +502,21 @@ pub struct UpdateInstance {
     /// hypeman's `env`: only keys bound to credentials may change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
-    /// hypeman's other fields: `ttl`, `expires_at`, `restart_policy`
-    /// honoured; `health_check`, `auto_standby` refused when set.
+    /// hypeman's other fields: `ttl`, `expires_at`, `restart_policy`,
+    /// `health_check`, `auto_standby`.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// hypeman update fields lodge does not provide yet.
-const UPDATE_UNSUPPORTED: &[&str] = &["auto_standby"];
-
 /// hypeman update fields lodge honours beside `tags`.
-const UPDATE_SUPPORTED: &[&str] = &["ttl", "expires_at", "restart_policy", "health_check"];
+const UPDATE_SUPPORTED: &[&str] = &[
+    "ttl",
+    "expires_at",
+    "restart_policy",
+    "health_check",
+    "auto_standby",
+];
 
 impl UpdateInstance {
     fn into_update(self) -> Result<crate::instances::InstanceUpdate, ApiError> {
@@ -520,11 +525,7 @@ impl UpdateInstance {
             .keys()
             .find(|k| !UPDATE_SUPPORTED.contains(&k.as_str()))
         {
-            return Err(if UPDATE_UNSUPPORTED.contains(&key.as_str()) {
-                ApiError::bad_request(format!("`{key}` is not supported yet"))
-            } else {
-                ApiError::bad_request(format!("unknown field `{key}`"))
-            });
+            return Err(ApiError::bad_request(format!("unknown field `{key}`")));
         }
         if let Some(key) = self.env.as_ref().and_then(|e| e.keys().next()) {
             // hypeman accepts only keys bound to credentials; lodge has none.
@@ -540,6 +541,7 @@ impl UpdateInstance {
             expires_at: expiry(self.other.get("ttl"), self.other.get("expires_at"))?,
             restart_policy: restart_policy(self.other.get("restart_policy"))?,
             health_check: health_check(self.other.get("health_check"))?,
+            auto_standby: super::auto_standby::policy(self.other.get("auto_standby"))?,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! hypeman routes lodge lacks answer 501 `not_implemented` from one table
 //! (`unimplemented.rs`) rather than 404.
 
+mod auto_standby;
 mod capabilities;
 mod cp;
 mod error;
@@ -65,6 +66,8 @@ pub use state::{AppState, MAX_BODY};
         standby::wait,
         standby::standby,
         standby::restore,
+        auto_standby::status,
+        auto_standby::hold,
         snapshots::create,
         snapshots::list,
         snapshots::get_one,
@@ -112,6 +115,11 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::health::HealthStatus,
         images::TagImage,
         crate::instances::wait::WaitOutcome,
+        crate::instances::auto_standby::AutoStandbyPolicy,
+        crate::instances::auto_standby::StatusView,
+        crate::instances::auto_standby::Status,
+        crate::instances::auto_standby::Reason,
+        auto_standby::HoldRequest,
         crate::instances::snapshots::Snapshot,
         crate::instances::snapshots::SnapshotKind,
         crate::instances::snapshots::TargetState,
@@ -158,6 +166,14 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/wait", get(standby::wait))
         .route("/instances/{id}/standby", post(standby::standby))
         .route("/instances/{id}/restore", post(standby::restore))
+        .route(
+            "/instances/{id}/auto-standby/status",
+            get(auto_standby::status),
+        )
+        .route(
+            "/instances/{id}/auto-standby/hold",
+            post(auto_standby::hold),
+        )
         .route("/instances/{id}/snapshots", post(snapshots::create))
         .route(
             "/instances/{id}/snapshots/{snapshot_id}/restore",

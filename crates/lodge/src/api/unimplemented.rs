@@ -21,10 +21,6 @@ pub const TAG: &str = "not_implemented";
 
 /// `(method, path pattern, what it is)`: hypeman routes lodge lacks.
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
-    // Auto-standby (issue 13 built standby, restore, snapshots, fork,
-    // wait and schedules; not this).
-    ("POST", "/instances/{id}/auto-standby/hold", "auto-standby"),
-    ("GET", "/instances/{id}/auto-standby/status", "auto-standby"),
     // Ingress.
     ("GET", "/ingresses", "ingresses"),
     ("POST", "/ingresses", "ingresses"),
@@ -160,10 +156,10 @@ mod tests {
     #[test]
     fn lookups_need_the_method_too() {
         assert_eq!(
-            lookup(&Method::POST, "/instances/x/auto-standby/hold"),
-            Some("auto-standby")
+            lookup(&Method::POST, "/builders/x/prune"),
+            Some("image builders")
         );
-        assert_eq!(lookup(&Method::GET, "/instances/x/auto-standby/hold"), None);
+        assert_eq!(lookup(&Method::GET, "/builders/x/prune"), None);
         assert_eq!(lookup(&Method::GET, "/no/such/thing"), None);
         assert_eq!(
             lookup(&Method::POST, "/resources/memory/reclaim"),

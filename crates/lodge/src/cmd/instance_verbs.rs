@@ -114,7 +114,10 @@ pub fn update(args: UpdateArgs) -> Result<u8> {
             let (k, v) = crate::tags::parse_pair(l);
             tags.insert(k, v);
         }
-        let body = serde_json::json!({ "tags": tags });
+        let mut body = serde_json::json!({ "tags": tags });
+        if let Some(idle) = &args.auto_standby {
+            body["auto_standby"] = super::auto_standby::policy(idle);
+        }
         let inst: Instance = client
             .call_with(Method::PATCH, &path(&inst.id), &body)
             .await?;

@@ -1,6 +1,7 @@
 //! One file per verb (or group of small verbs): turns parsed arguments into
 //! calls and an exit code.
 
+mod auto_standby;
 mod cp;
 mod exec;
 mod fork;
@@ -75,5 +76,6 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
         Command::Volume(args) => volume::run(args),
+        Command::AutoStandby(cmd) => auto_standby::run(cmd),
     }
 }

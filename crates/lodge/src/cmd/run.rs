@@ -101,6 +101,12 @@ fn request_body(args: &RunArgs) -> Result<CreateInstance> {
     if let Some(restart) = &args.restart {
         other.insert("restart_policy".to_string(), restart_policy(restart)?);
     }
+    if let Some(idle) = &args.auto_standby {
+        other.insert(
+            "auto_standby".to_string(),
+            super::auto_standby::policy(idle),
+        );
+    }
     if let Some(cmd) = &args.health_cmd {
         let mut check = serde_json::json!({
             "type": "exec",

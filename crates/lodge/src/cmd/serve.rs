@@ -5,7 +5,8 @@
 //! leftovers are reaped once before the first request; any failure there
 //! ends the start, so the daemon never serves half-configured. The reaper
 //! then runs every `REAP_INTERVAL`, whether or not any VM runs. The
-//! supervisor of lifecycle policies (expiry, restart) runs every second.
+//! supervisor of lifecycle policies (expiry, restart) runs every second,
+//! and so does auto-standby's watch of idle instances.
 
 use std::sync::Arc;
 
@@ -68,6 +69,8 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     manager.sweep();
     manager.reconcile_standby().await;
     tokio::spawn(manager.clone().run_schedules());
+    // Auto-standby: its countdowns and holds are in the records.
+    tokio::spawn(manager.clone().run_auto_standby());
     manager
         .reap_network()
         .await

@@ -250,6 +250,8 @@ fn prepare(
         console,
         standby: Default::default(),
         volumes,
+        auto_standby: spec.auto_standby.clone(),
+        auto_standby_runtime: Default::default(),
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

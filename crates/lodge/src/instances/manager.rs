@@ -41,6 +41,8 @@ pub struct Manager {
     pub(super) admission: super::admission::Admission,
     /// Health check results of running instances (`health_checks`).
     pub(super) health: super::health::Book,
+    /// Auto-standby's standbys under way (`auto_standby_watch`).
+    pub(super) auto_standby: super::auto_standby_watch::Book,
     /// Volumes instances attach; their attachments live in the records.
     pub(super) volumes: Arc<lodge_volumes::Volumes>,
 }
@@ -87,6 +89,7 @@ impl Manager {
             net,
             admission: super::admission::Admission::from_env().map_err(Error::BadConfig)?,
             health: super::health::Book::default(),
+            auto_standby: super::auto_standby_watch::Book::default(),
             volumes,
         })
     }

@@ -26,6 +26,10 @@
 //!   probes) and their scheduling;
 //! - `policies`: TTL expiry and restart policies, enforced by the
 //!   daemon's supervisor (`policy`: their types and value syntax);
+//! - `auto_standby`: hypeman's auto-standby policy and the pure idle
+//!   decision; `auto_standby_watch`: the daemon task that observes
+//!   (ingress record, conntrack), decides and puts idle instances in
+//!   standby, and the status and hold verbs;
 //! - `update`: what can change on an instance without its VM (tags);
 //! - `net`: the default network as the daemon set it up, each instance's
 //!   lease and TAP, and the reaper of leftovers;
@@ -47,6 +51,8 @@
 //!   lodge's own per-instance log.
 
 mod admission;
+pub mod auto_standby;
+mod auto_standby_watch;
 mod compress;
 mod create;
 mod diskcopy;

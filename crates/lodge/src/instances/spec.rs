@@ -47,6 +47,8 @@ pub struct CreateRequest {
     /// hypeman's `volumes`: attached at create, mounted before the
     /// workload starts.
     pub volumes: Vec<VolumeRequest>,
+    /// hypeman's `auto_standby`, normalised by the API.
+    pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
 }
 
 /// Most volumes one instance may have attached (an overlay attachment
@@ -122,6 +124,7 @@ pub struct CreateSpec {
     pub restart_policy: Option<super::policy::RestartPolicy>,
     pub health_check: Option<super::health::HealthCheck>,
     pub volumes: Vec<VolumeRequest>,
+    pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
 }
 
 /// Which rule of a create spec was broken.
@@ -219,6 +222,7 @@ impl CreateSpec {
             restart_policy: req.restart_policy,
             health_check: req.health_check,
             volumes: req.volumes,
+            auto_standby: req.auto_standby,
         })
     }
 
@@ -371,6 +375,7 @@ mod tests {
             restart_policy: None,
             health_check: None,
             volumes: Vec::new(),
+            auto_standby: None,
         }
     }
 

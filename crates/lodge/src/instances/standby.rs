@@ -283,6 +283,8 @@ impl Manager {
             }),
             ..StandbyState::default()
         };
+        // Auto-standby counts afresh from the restore.
+        meta.auto_standby_runtime = Default::default();
         store::save(&paths, meta).map_err(io("writing instance record"))?;
         // The VMM has exited: nothing holds the TAP any more.
         self.tap_down(meta).await?;

@@ -85,6 +85,15 @@ pub struct Metadata {
     /// one record of who holds a volume (lodge-volumes reads it back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeAttachment>,
+    /// hypeman's auto-standby policy (`auto_standby`), and where its idle
+    /// countdown and hold stand, kept across daemon restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
+    #[serde(
+        default,
+        skip_serializing_if = "super::auto_standby::AutoStandbyRuntime::is_empty"
+    )]
+    pub auto_standby_runtime: super::auto_standby::AutoStandbyRuntime,
 }
 
 /// What an instance's record says about standby (see `standby`).
@@ -396,6 +405,8 @@ mod tests {
                 slot: 0,
                 upper_slot: None,
             }],
+            auto_standby: None,
+            auto_standby_runtime: Default::default(),
         };
         save(&paths, &meta).expect("save");
         let back = load(&paths).expect("load");

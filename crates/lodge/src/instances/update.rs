@@ -1,7 +1,8 @@
 //! The update verb (`PATCH /instances/{id}`): change what can change on an
-//! instance without touching its VM: its tags, its expiry and its restart
-//! policy. The request type is the manager's, so a field added later is one
-//! more member here and one more rule in the API's parser.
+//! instance without touching its VM: its tags, its expiry, its restart
+//! policy, its health check and its auto-standby policy. The request type
+//! is the manager's, so a field added later is one more member here and
+//! one more rule in the API's parser.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,9 @@ pub struct InstanceUpdate {
     pub restart_policy: Option<Option<super::policy::RestartPolicy>>,
     /// A new health check (its results start afresh), or `Some(None)`.
     pub health_check: Option<Option<super::health::HealthCheck>>,
+    /// A new auto-standby policy (its countdown starts afresh), or
+    /// `Some(None)`.
+    pub auto_standby: Option<Option<super::auto_standby::AutoStandbyPolicy>>,
 }
 
 impl Manager {
@@ -38,6 +42,7 @@ impl Manager {
             meta.expires_at,
             meta.restart_policy.clone(),
             meta.health_check.clone(),
+            meta.auto_standby.clone(),
         );
         if let Some(tags) = update.tags {
             meta.tags = tags;
@@ -53,17 +58,24 @@ impl Manager {
             meta.health_check = check;
             self.health.lock().remove(&meta.id);
         }
+        if let Some(policy) = update.auto_standby {
+            if policy != meta.auto_standby {
+                meta.auto_standby = policy;
+                meta.auto_standby_runtime.idle_since_ms = None;
+            }
+        }
         let after = (
             meta.tags.clone(),
             meta.expires_at,
             meta.restart_policy.clone(),
             meta.health_check.clone(),
+            meta.auto_standby.clone(),
         );
         if before != after {
             store::save(&paths, &meta).map_err(io("writing instance record"))?;
             oplog(
                 &paths,
-                "updated (tags, expiry, restart policy or health check)",
+                "updated (tags, expiry, restart policy, health check or auto-standby)",
             );
         }
         Ok(self.view(&meta))

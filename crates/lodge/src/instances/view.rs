@@ -65,6 +65,9 @@ pub struct Instance {
     /// a daemon from before volumes.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// hypeman's `AutoStandbyPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
 }
 
 /// hypeman's `RestartPolicy` as the API shows it.
@@ -187,6 +190,7 @@ impl Instance {
                 .map(super::health::HealthCheck::view),
             health_status: None,
             volumes: meta.volumes.iter().map(VolumeMount::of).collect(),
+            auto_standby: meta.auto_standby.clone(),
         }
     }
 }
