@@ -3,7 +3,7 @@
 //! (an open connection through lodge's ingress, as its activity record
 //! says; an open TCP connection into the guest, as the kernel's conntrack
 //! sees it), that it goes to standby by itself once both are gone, and
-//! that a hold postpones that until it ends.
+//! that a hold postpones that until it ends, across a daemon restart.
 //!
 //! One VM serves every phase, in order, to keep the wall time down: the
 //! timeouts are 2 s and the daemon checks once a second.
@@ -168,7 +168,7 @@ fn idle_instances_go_to_standby_and_traffic_or_a_hold_keeps_them_up() {
         }
         return;
     }
-    let d = Daemon::start_with_env(&[("LODGE_NETWORK", "on"), ("LODGE_DNS", OUTSIDE)]);
+    let mut d = Daemon::start_with_env(&[("LODGE_NETWORK", "on"), ("LODGE_DNS", OUTSIDE)]);
     // No policy at create: the phases set things up first.
     let v = d.create(json!({
         "name": "sleepy",
@@ -274,7 +274,11 @@ fn idle_instances_go_to_standby_and_traffic_or_a_hold_keeps_them_up() {
     );
     let held = Instant::now();
     assert!(status(&d, &id)["hold_until"].is_string());
-    stays_running(&d, &id, "a hold");
+    // The hold and the countdown are in the record: a daemon killed and
+    // started again keeps to them.
+    d.kill9();
+    d.spawn();
+    stays_running(&d, &id, "a hold, across a daemon restart");
     d.wait_state(&id, "Standby", Duration::from_secs(60));
     assert!(
         held.elapsed() >= Duration::from_secs(8),

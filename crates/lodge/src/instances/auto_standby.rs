@@ -12,12 +12,15 @@
 //! remaining conntrack timeout against the state's full timeout), so a
 //! burst of short requests between two checks keeps the instance awake.
 //!
-//! A leaf module: the record (`store`) and the API name these types
-//! without depending on the daemon task that acts on them
-//! (`auto_standby_watch`), which makes every decision through [`decide`].
+//! A leaf module: the record (`store`), the manager (which holds the
+//! [`Book`] of standbys under way) and the API name these types without
+//! depending on the daemon task that acts on them (`auto_standby_watch`),
+//! which makes every decision through [`decide`].
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lodge_common::activity::Activity;
 use serde::{Deserialize, Serialize};
@@ -193,6 +196,51 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// How long a failed auto-standby waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Auto-standbys under way, and those that failed recently.
+#[derive(Default)]
+pub struct Book {
+    inner: Mutex<BookInner>,
+}
+
+#[derive(Default)]
+struct BookInner {
+    in_flight: HashSet<String>,
+    retry_at: HashMap<String, Instant>,
+}
+
+impl Book {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `id` as going to standby, unless it already is or failed
+    /// too recently.
+    pub fn claim(&self, id: &str) -> bool {
+        let mut b = self.lock();
+        if b.retry_at.get(id).is_some_and(|t| Instant::now() < *t) {
+            return false;
+        }
+        b.retry_at.remove(id);
+        b.in_flight.insert(id.to_string())
+    }
+
+    pub fn release(&self, id: &str, failed: bool) {
+        let mut b = self.lock();
+        b.in_flight.remove(id);
+        if failed {
+            b.retry_at
+                .insert(id.to_string(), Instant::now() + RETRY_AFTER);
+        }
+    }
+
+    pub fn in_flight(&self, id: &str) -> bool {
+        self.lock().in_flight.contains(id)
+    }
+}
+
 /// What the record keeps between checks and daemon runs (unix ms).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AutoStandbyRuntime {
@@ -263,7 +311,8 @@ impl TcpTimeouts {
 }
 
 /// The IPv4 TCP flows of `/proc/net/nf_conntrack`'s text; other lines are
-/// skipped.
+/// skipped (the daemon reads the table a line at a time instead).
+#[cfg(test)]
 pub fn parse_conntrack(text: &str, timeouts: &TcpTimeouts) -> Vec<Flow> {
     text.lines()
         .filter_map(|line| parse_flow(line, timeouts))

@@ -17,11 +17,11 @@
 //! -L` shows; without it, an instance with an address reports
 //! `observer_error` and stays up rather than being put to sleep blind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use lodge_common::activity::Activity;
 
@@ -38,53 +38,8 @@ use super::store::{self, Metadata, Paths};
 /// How often idle instances are looked for.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long a failed auto-standby waits before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(30);
-
 const CONNTRACK_TABLE: &str = "/proc/net/nf_conntrack";
 const CONNTRACK_SYSCTLS: &str = "/proc/sys/net/netfilter";
-
-/// Auto-standbys under way, and those that failed recently.
-#[derive(Default)]
-pub struct Book {
-    inner: Mutex<BookInner>,
-}
-
-#[derive(Default)]
-struct BookInner {
-    in_flight: HashSet<String>,
-    retry_at: HashMap<String, Instant>,
-}
-
-impl Book {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks `id` as going to standby, unless it already is or failed
-    /// too recently.
-    fn claim(&self, id: &str) -> bool {
-        let mut b = self.lock();
-        if b.retry_at.get(id).is_some_and(|t| Instant::now() < *t) {
-            return false;
-        }
-        b.retry_at.remove(id);
-        b.in_flight.insert(id.to_string())
-    }
-
-    fn release(&self, id: &str, failed: bool) {
-        let mut b = self.lock();
-        b.in_flight.remove(id);
-        if failed {
-            b.retry_at
-                .insert(id.to_string(), Instant::now() + RETRY_AFTER);
-        }
-    }
-
-    fn in_flight(&self, id: &str) -> bool {
-        self.lock().in_flight.contains(id)
-    }
-}
 
 /// The IPv4 TCP flows the kernel tracks in the daemon's namespace towards
 /// `to` (the table is read a line at a time: it may be large on a busy

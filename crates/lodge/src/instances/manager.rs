@@ -42,7 +42,7 @@ pub struct Manager {
     /// Health check results of running instances (`health_checks`).
     pub(super) health: super::health::Book,
     /// Auto-standby's standbys under way (`auto_standby_watch`).
-    pub(super) auto_standby: super::auto_standby_watch::Book,
+    pub(super) auto_standby: super::auto_standby::Book,
     /// Volumes instances attach; their attachments live in the records.
     pub(super) volumes: Arc<lodge_volumes::Volumes>,
 }
@@ -89,7 +89,7 @@ impl Manager {
             net,
             admission: super::admission::Admission::from_env().map_err(Error::BadConfig)?,
             health: super::health::Book::default(),
-            auto_standby: super::auto_standby_watch::Book::default(),
+            auto_standby: super::auto_standby::Book::default(),
             volumes,
         })
     }
