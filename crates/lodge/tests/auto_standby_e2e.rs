@@ -169,17 +169,41 @@ fn idle_instances_go_to_standby_and_traffic_or_a_hold_keeps_them_up() {
         return;
     }
     let mut d = Daemon::start_with_env(&[("LODGE_NETWORK", "on"), ("LODGE_DNS", OUTSIDE)]);
-    // No policy at create: the phases set things up first.
-    let v = d.create(json!({
-        "name": "sleepy",
-        "rootfs": busybox_rootfs(),
-        "vcpus": 1,
-        "size": "256MB",
-        "overlay_size": "64MB",
-        "cmd": ["sh", "-c", "mkdir -p /www && echo up > /www/index.html \
-                 && busybox httpd -p 8080 -h /www && echo serving; exec sleep 100000"],
-    }));
-    let id = v["id"].as_str().expect("id").to_string();
+    // Created with a policy too long to fire while the phases set up.
+    let rootfs = busybox_rootfs();
+    let out = d.lodge(&[
+        "run",
+        "-d",
+        "--name",
+        "sleepy",
+        "--rootfs",
+        &rootfs,
+        "--cpus",
+        "1",
+        "--memory",
+        "256MB",
+        "--overlay-size",
+        "64MB",
+        "--auto-standby",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo up > /www/index.html \
+         && busybox httpd -p 8080 -h /www && echo serving; exec sleep 100000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v = d.get(&id);
+    assert_eq!(
+        v["auto_standby"],
+        json!({"enabled": true, "idle_timeout": "1h"}),
+        "{v}"
+    );
     let ip = v["network"]["ip"].as_str().expect("an address").to_string();
     wait_until("the guest's httpd", BOOT, || {
         d.log_lines(&id, "tail=100")
@@ -194,9 +218,14 @@ fn idle_instances_go_to_standby_and_traffic_or_a_hold_keeps_them_up() {
             s["status"].clone(),
             s["reason"].clone()
         ),
-        (json!(false), json!("disabled"), json!("policy_missing")),
+        (
+            json!(true),
+            json!("idle_countdown"),
+            json!("idle_timeout_not_elapsed")
+        ),
         "{s}"
     );
+    assert!(s["next_standby_at"].is_string(), "{s}");
 
     // 1. A connection open through the ingress keeps it up.
     ingress_record(&d, &id, 1);
@@ -284,5 +313,24 @@ fn idle_instances_go_to_standby_and_traffic_or_a_hold_keeps_them_up() {
         held.elapsed() >= Duration::from_secs(8),
         "standby {:?} into an 8 s hold",
         held.elapsed()
+    );
+
+    // Turned off: hypeman's normalised form, and its status.
+    let out = d.lodge(&["update", &id, "--auto-standby", "off"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.get(&id)["auto_standby"], json!({"enabled": false}));
+    let s = status(&d, &id);
+    assert_eq!(
+        (
+            s["enabled"].clone(),
+            s["status"].clone(),
+            s["reason"].clone()
+        ),
+        (json!(false), json!("disabled"), json!("policy_disabled")),
+        "{s}"
     );
 }

@@ -93,3 +93,17 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
         Err(_) => "?".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_is_a_duration_or_off() {
+        assert_eq!(
+            policy("30s"),
+            serde_json::json!({"enabled": true, "idle_timeout": "30s"})
+        );
+        assert_eq!(policy("off"), serde_json::json!({"enabled": false}));
+    }
+}
