@@ -357,7 +357,8 @@ pub struct Observation<'a> {
     pub now_ms: u64,
     /// The instance is Running (not booting, stopped or in standby).
     pub running: bool,
-    /// When it last booted (unix ms): no idle time counts from before.
+    /// When its VMM last started (a boot or a restore; unix ms): no idle
+    /// time counts from before.
     pub booted_ms: Option<u64>,
     /// Its address on lodge's network; `None` without one (then only the
     /// ingress counts).

@@ -16,6 +16,12 @@
 //! namespace, IPv4 TCP), which needs no library and is what `conntrack
 //! -L` shows; without it, an instance with an address reports
 //! `observer_error` and stays up rather than being put to sleep blind.
+//!
+//! The guest is untrusted, and nothing it controls is read here but what
+//! reaches the host's conntrack as flows into its own address: at worst a
+//! guest keeps itself awake, which it could do by serving a client anyway.
+//! The ingress record is the ingress's, in the instance directory the
+//! guest cannot write.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -104,12 +110,24 @@ fn decide_for(
     let obs = Observation {
         now_ms: unix_ms(now),
         running: st == State::Running,
-        booted_ms: meta.started_at.map(unix_ms),
+        booted_ms: running_since(paths, meta),
         guest_ip: meta.network.as_ref().map(|n| n.ip),
         ingress,
         flows: flows.as_ref().map(Vec::as_slice).map_err(Clone::clone),
     };
     decide(meta.auto_standby.as_ref(), &meta.auto_standby_runtime, &obs)
+}
+
+/// When the instance's current VMM started: its boot, or its restore from
+/// standby, a snapshot or a fork (each runs under a new monitor, which
+/// records when it started the VMM). No idle time counts from before.
+fn running_since(paths: &Paths, meta: &Metadata) -> Option<u64> {
+    let vmm = lodge_monitor::read_monitor_info(&paths.logs())
+        .ok()
+        .flatten()
+        .and_then(|info| lodge_common::time::parse_rfc3339(&info.started_at).ok())
+        .map(unix_ms);
+    meta.started_at.map(unix_ms).max(vmm)
 }
 
 /// Whether the record must be written for `d` (the countdown started,
@@ -161,7 +179,8 @@ impl Manager {
                 let id = meta.id.clone();
                 tokio::spawn(async move {
                     let failed = match this.commit_auto_standby(&id).await {
-                        Ok(_) => false,
+                        // Deleted meanwhile: nothing to put to sleep.
+                        Ok(_) | Err(Error::NotFound(_)) => false,
                         Err(e) => {
                             tracing::warn!("auto-standby of {id}: {e}");
                             oplog(&this.paths(&id), &format!("auto-standby failed: {e}"));
