@@ -109,6 +109,12 @@ pub struct VmConfig {
     /// configs from before hot-plug.
     #[serde(default)]
     pub hotplug_slots: u32,
+    /// A memory balloon (QEMU: virtio-balloon with free page reporting and
+    /// deflate-on-OOM), placed after every other device so it shifts no
+    /// device's address. Off in configs from before it: a saved state is
+    /// only restored into the devices it was saved with.
+    #[serde(default)]
+    pub balloon: bool,
 }
 
 /// One virtio network interface backed by a host TAP device that already
@@ -323,6 +329,7 @@ impl VmConfig {
             nics: Vec::new(),
             memory_file: None,
             hotplug_slots: 0,
+            balloon: false,
         }
     }
 

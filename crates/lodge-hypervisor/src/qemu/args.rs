@@ -329,6 +329,11 @@ pub fn build_argv(
         ]);
     }
 
+    // The balloon last of the devices: adding it moves no other address.
+    if cfg.balloon {
+        push(&[&"-device", &super::balloon::DEVICE]);
+    }
+
     push(&[
         &"-chardev",
         &listening_socket(QMP_CHARDEV, &cfg.control_socket),
@@ -420,6 +425,30 @@ mod tests {
                 "chardev=qmp,mode=control",
             ]
         );
+    }
+
+    /// The balloon comes after every other device (adding it moves no
+    /// other device's address), just before the control socket.
+    #[test]
+    fn balloon_is_the_last_device() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/d/qmp.sock", "/d/s.log");
+        let without = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        assert!(!argv_strings(&without).iter().any(|a| a.contains("balloon")));
+        cfg.balloon = true;
+        cfg.hotplug_slots = 2;
+        let argv = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let s = argv_strings(&argv);
+        let at = s
+            .iter()
+            .position(|a| a.starts_with("virtio-balloon-pci"))
+            .expect("balloon");
+        assert_eq!(s[at - 1], "-device");
+        assert!(s[at].contains("free-page-reporting=on") && s[at].contains("deflate-on-oom=on"));
+        assert!(
+            !s[at + 1..].iter().any(|a| *a == "-device"),
+            "a device after the balloon: {s:?}"
+        );
+        assert_eq!(s.len(), without.len() + 2 + 2 * 2, "{s:?}");
     }
 
     /// Guest RAM in a shared file: a memory backend object the machine

@@ -10,6 +10,7 @@
 //! the cost of a fresh session is a few milliseconds.
 
 pub mod args;
+pub mod balloon;
 pub mod options;
 pub mod qmp;
 pub mod snapshot;

@@ -19,6 +19,7 @@ mod images;
 pub mod instances;
 pub mod logs;
 mod policies;
+pub mod pushes;
 mod resources;
 mod schedule;
 pub mod server;
@@ -62,6 +63,7 @@ pub use state::{AppState, MAX_BODY};
         instances::stats,
         instances::update,
         resources::resources,
+        resources::reclaim_memory,
         standby::wait,
         standby::standby,
         standby::restore,
@@ -85,6 +87,9 @@ pub use state::{AppState, MAX_BODY};
         images::delete,
         images::load,
         images::tag,
+        pushes::create,
+        pushes::list,
+        pushes::get_one,
         volumes::create,
         volumes::from_archive,
         volumes::list,
@@ -101,6 +106,9 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::ResourceStatus,
         crate::instances::ResourceAllocation,
         crate::instances::DiskBreakdown,
+        resources::ReclaimMemory,
+        crate::instances::reclaim::MemoryReclaimAction,
+        crate::instances::reclaim::MemoryReclaimResponse,
         instances::CreateNetwork,
         capabilities::Capabilities,
         crate::instances::state::State,
@@ -131,6 +139,8 @@ pub use state::{AppState, MAX_BODY};
         types::ImagePull,
         types::CreateImage,
         types::RegistryCredentials,
+        pushes::Push,
+        pushes::CreatePush,
         volumes::Volume,
         volumes::VolumeAttachment,
         volumes::CreateVolume,
@@ -145,6 +155,7 @@ pub fn router(state: AppState) -> Router {
     let mut protected = Router::new()
         .route("/capabilities", get(capabilities::capabilities))
         .route("/resources", get(resources::resources))
+        .route("/resources/memory/reclaim", post(resources::reclaim_memory))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",
@@ -186,6 +197,8 @@ pub fn router(state: AppState) -> Router {
             get(images::get_one).delete(images::delete),
         )
         .route("/images/{name}/tag", post(images::tag))
+        .route("/pushes", post(pushes::create).get(pushes::list))
+        .route("/pushes/{id}", get(pushes::get_one))
         .route("/volumes", post(volumes::create).get(volumes::list))
         .route(
             "/volumes/{id}",

@@ -250,6 +250,7 @@ fn prepare(
         console,
         standby: Default::default(),
         volumes,
+        balloon: true,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

@@ -154,6 +154,7 @@ impl Launcher {
             }),
             nics,
             hotplug_slots: HOTPLUG_SLOTS,
+            balloon: meta.balloon,
             memory_file: meta
                 .standby
                 .ram_file

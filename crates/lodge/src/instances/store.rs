@@ -85,6 +85,11 @@ pub struct Metadata {
     /// one record of who holds a volume (lodge-volumes reads it back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeAttachment>,
+    /// The VM has a memory balloon (`reclaim`); records from before it
+    /// have none and keep booting without (a standby snapshot must be
+    /// restored into the same devices).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balloon: bool,
 }
 
 /// What an instance's record says about standby (see `standby`).
@@ -387,6 +392,7 @@ mod tests {
             restart_status: None,
             health_check: None,
             standby: StandbyState::default(),
+            balloon: true,
             volumes: vec![VolumeAttachment {
                 volume_id: "vol-1".into(),
                 mount_path: "/data".into(),
