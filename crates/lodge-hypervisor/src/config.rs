@@ -115,6 +115,11 @@ pub struct VmConfig {
     /// only restored into the devices it was saved with.
     #[serde(default)]
     pub balloon: bool,
+    /// Bytes per second each disk given at boot without a hot-plug slot
+    /// may move, reads and writes together (QEMU block throttling);
+    /// `None` is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bps: Option<u64>,
 }
 
 /// One virtio network interface backed by a host TAP device that already
@@ -330,6 +335,7 @@ impl VmConfig {
             memory_file: None,
             hotplug_slots: 0,
             balloon: false,
+            disk_bps: None,
         }
     }
 

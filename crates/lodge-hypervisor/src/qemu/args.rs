@@ -224,6 +224,9 @@ pub fn build_argv(
         if disk.read_only {
             drive = drive.kv("readonly", "on");
         }
+        if let Some(bps) = cfg.disk_bps {
+            drive = drive.kv("throttling.bps-total", bps.to_string());
+        }
         let mut device = OptBuf::new("virtio-blk-pci").kv("drive", &id);
         if let Some(serial) = &disk.serial {
             device = device.kv("serial", serial);

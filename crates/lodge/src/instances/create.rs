@@ -251,6 +251,7 @@ fn prepare(
         standby: Default::default(),
         volumes,
         balloon: true,
+        disk_io_bps: spec.disk_io_bps,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

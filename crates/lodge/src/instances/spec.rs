@@ -47,6 +47,9 @@ pub struct CreateRequest {
     /// hypeman's `volumes`: attached at create, mounted before the
     /// workload starts.
     pub volumes: Vec<VolumeRequest>,
+    /// hypeman's `disk_io_bps`: bytes per second each of the VM's own
+    /// disks may move (read and write together).
+    pub disk_io_bps: Option<u64>,
 }
 
 /// Most volumes one instance may have attached (an overlay attachment
@@ -122,6 +125,7 @@ pub struct CreateSpec {
     pub restart_policy: Option<super::policy::RestartPolicy>,
     pub health_check: Option<super::health::HealthCheck>,
     pub volumes: Vec<VolumeRequest>,
+    pub disk_io_bps: Option<u64>,
 }
 
 /// Which rule of a create spec was broken.
@@ -219,6 +223,7 @@ impl CreateSpec {
             restart_policy: req.restart_policy,
             health_check: req.health_check,
             volumes: req.volumes,
+            disk_io_bps: req.disk_io_bps,
         })
     }
 
@@ -371,6 +376,7 @@ mod tests {
             restart_policy: None,
             health_check: None,
             volumes: Vec::new(),
+            disk_io_bps: None,
         }
     }
 

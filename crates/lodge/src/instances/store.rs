@@ -90,6 +90,9 @@ pub struct Metadata {
     /// restored into the same devices).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balloon: bool,
+    /// hypeman's `disk_io_bps`: the limit of each of the VM's own disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io_bps: Option<u64>,
 }
 
 /// What an instance's record says about standby (see `standby`).
@@ -393,6 +396,7 @@ mod tests {
             health_check: None,
             standby: StandbyState::default(),
             balloon: true,
+            disk_io_bps: Some(100 << 20),
             volumes: vec![VolumeAttachment {
                 volume_id: "vol-1".into(),
                 mount_path: "/data".into(),

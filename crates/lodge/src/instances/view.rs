@@ -65,6 +65,10 @@ pub struct Instance {
     /// a daemon from before volumes.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// hypeman's `disk_io_bps` (`100MB/s`): each of the VM's own disks'
+    /// limit; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io_bps: Option<String>,
 }
 
 /// hypeman's `RestartPolicy` as the API shows it.
@@ -187,6 +191,7 @@ impl Instance {
                 .map(super::health::HealthCheck::view),
             health_status: None,
             volumes: meta.volumes.iter().map(VolumeMount::of).collect(),
+            disk_io_bps: meta.disk_io_bps.map(|b| format!("{}/s", human_size(b))),
         }
     }
 }
