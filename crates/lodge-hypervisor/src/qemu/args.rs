@@ -448,7 +448,7 @@ mod tests {
         assert_eq!(s[at - 1], "-device");
         assert!(s[at].contains("free-page-reporting=on") && s[at].contains("deflate-on-oom=on"));
         assert!(
-            !s[at + 1..].iter().any(|a| *a == "-device"),
+            !s[at + 1..].contains(&"-device"),
             "a device after the balloon: {s:?}"
         );
         assert_eq!(s.len(), without.len() + 2 + 2 * 2, "{s:?}");

@@ -195,6 +195,11 @@ impl CreateInstance {
             .iter()
             .find(|k| self.other.get(**k).is_some_and(|v| !v.is_null()))
         {
+            if *key == "hotplug_size" {
+                return Err(ApiError::bad_request(
+                    "`hotplug_size` is not supported: QEMU can hot-plug memory here, but no hypeman call grows a running instance's memory, so the reserve would stay unused; create the instance with the `size` it needs",
+                ));
+            }
             return Err(ApiError::bad_request(format!(
                 "`{key}` is not supported yet"
             )));

@@ -180,7 +180,7 @@ impl Manager {
         let mut actions = Vec::new();
         let mut targets = Vec::new();
         let mut metas = self.all()?;
-        metas.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        metas.sort_by_key(|m| m.created_at);
         for meta in metas {
             let paths = self.paths(&meta.id);
             if state::derive(&observe(&paths, &meta)) != State::Running {
