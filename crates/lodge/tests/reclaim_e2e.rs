@@ -39,6 +39,19 @@ fn action<'a>(r: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no action for {id}: {r}"))
 }
 
+/// A guest starved of CPU (a loaded host) moves its balloon on after the
+/// answer (`partial`): waits, through dry runs, until it is at `want`.
+fn settled(d: &Daemon, id: &str, a: &Value, want: u64) {
+    assert_eq!(a["status"], "partial", "{a}");
+    wait_until("the balloon to reach its target", BOOT, || {
+        let now = reclaim(d, json!({"reclaim_bytes": 0, "dry_run": true}));
+        let at = action(&now, id)["previous_target_guest_memory_bytes"]
+            .as_u64()
+            .expect("actual");
+        (at.abs_diff(want) <= MIB).then_some(())
+    });
+}
+
 fn wait_log(d: &Daemon, id: &str, line: &str) {
     wait_until(&format!("{line:?} on the console"), BOOT, || {
         d.log_lines(id, "tail=50")
@@ -54,7 +67,7 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
     let d = Daemon::start();
     let script =
         "mkdir -p /tmp/fill && mount -t tmpfs -o size=300m fill /tmp/fill && echo idle; sleep 3; \
-        dd if=/dev/zero of=/tmp/fill/x bs=1M count=256 2>/dev/null && echo touched; sleep 4; \
+        dd if=/dev/zero of=/tmp/fill/x bs=1M count=256 2>/dev/null && echo touched; sleep 3; \
         rm /tmp/fill/x && echo freed; while :; do sleep 1; done";
     let inst = d.create(json!({
         "name": "balloon",
@@ -73,7 +86,7 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
     let touched = rss(&d, &id);
     wait_log(&d, &id, "freed");
     // Free page reporting hands freed 2 MiB blocks back after ~2 s.
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(3));
     let freed = rss(&d, &id);
 
     // A dry run plans 256 MiB from this VM and touches nothing.
@@ -94,12 +107,15 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
         json!({"reclaim_bytes": 256 * MIB, "hold_for": "10m", "reason": "e2e"}),
     );
     let a = action(&done, &id);
-    assert_eq!(a["status"], "applied", "{done}");
     assert_eq!(a["hypervisor"], "qemu");
     assert_eq!(a["target_guest_memory_bytes"], 256 * MIB, "{done}");
     let applied = a["applied_reclaim_bytes"].as_u64().expect("applied");
-    assert!(applied >= 255 * MIB, "{done}");
     assert_eq!(done["applied_reclaim_bytes"], applied, "{done}");
+    if a["status"] == "applied" {
+        assert!(applied >= 255 * MIB, "{done}");
+    } else {
+        settled(&d, &id, a, 256 * MIB);
+    }
     assert!(done["hold_until"].is_string(), "{done}");
     assert!(
         done["host_available_bytes"].as_u64().unwrap_or(0) > 0,
@@ -131,18 +147,20 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
     // A reclaim of 0 gives it all back.
     let back = reclaim(&d, json!({"reclaim_bytes": 0}));
     let a = action(&back, &id);
-    assert_eq!(a["status"], "applied", "{back}");
     assert_eq!(a["target_guest_memory_bytes"], 512 * MIB, "{back}");
+    if a["status"] != "applied" {
+        settled(&d, &id, a, 512 * MIB);
+    }
     assert!(back["hold_until"].is_null(), "{back}");
 
-    // 24 MiB written and synced at 2 MiB/s: about 12 s (at least 8 s with
-    // QEMU's burst allowance); unthrottled, well under a second here.
+    // 16 MiB written and synced at 2 MiB/s: about 8 s (at least 5 s with
+    // QEMU's burst allowance); unthrottled, about a second here.
     let out = d.lodge(&[
         "exec",
         &id,
         "sh",
         "-c",
-        "s=$(date +%s); dd if=/dev/zero of=/ddtest bs=1M count=24 conv=fsync 2>/dev/null; echo $(( $(date +%s) - s ))",
+        "s=$(date +%s); dd if=/dev/zero of=/ddtest bs=1M count=16 conv=fsync 2>/dev/null; echo $(( $(date +%s) - s ))",
     ]);
     assert!(
         out.status.success(),
@@ -153,8 +171,8 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
         .trim()
         .parse()
         .expect("seconds");
-    eprintln!("dd of 24 MiB with fsync at disk_io_bps 2MB/s: {secs} s");
-    assert!(secs >= 8, "the disk limit did not hold: {secs} s");
+    eprintln!("dd of 16 MiB with fsync at disk_io_bps 2MB/s: {secs} s");
+    assert!(secs >= 5, "the disk limit did not hold: {secs} s");
 
     // Bad input is refused.
     let r = d.api(

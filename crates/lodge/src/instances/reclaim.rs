@@ -18,6 +18,11 @@
 //! daemon per host): a daemon restart forgets it and leaves the balloons
 //! as they are until the next reclaim.
 //!
+//! The balloon's `actual` is what the guest says it has given (the guest
+//! writes it), so it is clamped to the VM's size and only ever reported:
+//! the host's own measure is the VMM's resident memory (`stats`). A guest
+//! that lies gets a wrong report, never more memory.
+//!
 //! Only VMs created with a balloon can give memory (records from before
 //! it lack the device, which cannot be added to a running VM or to a saved
 //! state); they are listed with status `unsupported`.
@@ -38,9 +43,9 @@ const MIB: u64 = 1 << 20;
 /// The smallest floor: below this a Linux guest thrashes.
 const MIN_FLOOR: u64 = 128 * MIB;
 /// How long a reclaim waits for guests to inflate their balloons.
-const SETTLE: Duration = Duration::from_secs(20);
+const SETTLE: Duration = Duration::from_secs(25);
 /// A guest whose balloon has not moved for this long is done.
-const STALL: Duration = Duration::from_secs(3);
+const STALL: Duration = Duration::from_secs(6);
 
 /// The hold now in force: a reclaim bumps it, and a hold's release only
 /// acts while it is still the latest.
@@ -174,7 +179,10 @@ impl Manager {
             tracing::info!(
                 "memory reclaim of {} bytes: {}",
                 req.reclaim_bytes,
-                why.chars().filter(|c| !c.is_control()).collect::<String>()
+                why.chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
             );
         }
         let mut actions = Vec::new();
@@ -226,6 +234,7 @@ impl Manager {
             };
             match backend.balloon_actual(&vm).await {
                 Ok(actual) => {
+                    let actual = actual.min(meta.memory_bytes);
                     action.previous_target_guest_memory_bytes = actual;
                     action.planned_target_guest_memory_bytes = actual;
                     action.target_guest_memory_bytes = actual;
@@ -335,7 +344,7 @@ impl Manager {
                 }
                 let want = t.action.target_guest_memory_bytes;
                 let actual = match t.backend.balloon_actual(&t.vm).await {
-                    Ok(a) => a,
+                    Ok(a) => a.min(t.action.assigned_memory_bytes),
                     Err(e) => {
                         t.action.status = "error".into();
                         t.action.error = Some(format!("asking the balloon: {}", chain(&e)));
@@ -345,9 +354,9 @@ impl Manager {
                 let before = t.action.previous_target_guest_memory_bytes;
                 t.action.applied_reclaim_bytes = before.saturating_sub(actual);
                 let there = if want <= before {
-                    actual <= want + MIB
+                    actual <= want.saturating_add(MIB)
                 } else {
-                    actual + MIB >= want
+                    actual.saturating_add(MIB) >= want
                 };
                 if actual != *seen {
                     *seen = actual;
