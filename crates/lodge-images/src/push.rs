@@ -497,3 +497,93 @@ fn file_chunks(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, created_at: &str, status: PushStatus) -> PushRecord {
+        PushRecord {
+            id: id.into(),
+            image: "docker.io/library/a:1".into(),
+            target: "127.0.0.1:5000/a:1".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            status,
+            created_at: created_at.into(),
+            completed_at: None,
+            error: None,
+            error_kind: None,
+            layers: 1,
+            bytes: 0,
+            bytes_total: 0,
+            blobs_skipped: 0,
+        }
+    }
+
+    fn open(dir: &Path) -> Arc<Pushes> {
+        let images = Images::open(
+            dir,
+            crate::manager::Options::default(),
+            Arc::new(|_: &str| Vec::new()),
+        )
+        .expect("images");
+        Pushes::open(dir, images, RegistryOptions::default()).expect("pushes")
+    }
+
+    #[tokio::test]
+    async fn a_restart_fails_unfinished_pushes_and_lists_newest_first() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pushes = tmp.path().join("pushes");
+        std::fs::create_dir_all(&pushes).expect("mkdir");
+        for r in [
+            record("aaa", "2026-01-01T00:00:00Z", PushStatus::Pushed),
+            record("bbb", "2026-01-02T00:00:00Z", PushStatus::Pushing),
+            record("ccc", "2026-01-03T00:00:00Z", PushStatus::Queued),
+            record("ddd", "2026-01-04T00:00:00Z", PushStatus::Queued),
+        ] {
+            let text = serde_json::to_vec(&r).expect("json");
+            std::fs::write(pushes.join(format!("{}.json", r.id)), text).expect("write");
+        }
+        std::fs::write(pushes.join("junk.json"), b"{").expect("write");
+        std::fs::write(pushes.join(".x.json.tmp-1"), b"half").expect("write");
+
+        let p = open(tmp.path());
+        let list = p.list();
+        let ids: Vec<&str> = list.iter().map(|(r, _)| r.id.as_str()).collect();
+        assert_eq!(ids, ["ddd", "ccc", "bbb", "aaa"]);
+        for (r, place) in &list {
+            assert!(r.status.is_final(), "{r:?}");
+            assert_eq!(*place, None);
+            if r.id != "aaa" {
+                assert_eq!(r.error.as_deref(), Some(INTERRUPTED), "{r:?}");
+                assert!(r.completed_at.is_some());
+            }
+        }
+        assert!(!pushes.join(".x.json.tmp-1").exists(), "debris stays");
+        // The failure was written, not only shown.
+        let again = open(tmp.path());
+        assert_eq!(again.get("bbb").expect("bbb").0.status, PushStatus::Failed);
+        assert_eq!(
+            again.get("nope").expect_err("missing").kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_a_job_exists() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = open(tmp.path());
+        let req = |image: &str, target: &str| PushRequest {
+            image: image.into(),
+            target: target.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.start(req("nosuch:1", "127.0.0.1:5000/x:1"))
+                .expect_err("no image")
+                .kind,
+            ErrorKind::NotFound
+        );
+        assert!(p.list().is_empty());
+    }
+}
