@@ -115,9 +115,10 @@ pub struct VmConfig {
     /// only restored into the devices it was saved with.
     #[serde(default)]
     pub balloon: bool,
-    /// Bytes per second each disk given at boot without a hot-plug slot
-    /// may move, reads and writes together (QEMU block throttling);
-    /// `None` is unlimited.
+    /// Bytes per second each disk may move, reads and writes together
+    /// (QEMU block throttling: `-drive` throttling for the VM's own disks,
+    /// a throttle group per hot-plug slot for the others, hot-plugged
+    /// ones included); `None` is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bps: Option<u64>,
 }

@@ -5,8 +5,10 @@
 //! memory had cost. A dry run plans without touching anything; a reclaim
 //! of 0 gives the memory back. The numbers are printed for the notes.
 //!
-//! The same VM is created with hypeman's `disk_io_bps`: a `dd` with
-//! `fsync` inside it takes as long as the limit says.
+//! The same VM is created with hypeman's `disk_io_bps` and a volume, and
+//! gets a second volume hot-plugged: a `dd` with `fsync` to each of its
+//! own disk and the two volumes, at once, takes as long as the per-disk
+//! limit says.
 
 mod common;
 
@@ -65,6 +67,16 @@ fn wait_log(d: &Daemon, id: &str, line: &str) {
 fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
     require_guest!();
     let d = Daemon::start();
+    let mut vols = Vec::new();
+    for name in ["boot-vol", "hot-vol"] {
+        let r = d.api(
+            "POST",
+            "/volumes",
+            Some(&json!({"name": name, "size_gb": 1})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        vols.push(r.body["id"].as_str().expect("volume id").to_string());
+    }
     let script =
         "mkdir -p /tmp/fill && mount -t tmpfs -o size=300m fill /tmp/fill && echo idle; sleep 3; \
         dd if=/dev/zero of=/tmp/fill/x bs=1M count=256 2>/dev/null && echo touched; sleep 3; \
@@ -75,6 +87,7 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
         "vcpus": 1,
         "size": "512MB",
         "disk_io_bps": "2MB/s",
+        "volumes": [{"volume_id": vols[0], "mount_path": "/data"}],
         "cmd": ["sh", "-c", script],
     }));
     let id = inst["id"].as_str().expect("id").to_string();
@@ -153,26 +166,54 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
     }
     assert!(back["hold_until"].is_null(), "{back}");
 
+    // A volume hot-plugged into the throttled VM.
+    let r = d.api(
+        "POST",
+        &format!("/instances/{id}/volumes/{}", vols[1]),
+        Some(&json!({"mount_path": "/hot"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+
     // 16 MiB written and synced at 2 MiB/s: about 8 s (at least 5 s with
-    // QEMU's burst allowance); unthrottled, about a second here.
+    // QEMU's burst allowance), to the VM's own disk and both volumes at
+    // once (the limit is per disk); unthrottled, about a second here.
     let out = d.lodge(&[
         "exec",
         &id,
         "sh",
         "-c",
-        "s=$(date +%s); dd if=/dev/zero of=/ddtest bs=1M count=16 conv=fsync 2>/dev/null; echo $(( $(date +%s) - s ))",
+        "for f in /ddtest /data/x /hot/x; do \
+           (s=$(date +%s); dd if=/dev/zero of=$f bs=1M count=16 conv=fsync 2>/dev/null; \
+            echo $f $(( $(date +%s) - s ))) & \
+         done; wait",
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let secs: u64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("seconds");
-    eprintln!("dd of 16 MiB with fsync at disk_io_bps 2MB/s: {secs} s");
-    assert!(secs >= 5, "the disk limit did not hold: {secs} s");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let (file, secs) = line.split_once(' ').expect("file seconds");
+        let secs: u64 = secs.trim().parse().expect("seconds");
+        eprintln!("dd of 16 MiB with fsync to {file} at disk_io_bps 2MB/s: {secs} s");
+        assert!(secs >= 5, "the disk limit did not hold on {file}: {stdout}");
+        assert!(secs <= 30, "the disks share one limit? {stdout}");
+        seen.push(file.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["/data/x", "/ddtest", "/hot/x"], "{stdout}");
+    // Unplugged, the throttled node goes with its file: the same volume
+    // plugs in again (a node left behind would hold the name, and the
+    // file's write lock).
+    let hot = format!("/instances/{id}/volumes/{}", vols[1]);
+    for _ in 0..2 {
+        let r = d.api("DELETE", &hot, None);
+        assert!(r.status / 100 == 2, "{}", r.text);
+        let r = d.api("POST", &hot, Some(&json!({"mount_path": "/hot"})));
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
 
     // Bad input is refused.
     let r = d.api(

@@ -47,8 +47,8 @@ pub struct CreateRequest {
     /// hypeman's `volumes`: attached at create, mounted before the
     /// workload starts.
     pub volumes: Vec<VolumeRequest>,
-    /// hypeman's `disk_io_bps`: bytes per second each of the VM's own
-    /// disks may move (read and write together).
+    /// hypeman's `disk_io_bps`: bytes per second each of the VM's disks
+    /// (its own and its volumes') may move, reads and writes together.
     pub disk_io_bps: Option<u64>,
 }
 

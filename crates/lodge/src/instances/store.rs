@@ -90,7 +90,7 @@ pub struct Metadata {
     /// restored into the same devices).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balloon: bool,
-    /// hypeman's `disk_io_bps`: the limit of each of the VM's own disks.
+    /// hypeman's `disk_io_bps`: the limit of each of the VM's disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_io_bps: Option<u64>,
 }

@@ -65,7 +65,7 @@ pub struct Instance {
     /// a daemon from before volumes.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
-    /// hypeman's `disk_io_bps` (`100MB/s`): each of the VM's own disks'
+    /// hypeman's `disk_io_bps` (`100MB/s`): each of the VM's disks'
     /// limit; absent when unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_io_bps: Option<String>,
