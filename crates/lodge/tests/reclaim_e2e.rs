@@ -8,7 +8,7 @@
 //! The same VM is created with hypeman's `disk_io_bps` and a volume, and
 //! gets a second volume hot-plugged: a `dd` with `fsync` to each of its
 //! own disk and the two volumes, at once, takes as long as the per-disk
-//! limit says.
+//! limit says. A standby and restore of that VM bring all of it back.
 
 mod common;
 
@@ -214,6 +214,21 @@ fn reclaim_inflates_the_balloon_and_the_host_gets_memory_back() {
         let r = d.api("POST", &hot, Some(&json!({"mount_path": "/hot"})));
         assert_eq!(r.status, 200, "{}", r.text);
     }
+
+    // Standby and restore bring back the same devices (balloon, throttle
+    // groups and throttled nodes): the guest goes on, its volume is there.
+    for verb in ["standby", "restore"] {
+        let r = d.api("POST", &format!("/instances/{id}/{verb}"), None);
+        assert_eq!(r.status, 200, "{verb}: {}", r.text);
+    }
+    let out = d.lodge(&["exec", &id, "sh", "-c", "wc -c < /hot/x; cat /proc/uptime"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stdout.lines().next(), Some("16777216"), "{stdout}");
 
     // Bad input is refused.
     let r = d.api(
