@@ -15,7 +15,8 @@
 //!
 //! Records live in `<images>/pushes/<id>.json` (written by rename); a job
 //! a previous daemon left running is marked failed on open. The list is
-//! kept whole in memory: pushes are few and small.
+//! kept whole in memory: pushes are few and small, and only the latest
+//! [`KEEP_FINISHED`] finished ones are kept.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -39,6 +40,9 @@ use crate::registry::{classify, Credentials, RegistryOptions, Remote, MAX_MANIFE
 
 /// Pushes sent at once; later ones wait, `queued`.
 pub const PARALLEL_PUSHES: usize = 2;
+
+/// Finished pushes kept (the oldest beyond this are forgotten).
+pub const KEEP_FINISHED: usize = 200;
 
 /// Bytes read from a cached blob per upload chunk.
 const CHUNK: usize = 4 << 20;
@@ -196,7 +200,31 @@ impl Pushes {
             r.completed_at = Some(now());
             pushes.save(&r)?;
         }
+        pushes.prune();
         Ok(Arc::new(pushes))
+    }
+
+    /// Forgets the oldest finished pushes beyond [`KEEP_FINISHED`].
+    fn prune(&self) {
+        let mut inner = self.lock();
+        let mut done: Vec<(String, String)> = inner
+            .records
+            .values()
+            .filter(|r| r.status.is_final())
+            .map(|r| (r.created_at.clone(), r.id.clone()))
+            .collect();
+        if done.len() <= KEEP_FINISHED {
+            return;
+        }
+        done.sort();
+        let excess = done.len() - KEEP_FINISHED;
+        for (_, id) in done.into_iter().take(excess) {
+            inner.records.remove(&id);
+            let path = self.dir.join(format!("{id}.json"));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -382,6 +410,7 @@ impl Pushes {
         if let Err(e) = self.save(rec) {
             tracing::error!("push {}: {e}", rec.id);
         }
+        self.prune();
     }
 
     /// The upload: config and layers (skipping those the registry has),
@@ -567,6 +596,29 @@ mod tests {
             again.get("nope").expect_err("missing").kind,
             ErrorKind::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_finished_pushes_are_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pushes = tmp.path().join("pushes");
+        std::fs::create_dir_all(&pushes).expect("mkdir");
+        let n = KEEP_FINISHED + 5;
+        for i in 0..n {
+            let r = record(
+                &format!("p{i:04}"),
+                &format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60),
+                PushStatus::Pushed,
+            );
+            let text = serde_json::to_vec(&r).expect("json");
+            std::fs::write(pushes.join(format!("{}.json", r.id)), text).expect("write");
+        }
+        let p = open(tmp.path());
+        let list = p.list();
+        assert_eq!(list.len(), KEEP_FINISHED);
+        assert_eq!(list[0].0.id, format!("p{:04}", n - 1), "newest kept");
+        assert!(p.get("p0004").is_err() && p.get("p0005").is_ok());
+        assert!(!pushes.join("p0000.json").exists());
     }
 
     #[tokio::test]
