@@ -34,12 +34,14 @@ mkdir -p "$cache"
 
 # Modules the guest loads, by name; their dependencies are added from
 # modules.dep, built-in ones are skipped. button+evdev let the guest see the
-# ACPI power button (graceful stop).
+# ACPI power button (graceful stop); virtio_balloon lets the host take back
+# memory the guest does not need (memory reclaim, free page reporting).
 modules=(
     virtio_pci virtio_blk virtio_console virtio_net
     ext4 overlay erofs
     vsock vmw_vsock_virtio_transport
     button evdev
+    virtio_balloon
 )
 
 say() { echo "build-guest: $*"; }

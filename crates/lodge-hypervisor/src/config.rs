@@ -109,6 +109,18 @@ pub struct VmConfig {
     /// configs from before hot-plug.
     #[serde(default)]
     pub hotplug_slots: u32,
+    /// A memory balloon (QEMU: virtio-balloon with free page reporting and
+    /// deflate-on-OOM), placed after every other device so it shifts no
+    /// device's address. Off in configs from before it: a saved state is
+    /// only restored into the devices it was saved with.
+    #[serde(default)]
+    pub balloon: bool,
+    /// Bytes per second each disk may move, reads and writes together
+    /// (QEMU block throttling: `-drive` throttling for the VM's own disks,
+    /// a throttle group per hot-plug slot for the others, hot-plugged
+    /// ones included); `None` is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bps: Option<u64>,
 }
 
 /// One virtio network interface backed by a host TAP device that already
@@ -323,6 +335,8 @@ impl VmConfig {
             nics: Vec::new(),
             memory_file: None,
             hotplug_slots: 0,
+            balloon: false,
+            disk_bps: None,
         }
     }
 

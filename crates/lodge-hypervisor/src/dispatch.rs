@@ -30,6 +30,21 @@ impl Backend {
     pub fn for_kind(kind: HypervisorKind) -> Result<Self, BackendError> {
         Backends::default().get(kind)
     }
+
+    /// Asks a VM with a balloon ([`VmConfig::balloon`]) to shrink or grow
+    /// to `target_bytes` of guest memory; returns once asked.
+    pub async fn set_balloon(&self, cfg: &VmConfig, target_bytes: u64) -> Result<(), BackendError> {
+        match self {
+            Backend::Qemu(b) => b.set_balloon(cfg, target_bytes).await,
+        }
+    }
+
+    /// The guest memory a VM with a balloon has now, in bytes.
+    pub async fn balloon_actual(&self, cfg: &VmConfig) -> Result<u64, BackendError> {
+        match self {
+            Backend::Qemu(b) => b.balloon_actual(cfg).await,
+        }
+    }
 }
 
 /// The configured backends of one daemon, by kind.

@@ -20,6 +20,7 @@ pub mod error;
 pub mod manager;
 pub mod oci;
 pub mod platform;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod runconfig;

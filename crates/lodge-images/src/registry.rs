@@ -296,6 +296,11 @@ impl Remote {
         &self.reference
     }
 
+    /// The client and credentials, for the push module's uploads.
+    pub(crate) fn parts(&self) -> (&Client, &RegistryAuth) {
+        (&self.client, &self.auth)
+    }
+
     /// Fetches a manifest (by the reference's tag or digest, or by `digest`)
     /// and checks it against the digest it was asked by.
     pub async fn manifest(&self, digest: Option<&Digest>) -> Result<(Vec<u8>, Digest)> {
@@ -372,7 +377,7 @@ impl Remote {
 }
 
 /// Turns a client error into lodge's classes, with a readable message.
-fn classify(e: OciDistributionError, target: &Reference) -> Error {
+pub(crate) fn classify(e: OciDistributionError, target: &Reference) -> Error {
     use OciDistributionError as E;
     let registry = target.registry();
     match e {
@@ -432,6 +437,12 @@ fn classify(e: OciDistributionError, target: &Reference) -> Error {
                 message.chars().take(200).collect::<String>()
             ),
         ),
+        E::RequestError(re) if matches!(re.status().map(|s| s.as_u16()), Some(401) | Some(403)) => {
+            Error::new(
+                ErrorKind::Unauthorized,
+                format!("{registry} requires credentials for {target} (or refused the ones given)"),
+            )
+        }
         E::RequestError(re) => {
             let mut msg = re.to_string();
             let mut src = std::error::Error::source(&re);

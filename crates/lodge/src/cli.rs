@@ -65,6 +65,8 @@ pub enum Command {
     Cp(CpArgs),
     /// Pull an image from a registry, or import oci-archive:PATH / docker-archive:PATH
     Pull(PullArgs),
+    /// Push a local image to a registry (IMAGE TARGET)
+    Push(PushArgs),
     /// List images
     Images(ImagesArgs),
     /// Delete images
@@ -135,6 +137,20 @@ pub struct PullArgs {
     pub quiet: bool,
     /// Image reference (alpine, 127.0.0.1:5000/app:v1, name@sha256:…), oci-archive:PATH[:REF] or docker-archive:PATH[:REF]
     pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Speak plain HTTP to the target's registry (loopback ones always are)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print only TARGET@DIGEST
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The local image (name or digest form)
+    pub image: String,
+    /// The remote reference to push to (host[:port]/repo[:tag])
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

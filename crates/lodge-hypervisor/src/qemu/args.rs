@@ -224,6 +224,9 @@ pub fn build_argv(
         if disk.read_only {
             drive = drive.kv("readonly", "on");
         }
+        if let Some(bps) = cfg.disk_bps {
+            drive = drive.kv("throttling.bps-total", bps.to_string());
+        }
         let mut device = OptBuf::new("virtio-blk-pci").kv("drive", &id);
         if let Some(serial) = &disk.serial {
             device = device.kv("serial", serial);
@@ -289,6 +292,12 @@ pub fn build_argv(
     }
     // Hot-plug slots, then the disks that sit in them from boot (after
     // every other device, so they never shift another device's address).
+    // Each slot's throttle group (objects take no device address).
+    if let Some(bps) = cfg.disk_bps {
+        for slot in 0..cfg.hotplug_slots {
+            push(&[&"-object", &super::throttle::group_object(slot, bps)]);
+        }
+    }
     if opts.machine == MachineType::Q35 {
         for slot in 0..cfg.hotplug_slots {
             push(&[
@@ -316,17 +325,29 @@ pub fn build_argv(
         if let Some(serial) = &disk.serial {
             device = device.kv("serial", serial);
         }
-        push(&[
-            &"-blockdev",
-            &OptBuf::new("driver=raw")
+        let node = match cfg.disk_bps {
+            None => OptBuf::new("driver=raw")
                 .kv("node-name", slot_node(slot))
                 .kv("read-only", ro)
                 .kv("file.driver", "file")
-                .kv("file.filename", &disk.path)
-                .done(),
-            &"-device",
-            &device.done(),
-        ]);
+                .kv("file.filename", &disk.path),
+            // A throttle filter over the raw node (see `throttle`).
+            Some(_) => OptBuf::new("driver=throttle")
+                .kv("node-name", slot_node(slot))
+                .kv("throttle-group", super::throttle::group(slot))
+                .kv("read-only", ro)
+                .kv("file.driver", "raw")
+                .kv("file.read-only", ro)
+                .kv("file.file.driver", "file")
+                .kv("file.file.filename", &disk.path)
+                .kv("file.file.read-only", ro),
+        };
+        push(&[&"-blockdev", &node.done(), &"-device", &device.done()]);
+    }
+
+    // The balloon last of the devices: adding it moves no other address.
+    if cfg.balloon {
+        push(&[&"-device", &super::balloon::DEVICE]);
     }
 
     push(&[
@@ -420,6 +441,62 @@ mod tests {
                 "chardev=qmp,mode=control",
             ]
         );
+    }
+
+    /// A disk limit: `-drive` throttling for the VM's own disks, and a
+    /// throttle group per slot with the slot disks' nodes as filters over
+    /// their raw images (the node the device names keeps its name).
+    #[test]
+    fn disk_limits_reach_every_disk() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/d/qmp.sock", "/d/s.log");
+        cfg.disks = vec![
+            DiskConfig::raw("/d/root.ext4", true),
+            DiskConfig::raw("/d/vol.raw", false).with_slot(1),
+        ];
+        cfg.hotplug_slots = 2;
+        cfg.disk_bps = Some(2 << 20);
+        let argv = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let s = argv_strings(&argv);
+        assert!(
+            s.contains(&"file=/d/root.ext4,if=none,id=disk0,format=raw,readonly=on,throttling.bps-total=2097152"),
+            "{s:?}"
+        );
+        for slot in 0..2 {
+            assert!(
+                s.contains(
+                    &format!("throttle-group,id=throttle-slot{slot},x-bps-total=2097152").as_str()
+                ),
+                "{s:?}"
+            );
+        }
+        assert!(
+            s.contains(&"driver=throttle,node-name=lodge-slot1,throttle-group=throttle-slot1,read-only=off,file.driver=raw,file.read-only=off,file.file.driver=file,file.file.filename=/d/vol.raw,file.file.read-only=off"),
+            "{s:?}"
+        );
+    }
+
+    /// The balloon comes after every other device (adding it moves no
+    /// other device's address), just before the control socket.
+    #[test]
+    fn balloon_is_the_last_device() {
+        let mut cfg = VmConfig::new("id1", "vm1", "/k", "/i", "/d/qmp.sock", "/d/s.log");
+        let without = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        assert!(!argv_strings(&without).iter().any(|a| a.contains("balloon")));
+        cfg.balloon = true;
+        cfg.hotplug_slots = 2;
+        let argv = build_argv(OsStr::new("qemu"), &tcg(), &cfg).expect("valid");
+        let s = argv_strings(&argv);
+        let at = s
+            .iter()
+            .position(|a| a.starts_with("virtio-balloon-pci"))
+            .expect("balloon");
+        assert_eq!(s[at - 1], "-device");
+        assert!(s[at].contains("free-page-reporting=on") && s[at].contains("deflate-on-oom=on"));
+        assert!(
+            !s[at + 1..].contains(&"-device"),
+            "a device after the balloon: {s:?}"
+        );
+        assert_eq!(s.len(), without.len() + 2 + 2 * 2, "{s:?}");
     }
 
     /// Guest RAM in a shared file: a memory backend object the machine

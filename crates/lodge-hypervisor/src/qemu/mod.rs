@@ -10,9 +10,11 @@
 //! the cost of a fresh session is a few milliseconds.
 
 pub mod args;
+pub mod balloon;
 pub mod options;
 pub mod qmp;
 pub mod snapshot;
+pub mod throttle;
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -213,9 +215,17 @@ impl Hypervisor for QemuBackend {
         };
         let mut qmp = self.connect(cfg).await?;
         let node = args::slot_node(slot);
-        qmp.blockdev_add_raw(&node, &disk.path, disk.read_only)
-            .await
-            .map_err(|e| qmp_err(cfg, e))?;
+        match cfg.disk_bps {
+            None => {
+                qmp.blockdev_add_raw(&node, &disk.path, disk.read_only)
+                    .await
+            }
+            Some(_) => match throttle::blockdev_args(&node, &disk.path, disk.read_only, slot) {
+                Ok(a) => qmp.execute_raw("blockdev-add", Some(a)).await.map(drop),
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| qmp_err(cfg, e))?;
         let (bus, addr) = args::slot_bus(self.options.machine, slot);
         let mut dev = serde_json::json!({
             "driver": "virtio-blk-pci",

@@ -147,6 +147,35 @@ fn volume_request(m: VolumeMount) -> Result<instances::VolumeRequest, ApiError> 
     })
 }
 
+/// The slowest disk limit taken: below this a guest cannot even boot.
+const MIN_DISK_BPS: u64 = 1 << 20;
+
+/// hypeman's `disk_io_bps` (`"100MB/s"`; `/s` optional), in bytes per second.
+fn disk_io_bps(v: Option<&serde_json::Value>) -> Result<Option<u64>, ApiError> {
+    let text = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.trim(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "disk_io_bps: expected a rate such as \"100MB/s\", got {other}"
+            )))
+        }
+    };
+    let size = text
+        .strip_suffix("/s")
+        .or_else(|| text.strip_suffix("/S"))
+        .unwrap_or(text)
+        .trim();
+    let bps = parse_size(size)
+        .map_err(|e| ApiError::invalid_size(format!("disk_io_bps {text:?}: {e}")))?;
+    if bps < MIN_DISK_BPS {
+        return Err(ApiError::bad_request(format!(
+            "disk_io_bps {text:?}: at least 1MB/s"
+        )));
+    }
+    Ok(Some(bps))
+}
+
 /// hypeman create fields whose effect lodge does not provide yet.
 const UNSUPPORTED: &[&str] = &[
     "devices",
@@ -154,7 +183,6 @@ const UNSUPPORTED: &[&str] = &[
     "credentials",
     "snapshot_policy",
     "hotplug_size",
-    "disk_io_bps",
 ];
 
 impl CreateInstance {
@@ -166,6 +194,11 @@ impl CreateInstance {
             .iter()
             .find(|k| self.other.get(**k).is_some_and(|v| !v.is_null()))
         {
+            if *key == "hotplug_size" {
+                return Err(ApiError::bad_request(
+                    "`hotplug_size` is not supported: QEMU can hot-plug memory here, but no hypeman call grows a running instance's memory, so the reserve would stay unused; create the instance with the `size` it needs",
+                ));
+            }
             return Err(ApiError::bad_request(format!(
                 "`{key}` is not supported yet"
             )));
@@ -216,6 +249,7 @@ impl CreateInstance {
         let restart_policy = restart_policy(self.other.get("restart_policy"))?.flatten();
         let health_check = health_check(self.other.get("health_check"))?.flatten();
         let auto_standby = super::auto_standby::policy(self.other.get("auto_standby"))?.flatten();
+        let disk_io_bps = disk_io_bps(self.other.get("disk_io_bps"))?;
         let volumes = self
             .volumes
             .unwrap_or_default()
@@ -223,6 +257,7 @@ impl CreateInstance {
             .map(volume_request)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CreateRequest {
+            disk_io_bps,
             volumes,
             auto_standby,
             network,

@@ -20,6 +20,7 @@ mod images;
 pub mod instances;
 pub mod logs;
 mod policies;
+pub mod pushes;
 mod resources;
 mod schedule;
 pub mod server;
@@ -63,6 +64,7 @@ pub use state::{AppState, MAX_BODY};
         instances::stats,
         instances::update,
         resources::resources,
+        resources::reclaim_memory,
         standby::wait,
         standby::standby,
         standby::restore,
@@ -88,6 +90,9 @@ pub use state::{AppState, MAX_BODY};
         images::delete,
         images::load,
         images::tag,
+        pushes::create,
+        pushes::list,
+        pushes::get_one,
         volumes::create,
         volumes::from_archive,
         volumes::list,
@@ -104,6 +109,9 @@ pub use state::{AppState, MAX_BODY};
         crate::instances::ResourceStatus,
         crate::instances::ResourceAllocation,
         crate::instances::DiskBreakdown,
+        resources::ReclaimMemory,
+        crate::instances::reclaim::MemoryReclaimAction,
+        crate::instances::reclaim::MemoryReclaimResponse,
         instances::CreateNetwork,
         capabilities::Capabilities,
         crate::instances::state::State,
@@ -139,6 +147,8 @@ pub use state::{AppState, MAX_BODY};
         types::ImagePull,
         types::CreateImage,
         types::RegistryCredentials,
+        pushes::Push,
+        pushes::CreatePush,
         volumes::Volume,
         volumes::VolumeAttachment,
         volumes::CreateVolume,
@@ -153,6 +163,7 @@ pub fn router(state: AppState) -> Router {
     let mut protected = Router::new()
         .route("/capabilities", get(capabilities::capabilities))
         .route("/resources", get(resources::resources))
+        .route("/resources/memory/reclaim", post(resources::reclaim_memory))
         .route("/instances", post(instances::create).get(instances::list))
         .route(
             "/instances/{id}",
@@ -202,6 +213,8 @@ pub fn router(state: AppState) -> Router {
             get(images::get_one).delete(images::delete),
         )
         .route("/images/{name}/tag", post(images::tag))
+        .route("/pushes", post(pushes::create).get(pushes::list))
+        .route("/pushes/{id}", get(pushes::get_one))
         .route("/volumes", post(volumes::create).get(volumes::list))
         .route(
             "/volumes/{id}",

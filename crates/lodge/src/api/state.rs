@@ -24,6 +24,7 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     pub auth: Arc<Auth>,
     pub images: Arc<lodge_images::Images>,
+    pub pushes: Arc<lodge_images::push::Pushes>,
     pub volumes: Arc<lodge_volumes::Volumes>,
     /// Whether the benchmark-only routes are served (see `Config`).
     pub bench_endpoints: bool,

@@ -26,7 +26,7 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     ("POST", "/ingresses", "ingresses"),
     ("GET", "/ingresses/{id}", "ingresses"),
     ("DELETE", "/ingresses/{id}", "ingresses"),
-    // Image builds and pushes.
+    // Image builds.
     ("GET", "/builds", "image builds"),
     ("POST", "/builds", "image builds"),
     ("GET", "/builds/{id}", "image builds"),
@@ -37,16 +37,12 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     ("GET", "/builders/{id}", "image builders"),
     ("DELETE", "/builders/{id}", "image builders"),
     ("POST", "/builders/{id}/prune", "image builders"),
-    ("GET", "/pushes", "image pushes"),
-    ("POST", "/pushes", "image pushes"),
-    ("GET", "/pushes/{id}", "image pushes"),
-    // Host devices and memory.
+    // Host devices.
     ("GET", "/devices", "device passthrough"),
     ("POST", "/devices", "device passthrough"),
     ("GET", "/devices/available", "device passthrough"),
     ("GET", "/devices/{id}", "device passthrough"),
     ("DELETE", "/devices/{id}", "device passthrough"),
-    ("POST", "/resources/memory/reclaim", "memory reclaim"),
 ];
 
 /// Whether `path` fits `pattern` segment by segment (`{…}` is any one
@@ -162,8 +158,8 @@ mod tests {
         assert_eq!(lookup(&Method::GET, "/builders/x/prune"), None);
         assert_eq!(lookup(&Method::GET, "/no/such/thing"), None);
         assert_eq!(
-            lookup(&Method::POST, "/resources/memory/reclaim"),
-            Some("memory reclaim")
+            lookup(&Method::GET, "/devices/available"),
+            Some("device passthrough")
         );
     }
 

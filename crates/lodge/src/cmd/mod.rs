@@ -9,6 +9,7 @@ mod images;
 mod instance_verbs;
 mod logs_dir;
 mod logs_escape;
+mod push;
 mod rt;
 mod run;
 mod serve;
@@ -72,6 +73,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Exec(args) => exec::run(args),
         Command::Cp(args) => cp::run(args),
         Command::Pull(args) => images::pull(args),
+        Command::Push(args) => push::run(args),
         Command::Images(args) => images::images(args),
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),

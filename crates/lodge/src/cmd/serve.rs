@@ -39,6 +39,12 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     let auth = Arc::new(Auth::load(&cfg.data_dir)?);
     let accel = crate::accel::decide(&cfg).await?;
     let images = crate::api::open_images(&cfg)?;
+    let pushes = lodge_images::push::Pushes::open(
+        &cfg.paths().images().dir,
+        images.clone(),
+        lodge_images::registry::RegistryOptions::from_env(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let volumes = crate::api::volumes::open(&cfg)?;
     let net = match &cfg.network {
         Some(net_cfg) => {
@@ -104,6 +110,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     let app = api::router(AppState {
         manager,
         auth,
+        pushes,
         images,
         volumes,
         bench_endpoints: cfg.bench_endpoints,

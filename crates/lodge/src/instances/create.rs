@@ -252,6 +252,8 @@ fn prepare(
         volumes,
         auto_standby: spec.auto_standby.clone(),
         auto_standby_runtime: Default::default(),
+        balloon: true,
+        disk_io_bps: spec.disk_io_bps,
     };
     disks::raw_image(&dir.config_disk(), &guest_config(&meta, net)?.encode())?;
     store::save(dir, &meta).map_err(io("writing instance record"))?;

@@ -46,6 +46,7 @@
 //! - `schedule`: snapshot schedules and the daemon task that runs them;
 //! - `compress`: compressing a standby's memory in the background;
 //! - `wait`: waiting for an instance to reach a state;
+//! - `reclaim`: memory reclaim through the VMs' balloons, and its hold;
 //! - `error`: every error of this module; `state`, `store`, `naming`,
 //!   `view`, `oplog`: the state machine, records, identity, API view and
 //!   lodge's own per-instance log.
@@ -69,6 +70,7 @@ mod observe;
 mod oplog;
 pub mod policies;
 pub mod policy;
+pub mod reclaim;
 mod resources;
 pub mod schedule;
 mod snapshot_store;

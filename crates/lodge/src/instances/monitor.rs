@@ -154,6 +154,8 @@ impl Launcher {
             }),
             nics,
             hotplug_slots: HOTPLUG_SLOTS,
+            balloon: meta.balloon,
+            disk_bps: meta.disk_io_bps,
             memory_file: meta
                 .standby
                 .ram_file

@@ -49,6 +49,9 @@ pub struct CreateRequest {
     pub volumes: Vec<VolumeRequest>,
     /// hypeman's `auto_standby`, normalised by the API.
     pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
+    /// hypeman's `disk_io_bps`: bytes per second each of the VM's disks
+    /// (its own and its volumes') may move, reads and writes together.
+    pub disk_io_bps: Option<u64>,
 }
 
 /// Most volumes one instance may have attached (an overlay attachment
@@ -125,6 +128,7 @@ pub struct CreateSpec {
     pub health_check: Option<super::health::HealthCheck>,
     pub volumes: Vec<VolumeRequest>,
     pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
+    pub disk_io_bps: Option<u64>,
 }
 
 /// Which rule of a create spec was broken.
@@ -223,6 +227,7 @@ impl CreateSpec {
             health_check: req.health_check,
             volumes: req.volumes,
             auto_standby: req.auto_standby,
+            disk_io_bps: req.disk_io_bps,
         })
     }
 
@@ -376,6 +381,7 @@ mod tests {
             health_check: None,
             volumes: Vec::new(),
             auto_standby: None,
+            disk_io_bps: None,
         }
     }
 

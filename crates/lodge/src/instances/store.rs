@@ -94,6 +94,14 @@ pub struct Metadata {
         skip_serializing_if = "super::auto_standby::AutoStandbyRuntime::is_empty"
     )]
     pub auto_standby_runtime: super::auto_standby::AutoStandbyRuntime,
+    /// The VM has a memory balloon (`reclaim`); records from before it
+    /// have none and keep booting without (a standby snapshot must be
+    /// restored into the same devices).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balloon: bool,
+    /// hypeman's `disk_io_bps`: the limit of each of the VM's disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io_bps: Option<u64>,
 }
 
 /// What an instance's record says about standby (see `standby`).
@@ -396,6 +404,8 @@ mod tests {
             restart_status: None,
             health_check: None,
             standby: StandbyState::default(),
+            balloon: true,
+            disk_io_bps: Some(100 << 20),
             volumes: vec![VolumeAttachment {
                 volume_id: "vol-1".into(),
                 mount_path: "/data".into(),

@@ -68,6 +68,10 @@ pub struct Instance {
     /// hypeman's `AutoStandbyPolicy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_standby: Option<super::auto_standby::AutoStandbyPolicy>,
+    /// hypeman's `disk_io_bps` (`100MB/s`): each of the VM's disks'
+    /// limit; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_io_bps: Option<String>,
 }
 
 /// hypeman's `RestartPolicy` as the API shows it.
@@ -191,6 +195,7 @@ impl Instance {
             health_status: None,
             volumes: meta.volumes.iter().map(VolumeMount::of).collect(),
             auto_standby: meta.auto_standby.clone(),
+            disk_io_bps: meta.disk_io_bps.map(|b| format!("{}/s", human_size(b))),
         }
     }
 }
