@@ -18,6 +18,7 @@ mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
+mod metrics;
 mod policies;
 mod resources;
 mod schedule;
@@ -76,6 +77,7 @@ pub use state::{AppState, MAX_BODY};
         schedule::put,
         schedule::delete,
         logs::logs,
+        metrics::metrics,
         exec::exec,
         exec::stat,
         cp::cp,
@@ -195,13 +197,19 @@ pub fn router(state: AppState) -> Router {
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
         );
+    if !crate::metrics::public() {
+        protected = protected.route("/metrics", get(metrics::metrics));
+    }
     if state.bench_endpoints {
         protected = protected.route("/instances/{id}/agent/throughput", get(cp::throughput));
     }
     let protected =
         protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/health", get(health))
+    let mut open = Router::new();
+    if crate::metrics::public() {
+        open = open.route("/metrics", get(metrics::metrics));
+    }
+    open.route("/health", get(health))
         .route("/spec.json", get(spec))
         .route("/spec.yaml", get(spec_yaml))
         .merge(protected)
@@ -215,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         // Again for the upload route (the call only reaches the routes
         // present, and before the `layer`s above).
         .method_not_allowed_fallback(unimplemented::wrong_method)
+        .layer(middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }
 

@@ -156,13 +156,30 @@ fn pull_status(img: &Image) -> (&str, Option<&str>) {
 pub fn pull(args: PullArgs) -> Result<u8> {
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
+        let name =
+            pull_with_progress(&client, &args.image, args.platform.as_deref(), args.quiet).await?;
+        println!("{name}");
+        Ok(0)
+    })
+}
+
+/// Pulls `image` (or imports an archive) with a progress bar on stderr
+/// (hidden when `quiet` or when stderr is not a terminal) and returns the
+/// image's name once it is ready; `pull` and `run`'s implicit pull.
+pub(super) async fn pull_with_progress(
+    client: &Client,
+    image: &str,
+    platform: Option<&str>,
+    quiet: bool,
+) -> Result<String> {
+    {
         let started = Instant::now();
-        let mut img: Image = match archive_arg(&args.image) {
-            Some(arg) => upload(&client, &arg, args.platform.as_deref(), args.quiet).await?,
+        let mut img: Image = match archive_arg(image) {
+            Some(arg) => upload(client, &arg, platform, quiet).await?,
             None => {
                 let body = CreateImage {
-                    name: args.image.clone(),
-                    platform: args.platform.clone(),
+                    name: image.to_string(),
+                    platform: platform.map(str::to_string),
                     ..CreateImage::default()
                 };
                 client.call_with(Method::POST, "/images", &body).await?
@@ -178,7 +195,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        if args.quiet {
+        if quiet {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let mut delay = Duration::from_millis(10);
@@ -214,7 +231,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
             img = client.call(Method::GET, &path).await?;
         }
         bar.finish_and_clear();
-        if !args.quiet {
+        if !quiet {
             eprintln!(
                 "pulled {name} {} ({}) in {:.2}s",
                 img.digest,
@@ -222,9 +239,25 @@ pub fn pull(args: PullArgs) -> Result<u8> {
                 started.elapsed().as_secs_f64()
             );
         }
-        println!("{name}");
-        Ok(0)
-    })
+        Ok(name)
+    }
+}
+
+/// `run`'s implicit pull: an image the daemon does not have ready is
+/// pulled first with the same progress bar as `lodge pull` (the create
+/// call would pull it too, silently); one that is ready is left alone, so
+/// `run` of a loaded or cached image never asks a registry.
+pub(super) async fn pull_if_missing(client: &Client, image: &str) -> Result<()> {
+    if archive_arg(image).is_some() {
+        return Ok(());
+    }
+    let path = format!("/images/{}", encode(image));
+    match client.call::<Image>(Method::GET, &path).await {
+        Ok(img) if img.status == "ready" => Ok(()),
+        _ => pull_with_progress(client, image, None, false)
+            .await
+            .map(|_| ()),
+    }
 }
 
 /// Query pairs for the API (`tags[K]=V`) and label keys checked here.
@@ -248,6 +281,7 @@ fn image_filter(filters: &[String]) -> Result<LabelFilter> {
 
 pub fn images(args: ImagesArgs) -> Result<u8> {
     let (query, keys) = image_filter(&args.filters)?;
+    let format = super::format::Format::parse(args.format.as_deref())?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let mut list: Vec<Image> = client.get_with("/images", &query).await?;
@@ -259,6 +293,9 @@ pub fn images(args: ImagesArgs) -> Result<u8> {
             for i in &list {
                 println!("{}", i.name);
             }
+            return Ok(0);
+        }
+        if super::format::print_list(&format, &list)? {
             return Ok(0);
         }
         let rows: Vec<[String; 5]> = list

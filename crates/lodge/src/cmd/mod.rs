@@ -1,9 +1,11 @@
 //! One file per verb (or group of small verbs): turns parsed arguments into
 //! calls and an exit code.
 
+mod completion;
 mod cp;
 mod exec;
 mod fork;
+mod format;
 mod images;
 mod instance_verbs;
 mod logs_dir;
@@ -47,7 +49,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             (None, Some(instance)) => instance_verbs::logs(instance, &args),
             (None, None) => anyhow::bail!("give an INSTANCE or --dir DIR"),
         },
-        Command::Serve => serve::run(),
+        Command::Serve(args) => serve::run(args),
         Command::Token(args) => {
             let auth = crate::auth::Auth::load(&crate::config::data_dir_from_env())?;
             println!("{}", auth.mint("lodge", args.ttl)?);
@@ -75,5 +77,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
         Command::Volume(args) => volume::run(args),
+        Command::Completion(args) => completion::completion(args),
+        Command::Man(args) => completion::man(args),
     }
 }
