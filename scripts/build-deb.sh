@@ -18,7 +18,8 @@
 #
 # Environment: LODGE_BIN and LODGE_INIT use prebuilt binaries instead of
 # building them (the test suite passes its own; a package for users should
-# carry the static release build, the default).
+# carry the static release build, the default); LODGE_DEB_COMPRESSION is
+# dpkg-deb's -Z (default xz; the tests use none for their debug binary).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$repo/target/deb}
@@ -85,7 +86,6 @@ Depends: qemu-system-x86, e2fsprogs, kmod, cpio, binutils, xz-utils, zstd
 Recommends: busybox-static, erofs-utils, nftables, iproute2
 Section: admin
 Priority: optional
-Homepage: https://localhost/lodge
 Description: run OCI container images as virtual machines
  lodge pulls OCI images and boots them as VMs under QEMU, behind a
  hypeman-compatible REST API (lodge serve, a systemd service) and a
@@ -94,5 +94,5 @@ Description: run OCI container images as virtual machines
 CONTROL
 
 deb="$out/lodge_${version}_$arch.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group "-Z${LODGE_DEB_COMPRESSION:-xz}" --build "$root" "$deb" >/dev/null
 echo "$deb"

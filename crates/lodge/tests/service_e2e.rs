@@ -1,9 +1,13 @@
 //! lodge run as a service: `/metrics` after a real boot, the systemd
 //! readiness notification, and a restart the way systemd does it with
 //! `KillMode=process` (SIGTERM to the daemon alone, then a new daemon)
-//! keeping the VM running and its console log complete. One VM serves
-//! every assertion. (`vm_e2e` covers `kill -9`; this is the graceful
-//! signal plus the notification.)
+//! keeping the VM running and its console log complete; the CLI's
+//! `--format` on the same VM. One VM serves every assertion. (`vm_e2e`
+//! covers `kill -9`; this is the graceful signal plus the notification.)
+//!
+//! Without a VM: the completions parse in each shell present, and the
+//! Debian package (`scripts/build-deb.sh`) holds what it should, its unit
+//! passes `systemd-analyze verify`.
 
 mod common;
 
@@ -12,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{busybox_rootfs, Daemon};
+use common::{busybox_rootfs, Daemon, OutputLimited, LODGE};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -47,6 +51,248 @@ fn log_bytes_on_disk(dir: &Path, base: &str) -> u64 {
         })
         .map(|e| e.metadata().expect("stat").len())
         .sum()
+}
+
+/// `jq -c FILTER` over `input`: jq's output, after checking it parsed.
+fn jq(input: &[u8], filter: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("jq")
+        .args(["-c", filter])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("jq (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to jq");
+    let out = child.wait_with_output().expect("jq");
+    assert!(
+        out.status.success(),
+        "jq could not read {:?}",
+        String::from_utf8_lossy(input)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn completions_parse_in_every_shell_present() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // bash is always there; zsh and fish where installed (install-deps.sh
+    // installs both).
+    for (shell, check) in [
+        ("bash", vec!["-n"]),
+        ("zsh", vec!["-n"]),
+        ("fish", vec!["--no-execute"]),
+    ] {
+        if shell != "bash" && !have(shell) {
+            eprintln!("skipping the {shell} completion: {shell} is not installed");
+            continue;
+        }
+        let out = Command::new(LODGE)
+            .args(["completion", shell])
+            .output_limited()
+            .expect("lodge completion");
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for verb in ["run", "ps", "logs", "completion", "--format"] {
+            assert!(text.contains(verb), "{shell} completion lacks {verb}");
+        }
+        let file = dir.path().join(format!("lodge.{shell}"));
+        std::fs::write(&file, &out.stdout).expect("write");
+        let parsed = Command::new(shell)
+            .args(&check)
+            .arg(&file)
+            .output_limited()
+            .expect("run the shell");
+        assert!(
+            parsed.status.success(),
+            "{shell} {check:?} refused the completion: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    }
+}
+
+/// The static guest init the package carries: `LODGE_INIT`, else the one
+/// scripts/build-guest.sh built (scripts/test.sh runs it first).
+fn lodge_init() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("LODGE_INIT") {
+        return Ok(p.into());
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    let p = target.join("x86_64-unknown-linux-gnu/release/lodge-init");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no static lodge-init at {} (scripts/build-guest.sh builds it; or set LODGE_INIT)",
+            p.display()
+        ))
+    }
+}
+
+#[test]
+fn the_debian_package_holds_the_binary_unit_completions_and_man_pages() {
+    let init = lodge_init();
+    if !common::available("the Debian package", init.as_ref().err().cloned()) {
+        return;
+    }
+    let init = init.expect("checked");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().expect("tempdir");
+    let built = Command::new(repo.join("scripts/build-deb.sh"))
+        .arg(out.path())
+        .env("LODGE_BIN", LODGE)
+        .env("LODGE_INIT", &init)
+        .env("LODGE_DEB_COMPRESSION", "none")
+        .output_limited()
+        .expect("build-deb.sh");
+    assert!(
+        built.status.success(),
+        "build-deb.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    assert!(deb.ends_with("_amd64.deb"), "{deb}");
+
+    let list = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output_limited()
+        .expect("dpkg-deb -c");
+    let list = String::from_utf8_lossy(&list.stdout);
+    for path in [
+        "./usr/bin/lodge",
+        "./usr/lib/lodge/lodge-init",
+        "./usr/lib/lodge/build-guest.sh",
+        "./lib/systemd/system/lodge.service",
+        "./etc/lodge/lodge.env",
+        "./usr/share/bash-completion/completions/lodge",
+        "./usr/share/zsh/vendor-completions/_lodge",
+        "./usr/share/fish/vendor_completions.d/lodge.fish",
+        "./usr/share/man/man1/lodge.1.gz",
+        "./usr/share/man/man1/lodge-run.1.gz",
+        "./usr/share/man/man1/lodge-system-info.1.gz",
+        "./usr/share/doc/lodge/copyright",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!(" {path}"))),
+            "{path} missing from\n{list}"
+        );
+    }
+    assert!(
+        list.contains("-rwxr-xr-x root/root"),
+        "binaries are root's and executable"
+    );
+
+    let info = Command::new("dpkg-deb")
+        .args(["-I", &deb])
+        .output_limited()
+        .expect("dpkg-deb -I");
+    let info = String::from_utf8_lossy(&info.stdout);
+    for want in [
+        "Package: lodge",
+        "Depends: qemu-system-x86",
+        "postinst",
+        "prerm",
+        "postrm",
+        "conffiles",
+    ] {
+        assert!(info.contains(want), "{want} in\n{info}");
+    }
+    let postinst = Command::new("dpkg-deb")
+        .args(["-I", &deb, "postinst"])
+        .output_limited()
+        .expect("dpkg-deb -I postinst");
+    let postinst = String::from_utf8_lossy(&postinst.stdout);
+    assert!(
+        postinst.contains(
+            "LODGE_INIT=/usr/lib/lodge/lodge-init /usr/lib/lodge/build-guest.sh \"$system\""
+        ),
+        "postinst builds the guest with the packaged script:\n{postinst}"
+    );
+    assert!(postinst.contains("system=/var/lib/lodge/system"));
+
+    // The unpacked tree: the binary runs, the scripts parse, and the unit
+    // passes systemd-analyze (with ExecStart pointing into the tree and
+    // the packaged man pages on MANPATH for Documentation=).
+    let root = out.path().join("root");
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output_limited()
+        .expect("dpkg-deb -x");
+    assert!(x.status.success(), "{x:?}");
+    let ctl = out.path().join("control");
+    let e = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(&ctl)
+        .output_limited()
+        .expect("dpkg-deb -e");
+    assert!(e.status.success(), "{e:?}");
+    for script in ["postinst", "prerm", "postrm"] {
+        let n = Command::new("sh")
+            .arg("-n")
+            .arg(ctl.join(script))
+            .output_limited()
+            .expect("sh -n");
+        assert!(n.status.success(), "{script}: {n:?}");
+    }
+    let v = Command::new(root.join("usr/bin/lodge"))
+        .arg("--version")
+        .output_limited()
+        .expect("lodge --version");
+    assert!(
+        String::from_utf8_lossy(&v.stdout).starts_with("lodge "),
+        "{v:?}"
+    );
+    let unit =
+        std::fs::read_to_string(root.join("lib/systemd/system/lodge.service")).expect("unit");
+    for line in [
+        "Type=notify",
+        "KillMode=process",
+        "NotifyAccess=main",
+        "EnvironmentFile=-/etc/lodge/lodge.env",
+        "StandardError=journal",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} in the unit");
+    }
+    if !have("systemd-analyze") {
+        eprintln!("skipping systemd-analyze verify: not installed");
+        return;
+    }
+    let bin = root.join("usr/bin/lodge");
+    let unit_dir = out.path().join("units");
+    std::fs::create_dir_all(&unit_dir).expect("mkdir");
+    let local = unit.replace(
+        "ExecStart=/usr/bin/lodge",
+        &format!("ExecStart={}", bin.display()),
+    );
+    std::fs::write(unit_dir.join("lodge.service"), local).expect("write unit");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit_dir.join("lodge.service"))
+        .env("MANPATH", root.join("usr/share/man"))
+        .output_limited()
+        .expect("systemd-analyze");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
@@ -92,6 +338,35 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
     });
     let st = d.lodge(&["exec", &id, "true"]);
     assert!(st.status.success(), "exec: {st:?}");
+
+    // `--format`: JSON lines that jq reads back, and templates.
+    let ps = d.lodge(&["ps", "--format", "json"]);
+    assert!(ps.status.success(), "ps: {ps:?}");
+    let ids = jq(&ps.stdout, ".id");
+    assert_eq!(
+        ids.trim(),
+        format!("\"{id}\""),
+        "ps --format json through jq"
+    );
+    let ps = d.lodge(&["ps", "--format", "{{.Name}}\\t{{.State}}"]);
+    assert_eq!(String::from_utf8_lossy(&ps.stdout), "svc\tRunning\n");
+    let insp = d.lodge(&["inspect", "--format", "json", "svc"]);
+    assert_eq!(jq(&insp.stdout, ".name").trim(), "\"svc\"");
+    let insp = d.lodge(&["inspect", "-f", "{{.ID}} {{json .Cmd}}", "svc"]);
+    assert_eq!(
+        String::from_utf8_lossy(&insp.stdout),
+        format!(
+            "{id} [\"sh\",\"-c\",{}]\n",
+            serde_json::to_string(&script).expect("json")
+        )
+    );
+    let images = d.lodge(&["images", "--format", "json"]);
+    assert!(images.status.success(), "images: {images:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&images.stdout),
+        "",
+        "no images, no lines"
+    );
 
     let after = d.api("GET", "/metrics", None);
     assert_eq!(after.status, 200, "{}", after.text);
