@@ -312,6 +312,13 @@ fn render_in(
         }
         per_instance.push((inst, logs, stalled));
     }
+    // Boots of deleted instances are forgotten, so the set stays as small
+    // as the instance list.
+    let ids: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    e.boots_seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(id, _)| ids.contains(id.as_str()));
     let mut by_state: BTreeMap<&'static str, i64> = states.iter().map(|s| (*s, 0)).collect();
     for inst in instances {
         *by_state.entry(inst.state).or_default() += 1;
@@ -372,7 +379,6 @@ fn observe_boot(e: &Events, inst: &InstanceFacts, log_dir: &Path) {
     // A boot whose status predates its start (a restore) is not a boot.
     if let Ok(took) = at.duration_since(started) {
         e.boot_seconds.observe(took.as_secs_f64());
-        // Only instances still known keep an entry, so the set stays small.
         seen.insert(key);
     }
 }

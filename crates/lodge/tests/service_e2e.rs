@@ -304,7 +304,8 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let notify_env = notify_path.to_str().expect("utf-8 path");
-    let mut d = Daemon::start_with_env(&[("NOTIFY_SOCKET", notify_env)]);
+    let mut d =
+        Daemon::start_with_env(&[("NOTIFY_SOCKET", notify_env), ("LODGE_LOG_FORMAT", "json")]);
     assert!(
         notification(&sock).contains("READY=1"),
         "the daemon says READY=1"
@@ -368,6 +369,14 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
         "no images, no lines"
     );
 
+    // `run` pulls a missing image itself, with `pull`'s progress and
+    // errors (here a registry nobody listens on), before creating anything.
+    let run = d.lodge(&["run", "--name", "nope", "127.0.0.1:9/none:v1", "true"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("pull of 127.0.0.1:9/none:v1 failed"), "{err}");
+    assert_eq!(d.api("GET", "/instances/nope", None).status, 404);
+
     let after = d.api("GET", "/metrics", None);
     assert_eq!(after.status, 200, "{}", after.text);
     let m = &after.text;
@@ -423,6 +432,11 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
         "{m}"
     );
     assert!(sample(m, "lodge_daemon_resident_memory_bytes", &[]).unwrap_or(0.0) > 1e6);
+    assert_eq!(
+        sample(m, "lodge_image_pulls_total", &["result=\"failed\""]),
+        Some(1.0),
+        "{m}"
+    );
 
     // systemd's restart with KillMode=process: SIGTERM to the daemon only.
     let mut child = d.child.take().expect("daemon");
@@ -459,5 +473,22 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
         sample(&m, "lodge_instances", &["state=\"Stopped\""]),
         Some(1.0),
         "{m}"
+    );
+    // `--log-format json`: every line of both daemons' logs is one JSON
+    // event; exec's carries the instance id as a field.
+    let log = std::fs::read_to_string(d.data_dir.join("serve.log")).expect("serve.log");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(events
+        .iter()
+        .all(|e| e["timestamp"].is_string() && e["level"].is_string()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "exec started"
+                && e["fields"]["instance"] == id.as_str()),
+        "{log}"
     );
 }

@@ -2,13 +2,15 @@
 //!
 //! Handlers only translate: parse the request into a typed call on the
 //! instance manager and render the result. Auth is one middleware in front of
-//! everything but `/health` and `/spec.json`/`/spec.yaml`; every rejection, including
+//! everything but `/health` and `/spec.json`/`/spec.yaml` (and `/metrics` with
+//! `LODGE_METRICS_PUBLIC=1`); every rejection, including
 //! axum's own (bad JSON, oversized body, unknown route, wrong method), is
 //! turned into the `{code, message}` error shape. The error statuses those
 //! shared layers can answer are added to every operation of `/spec.json`
 //! in one place ([`shared_errors`]) rather than repeated on each handler.
 //! hypeman routes lodge lacks answer 501 `not_implemented` from one table
 //! (`unimplemented.rs`) rather than 404.
+//! Every answer is counted by `metrics::track` (route template, status).
 
 mod capabilities;
 mod cp;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the cost of a `/metrics` scrape with many
+# instances. Goal: ≤ 5 ms per scrape with 50 instances.
+#
+# Starts a daemon on a data dir of its own (networking off), creates
+# COUNT (default 50) instances that run `true` and stop (stopped
+# instances have every per-instance series a running one has: state,
+# log bytes, rotations, writer errors), waits until all are Stopped,
+# then times RUNS (default 200) scrapes over one keep-alive connection
+# with curl's own timer (time from request to the last byte, so no
+# process start is counted) and prints the median, p95 and max, and the
+# size of the answer.
+#
+# usage: scripts/bench-metrics.sh   (needs the guest: scripts/build-guest.sh)
+#        LODGE_BIN=target/release/lodge scripts/bench-metrics.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
+export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
+count="${COUNT:-50}"
+runs="${RUNS:-200}"
+lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
+work="$(mktemp -d /tmp/lodge-bench-metrics.XXXXXX)"
+export LODGE_NETWORK=off
+export LODGE_OVERSUB_CPU=64
+export LODGE_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
+export LODGE_BASE_URL="http://$LODGE_LISTEN"
+export LODGE_DATA_DIR="$work/data"
+"$lodge" serve >"$work/serve.log" 2>&1 &
+daemon=$!
+cleanup() {
+    kill "$daemon" 2>/dev/null || true
+    wait "$daemon" 2>/dev/null || true
+    # The instances have all stopped; their monitors are gone.
+    rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do "$lodge" ps >/dev/null 2>&1 && break; sleep 0.1; done
+token=$("$lodge" token)
+rootfs="$LODGE_SYSTEM_DIR/rootfs-busybox"
+
+echo "creating $count instances (each runs true and stops)..."
+for i in $(seq "$count"); do
+    "$lodge" run -d --name "m$i" --memory 128MB --cpus 1 --rootfs "$rootfs" true >/dev/null
+    # At most 4 booting at once on a small host.
+    while [ "$("$lodge" ps -q | wc -l)" -ge 4 ]; do sleep 0.2; done
+done
+while [ "$("$lodge" ps -q | wc -l)" -gt 0 ]; do sleep 0.2; done
+echo "all $count Stopped: $("$lodge" ps -a --filter state=Stopped -q | wc -l)"
+
+url="$LODGE_BASE_URL/metrics"
+bytes=$(curl -sf -H "Authorization: Bearer $token" "$url" | wc -c)
+series=$(curl -sf -H "Authorization: Bearer $token" "$url" | grep -vc '^#')
+# One curl, RUNS requests on one connection, each timed by curl.
+args=()
+for _ in $(seq "$runs"); do
+    args+=(-o /dev/null -w '%{time_starttransfer} %{time_total}\n' "$url")
+done
+curl -sf -H "Authorization: Bearer $token" "${args[@]}" >"$work/times"
+# time_total of request n includes the connect only for the first one.
+awk '{ print $2 * 1000 }' "$work/times" | sort -n >"$work/ms"
+pick() { sed -n "$(( ($1 * runs + 99) / 100 ))p" "$work/ms"; }
+echo "scrape with $count instances: $bytes bytes, $series samples"
+echo "median $(pick 50) ms, p95 $(pick 95) ms, max $(tail -n 1 "$work/ms") ms over $runs scrapes (goal: median <= 5 ms)"
