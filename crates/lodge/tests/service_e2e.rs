@@ -318,9 +318,15 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
     assert_eq!(before.status, 200, "{}", before.text);
     assert_eq!(sample(&before.text, "lodge_boots_total", &[]), Some(0.0));
 
+    // Half the lines, then a wait for /tmp/go (an exec after the restart
+    // creates it), then the other half: the VM is surely running across
+    // the scrapes and the restart, whatever the host's load.
     let n = 200;
     let script = format!(
-        "echo started; i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; sleep 0.03; done"
+        "echo started; i=0; while [ $i -lt {half} ]; do i=$((i+1)); echo line-$i; sleep 0.02; done; \
+         while [ ! -e /tmp/go ]; do sleep 0.1; done; \
+         while [ $i -lt {n} ]; do i=$((i+1)); echo line-$i; sleep 0.01; done",
+        half = n / 2
     );
     let inst = d.create(json!({
         "name": "svc",
@@ -454,6 +460,8 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
     d.spawn();
     assert!(notification(&sock).contains("READY=1"));
     assert_eq!(d.state(&id), "Running", "the VM outlived the daemon");
+    let go = d.lodge(&["exec", "svc", "touch", "/tmp/go"]);
+    assert!(go.status.success(), "exec after the restart: {go:?}");
     d.wait_state(&id, "Stopped", BOOT);
     let lines = d.log_lines(&id, &format!("tail={}", n + 10));
     let want: Vec<String> = std::iter::once("started".to_string())
