@@ -367,6 +367,21 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
             serde_json::to_string(&script).expect("json")
         )
     );
+    // `system info` asks the daemon what only it knows.
+    let info = d.lodge(&["system", "info", "--json"]);
+    assert!(info.status.success(), "system info: {info:?}");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("JSON");
+    assert_eq!(info["server_version"], env!("CARGO_PKG_VERSION"), "{info}");
+    assert_eq!(
+        info["data_dir"],
+        d.data_dir.to_str().expect("utf-8"),
+        "{info}"
+    );
+    assert!(
+        info["disk_used_by_lodge"].as_u64().is_some_and(|b| b > 0),
+        "{info}"
+    );
+    assert!(info["hypervisors"][0]["name"] == "qemu", "{info}");
     let images = d.lodge(&["images", "--format", "json"]);
     assert!(images.status.success(), "images: {images:?}");
     assert_eq!(
