@@ -459,6 +459,24 @@ fn metrics_move_with_a_boot_and_a_systemd_style_restart_keeps_the_vm() {
         "{m}"
     );
 
+    // Standby and restore are timed.
+    let r = d.api("POST", &format!("/instances/{id}/standby"), None);
+    assert_eq!(r.status, 200, "standby: {}", r.text);
+    let r = d.api("POST", &format!("/instances/{id}/restore"), None);
+    assert_eq!(r.status, 200, "restore: {}", r.text);
+    let m = d.api("GET", "/metrics", None).text;
+    for op in ["standby", "restore"] {
+        let name = format!("lodge_{op}_duration_seconds_count");
+        assert_eq!(sample(&m, &name, &[]), Some(1.0), "{m}");
+    }
+    // A restore is not a boot.
+    assert_eq!(
+        sample(&m, "lodge_boot_duration_seconds_count", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "lodge_boots_total", &[]), Some(1.0), "{m}");
+
     // systemd's restart with KillMode=process: SIGTERM to the daemon only.
     let mut child = d.child.take().expect("daemon");
     let term = Command::new("kill")
