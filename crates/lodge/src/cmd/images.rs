@@ -172,75 +172,73 @@ pub(super) async fn pull_with_progress(
     platform: Option<&str>,
     quiet: bool,
 ) -> Result<String> {
-    {
-        let started = Instant::now();
-        let mut img: Image = match archive_arg(image) {
-            Some(arg) => upload(client, &arg, platform, quiet).await?,
-            None => {
-                let body = CreateImage {
-                    name: image.to_string(),
-                    platform: platform.map(str::to_string),
-                    ..CreateImage::default()
-                };
-                client.call_with(Method::POST, "/images", &body).await?
-            }
-        };
-        let name = img.name.clone();
-        let path = format!("/images/{}", encode(&name));
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        if quiet {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let started = Instant::now();
+    let mut img: Image = match archive_arg(image) {
+        Some(arg) => upload(client, &arg, platform, quiet).await?,
+        None => {
+            let body = CreateImage {
+                name: image.to_string(),
+                platform: platform.map(str::to_string),
+                ..CreateImage::default()
+            };
+            client.call_with(Method::POST, "/images", &body).await?
         }
-        let mut delay = Duration::from_millis(10);
-        loop {
-            let (status, error) = pull_status(&img);
-            if let Some(p) = &img.progress {
-                bar.set_length(p.bytes_total);
-                bar.set_position(p.bytes_done);
-                bar.set_message(format!(
-                    "{status} {name}: layers {}/{} ({} cached)",
-                    p.layers_done, p.layers_total, p.layers_cached
-                ));
-            } else {
-                bar.set_message(format!("{status} {name}"));
-            }
-            match status {
-                "ready" => break,
-                "failed" => {
-                    bar.finish_and_clear();
-                    let error = error.unwrap_or("unknown error");
-                    if img.status == "ready" {
-                        bail!(
-                            "pull of {name} failed: {error}\n(the image already there is unchanged and still usable: {})",
-                            img.digest
-                        );
-                    }
-                    bail!("pull of {name} failed: {error}");
-                }
-                _ => {}
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-            img = client.call(Method::GET, &path).await?;
-        }
-        bar.finish_and_clear();
-        if !quiet {
-            eprintln!(
-                "pulled {name} {} ({}) in {:.2}s",
-                img.digest,
-                human(img.size_bytes.unwrap_or(0)),
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Ok(name)
+    };
+    let name = img.name.clone();
+    let path = format!("/images/{}", encode(&name));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let (status, error) = pull_status(&img);
+        if let Some(p) = &img.progress {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!(
+                "{status} {name}: layers {}/{} ({} cached)",
+                p.layers_done, p.layers_total, p.layers_cached
+            ));
+        } else {
+            bar.set_message(format!("{status} {name}"));
+        }
+        match status {
+            "ready" => break,
+            "failed" => {
+                bar.finish_and_clear();
+                let error = error.unwrap_or("unknown error");
+                if img.status == "ready" {
+                    bail!(
+                        "pull of {name} failed: {error}\n(the image already there is unchanged and still usable: {})",
+                        img.digest
+                    );
+                }
+                bail!("pull of {name} failed: {error}");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+        img = client.call(Method::GET, &path).await?;
+    }
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "pulled {name} {} ({}) in {:.2}s",
+            img.digest,
+            human(img.size_bytes.unwrap_or(0)),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(name)
 }
 
 /// `run`'s implicit pull: an image the daemon does not have ready is
