@@ -24,6 +24,9 @@ packages=(
     hyperfine         # benchmarks
     nftables          # nft: lodge's own `inet lodge` firewall table (lodge-net)
     iproute2          # ip, bridge, tc: the network tests' namespaces and traffic control
+    jq                # service_e2e: `lodge ps --format json` must parse with jq
+    zsh fish          # service tests: the generated completions must parse (zsh -n, fish -n)
+    systemd           # systemd-analyze verify of packaging/lodge.service
 )
 
 check_only=

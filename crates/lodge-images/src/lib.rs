@@ -31,7 +31,8 @@ pub use archive::ArchiveFormat;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind};
 pub use manager::{
-    ImageInfo, ImageLease, Images, LoadRequest, Options, Progress, PullRequest, Upload, UsersFn,
+    ImageInfo, ImageLease, Images, LoadRequest, Options, Progress, PullRequest, PullStats, Upload,
+    UsersFn,
 };
 pub use registry::Credentials;
 pub use store::{ImageRecord, PullState, Status};

@@ -10,12 +10,23 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "lodge",
     version,
-    about = "Run OCI container images as virtual machines"
+    about = "Run OCI container images as virtual machines",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit codes, as `lodge --help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    some of several targets failed (rm, rmi, volume rm), or wait timed out
+  2    lodge itself failed: bad usage, the daemon unreachable or refusing
+  N    run, exec: the program's own exit code (128+SIGNAL if killed)
+  124  exec --timeout: the command was killed
+  255  exec: the command's exit status is unknown";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -24,7 +35,7 @@ pub enum Command {
     /// Print (and follow) an instance's logs, or a log directory with --dir
     Logs(LogsArgs),
     /// Run the API daemon (LODGE_LISTEN, default 127.0.0.1:8080; LODGE_DATA_DIR)
-    Serve,
+    Serve(ServeArgs),
     /// Print an API token signed with this host's secret
     Token(TokenArgs),
     /// Create and boot an instance
@@ -49,15 +60,15 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Delete instances
     Rm(RmArgs),
-    /// Show an instance as JSON
-    Inspect(InstanceArg),
+    /// Show an instance as JSON (or --format)
+    Inspect(InspectArgs),
     /// Show what running instances cost the host (CPU, memory, network)
     Stats(StatsArgs),
     /// Change an instance's labels (hypeman's tags) without touching its VM
     Update(UpdateArgs),
     /// Give an image another name, without pulling (SOURCE TARGET)
     Tag(TagArgs),
-    /// Host-wide views (`system df`: disk use and allocation)
+    /// Host-wide views (`system df`: disk use and allocation; `system info`)
     System(SystemArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
@@ -79,6 +90,23 @@ pub enum Command {
     /// Write an image (one layer per --layer directory) as an OCI or docker archive
     #[command(hide = true)]
     MkImage(MkImageArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completion(CompletionArgs),
+    /// Write man pages (lodge.1, lodge-VERB.1, …) into DIR
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory that receives the pages (created if needed)
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +261,9 @@ pub struct ImagesArgs {
     /// Only images matching label=K=V or label=K (repeatable, all must match)
     #[arg(short, long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
+    /// Output: table, json (one object per line) or a template like '{{.ID}} {{.Name}}'
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +302,21 @@ pub struct MkImageArgs {
     /// The image's CMD, after `--`
     #[arg(last = true)]
     pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Format of the daemon's own log on stderr
+    #[arg(long, value_enum, env = "LODGE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event
+    Text,
+    /// One JSON object per line (timestamp, level, fields, the request's span)
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +419,9 @@ pub struct PsArgs {
     /// Only instances matching: label=K=V, label=K, state=STATE (repeatable, all must match)
     #[arg(short, long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
+    /// Output: table, json (one object per line) or a template like '{{.ID}} {{.Name}}'
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +449,15 @@ pub struct SystemArgs {
 pub enum SystemCommand {
     /// Disk used by images, the layer cache, overlays and volumes; vCPU and memory allocation
     Df(DfArgs),
+    /// Versions, accelerator, hypervisors found, data dir, disk use
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +489,15 @@ pub struct StatsArgs {
     /// Instance ids, names or unique id prefixes
     #[arg(required = true)]
     pub instances: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Output: indented JSON (default), json (one line) or a template like '{{.State}}'
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Instance id, name or unique id prefix
+    pub instance: String,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ mod cmd;
 mod config;
 mod disks;
 mod instances;
+mod metrics;
 mod sizes;
 mod tags;
 

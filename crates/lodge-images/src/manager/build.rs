@@ -259,6 +259,7 @@ impl Images {
         });
 
         let blobs = &self.blobs;
+        let counters = &self.counters;
         let descs = &manifest.layers;
         let downloads = async move {
             let tx = tx;
@@ -272,6 +273,7 @@ impl Images {
                             if let Some(remote) = remote {
                                 remote
                                     .blob_into(d, blobs, |n| {
+                                        counters.fetched(n);
                                         progress
                                             .lock()
                                             .unwrap_or_else(|p| p.into_inner())

@@ -350,6 +350,7 @@ impl Images {
             Ok(Err(e)) => tracing::warn!("removing {}: {e}", tmp.display()),
             Err(e) => tracing::warn!("removing {}: {e}", tmp.display()),
         }
+        self.counters.finished(result.is_ok());
         match result {
             Ok(b) => {
                 record.status = Status::Ready;

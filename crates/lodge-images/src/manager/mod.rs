@@ -21,8 +21,9 @@
 //! (settings), [`state`] (the handle and its bookkeeping), [`sources`]
 //! (what a pull may read: registry, import directory, upload; free space),
 //! [`jobs`] (pull jobs and status), [`fetch`] (registry or archive source), [`build`]
-//! (layer pipeline and disk), [`queries`] (get, list, delete) and
-//! [`lease`] (leases and `ensure`).
+//! (layer pipeline and disk), [`queries`] (get, list, delete),
+//! [`lease`] (leases and `ensure`) and [`stats`] (pull counters for
+//! `/metrics`).
 
 mod build;
 mod fetch;
@@ -32,9 +33,11 @@ mod options;
 mod queries;
 mod sources;
 mod state;
+mod stats;
 
 pub use jobs::{LoadRequest, PullRequest};
 pub use lease::ImageLease;
 pub use options::{Options, UsersFn, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE};
 pub use sources::{human, Upload, UPLOAD_HINT};
 pub use state::{ImageInfo, Images, Progress};
+pub use stats::PullStats;

@@ -58,6 +58,7 @@ pub struct Images {
     pub(super) inner: Mutex<Inner>,
     pub(super) pulls: Semaphore,
     pub(super) builds: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) counters: super::stats::Counters,
 }
 
 impl Images {
@@ -89,6 +90,7 @@ impl Images {
             inner: Mutex::new(Inner::default()),
             pulls: Semaphore::new(parallel_pulls),
             builds: Mutex::new(HashMap::new()),
+            counters: Default::default(),
         });
         const INTERRUPTED: &str = "the pull was interrupted by a daemon restart; pull again";
         for mut r in images.records.all().map_err(io("reading image records"))? {
@@ -127,6 +129,11 @@ impl Images {
 
     pub(super) fn disks_dir(&self) -> PathBuf {
         self.paths().disks()
+    }
+
+    /// Pulls finished and bytes fetched since the store was opened.
+    pub fn pull_stats(&self) -> super::stats::PullStats {
+        self.counters.snapshot()
     }
 
     pub fn blobs(&self) -> &BlobStore {

@@ -321,6 +321,7 @@ pub async fn stat(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::bad_request("the `path` query parameter is required"))?;
     let ep = endpoint(&state, &id, "stat")?;
+    crate::metrics::agent_session("stat");
     match stat_in(&state.manager, &ep, path, q.follow_links).await {
         Ok(info) => Ok(axum::Json(info)),
         Err(e) => Err(after_agent_failure(&state, &id, "stat", e).await),

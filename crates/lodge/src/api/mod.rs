@@ -2,13 +2,15 @@
 //!
 //! Handlers only translate: parse the request into a typed call on the
 //! instance manager and render the result. Auth is one middleware in front of
-//! everything but `/health` and `/spec.json`/`/spec.yaml`; every rejection, including
+//! everything but `/health` and `/spec.json`/`/spec.yaml` (and `/metrics` with
+//! `LODGE_METRICS_PUBLIC=1`); every rejection, including
 //! axum's own (bad JSON, oversized body, unknown route, wrong method), is
 //! turned into the `{code, message}` error shape. The error statuses those
 //! shared layers can answer are added to every operation of `/spec.json`
 //! in one place ([`shared_errors`]) rather than repeated on each handler.
 //! hypeman routes lodge lacks answer 501 `not_implemented` from one table
 //! (`unimplemented.rs`) rather than 404.
+//! Every answer is counted by `metrics::track` (route template, status).
 
 mod auto_standby;
 mod capabilities;
@@ -19,6 +21,7 @@ mod fork;
 mod images;
 pub mod instances;
 pub mod logs;
+mod metrics;
 mod policies;
 pub mod pushes;
 mod resources;
@@ -81,6 +84,7 @@ pub use state::{AppState, MAX_BODY};
         schedule::put,
         schedule::delete,
         logs::logs,
+        metrics::metrics,
         exec::exec,
         exec::stat,
         cp::cp,
@@ -224,13 +228,19 @@ pub fn router(state: AppState) -> Router {
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
         );
+    if !crate::metrics::public() {
+        protected = protected.route("/metrics", get(metrics::metrics));
+    }
     if state.bench_endpoints {
         protected = protected.route("/instances/{id}/agent/throughput", get(cp::throughput));
     }
     let protected =
         protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/health", get(health))
+    let mut open = Router::new();
+    if crate::metrics::public() {
+        open = open.route("/metrics", get(metrics::metrics));
+    }
+    open.route("/health", get(health))
         .route("/spec.json", get(spec))
         .route("/spec.yaml", get(spec_yaml))
         .merge(protected)
@@ -244,6 +254,7 @@ pub fn router(state: AppState) -> Router {
         // Again for the upload route (the call only reaches the routes
         // present, and before the `layer`s above).
         .method_not_allowed_fallback(unimplemented::wrong_method)
+        .layer(middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }
 

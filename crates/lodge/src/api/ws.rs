@@ -59,6 +59,7 @@ where
                 .into_response()
         }
     };
+    crate::metrics::agent_session(action);
     let manager = state.manager.clone();
     ws.on_upgrade(move |socket| session(socket, manager, ep))
 }

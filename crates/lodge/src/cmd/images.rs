@@ -156,75 +156,106 @@ fn pull_status(img: &Image) -> (&str, Option<&str>) {
 pub fn pull(args: PullArgs) -> Result<u8> {
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
-        let started = Instant::now();
-        let mut img: Image = match archive_arg(&args.image) {
-            Some(arg) => upload(&client, &arg, args.platform.as_deref(), args.quiet).await?,
-            None => {
-                let body = CreateImage {
-                    name: args.image.clone(),
-                    platform: args.platform.clone(),
-                    ..CreateImage::default()
-                };
-                client.call_with(Method::POST, "/images", &body).await?
-            }
-        };
-        let name = img.name.clone();
-        let path = format!("/images/{}", encode(&name));
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        if args.quiet {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        let mut delay = Duration::from_millis(10);
-        loop {
-            let (status, error) = pull_status(&img);
-            if let Some(p) = &img.progress {
-                bar.set_length(p.bytes_total);
-                bar.set_position(p.bytes_done);
-                bar.set_message(format!(
-                    "{status} {name}: layers {}/{} ({} cached)",
-                    p.layers_done, p.layers_total, p.layers_cached
-                ));
-            } else {
-                bar.set_message(format!("{status} {name}"));
-            }
-            match status {
-                "ready" => break,
-                "failed" => {
-                    bar.finish_and_clear();
-                    let error = error.unwrap_or("unknown error");
-                    if img.status == "ready" {
-                        bail!(
-                            "pull of {name} failed: {error}\n(the image already there is unchanged and still usable: {})",
-                            img.digest
-                        );
-                    }
-                    bail!("pull of {name} failed: {error}");
-                }
-                _ => {}
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-            img = client.call(Method::GET, &path).await?;
-        }
-        bar.finish_and_clear();
-        if !args.quiet {
-            eprintln!(
-                "pulled {name} {} ({}) in {:.2}s",
-                img.digest,
-                human(img.size_bytes.unwrap_or(0)),
-                started.elapsed().as_secs_f64()
-            );
-        }
+        let name =
+            pull_with_progress(&client, &args.image, args.platform.as_deref(), args.quiet).await?;
         println!("{name}");
         Ok(0)
     })
+}
+
+/// Pulls `image` (or imports an archive) with a progress bar on stderr
+/// (hidden when `quiet` or when stderr is not a terminal) and returns the
+/// image's name once it is ready; `pull` and `run`'s implicit pull.
+pub(super) async fn pull_with_progress(
+    client: &Client,
+    image: &str,
+    platform: Option<&str>,
+    quiet: bool,
+) -> Result<String> {
+    let started = Instant::now();
+    let mut img: Image = match archive_arg(image) {
+        Some(arg) => upload(client, &arg, platform, quiet).await?,
+        None => {
+            let body = CreateImage {
+                name: image.to_string(),
+                platform: platform.map(str::to_string),
+                ..CreateImage::default()
+            };
+            client.call_with(Method::POST, "/images", &body).await?
+        }
+    };
+    let name = img.name.clone();
+    let path = format!("/images/{}", encode(&name));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let (status, error) = pull_status(&img);
+        if let Some(p) = &img.progress {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!(
+                "{status} {name}: layers {}/{} ({} cached)",
+                p.layers_done, p.layers_total, p.layers_cached
+            ));
+        } else {
+            bar.set_message(format!("{status} {name}"));
+        }
+        match status {
+            "ready" => break,
+            "failed" => {
+                bar.finish_and_clear();
+                let error = error.unwrap_or("unknown error");
+                if img.status == "ready" {
+                    bail!(
+                        "pull of {name} failed: {error}\n(the image already there is unchanged and still usable: {})",
+                        img.digest
+                    );
+                }
+                bail!("pull of {name} failed: {error}");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+        img = client.call(Method::GET, &path).await?;
+    }
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "pulled {name} {} ({}) in {:.2}s",
+            img.digest,
+            human(img.size_bytes.unwrap_or(0)),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(name)
+}
+
+/// `run`'s implicit pull: an image the daemon does not have ready is
+/// pulled first with the same progress bar as `lodge pull` (the create
+/// call would pull it too, silently); one that is ready is left alone, so
+/// `run` of a loaded or cached image never asks a registry.
+pub(super) async fn pull_if_missing(client: &Client, image: &str) -> Result<()> {
+    if archive_arg(image).is_some() {
+        return Ok(());
+    }
+    let path = format!("/images/{}", encode(image));
+    match client.call::<Image>(Method::GET, &path).await {
+        Ok(img) if img.status == "ready" => Ok(()),
+        _ => pull_with_progress(client, image, None, false)
+            .await
+            .map(|_| ()),
+    }
 }
 
 /// Query pairs for the API (`tags[K]=V`) and label keys checked here.
@@ -248,6 +279,7 @@ fn image_filter(filters: &[String]) -> Result<LabelFilter> {
 
 pub fn images(args: ImagesArgs) -> Result<u8> {
     let (query, keys) = image_filter(&args.filters)?;
+    let format = super::format::Format::parse(args.format.as_deref())?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let mut list: Vec<Image> = client.get_with("/images", &query).await?;
@@ -259,6 +291,9 @@ pub fn images(args: ImagesArgs) -> Result<u8> {
             for i in &list {
                 println!("{}", i.name);
             }
+            return Ok(0);
+        }
+        if super::format::print_list(&format, &list)? {
             return Ok(0);
         }
         let rows: Vec<[String; 5]> = list

@@ -11,10 +11,11 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::api::types::LogsQuery;
-use crate::cli::{InstanceArg, LogsArgs, PsArgs, RmArgs, UpdateArgs};
+use crate::cli::{InspectArgs, InstanceArg, LogsArgs, PsArgs, RmArgs, UpdateArgs};
 use crate::client::{encode, ApiFailure, Client};
 use crate::instances::{Instance, State};
 
+use super::format::{print_list, Format};
 use super::logs_escape::ConsoleOut;
 
 fn path(instance: &str) -> String {
@@ -50,6 +51,7 @@ fn ps_filter(filters: &[String]) -> Result<PsFilter> {
 
 pub fn ps(args: PsArgs) -> Result<u8> {
     let filter = ps_filter(&args.filters)?;
+    let format = Format::parse(args.format.as_deref())?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let list: Vec<Instance> = client.get_with("/instances", &filter.query).await?;
@@ -63,6 +65,12 @@ pub fn ps(args: PsArgs) -> Result<u8> {
             })
             .filter(|i| filter.states.is_empty() || filter.states.contains(&i.state))
             .filter(|i| filter.label_keys.iter().all(|k| i.tags.contains_key(k)));
+        if !args.quiet {
+            let shown: Vec<&Instance> = shown.clone().collect();
+            if print_list(&format, &shown)? {
+                return Ok(0);
+            }
+        }
         let mut out = std::io::stdout().lock();
         if !args.quiet {
             writeln!(
@@ -91,11 +99,14 @@ pub fn ps(args: PsArgs) -> Result<u8> {
     })
 }
 
-pub fn inspect(args: InstanceArg) -> Result<u8> {
+pub fn inspect(args: InspectArgs) -> Result<u8> {
+    let format = Format::parse(args.format.as_deref())?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         let inst: Value = client.call(Method::GET, &path(&args.instance)).await?;
-        println!("{}", serde_json::to_string_pretty(&inst)?);
+        if !print_list(&format, std::slice::from_ref(&inst))? {
+            println!("{}", serde_json::to_string_pretty(&inst)?);
+        }
         Ok(0)
     })
 }

@@ -2,9 +2,11 @@
 //! calls and an exit code.
 
 mod auto_standby;
+mod completion;
 mod cp;
 mod exec;
 mod fork;
+mod format;
 mod images;
 mod instance_verbs;
 mod logs_dir;
@@ -49,7 +51,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             (None, Some(instance)) => instance_verbs::logs(instance, &args),
             (None, None) => anyhow::bail!("give an INSTANCE or --dir DIR"),
         },
-        Command::Serve => serve::run(),
+        Command::Serve(args) => serve::run(args),
         Command::Token(args) => {
             let auth = crate::auth::Auth::load(&crate::config::data_dir_from_env())?;
             println!("{}", auth.mint("lodge", args.ttl)?);
@@ -79,5 +81,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::MkImage(args) => images::mk_image(args),
         Command::Volume(args) => volume::run(args),
         Command::AutoStandby(cmd) => auto_standby::run(cmd),
+        Command::Completion(args) => completion::completion(args),
+        Command::Man(args) => completion::man(args),
     }
 }

@@ -18,6 +18,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let body = request_body(&args)?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
+        if let Some(image) = &body.image {
+            super::images::pull_if_missing(&client, image).await?;
+        }
         let inst: Instance = client.call_with(Method::POST, "/instances", &body).await?;
         let id = inst.id;
         if args.detach {

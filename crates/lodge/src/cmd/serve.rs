@@ -7,6 +7,12 @@
 //! then runs every `REAP_INTERVAL`, whether or not any VM runs. The
 //! supervisor of lifecycle policies (expiry, restart) runs every second,
 //! and so does auto-standby's watch of idle instances.
+//!
+//! Under systemd (`packaging/lodge.service`, `Type=notify`) the daemon
+//! says `READY=1` once its socket listens, after all of the above, so
+//! units ordered after it find the API answering; `STOPPING=1` on a
+//! signal. The daemon's own log is text, or one JSON object per line with
+//! `--log-format json` (or `LODGE_LOG_FORMAT=json`).
 
 use std::sync::Arc;
 
@@ -14,19 +20,32 @@ use anyhow::{Context, Result};
 
 use crate::api::{self, AppState};
 use crate::auth::Auth;
+use crate::cli::{LogFormat, ServeArgs};
 use crate::config::Config;
 use crate::instances::net::{DaemonNet, REAP_INTERVAL};
 use crate::instances::Manager;
 
-pub fn run() -> Result<u8> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LODGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+pub fn run(args: ServeArgs) -> Result<u8> {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("LODGE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line; the fields of the request's span
+        // (`op`, `instance`, see `metrics::track`) ride along.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let cfg = Arc::new(Config::from_env()?);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(serve(cfg))?;
@@ -107,6 +126,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
             supervisor.run_health_checks().await;
         }
     });
+    crate::metrics::init(cfg.paths());
     let app = api::router(AppState {
         manager,
         auth,
@@ -123,13 +143,31 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         cfg.listen,
         cfg.data_dir.display()
     );
+    let server = api::server::serve(listener, app, api::server::Limits::from_env()?);
+    // The socket listens: connections wait in its backlog and are
+    // answered as soon as the loop below polls the server, so a service
+    // manager may start clients now.
+    notify(&[sd_notify::NotifyState::Ready]);
     // Follow streams may stay open for days, so a signal ends the daemon at
     // once instead of waiting for them; VMs live on under their monitors.
     tokio::select! {
-        r = api::server::serve(listener, app, api::server::Limits::from_env()?) => r?,
-        _ = shutdown_signal() => tracing::info!("lodge: shutting down; VMs keep running"),
+        r = server => r?,
+        _ = shutdown_signal() => {
+            notify(&[sd_notify::NotifyState::Stopping]);
+            tracing::info!("lodge: shutting down; VMs keep running");
+        }
     }
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how the start goes; nothing without
+/// `NOTIFY_SOCKET`. A failed notification is logged, not fatal: the
+/// daemon serves either way. The monitors it starts inherit the variable,
+/// which is harmless: the unit says `NotifyAccess=main`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("telling the service manager {state:?}: {e}");
+    }
 }
 
 /// The setup error, with what to do about it when that is clear.

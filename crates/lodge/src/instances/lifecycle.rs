@@ -49,6 +49,7 @@ impl Manager {
             let dn = self.net.as_deref().ok_or(Error::NetworkDisabled)?;
             net::tap_up(dn, &meta, rec).await?;
         }
+        crate::metrics::boot_started();
         self.launcher.start(paths, &meta).await?;
         oplog(paths, "started");
         Ok(())

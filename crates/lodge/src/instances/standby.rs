@@ -180,6 +180,7 @@ impl Manager {
 
     /// [`Manager::standby`] of an instance whose lock the caller holds.
     pub(super) async fn standby_locked(&self, locked: &mut Locked) -> Result<()> {
+        let _timer = crate::metrics::time(crate::metrics::Op::Standby);
         let id = locked.id.clone();
         let paths = locked.paths.clone();
         let meta = &mut locked.meta;
@@ -348,6 +349,7 @@ impl Manager {
 
     /// [`Manager::restore`] of an instance whose lock the caller holds.
     pub(super) async fn restore_locked(&self, locked: &mut Locked) -> Result<()> {
+        let _timer = crate::metrics::time(crate::metrics::Op::Restore);
         let id = locked.id.clone();
         let paths = locked.paths.clone();
         let meta = &mut locked.meta;

@@ -1,0 +1,706 @@
+//! The daemon's Prometheus metrics (`GET /metrics`, text format 0.0.4).
+//!
+//! Two kinds of numbers, kept apart on purpose:
+//!
+//! - **Events the daemon itself sees** (boots it starts, standby and
+//!   restore it performs, agent sessions it opens, API requests it
+//!   answers) are counted where they happen, in one process-wide
+//!   [`prometheus_client`] registry, so each call site is one line
+//!   (`metrics::boot_started()`) and needs no handle threaded through.
+//! - **Facts other processes own** are read on scrape, never pushed: the
+//!   instance states (derived from the monitors' files, as the API does),
+//!   log bytes and rotations (the monitor's log directory: rotated
+//!   segments are numbered in sequence and each holds exactly the segment
+//!   limit, see `lodge_logs::writer`), stalled log writers (the monitor's
+//!   `capture.json`), boot durations (the guest's "started" status line,
+//!   the mtime of `guest-status.json`, against the record's `started_at`),
+//!   the image store's pull counters and the daemon's RSS. So the
+//!   monitors stay as small as they are (no counters to serve), the
+//!   daemon writes no log to count bytes, and a restarted daemon reports
+//!   the same log totals as before.
+//!
+//! Cardinality is bounded: API requests are labelled by axum's route
+//! template (`/instances/{id}`), never the raw path, and requests that
+//! match no route share the label `unmatched`; per-instance series exist
+//! only for instances that exist.
+//!
+//! This module knows nothing of the instance manager or the API (they
+//! depend on it): the handler in `api/metrics.rs` gathers [`InstanceFacts`]
+//! and calls [`render`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use lodge_common::paths::Paths;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of the answer.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Environment switch that serves `/metrics` without a token.
+pub const PUBLIC_ENV: &str = "LODGE_METRICS_PUBLIC";
+
+/// Whether `/metrics` is served without a token (`LODGE_METRICS_PUBLIC=1`).
+/// By default it needs one, like every route but `/health` and the spec:
+/// instance ids and names are in its labels.
+pub fn public() -> bool {
+    std::env::var(PUBLIC_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// What the daemon counts itself (see the module doc).
+struct Events {
+    registry: Registry,
+    boots: Counter,
+    standby_seconds: Histogram,
+    restore_seconds: Histogram,
+    agent_sessions: Family<KindLabel, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_seconds: Family<KindLabel, Histogram>,
+    /// Boot durations are observed once per (instance id, started_at).
+    boot_seconds: Histogram,
+    boots_seen: Mutex<HashSet<(String, String)>>,
+    /// Boots older than the daemon are not observed (they were, or could
+    /// not have been, by the daemon that started them).
+    since: SystemTime,
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 50 ms .. ~100 s.
+    exponential_buckets(0.05, 2.0, 12)
+}
+
+impl Events {
+    fn new() -> Events {
+        let mut registry = Registry::with_prefix("lodge");
+        let boots = Counter::default();
+        registry.register(
+            "boots",
+            "VM boots started (create, start, restart)",
+            boots.clone(),
+        );
+        let boot_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "boot_duration_seconds",
+            "From the VMM's start to the guest program's start, per boot seen running",
+            boot_seconds.clone(),
+        );
+        let standby_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "standby_duration_seconds",
+            "Time to put an instance in standby (pause, save, VMM exit), attempts included",
+            standby_seconds.clone(),
+        );
+        let restore_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "restore_duration_seconds",
+            "Time to restore an instance from standby, attempts included",
+            restore_seconds.clone(),
+        );
+        let agent_sessions = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "agent_sessions",
+            "Guest agent sessions opened (exec, cp, stat)",
+            agent_sessions.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "API requests answered, by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 4.0, 9))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head, by kind of route (read or write)",
+            http_seconds.clone(),
+        );
+        Events {
+            registry,
+            boots,
+            standby_seconds,
+            restore_seconds,
+            agent_sessions,
+            http_requests,
+            http_seconds,
+            boot_seconds,
+            boots_seen: Mutex::new(HashSet::new()),
+            since: SystemTime::now(),
+        }
+    }
+}
+
+static EVENTS: OnceLock<Events> = OnceLock::new();
+
+fn events() -> &'static Events {
+    EVENTS.get_or_init(Events::new)
+}
+
+static PATHS: OnceLock<Paths> = OnceLock::new();
+
+/// Starts the clock of the daemon's metrics (boots older than this are
+/// not observed in the boot histogram) and says where the instances'
+/// directories are. Called once by `serve`.
+pub fn init(paths: Paths) {
+    events();
+    if PATHS.set(paths).is_err() {
+        tracing::debug!("metrics: initialised twice; the first data dir is kept");
+    }
+}
+
+/// A VM boot was started.
+pub fn boot_started() {
+    events().boots.inc();
+}
+
+/// A guest agent session was opened for `kind` (exec, cp, stat, …).
+pub fn agent_session(kind: &'static str) {
+    events()
+        .agent_sessions
+        .get_or_create(&KindLabel { kind })
+        .inc();
+}
+
+/// An operation whose duration is observed.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Standby,
+    Restore,
+}
+
+/// Observes the time from [`time`] to its drop, whatever the outcome.
+#[must_use = "the duration is observed when the timer is dropped"]
+pub struct Timer {
+    op: Op,
+    start: Instant,
+}
+
+/// Times `op` until the returned guard is dropped.
+pub fn time(op: Op) -> Timer {
+    Timer {
+        op,
+        start: Instant::now(),
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let e = events();
+        let h = match self.op {
+            Op::Standby => &e.standby_seconds,
+            Op::Restore => &e.restore_seconds,
+        };
+        h.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Middleware counting every API answer by method, route template and
+/// status. Installed with `Router::layer`, so it runs after routing and
+/// sees [`MatchedPath`]; 401s from the token check are counted too.
+///
+/// It also opens the request's tracing span, so every event logged while
+/// the request is handled carries `op` (`GET /instances/{id}`) and, on
+/// instance routes, `instance` (the id, name or prefix the client gave).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        op = %format_args!("{method} {route}"),
+        instance = tracing::field::Empty,
+    );
+    if let Some(key) = instance_key(&route, req.uri().path()) {
+        span.record("instance", key);
+    }
+    let start = Instant::now();
+    let resp = tracing::Instrument::instrument(next.run(req), span).await;
+    let e = events();
+    let kind = if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        "read"
+    } else {
+        "write"
+    };
+    e.http_seconds
+        .get_or_create(&KindLabel { kind })
+        .observe(start.elapsed().as_secs_f64());
+    e.http_requests
+        .get_or_create(&HttpLabels {
+            method: method.as_str().to_owned(),
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// The `{id}` of an `/instances/{id}…` route, as the client wrote it.
+fn instance_key<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    if !route.starts_with("/instances/{id}") {
+        return None;
+    }
+    path.strip_prefix("/instances/")?.split('/').next()
+}
+
+/// What the scrape needs to know of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceFacts {
+    pub id: String,
+    pub name: String,
+    /// hypeman's state name (`Running`, …).
+    pub state: &'static str,
+    /// When its VMM last started (RFC 3339), if ever.
+    pub started_at: Option<String>,
+}
+
+/// The image store's counters (see `lodge_images::PullStats`).
+pub type PullStats = lodge_images::PullStats;
+
+/// The whole scrape: every state in `states` is reported (zeros
+/// included), then the per-instance series. Blocking (reads files).
+pub fn render(
+    instances: &[InstanceFacts],
+    states: &[&'static str],
+    pulls: PullStats,
+) -> Result<String, std::fmt::Error> {
+    let paths = PATHS.get_or_init(|| Paths::new(crate::config::data_dir_from_env()));
+    render_in(paths, instances, states, pulls)
+}
+
+fn render_in(
+    paths: &Paths,
+    instances: &[InstanceFacts],
+    states: &[&'static str],
+    pulls: PullStats,
+) -> Result<String, std::fmt::Error> {
+    let e = events();
+    let mut per_instance = Vec::with_capacity(instances.len());
+    for inst in instances {
+        let log_dir = paths.guest(&inst.id).logs();
+        let logs = read_log_dir(&log_dir).unwrap_or(NO_LOGS);
+        let stalled = stalled_logs(&log_dir);
+        if inst.state == "Running" {
+            observe_boot(e, inst, &log_dir);
+        }
+        per_instance.push((inst, logs, stalled));
+    }
+    // Boots of deleted instances are forgotten, so the set stays as small
+    // as the instance list.
+    let ids: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    e.boots_seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(id, _)| ids.contains(id.as_str()));
+    let mut by_state: BTreeMap<&'static str, i64> = states.iter().map(|s| (*s, 0)).collect();
+    for inst in instances {
+        *by_state.entry(inst.state).or_default() += 1;
+    }
+    let snapshot = Snapshot {
+        by_state,
+        per_instance: per_instance
+            .into_iter()
+            .map(|(i, logs, stalled)| InstanceSeries {
+                id: i.id.clone(),
+                name: i.name.clone(),
+                logs,
+                stalled,
+            })
+            .collect(),
+        pulls,
+        rss: daemon_rss().ok(),
+    };
+    let mut out = String::with_capacity(8192 + 600 * instances.len());
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &e.registry)?;
+    let mut scraped = Registry::with_prefix("lodge");
+    scraped.register_collector(Box::new(snapshot));
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &scraped)?;
+    Ok(out)
+}
+
+/// Observes the boot of a running instance once: the guest said
+/// "started" (the last status line) at the mtime of `guest-status.json`.
+fn observe_boot(e: &Events, inst: &InstanceFacts, log_dir: &Path) {
+    let Some(started_at) = &inst.started_at else {
+        return;
+    };
+    let Ok(started) = lodge_common::time::parse_rfc3339(started_at) else {
+        return;
+    };
+    if started < e.since {
+        return;
+    }
+    let key = (inst.id.clone(), started_at.clone());
+    let mut seen = e.boots_seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.contains(&key) {
+        return;
+    }
+    let Ok(Some(status)) = lodge_monitor::read_guest_status(log_dir) else {
+        return;
+    };
+    if !matches!(
+        status.event(),
+        Some(lodge_guest::StatusEvent::Started { .. })
+    ) {
+        return;
+    }
+    let Ok(at) = std::fs::metadata(log_dir.join(lodge_monitor::GUEST_STATUS_JSON))
+        .and_then(|m| m.modified())
+    else {
+        return;
+    };
+    // A boot whose status predates its start (a restore) is not a boot.
+    if let Ok(took) = at.duration_since(started) {
+        e.boot_seconds.observe(took.as_secs_f64());
+        seen.insert(key);
+    }
+}
+
+/// One log's totals, from its directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LogTotals {
+    /// Bytes written since the log began.
+    bytes: u64,
+    /// Rotations since the log began.
+    rotations: u64,
+}
+
+/// Totals of the monitor's two logs (`app`, `vmm`).
+type LogDir = [(lodge_logs::Source, LogTotals); 2];
+
+const MONITOR_LOGS: [lodge_logs::Source; 2] = [lodge_logs::Source::App, lodge_logs::Source::Vmm];
+
+/// The totals of a directory that cannot be read (not created yet).
+const NO_LOGS: LogDir = [
+    (
+        lodge_logs::Source::App,
+        LogTotals {
+            bytes: 0,
+            rotations: 0,
+        },
+    ),
+    (
+        lodge_logs::Source::Vmm,
+        LogTotals {
+            bytes: 0,
+            rotations: 0,
+        },
+    ),
+];
+
+/// Reads the totals of `app.log` and `vmm.log` from their segments: the
+/// highest sequence number is the number of rotations, and the segments
+/// deleted by retention (numbers below the oldest kept) each held what
+/// the oldest kept one holds (the writer cuts every segment at its limit).
+fn read_log_dir(dir: &Path) -> io::Result<LogDir> {
+    let mut seqs: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
+    let mut live = [0u64; 2];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        for (i, source) in MONITOR_LOGS.iter().enumerate() {
+            if name == source.file_name() {
+                live[i] = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            } else if let Some(seq) = source.parse_segment_name(&name) {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                seqs[i].push((seq, len));
+            }
+        }
+    }
+    let mut out = NO_LOGS;
+    for i in 0..2 {
+        out[i].1 = totals(&mut seqs[i], live[i]);
+    }
+    Ok(out)
+}
+
+fn totals(segments: &mut [(u64, u64)], live: u64) -> LogTotals {
+    segments.sort_unstable();
+    let kept: u64 = segments.iter().map(|(_, len)| len).sum();
+    match (segments.first(), segments.last()) {
+        (Some(&(oldest, oldest_len)), Some(&(newest, _))) => LogTotals {
+            bytes: live + kept + (oldest - 1) * oldest_len,
+            rotations: newest,
+        },
+        _ => LogTotals {
+            bytes: live,
+            rotations: 0,
+        },
+    }
+}
+
+/// The logs whose writes fail right now, from the monitor's `capture.json`.
+fn stalled_logs(dir: &Path) -> Vec<String> {
+    match lodge_monitor::read_capture_info(dir) {
+        Ok(Some(info)) => info.stalled.into_iter().map(|s| s.source).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The daemon's resident set size, from `/proc/self/statm`.
+fn daemon_rss() -> io::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed statm"))?;
+    Ok(pages * rustix::param::page_size() as u64)
+}
+
+#[derive(Debug)]
+struct InstanceSeries {
+    id: String,
+    name: String,
+    logs: LogDir,
+    stalled: Vec<String>,
+}
+
+/// The facts read on one scrape, encoded by [`Collector::encode`].
+#[derive(Debug)]
+struct Snapshot {
+    by_state: BTreeMap<&'static str, i64>,
+    per_instance: Vec<InstanceSeries>,
+    pulls: PullStats,
+    rss: Option<u64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// The labels of a per-instance log series.
+fn log_labels<'a>(inst: &'a InstanceSeries, source: &'static str) -> [(&'static str, &'a str); 3] {
+    [
+        ("instance_id", &inst.id),
+        ("instance_name", &inst.name),
+        ("source", source),
+    ]
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn source_name(s: lodge_logs::Source) -> &'static str {
+    match s {
+        lodge_logs::Source::App => "app",
+        lodge_logs::Source::Vmm => "vmm",
+        lodge_logs::Source::Lodge => "lodge",
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(0i64);
+        let counter = ConstCounter::new(0u64);
+        {
+            let mut m = enc.encode_descriptor(
+                "instances",
+                "Instances by state",
+                None,
+                gauge.metric_type(),
+            )?;
+            for (state, n) in &self.by_state {
+                ConstGauge::new(*n).encode(m.encode_family(&StateLabel { state })?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "image_pulls",
+                "Image pulls finished, by result",
+                None,
+                counter.metric_type(),
+            )?;
+            for (result, n) in [("ready", self.pulls.ready), ("failed", self.pulls.failed)] {
+                ConstCounter::new(n).encode(m.encode_family(&ResultLabel { result })?)?;
+            }
+        }
+        ConstCounter::new(self.pulls.bytes_fetched).encode(enc.encode_descriptor(
+            "image_pull_bytes",
+            "Layer bytes fetched from registries (cached blobs not counted)",
+            None,
+            counter.metric_type(),
+        )?)?;
+        type Pick = fn(&LogTotals) -> u64;
+        for (name, help, pick) in [
+            (
+                "log_bytes",
+                "Bytes the monitor wrote to an instance's log since it began",
+                (|t: &LogTotals| t.bytes) as Pick,
+            ),
+            (
+                "log_rotations",
+                "Rotations of an instance's log since it began",
+                (|t: &LogTotals| t.rotations) as Pick,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, counter.metric_type())?;
+            for inst in &self.per_instance {
+                for (source, totals) in &inst.logs {
+                    let labels = log_labels(inst, source_name(*source));
+                    ConstCounter::new(pick(totals)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "log_writer_errors",
+                "1 while the monitor's writes to this log fail (capture.json), else 0",
+                None,
+                gauge.metric_type(),
+            )?;
+            for inst in &self.per_instance {
+                for source in MONITOR_LOGS {
+                    let name = source_name(source);
+                    let failing = inst.stalled.iter().any(|s| s == name);
+                    let labels = log_labels(inst, name);
+                    ConstGauge::new(i64::from(failing)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if let Some(rss) = self.rss {
+            ConstGauge::new(rss as i64).encode(enc.encode_descriptor(
+                "daemon_resident_memory_bytes",
+                "Resident memory of the API daemon",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_key_comes_from_instance_routes_only() {
+        assert_eq!(
+            instance_key("/instances/{id}/logs", "/instances/web/logs"),
+            Some("web")
+        );
+        assert_eq!(
+            instance_key("/instances/{id}", "/instances/ab12"),
+            Some("ab12")
+        );
+        assert_eq!(instance_key("/instances", "/instances"), None);
+        assert_eq!(instance_key("/images/{name}", "/images/x"), None);
+    }
+
+    #[test]
+    fn totals_count_rotations_and_dropped_segments() {
+        assert_eq!(
+            totals(&mut [], 7),
+            LogTotals {
+                bytes: 7,
+                rotations: 0
+            }
+        );
+        // Segments 3 and 4 kept (1 and 2 dropped), 10 bytes each, 4 live.
+        assert_eq!(
+            totals(&mut [(4, 10), (3, 10)], 4),
+            LogTotals {
+                bytes: 44,
+                rotations: 4
+            }
+        );
+    }
+
+    #[test]
+    fn a_log_dir_is_read_from_its_segments() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("app.log"), b"abc")?;
+        std::fs::write(dir.path().join("app.log.00000002"), b"0123456789")?;
+        std::fs::write(dir.path().join("app.log.1"), b"operator leftover")?;
+        std::fs::write(dir.path().join("vmm.log"), b"x")?;
+        let logs = read_log_dir(dir.path())?;
+        assert_eq!(
+            logs[0].1,
+            LogTotals {
+                bytes: 23,
+                rotations: 2
+            }
+        );
+        assert_eq!(
+            logs[1].1,
+            LogTotals {
+                bytes: 1,
+                rotations: 0
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_scrape_names_every_state_and_series() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = Paths::new(dir.path());
+        let logs = paths.guest("abc123").logs();
+        std::fs::create_dir_all(&logs)?;
+        std::fs::write(logs.join("app.log"), b"hello\n")?;
+        boot_started();
+        agent_session("exec");
+        let facts = [InstanceFacts {
+            id: "abc123".into(),
+            name: "web".into(),
+            state: "Stopped",
+            started_at: None,
+        }];
+        let text = render_in(
+            &paths,
+            &facts,
+            &["Running", "Stopped"],
+            PullStats {
+                ready: 2,
+                failed: 1,
+                bytes_fetched: 99,
+            },
+        )?;
+        for line in [
+            "lodge_instances{state=\"Running\"} 0",
+            "lodge_instances{state=\"Stopped\"} 1",
+            "lodge_image_pulls_total{result=\"ready\"} 2",
+            "lodge_image_pull_bytes_total 99",
+            "lodge_log_bytes_total{instance_id=\"abc123\",instance_name=\"web\",source=\"app\"} 6",
+            "lodge_log_rotations_total{instance_id=\"abc123\",instance_name=\"web\",source=\"vmm\"} 0",
+            "lodge_log_writer_errors{instance_id=\"abc123\",instance_name=\"web\",source=\"app\"} 0",
+            "lodge_agent_sessions_total{kind=\"exec\"}",
+            "# TYPE lodge_boot_duration_seconds histogram",
+            "lodge_daemon_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        Ok(())
+    }
+}
