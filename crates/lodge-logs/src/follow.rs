@@ -31,6 +31,7 @@ use inotify::{EventMask, Inotify, WatchMask};
 use crate::error::ReadError;
 use crate::lock::{monitor_alive, MONITOR_LOCK};
 use crate::segment::{list_segments, segment_name, Source};
+use crate::stored::{self, Probe, SegFile, SegReader};
 use crate::tail::{self, inode_of, Position, Tail, Tip};
 
 /// Largest chunk handed out by one call.
@@ -230,7 +231,7 @@ impl Follower {
     fn step_into(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
         loop {
             if let Some(segment) = self.position.segments.front_mut() {
-                let n = read_retrying(segment, out)?;
+                let n = segment.read(out)?;
                 if n > 0 {
                     return Ok(Step::Data(n));
                 }
@@ -360,16 +361,16 @@ impl Follower {
         let want = self.position.next_seq;
         let live_path = self.dir.join(self.base);
         for _ in 0..ATTEMPTS {
-            if let Some(file) = open_segment(&self.dir, self.base, want)? {
-                return self.set_tip(file, want);
+            if self.take_segment(want)? {
+                return Ok(true);
             }
             // Not rotated yet, or rotated and deleted by retention: in the
             // latter case newer segments exist (renamed after it). It may
             // also have been rotated since we looked: look again from it.
             if let Some(newer) = self.list()?.into_iter().find(|&s| s > want) {
                 for seq in want..=newer {
-                    if let Some(file) = open_segment(&self.dir, self.base, seq)? {
-                        return self.set_tip(file, seq);
+                    if self.take_segment(seq)? {
+                        return Ok(true);
                     }
                 }
                 continue;
@@ -380,15 +381,32 @@ impl Follower {
                 Err(err) => return Err(err.into()),
             };
             let ino = file.metadata()?.ino();
-            match inode_of(&self.dir.join(segment_name(self.base, want))) {
+            match stored::probe(&self.dir, self.base, want) {
                 // Still live, or renamed to `want` since we opened it.
-                None => return self.set_tip(file, want),
-                Some(renamed) if renamed == ino => return self.set_tip(file, want),
-                // We opened a newer live file: take `want` by name instead.
-                Some(_) => continue,
+                Probe::Missing => return self.set_tip(file, want),
+                Probe::Plain(renamed) if renamed == ino => return self.set_tip(file, want),
+                // We opened a newer live file, or `want` was rotated and
+                // compressed already (no inode to compare): take `want` by
+                // name instead.
+                Probe::Plain(_) | Probe::Compressed => continue,
             }
         }
         Err(ReadError::Unstable)
+    }
+
+    /// Takes rotated segment `seq` if it exists in either form: a plain
+    /// one becomes the tip (drained, then left like any rotated tip), a
+    /// compressed one, immutable, is queued whole and `seq + 1` is next.
+    fn take_segment(&mut self, seq: u64) -> Result<bool, ReadError> {
+        match stored::open(&self.dir, self.base, seq)? {
+            None => Ok(false),
+            Some(SegFile::Plain(file)) => self.set_tip(file, seq),
+            Some(seg) => {
+                self.position.segments.push_back(SegReader::new(seg, 0));
+                self.position.next_seq = seq + 1;
+                Ok(true)
+            }
+        }
     }
 
     fn set_tip(&mut self, file: File, seq: u64) -> Result<bool, ReadError> {
@@ -403,14 +421,6 @@ impl Follower {
             pos: 0,
         });
         Ok(true)
-    }
-}
-
-fn open_segment(dir: &Path, base: &str, seq: u64) -> io::Result<Option<File>> {
-    match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
-        Ok(file) => Ok(Some(file)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err),
     }
 }
 
