@@ -928,7 +928,10 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 /// a pause between them, a follower attached the whole time; returns what
 /// the readers saw (follow, tails, --since the pause, --until it) and the
 /// monitor's peak memory.
-fn compression_run(compress: &str) -> Result<(Vec<Vec<u8>>, u64), Box<dyn std::error::Error>> {
+/// What each reader printed, and the monitor's VmHWM in KiB.
+type ReadersAndPeak = (Vec<Vec<u8>>, u64);
+
+fn compression_run(compress: &str) -> Result<ReadersAndPeak, Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("logs");
     fs::create_dir(&dir)?;
