@@ -85,6 +85,8 @@ pub struct Follower {
     check_lock: bool,
     notifier: Option<Notifier>,
     buf: Vec<u8>,
+    /// Where the last chunk handed out began.
+    last_start: Option<crate::timed::StartPoint>,
 }
 
 impl Follower {
@@ -111,7 +113,63 @@ impl Follower {
             check_lock: true,
             notifier,
             buf: Vec::new(),
+            last_start: None,
         })
+    }
+
+    /// Opens `source` in `dir` at byte `at.offset` of segment `at.seq` (a
+    /// place an earlier reader reached, see [`Follower::last_chunk_start`]).
+    /// If retention deleted that segment meanwhile, reading starts at the
+    /// oldest retained one after it. With [`Follow::No`] only that one file
+    /// is read.
+    pub fn open_at(
+        dir: &Path,
+        source: Source,
+        at: crate::timed::StartPoint,
+        follow: Follow,
+    ) -> Result<Self, ReadError> {
+        let base = source.file_name();
+        let notifier = match follow {
+            Follow::No => None,
+            Follow::UntilWriterExits | Follow::Forever => Some(Notifier::watch(dir, base)?),
+        };
+        let mut follower = Follower {
+            dir: dir.to_owned(),
+            base,
+            follow,
+            position: Position {
+                segments: std::collections::VecDeque::new(),
+                tip: None,
+                next_seq: at.seq,
+            },
+            tip_rotated: false,
+            writer_gone: false,
+            lock_rechecks: 0,
+            check_rename: true,
+            check_lock: true,
+            notifier,
+            buf: Vec::new(),
+            last_start: None,
+        };
+        if follower.open_next()? {
+            if let Some(tip) = &mut follower.position.tip {
+                if tip.seq == at.seq {
+                    tip.file.seek(SeekFrom::Start(at.offset))?;
+                    tip.pos = at.offset;
+                }
+            } else if let Some(segment) = follower.position.segments.front_mut() {
+                if segment.seq == at.seq {
+                    segment.pos = at.offset;
+                }
+            }
+        }
+        Ok(follower)
+    }
+
+    /// Where the bytes of the last chunk handed out began: with its length,
+    /// where the next one begins. `None` before the first chunk.
+    pub fn last_chunk_start(&self) -> Option<crate::timed::StartPoint> {
+        self.last_start
     }
 
     /// Where this follower's next byte is, if it holds nothing older: the
@@ -231,8 +289,13 @@ impl Follower {
     fn step_into(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
         loop {
             if let Some(segment) = self.position.segments.front_mut() {
+                let at = crate::timed::StartPoint {
+                    seq: segment.seq,
+                    offset: segment.pos,
+                };
                 let n = segment.read(out)?;
                 if n > 0 {
+                    self.last_start = Some(at);
                     return Ok(Step::Data(n));
                 }
                 self.position.segments.pop_front();
@@ -242,6 +305,10 @@ impl Follower {
                 Some(tip) => {
                     let n = read_retrying(&mut tip.file, out)?;
                     if n > 0 {
+                        self.last_start = Some(crate::timed::StartPoint {
+                            seq: tip.seq,
+                            offset: tip.pos,
+                        });
                         tip.pos += n as u64;
                         return Ok(Step::Data(n));
                     }
@@ -402,7 +469,9 @@ impl Follower {
             None => Ok(false),
             Some(SegFile::Plain(file)) => self.set_tip(file, seq),
             Some(seg) => {
-                self.position.segments.push_back(SegReader::new(seg, 0));
+                self.position
+                    .segments
+                    .push_back(SegReader::new(seg, seq, 0));
                 self.position.next_seq = seq + 1;
                 Ok(true)
             }
@@ -855,6 +924,38 @@ mod tests {
         drop(lock);
         let followed = following.join().map_err(|_| "reader panicked")??;
         assert!(followed == (line, 1), "follow");
+        Ok(())
+    }
+
+    /// Every chunk's place, reopened with `open_at`, reads the rest of the
+    /// log exactly, over plain and compressed segments and the live file.
+    #[test]
+    fn open_at_resumes_where_a_chunk_began() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 100_000, 100)?
+            .compress(crate::Compression::Zstd);
+        let all = numbers(1, 60_000);
+        writer.write_all(&all)?;
+        writer.finish()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 100_000, 100)?;
+        writer.write_all(b"more\n")?;
+        let mut want = all;
+        want.extend_from_slice(b"more\n");
+        let mut follower = Follower::open(dir.path(), Source::App, Tail::All, Follow::No)?;
+        let mut read = 0usize;
+        while let Some(chunk) = follower.next_blocking()? {
+            let at = follower.last_chunk_start().ok_or("no place")?;
+            // No monitor lock: following ends once everything is read.
+            let mut again =
+                Follower::open_at(dir.path(), Source::App, at, Follow::UntilWriterExits)?;
+            let mut rest = Vec::new();
+            while let Some(c) = again.next_blocking()? {
+                rest.extend(c);
+            }
+            assert!(rest == want[read..], "from {at:?} (byte {read})");
+            read += chunk.len();
+        }
+        assert_eq!(read, want.len());
         Ok(())
     }
 

@@ -134,12 +134,15 @@ impl SegFile {
 #[derive(Debug)]
 pub(crate) struct SegReader {
     seg: SegFile,
-    pos: u64,
+    /// Its sequence number.
+    pub(crate) seq: u64,
+    /// Offset of the next byte.
+    pub(crate) pos: u64,
 }
 
 impl SegReader {
-    pub(crate) fn new(seg: SegFile, pos: u64) -> Self {
-        SegReader { seg, pos }
+    pub(crate) fn new(seg: SegFile, seq: u64, pos: u64) -> Self {
+        SegReader { seg, seq, pos }
     }
 
     /// The next bytes; 0 at the end.

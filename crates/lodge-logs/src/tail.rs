@@ -220,7 +220,7 @@ fn tail_from(
         Tail::All => {
             for seq in older {
                 match open_segment(dir, base, seq)? {
-                    Some(seg) => position.segments.push_front(SegReader::new(seg, 0)),
+                    Some(seg) => position.segments.push_front(SegReader::new(seg, seq, 0)),
                     None => break,
                 }
             }
@@ -268,12 +268,14 @@ fn tail_from(
                 // A segment ending with the newline before our first line
                 // contributes nothing.
                 if offset < len {
-                    position.segments.push_front(SegReader::new(seg, offset));
+                    position
+                        .segments
+                        .push_front(SegReader::new(seg, seq, offset));
                 }
                 break;
             }
             Scan::Shrunk => return Ok(None),
-            Scan::NotHere => position.segments.push_front(SegReader::new(seg, 0)),
+            Scan::NotHere => position.segments.push_front(SegReader::new(seg, seq, 0)),
         }
     }
     seek_start(position).map(Some)

@@ -39,8 +39,10 @@ pub struct Window {
 }
 
 /// A place in a log: byte `offset` of segment `seq` (the live file has the
-/// number it will get when rotated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// number it will get when rotated). Places order along the log, except
+/// that the end of a segment and the start of the next are two names of
+/// one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StartPoint {
     pub seq: u64,
     pub offset: u64,
