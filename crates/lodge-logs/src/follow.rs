@@ -20,6 +20,13 @@
 //! kernel queues that event before it drops the lock of a dying process, so
 //! a close seen while the lock still looks held is re-checked a few times
 //! on a short, growing timeout: the one place a timer is needed.
+//!
+//! Cost per wake-up of a busy log: one `poll`, one read of the inotify
+//! descriptor, one read of the file. A short read means the file's end was
+//! reached, so the reader then waits for the next event instead of reading
+//! the end again; the size is checked (for an outside truncate) only after
+//! a wake-up that brought no data; the directory and the lock are looked at
+//! only when an event named them.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -87,6 +94,12 @@ pub struct Follower {
     buf: Vec<u8>,
     /// Where the last chunk handed out began.
     last_start: Option<crate::timed::StartPoint>,
+    /// The last read of the tip was short: it was at its end then, so the
+    /// next look waits for an event instead of reading the end again.
+    at_end: bool,
+    /// The tip gave data since the last wait: it was not truncated below
+    /// our offset then, so the end needs no `fstat`.
+    data_since_wait: bool,
 }
 
 impl Follower {
@@ -114,6 +127,8 @@ impl Follower {
             notifier,
             buf: Vec::new(),
             last_start: None,
+            at_end: false,
+            data_since_wait: false,
         })
     }
 
@@ -150,6 +165,8 @@ impl Follower {
             notifier,
             buf: Vec::new(),
             last_start: None,
+            at_end: false,
+            data_since_wait: false,
         };
         if follower.open_next()? {
             if let Some(tip) = &mut follower.position.tip {
@@ -287,6 +304,35 @@ impl Follower {
 
     /// Reads what is there; decides between data, waiting and the end.
     fn step_into(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
+        if std::mem::take(&mut self.at_end) && self.nothing_to_check() {
+            // A short read found the end a moment ago and no event asked
+            // for a look since: wait for the next one (it comes with the
+            // next append) rather than read the end again.
+            self.data_since_wait = false;
+            return Ok(Step::Wait);
+        }
+        let step = self.step_files(out);
+        if matches!(step, Ok(Step::Wait)) {
+            self.data_since_wait = false;
+        }
+        step
+    }
+
+    /// Whether the idle checks (rotation, monitor lock, directory gone)
+    /// have nothing to look at: no hint pending, no queued segment.
+    fn nothing_to_check(&self) -> bool {
+        self.position.segments.is_empty()
+            && self.position.tip.is_some()
+            && !self.tip_rotated
+            && !self.check_rename
+            && !self.check_lock
+            && self.lock_rechecks == 0
+            && self.notifier.as_ref().is_some_and(|n| {
+                !(n.seen.renamed || n.seen.lock_event || n.seen.lock_closed || n.seen.gone)
+            })
+    }
+
+    fn step_files(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
         loop {
             if let Some(segment) = self.position.segments.front_mut() {
                 let at = crate::timed::StartPoint {
@@ -310,6 +356,9 @@ impl Follower {
                             offset: tip.pos,
                         });
                         tip.pos += n as u64;
+                        self.data_since_wait = true;
+                        // A regular file reads short only at its end.
+                        self.at_end = n < out.len() && self.follow != Follow::No;
                         return Ok(Step::Data(n));
                     }
                     if self.follow == Follow::No {
@@ -321,7 +370,7 @@ impl Follower {
                         self.advance()?;
                         continue;
                     }
-                    if tip.file.metadata()?.len() < tip.pos {
+                    if !self.data_since_wait && tip.file.metadata()?.len() < tip.pos {
                         // Truncated behind the writer's back: start over.
                         tip.file.seek(SeekFrom::Start(0))?;
                         tip.pos = 0;
@@ -589,14 +638,29 @@ impl Notifier {
             #[cfg(feature = "async")]
             _ => return Ok(()),
         };
+        // poll, then a non-blocking read: two system calls per wake-up.
+        // (`read_events_blocking` clears and restores `O_NONBLOCK` around
+        // each read: four `fcntl` more.)
         loop {
-            match inotify.read_events_blocking(buf) {
+            let mut fds = [rustix::event::PollFd::new(
+                &*inotify,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(err) => return Err(ReadError::Io(err.into())),
+            }
+            match inotify.read_events(buf) {
                 Ok(events) => {
                     if relevant(events, base, seen) {
                         return Ok(());
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
                 Err(err) => return Err(ReadError::Io(err)),
             }
         }
