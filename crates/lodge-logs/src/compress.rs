@@ -37,8 +37,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use crate::segment::{parse_segment_name, segment_name};
-use crate::stored::{tmp_name, zst_name, ZST, ZST_TMP};
+use crate::segment::{parse_segment_name, segment_name, ZST};
+use crate::stored::{tmp_name, zst_name, ZST_TMP};
 
 /// The `zstd` compression level: fast (hundreds of MB/s), and log text
 /// still shrinks several times.

@@ -106,10 +106,13 @@ pub(crate) fn parse_segment_name(base: &str, name: &OsStr) -> Option<u64> {
     suffix.parse().ok()
 }
 
+/// Suffix of a compressed segment (see `stored`).
+pub(crate) const ZST: &str = ".zst";
+
 /// The sequence number if `name` is a compressed segment of `base`
 /// (`base.NNNNNNNN.zst`, see `stored`).
 pub(crate) fn parse_compressed_name(base: &str, name: &OsStr) -> Option<u64> {
-    let plain = name.to_str()?.strip_suffix(crate::stored::ZST)?;
+    let plain = name.to_str()?.strip_suffix(ZST)?;
     parse_segment_name(base, OsStr::new(plain))
 }
 

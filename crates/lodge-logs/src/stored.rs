@@ -29,10 +29,7 @@ use std::path::Path;
 
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 
-use crate::segment::{open_log, segment_name};
-
-/// Suffix of a compressed segment.
-pub(crate) const ZST: &str = ".zst";
+use crate::segment::{open_log, segment_name, ZST};
 /// Suffix of a compressed segment still being written.
 pub(crate) const ZST_TMP: &str = ".zst.tmp";
 /// Compressed bytes read from the file at once.

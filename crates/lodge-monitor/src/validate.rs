@@ -46,7 +46,8 @@ pub(crate) fn validate(config: &Config) -> Result<(), MonitorError> {
             program.to_string_lossy().into_owned(),
         ));
     }
-    if config.compression == crate::Compression::Zstd && resolve(OsStr::new("zstd")).is_none() {
+    if config.compression == lodge_logs::Compression::Zstd && resolve(OsStr::new("zstd")).is_none()
+    {
         return Err(MonitorError::NoZstd);
     }
     Ok(())
