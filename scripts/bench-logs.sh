@@ -176,4 +176,22 @@ while monitor.poll() is None:
     time.sleep(0.01)
 print(f"monitor memory while streaming {size_label}: VmHWM {hwm / 1024:.2f} MiB (target <= 4 MiB), "
       f"of which private (peak RssAnon) {peak_anon / 1024:.2f} MiB; the rest is mapped code of lodge and libc")
+
+# The same with rotated segments compressed (LODGE_LOG_COMPRESS=zstd): the
+# zstd child processes are not the monitor's memory.
+d = os.path.join(work, "rss-zstd")
+os.mkdir(d)
+monitor = subprocess.Popen([lodge, "supervise", "--log-dir", d, "--max-size", "1MiB", "--max-files", "5", "--", "cat", data],
+                           env=dict(os.environ, LODGE_LOG_COMPRESS="zstd"))
+peak_anon = hwm = 0
+while monitor.poll() is None:
+    try:
+        hwm = max(hwm, status_kib(monitor.pid, "VmHWM"))
+        peak_anon = max(peak_anon, status_kib(monitor.pid, "RssAnon"))
+    except (FileNotFoundError, ProcessLookupError):
+        break
+    time.sleep(0.01)
+zst = len([n for n in os.listdir(d) if n.endswith(".zst")])
+print(f"monitor memory with LODGE_LOG_COMPRESS=zstd: VmHWM {hwm / 1024:.2f} MiB (target <= 4 MiB), "
+      f"peak RssAnon {peak_anon / 1024:.2f} MiB; {zst} compressed segments kept")
 EOF

@@ -20,6 +20,13 @@
 //! kernel queues that event before it drops the lock of a dying process, so
 //! a close seen while the lock still looks held is re-checked a few times
 //! on a short, growing timeout: the one place a timer is needed.
+//!
+//! Cost per wake-up of a busy log: one `poll`, one read of the inotify
+//! descriptor, one read of the file. A short read means the file's end was
+//! reached, so the reader then waits for the next event instead of reading
+//! the end again; the size is checked (for an outside truncate) only after
+//! a wake-up that brought no data; the directory and the lock are looked at
+//! only when an event named them.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -31,6 +38,7 @@ use inotify::{EventMask, Inotify, WatchMask};
 use crate::error::ReadError;
 use crate::lock::{monitor_alive, MONITOR_LOCK};
 use crate::segment::{list_segments, segment_name, Source};
+use crate::stored::{self, Probe, SegFile, SegReader};
 use crate::tail::{self, inode_of, Position, Tail, Tip};
 
 /// Largest chunk handed out by one call.
@@ -84,6 +92,14 @@ pub struct Follower {
     check_lock: bool,
     notifier: Option<Notifier>,
     buf: Vec<u8>,
+    /// Where the last chunk handed out began.
+    last_start: Option<crate::timed::StartPoint>,
+    /// The last read of the tip was short: it was at its end then, so the
+    /// next look waits for an event instead of reading the end again.
+    at_end: bool,
+    /// The tip gave data since the last wait: it was not truncated below
+    /// our offset then, so the end needs no `fstat`.
+    data_since_wait: bool,
 }
 
 impl Follower {
@@ -110,7 +126,67 @@ impl Follower {
             check_lock: true,
             notifier,
             buf: Vec::new(),
+            last_start: None,
+            at_end: false,
+            data_since_wait: false,
         })
+    }
+
+    /// Opens `source` in `dir` at byte `at.offset` of segment `at.seq` (a
+    /// place an earlier reader reached, see [`Follower::last_chunk_start`]).
+    /// If retention deleted that segment meanwhile, reading starts at the
+    /// oldest retained one after it. With [`Follow::No`] only that one file
+    /// is read.
+    pub fn open_at(
+        dir: &Path,
+        source: Source,
+        at: crate::timed::StartPoint,
+        follow: Follow,
+    ) -> Result<Self, ReadError> {
+        let base = source.file_name();
+        let notifier = match follow {
+            Follow::No => None,
+            Follow::UntilWriterExits | Follow::Forever => Some(Notifier::watch(dir, base)?),
+        };
+        let mut follower = Follower {
+            dir: dir.to_owned(),
+            base,
+            follow,
+            position: Position {
+                segments: std::collections::VecDeque::new(),
+                tip: None,
+                next_seq: at.seq,
+            },
+            tip_rotated: false,
+            writer_gone: false,
+            lock_rechecks: 0,
+            check_rename: true,
+            check_lock: true,
+            notifier,
+            buf: Vec::new(),
+            last_start: None,
+            at_end: false,
+            data_since_wait: false,
+        };
+        if follower.open_next()? {
+            if let Some(tip) = &mut follower.position.tip {
+                if tip.seq == at.seq {
+                    tip.file.seek(SeekFrom::Start(at.offset))?;
+                    tip.pos = at.offset;
+                }
+            } else if let Some(segment) = follower.position.segments.front_mut() {
+                if segment.seq == at.seq {
+                    segment.pos = at.offset;
+                }
+            }
+        }
+        Ok(follower)
+    }
+
+    /// Where the bytes of the last chunk handed out began: with its length,
+    /// where the next one begins. `None` before the first chunk.
+    pub fn last_chunk_start(&self) -> Option<crate::timed::StartPoint> {
+        self.last_start
     }
 
     /// Where this follower's next byte is, if it holds nothing older: the
@@ -228,10 +304,44 @@ impl Follower {
 
     /// Reads what is there; decides between data, waiting and the end.
     fn step_into(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
+        if std::mem::take(&mut self.at_end) && self.nothing_to_check() {
+            // A short read found the end a moment ago and no event asked
+            // for a look since: wait for the next one (it comes with the
+            // next append) rather than read the end again.
+            self.data_since_wait = false;
+            return Ok(Step::Wait);
+        }
+        let step = self.step_files(out);
+        if matches!(step, Ok(Step::Wait)) {
+            self.data_since_wait = false;
+        }
+        step
+    }
+
+    /// Whether the idle checks (rotation, monitor lock, directory gone)
+    /// have nothing to look at: no hint pending, no queued segment.
+    fn nothing_to_check(&self) -> bool {
+        self.position.segments.is_empty()
+            && self.position.tip.is_some()
+            && !self.tip_rotated
+            && !self.check_rename
+            && !self.check_lock
+            && self.lock_rechecks == 0
+            && self.notifier.as_ref().is_some_and(|n| {
+                !(n.seen.renamed || n.seen.lock_event || n.seen.lock_closed || n.seen.gone)
+            })
+    }
+
+    fn step_files(&mut self, out: &mut [u8]) -> Result<Step, ReadError> {
         loop {
             if let Some(segment) = self.position.segments.front_mut() {
-                let n = read_retrying(segment, out)?;
+                let at = crate::timed::StartPoint {
+                    seq: segment.seq,
+                    offset: segment.pos,
+                };
+                let n = segment.read(out)?;
                 if n > 0 {
+                    self.last_start = Some(at);
                     return Ok(Step::Data(n));
                 }
                 self.position.segments.pop_front();
@@ -241,7 +351,14 @@ impl Follower {
                 Some(tip) => {
                     let n = read_retrying(&mut tip.file, out)?;
                     if n > 0 {
+                        self.last_start = Some(crate::timed::StartPoint {
+                            seq: tip.seq,
+                            offset: tip.pos,
+                        });
                         tip.pos += n as u64;
+                        self.data_since_wait = true;
+                        // A regular file reads short only at its end.
+                        self.at_end = n < out.len() && self.follow != Follow::No;
                         return Ok(Step::Data(n));
                     }
                     if self.follow == Follow::No {
@@ -253,7 +370,7 @@ impl Follower {
                         self.advance()?;
                         continue;
                     }
-                    if tip.file.metadata()?.len() < tip.pos {
+                    if !self.data_since_wait && tip.file.metadata()?.len() < tip.pos {
                         // Truncated behind the writer's back: start over.
                         tip.file.seek(SeekFrom::Start(0))?;
                         tip.pos = 0;
@@ -360,16 +477,16 @@ impl Follower {
         let want = self.position.next_seq;
         let live_path = self.dir.join(self.base);
         for _ in 0..ATTEMPTS {
-            if let Some(file) = open_segment(&self.dir, self.base, want)? {
-                return self.set_tip(file, want);
+            if self.take_segment(want)? {
+                return Ok(true);
             }
             // Not rotated yet, or rotated and deleted by retention: in the
             // latter case newer segments exist (renamed after it). It may
             // also have been rotated since we looked: look again from it.
             if let Some(newer) = self.list()?.into_iter().find(|&s| s > want) {
                 for seq in want..=newer {
-                    if let Some(file) = open_segment(&self.dir, self.base, seq)? {
-                        return self.set_tip(file, seq);
+                    if self.take_segment(seq)? {
+                        return Ok(true);
                     }
                 }
                 continue;
@@ -380,15 +497,34 @@ impl Follower {
                 Err(err) => return Err(err.into()),
             };
             let ino = file.metadata()?.ino();
-            match inode_of(&self.dir.join(segment_name(self.base, want))) {
+            match stored::probe(&self.dir, self.base, want) {
                 // Still live, or renamed to `want` since we opened it.
-                None => return self.set_tip(file, want),
-                Some(renamed) if renamed == ino => return self.set_tip(file, want),
-                // We opened a newer live file: take `want` by name instead.
-                Some(_) => continue,
+                Probe::Missing => return self.set_tip(file, want),
+                Probe::Plain(renamed) if renamed == ino => return self.set_tip(file, want),
+                // We opened a newer live file, or `want` was rotated and
+                // compressed already (no inode to compare): take `want` by
+                // name instead.
+                Probe::Plain(_) | Probe::Compressed => continue,
             }
         }
         Err(ReadError::Unstable)
+    }
+
+    /// Takes rotated segment `seq` if it exists in either form: a plain
+    /// one becomes the tip (drained, then left like any rotated tip), a
+    /// compressed one, immutable, is queued whole and `seq + 1` is next.
+    fn take_segment(&mut self, seq: u64) -> Result<bool, ReadError> {
+        match stored::open(&self.dir, self.base, seq)? {
+            None => Ok(false),
+            Some(SegFile::Plain(file)) => self.set_tip(file, seq),
+            Some(seg) => {
+                self.position
+                    .segments
+                    .push_back(SegReader::new(seg, seq, 0));
+                self.position.next_seq = seq + 1;
+                Ok(true)
+            }
+        }
     }
 
     fn set_tip(&mut self, file: File, seq: u64) -> Result<bool, ReadError> {
@@ -403,14 +539,6 @@ impl Follower {
             pos: 0,
         });
         Ok(true)
-    }
-}
-
-fn open_segment(dir: &Path, base: &str, seq: u64) -> io::Result<Option<File>> {
-    match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
-        Ok(file) => Ok(Some(file)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err),
     }
 }
 
@@ -510,14 +638,29 @@ impl Notifier {
             #[cfg(feature = "async")]
             _ => return Ok(()),
         };
+        // poll, then a non-blocking read: two system calls per wake-up.
+        // (`read_events_blocking` clears and restores `O_NONBLOCK` around
+        // each read: four `fcntl` more.)
         loop {
-            match inotify.read_events_blocking(buf) {
+            let mut fds = [rustix::event::PollFd::new(
+                &*inotify,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(err) => return Err(ReadError::Io(err.into())),
+            }
+            match inotify.read_events(buf) {
                 Ok(events) => {
                     if relevant(events, base, seen) {
                         return Ok(());
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
                 Err(err) => return Err(ReadError::Io(err)),
             }
         }
@@ -845,6 +988,38 @@ mod tests {
         drop(lock);
         let followed = following.join().map_err(|_| "reader panicked")??;
         assert!(followed == (line, 1), "follow");
+        Ok(())
+    }
+
+    /// Every chunk's place, reopened with `open_at`, reads the rest of the
+    /// log exactly, over plain and compressed segments and the live file.
+    #[test]
+    fn open_at_resumes_where_a_chunk_began() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 100_000, 100)?
+            .compress(crate::Compression::Zstd);
+        let all = numbers(1, 60_000);
+        writer.write_all(&all)?;
+        writer.finish()?;
+        let mut writer = RotatingWriter::open(dir.path(), Source::App, 100_000, 100)?;
+        writer.write_all(b"more\n")?;
+        let mut want = all;
+        want.extend_from_slice(b"more\n");
+        let mut follower = Follower::open(dir.path(), Source::App, Tail::All, Follow::No)?;
+        let mut read = 0usize;
+        while let Some(chunk) = follower.next_blocking()? {
+            let at = follower.last_chunk_start().ok_or("no place")?;
+            // No monitor lock: following ends once everything is read.
+            let mut again =
+                Follower::open_at(dir.path(), Source::App, at, Follow::UntilWriterExits)?;
+            let mut rest = Vec::new();
+            while let Some(c) = again.next_blocking()? {
+                rest.extend(c);
+            }
+            assert!(rest == want[read..], "from {at:?} (byte {read})");
+            read += chunk.len();
+        }
+        assert_eq!(read, want.len());
         Ok(())
     }
 

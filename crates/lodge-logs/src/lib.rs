@@ -9,7 +9,8 @@
 //! follow the same descriptors through rotations, woken by inotify. The
 //! monitor's lock file ([`MONITOR_LOCK`]) tells readers when the log is
 //! complete. [`LineSplitter`] cuts what they read into lines of bounded
-//! size. [`ByteSize`] (from lodge-common) is the size syntax shared by
+//! size. Rotated segments may be stored compressed ([`Compression`]);
+//! readers read both forms alike. [`ByteSize`] (from lodge-common) is the size syntax shared by
 //! every size flag; it is re-exported here for the writer's callers.
 //!
 //! Everything here is synchronous std code so the per-VM monitor can use it
@@ -18,16 +19,19 @@
 
 #[cfg(feature = "async")]
 mod async_fd;
+mod compress;
 mod error;
 mod follow;
 mod lines;
 mod lock;
 mod segment;
+mod stored;
 mod tail;
 mod timed;
 pub mod times;
 mod writer;
 
+pub use compress::{Compression, UnknownCompression};
 pub use error::ReadError;
 pub use follow::{read_all, Follow, Follower};
 pub use lines::{LineChunk, LineSplitter, MAX_LINE_CHUNK};

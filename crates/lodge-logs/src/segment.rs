@@ -106,15 +106,30 @@ pub(crate) fn parse_segment_name(base: &str, name: &OsStr) -> Option<u64> {
     suffix.parse().ok()
 }
 
-/// Sequence numbers of `base`'s rotated segments in `dir`, ascending.
+/// Suffix of a compressed segment (see `stored`).
+pub(crate) const ZST: &str = ".zst";
+
+/// The sequence number if `name` is a compressed segment of `base`
+/// (`base.NNNNNNNN.zst`, see `stored`).
+pub(crate) fn parse_compressed_name(base: &str, name: &OsStr) -> Option<u64> {
+    let plain = name.to_str()?.strip_suffix(ZST)?;
+    parse_segment_name(base, OsStr::new(plain))
+}
+
+/// Sequence numbers of `base`'s rotated segments in `dir`, ascending, each
+/// once whether it is plain, compressed or (for a moment) both.
 pub(crate) fn list_segments(dir: &Path, base: &str) -> io::Result<Vec<u64>> {
     let mut seqs = Vec::new();
     for entry in dir.read_dir()? {
-        if let Some(seq) = parse_segment_name(base, &entry?.file_name()) {
+        let name = entry?.file_name();
+        if let Some(seq) =
+            parse_segment_name(base, &name).or_else(|| parse_compressed_name(base, &name))
+        {
             seqs.push(seq);
         }
     }
     seqs.sort_unstable();
+    seqs.dedup();
     Ok(seqs)
 }
 
@@ -165,10 +180,17 @@ mod tests {
             "app.log.1",
             "app.log",
             "vmm.log.00000001",
+            "app.log.00000003.zst",
+            "app.log.00000002.zst",
+            "app.log.00000004.zst.tmp",
+            "app.log.5.zst",
         ] {
             std::fs::write(dir.path().join(name), b"")?;
         }
-        assert_eq!(list_segments(dir.path(), "app.log")?, vec![2, 100_000_000]);
+        assert_eq!(
+            list_segments(dir.path(), "app.log")?,
+            vec![2, 3, 100_000_000]
+        );
         Ok(())
     }
 

@@ -24,14 +24,15 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
 use crate::error::ReadError;
-use crate::segment::{list_segments, segment_name};
+use crate::segment::list_segments;
+use crate::stored::{self, scan_back, Probe, Scan, SegFile, SegReader};
 
 /// Bytes read per step of the backward scan: small first (a hundred lines
 /// usually fit), then growing to `BLOCK`.
@@ -90,7 +91,7 @@ pub(crate) struct Tip {
 /// then the tip. With no tip, the live file did not exist yet.
 #[derive(Debug)]
 pub(crate) struct Position {
-    pub segments: VecDeque<File>,
+    pub segments: VecDeque<SegReader>,
     pub tip: Option<Tip>,
     /// When `tip` is `None`: the sequence number the live file will have.
     pub next_seq: u64,
@@ -139,7 +140,7 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
     let mut missing = 0;
     for _ in 0..ATTEMPTS {
         let mut newest = list(dir, base)?.last().copied().unwrap_or(0);
-        while inode_of(&dir.join(segment_name(base, newest + 1))).is_some() {
+        while stored::probe(dir, base, newest + 1) != Probe::Missing {
             newest += 1;
         }
         let file = match crate::segment::open_log(&live_path) {
@@ -159,11 +160,12 @@ fn snapshot(dir: &Path, base: &str) -> Result<Snapshot, ReadError> {
         };
         let meta = file.metadata()?;
         let seq = newest + 1;
-        match inode_of(&dir.join(segment_name(base, seq))) {
-            None => {}
-            Some(ino) if ino == meta.ino() => {}
-            // A rotation between the probe and the open: look again.
-            Some(_) => continue,
+        match stored::probe(dir, base, seq) {
+            Probe::Missing => {}
+            Probe::Plain(ino) if ino == meta.ino() => {}
+            // A rotation between the probe and the open (a compressed
+            // segment cannot be compared by inode): look again.
+            Probe::Plain(_) | Probe::Compressed => continue,
         }
         return Ok(Snapshot {
             newest,
@@ -218,7 +220,7 @@ fn tail_from(
         Tail::All => {
             for seq in older {
                 match open_segment(dir, base, seq)? {
-                    Some(file) => position.segments.push_front(file),
+                    Some(seg) => position.segments.push_front(SegReader::new(seg, seq, 0)),
                     None => break,
                 }
             }
@@ -230,12 +232,14 @@ fn tail_from(
     let mut skip_final_newline = true;
     // The live file first, then older segments as long as lines are missing.
     if let Some(tip) = &mut position.tip {
+        let live = SegFile::Plain(tip.file.try_clone()?);
         match scan_back(
-            &tip.file,
+            &live,
             live_len,
             &mut need,
             &mut skip_final_newline,
             &mut buf,
+            FIRST_BLOCK,
         )? {
             Scan::Found(offset) => {
                 tip.pos = offset;
@@ -246,25 +250,32 @@ fn tail_from(
         }
     }
     for seq in older.by_ref() {
-        let Some(file) = open_segment(dir, base, seq)? else {
+        let Some(seg) = open_segment(dir, base, seq)? else {
             // Deleted by retention (maybe while we read): the retained log
             // starts with the newer files we already hold.
             break;
         };
-        let len = file.metadata()?.len();
-        match scan_back(&file, len, &mut need, &mut skip_final_newline, &mut buf)? {
+        let len = seg.len()?;
+        match scan_back(
+            &seg,
+            len,
+            &mut need,
+            &mut skip_final_newline,
+            &mut buf,
+            FIRST_BLOCK,
+        )? {
             Scan::Found(offset) => {
                 // A segment ending with the newline before our first line
                 // contributes nothing.
                 if offset < len {
-                    let mut file = file;
-                    file.seek(SeekFrom::Start(offset))?;
-                    position.segments.push_front(file);
+                    position
+                        .segments
+                        .push_front(SegReader::new(seg, seq, offset));
                 }
                 break;
             }
             Scan::Shrunk => return Ok(None),
-            Scan::NotHere => position.segments.push_front(file),
+            Scan::NotHere => position.segments.push_front(SegReader::new(seg, seq, 0)),
         }
     }
     seek_start(position).map(Some)
@@ -278,67 +289,14 @@ fn seek_start(mut position: Position) -> Result<Position, ReadError> {
     Ok(position)
 }
 
-fn open_segment(dir: &Path, base: &str, seq: u64) -> Result<Option<File>, ReadError> {
-    match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
-        Ok(file) => Ok(Some(file)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err.into()),
-    }
-}
-
-enum Scan {
-    /// The lines start at this offset of the file.
-    Found(u64),
-    /// The whole file holds fewer lines than still needed.
-    NotHere,
-    /// The file is shorter than when we measured it (outside truncate).
-    Shrunk,
-}
-
-/// Counts newlines backwards from `end` until `need` of them were passed.
-/// The very last byte of the log, if a newline, ends the last line rather
-/// than starting a new one, so it is skipped once (`skip_final_newline`).
-fn scan_back(
-    file: &File,
-    mut end: u64,
-    need: &mut u64,
-    skip_final_newline: &mut bool,
-    buf: &mut [u8],
-) -> io::Result<Scan> {
-    let mut step = FIRST_BLOCK.min(buf.len() as u64);
-    while end > 0 {
-        let start = end.saturating_sub(step);
-        step = (step * 2).min(buf.len() as u64);
-        // Bounded by buf.len(), so the cast is lossless.
-        let block = &mut buf[..(end - start) as usize];
-        if let Err(err) = file.read_exact_at(block, start) {
-            if err.kind() == io::ErrorKind::UnexpectedEof {
-                return Ok(Scan::Shrunk);
-            }
-            return Err(err);
-        }
-        let mut upto = block.len();
-        if *skip_final_newline {
-            *skip_final_newline = false;
-            if block.last() == Some(&b'\n') {
-                upto -= 1;
-            }
-        }
-        while let Some(nl) = block[..upto].iter().rposition(|&b| b == b'\n') {
-            *need -= 1;
-            if *need == 0 {
-                return Ok(Scan::Found(start + nl as u64 + 1));
-            }
-            upto = nl;
-        }
-        end = start;
-    }
-    Ok(Scan::NotHere)
+fn open_segment(dir: &Path, base: &str, seq: u64) -> Result<Option<SegFile>, ReadError> {
+    Ok(stored::open(dir, base, seq)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::segment_name;
     use std::io::Read;
 
     /// Writes `parts` as segments 1.. and the live file (the last part).
@@ -355,8 +313,15 @@ mod tests {
 
     fn read_all(mut position: Position) -> Vec<u8> {
         let mut out = Vec::new();
-        for mut file in position.segments.drain(..) {
-            file.read_to_end(&mut out).expect("read");
+        let mut buf = vec![0u8; 7];
+        for mut seg in position.segments.drain(..) {
+            loop {
+                let n = seg.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
         }
         if let Some(mut tip) = position.tip {
             tip.file.read_to_end(&mut out).expect("read");
@@ -434,6 +399,30 @@ mod tests {
         let mut want = long.clone();
         want.extend_from_slice(b"\nlast\n");
         assert_eq!(got, want);
+    }
+
+    /// The same log with its segments compressed: the same tails.
+    #[test]
+    fn compressed_segments_tail_alike() -> io::Result<()> {
+        let parts: &[&[u8]] = &[b"one\ntw", b"o\nthr", b"ee\n", b"four\nfi", b"ve"];
+        let dir = log_dir(parts);
+        for seq in [1u64, 2, 4] {
+            let plain = dir.path().join(segment_name("app.log", seq));
+            let data = std::fs::read(&plain)?;
+            crate::stored::tests::zstd_file(
+                dir.path(),
+                &crate::stored::zst_name("app.log", seq),
+                &data,
+            )?;
+            std::fs::remove_file(plain)?;
+        }
+        for n in 0..8 {
+            let got = read_all(position(dir.path(), "app.log", Tail::Lines(n)).expect("position"));
+            assert_eq!(got, tail(parts, Tail::Lines(n)), "tail {n}");
+        }
+        let all = read_all(position(dir.path(), "app.log", Tail::All).expect("position"));
+        assert_eq!(all, b"one\ntwo\nthree\nfour\nfive");
+        Ok(())
     }
 
     #[test]

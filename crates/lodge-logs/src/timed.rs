@@ -15,15 +15,14 @@
 //! [`MAX_LINE_CHUNK`] bytes, so a line without end cannot grow the reader.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::SystemTime;
 
 use crate::error::ReadError;
 use crate::lines::MAX_LINE_CHUNK;
-use crate::segment::{list_segments, segment_name, Source};
+use crate::segment::{list_segments, Source};
+use crate::stored::{self, scan_back, Scan, SegFile};
 use crate::tail::Tail;
 use crate::times::{micros_of, read_index, Entry};
 
@@ -40,8 +39,10 @@ pub struct Window {
 }
 
 /// A place in a log: byte `offset` of segment `seq` (the live file has the
-/// number it will get when rotated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// number it will get when rotated). Places order along the log, except
+/// that the end of a segment and the start of the next are two names of
+/// one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StartPoint {
     pub seq: u64,
     pub offset: u64,
@@ -62,7 +63,7 @@ pub struct TimedLine {
 /// One file of the snapshot.
 struct Seg {
     seq: u64,
-    file: File,
+    file: SegFile,
     len: u64,
     /// Where its index is; read only when needed (see [`Seg::entries`]).
     dir: std::path::PathBuf,
@@ -94,16 +95,15 @@ fn snapshot(dir: &Path, base: &'static str) -> Result<Vec<Seg>, ReadError> {
         let seqs = list()?;
         let mut files = Vec::with_capacity(seqs.len() + 1);
         for &seq in &seqs {
-            match crate::segment::open_log(&dir.join(segment_name(base, seq))) {
-                Ok(file) => files.push((seq, file)),
+            match stored::open(dir, base, seq)? {
+                Some(file) => files.push((seq, file)),
                 // Deleted by retention since the listing: look again.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue 'attempt,
-                Err(err) => return Err(err.into()),
+                None => continue 'attempt,
             }
         }
         let live_seq = seqs.last().map_or(1, |s| s + 1);
         match crate::segment::open_log(&dir.join(base)) {
-            Ok(file) => files.push((live_seq, file)),
+            Ok(file) => files.push((live_seq, SegFile::Plain(file))),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err.into()),
         }
@@ -113,7 +113,7 @@ fn snapshot(dir: &Path, base: &'static str) -> Result<Vec<Seg>, ReadError> {
         }
         let mut segs = Vec::with_capacity(files.len());
         for (seq, file) in files {
-            let len = file.metadata()?.len();
+            let len = file.len()?;
             segs.push(Seg {
                 seq,
                 file,
@@ -244,30 +244,20 @@ fn last_lines_start(segs: &[Seg], n: u64) -> Result<(usize, u64), ReadError> {
         return Ok((segs.len(), 0));
     }
     let mut buf = vec![0u8; BLOCK];
-    let mut newlines = 0u64;
-    let mut first_byte = true;
+    let mut need = n;
+    let mut skip_final_newline = true;
     for i in (0..segs.len()).rev() {
-        let mut end = segs[i].len;
-        while end > 0 {
-            let start = end.saturating_sub(BLOCK as u64);
-            let chunk = &mut buf[..(end - start) as usize];
-            segs[i].file.read_exact_at(chunk, start)?;
-            for (k, &b) in chunk.iter().enumerate().rev() {
-                if first_byte {
-                    first_byte = false;
-                    if b == b'\n' {
-                        // Ends the last line; not a boundary before it.
-                        continue;
-                    }
-                }
-                if b == b'\n' {
-                    newlines += 1;
-                    if newlines == n {
-                        return Ok((i, start + k as u64 + 1));
-                    }
-                }
-            }
-            end = start;
+        match scan_back(
+            &segs[i].file,
+            segs[i].len,
+            &mut need,
+            &mut skip_final_newline,
+            &mut buf,
+            BLOCK as u64,
+        )? {
+            Scan::Found(offset) => return Ok((i, offset)),
+            Scan::NotHere => {}
+            Scan::Shrunk => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
         }
     }
     Ok((0, 0))

@@ -28,6 +28,10 @@
 //! a bounded queue, so a slow disk slows the writer instead of piling up
 //! dirty segments. The segment list lives in memory; the directory is
 //! scanned only in `open`.
+//!
+//! With [`RotatingWriter::compress`] each rotated segment is then
+//! compressed by a `zstd` child process, off the capture path (see
+//! `compress`); `open` first tidies what an interrupted compression left.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -38,7 +42,8 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use crate::segment::{list_segments, segment_name, Source};
+use crate::compress::{self, Compression, Compressor, DirLock};
+use crate::segment::{list_segments, Source};
 use crate::times::{index_name, IndexWriter};
 
 /// Rotated segments that may wait for their fsync before the writer blocks.
@@ -93,6 +98,11 @@ pub struct RotatingWriter {
     deferred: Option<io::Error>,
     /// The live file's time index, when kept (see `times`).
     index: Option<IndexWriter>,
+    /// How rotated segments are stored.
+    compression: Compression,
+    /// Shared by retention and the compressor (see `compress`).
+    dir_lock: DirLock,
+    compressor: Option<Compressor>,
 }
 
 impl RotatingWriter {
@@ -121,6 +131,10 @@ impl RotatingWriter {
         if max_files == 0 {
             return Err(WriterError::ZeroMaxFiles);
         }
+        // What an interrupted compression left: a failure here loses
+        // nothing (readers cope with every such state), so it is reported
+        // through `take_error`.
+        let recovered = compress::recover(dir, base);
         let segments: VecDeque<u64> = list_segments(dir, base)
             .map_err(|source| WriterError::List {
                 path: dir.to_owned(),
@@ -138,8 +152,11 @@ impl RotatingWriter {
             segments,
             sync_rotated: false,
             syncer: None,
-            deferred: None,
+            deferred: recovered.err(),
             index: None,
+            compression: Compression::Off,
+            dir_lock: DirLock::default(),
+            compressor: None,
         };
         if let Err(source) = writer.reopen() {
             return Err(WriterError::Open {
@@ -163,6 +180,48 @@ impl RotatingWriter {
     pub fn time_index(mut self, on: bool) -> Self {
         self.index = on.then(|| IndexWriter::new(self.last_seq + 1, self.max_size));
         self
+    }
+
+    /// Compresses each rotated segment after rotation (see `compress`),
+    /// including the plain ones already retained. Off by default.
+    pub fn compress(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        if compression == Compression::Zstd {
+            let plain: Vec<u64> = self
+                .segments
+                .iter()
+                .copied()
+                .filter(|&seq| self.dir.join(self.segment_path_name(seq)).exists())
+                .collect();
+            for seq in plain {
+                self.queue_compression(seq);
+            }
+        }
+        self
+    }
+
+    fn segment_path_name(&self, seq: u64) -> String {
+        crate::segment::segment_name(self.base, seq)
+    }
+
+    fn queue_compression(&mut self, seq: u64) {
+        if self.compressor.is_none() {
+            match Compressor::spawn(&self.dir, self.base, self.dir_lock.clone()) {
+                Ok(compressor) => self.compressor = Some(compressor),
+                Err(err) => {
+                    // No thread to spare: the segment stays plain (and is
+                    // compressed when the writer next opens).
+                    self.deferred.get_or_insert(err);
+                    return;
+                }
+            }
+        }
+        if let Some(compressor) = &self.compressor {
+            if compressor.send(seq).is_err() {
+                self.deferred
+                    .get_or_insert(io::Error::other("log compression thread is gone"));
+            }
+        }
     }
 
     /// Path of the live file.
@@ -189,11 +248,17 @@ impl RotatingWriter {
                 self.deferred.get_or_insert(err);
             }
         }
+        if let Some(compressor) = &self.compressor {
+            if let Some(err) = compressor.take_error() {
+                self.deferred.get_or_insert(err);
+            }
+        }
         self.deferred.take()
     }
 
-    /// Flushes the live file to disk and waits for the background fsyncs of
-    /// rotated segments; returns the first error seen, deferred ones included.
+    /// Flushes the live file to disk and waits for the background fsyncs
+    /// and compressions of rotated segments; returns the first error seen,
+    /// deferred ones included.
     pub fn finish(mut self) -> io::Result<()> {
         let live = match &self.live {
             Some(file) => file.sync_all(),
@@ -201,6 +266,11 @@ impl RotatingWriter {
         };
         if let Some(syncer) = self.syncer.take() {
             if let Err(err) = syncer.join() {
+                self.deferred.get_or_insert(err);
+            }
+        }
+        if let Some(compressor) = self.compressor.take() {
+            if let Err(err) = compressor.join() {
                 self.deferred.get_or_insert(err);
             }
         }
@@ -224,10 +294,7 @@ impl RotatingWriter {
     /// Renames the live file to the next segment and opens a fresh one.
     fn rotate(&mut self) -> io::Result<()> {
         let seq = self.last_seq + 1;
-        fs::rename(
-            self.live_path(),
-            self.dir.join(segment_name(self.base, seq)),
-        )?;
+        fs::rename(self.live_path(), self.dir.join(self.segment_path_name(seq)))?;
         self.last_seq = seq;
         self.segments.push_back(seq);
         self.live_size = 0;
@@ -237,6 +304,9 @@ impl RotatingWriter {
             }
         }
         self.prune();
+        if self.compression == Compression::Zstd && self.segments.back() == Some(&seq) {
+            self.queue_compression(seq);
+        }
         self.reopen()?;
         Ok(())
     }
@@ -246,7 +316,14 @@ impl RotatingWriter {
             let Some(&oldest) = self.segments.front() else {
                 break;
             };
-            match fs::remove_file(self.dir.join(segment_name(self.base, oldest))) {
+            let removed = {
+                let _held = self
+                    .dir_lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                compress::remove_segment(&self.dir, self.base, oldest)
+            };
+            match removed {
                 Ok(()) => {
                     // Its index goes with it (there may be none).
                     match fs::remove_file(self.dir.join(index_name(self.base, oldest))) {

@@ -66,6 +66,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use lodge_logs::Compression;
 use lodge_logs::{MonitorLock, RotatingWriter, Source, WriterError, MONITOR_LOCK};
 use rustix::process::{kill_process_group, Pid, Signal};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
@@ -107,6 +108,10 @@ pub struct Config {
     /// `app.log` with the command's stdout at line boundaries (see
     /// `merge`).
     pub console_fd: Option<i32>,
+    /// How rotated segments of `app.log` and `vmm.log` are stored
+    /// (`LODGE_LOG_COMPRESS`): compressed by a `zstd` child process after
+    /// rotation, so the monitor's memory is unchanged.
+    pub compression: Compression,
 }
 
 /// Why the monitor could not run the command. All of these happen before
@@ -152,6 +157,9 @@ pub enum MonitorError {
     /// The program is not an executable file, nor on `PATH`.
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    /// Compression is on but the `zstd` tool is not on `PATH`.
+    #[error("LODGE_LOG_COMPRESS=zstd needs the zstd tool on PATH")]
+    NoZstd,
     /// Another live monitor holds the directory's lock.
     #[error("another monitor is already running for {}", .0.display())]
     Busy(PathBuf),
@@ -204,10 +212,12 @@ pub fn run(config: &Config) -> Result<u8, MonitorError> {
         .ok_or_else(|| MonitorError::Busy(dir.to_owned()))?;
     // Both logs keep a time index beside each segment (for --since and
     // --timestamps); the bytes of the logs are untouched by it.
-    let app =
-        RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?.time_index(true);
-    let vmm =
-        RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?.time_index(true);
+    let app = RotatingWriter::open(dir, Source::App, config.max_size, config.max_files)?
+        .time_index(true)
+        .compress(config.compression);
+    let vmm = RotatingWriter::open(dir, Source::Vmm, config.max_size, config.max_files)?
+        .time_index(true)
+        .compress(config.compression);
     let status_err = |name: &str| {
         let path = dir.join(name);
         move |source| MonitorError::Status { path, source }
@@ -540,6 +550,7 @@ mod tests {
             .collect(),
             status_fd: Some(3),
             console_fd: Some(4),
+            compression: Compression::Off,
         };
         assert_eq!(run(&config)?, 0);
         let app = std::fs::read_to_string(dir.path().join("app.log"))?;
@@ -554,6 +565,7 @@ mod tests {
         assert!(matches!(
             run(&Config {
                 console_fd: Some(3),
+                compression: Compression::Off,
                 ..config
             }),
             Err(MonitorError::ConsoleFd(3))
@@ -580,6 +592,7 @@ mod tests {
             command: ["sh", "-c", script].iter().map(OsString::from).collect(),
             status_fd: Some(3),
             console_fd: None,
+            compression: Compression::Off,
         };
         assert_eq!(run(&config)?, 3);
         let status = read_guest_status(dir.path())?.unwrap_or_default();

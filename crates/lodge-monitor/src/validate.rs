@@ -46,6 +46,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), MonitorError> {
             program.to_string_lossy().into_owned(),
         ));
     }
+    if config.compression == lodge_logs::Compression::Zstd && resolve(OsStr::new("zstd")).is_none()
+    {
+        return Err(MonitorError::NoZstd);
+    }
     Ok(())
 }
 

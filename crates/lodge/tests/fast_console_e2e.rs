@@ -3,7 +3,9 @@
 //! the serial console (the kernel's and lodge-init's lines).
 //!
 //! - Megabytes of numbered lines through the fast console with rotation at
-//!   1 MiB and two followers attached the whole time, and the monitor
+//!   1 MiB and two followers attached the whole time (plus four through the
+//!   daemon's API, served by one shared reader: each gets every line, all
+//!   four the same bytes), and the monitor
 //!   frozen (SIGSTOP) for seconds in the middle so the pipe fills: every
 //!   line exactly once and in order in the retained segments and in each
 //!   follower's output, no NUL byte anywhere (QEMU drops a virtio console's
@@ -58,6 +60,27 @@ fn follower(dir: &Path) -> (Child, JoinHandle<Vec<u8>>) {
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
         out.read_to_end(&mut buf).expect("follower output");
+        buf
+    });
+    (child, reader)
+}
+
+/// Starts `lodge logs ID --tail all -f` through the daemon's API,
+/// collecting its output.
+fn api_follower(d: &Daemon, id: &str) -> (Child, JoinHandle<Vec<u8>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lodge"))
+        .args(["logs", "--tail", "all", "-f", id])
+        .env("LODGE_DATA_DIR", &d.data_dir)
+        .env("LODGE_BASE_URL", &d.base)
+        .env("LODGE_API_KEY", &d.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn API follower");
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        out.read_to_end(&mut buf).expect("API follower output");
         buf
     });
     (child, reader)
@@ -138,6 +161,9 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
     });
     let (mut f1, out1) = follower(&logs);
     let (mut f2, out2) = follower(&logs);
+    // Four more through the daemon, which serves them from one shared
+    // reader once each has sent its tail.
+    let mut api_followers: Vec<_> = (0..4).map(|_| api_follower(&d, &id)).collect();
     let started = Instant::now();
     let record: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(logs.join(lodge_monitor::MONITOR_JSON)).expect("monitor.json"),
@@ -196,6 +222,26 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
         }
         let got = out.join().expect("follower reader");
         assert!(got == all, "{name} differs from the retained segments");
+    }
+    let mut first: Option<Vec<u8>> = None;
+    for (i, (child, out)) in api_followers.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "API follower {i} did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = std::mem::replace(out, std::thread::spawn(Vec::new))
+            .join()
+            .expect("API follower reader");
+        check_workload_lines(
+            &String::from_utf8_lossy(&got),
+            LINES,
+            &format!("API follower {i}"),
+        );
+        match &first {
+            None => first = Some(got),
+            Some(first) => assert!(&got == first, "API follower {i} differs from follower 0"),
+        }
     }
 }
 

@@ -169,9 +169,14 @@ fn retained(dir: &Path, base: &str) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// No NUL in any log file (a compressed segment is binary: its bytes are
+/// checked through the readers).
 fn assert_no_nul_in_dir(dir: &Path) -> TestResult {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "zst") {
+            continue;
+        }
         let data = fs::read(&path)?;
         assert!(!data.contains(&0), "NUL byte in {}", path.display());
     }
@@ -894,5 +899,211 @@ fn closed_stdout_is_a_quiet_exit() -> TestResult {
     let status = wait_for(&mut reader, Duration::from_secs(10), "reader")?;
     assert_eq!(status.code(), Some(0));
     assert_eq!(stderr_of(&mut reader), "");
+    Ok(())
+}
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// VmHWM of `pid` in KiB, 0 once it is gone.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One run of the compression workload: two phases of numbered lines with
+/// a pause between them, a follower attached the whole time; returns what
+/// the readers saw (follow, tails, --since the pause, --until it) and the
+/// monitor's peak memory.
+/// What each reader printed, and the monitor's VmHWM in KiB.
+type ReadersAndPeak = (Vec<Vec<u8>>, u64);
+
+fn compression_run(compress: &str) -> Result<ReadersAndPeak, Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("logs");
+    fs::create_dir(&dir)?;
+    let (gate1, gate2) = (tmp.path().join("gate1"), tmp.path().join("gate2"));
+    mkfifo(&gate1)?;
+    mkfifo(&gate2)?;
+    let script = format!(
+        "cat '{}' >/dev/null; seq 1 150000; cat '{}' >/dev/null; exec seq 150001 300000",
+        gate1.display(),
+        gate2.display()
+    );
+    let mut monitor = lodge()
+        .env("LODGE_LOG_COMPRESS", compress)
+        .args(["supervise", "--max-size", "64KiB", "--max-files", "1000"])
+        .arg("--log-dir")
+        .arg(&dir)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_monitor_started(&dir)?;
+    let (mut follow, followed) = follower(&dir, &["--tail", "all", "-f"])?;
+    thread::sleep(Duration::from_millis(100));
+    open_gate(&gate1)?;
+    let phase1 = seq(1, 150_000)?;
+    let mut hwm = 0;
+    wait_until(Duration::from_secs(20), "phase 1 written", || {
+        hwm = hwm.max(vm_hwm_kib(monitor.id()));
+        logs(&dir, &["--tail", "1"]).is_ok_and(|o| o.stdout == b"150000\n")
+    })?;
+    // Phase 1's segments are compressed while the monitor runs.
+    if compress == "zstd" {
+        let compressed = wait_until(Duration::from_secs(20), "phase 1 compressed", || {
+            hwm = hwm.max(vm_hwm_kib(monitor.id()));
+            names_in(&dir).is_ok_and(|n| n.iter().filter(|n| n.ends_with(".zst")).count() >= 14)
+        });
+        if let Err(err) = compressed {
+            return Err(format!("{err}: {:?}", names_in(&dir)?).into());
+        }
+    }
+    thread::sleep(Duration::from_millis(400));
+    let mark = lodge_common::time::rfc3339_micros(std::time::SystemTime::now());
+    thread::sleep(Duration::from_millis(100));
+    open_gate(&gate2)?;
+    while monitor.try_wait()?.is_none() {
+        hwm = hwm.max(vm_hwm_kib(monitor.id()));
+        thread::sleep(Duration::from_millis(5));
+    }
+    let status = wait_for(&mut monitor, Duration::from_secs(30), "monitor")?;
+    assert!(status.success(), "{status:?} {}", stderr_of(&mut monitor));
+    wait_for(&mut follow, Duration::from_secs(20), "follower")?;
+    let mut seen = vec![followed.join().map_err(|_| "reader")?];
+    for flags in [
+        &["--tail", "all"][..],
+        &["--tail", "5"],
+        &["--tail", "100000"],
+        &["--tail", "all", "--since", &mark],
+        &["--tail", "all", "--until", &mark],
+        &["--tail", "3", "--until", &mark],
+    ] {
+        let out = logs(&dir, flags)?;
+        assert!(out.status.success(), "{flags:?}");
+        seen.push(out.stdout);
+    }
+    let mut want = phase1.clone();
+    want.extend(seq(150_001, 300_000)?);
+    assert_same(&seen[0], &want, &format!("follower ({compress})"));
+    assert_same(&seen[4], &seq(150_001, 300_000)?, "--since the pause");
+    assert_same(&seen[5], &phase1, "--until the pause");
+    let files = names_in(&dir)?;
+    let zst = files.iter().filter(|n| n.ends_with(".zst")).count();
+    let plain = segments(&dir, "app.log")?.len();
+    if compress == "zstd" {
+        assert!(
+            zst >= 28 && plain == 0,
+            "all rotated segments compressed: {files:?}"
+        );
+        assert!(!files.iter().any(|n| n.ends_with(".tmp")), "{files:?}");
+    } else {
+        assert!(zst == 0 && plain >= 28, "{files:?}");
+    }
+    assert_no_nul_in_dir(&dir)?;
+    Ok((seen, hwm))
+}
+
+// Compressed segments (LODGE_LOG_COMPRESS=zstd): the same workload's
+// follow, tail, --since and --until output is byte-identical to the run
+// without compression, and the monitor's memory stays within budget (the
+// compression runs in a zstd child process).
+#[test]
+fn compressed_segments_read_alike() -> TestResult {
+    let (plain, plain_hwm) = compression_run("off")?;
+    let (compressed, hwm) = compression_run("zstd")?;
+    eprintln!("monitor VmHWM without compression: {plain_hwm} KiB");
+    for (i, (a, b)) in plain.iter().zip(&compressed).enumerate() {
+        assert_same(b, a, &format!("reader {i} with and without compression"));
+    }
+    eprintln!("monitor VmHWM with compression: {hwm} KiB");
+    // The budget (4 MiB) is for the release binary (scripts/bench-logs.sh);
+    // here compression must not add to what the same monitor needs without.
+    assert!(
+        hwm > 0 && hwm <= plain_hwm + 512,
+        "monitor VmHWM {hwm} KiB with compression, {plain_hwm} KiB without"
+    );
+    Ok(())
+}
+
+// A monitor killed while it compresses (a `.zst.tmp` on disk) loses and
+// repeats nothing: the log reads as a prefix of what was written, and the
+// next monitor on the directory tidies up and continues it.
+#[test]
+fn killed_mid_compression_loses_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("logs");
+    fs::create_dir(&dir)?;
+    let flags = ["--max-size", "16KiB", "--max-files", "100000"];
+    let start = |command: &[&str]| -> std::io::Result<Child> {
+        lodge()
+            .env("LODGE_LOG_COMPRESS", "zstd")
+            .arg("supervise")
+            .args(flags)
+            .arg("--log-dir")
+            .arg(&dir)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // A writer slowed to a few segments a second per burst, so rotation and
+    // compression overlap.
+    let mut monitor = start(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 200 ]; do seq $((i*2000+1)) $((i*2000+2000)); i=$((i+1)); done",
+    ])?;
+    wait_monitor_started(&dir)?;
+    let mut caught_tmp = false;
+    wait_until(Duration::from_secs(20), "a compression in progress", || {
+        caught_tmp = names_in(&dir).is_ok_and(|n| n.iter().any(|n| n.ends_with(".zst.tmp")));
+        caught_tmp || monitor.try_wait().ok().flatten().is_some()
+    })?;
+    kill(u64::from(monitor.id()), "KILL")?;
+    let _ = monitor.wait()?;
+    let all = seq(1, 400_000)?;
+    let before = logs(&dir, &["--tail", "all"])?;
+    assert!(before.status.success());
+    assert!(
+        all.starts_with(&before.stdout),
+        "after the kill: {}",
+        first_difference(&before.stdout, &all[..before.stdout.len().min(all.len())])
+    );
+    assert!(
+        before.stdout.len() > 16 * 1024,
+        "some segments were written"
+    );
+
+    let mut second = start(&["seq", "400001", "401000"])?;
+    let status = wait_for(&mut second, Duration::from_secs(30), "second monitor")?;
+    assert!(status.success(), "{status:?} {}", stderr_of(&mut second));
+    let after = logs(&dir, &["--tail", "all"])?;
+    let mut want = before.stdout.clone();
+    want.extend(seq(400_001, 401_000)?);
+    assert_same(&after.stdout, &want, "continued after recovery");
+    let files = names_in(&dir)?;
+    assert!(!files.iter().any(|n| n.ends_with(".tmp")), "{files:?}");
+    assert!(
+        segments(&dir, "app.log")?.is_empty(),
+        "every segment compressed in the end: {files:?}"
+    );
+    eprintln!("caught a compression in progress: {caught_tmp}");
     Ok(())
 }

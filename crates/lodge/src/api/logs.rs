@@ -18,6 +18,11 @@
 //! starts from, so nothing is sent twice or skipped. With `timestamps` each
 //! line's data is `<RFC 3339 time> <line>`; followed lines are stamped when
 //! read.
+//!
+//! Followers of the same log share one reader in the daemon once they have
+//! sent their tail (see `hub`).
+
+mod hub;
 
 use std::convert::Infallible;
 
@@ -103,6 +108,7 @@ pub async fn logs(
         } else {
             follow
         };
+        let dir_for_hub = dir.clone();
         let (lines, follower) = tokio::task::spawn_blocking(move || {
             let follower = match follow {
                 lodge_logs::Follow::No => None,
@@ -123,6 +129,14 @@ pub async fn logs(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
         let window_events = stream::iter(timed_events(lines, stamps).into_iter().map(Ok));
+        let follower = match follower {
+            Some(follower) => Some(
+                hub::SharedFollow::new(&dir_for_hub, source, follow, follower)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?,
+            ),
+            None => None,
+        };
         return Ok(match follower {
             Some(follower) => {
                 Sse::new(window_events.chain(line_events_stamped(follower, stamps))).into_response()
@@ -130,11 +144,16 @@ pub async fn logs(
             None => Sse::new(window_events).into_response(),
         });
     }
-    let follower =
-        tokio::task::spawn_blocking(move || lodge_logs::Follower::open(&dir, source, tail, follow))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
+    let open_dir = dir.clone();
+    let follower = tokio::task::spawn_blocking(move || {
+        lodge_logs::Follower::open(&open_dir, source, tail, follow)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
+    let follower = hub::SharedFollow::new(&dir, source, follow, follower)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading logs: {e}")))?;
     Ok(Sse::new(line_events(follower)).into_response())
 }
 
@@ -177,7 +196,7 @@ fn timed_events(lines: Vec<lodge_logs::TimedLine>, stamps: bool) -> Vec<Event> {
 /// [`line_events`], each line stamped with the time it was read when
 /// `stamps`.
 fn line_events_stamped(
-    follower: lodge_logs::Follower,
+    follower: hub::SharedFollow,
     stamps: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let ready: Vec<Event> = Vec::new();
@@ -227,7 +246,7 @@ fn line_events_stamped(
 }
 
 /// The follower yields the tail first, then (when following) new output.
-fn line_events(follower: lodge_logs::Follower) -> impl Stream<Item = Result<Event, Infallible>> {
+fn line_events(follower: hub::SharedFollow) -> impl Stream<Item = Result<Event, Infallible>> {
     let ready: Vec<Event> = Vec::new();
     let state = (LineSplitter::default(), follower, ready.into_iter(), false);
     stream::unfold(
@@ -288,6 +307,14 @@ mod tests {
             lodge_logs::Follow::No,
         )
         .expect("open");
+        let follower = hub::SharedFollow::new(
+            dir,
+            lodge_logs::Source::App,
+            lodge_logs::Follow::No,
+            follower,
+        )
+        .await
+        .expect("shared");
         let body = Sse::new(line_events(follower)).into_response().into_body();
         let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
         let text = std::str::from_utf8(&bytes).expect("utf-8");

@@ -42,6 +42,14 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
             })?),
             None => None,
         };
+    // Inherited from the daemon's environment, like the guest's own
+    // settings: how rotated segments are stored.
+    let compression = match std::env::var("LODGE_LOG_COMPRESS") {
+        Ok(text) => text
+            .parse::<lodge_monitor::Compression>()
+            .map_err(|err| anyhow!("invalid LODGE_LOG_COMPRESS: {err}"))?,
+        Err(_) => lodge_monitor::Compression::Off,
+    };
     let config = lodge_monitor::Config {
         log_dir: args.log_dir,
         max_size: max_size.as_u64(),
@@ -49,6 +57,7 @@ pub fn run(args: SuperviseArgs) -> Result<u8> {
         command: args.command,
         status_fd,
         console_fd,
+        compression,
     };
     Ok(lodge_monitor::run(&config)?)
 }
