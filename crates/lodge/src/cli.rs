@@ -71,6 +71,12 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Manage volumes: persistent disks that outlive instances
     Volume(VolumeArgs),
+    /// Publish instances by hostname (HTTP) through lodge's ingress: create, ls, rm
+    #[command(subcommand)]
+    Ingress(IngressCommand),
+    /// The ingress proxy process (started by the daemon)
+    #[command(hide = true)]
+    IngressProxy(IngressProxyArgs),
     /// Write an image (one layer per --layer directory) as an OCI or docker archive
     #[command(hide = true)]
     MkImage(MkImageArgs),
@@ -582,4 +588,62 @@ pub struct LogsArgs {
     /// Instance id, name or unique id prefix
     #[arg(required_unless_present = "dir")]
     pub instance: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IngressCommand {
+    /// Route HOSTNAME on a host port to a port of INSTANCE
+    Create(IngressCreateArgs),
+    /// List ingresses
+    Ls(IngressLsArgs),
+    /// Delete ingresses
+    Rm(IngressRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngressCreateArgs {
+    /// Target instance (name or id), or a capture of the hostname such as {instance}
+    pub instance: String,
+    /// Hostname to match: api.example.com, or a pattern like {instance}.example.com
+    #[arg(long)]
+    pub hostname: String,
+    /// The instance's port to forward to
+    #[arg(short, long)]
+    pub port: i64,
+    /// Host port to listen on
+    #[arg(long, default_value_t = 80)]
+    pub host_port: i64,
+    /// Ingress name (default: derived from the hostname)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Require this request header: NAME=VALUE (401 otherwise)
+    #[arg(long)]
+    pub header_auth: Option<String>,
+    /// Tag as KEY=VALUE (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressLsArgs {
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressRmArgs {
+    /// Ingress ids or names
+    #[arg(required = true)]
+    pub ingresses: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressProxyArgs {
+    /// `<data dir>/ingress`
+    #[arg(long)]
+    pub ingress_dir: PathBuf,
+    /// Address the rule ports are bound on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
 }

@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod fork;
 mod images;
+pub mod ingresses;
 pub mod instances;
 pub mod logs;
 mod policies;
@@ -92,6 +93,10 @@ pub use state::{AppState, MAX_BODY};
         volumes::delete,
         volumes::attach,
         volumes::detach,
+        ingresses::create,
+        ingresses::list,
+        ingresses::get_one,
+        ingresses::delete,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -136,6 +141,12 @@ pub use state::{AppState, MAX_BODY};
         volumes::CreateVolume,
         volumes::AttachVolume,
         crate::instances::VolumeMount,
+        ingresses::Ingress,
+        ingresses::IngressRule,
+        ingresses::IngressMatch,
+        ingresses::IngressTarget,
+        ingresses::RequestHeaderAuth,
+        ingresses::CreateIngress,
         Health,
     ))
 )]
@@ -194,6 +205,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
+        )
+        .route("/ingresses", post(ingresses::create).get(ingresses::list))
+        .route(
+            "/ingresses/{id}",
+            get(ingresses::get_one).delete(ingresses::delete),
         );
     if state.bench_endpoints {
         protected = protected.route("/instances/{id}/agent/throughput", get(cp::throughput));

@@ -25,6 +25,7 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub images: Arc<lodge_images::Images>,
     pub volumes: Arc<lodge_volumes::Volumes>,
+    pub ingresses: Arc<crate::ingress::Ingresses>,
     /// Whether the benchmark-only routes are served (see `Config`).
     pub bench_endpoints: bool,
 }

@@ -25,11 +25,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     // wait and schedules; not this).
     ("POST", "/instances/{id}/auto-standby/hold", "auto-standby"),
     ("GET", "/instances/{id}/auto-standby/status", "auto-standby"),
-    // Ingress.
-    ("GET", "/ingresses", "ingresses"),
-    ("POST", "/ingresses", "ingresses"),
-    ("GET", "/ingresses/{id}", "ingresses"),
-    ("DELETE", "/ingresses/{id}", "ingresses"),
     // Image builds and pushes.
     ("GET", "/builds", "image builds"),
     ("POST", "/builds", "image builds"),

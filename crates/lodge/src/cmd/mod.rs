@@ -5,6 +5,7 @@ mod cp;
 mod exec;
 mod fork;
 mod images;
+mod ingress;
 mod instance_verbs;
 mod logs_dir;
 mod logs_escape;
@@ -75,5 +76,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
         Command::Volume(args) => volume::run(args),
+        Command::Ingress(cmd) => ingress::run(cmd),
+        Command::IngressProxy(args) => ingress::proxy(args),
     }
 }

@@ -98,11 +98,14 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
             supervisor.run_health_checks().await;
         }
     });
+    let ingresses = Arc::new(crate::ingress::Ingresses::open(&cfg)?);
+    ingresses.start().await;
     let app = api::router(AppState {
         manager,
         auth,
         images,
         volumes,
+        ingresses,
         bench_endpoints: cfg.bench_endpoints,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
