@@ -3,9 +3,10 @@
 //!
 //! A guard is taken for each proxied exchange (an HTTP request until its
 //! response body ends, an upgraded tunnel, an L4 connection); the record is
-//! rewritten when a guard is taken or dropped, and while bytes flow at most
-//! once per [`TOUCH_EVERY`], so a busy stream costs one small file write a
-//! second, not one per chunk.
+//! rewritten when the instance turns busy (first guard) or idle (last guard
+//! dropped), and otherwise at most once per [`TOUCH_EVERY`] while guards
+//! come and go or bytes flow, so a busy instance costs one small file write
+//! a second, not one per request or chunk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,33 +34,40 @@ impl Tracker {
     /// Counts one more open exchange on the instance whose record is at
     /// `path` until the guard is dropped.
     pub fn open(&self, path: PathBuf) -> Guard {
-        self.update(&path, |e| e.open += 1, true);
+        self.update(&path, |e| {
+            e.open += 1;
+            e.open == 1
+        });
         Guard {
             tracker: self.clone(),
             path,
         }
     }
 
-    fn update(&self, path: &PathBuf, change: impl FnOnce(&mut Entry), force: bool) {
+    /// Applies `change` and rewrites the record when the instance turns
+    /// busy or idle (`open` crosses zero), or when `force` is off and the
+    /// record is older than [`TOUCH_EVERY`]. Counts in between are left
+    /// for the next write: what readers decide on is "any open" and "last
+    /// active", and a busy proxy then writes about once a second, not per
+    /// request. The write happens under the lock: two writers in one
+    /// process would share the record's temporary file.
+    fn update(&self, path: &PathBuf, change: impl FnOnce(&mut Entry) -> bool) {
         let now = now_ms();
-        let record = {
-            let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = map.entry(path.clone()).or_default();
-            change(entry);
-            if !force && now.saturating_sub(entry.last_written_ms) < TOUCH_EVERY.as_millis() as u64
-            {
-                return;
-            }
-            entry.last_written_ms = now;
-            let record = Activity {
-                open: entry.open,
-                last_active_unix_ms: now,
-            };
-            if entry.open == 0 {
-                map.remove(path);
-            }
-            record
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(path.clone()).or_default();
+        let crossed = change(entry);
+        let stale = now.saturating_sub(entry.last_written_ms) >= TOUCH_EVERY.as_millis() as u64;
+        if !crossed && !stale {
+            return;
+        }
+        entry.last_written_ms = now;
+        let record = Activity {
+            open: entry.open,
+            last_active_unix_ms: now,
         };
+        if entry.open == 0 {
+            map.remove(path);
+        }
         // The directory is gone with its instance: nothing to record.
         if path.parent().is_some_and(|d| d.is_dir()) {
             if let Err(e) = record.write(path) {
@@ -78,14 +86,16 @@ pub struct Guard {
 impl Guard {
     /// Bytes moved: refresh the record if it is older than a second.
     pub fn touch(&self) {
-        self.tracker.update(&self.path, |_| {}, false);
+        self.tracker.update(&self.path, |_| false);
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.tracker
-            .update(&self.path, |e| e.open = e.open.saturating_sub(1), true);
+        self.tracker.update(&self.path, |e| {
+            e.open = e.open.saturating_sub(1);
+            e.open == 0
+        });
     }
 }
 
@@ -106,11 +116,18 @@ mod tests {
         let path = dir.path().join("ingress-activity");
         let t = Tracker::default();
         let a = t.open(path.clone());
+        assert_eq!(
+            Activity::read(&path).expect("read").map(|r| r.open),
+            Some(1)
+        );
         let b = t.open(path.clone());
-        assert_eq!(Activity::read(&path).expect("read").map(|r| r.open), Some(2));
         a.touch();
         drop(a);
-        assert_eq!(Activity::read(&path).expect("read").map(|r| r.open), Some(1));
+        // Still busy: not rewritten within the second.
+        assert_eq!(
+            Activity::read(&path).expect("read").map(|r| r.open),
+            Some(1)
+        );
         drop(b);
         let last = Activity::read(&path).expect("read").expect("record");
         assert_eq!(last.open, 0);

@@ -114,7 +114,10 @@ mod tests {
         };
         let text = serde_json::to_string(&c).expect("json");
         assert_eq!(text, r#"{"op":"reload","api":"http://127.0.0.1:1"}"#);
-        assert_eq!(serde_json::from_str::<Command>(r#"{"op":"exit"}"#).expect("json"), Command::Exit);
+        assert_eq!(
+            serde_json::from_str::<Command>(r#"{"op":"exit"}"#).expect("json"),
+            Command::Exit
+        );
     }
 
     #[test]

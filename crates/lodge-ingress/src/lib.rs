@@ -62,9 +62,8 @@ pub enum ServeError {
 /// Runs the proxy until an `exit` command or SIGTERM (see the module doc).
 pub async fn serve(opts: ServeOptions, backend: Arc<dyn Backend>) -> Result<(), ServeError> {
     let dir = &opts.ingress_dir;
-    let io_err = |what: &'static str, path: PathBuf| {
-        move |source| ServeError::Io { what, path, source }
-    };
+    let io_err =
+        |what: &'static str, path: PathBuf| move |source| ServeError::Io { what, path, source };
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir.clone()))?;
     let _lock = control::take_lock(dir)
         .map_err(io_err("locking", control::lock_path(dir)))?

@@ -10,7 +10,7 @@
 //!
 //! Targets are resolved per request through a [`Backend`] (the instance's
 //! current address and state, read from the data dir, cached for
-//! [`LOCATE_TTL`]). A request for an instance in standby is held while the
+//! [`LOCATE_TTL`] behind a cheap liveness check per request). A request for an instance in standby is held while the
 //! backend wakes it; concurrent requests for one instance share one wake
 //! (a `Shared` future per instance), then all are forwarded.
 
@@ -40,9 +40,11 @@ use crate::rules::{expand_target, HostPattern, Rule};
 use crate::store::{read_all, Ingress};
 
 /// How long a running instance's address is trusted without re-reading.
-pub const LOCATE_TTL: Duration = Duration::from_millis(500);
+pub const LOCATE_TTL: Duration = Duration::from_secs(2);
 /// Connecting to a guest.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a woken instance's port is probed before forwarding anyway.
+const WAKE_REACHABLE: Duration = Duration::from_secs(30);
 /// A client that has not sent a request head within this is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -78,6 +80,10 @@ pub trait Backend: Send + Sync + 'static {
     fn locate(&self, key: &str) -> Result<Located, String>;
     /// Restores instance `id` from standby and returns once it runs.
     fn wake(&self, id: &str) -> BoxFuture<'static, Result<(), String>>;
+    /// A cheap check that a [`Located::Running`] instance `id` found a
+    /// moment ago still runs (its monitor is alive): the proxy asks it on
+    /// every request and only locates afresh when it says no.
+    fn still_running(&self, id: &str) -> bool;
     /// `GuestPaths::ingress_activity()` of instance `id`.
     fn activity_path(&self, id: &str) -> PathBuf;
     /// The daemon's API (from the daemon's reload request).
@@ -309,31 +315,35 @@ impl Proxy {
             table.ports.get(&port).and_then(|r| r.tcp.clone())
         };
         let Some(rule) = rule else { return };
-        let (id, ip) = match self.ready(&rule.target.instance).await {
+        let (id, ip) = match self.ready(&rule.target.instance, rule.target.port).await {
             Ok(found) => found,
             Err((_, why)) => {
                 tracing::info!("ingress port {port}: {why}");
                 return;
             }
         };
-        let upstream = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect((ip, rule.target.port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.forget(&rule.target.instance);
-                tracing::info!("ingress port {port}: connecting to {ip}:{}: {e}", rule.target.port);
-                return;
-            }
-            Err(_) => {
-                self.forget(&rule.target.instance);
-                tracing::info!("ingress port {port}: connecting to {ip}:{}: timed out", rule.target.port);
-                return;
-            }
-        };
+        let upstream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip, rule.target.port)))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.forget(&rule.target.instance);
+                    tracing::info!(
+                        "ingress port {port}: connecting to {ip}:{}: {e}",
+                        rule.target.port
+                    );
+                    return;
+                }
+                Err(_) => {
+                    self.forget(&rule.target.instance);
+                    tracing::info!(
+                        "ingress port {port}: connecting to {ip}:{}: timed out",
+                        rule.target.port
+                    );
+                    return;
+                }
+            };
         if let Err(e) = upstream.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
         }
@@ -343,17 +353,30 @@ impl Proxy {
 
     /// The instance behind `key`, woken if it was in standby: its id and
     /// address, or the status and message to answer with.
-    async fn ready(&self, key: &str) -> Result<(String, Ipv4Addr), (StatusCode, String)> {
+    async fn ready(
+        &self,
+        key: &str,
+        port: u16,
+    ) -> Result<(String, Ipv4Addr), (StatusCode, String)> {
+        let mut woken = false;
         for attempt in 0..2 {
             match self.locate(key)? {
-                Located::Running { id, ip } => return Ok((id, ip)),
+                Located::Running { id, ip } => {
+                    if woken {
+                        reachable(SocketAddr::new(ip.into(), port)).await;
+                    }
+                    return Ok((id, ip));
+                }
                 Located::Standby { id } if attempt == 0 => {
                     self.wake(&id).await.map_err(|why| {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("instance {key} is in standby and could not be restored: {why}\n"),
+                            format!(
+                                "instance {key} is in standby and could not be restored: {why}\n"
+                            ),
                         )
                     })?;
+                    woken = true;
                     self.forget(key);
                 }
                 Located::Standby { .. } => {
@@ -389,7 +412,7 @@ impl Proxy {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
         {
-            if at.elapsed() < LOCATE_TTL {
+            if at.elapsed() < LOCATE_TTL && self.backend.still_running(found.id()) {
                 return Ok(found.clone());
             }
         }
@@ -435,9 +458,17 @@ impl Proxy {
         result
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, port: u16) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        port: u16,
+    ) -> Response<Body> {
         let Some(host) = request_host(&req) else {
-            return text(StatusCode::BAD_REQUEST, "the request has no Host header\n".into());
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request has no Host header\n".into(),
+            );
         };
         let route = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -462,12 +493,19 @@ impl Proxy {
             }
             req.headers_mut().remove(auth.header.as_str());
         }
-        let (id, ip) = match self.ready(&key).await {
+        let (id, ip) = match self.ready(&key, rule.target.port).await {
             Ok(found) => found,
             Err((status, why)) => return text(status, why),
         };
-        self.forward(req, peer, &host, &key, &id, SocketAddr::new(ip.into(), rule.target.port))
-            .await
+        self.forward(
+            req,
+            peer,
+            &host,
+            &key,
+            &id,
+            SocketAddr::new(ip.into(), rule.target.port),
+        )
+        .await
     }
 
     async fn forward(
@@ -497,7 +535,12 @@ impl Proxy {
             .build()
         {
             Ok(u) => u,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request target: {e}\n")),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad request target: {e}\n"),
+                )
+            }
         };
         parts.version = http::Version::HTTP_11;
         let guard = Arc::new(self.tracker.open(self.backend.activity_path(id)));
@@ -512,7 +555,11 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 self.forget(key);
-                let what = if e.is_connect() { "cannot connect to" } else { "failed talking to" };
+                let what = if e.is_connect() {
+                    "cannot connect to"
+                } else {
+                    "failed talking to"
+                };
                 return text(
                     StatusCode::BAD_GATEWAY,
                     format!("{what} instance {key} at {upstream}: {}\n", error_chain(&e)),
@@ -542,6 +589,20 @@ impl Proxy {
             .boxed();
         Response::from_parts(parts, body)
     }
+}
+
+/// Waits (up to [`WAKE_REACHABLE`]) until `addr` accepts a connection:
+/// a guest just restored may take a moment before its network answers.
+async fn reachable(addr: SocketAddr) {
+    let deadline = Instant::now() + WAKE_REACHABLE;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+            Ok(Ok(_probe)) => return,
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => {}
+        }
+    }
+    tracing::info!("{addr} still does not answer after a restore; forwarding anyway");
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -713,7 +774,10 @@ mod tests {
 
     #[test]
     fn hosts_lose_port_case_and_trailing_dot() {
-        assert_eq!(request_host(&req("Web.Test:8080")).as_deref(), Some("web.test"));
+        assert_eq!(
+            request_host(&req("Web.Test:8080")).as_deref(),
+            Some("web.test")
+        );
         assert_eq!(request_host(&req("web.test.")).as_deref(), Some("web.test"));
         assert_eq!(request_host(&req("[::1]:80")).as_deref(), Some("::1"));
     }
@@ -721,7 +785,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_upgrades_keep_theirs() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-app", HeaderValue::from_static("1"));
@@ -734,8 +801,14 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
-        assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
     }
 
     #[test]
@@ -743,7 +816,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         let peer: SocketAddr = "10.0.0.9:5555".parse().expect("addr");
-        forwarded_headers(&mut h, peer, Some(HeaderValue::from_static("web.test:8080")), "web.test");
+        forwarded_headers(
+            &mut h,
+            peer,
+            Some(HeaderValue::from_static("web.test:8080")),
+            "web.test",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "web.test:8080");
@@ -763,12 +841,21 @@ mod tests {
             id: "i".into(),
             name: "n".into(),
             created_at: String::new(),
-            rules: vec![rule("{instance}.apps.test", "{instance}"), rule("api.apps.test", "special")],
+            rules: vec![
+                rule("{instance}.apps.test", "{instance}"),
+                rule("api.apps.test", "special"),
+            ],
             tags: Default::default(),
         };
         let t = Table::build(&[ing]);
-        assert_eq!(t.route(80, "api.apps.test").map(|r| r.1).as_deref(), Some("special"));
-        assert_eq!(t.route(80, "web.apps.test").map(|r| r.1).as_deref(), Some("web"));
+        assert_eq!(
+            t.route(80, "api.apps.test").map(|r| r.1).as_deref(),
+            Some("special")
+        );
+        assert_eq!(
+            t.route(80, "web.apps.test").map(|r| r.1).as_deref(),
+            Some("web")
+        );
         assert!(t.route(80, "apps.test").is_none());
         assert!(t.route(81, "web.apps.test").is_none());
     }

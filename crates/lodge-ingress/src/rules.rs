@@ -180,7 +180,10 @@ impl RuleInput {
             Some("tcp") => Protocol::Tcp,
             Some(other) => return Err(RuleError::BadProtocol(other.to_string())),
         };
-        let port = checked_port("match.port", self.match_.port.unwrap_or(DEFAULT_PORT.into()))?;
+        let port = checked_port(
+            "match.port",
+            self.match_.port.unwrap_or(DEFAULT_PORT.into()),
+        )?;
         let target_port = checked_port("target.port", self.target.port)?;
         let tls = self.tls.unwrap_or(false);
         let redirect_http = self.redirect_http.unwrap_or(false);
@@ -325,8 +328,7 @@ fn check_header_auth(auth: &HeaderAuth) -> Result<(), RuleError> {
     {
         return Err(RuleError::ReservedHeader(auth.header.clone()));
     }
-    let value_ok =
-        !auth.value.is_empty() && auth.value.bytes().all(|b| (b' '..=b'~').contains(&b));
+    let value_ok = !auth.value.is_empty() && auth.value.bytes().all(|b| (b' '..=b'~').contains(&b));
     if !value_ok {
         return Err(RuleError::BadHeaderValue);
     }
@@ -494,8 +496,10 @@ mod tests {
 
     #[test]
     fn a_plain_rule_gets_its_defaults() {
-        let r = rule(r#"{"match":{"hostname":"Web.Example.com."},"target":{"instance":"web","port":8080}}"#)
-            .expect("valid");
+        let r = rule(
+            r#"{"match":{"hostname":"Web.Example.com."},"target":{"instance":"web","port":8080}}"#,
+        )
+        .expect("valid");
         assert_eq!(r.match_.hostname, "web.example.com");
         assert_eq!(r.match_.port, 80);
         assert_eq!(r.target.port, 8080);
@@ -550,12 +554,17 @@ mod tests {
         assert_eq!(r.fixed_instance(), None);
         let err = rule(r#"{"match":{"hostname":"{instance}.apps.test"},"target":{"instance":"web","port":80}}"#)
             .expect_err("fixed target");
-        assert!(matches!(err, RuleError::PatternWithoutCapture { .. }), "{err}");
+        assert!(
+            matches!(err, RuleError::PatternWithoutCapture { .. }),
+            "{err}"
+        );
         let err = rule(r#"{"match":{"hostname":"{app}.apps.test"},"target":{"instance":"{instance}","port":80}}"#)
             .expect_err("unknown capture");
         assert!(matches!(err, RuleError::UnknownCapture { .. }), "{err}");
-        let err = rule(r#"{"match":{"hostname":"web.test"},"target":{"instance":"{instance}","port":80}}"#)
-            .expect_err("literal host, template target");
+        let err = rule(
+            r#"{"match":{"hostname":"web.test"},"target":{"instance":"{instance}","port":80}}"#,
+        )
+        .expect_err("literal host, template target");
         assert!(matches!(err, RuleError::UnknownCapture { .. }), "{err}");
     }
 
@@ -581,7 +590,14 @@ mod tests {
 
     #[test]
     fn header_auth_refuses_reserved_headers() {
-        for h in ["Authorization", "cookie", "Host", "x forwarded", "Proxy-Foo", ""] {
+        for h in [
+            "Authorization",
+            "cookie",
+            "Host",
+            "x forwarded",
+            "Proxy-Foo",
+            "",
+        ] {
             let json = format!(
                 r#"{{"match":{{"hostname":"a.com"}},"target":{{"instance":"a","port":1}},"request_header_auth":{{"header":{h:?},"value":"v"}}}}"#
             );
@@ -606,11 +622,15 @@ mod tests {
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["match"]["protocol"], "tcp");
         assert!(matches!(
-            rule(r#"{"match":{"hostname":"a.com","port":8080,"protocol":"tcp"},"target":{"instance":"web","port":80}}"#),
+            rule(
+                r#"{"match":{"hostname":"a.com","port":8080,"protocol":"tcp"},"target":{"instance":"web","port":80}}"#
+            ),
             Err(RuleError::TcpHostname(_))
         ));
         assert!(matches!(
-            rule(r#"{"match":{"hostname":"*","port":8080,"protocol":"udp"},"target":{"instance":"web","port":80}}"#),
+            rule(
+                r#"{"match":{"hostname":"*","port":8080,"protocol":"udp"},"target":{"instance":"web","port":80}}"#
+            ),
             Err(RuleError::BadProtocol(_))
         ));
     }

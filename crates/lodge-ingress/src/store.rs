@@ -369,7 +369,8 @@ mod tests {
         }
     }
 
-    const WEB: &str = r#"{"match":{"hostname":"web.test","port":8080},"target":{"instance":"web","port":80}}"#;
+    const WEB: &str =
+        r#"{"match":{"hostname":"web.test","port":8080},"target":{"instance":"web","port":80}}"#;
 
     fn count(dir: &Path) -> usize {
         std::fs::read_dir(records_dir(dir))
@@ -401,13 +402,26 @@ mod tests {
             .create(req("site", &[WEB]), exists, |_| Ok(()))
             .expect("create");
         let err = store
-            .create(req("site", &[r#"{"match":{"hostname":"b.test"},"target":{"instance":"web","port":80}}"#]), exists, |_| Ok(()))
+            .create(
+                req(
+                    "site",
+                    &[r#"{"match":{"hostname":"b.test"},"target":{"instance":"web","port":80}}"#],
+                ),
+                exists,
+                |_| Ok(()),
+            )
             .expect_err("name taken");
-        assert!(matches!(err, CreateError::Invalid(StoreError::NameTaken(_))), "{err}");
+        assert!(
+            matches!(err, CreateError::Invalid(StoreError::NameTaken(_))),
+            "{err}"
+        );
         let err = store
             .create(req("other", &[WEB]), exists, |_| Ok(()))
             .expect_err("host taken");
-        assert!(matches!(err, CreateError::Invalid(StoreError::HostTaken { .. })), "{err}");
+        assert!(
+            matches!(err, CreateError::Invalid(StoreError::HostTaken { .. })),
+            "{err}"
+        );
         // The same hostname on another port is fine; the port is served
         // already, so it is not bound again.
         store
@@ -431,15 +445,25 @@ mod tests {
         let err = store
             .create(req("a", &second_bad), exists, |_| Ok(()))
             .expect_err("bad port");
-        assert!(err.to_string().starts_with("rule 1: match.port 99999 is out of range"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("rule 1: match.port 99999 is out of range"),
+            "{err}"
+        );
         let err = store
             .create(
-                req("a", &[r#"{"match":{"hostname":"x.test"},"target":{"instance":"ghost","port":80}}"#]),
+                req(
+                    "a",
+                    &[r#"{"match":{"hostname":"x.test"},"target":{"instance":"ghost","port":80}}"#],
+                ),
                 exists,
                 |_| Ok(()),
             )
             .expect_err("unknown instance");
-        assert!(matches!(err, CreateError::Invalid(StoreError::Instance { .. })), "{err}");
+        assert!(
+            matches!(err, CreateError::Invalid(StoreError::Instance { .. })),
+            "{err}"
+        );
         assert!(err.to_string().contains("ghost"), "{err}");
         let err = store
             .create(req("a", &[WEB]), exists, |p| Err(format!("{p} in use")))
@@ -448,7 +472,10 @@ mod tests {
         let err = store
             .create(req("Bad_Name", &[WEB]), exists, |_| Ok(()))
             .expect_err("bad name");
-        assert!(matches!(err, CreateError::Invalid(StoreError::BadName(_))), "{err}");
+        assert!(
+            matches!(err, CreateError::Invalid(StoreError::BadName(_))),
+            "{err}"
+        );
         assert_eq!(count(dir.path()), 0);
     }
 
@@ -466,6 +493,9 @@ mod tests {
                 |_| Ok(()),
             )
             .expect_err("port kind");
-        assert!(matches!(err, CreateError::Invalid(StoreError::PortKind { .. })), "{err}");
+        assert!(
+            matches!(err, CreateError::Invalid(StoreError::PortKind { .. })),
+            "{err}"
+        );
     }
 }

@@ -34,7 +34,7 @@ fn answers_in_hypemans_shapes() {
     // A hypeman route lodge lacks: 501 with the JSON body, after the token.
     for (method, path) in [
         ("POST", "/instances/x/auto-standby/hold"),
-        ("GET", "/ingresses"),
+        ("GET", "/pushes"),
         ("POST", "/resources/memory/reclaim"),
         ("GET", "/builds/b1/events"),
     ] {
@@ -73,7 +73,8 @@ fn answers_in_hypemans_shapes() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from spec.json");
     }
-    assert!(paths["/ingresses"]["get"]["responses"]["501"].is_object());
+    assert!(paths["/pushes"]["get"]["responses"]["501"].is_object());
+    assert!(paths["/ingresses"]["post"]["responses"]["409"].is_object());
     assert!(paths["/instances/{id}"]["patch"].is_object());
     let yaml = reqwest::blocking::get(format!("{}/spec.yaml", d.base)).expect("spec.yaml");
     assert_eq!(yaml.status().as_u16(), 200);

@@ -49,7 +49,10 @@ impl LodgeBackend {
     fn view(guests: &std::path::Path, key: &str) -> Result<Instance, String> {
         let direct = Paths::new(guests.join(key));
         if let Ok(meta) = store::load(&direct) {
-            return Ok(Instance::from_parts(&meta, &crate::instances::observe(&direct, &meta)));
+            return Ok(Instance::from_parts(
+                &meta,
+                &crate::instances::observe(&direct, &meta),
+            ));
         }
         let ids = store::list_ids(guests).map_err(|e| format!("listing instances: {e}"))?;
         let mut metas = Vec::new();
@@ -70,7 +73,10 @@ impl LodgeBackend {
             }
         };
         let paths = Paths::new(guests.join(&found.id));
-        Ok(Instance::from_parts(&found, &crate::instances::observe(&paths, &found)))
+        Ok(Instance::from_parts(
+            &found,
+            &crate::instances::observe(&paths, &found),
+        ))
     }
 }
 
@@ -95,17 +101,15 @@ impl lodge_ingress::Backend for LodgeBackend {
     }
 
     fn wake(&self, id: &str) -> BoxFuture<'static, Result<(), String>> {
-        let api = self
-            .api
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let api = self.api.read().unwrap_or_else(|p| p.into_inner()).clone();
         let data_dir = self.data_dir.clone();
         let guests = self.guests.clone();
         let http = self.http.clone();
         let id = id.to_string();
         async move {
-            let api = api.ok_or("the lodge daemon's address is not known (no daemon has started this proxy)")?;
+            let api = api.ok_or(
+                "the lodge daemon's address is not known (no daemon has started this proxy)",
+            )?;
             let token = Auth::load(&data_dir)
                 .and_then(|a| a.mint("lodge-ingress", 300))
                 .map_err(|e| format!("minting a token: {e:#}"))?;
@@ -142,6 +146,11 @@ impl lodge_ingress::Backend for LodgeBackend {
             }
         }
         .boxed()
+    }
+
+    fn still_running(&self, id: &str) -> bool {
+        let logs = Paths::new(self.guests.join(id)).logs();
+        lodge_logs::monitor_alive(&logs).unwrap_or(false)
     }
 
     fn activity_path(&self, id: &str) -> PathBuf {

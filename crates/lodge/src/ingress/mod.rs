@@ -133,11 +133,9 @@ impl Ingresses {
                     reply.pid,
                     reply.ports
                 ),
-                Ok(reply) => tracing::warn!(
-                    "ingress proxy {}: {}",
-                    reply.pid,
-                    reply.errors.join("; ")
-                ),
+                Ok(reply) => {
+                    tracing::warn!("ingress proxy {}: {}", reply.pid, reply.errors.join("; "))
+                }
                 Err(e) => tracing::warn!("ingress: {e}"),
             },
             Err(e) => tracing::warn!("ingress: {e}"),
@@ -281,8 +279,14 @@ mod tests {
 
     #[test]
     fn the_api_url_is_reachable_locally() {
-        assert_eq!(api_url("0.0.0.0:8080".parse().expect("addr")), "http://127.0.0.1:8080");
-        assert_eq!(api_url("127.0.0.1:9".parse().expect("addr")), "http://127.0.0.1:9");
+        assert_eq!(
+            api_url("0.0.0.0:8080".parse().expect("addr")),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            api_url("127.0.0.1:9".parse().expect("addr")),
+            "http://127.0.0.1:9"
+        );
         assert_eq!(api_url("[::]:9".parse().expect("addr")), "http://[::1]:9");
     }
 
