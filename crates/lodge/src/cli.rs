@@ -340,6 +340,10 @@ pub struct RunArgs {
     /// Attach a volume, VOLUME:/PATH[:ro] (repeatable)
     #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH[:ro]")]
     pub volumes: Vec<String>,
+    /// Publish a guest TCP port on a host port, HOSTPORT:GUESTPORT[/tcp]
+    /// (repeatable): an ingress `<name>-ports` with one tcp rule each
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
+    pub publish: Vec<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -8,7 +8,8 @@
 //! and the test's HTTP clients all live there; the outer run checks that
 //! the host's links and nftables tables are the same afterwards.
 //!
-//! Two VMs are shared by every assertion: `web` and `api`, each serving
+//! Two VMs are shared by every assertion: `web` (made through the API)
+//! and `api` (`lodge run -p`, which publishes its port 80), each serving
 //! `busybox httpd` on port 80 (a page naming the VM, an 8 MB file and a
 //! CGI that hashes what it is sent) and, on port 81, a small shell server
 //! that answers a WebSocket handshake and then echoes, or else sends back
@@ -30,6 +31,8 @@ const INNER: &str = "LODGE_INGRESS_E2E_INNER";
 const BOOT: Duration = Duration::from_secs(120);
 /// The ingress port of the HTTP rules.
 const PORT: u16 = 8080;
+/// The host port `lodge run -p` publishes.
+const PUBLISHED: u16 = 8090;
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -318,11 +321,6 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     let started = Instant::now();
     let mut d = Daemon::start_with_env(&[("LODGE_NETWORK", "on"), ("LODGE_DNS", "198.51.100.1")]);
     let web = d.create(vm("web"))["id"].as_str().expect("id").to_string();
-    let api = d.create(vm("api"))["id"].as_str().expect("id").to_string();
-    let web_big = wait_line(&d, &web, "big ")[4..].trim().to_string();
-    wait_line(&d, &web, "ready");
-    wait_line(&d, &api, "ready");
-    println!("VMs ready after {:?}", started.elapsed());
 
     // Bad input: clear errors, nothing written, no proxy started.
     for (body, status, needle) in [
@@ -363,6 +361,71 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     }
     assert_eq!(d.api("GET", "/ingresses", None).body, json!([]));
     assert_eq!(proxy_pid(&d), None, "a refused create started the proxy");
+
+    // `lodge run -p`: the second VM, its port 80 published on PUBLISHED.
+    let out = d.lodge(&[
+        "run",
+        "-d",
+        "--name",
+        "api",
+        "--cpus",
+        "1",
+        "--memory",
+        "256MB",
+        "--overlay-size",
+        "64MB",
+        "--rootfs",
+        &busybox_rootfs(),
+        "-p",
+        &format!("{PUBLISHED}:80"),
+        "sh",
+        "-c",
+        &server_script("api"),
+    ]);
+    assert!(
+        out.status.success(),
+        "run -p: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = d.lodge(&[
+        "run",
+        "-d",
+        "--rootfs",
+        &busybox_rootfs(),
+        "-p",
+        &format!("{PUBLISHED}:80"),
+        "true",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a taken host port was published twice"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already routed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        d.api("GET", "/instances", None)
+            .body
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the refused run left its instance"
+    );
+    let web_big = wait_line(&d, &web, "big ")[4..].trim().to_string();
+    wait_line(&d, &web, "ready");
+    wait_line(&d, &api, "ready");
+    println!("VMs ready after {:?}", started.elapsed());
+    let mut l4 =
+        TcpStream::connect(("127.0.0.1", PUBLISHED)).expect("connect to the published port");
+    l4.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    l4.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    l4.read_to_string(&mut answer).expect("read");
+    assert!(answer.ends_with("\r\n\r\nhello from api\n"), "{answer:?}");
 
     // Routes: a pattern for both VMs, an authenticated echo, the echo.
     let pat = create_ingress(
@@ -506,7 +569,10 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     );
     assert_eq!(get("cli.test", "/").text(), "hello from web\n");
     let out = d.lodge(&["ingress", "ls", "-q"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "apps\nsecure\ncli\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "api-ports\napps\nsecure\ncli\n"
+    );
     let out = d.lodge(&["ingress", "rm", "cli"]);
     assert!(
         out.status.success(),
@@ -569,8 +635,18 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
         "one restore for all 20 requests"
     );
 
+    // A restore that cannot happen (no daemon) is a clear 503.
+    let r = d.api("POST", &format!("/instances/{api}/standby"), None);
+    assert_eq!(r.status, 200, "standby: {}", r.text);
+    d.kill9();
+    let r = get("api.apps.test", "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("could not be restored"), "{}", r.text());
+    d.spawn();
+    assert_eq!(get("api.apps.test", "/").text(), "hello from api\n");
+
     // Deleting the last ingress ends the proxy.
-    for name in ["apps", "secure"] {
+    for name in ["apps", "secure", "api-ports"] {
         assert_eq!(
             d.api("DELETE", &format!("/ingresses/{name}"), None).status,
             204

@@ -104,6 +104,71 @@ pub fn run(cmd: IngressCommand) -> Result<u8> {
     })
 }
 
+/// `-p HOSTPORT:GUESTPORT[/tcp]` values, checked before anything is sent.
+pub fn parse_publish(raw: &[String]) -> Result<Vec<(u16, u16)>> {
+    raw.iter()
+        .map(|p| {
+            let spec = p.strip_suffix("/tcp").unwrap_or(p);
+            let (host, guest) = spec
+                .split_once(':')
+                .with_context(|| format!("-p {p:?}: expected HOSTPORT:GUESTPORT"))?;
+            let port = |s: &str| {
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|n| *n != 0)
+                    .with_context(|| format!("-p {p:?}: {s:?} is not a port (1-65535)"))
+            };
+            Ok((port(host)?, port(guest)?))
+        })
+        .collect()
+}
+
+/// Publishes `ports` of instance `id` as one ingress of tcp rules (lodge's
+/// extension of the resource); returns its name, or `None` for no ports.
+pub async fn publish(
+    client: &Client,
+    id: &str,
+    instance_name: &str,
+    ports: &[(u16, u16)],
+) -> Result<Option<String>> {
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let mut name = format!("{instance_name}-ports");
+    if name.len() > 63 {
+        name = format!("{}-ports", &id[..id.len().min(57)]);
+    }
+    let body = CreateIngress {
+        name: name.clone(),
+        rules: ports
+            .iter()
+            .map(|(host, guest)| RuleInput {
+                match_: MatchInput {
+                    hostname: lodge_ingress::rules::ANY_HOST.to_string(),
+                    port: Some((*host).into()),
+                    protocol: Some("tcp".to_string()),
+                },
+                target: TargetInput {
+                    instance: id.to_string(),
+                    port: (*guest).into(),
+                },
+                tls: None,
+                redirect_http: None,
+                request_header_auth: None,
+            })
+            .collect(),
+        tags: Some(BTreeMap::from([(
+            "lodge.instance".to_string(),
+            id.to_string(),
+        )])),
+    };
+    let _made: Ingress = client
+        .call_with(Method::POST, "/ingresses", &body)
+        .await
+        .context("publishing the ports")?;
+    Ok(Some(name))
+}
+
 /// A name from a hostname: its labels joined by dashes, captures dropped.
 fn default_name(hostname: &str) -> String {
     let name: Vec<String> = hostname
@@ -161,6 +226,15 @@ pub fn proxy(args: IngressProxyArgs) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_flags_are_docker_spelled_ports() {
+        let ok = parse_publish(&["8080:80".to_string(), "9000:9000/tcp".to_string()]).expect("ok");
+        assert_eq!(ok, vec![(8080, 80), (9000, 9000)]);
+        for bad in ["80", "0:80", "8080:70000", "a:80", "8080:80/udp"] {
+            assert!(parse_publish(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_come_from_hostnames() {
