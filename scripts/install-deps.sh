@@ -24,6 +24,8 @@ packages=(
     hyperfine         # benchmarks
     nftables          # nft: lodge's own `inet lodge` firewall table (lodge-net)
     iproute2          # ip, bridge, tc: the network tests' namespaces and traffic control
+    caddy             # the ingress benchmark's reference reverse proxy
+    wrk               # the ingress benchmark's load generator
 )
 
 check_only=
