@@ -26,6 +26,8 @@ packages=(
     iproute2          # ip, bridge, tc: the network tests' namespaces and traffic control
     caddy             # the ingress benchmark's reference reverse proxy
     wrk               # the ingress benchmark's load generator
+    pebble            # an ACME test server: the ingress's TLS certificates in tests
+    openssl           # the ingress TLS test's CA for pebble's own HTTPS
 )
 
 check_only=

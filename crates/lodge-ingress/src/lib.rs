@@ -13,6 +13,8 @@
 //! - [`store`]: the records, with the name and hostname+port checks;
 //! - [`proxy`]: listeners, routing, forwarding, wake-on-traffic;
 //! - [`activity`]: per-instance traffic records for auto-standby;
+//! - [`tls`]: certificates (an operator's directory, or ACME) and the
+//!   allow-list of names;
 //! - [`control`]: the control socket and the proxy's lifetime lock.
 //!
 //! The sequence of [`serve`]: (1) take the lock or stop (another proxy
@@ -25,6 +27,7 @@ pub mod control;
 pub mod proxy;
 pub mod rules;
 pub mod store;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -71,7 +74,15 @@ pub async fn serve(opts: ServeOptions, backend: Arc<dyn Backend>) -> Result<(), 
     let pid_file = control::pid_path(dir);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .map_err(io_err("writing", pid_file.clone()))?;
-    let proxy = Proxy::new(backend, store::records_dir(dir), opts.addr);
+    let certs = tls::Certificates::new(tls::TlsSettings::from_env(), dir);
+    let proxy = Proxy::new(backend, certs, store::records_dir(dir), opts.addr).map_err(|e| {
+        ServeError::Io {
+            what: "configuring TLS for",
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    tokio::spawn(proxy.clone().renew_loop());
     for e in proxy.reload().await {
         tracing::warn!("ingress: {e}");
     }

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use crate::activity::{Guard, Tracker};
 use crate::rules::{expand_target, HostPattern, Rule};
 use crate::store::{read_all, Ingress};
+use crate::tls::Certificates;
 
 /// How long a running instance's address is trusted without re-reading.
 pub const LOCATE_TTL: Duration = Duration::from_secs(2);
@@ -92,18 +93,29 @@ pub trait Backend: Send + Sync + 'static {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// How a port is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Http,
+    Https,
+    Tcp,
+}
+
 /// The routes of one port.
 #[derive(Default)]
 struct PortRoutes {
     exact: HashMap<String, Arc<Rule>>,
     patterns: Vec<(HostPattern, Arc<Rule>)>,
     tcp: Option<Arc<Rule>>,
+    tls: bool,
 }
 
 /// Every port's routes.
 #[derive(Default)]
 struct Table {
     ports: HashMap<u16, PortRoutes>,
+    /// TLS hostnames: their HTTPS port and whether plain HTTP redirects.
+    tls_hosts: HashMap<String, (u16, bool)>,
 }
 
 impl Table {
@@ -113,6 +125,12 @@ impl Table {
             for rule in &ing.rules {
                 let routes = t.ports.entry(rule.match_.port).or_default();
                 let rule = Arc::new(rule.clone());
+                if rule.tls {
+                    routes.tls = true;
+                    t.tls_hosts
+                        .entry(rule.match_.hostname.clone())
+                        .or_insert((rule.match_.port, rule.redirect_http));
+                }
                 if rule.is_tcp() {
                     routes.tcp.get_or_insert(rule);
                     continue;
@@ -148,16 +166,32 @@ impl Table {
         })
     }
 
-    fn wants(&self) -> HashMap<u16, bool> {
-        self.ports
+    /// The ports to listen on: every rule's, and the plain `http_port`
+    /// (ACME challenges, redirects) when there are TLS rules.
+    fn wants(&self, http_port: u16) -> HashMap<u16, Kind> {
+        let mut out: HashMap<u16, Kind> = self
+            .ports
             .iter()
-            .map(|(port, r)| (*port, r.tcp.is_some()))
-            .collect()
+            .map(|(port, r)| {
+                let kind = if r.tcp.is_some() {
+                    Kind::Tcp
+                } else if r.tls {
+                    Kind::Https
+                } else {
+                    Kind::Http
+                };
+                (*port, kind)
+            })
+            .collect();
+        if !self.tls_hosts.is_empty() {
+            out.entry(http_port).or_insert(Kind::Http);
+        }
+        out
     }
 }
 
 struct Listening {
-    tcp: bool,
+    kind: Kind,
     task: JoinHandle<()>,
 }
 
@@ -166,6 +200,8 @@ type Wake = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
 /// The proxy's state, shared by all listeners and connections.
 pub struct Proxy {
     backend: Arc<dyn Backend>,
+    certs: Arc<Certificates>,
+    tls: Arc<rustls::ServerConfig>,
     records: PathBuf,
     addr: IpAddr,
     table: RwLock<Arc<Table>>,
@@ -179,7 +215,13 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy serving the records in `records` on `addr`; nothing is
     /// bound until [`Proxy::reload`].
-    pub fn new(backend: Arc<dyn Backend>, records: PathBuf, addr: IpAddr) -> Arc<Proxy> {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        certs: Arc<Certificates>,
+        records: PathBuf,
+        addr: IpAddr,
+    ) -> Result<Arc<Proxy>, String> {
+        let tls = crate::tls::server_config(certs.store.clone())?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -187,8 +229,10 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Arc::new(Proxy {
+        Ok(Arc::new(Proxy {
             backend,
+            certs,
+            tls,
             records,
             addr,
             table: RwLock::new(Arc::new(Table::default())),
@@ -197,7 +241,7 @@ impl Proxy {
             tracker: Tracker::default(),
             waking: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -213,13 +257,14 @@ impl Proxy {
             Err(e) => return vec![format!("reading the ingress records: {e}")],
         };
         let table = Table::build(&ingresses);
-        let wants = table.wants();
+        let wants = table.wants(self.certs.http_port());
+        let tls_hosts: Vec<String> = table.tls_hosts.keys().cloned().collect();
         let mut errors = Vec::new();
         // Ports to close first (a port changing kind is closed, then bound).
         {
             let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             listeners.retain(|port, l| {
-                let keep = wants.get(port) == Some(&l.tcp);
+                let keep = wants.get(port) == Some(&l.kind);
                 if !keep {
                     l.task.abort();
                 }
@@ -227,7 +272,7 @@ impl Proxy {
             });
         }
         let mut new = Vec::new();
-        for (port, tcp) in &wants {
+        for (port, kind) in &wants {
             let have = self
                 .listeners
                 .lock()
@@ -237,7 +282,7 @@ impl Proxy {
                 continue;
             }
             match TcpListener::bind(SocketAddr::new(self.addr, *port)).await {
-                Ok(l) => new.push((*port, *tcp, l)),
+                Ok(l) => new.push((*port, *kind, l)),
                 Err(e) => errors.push(format!("port {port}: {e}")),
             }
         }
@@ -246,15 +291,28 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        for (port, tcp, listener) in new {
+        for (port, kind, listener) in new {
             let me = self.clone();
-            let task = tokio::spawn(async move { me.accept_loop(listener, port, tcp).await });
+            let task = tokio::spawn(async move { me.accept_loop(listener, port, kind).await });
             self.listeners
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(port, Listening { tcp, task });
+                .insert(port, Listening { kind, task });
         }
+        self.certs.ensure(&tls_hosts);
         errors
+    }
+
+    /// Re-checks the TLS certificates every [`crate::tls::RENEW_CHECK`].
+    pub async fn renew_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(crate::tls::RENEW_CHECK).await;
+            let hosts: Vec<String> = {
+                let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+                table.tls_hosts.keys().cloned().collect()
+            };
+            self.certs.ensure(&hosts);
+        }
     }
 
     /// The ports being served (for the control socket's answers).
@@ -270,7 +328,7 @@ impl Proxy {
         p
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16, tcp: bool) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16, kind: Kind) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -285,19 +343,38 @@ impl Proxy {
                 tracing::debug!("set_nodelay: {e}");
             }
             let me = self.clone();
-            if tcp {
-                tokio::spawn(async move { me.serve_tcp(stream, port).await });
-            } else {
-                tokio::spawn(async move { me.serve_http(stream, peer, port).await });
+            match kind {
+                Kind::Tcp => {
+                    tokio::spawn(async move { me.serve_tcp(stream, port).await });
+                }
+                Kind::Http => {
+                    tokio::spawn(async move { me.serve_http(stream, peer, port, false).await });
+                }
+                Kind::Https => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+                    tokio::spawn(async move {
+                        let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
+                        match tls.await {
+                            Ok(Ok(s)) => me.serve_http(s, peer, port, true).await,
+                            Ok(Err(e)) => tracing::debug!("ingress tls from {peer}: {e}"),
+                            Err(_) => {
+                                tracing::debug!("ingress tls from {peer}: handshake timed out")
+                            }
+                        }
+                    });
+                }
             }
         }
     }
 
-    async fn serve_http(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: u16) {
+    async fn serve_http<S>(self: Arc<Self>, stream: S, peer: SocketAddr, port: u16, secure: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let me = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let me = me.clone();
-            async move { Ok::<_, Infallible>(me.handle(req, peer, port).await) }
+            async move { Ok::<_, Infallible>(me.handle(req, peer, port, secure).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -463,18 +540,35 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         port: u16,
+        secure: bool,
     ) -> Response<Body> {
+        if !secure {
+            if let Some(token) = req
+                .uri()
+                .path()
+                .strip_prefix("/.well-known/acme-challenge/")
+            {
+                if let Some(answer) = self.certs.challenge(token) {
+                    return text(StatusCode::OK, answer);
+                }
+            }
+        }
         let Some(host) = request_host(&req) else {
             return text(
                 StatusCode::BAD_REQUEST,
                 "the request has no Host header\n".into(),
             );
         };
-        let route = {
+        let (route, redirect) = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            table.route(port, &host)
+            let route = table.route(port, &host);
+            let redirect = table.tls_hosts.get(&host).copied();
+            (route, redirect)
         };
         let Some((rule, key)) = route else {
+            if let (false, Some((tls_port, true))) = (secure, redirect) {
+                return redirect_to_https(&req, &host, tls_port);
+            }
             return text(
                 StatusCode::NOT_FOUND,
                 format!("no ingress rule for host {host} on port {port}\n"),
@@ -497,15 +591,12 @@ impl Proxy {
             Ok(found) => found,
             Err((status, why)) => return text(status, why),
         };
-        self.forward(
-            req,
-            peer,
-            &host,
-            &key,
-            &id,
-            SocketAddr::new(ip.into(), rule.target.port),
-        )
-        .await
+        let to = Upstream {
+            key: &key,
+            id: &id,
+            addr: SocketAddr::new(ip.into(), rule.target.port),
+        };
+        self.forward(req, peer, &host, to, secure).await
     }
 
     async fn forward(
@@ -513,16 +604,20 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         host: &str,
-        key: &str,
-        id: &str,
-        upstream: SocketAddr,
+        to: Upstream<'_>,
+        secure: bool,
     ) -> Response<Body> {
+        let Upstream {
+            key,
+            id,
+            addr: upstream,
+        } = to;
         let upgrade = wants_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        forwarded_headers(&mut parts.headers, peer, original_host, host);
+        forwarded_headers(&mut parts.headers, peer, original_host, host, secure);
         let path = parts
             .uri
             .path_and_query()
@@ -603,6 +698,13 @@ async fn reachable(addr: SocketAddr) {
         }
     }
     tracing::info!("{addr} still does not answer after a restore; forwarding anyway");
+}
+
+/// Where one request goes: the instance as named, its id, its address.
+struct Upstream<'a> {
+    key: &'a str,
+    id: &'a str,
+    addr: SocketAddr,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -687,6 +789,7 @@ fn forwarded_headers(
     peer: SocketAddr,
     original_host: Option<HeaderValue>,
     host: &str,
+    secure: bool,
 ) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let client = peer.ip().to_string();
@@ -699,13 +802,32 @@ fn forwarded_headers(
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
     let fwd_host = original_host.or_else(|| HeaderValue::from_str(host).ok());
     if let Some(h) = fwd_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
         // The guest sees the name it was asked for.
         headers.insert(header::HOST, h);
+    }
+}
+
+/// `308` to the same path over HTTPS (hypeman's `redirect_http`).
+fn redirect_to_https<B>(req: &Request<B>, host: &str, tls_port: u16) -> Response<Body> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = if tls_port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{tls_port}")
+    };
+    let location = format!("https://{authority}{path}");
+    let mut resp = text(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"));
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => text(StatusCode::BAD_REQUEST, "bad request target\n".into()),
     }
 }
 
@@ -821,6 +943,7 @@ mod tests {
             peer,
             Some(HeaderValue::from_static("web.test:8080")),
             "web.test",
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");

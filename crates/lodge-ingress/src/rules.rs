@@ -168,8 +168,8 @@ pub enum RuleError {
     TcpHttpOption(&'static str),
     #[error("redirect_http needs tls")]
     RedirectWithoutTls,
-    #[error("tls termination is not implemented by lodge yet")]
-    TlsUnsupported,
+    #[error("tls needs a literal hostname (one certificate per name), not the pattern {0:?}")]
+    TlsPattern(String),
 }
 
 impl RuleInput {
@@ -229,14 +229,14 @@ impl RuleInput {
                 request_header_auth: None,
             });
         }
-        if tls {
-            return Err(RuleError::TlsUnsupported);
-        }
-        if redirect_http {
+        if redirect_http && !tls {
             return Err(RuleError::RedirectWithoutTls);
         }
         let pattern = HostPattern::parse(&hostname)
             .ok_or_else(|| RuleError::BadHostname(self.match_.hostname.clone()))?;
+        if tls && !pattern.is_literal() {
+            return Err(RuleError::TlsPattern(hostname));
+        }
         check_target(&pattern, &hostname, &instance)?;
         if let Some(auth) = &self.request_header_auth {
             check_header_auth(auth)?;
@@ -266,6 +266,17 @@ impl Rule {
 
     pub fn is_tcp(&self) -> bool {
         self.match_.protocol == Protocol::Tcp
+    }
+
+    /// How the rule's port is served: `"TCP"`, `"HTTPS"` or `"HTTP"`.
+    pub fn port_kind(&self) -> &'static str {
+        if self.is_tcp() {
+            "TCP"
+        } else if self.tls {
+            "HTTPS"
+        } else {
+            "HTTP"
+        }
     }
 }
 
@@ -636,10 +647,21 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_until_it_is_built() {
+    fn tls_needs_a_literal_host_and_redirects_need_tls() {
+        let r = rule(r#"{"match":{"hostname":"a.com","port":443},"target":{"instance":"a","port":1},"tls":true,"redirect_http":true}"#)
+            .expect("valid");
+        assert!(r.tls && r.redirect_http);
+        assert!(matches!(
+            rule(
+                r#"{"match":{"hostname":"{instance}.a.com"},"target":{"instance":"{instance}","port":1},"tls":true}"#
+            ),
+            Err(RuleError::TlsPattern(_))
+        ));
         assert_eq!(
-            rule(r#"{"match":{"hostname":"a.com"},"target":{"instance":"a","port":1},"tls":true}"#),
-            Err(RuleError::TlsUnsupported)
+            rule(
+                r#"{"match":{"hostname":"a.com"},"target":{"instance":"a","port":1},"redirect_http":true}"#
+            ),
+            Err(RuleError::RedirectWithoutTls)
         );
     }
 }

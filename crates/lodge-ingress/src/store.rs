@@ -63,12 +63,15 @@ pub enum StoreError {
         port: u16,
         by: String,
     },
-    #[error("port {port} is served as {have} by ingress {by:?}; a port is either HTTP or TCP")]
+    #[error("port {port} is served as {have} by ingress {by:?}, so it cannot take a {want} rule (a port is HTTP, HTTPS or TCP)")]
     PortKind {
         port: u16,
         have: &'static str,
+        want: &'static str,
         by: String,
     },
+    #[error("rule {index}: {why}")]
+    Tls { index: usize, why: String },
     #[error("no ingress {0:?}")]
     NotFound(String),
     #[error("{0:?} is a prefix of more than one ingress id")]
@@ -139,8 +142,25 @@ impl Store {
         instance_exists: impl Fn(&str) -> Result<(), String>,
         can_bind: impl Fn(u16) -> Result<(), String>,
     ) -> Result<Ingress, CreateError> {
+        self.create_checked(req, instance_exists, |_| Ok(()), can_bind)
+    }
+
+    /// [`Store::create`], with `tls_ok` asked about every TLS hostname
+    /// (can it have a certificate).
+    pub fn create_checked(
+        &self,
+        req: CreateRequest,
+        instance_exists: impl Fn(&str) -> Result<(), String>,
+        tls_ok: impl Fn(&str) -> Result<(), String>,
+        can_bind: impl Fn(u16) -> Result<(), String>,
+    ) -> Result<Ingress, CreateError> {
         let _held = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let ingress = self.check(req, &instance_exists)?;
+        for (index, rule) in ingress.rules.iter().enumerate() {
+            if rule.tls {
+                tls_ok(&rule.match_.hostname).map_err(|why| StoreError::Tls { index, why })?;
+            }
+        }
         let existing = self.list()?;
         let mut checked = Vec::new();
         for rule in &ingress.rules {
@@ -197,10 +217,11 @@ impl Store {
                 if other.match_.port != rule.match_.port {
                     continue;
                 }
-                if other.is_tcp() != rule.is_tcp() {
+                if other.port_kind() != rule.port_kind() {
                     return Err(StoreError::PortKind {
                         port: rule.match_.port,
-                        have: if other.is_tcp() { "TCP" } else { "HTTP" },
+                        have: other.port_kind(),
+                        want: rule.port_kind(),
                         by: by.to_string(),
                     });
                 }

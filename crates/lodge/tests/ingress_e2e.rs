@@ -283,6 +283,163 @@ fn restores(d: &Daemon, id: &str) -> usize {
         .count()
 }
 
+/// Debian's pebble (an ACME test server) and its fake DNS, which answers
+/// 127.0.0.1 for every name, on loopback inside the namespace.
+struct Pebble {
+    dir: tempfile::TempDir,
+    children: Vec<std::process::Child>,
+}
+
+const ACME_HTTP_PORT: u16 = 5002;
+
+impl Pebble {
+    fn start() -> Option<Pebble> {
+        let missing = ["pebble", "pebble-challtestsrv", "openssl", "curl"]
+            .iter()
+            .find(|b| {
+                !Command::new("sh")
+                    .args(["-c", &format!("command -v {b} >/dev/null")])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .map(|b| format!("{b} is not installed (scripts/install-deps.sh)"));
+        if !common::available("ingress TLS against pebble", missing) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lodge-pebble")
+            .tempdir()
+            .expect("tempdir");
+        let p = dir.path().display().to_string();
+        // A test CA and a server certificate it signs, for pebble's own
+        // HTTPS (a self-signed leaf is no trust anchor for rustls).
+        sh(&format!(
+            "cd {p} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+               -subj /CN=lodge-test-ca 2>/dev/null \
+             && openssl req -newkey rsa:2048 -nodes -keyout key.pem -out leaf.csr -subj /CN=localhost 2>/dev/null \
+             && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf \
+             && openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 \
+               -extfile ext.cnf 2>/dev/null"
+        ));
+        let config = json!({"pebble": {
+            "listenAddress": "127.0.0.1:14000",
+            "managementListenAddress": "127.0.0.1:15000",
+            "certificate": format!("{p}/cert.pem"),
+            "privateKey": format!("{p}/key.pem"),
+            "httpPort": ACME_HTTP_PORT,
+            "tlsPort": 5001,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("config");
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                "127.0.0.1:8053",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                "127.0.0.1:8055",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("dns.log"))
+            .stderr(log("dns.err"))
+            .spawn()
+            .expect("start pebble-challtestsrv");
+        let pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(dir.path().join("pebble.json"))
+            .args(["-dnsserver", "127.0.0.1:8053"])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("start pebble");
+        let me = Pebble {
+            dir,
+            children: vec![dns, pebble],
+        };
+        wait_until(
+            "pebble to serve its directory",
+            Duration::from_secs(30),
+            || {
+                Command::new("curl")
+                    .args(["-sfk", "https://127.0.0.1:14000/dir"])
+                    .output_limited()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
+        sh(&format!(
+            "curl -sfk https://127.0.0.1:15000/roots/0 > {p}/root.pem"
+        ));
+        Some(me)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "LODGE_ACME_DIRECTORY".into(),
+                "https://127.0.0.1:14000/dir".into(),
+            ),
+            (
+                "LODGE_ACME_CA_ROOT".into(),
+                self.dir.path().join("ca.pem").display().to_string(),
+            ),
+            ("LODGE_TLS_ALLOWED_DOMAINS".into(), "*.tls.test".into()),
+            ("LODGE_ACME_HTTP_PORT".into(), ACME_HTTP_PORT.to_string()),
+        ]
+    }
+
+    fn root(&self) -> String {
+        self.dir.path().join("root.pem").display().to_string()
+    }
+
+    fn logs(&self) -> String {
+        ["pebble.log", "pebble.err", "dns.err"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if let Err(e) = c.kill() {
+                eprintln!("warning: stopping pebble: {e}");
+            }
+            if let Err(e) = c.wait() {
+                eprintln!("warning: reaping pebble: {e}");
+            }
+        }
+    }
+}
+
+/// `f`'s first `Some` within `timeout`, or `None`.
+fn try_wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 fn create_ingress(d: &Daemon, body: Value) -> Value {
     let r = d.api("POST", "/ingresses", Some(&body));
     assert_eq!(r.status, 201, "create ingress: {}", r.text);
@@ -319,7 +476,16 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     }
     require_guest!();
     let started = Instant::now();
-    let mut d = Daemon::start_with_env(&[("LODGE_NETWORK", "on"), ("LODGE_DNS", "198.51.100.1")]);
+    let pebble = Pebble::start();
+    let mut env = vec![
+        ("LODGE_NETWORK".to_string(), "on".to_string()),
+        ("LODGE_DNS".to_string(), "198.51.100.1".to_string()),
+    ];
+    if let Some(p) = &pebble {
+        env.extend(p.env());
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut d = Daemon::start_with_env(&env);
     let web = d.create(vm("web"))["id"].as_str().expect("id").to_string();
 
     // Bad input: clear errors, nothing written, no proxy started.
@@ -439,6 +605,38 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
         &d,
         json!({"name": "secure", "rules": [secure, rule("echo.test", PORT, "web", 81)]}),
     );
+    // TLS from ACME (issued in the background while the rest runs on).
+    let tls_rule = |host: &str| {
+        let mut r = rule(host, 8443, "web", 80);
+        r["tls"] = json!(true);
+        r["redirect_http"] = json!(true);
+        r
+    };
+    if pebble.is_some() {
+        create_ingress(
+            &d,
+            json!({"name": "tls", "rules": [tls_rule("web.tls.test")]}),
+        );
+        let r = d.api(
+            "POST",
+            "/ingresses",
+            Some(&json!({"name": "evil", "rules": [tls_rule("web.evil.test")]})),
+        );
+        assert_eq!(r.status, 400, "a name outside the allow-list: {}", r.text);
+        assert!(r.text.contains("LODGE_TLS_ALLOWED_DOMAINS"), "{}", r.text);
+        let r = d.api(
+            "POST",
+            "/ingresses",
+            Some(&json!({"name": "deep", "rules": [tls_rule("a.b.tls.test")]})),
+        );
+        assert_eq!(r.status, 400, "*.tls.test is one label: {}", r.text);
+        let r = d.api(
+            "POST",
+            "/ingresses",
+            Some(&json!({"name": "mixed", "rules": [rule("plain.test", 8443, "web", 80)]})),
+        );
+        assert_eq!(r.status, 409, "a plain rule on the HTTPS port: {}", r.text);
+    }
     let r = d.api(
         "POST",
         "/ingresses",
@@ -548,6 +746,46 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
         },
     );
 
+    // TLS: pebble's certificate verifies; plain HTTP redirects.
+    if let Some(p) = &pebble {
+        let issued = try_wait_until(Duration::from_secs(60), || {
+            let out = Command::new("curl")
+                .args([
+                    "-sf",
+                    "--cacert",
+                    &p.root(),
+                    "--resolve",
+                    "web.tls.test:8443:127.0.0.1",
+                ])
+                .arg("https://web.tls.test:8443/")
+                .output_limited()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        });
+        let Some(body) = issued else {
+            let proxy =
+                std::fs::read_to_string(d.data_dir.join("ingress/proxy.log")).unwrap_or_default();
+            panic!(
+                "no certificate from pebble\n--- proxy ---\n{proxy}\n--- pebble ---\n{}",
+                p.logs()
+            );
+        };
+        assert_eq!(body, "hello from web\n");
+        let r = http(ACME_HTTP_PORT, "GET", "web.tls.test", "/a?b=1", "", b"");
+        assert_eq!(r.status, 308, "{}", r.head);
+        assert!(
+            r.head
+                .to_ascii_lowercase()
+                .contains("location: https://web.tls.test:8443/a?b=1"),
+            "{}",
+            r.head
+        );
+        let cached = d.data_dir.join("ingress/certs/web.tls.test.crt");
+        assert!(cached.exists(), "the certificate is cached");
+    }
+
     // The CLI.
     let out = d.lodge(&[
         "ingress",
@@ -569,9 +807,10 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     );
     assert_eq!(get("cli.test", "/").text(), "hello from web\n");
     let out = d.lodge(&["ingress", "ls", "-q"]);
+    let tls = if pebble.is_some() { "tls\n" } else { "" };
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "api-ports\napps\nsecure\ncli\n"
+        format!("api-ports\napps\nsecure\n{tls}cli\n")
     );
     let out = d.lodge(&["ingress", "rm", "cli"]);
     assert!(
@@ -646,6 +885,9 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     assert_eq!(get("api.apps.test", "/").text(), "hello from api\n");
 
     // Deleting the last ingress ends the proxy.
+    if pebble.is_some() {
+        assert_eq!(d.api("DELETE", "/ingresses/tls", None).status, 204);
+    }
     for name in ["apps", "secure", "api-ports"] {
         assert_eq!(
             d.api("DELETE", &format!("/ingresses/{name}"), None).status,

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use lodge_ingress::{CreateError, Rule, RuleError, RuleInput, StoreError};
+use lodge_ingress::{CreateError, Rule, RuleInput, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -147,15 +147,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let message = chain(&e);
         match e {
-            StoreError::Rule {
-                source: RuleError::TlsUnsupported,
-                ..
-            } => ApiError {
-                status: StatusCode::NOT_IMPLEMENTED,
-                code: "not_implemented",
-                message,
-            },
             StoreError::BadName(_)
+            | StoreError::Tls { .. }
             | StoreError::NoRules
             | StoreError::Rule { .. }
             | StoreError::Instance { .. } => ApiError::bad_request(message),

@@ -92,9 +92,13 @@ impl Ingresses {
     ) -> Result<Ingress, IngressError> {
         let _held = self.op.lock().await;
         let addr = self.addr;
-        let ingress = self
-            .store
-            .create(req, instance_exists, |port| bind_probe(addr, port))?;
+        let tls = lodge_ingress::tls::TlsSettings::from_env();
+        let ingress = self.store.create_checked(
+            req,
+            instance_exists,
+            |host| tls.check(host),
+            |port| bind_probe(addr, port),
+        )?;
         let applied = self.apply().await;
         let errors = match applied {
             Ok(reply) if reply.errors.is_empty() => return Ok(ingress),
