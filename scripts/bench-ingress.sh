@@ -46,13 +46,17 @@ trap 'rm -rf "$work"' EXIT
 export LODGE_DATA_DIR="$work/data" LODGE_LISTEN=127.0.0.1:9100 LODGE_NETWORK=off
 export LODGE_INGRESS_ADDRESS=127.0.0.1 LODGE_BASE_URL=http://127.0.0.1:9100
 upstream=9101 caddy_port=9102 lodge_port=9103
+# caddy's autosave and storage stay in the scratch dir.
+export XDG_CONFIG_HOME="$work/xdg-config" XDG_DATA_HOME="$work/xdg-data"
 
 cat > "$work/upstream.caddy" <<EOF
 {
 	admin off
 	auto_https off
 }
-http://127.0.0.1:$upstream {
+# Any Host: lodge forwards the client's (bench.test), caddy rewrites it.
+http://:$upstream {
+	bind 127.0.0.1
 	respond "hello from the upstream" 200
 }
 EOF

@@ -54,7 +54,14 @@ impl Tracker {
     fn update(&self, path: &PathBuf, change: impl FnOnce(&mut Entry) -> bool) {
         let now = now_ms();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(path.clone()).or_default();
+        // Looked up before inserting: a touch per body frame must not
+        // allocate a key each time.
+        if !map.contains_key(path) {
+            map.insert(path.clone(), Entry::default());
+        }
+        let Some(entry) = map.get_mut(path) else {
+            return;
+        };
         let crossed = change(entry);
         let stale = now.saturating_sub(entry.last_written_ms) >= TOUCH_EVERY.as_millis() as u64;
         if !crossed && !stale {
