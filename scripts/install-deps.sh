@@ -27,6 +27,10 @@ packages=(
     jq                # service_e2e: `lodge ps --format json` must parse with jq
     zsh fish          # service tests: the generated completions must parse (zsh -n, fish -n)
     systemd           # systemd-analyze verify of packaging/lodge.service
+    caddy             # the ingress benchmark's reference reverse proxy
+    wrk               # the ingress benchmark's load generator
+    pebble            # an ACME test server: the ingress's TLS certificates in tests
+    openssl           # the ingress TLS test's CA for pebble's own HTTPS
 )
 
 check_only=

@@ -331,6 +331,55 @@ def auto_standby_hold(ctx):
     inst = ctx.c.instances.update(ctx.inst, auto_standby={"enabled": False})
     assert inst.auto_standby.enabled is False, inst
     return s
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ingress_create(ctx):
+    # A high port: this daemon runs on the host, so port 80 may be taken.
+    ctx.ingress_port = free_port()
+    ing = ctx.c.ingresses.create(
+        name="web",
+        rules=[
+            {
+                "match": {"hostname": "web.test", "port": ctx.ingress_port},
+                "target": {"instance": ctx.inst, "port": 80},
+                "request_header_auth": {"header": "X-Key", "value": "k"},
+            }
+        ],
+        tags={"suite": "compat"},
+    )
+    assert ing.name == "web" and ing.rules[0].match.port == ctx.ingress_port, ing
+    try:
+        ctx.c.ingresses.create(
+            name="web",
+            rules=[{"match": {"hostname": "other.test"}, "target": {"instance": ctx.inst, "port": 80}}],
+        )
+        raise AssertionError("a taken name was accepted")
+    except hypeman.ConflictError:
+        pass
+    return ing
+
+
+def ingress_list(ctx):
+    names = [i.name for i in ctx.c.ingresses.list(tags={"suite": "compat"})]
+    assert names == ["web"], names
+    return names
+
+
+def ingress_get(ctx):
+    ing = ctx.c.ingresses.get("web")
+    assert ing.rules[0].request_header_auth.header == "X-Key", ing
+    return ing
+
+
+def ingress_delete(ctx):
+    ctx.c.ingresses.delete("web")
+    assert ctx.c.ingresses.list() == []
 
 
 # (method, expected, call). The order is the order of the run: objects are
@@ -373,17 +422,10 @@ METHODS = [
     ("instances.volumes.attach", WORKS, volume_attach),
     ("instances.volumes.detach", WORKS, volume_detach),
     ("volumes.delete", WORKS, volume_delete),
-    (
-        "ingresses.create",
-        NOT_IMPLEMENTED,
-        lambda x: x.c.ingresses.create(
-            name="web",
-            rules=[{"match": {"hostname": "web.test"}, "target": {"instance": x.inst, "port": 80}}],
-        ),
-    ),
-    ("ingresses.list", NOT_IMPLEMENTED, lambda x: x.c.ingresses.list()),
-    ("ingresses.get", NOT_IMPLEMENTED, lambda x: x.c.ingresses.get("web")),
-    ("ingresses.delete", NOT_IMPLEMENTED, lambda x: x.c.ingresses.delete("web")),
+    ("ingresses.create", WORKS, ingress_create),
+    ("ingresses.list", WORKS, ingress_list),
+    ("ingresses.get", WORKS, ingress_get),
+    ("ingresses.delete", WORKS, ingress_delete),
     ("builds.create", NOT_IMPLEMENTED, lambda x: x.c.builds.create(source=b"not a tarball")),
     ("builds.list", NOT_IMPLEMENTED, lambda x: x.c.builds.list()),
     ("builds.get", NOT_IMPLEMENTED, lambda x: x.c.builds.get("b1")),

@@ -87,6 +87,12 @@ pub enum Command {
     /// Auto-standby of an instance: its status, or a hold that keeps it up
     #[command(subcommand)]
     AutoStandby(AutoStandbyCommand),
+    /// Publish instances by hostname (HTTP) through lodge's ingress: create, ls, rm
+    #[command(subcommand)]
+    Ingress(IngressCommand),
+    /// The ingress proxy process (started by the daemon)
+    #[command(hide = true)]
+    IngressProxy(IngressProxyArgs),
     /// Write an image (one layer per --layer directory) as an OCI or docker archive
     #[command(hide = true)]
     MkImage(MkImageArgs),
@@ -403,6 +409,10 @@ pub struct RunArgs {
     /// Attach a volume, VOLUME:/PATH[:ro] (repeatable)
     #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH[:ro]")]
     pub volumes: Vec<String>,
+    /// Publish a guest TCP port on a host port, HOSTPORT:GUESTPORT[/tcp]
+    /// (repeatable): an ingress `<name>-ports` with one tcp rule each
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
+    pub publish: Vec<String>,
     /// IMAGE (unless --rootfs) followed by the command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -703,4 +713,62 @@ pub struct AutoStandbyHoldArgs {
     pub duration: Option<String>,
     /// Instance id, name or unique id prefix
     pub instance: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IngressCommand {
+    /// Route HOSTNAME on a host port to a port of INSTANCE
+    Create(IngressCreateArgs),
+    /// List ingresses
+    Ls(IngressLsArgs),
+    /// Delete ingresses
+    Rm(IngressRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngressCreateArgs {
+    /// Target instance (name or id), or a capture of the hostname such as {instance}
+    pub instance: String,
+    /// Hostname to match: api.example.com, or a pattern like {instance}.example.com
+    #[arg(long)]
+    pub hostname: String,
+    /// The instance's port to forward to
+    #[arg(short, long)]
+    pub port: i64,
+    /// Host port to listen on
+    #[arg(long, default_value_t = 80)]
+    pub host_port: i64,
+    /// Ingress name (default: derived from the hostname)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Require this request header: NAME=VALUE (401 otherwise)
+    #[arg(long)]
+    pub header_auth: Option<String>,
+    /// Tag as KEY=VALUE (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressLsArgs {
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressRmArgs {
+    /// Ingress ids or names
+    #[arg(required = true)]
+    pub ingresses: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngressProxyArgs {
+    /// `<data dir>/ingress`
+    #[arg(long)]
+    pub ingress_dir: PathBuf,
+    /// Address the rule ports are bound on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
 }

@@ -14,6 +14,7 @@ mod client;
 mod cmd;
 mod config;
 mod disks;
+mod ingress;
 mod instances;
 mod metrics;
 mod sizes;

@@ -19,6 +19,7 @@ mod error;
 mod exec;
 mod fork;
 mod images;
+pub mod ingresses;
 pub mod instances;
 pub mod logs;
 mod metrics;
@@ -104,6 +105,10 @@ pub use state::{AppState, MAX_BODY};
         volumes::delete,
         volumes::attach,
         volumes::detach,
+        ingresses::create,
+        ingresses::list,
+        ingresses::get_one,
+        ingresses::delete,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -158,6 +163,12 @@ pub use state::{AppState, MAX_BODY};
         volumes::CreateVolume,
         volumes::AttachVolume,
         crate::instances::VolumeMount,
+        ingresses::Ingress,
+        ingresses::IngressRule,
+        ingresses::IngressMatch,
+        ingresses::IngressTarget,
+        ingresses::RequestHeaderAuth,
+        ingresses::CreateIngress,
         Health,
     ))
 )]
@@ -227,6 +238,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
+        )
+        .route("/ingresses", post(ingresses::create).get(ingresses::list))
+        .route(
+            "/ingresses/{id}",
+            get(ingresses::get_one).delete(ingresses::delete),
         );
     if !crate::metrics::public() {
         protected = protected.route("/metrics", get(metrics::metrics));

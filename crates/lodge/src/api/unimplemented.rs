@@ -21,11 +21,6 @@ pub const TAG: &str = "not_implemented";
 
 /// `(method, path pattern, what it is)`: hypeman routes lodge lacks.
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
-    // Ingress.
-    ("GET", "/ingresses", "ingresses"),
-    ("POST", "/ingresses", "ingresses"),
-    ("GET", "/ingresses/{id}", "ingresses"),
-    ("DELETE", "/ingresses/{id}", "ingresses"),
     // Image builds.
     ("GET", "/builds", "image builds"),
     ("POST", "/builds", "image builds"),

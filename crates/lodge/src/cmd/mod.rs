@@ -8,6 +8,7 @@ mod exec;
 mod fork;
 mod format;
 mod images;
+mod ingress;
 mod instance_verbs;
 mod logs_dir;
 mod logs_escape;
@@ -83,5 +84,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::AutoStandby(cmd) => auto_standby::run(cmd),
         Command::Completion(args) => completion::completion(args),
         Command::Man(args) => completion::man(args),
+        Command::Ingress(cmd) => ingress::run(cmd),
+        Command::IngressProxy(args) => ingress::proxy(args),
     }
 }

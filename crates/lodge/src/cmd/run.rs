@@ -16,12 +16,25 @@ use crate::instances::Instance;
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let body = request_body(&args)?;
+    let ports = super::ingress::parse_publish(&args.publish)?;
     super::rt::runtime()?.block_on(async {
         let client = Client::from_env()?;
         if let Some(image) = &body.image {
             super::images::pull_if_missing(&client, image).await?;
         }
         let inst: Instance = client.call_with(Method::POST, "/instances", &body).await?;
+        let published = super::ingress::publish(&client, &inst.id, &inst.name, &ports).await;
+        let published = match published {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing half-done: no instance without its ports.
+                let path = format!("/instances/{}", encode(&inst.id));
+                if let Err(d) = client.call_empty(Method::DELETE, &path).await {
+                    eprintln!("lodge: deleting {}: {d:#}", inst.id);
+                }
+                return Err(e);
+            }
+        };
         let id = inst.id;
         if args.detach {
             println!("{id}");
@@ -53,6 +66,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             }
         };
         if args.rm {
+            if let Some(ingress) = &published {
+                client
+                    .call_empty(Method::DELETE, &format!("/ingresses/{}", encode(ingress)))
+                    .await?;
+            }
             client
                 .call_empty(Method::DELETE, &format!("/instances/{}", encode(&id)))
                 .await?;

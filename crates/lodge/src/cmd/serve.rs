@@ -127,12 +127,15 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         }
     });
     crate::metrics::init(cfg.paths());
+    let ingresses = Arc::new(crate::ingress::Ingresses::open(&cfg)?);
+    ingresses.start().await;
     let app = api::router(AppState {
         manager,
         auth,
         pushes,
         images,
         volumes,
+        ingresses,
         bench_endpoints: cfg.bench_endpoints,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)

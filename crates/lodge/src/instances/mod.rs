@@ -89,6 +89,7 @@ pub use compress::CompressionSpec;
 pub use error::Error;
 pub use fork::ForkRequest;
 pub use manager::{image_users, volume_users, AgentEndpoint, Manager};
+pub use observe::observe;
 pub use resources::{DiskBreakdown, ResourceAllocation, ResourceStatus, Resources};
 pub use spec::{CreateRequest, RootRequest, RunOverrides, VolumeRequest};
 pub use state::State;

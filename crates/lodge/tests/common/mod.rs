@@ -418,6 +418,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         kill_monitors(&self.data_dir.join("guests"));
+        // The ingress proxy outlives the daemon too.
+        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("ingress/proxy.pid")) {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(pid.trim())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
