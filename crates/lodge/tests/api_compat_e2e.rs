@@ -72,7 +72,8 @@ fn answers_in_hypemans_shapes() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from spec.json");
     }
-    assert!(paths["/pushes"]["get"]["responses"]["501"].is_object());
+    assert!(paths["/builds"]["get"]["responses"]["501"].is_object());
+    assert!(paths["/pushes"]["get"]["responses"]["200"].is_object());
     assert!(paths["/ingresses"]["post"]["responses"]["409"].is_object());
     assert!(paths["/instances/{id}"]["patch"].is_object());
     let yaml = reqwest::blocking::get(format!("{}/spec.yaml", d.base)).expect("spec.yaml");
