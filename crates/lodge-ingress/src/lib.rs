@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub ingress_dir: PathBuf,
     /// The address every rule port is bound on.
     pub addr: IpAddr,
+    /// Most client connections served at once, all ports together.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +77,17 @@ pub async fn serve(opts: ServeOptions, backend: Arc<dyn Backend>) -> Result<(), 
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .map_err(io_err("writing", pid_file.clone()))?;
     let certs = tls::Certificates::new(tls::TlsSettings::from_env(), dir);
-    let proxy = Proxy::new(backend, certs, store::records_dir(dir), opts.addr).map_err(|e| {
-        ServeError::Io {
-            what: "configuring TLS for",
-            path: dir.clone(),
-            source: std::io::Error::other(e),
-        }
+    let proxy = Proxy::new(
+        backend,
+        certs,
+        store::records_dir(dir),
+        opts.addr,
+        opts.max_connections,
+    )
+    .map_err(|e| ServeError::Io {
+        what: "configuring TLS for",
+        path: dir.clone(),
+        source: std::io::Error::other(e),
     })?;
     tokio::spawn(proxy.clone().renew_loop());
     for e in proxy.reload().await {

@@ -210,6 +210,8 @@ pub struct Proxy {
     tracker: Tracker,
     waking: Mutex<HashMap<String, Wake>>,
     located: Mutex<HashMap<String, (Located, Instant)>>,
+    /// One permit per client connection, held until it closes.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -220,6 +222,7 @@ impl Proxy {
         certs: Arc<Certificates>,
         records: PathBuf,
         addr: IpAddr,
+        max_connections: usize,
     ) -> Result<Arc<Proxy>, String> {
         let tls = crate::tls::server_config(certs.store.clone())?;
         let mut connector = HttpConnector::new();
@@ -241,6 +244,7 @@ impl Proxy {
             tracker: Tracker::default(),
             waking: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
         }))
     }
 
@@ -330,6 +334,9 @@ impl Proxy {
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16, kind: Kind) {
         loop {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return; // the semaphore is never closed
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -345,14 +352,21 @@ impl Proxy {
             let me = self.clone();
             match kind {
                 Kind::Tcp => {
-                    tokio::spawn(async move { me.serve_tcp(stream, port).await });
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        me.serve_tcp(stream, port).await
+                    });
                 }
                 Kind::Http => {
-                    tokio::spawn(async move { me.serve_http(stream, peer, port, false).await });
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        me.serve_http(stream, peer, port, false).await
+                    });
                 }
                 Kind::Https => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
                         match tls.await {
                             Ok(Ok(s)) => me.serve_http(s, peer, port, true).await,
@@ -981,5 +995,98 @@ mod tests {
         );
         assert!(t.route(80, "apps.test").is_none());
         assert!(t.route(81, "web.apps.test").is_none());
+    }
+
+    /// A backend whose every instance runs on loopback.
+    struct Loopback(PathBuf);
+
+    impl Backend for Loopback {
+        fn locate(&self, key: &str) -> Result<Located, String> {
+            Ok(Located::Running {
+                id: key.to_string(),
+                ip: Ipv4Addr::LOCALHOST,
+            })
+        }
+        fn wake(&self, _id: &str) -> BoxFuture<'static, Result<(), String>> {
+            async { Ok(()) }.boxed()
+        }
+        fn still_running(&self, _id: &str) -> bool {
+            true
+        }
+        fn activity_path(&self, id: &str) -> PathBuf {
+            self.0.join(id)
+        }
+        fn set_api(&self, _api: &str) {}
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// At the connection cap the proxy takes no new connection until one
+    /// closes: a flood waits in the backlog instead of taking descriptors.
+    #[tokio::test]
+    async fn the_connection_cap_holds_new_connections_until_one_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let up_port = upstream.local_addr().expect("addr").port();
+        let port = free_port();
+        let rule: Rule = serde_json::from_str::<crate::rules::RuleInput>(&format!(
+            r#"{{"match":{{"hostname":"*","port":{port},"protocol":"tcp"}},"target":{{"instance":"x","port":{up_port}}}}}"#
+        ))
+        .expect("json")
+        .validate()
+        .expect("valid");
+        let ingress = Ingress {
+            id: "i1".into(),
+            name: "x-ports".into(),
+            created_at: String::new(),
+            rules: vec![rule],
+            tags: Default::default(),
+        };
+        let records = crate::store::records_dir(dir.path());
+        std::fs::create_dir_all(&records).expect("mkdir");
+        std::fs::write(
+            records.join("i1.json"),
+            serde_json::to_vec(&ingress).expect("json"),
+        )
+        .expect("record");
+        let certs = Certificates::new(Default::default(), dir.path());
+        let backend = Arc::new(Loopback(dir.path().to_path_buf()));
+        let proxy =
+            Proxy::new(backend, certs, records, IpAddr::V4(Ipv4Addr::LOCALHOST), 2).expect("proxy");
+        assert!(proxy.reload().await.is_empty());
+
+        let accept = || async {
+            tokio::time::timeout(Duration::from_millis(700), upstream.accept())
+                .await
+                .map(|r| r.expect("accept").0)
+        };
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            clients.push(
+                TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect"),
+            );
+            served.push(accept().await.expect("forwarded under the cap"));
+        }
+        // The third connects (the kernel's backlog) but is not taken.
+        let third = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        assert!(
+            accept().await.is_err(),
+            "a connection past the cap was served"
+        );
+        // One connection ends, both ways.
+        drop(clients.remove(0));
+        drop(served.remove(0));
+        served.push(accept().await.expect("served once a slot is free"));
+        drop(third);
     }
 }

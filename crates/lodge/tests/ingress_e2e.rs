@@ -888,13 +888,17 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
     if pebble.is_some() {
         assert_eq!(d.api("DELETE", "/ingresses/tls", None).status, 204);
     }
-    for name in ["apps", "secure", "api-ports"] {
+    for name in ["apps", "secure"] {
         assert_eq!(
             d.api("DELETE", &format!("/ingresses/{name}"), None).status,
             204
         );
     }
     assert_eq!(d.api("GET", "/ingresses/apps", None).status, 404);
+    // Deleting an instance releases the ports `run -p` published for it.
+    assert_eq!(d.api("GET", "/ingresses/api-ports", None).status, 200);
+    assert_eq!(d.api("DELETE", "/instances/api", None).status, 204);
+    assert_eq!(d.api("GET", "/ingresses/api-ports", None).status, 404);
     wait_until("the proxy to exit", Duration::from_secs(10), || {
         (!alive(pid)).then_some(())
     });

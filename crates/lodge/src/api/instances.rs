@@ -337,10 +337,12 @@ pub async fn delete(
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let target = state.manager.get(&id).await?.id;
     state
         .manager
-        .delete(&id, q.graceful_shutdown.unwrap_or(false))
+        .delete(&target, q.graceful_shutdown.unwrap_or(false))
         .await?;
+    state.ingresses.forget_ports_of(&target).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -109,7 +109,7 @@ impl Limits {
 
 /// Raise the soft file limit to the hard one and return the cap that fits
 /// under it.
-fn fit_to_file_limit(max_connections: usize) -> usize {
+pub(crate) fn fit_to_file_limit(max_connections: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {

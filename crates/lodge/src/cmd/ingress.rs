@@ -194,6 +194,9 @@ fn tags(raw: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// `lodge ingress-proxy`: serve until told to exit.
+/// Default of `LODGE_INGRESS_MAX_CONNECTIONS`.
+const INGRESS_MAX_CONNECTIONS: usize = 4096;
+
 pub fn proxy(args: IngressProxyArgs) -> Result<u8> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -209,6 +212,21 @@ pub fn proxy(args: IngressProxyArgs) -> Result<u8> {
         .context("the ingress dir has no parent (the data dir)")?
         .to_path_buf();
     let backend = Arc::new(crate::ingress::backend::LodgeBackend::new(data_dir)?);
+    let wanted = match std::env::var("LODGE_INGRESS_MAX_CONNECTIONS") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .with_context(|| {
+                format!(
+                    "LODGE_INGRESS_MAX_CONNECTIONS must be a whole number of at least 1, got {v:?}"
+                )
+            })?,
+        Err(_) => INGRESS_MAX_CONNECTIONS,
+    };
+    // Two descriptors per proxied connection: the client's and the guest's.
+    let max_connections = crate::api::server::fit_to_file_limit(2 * wanted) / 2;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,6 +235,7 @@ pub fn proxy(args: IngressProxyArgs) -> Result<u8> {
         lodge_ingress::ServeOptions {
             ingress_dir: args.ingress_dir,
             addr: args.address,
+            max_connections: max_connections.max(1),
         },
         backend,
     ))?;

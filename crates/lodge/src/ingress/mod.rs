@@ -125,6 +125,36 @@ impl Ingresses {
         Ok(ingress)
     }
 
+    /// After instance `id` is deleted: remove the ingresses `lodge run -p`
+    /// made for it (named `…-ports`, only TCP rules, all targeting `id`),
+    /// as `docker rm` releases a container's published ports. Ingresses an
+    /// API client made stay; they answer 502 until they are deleted.
+    pub async fn forget_ports_of(&self, id: &str) {
+        let published: Vec<String> = match self.list() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|i| {
+                    i.name.ends_with("-ports")
+                        && !i.rules.is_empty()
+                        && i.rules.iter().all(|r| {
+                            r.target.instance == id
+                                && r.match_.hostname == lodge_ingress::rules::ANY_HOST
+                        })
+                })
+                .map(|i| i.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("ingress: listing to release the ports of {id}: {e}");
+                return;
+            }
+        };
+        for ingress in published {
+            if let Err(e) = self.delete(&ingress).await {
+                tracing::warn!("ingress: releasing {ingress}, the ports of {id}: {e}");
+            }
+        }
+    }
+
     /// At daemon start: a proxy for the records there are (one that
     /// survived the last daemon is told the new API address).
     pub async fn start(&self) {
@@ -186,8 +216,11 @@ impl Ingresses {
             .map_err(IngressError::Spawn)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if control::socket_path(&self.dir).exists()
-                && control::proxy_alive(&self.dir).unwrap_or(false)
+            // Alive (its lock held) and listening: a socket file alone may
+            // be a dead proxy's, which the new one replaces only after
+            // taking the lock and binding its ports.
+            if control::proxy_alive(&self.dir).unwrap_or(false)
+                && std::os::unix::net::UnixStream::connect(control::socket_path(&self.dir)).is_ok()
             {
                 break;
             }
