@@ -24,8 +24,11 @@ const BOOT: Duration = Duration::from_secs(120);
 
 /// Runs the instance's QEMU command line by hand. The monitor hands QEMU
 /// the guest status channel as fd 3 (`-add-fd fd=3`), so a QEMU started
-/// without a monitor needs an fd 3 too; `exec` keeps the pid.
-const STRAY_EXEC: &str = "exec \"$@\" 3>>/dev/null";
+/// without a monitor needs an fd 3 too; `exec` keeps the pid. `-S` keeps
+/// the vCPUs stopped: the stray holds the disks as a real orphan does, and
+/// no guest runs inside it that could end it on its own (a guest booted
+/// with the first boot's configuration can power off mid-test).
+const STRAY_EXEC: &str = "exec \"$@\" -S 3>>/dev/null 2>>\"$STRAY_STDERR\"";
 
 fn sleeper(name: &str) -> Value {
     json!({
@@ -70,7 +73,35 @@ fn kill9(pid: u32) {
 }
 
 /// The QEMU the test starts itself; killed and reaped however the test ends.
-struct Stray(Child);
+struct Stray(Child, std::path::PathBuf);
+
+impl Stray {
+    /// The instance's QEMU command line, run by hand in its own process
+    /// group from the instance directory; its stderr goes to `stderr`.
+    fn spawn(argv: &[String], dir: &Path, stderr: &Path) -> Stray {
+        let (program, args) = argv.split_first().expect("argv");
+        let child = Command::new("sh")
+            .args(["-c", STRAY_EXEC, "sh", program])
+            .args(args)
+            .env("STRAY_STDERR", stderr)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start QEMU by hand");
+        Stray(child, stderr.to_path_buf())
+    }
+
+    /// Panics, with QEMU's own words, unless the stray still runs.
+    fn assert_alive(&mut self, when: &str) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            let said = std::fs::read_to_string(&self.1).unwrap_or_default();
+            panic!("the stray QEMU ended ({status}) {when}; its stderr:\n{said}");
+        }
+    }
+}
 
 impl Drop for Stray {
     fn drop(&mut self) {
@@ -128,18 +159,9 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
     // 2. A VMM running without any monitor: the instance's own QEMU command
     // line, started by hand in its own process group, recorded as the
     // monitor's child (what a monitor without PDEATHSIG left behind).
-    let (program, args) = argv.split_first().expect("argv");
-    let stray = Command::new("sh")
-        .args(["-c", STRAY_EXEC, "sh", program])
-        .args(args)
-        .current_dir(d.guests_dir().join(&id))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start QEMU by hand");
-    let mut stray = Stray(stray);
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = d.guests_dir().join(&id);
+    let mut stray = Stray::spawn(&argv, &dir, &scratch.path().join("stray1.err"));
     let pid = stray.0.id();
     let ticks = start_ticks(pid).expect("stray QEMU runs");
     let mut orphan_record = monitor_record(&logs);
@@ -165,6 +187,7 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
     assert_eq!(d.state(&id), "Unknown");
 
     // stop kills exactly that process.
+    stray.assert_alive("before the stop");
     let r = d.api("POST", &format!("/instances/{id}/stop"), None);
     assert_eq!(r.status, 200, "stop of an orphan: {}", r.text);
     let status = stray.0.wait().expect("reap");
@@ -177,22 +200,13 @@ fn killing_the_monitor_kills_the_vmm_and_orphans_are_reconciled() {
     assert_eq!(after["state"], "Stopped", "{after}");
 
     // delete does the same before removing the disks.
-    let stray2 = Command::new("sh")
-        .args(["-c", STRAY_EXEC, "sh", program])
-        .args(args)
-        .current_dir(d.guests_dir().join(&id))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start QEMU by hand");
-    let mut stray2 = Stray(stray2);
+    let mut stray2 = Stray::spawn(&argv, &dir, &scratch.path().join("stray2.err"));
     let pid2 = stray2.0.id();
     orphan_record["child_pid"] = pid2.into();
     orphan_record["child_start_ticks"] = start_ticks(pid2).expect("runs").into();
     std::fs::write(logs.join("monitor.json"), orphan_record.to_string()).expect("record");
     d.wait_state(&id, "Unknown", Duration::from_secs(10));
+    stray2.assert_alive("before the delete");
     let r = d.api("DELETE", &format!("/instances/{id}"), None);
     assert_eq!(r.status, 204, "delete of an orphan: {}", r.text);
     let status = stray2.0.wait().expect("reap");
