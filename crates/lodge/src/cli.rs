@@ -84,6 +84,9 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Manage volumes: persistent disks that outlive instances
     Volume(VolumeArgs),
+    /// Host PCI devices for passthrough: available, add, ls, rm
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Auto-standby of an instance: its status, or a hold that keeps it up
     #[command(subcommand)]
     AutoStandby(AutoStandbyCommand),
@@ -185,6 +188,44 @@ pub struct PushArgs {
     pub image: String,
     /// The remote reference to push to (host[:port]/repo[:tag])
     pub target: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// The host's PCI devices (driver, IOMMU group)
+    Available,
+    /// Register a host PCI device for passthrough
+    Add(DeviceAddArgs),
+    /// List registered devices
+    Ls(DeviceLsArgs),
+    /// Unregister devices (refused while an instance uses one)
+    Rm(DeviceRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceAddArgs {
+    /// Device name (default pci-<address>)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag, K=V (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// PCI address, DDDD:BB:DD.F (e.g. 0000:a2:00.0)
+    pub pci_address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceLsArgs {
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceRmArgs {
+    /// Device ids or names
+    #[arg(required = true)]
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod cmd;
 mod config;
+mod devices;
 mod disks;
 mod ingress;
 mod instances;

@@ -160,6 +160,32 @@ impl From<lodge_volumes::Error> for ApiError {
     }
 }
 
+/// Status and code of a device error class.
+pub fn device_status(kind: crate::devices::ErrorKind) -> (StatusCode, &'static str) {
+    use crate::devices::ErrorKind as K;
+    match kind {
+        K::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
+        K::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        K::Conflict => (StatusCode::CONFLICT, "conflict"),
+        K::NotReady => (StatusCode::BAD_REQUEST, "device_not_ready"),
+        K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
+impl From<crate::devices::Error> for ApiError {
+    fn from(err: crate::devices::Error) -> Self {
+        let (status, code) = device_status(err.kind());
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{}", chain(&err));
+        }
+        ApiError {
+            status,
+            code,
+            message: chain(&err),
+        }
+    }
+}
+
 impl From<instances::Error> for ApiError {
     fn from(err: instances::Error) -> Self {
         // Image failures keep the image API's statuses and codes.

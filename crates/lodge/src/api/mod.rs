@@ -15,6 +15,7 @@
 mod auto_standby;
 mod capabilities;
 mod cp;
+pub mod devices;
 mod error;
 mod exec;
 mod fork;
@@ -109,6 +110,11 @@ pub use state::{AppState, MAX_BODY};
         ingresses::list,
         ingresses::get_one,
         ingresses::delete,
+        devices::create,
+        devices::list,
+        devices::available,
+        devices::get_one,
+        devices::delete,
     ),
     components(schemas(
         crate::instances::Instance,
@@ -169,6 +175,9 @@ pub use state::{AppState, MAX_BODY};
         ingresses::IngressTarget,
         ingresses::RequestHeaderAuth,
         ingresses::CreateIngress,
+        devices::Device,
+        devices::AvailableDevice,
+        devices::CreateDevice,
         Health,
     ))
 )]
@@ -238,6 +247,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/instances/{id}/volumes/{volume_id}",
             post(volumes::attach).delete(volumes::detach),
+        )
+        .route("/devices", post(devices::create).get(devices::list))
+        .route("/devices/available", get(devices::available))
+        .route(
+            "/devices/{id}",
+            get(devices::get_one).delete(devices::delete),
         )
         .route("/ingresses", post(ingresses::create).get(ingresses::list))
         .route(
@@ -410,6 +425,12 @@ fn shared_errors(path: &str, method: &str, has_input: bool) -> Vec<(u16, &'stati
         out.push((409, "a name or id in use"));
         out.push((413, "the archive is over its size"));
         out.push((507, "not enough free disk"));
+    }
+    if path.starts_with("/devices/{") && method == "delete" {
+        out.push((409, "the device is in use"));
+    }
+    if method == "post" && path == "/instances" {
+        out.push((501, "a device named in `devices` passes every check, but passthrough is not wired into the boot yet"));
     }
     if path.starts_with("/volumes/{") && method == "delete" {
         out.push((409, "the volume is attached"));

@@ -26,6 +26,7 @@ pub struct AppState {
     pub images: Arc<lodge_images::Images>,
     pub pushes: Arc<lodge_images::push::Pushes>,
     pub volumes: Arc<lodge_volumes::Volumes>,
+    pub devices: Arc<crate::devices::Devices>,
     pub ingresses: Arc<crate::ingress::Ingresses>,
     /// Whether the benchmark-only routes are served (see `Config`).
     pub bench_endpoints: bool,

@@ -4,6 +4,7 @@
 mod auto_standby;
 mod completion;
 mod cp;
+mod device;
 mod exec;
 mod fork;
 mod format;
@@ -81,6 +82,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Rmi(args) => images::rmi(args),
         Command::MkImage(args) => images::mk_image(args),
         Command::Volume(args) => volume::run(args),
+        Command::Device(cmd) => device::run(cmd),
         Command::AutoStandby(cmd) => auto_standby::run(cmd),
         Command::Completion(args) => completion::completion(args),
         Command::Man(args) => completion::man(args),

@@ -65,6 +65,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let volumes = crate::api::volumes::open(&cfg)?;
+    let devices = crate::api::devices::open(&cfg)?;
     let net = match &cfg.network {
         Some(net_cfg) => {
             let dn = DaemonNet::setup(net_cfg, &cfg.paths().network_leases())
@@ -135,6 +136,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         pushes,
         images,
         volumes,
+        devices,
         ingresses,
         bench_endpoints: cfg.bench_endpoints,
     });
