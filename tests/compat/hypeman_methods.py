@@ -44,6 +44,8 @@ class Ctx:
         self.image = None  # the imported image's name
         self.snapshot = None  # the snapshot made on the way
         self.push = None  # the push job made on the way
+        self.pci = None  # a PCI address of this host
+        self.device = None  # the registered device's id
 
 
 def wait_state(ctx, ident, want, timeout=90):
@@ -382,6 +384,37 @@ def ingress_delete(ctx):
     assert ctx.c.ingresses.list() == []
 
 
+def device_list_available(ctx):
+    found = ctx.c.devices.list_available()
+    # This host's PCI devices, as sysfs lists them.
+    assert found, "no PCI device on this host"
+    for d in found:
+        assert len(d.pci_address) == 12 and len(d.vendor_id) == 4, d
+    ctx.pci = found[0].pci_address
+
+
+def device_create(ctx):
+    dev = ctx.c.devices.create(pci_address=ctx.pci, name="compat-dev", tags={"suite": "compat"})
+    assert (dev.name, dev.pci_address, dev.attached_to) == ("compat-dev", ctx.pci, None), dev
+    assert dev.type in ("gpu", "pci"), dev
+    ctx.device = dev.id
+
+
+def device_retrieve(ctx):
+    dev = ctx.c.devices.retrieve("compat-dev")
+    assert dev.id == ctx.device, dev
+
+
+def device_list(ctx):
+    assert [d.id for d in ctx.c.devices.list(tags={"suite": "compat"})] == [ctx.device]
+    assert ctx.c.devices.list(tags={"suite": "other"}) == []
+
+
+def device_delete(ctx):
+    ctx.c.devices.delete(ctx.device)
+    assert ctx.c.devices.list() == []
+
+
 # (method, expected, call). The order is the order of the run: objects are
 # made before the calls that use them and deleted at the end.
 METHODS = [
@@ -439,11 +472,11 @@ METHODS = [
     ("pushes.create", WORKS, push_create),
     ("pushes.list", WORKS, push_list),
     ("pushes.get", WORKS, push_get),
-    ("devices.create", NOT_IMPLEMENTED, lambda x: x.c.devices.create(pci_address="0000:00:00.0")),
-    ("devices.list", NOT_IMPLEMENTED, lambda x: x.c.devices.list()),
-    ("devices.list_available", NOT_IMPLEMENTED, lambda x: x.c.devices.list_available()),
-    ("devices.retrieve", NOT_IMPLEMENTED, lambda x: x.c.devices.retrieve("d1")),
-    ("devices.delete", NOT_IMPLEMENTED, lambda x: x.c.devices.delete("d1")),
+    ("devices.list_available", WORKS, device_list_available),
+    ("devices.create", WORKS, device_create),
+    ("devices.retrieve", WORKS, device_retrieve),
+    ("devices.list", WORKS, device_list),
+    ("devices.delete", WORKS, device_delete),
     ("instances.stop", WORKS, instance_stop),
     ("instances.start", WORKS, instance_start),
     ("instances.delete", WORKS, instance_delete),
