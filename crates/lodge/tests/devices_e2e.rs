@@ -44,15 +44,15 @@ fn devices_are_listed_registered_and_refused_for_passthrough() {
         return;
     };
     let first = &r.body[0];
-    let vendor = std::fs::read_to_string(format!("/sys/bus/pci/devices/{addr}/vendor"))
-        .expect("vendor");
+    let vendor =
+        std::fs::read_to_string(format!("/sys/bus/pci/devices/{addr}/vendor")).expect("vendor");
     assert_eq!(
         first["vendor_id"].as_str().map(|v| format!("0x{v}")),
         Some(vendor.trim().to_string()),
         "{first}"
     );
-    let has_iommu = std::path::Path::new(&format!("/sys/bus/pci/devices/{addr}/iommu_group"))
-        .exists();
+    let has_iommu =
+        std::path::Path::new(&format!("/sys/bus/pci/devices/{addr}/iommu_group")).exists();
     if !has_iommu {
         assert_eq!(first["iommu_group"], json!(-1), "{first}");
     }
@@ -99,7 +99,12 @@ fn devices_are_listed_registered_and_refused_for_passthrough() {
         json!({"pci_address": addrs.last().expect("one"), "name": "dev1"}),
     ] {
         let r = d.api("POST", "/devices", Some(&body));
-        assert_eq!((r.status, r.body["code"].as_str()), (409, Some("conflict")), "{}", r.text);
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (409, Some("conflict")),
+            "{}",
+            r.text
+        );
     }
 
     // An instance asking for it: refused, naming what is missing.
@@ -117,7 +122,10 @@ fn devices_are_listed_registered_and_refused_for_passthrough() {
         assert_eq!(r.body["code"], json!("device_not_ready"), "{}", r.text);
         let msg = r.body["message"].as_str().expect("message");
         assert!(msg.contains("dev1") && msg.contains(&addr), "{msg}");
-        assert!(msg.contains("no IOMMU group") && msg.contains("no IOMMU enabled"), "{msg}");
+        assert!(
+            msg.contains("no IOMMU group") && msg.contains("no IOMMU enabled"),
+            "{msg}"
+        );
     } else {
         assert!([400, 501].contains(&r.status), "{}", r.text);
     }
@@ -142,7 +150,10 @@ fn devices_are_listed_registered_and_refused_for_passthrough() {
     assert!(out.status.success(), "{out:?}");
     let out = d.lodge(&["device", "ls"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("cli-dev") && text.contains(addr.as_str()), "{text}");
+    assert!(
+        text.contains("cli-dev") && text.contains(addr.as_str()),
+        "{text}"
+    );
     let out = d.lodge(&["device", "add", "../etc"]);
     assert!(!out.status.success());
     assert!(
