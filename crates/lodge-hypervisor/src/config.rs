@@ -305,6 +305,15 @@ pub enum ConfigError {
         /// The shared path.
         path: PathBuf,
     },
+    /// A value the backend's command-line syntax cannot carry (Cloud
+    /// Hypervisor's comma-separated options have no escape for a comma).
+    #[error("{what} {value:?} cannot be passed to this hypervisor")]
+    Unrepresentable {
+        /// What the value is.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
 }
 
 impl VmConfig {
