@@ -305,8 +305,8 @@ pub enum ConfigError {
         /// The shared path.
         path: PathBuf,
     },
-    /// A value the backend's command-line syntax cannot carry (Cloud
-    /// Hypervisor's comma-separated options have no escape for a comma).
+    /// A value the backend's command line cannot carry (Cloud Hypervisor
+    /// parses its options as UTF-8 text).
     #[error("{what} {value:?} cannot be passed to this hypervisor")]
     Unrepresentable {
         /// What the value is.

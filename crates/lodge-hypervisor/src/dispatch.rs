@@ -112,6 +112,12 @@ impl Backends {
     }
 }
 
+/// Whether VMMs of `kind` report crashes in their log that their exit
+/// code does not show, so [`crash_in_vmm_log`] is worth reading it for.
+pub fn vmm_log_reports_crashes(kind: HypervisorKind) -> bool {
+    kind == HypervisorKind::CloudHypervisor
+}
+
 /// The line of the VMM's own log (`vmm.log`) that reports a crash the
 /// VMM's exit code does not show, for VMMs of `kind` that need this (Cloud
 /// Hypervisor exits 0 after a vCPU failure). Needs no configured backend:
@@ -296,7 +302,7 @@ mod tests {
             .expect_err("not installed");
         assert_eq!(
             err.to_string(),
-            "cloud-hypervisor is not installed on this host: no cloud-hypervisor on PATH and \
+            "cloud-hypervisor is not available on this host: no cloud-hypervisor on PATH and \
              LODGE_CH_BINARY is not set"
         );
     }

@@ -181,7 +181,7 @@ pub enum BackendError {
     #[error("the {0} backend is not available in this build")]
     Unavailable(HypervisorKind),
     /// The backend is built in but its VMM is not installed on this host.
-    #[error("{backend} is not installed on this host: {reason}")]
+    #[error("{backend} is not available on this host: {reason}")]
     NotInstalled {
         /// The backend asked.
         backend: HypervisorKind,

@@ -19,12 +19,14 @@
 //! (`hvc0`) written to the inherited descriptor.
 //!
 //! Cloud Hypervisor's option values are comma-separated `key=value` lists
-//! with no escaping, so a value holding a comma cannot be passed: such a
-//! config is refused ([`ConfigError::Unrepresentable`]) rather than
-//! mis-split.
+//! in which a value may be double-quoted to hold commas, brackets and `=`
+//! (a quote inside is written twice). Every path and serial lodge passes
+//! in such a list is quoted ([`quote`]); paths that are not UTF-8 cannot
+//! be passed at all and are refused ([`ConfigError::Unrepresentable`]).
+//! `--kernel`, `--initramfs` and `--cmdline` take their whole argument
+//! verbatim.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::config::{ConfigError, DiskFormat, VmConfig};
@@ -52,7 +54,7 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
 
     push(
         "--api-socket",
-        kv("path", plain("control socket", &cfg.control_socket)?),
+        kv("path", &quote("control socket", &cfg.control_socket)?),
     );
     push("--kernel", cfg.kernel.clone().into_os_string());
     push("--initramfs", cfg.initrd.clone().into_os_string());
@@ -72,7 +74,7 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
                 value: format!("disk {index}"),
             });
         }
-        let mut v = kv("path", plain("disk path", &disk.path)?);
+        let mut v = kv("path", &quote("disk path", &disk.path)?);
         v.push(if disk.read_only {
             ",readonly=on"
         } else {
@@ -81,7 +83,7 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
         v.push(",image_type=raw");
         if let Some(serial) = &disk.serial {
             v.push(",serial=");
-            v.push(plain("disk serial", Path::new(serial))?);
+            v.push(quote("disk serial", Path::new(serial))?);
         }
         if let Some(slot) = disk.slot {
             v.push(format!(",id={}", slot_device(slot)));
@@ -118,24 +120,21 @@ pub fn build_argv(binary: &OsStr, cfg: &VmConfig) -> Result<Vec<OsString>, Confi
 }
 
 /// `key=value`.
-fn kv(key: &str, value: &OsStr) -> OsString {
+fn kv(key: &str, value: &str) -> OsString {
     let mut s = OsString::from(key);
     s.push("=");
     s.push(value);
     s
 }
 
-/// `path` as an option value, refused if it holds a comma (no escaping
-/// exists in Cloud Hypervisor's option syntax).
-fn plain<'a>(what: &'static str, path: &'a Path) -> Result<&'a OsStr, ConfigError> {
-    let raw = path.as_os_str();
-    if raw.as_bytes().contains(&b',') {
-        return Err(ConfigError::Unrepresentable {
-            what,
-            value: path.display().to_string(),
-        });
-    }
-    Ok(raw)
+/// `value` double-quoted for an option list, a quote inside doubled;
+/// refused if it is not UTF-8 (Cloud Hypervisor parses options as text).
+pub fn quote(what: &'static str, value: &Path) -> Result<String, ConfigError> {
+    let text = value.to_str().ok_or_else(|| ConfigError::Unrepresentable {
+        what,
+        value: value.display().to_string(),
+    })?;
+    Ok(format!("\"{}\"", text.replace('"', "\"\"")))
 }
 
 #[cfg(test)]
@@ -172,7 +171,7 @@ mod tests {
             [
                 "/opt/ch",
                 "--api-socket",
-                "path=/g/i1/ch.sock",
+                "path=\"/g/i1/ch.sock\"",
                 "--kernel",
                 "/sys/vmlinux",
                 "--initramfs",
@@ -219,10 +218,10 @@ mod tests {
         assert_eq!(
             values("--disk"),
             [
-                "path=/g/i1/rootfs.ext4,readonly=on,image_type=raw,serial=lodge-root,\
+                "path=\"/g/i1/rootfs.ext4\",readonly=on,image_type=raw,serial=\"lodge-root\",\
                  bw_size=1000000,bw_refill_time=1000",
-                "path=/v/data,readonly=off,image_type=raw,serial=lodge-vol0,id=lodge-slot0-dev,\
-                 bw_size=1000000,bw_refill_time=1000",
+                "path=\"/v/data\",readonly=off,image_type=raw,serial=\"lodge-vol0\",\
+                 id=lodge-slot0-dev,bw_size=1000000,bw_refill_time=1000",
             ]
         );
         assert_eq!(values("--net"), ["tap=lodge-t1,mac=02:00:00:00:00:0a"]);
@@ -232,10 +231,21 @@ mod tests {
     }
 
     #[test]
-    fn a_comma_in_a_path_is_refused_not_split() {
+    fn paths_with_commas_and_quotes_are_quoted_and_non_utf8_is_refused() {
         let mut cfg = base();
-        cfg.disks = vec![DiskConfig::raw("/g/a,readonly=off", true)];
-        let err = build_argv(OsStr::new("ch"), &cfg).expect_err("comma");
+        cfg.control_socket = "/data/my vms,2/g/qmp.sock".into();
+        cfg.disks = vec![DiskConfig::raw("/g/a,readonly=off \"x\"", true)];
+        let argv = strings(&build_argv(OsStr::new("ch"), &cfg).expect("valid"));
+        assert!(argv.contains(&"path=\"/data/my vms,2/g/qmp.sock\"".to_string()));
+        assert!(
+            argv.contains(
+                &"path=\"/g/a,readonly=off \"\"x\"\"\",readonly=on,image_type=raw".to_string()
+            ),
+            "{argv:?}"
+        );
+        use std::os::unix::ffi::OsStrExt;
+        cfg.disks = vec![DiskConfig::raw(OsStr::from_bytes(b"/g/\xff"), true)];
+        let err = build_argv(OsStr::new("ch"), &cfg).expect_err("not utf-8");
         assert!(
             matches!(
                 err,

@@ -148,20 +148,33 @@ pub fn vm_state(state: &ChVmState) -> VmState {
 /// the VMM then ends, with exit code 0.
 const VCPU_FAILURES: [&str; 2] = ["VCPU generated error", "vCPU thread panicked"];
 
-/// The line of Cloud Hypervisor's log (`vmm.log`, its stderr) that reports
-/// a vCPU failure, if `log` has one: the last such line, trimmed and cut
-/// to 300 bytes.
+/// The report of a vCPU failure in Cloud Hypervisor's log (`vmm.log`,
+/// its stderr), if `log` has one: the last error line naming one, with the
+/// `Caused by:` lines its error chain prints below it (not the backtrace),
+/// joined into one line of at most 300 bytes.
 pub fn crash_in_vmm_log(log: &str) -> Option<String> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("ERROR:") && VCPU_FAILURES.iter().any(|m| l.contains(m)))?;
-    let line = line.trim();
-    let mut end = line.len().min(300);
-    while !line.is_char_boundary(end) {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines
+        .iter()
+        .rposition(|l| l.contains("ERROR:") && VCPU_FAILURES.iter().any(|m| l.contains(m)))?;
+    let mut report = lines[at].trim().to_string();
+    for line in &lines[at + 1..] {
+        let line = line.trim();
+        if line.starts_with("Stack backtrace") || line.starts_with("cloud-hypervisor:") {
+            break;
+        }
+        if line.is_empty() || line == "Caused by:" {
+            continue;
+        }
+        report.push_str(" -- ");
+        report.push_str(line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':'));
+    }
+    let mut end = report.len().min(300);
+    while !report.is_char_boundary(end) {
         end -= 1;
     }
-    Some(line[..end].to_string())
+    report.truncate(end);
+    Some(report)
 }
 
 impl Hypervisor for CloudHypervisorBackend {
@@ -301,6 +314,19 @@ mod tests {
         let line = crash_in_vmm_log(log).expect("crash");
         assert!(line.contains("VCPU generated error: VcpuRun"), "{line}");
         assert!(line.starts_with("cloud-hypervisor:  61.02s"), "{line}");
+        // As Cloud Hypervisor prints it: the cause below, then a backtrace.
+        let chained = "cloud-hypervisor:  82.48s: <vcpu0> ERROR:vmm/src/cpu.rs:1487 -- VCPU \
+                       generated error: VcpuRun(Failed to run vcpu\n\nCaused by:\n    \
+                       Unexpected exit reason on vcpu run: InternalError\n\nStack backtrace:\n   \
+                       0: <unknown>\n   4: start_thread\n";
+        assert_eq!(
+            crash_in_vmm_log(chained).as_deref(),
+            Some(
+                "cloud-hypervisor:  82.48s: <vcpu0> ERROR:vmm/src/cpu.rs:1487 -- VCPU generated \
+                 error: VcpuRun(Failed to run vcpu -- Unexpected exit reason on vcpu run: \
+                 InternalError"
+            )
+        );
         assert_eq!(crash_in_vmm_log(log.lines().next().unwrap_or("")), None);
         assert_eq!(crash_in_vmm_log(""), None);
         // Text that only mentions the message without CH's error level is
