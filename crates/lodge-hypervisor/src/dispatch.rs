@@ -12,11 +12,11 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::cloud_hypervisor::{self, CloudHypervisorBackend};
 use crate::config::{DiskConfig, VmConfig};
 use crate::hypervisor::{
     BackendError, Capabilities, Hypervisor, HypervisorKind, SnapshotIdentity, VmState,
 };
-use crate::cloud_hypervisor::{self, CloudHypervisorBackend};
 use crate::qemu::QemuBackend;
 
 /// Every backend lodge has, chosen at run time.

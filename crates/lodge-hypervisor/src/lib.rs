@@ -28,8 +28,8 @@ pub mod dispatch;
 pub mod hypervisor;
 pub mod qemu;
 
-pub use cloud_hypervisor::CloudHypervisorBackend;
 pub use accel::{AccelError, ProbeOptions, ProbeReason, ProbeResult};
+pub use cloud_hypervisor::CloudHypervisorBackend;
 pub use config::{ConfigError, DiskConfig, DiskFormat, NicConfig, VirtioSerialChannel, VmConfig};
 pub use dispatch::{Backend, Backends};
 pub use hypervisor::{

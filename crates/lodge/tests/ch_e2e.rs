@@ -219,11 +219,11 @@ fn cloud_hypervisor_instances_boot_log_through_the_monitor_and_crash_visibly() {
     assert!(v["state_error"].is_null(), "a stop is no crash: {v}");
     let r = d.api("DELETE", &format!("/instances/{ch2}"), None);
     assert_eq!(r.status, 204, "{}", r.text);
-    assert_eq!(
-        d.api("GET", &format!("/instances/{ch2}"), None).status,
-        404
+    assert_eq!(d.api("GET", &format!("/instances/{ch2}"), None).status, 404);
+    eprintln!(
+        "ch_e2e: stopped and deleted {ch2} after {:?}",
+        started.elapsed()
     );
-    eprintln!("ch_e2e: stopped and deleted {ch2} after {:?}", started.elapsed());
 
     // The QEMU twin's console went through the same monitor code.
     d.wait_state(&q, "Stopped", Duration::from_secs(180));
@@ -244,8 +244,7 @@ fn cloud_hypervisor_instances_boot_log_through_the_monitor_and_crash_visibly() {
         "{v}"
     );
     let exit = d.guests_dir().join(&ch).join("logs").join("exit.json");
-    let exit: serde_json::Value =
-        serde_json::from_slice(&read(&exit)).expect("exit.json");
+    let exit: serde_json::Value = serde_json::from_slice(&read(&exit)).expect("exit.json");
     assert_eq!(exit["code"], 0, "Cloud Hypervisor exits 0: {exit}");
     let whole = read(&log);
     assert!(!whole.contains(&0), "a NUL byte in app.log");

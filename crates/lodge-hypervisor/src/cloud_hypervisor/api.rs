@@ -400,10 +400,7 @@ mod tests {
             })
         );
         assert_eq!(info.config.memory.map(|m| m.size), Some(512 << 20));
-        assert_eq!(
-            info.config.serial.map(|s| s.mode),
-            Some("Tty".to_string())
-        );
+        assert_eq!(info.config.serial.map(|s| s.mode), Some("Tty".to_string()));
         assert_eq!(info.config.balloon.map(|b| b.size), Some(0));
         assert_eq!(info.memory_actual_size, Some(512 << 20));
     }
@@ -464,10 +461,7 @@ mod tests {
 
     /// A one-shot HTTP server on a Unix socket standing in for the VMM:
     /// records the request head and answers `answer`.
-    async fn serve_once(
-        socket: PathBuf,
-        answer: &'static str,
-    ) -> tokio::task::JoinHandle<String> {
+    async fn serve_once(socket: PathBuf, answer: &'static str) -> tokio::task::JoinHandle<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
         tokio::spawn(async move {
@@ -531,10 +525,7 @@ mod tests {
         )
         .await;
         let client = ApiClient::new(&socket, Duration::from_secs(5));
-        let err = client
-            .action(Endpoint::VmPause)
-            .await
-            .expect_err("refused");
+        let err = client.action(Endpoint::VmPause).await.expect_err("refused");
         assert!(!err.vmm_gone());
         assert_eq!(
             err.to_string(),

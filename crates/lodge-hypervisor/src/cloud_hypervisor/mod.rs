@@ -84,9 +84,7 @@ impl CloudHypervisorBackend {
             .map(|dir| dir.join(DEFAULT_CH_BINARY))
             .find(|p| is_executable(p))
             .map(Self::new)
-            .ok_or_else(|| {
-                format!("no {DEFAULT_CH_BINARY} on PATH and {BINARY_ENV} is not set")
-            })
+            .ok_or_else(|| format!("no {DEFAULT_CH_BINARY} on PATH and {BINARY_ENV} is not set"))
     }
 
     /// A client of `cfg`'s control socket.
@@ -299,10 +297,7 @@ mod tests {
         assert_eq!(vm_state(&ChVmState::Paused), VmState::Paused);
         assert_eq!(vm_state(&ChVmState::BreakPoint), VmState::Paused);
         assert_eq!(vm_state(&ChVmState::Shutdown), VmState::Shutdown);
-        assert_eq!(
-            vm_state(&ChVmState::Other("x".into())),
-            VmState::Unknown
-        );
+        assert_eq!(vm_state(&ChVmState::Other("x".into())), VmState::Unknown);
     }
 
     #[test]
@@ -350,8 +345,8 @@ mod tests {
         let found =
             CloudHypervisorBackend::locate(Some(bin.as_os_str()), None).expect("configured");
         assert_eq!(found.binary(), bin.as_os_str());
-        let path = std::env::join_paths(["/nonexistent", &dir.path().to_string_lossy()])
-            .expect("join");
+        let path =
+            std::env::join_paths(["/nonexistent", &dir.path().to_string_lossy()]).expect("join");
         let found = CloudHypervisorBackend::locate(None, Some(&path)).expect("on PATH");
         assert_eq!(found.binary(), bin.as_os_str());
         let err = CloudHypervisorBackend::locate(None, Some(OsStr::new("/nonexistent")))
