@@ -270,6 +270,14 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     let mut refused = vec![("xen", "unknown hypervisor")];
     if !ch_configured {
         refused.insert(0, ("cloud-hypervisor", "not available on this host"));
+        // `/capabilities` says so too.
+        let caps = d.api("GET", "/capabilities", None);
+        let ch = caps.body["runtimes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "cloud-hypervisor"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ch["available"], false, "{}", caps.text);
     }
     for (hypervisor, says) in refused {
         let body = json!({"name": "hv", "rootfs": root, "cmd": ["true"], "hypervisor": hypervisor});
