@@ -305,6 +305,15 @@ pub enum ConfigError {
         /// The shared path.
         path: PathBuf,
     },
+    /// A value the backend's command line cannot carry (Cloud Hypervisor
+    /// parses its options as UTF-8 text).
+    #[error("{what} {value:?} cannot be passed to this hypervisor")]
+    Unrepresentable {
+        /// What the value is.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
 }
 
 impl VmConfig {

@@ -33,7 +33,7 @@ use crate::config::{ConfigError, DiskConfig, VmConfig};
 pub enum HypervisorKind {
     /// QEMU (`qemu-system-x86_64`), controlled over QMP.
     Qemu,
-    /// Cloud Hypervisor, controlled over its REST API (not built yet).
+    /// Cloud Hypervisor, controlled over its REST API.
     CloudHypervisor,
 }
 
@@ -180,6 +180,14 @@ pub enum BackendError {
     /// No backend of this kind is built into lodge.
     #[error("the {0} backend is not available in this build")]
     Unavailable(HypervisorKind),
+    /// The backend is built in but its VMM is not installed on this host.
+    #[error("{backend} is not available on this host: {reason}")]
+    NotInstalled {
+        /// The backend asked.
+        backend: HypervisorKind,
+        /// What is missing, in one sentence.
+        reason: String,
+    },
     /// A saved state cannot be loaded by this VMM.
     #[error("the saved state needs {what} {saved:?}, but this host has {found:?}")]
     Incompatible {

@@ -2,7 +2,7 @@
 //!
 //! The dependency arrows point one way: [`hypervisor`] (the trait and its
 //! neutral types) and [`config`] (the generic VM description) know no
-//! backend; each backend module ([`qemu`]) implements them; [`dispatch`] is
+//! backend; each backend module ([`qemu`], [`cloud_hypervisor`]) implements them; [`dispatch`] is
 //! the only module that names every backend and picks one by
 //! [`HypervisorKind`].
 //!
@@ -13,6 +13,8 @@
 //!   configured backends of one daemon.
 //! - [`qemu`]: the QEMU backend: a pure argument builder, a QMP client and
 //!   the QEMU-only [`QemuOptions`] (machine type, accelerator).
+//! - [`cloud_hypervisor`]: the Cloud Hypervisor backend: a pure argument
+//!   builder and a client of its REST API.
 //! - [`accel`]: choosing KVM or TCG for QEMU, with a bounded boot self-test.
 //!
 //! Starting the VMM is not done here: lodge's monitor (`lodge supervise`)
@@ -20,12 +22,14 @@
 //! it owns. This crate only builds that argv and talks to the running VMM.
 
 pub mod accel;
+pub mod cloud_hypervisor;
 pub mod config;
 pub mod dispatch;
 pub mod hypervisor;
 pub mod qemu;
 
 pub use accel::{AccelError, ProbeOptions, ProbeReason, ProbeResult};
+pub use cloud_hypervisor::CloudHypervisorBackend;
 pub use config::{ConfigError, DiskConfig, DiskFormat, NicConfig, VirtioSerialChannel, VmConfig};
 pub use dispatch::{Backend, Backends};
 pub use hypervisor::{

@@ -21,6 +21,12 @@ pub struct Config {
     /// The `lodge` executable started as each VM's monitor.
     pub lodge_exe: PathBuf,
     pub qemu_binary: PathBuf,
+    /// `LODGE_CH_BINARY`: the Cloud Hypervisor binary; when unset,
+    /// `cloud-hypervisor` is looked up on `PATH` (`path`).
+    pub ch_binary: Option<PathBuf>,
+    /// The daemon's `PATH`, where an unconfigured Cloud Hypervisor is
+    /// looked for.
+    pub path: Option<std::ffi::OsString>,
     /// Rotation policy for each instance's logs.
     pub log_max_size: u64,
     pub log_max_files: usize,
@@ -72,6 +78,10 @@ impl Config {
         let qemu_binary = std::env::var_os("LODGE_QEMU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let ch_binary = std::env::var_os("LODGE_CH_BINARY")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let path = std::env::var_os("PATH");
         let log_max_size = log_max_size_from(std::env::var("LODGE_LOG_MAX_SIZE").ok().as_deref())?;
         let log_max_files = match std::env::var("LODGE_LOG_MAX_FILES") {
             Ok(s) => s
@@ -109,6 +119,8 @@ impl Config {
             listen,
             lodge_exe,
             qemu_binary,
+            ch_binary,
+            path,
             log_max_size,
             log_max_files,
         })

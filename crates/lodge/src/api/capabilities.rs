@@ -3,10 +3,12 @@
 //! `network`: the model (a bridge with a TAP per VM), the guest subnet and
 //! the gateway guests reach the host through, or nulls when the daemon runs
 //! without a network. lodge adds `bridge` (the host bridge's name) and
-//! `enabled`.
+//! `enabled`. `runtimes` lists every hypervisor lodge has, each `available`
+//! only when its VMM is installed here.
 
 use axum::extract::State;
 use axum::Json;
+use lodge_hypervisor::HypervisorKind;
 use serde::{Deserialize, Serialize};
 
 use super::state::AppState;
@@ -108,11 +110,23 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
             gateway: net.map(|n| n.gateway().to_string()),
             bridge: net.map(|n| n.bridge.to_string()),
         },
-        runtimes: vec![Runtime {
-            name: "qemu".to_string(),
-            available: true,
-            features: Vec::new(),
-        }],
+        runtimes: vec![
+            Runtime {
+                name: "qemu".to_string(),
+                available: true,
+                features: Vec::new(),
+            },
+            // Built in; available when its binary was found at start
+            // (`LODGE_CH_BINARY` or `PATH`). Pause/resume only: no
+            // standby, snapshots, fork or vsock yet.
+            Runtime {
+                name: HypervisorKind::CloudHypervisor.to_string(),
+                available: state
+                    .manager
+                    .hypervisor_available(HypervisorKind::CloudHypervisor),
+                features: vec!["pause".to_string()],
+            },
+        ],
         server: Server {
             api_version: env!("CARGO_PKG_VERSION").to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),

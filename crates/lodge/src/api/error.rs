@@ -93,8 +93,9 @@ fn status_of(err: &instances::Error) -> (StatusCode, &'static str) {
             (StatusCode::BAD_REQUEST, "invalid_size")
         }
         E::InvalidName(_) | E::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-        // A hypervisor this build lacks, or a feature its backend lacks.
-        E::Backend(B::Unavailable(_) | B::Unsupported { .. }) => {
+        // A hypervisor this build or host lacks, or a feature its backend
+        // lacks.
+        E::Backend(B::Unavailable(_) | B::NotInstalled { .. } | B::Unsupported { .. }) => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
         // hypeman's code for a duplicate name.

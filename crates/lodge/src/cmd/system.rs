@@ -158,7 +158,12 @@ fn gather_local() -> Info {
     let qemu = std::env::var_os("LODGE_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
     let hypervisors = [
         ("qemu", qemu),
-        ("cloud-hypervisor", "cloud-hypervisor".into()),
+        (
+            "cloud-hypervisor",
+            std::env::var_os("LODGE_CH_BINARY")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "cloud-hypervisor".into()),
+        ),
         ("firecracker", "firecracker".into()),
     ]
     .into_iter()

@@ -7,6 +7,7 @@
 //! may run: made by `boot` just before the VMM starts, deleted by stop
 //! (once the VMM has exited) and delete; delete also returns the address.
 
+use lodge_hypervisor::Hypervisor;
 use std::time::{Duration, SystemTime};
 
 use super::error::{io, Error, Result};
@@ -38,9 +39,14 @@ impl Manager {
         }
         meta.paused = false;
         // A fresh boot: its monitor sees the program's start line itself,
-        // and its RAM starts empty.
+        // and its RAM starts empty. The RAM file only serves standby, so a
+        // backend that cannot save a VM gets none.
         meta.standby.resumed = false;
-        meta.standby.ram_file = self.cfg.memory_file;
+        meta.standby.ram_file = self.cfg.memory_file
+            && self
+                .launcher
+                .backend(meta.hypervisor)
+                .is_ok_and(|b| b.capabilities().snapshot);
         store::remove_ram_file(paths).map_err(io("removing the guest RAM file"))?;
         meta.started_at = Some(SystemTime::now());
         meta.stopped_at = None;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use lodge_hypervisor::{Accel, Backends, QemuBackend};
+use lodge_hypervisor::{Accel, Backends, CloudHypervisorBackend, HypervisorKind, QemuBackend};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::error::{io, Error, Result};
@@ -78,7 +78,11 @@ impl Manager {
             QemuBackend::new()
                 .with_binary(&cfg.qemu_binary)
                 .with_accel(accel),
-        );
+        )
+        .with_cloud_hypervisor(CloudHypervisorBackend::locate(
+            cfg.ch_binary.as_deref().map(|p| p.as_os_str()),
+            cfg.path.as_deref(),
+        ));
         Ok(Manager {
             launcher: Launcher::new(cfg.clone(), backends),
             cfg,
@@ -201,6 +205,12 @@ impl Manager {
     pub fn log_dir(&self, key: &str) -> Result<PathBuf> {
         let id = self.resolve(key)?;
         Ok(self.paths(&id).logs())
+    }
+
+    /// Whether instances of `kind` can be started on this host (its VMM
+    /// is built in and installed).
+    pub fn hypervisor_available(&self, kind: HypervisorKind) -> bool {
+        self.launcher.backend(kind).is_ok()
     }
 
     /// The default network, when the daemon has one.

@@ -54,6 +54,11 @@ pub fn observe(paths: &Paths, meta: &Metadata) -> Observed {
             progress => progress,
         },
         vmm_exit: read_vmm_exit(&logs),
+        vmm_crash: if alive {
+            None
+        } else {
+            vmm_crash(&logs, meta.hypervisor)
+        },
         orphan_vmm: if alive { None } else { orphan_vmm(&logs) },
         capture: if alive { read_capture(&logs) } else { None },
         standby: meta.standby.snapshot.is_some(),
@@ -74,6 +79,48 @@ fn read_vmm_exit(log_dir: &Path) -> Option<lodge_monitor::ExitInfo> {
         tracing::warn!("reading the exit record in {}: {e}", log_dir.display());
         None
     })
+}
+
+/// Lines of `vmm.log` read for a crash report: the VMM's last words.
+const CRASH_LINES: u64 = 200;
+
+/// The crash the last VMM run reported in its own log although its exit
+/// code does not say so (Cloud Hypervisor exits 0 after a vCPU failure),
+/// for hypervisors whose log says it (see
+/// [`lodge_hypervisor::dispatch::crash_in_vmm_log`]). Only that run's lines
+/// count: those the time index places at or after its start in
+/// `exit.json`, the last [`CRASH_LINES`] of them. The VMM's log is the
+/// host's (the guest cannot write to it).
+fn vmm_crash(log_dir: &Path, kind: lodge_hypervisor::HypervisorKind) -> Option<String> {
+    if !lodge_hypervisor::dispatch::vmm_log_reports_crashes(kind) {
+        return None;
+    }
+    let exit = read_vmm_exit(log_dir)?;
+    let since = match lodge_common::time::parse_rfc3339(&exit.started_at) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("exit record in {}: {e}", log_dir.display());
+            return None;
+        }
+    };
+    let window = lodge_logs::Window {
+        since: Some(since),
+        until: None,
+    };
+    let lines = match lodge_logs::read_window(
+        log_dir,
+        lodge_logs::Source::Vmm,
+        window,
+        lodge_logs::Tail::Lines(CRASH_LINES),
+    ) {
+        Ok(lines) => lines,
+        Err(e) => {
+            tracing::warn!("reading the vmm log in {}: {e}", log_dir.display());
+            return None;
+        }
+    };
+    let text: Vec<u8> = lines.into_iter().flat_map(|l| l.bytes).collect();
+    lodge_hypervisor::dispatch::crash_in_vmm_log(kind, &String::from_utf8_lossy(&text))
 }
 
 /// The monitor's report on console capture. A torn record (read while the

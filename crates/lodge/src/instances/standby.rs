@@ -184,6 +184,11 @@ impl Manager {
         let id = locked.id.clone();
         let paths = locked.paths.clone();
         let meta = &mut locked.meta;
+        // A backend that cannot save a VM says so whatever the state.
+        let backend = self.launcher.backend(meta.hypervisor)?;
+        backend
+            .capabilities()
+            .require(backend.kind(), Feature::Snapshot)?;
         let state = state::derive(&observe(&paths, meta));
         if state != State::Running {
             return Err(Error::WrongState {
@@ -193,10 +198,6 @@ impl Manager {
                 needs: "running",
             });
         }
-        let backend = self.launcher.backend(meta.hypervisor)?;
-        backend
-            .capabilities()
-            .require(backend.kind(), Feature::Snapshot)?;
         let vm = self.launcher.vm_config(&backend, &paths, meta)?;
         let dir = state_dir(&paths);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;

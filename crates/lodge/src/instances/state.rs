@@ -69,6 +69,9 @@ pub struct Observed {
     pub guest: GuestProgress,
     /// How the last VMM process ended, once it has.
     pub vmm_exit: Option<lodge_monitor::ExitInfo>,
+    /// The crash the last VMM run reported in its own log (its exit code
+    /// may not say so: Cloud Hypervisor exits 0 after a vCPU failure).
+    pub vmm_crash: Option<String>,
     /// The pid of a VMM still running although its monitor is gone.
     pub orphan_vmm: Option<u32>,
     /// The live monitor's report on console capture (a full disk).
@@ -123,6 +126,11 @@ pub fn state_error(o: &Observed) -> Option<String> {
                 )
             })
             .or_else(|| {
+                o.vmm_crash
+                    .as_ref()
+                    .map(|line| format!("the VMM crashed: {line}"))
+            })
+            .or_else(|| {
                 o.restore_error
                     .as_ref()
                     .map(|e| format!("the last restore failed: {e}"))
@@ -148,6 +156,10 @@ pub fn exit_report(o: &Observed) -> (Option<i32>, Option<String>) {
         GuestProgress::Failed(msg) => (Some(127), Some(msg.clone())),
         GuestProgress::NotStarted | GuestProgress::Started => match &o.vmm_exit {
             // The VM ended without the program reporting an exit: say why.
+            Some(_) if !o.monitor_alive && o.vmm_crash.is_some() => (
+                None,
+                Some("the VM crashed before the program finished (see the vmm log)".to_string()),
+            ),
             Some(e) if !o.monitor_alive => {
                 let how = match (e.code, e.signal) {
                     (_, Some(sig)) => format!("was killed by signal {sig}"),
@@ -178,6 +190,7 @@ mod tests {
             paused,
             guest,
             vmm_exit: None,
+            vmm_crash: None,
             orphan_vmm: None,
             capture: None,
             standby: false,
@@ -321,5 +334,36 @@ mod tests {
         let (code, msg) = exit_report(&crashed);
         assert_eq!(code, None);
         assert!(msg.unwrap_or_default().contains("exited with code 1"));
+    }
+
+    /// A VMM that exited 0 but logged a vCPU failure (Cloud Hypervisor)
+    /// is reported as crashed, not as a clean end.
+    #[test]
+    fn a_crash_in_the_vmm_log_is_reported_as_a_crash() {
+        let mut o = obs(false, true, false, GuestProgress::NotStarted);
+        o.vmm_exit = Some(lodge_monitor::ExitInfo {
+            code: Some(0),
+            signal: None,
+            started_at: String::new(),
+            finished_at: String::new(),
+        });
+        assert_eq!(
+            exit_report(&o).1.as_deref(),
+            Some("the VMM exited before the program finished (see the vmm log)")
+        );
+        assert_eq!(state_error(&o), None);
+        o.vmm_crash = Some("ERROR:vmm/src/cpu.rs -- VCPU generated error".into());
+        assert_eq!(derive(&o), State::Stopped);
+        assert_eq!(
+            state_error(&o).as_deref(),
+            Some("the VMM crashed: ERROR:vmm/src/cpu.rs -- VCPU generated error")
+        );
+        assert_eq!(
+            exit_report(&o),
+            (
+                None,
+                Some("the VM crashed before the program finished (see the vmm log)".into())
+            )
+        );
     }
 }
