@@ -32,4 +32,4 @@ pub use hypervisor::{
     BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, ParseHypervisorKindError,
     SnapshotIdentity, VmState,
 };
-pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions};
+pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions, DEFAULT_TCG_TB_SIZE_MIB};
