@@ -12,7 +12,8 @@
 //! - [`dispatch`]: the [`Backend`] enum callers hold and [`Backends`], the
 //!   configured backends of one daemon.
 //! - [`qemu`]: the QEMU backend: a pure argument builder, a QMP client and
-//!   the QEMU-only [`QemuOptions`] (machine type, accelerator).
+//!   the QEMU-only [`QemuOptions`] (machine type, accelerator, TCG's
+//!   translation cache).
 //! - [`accel`]: choosing KVM or TCG for QEMU, with a bounded boot self-test.
 //!
 //! Starting the VMM is not done here: lodge's monitor (`lodge supervise`)
