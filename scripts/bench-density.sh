@@ -62,10 +62,8 @@ trap 'exit 130' INT TERM
 
 # The pids of one instance's monitor and VMM, from the monitor's record.
 pids() { # ID
-    tr -d ' \n' <"$LODGE_DATA_DIR/guests/$1/logs/monitor.json" |
-        sed -E 's/.*"pid":([0-9]+).*/\1/; t; d'
-    tr -d ' \n' <"$LODGE_DATA_DIR/guests/$1/logs/monitor.json" |
-        sed -E 's/.*"child_pid":([0-9]+).*/\1/; t; d'
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["pid"]); print(r["child_pid"])' \
+        "$LODGE_DATA_DIR/guests/$1/logs/monitor.json"
 }
 # kB of FIELD in /proc/PID/smaps_rollup.
 rollup() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/smaps_rollup"; }
