@@ -12,7 +12,8 @@
 //! - [`dispatch`]: the [`Backend`] enum callers hold and [`Backends`], the
 //!   configured backends of one daemon.
 //! - [`qemu`]: the QEMU backend: a pure argument builder, a QMP client and
-//!   the QEMU-only [`QemuOptions`] (machine type, accelerator).
+//!   the QEMU-only [`QemuOptions`] (machine type, accelerator, TCG's
+//!   translation cache).
 //! - [`cloud_hypervisor`]: the Cloud Hypervisor backend: a pure argument
 //!   builder and a client of its REST API.
 //! - [`accel`]: choosing KVM or TCG for QEMU, with a bounded boot self-test.
@@ -36,4 +37,4 @@ pub use hypervisor::{
     BackendError, Capabilities, Feature, Hypervisor, HypervisorKind, ParseHypervisorKindError,
     SnapshotIdentity, VmState,
 };
-pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions};
+pub use qemu::{Accel, MachineType, QemuBackend, QemuOptions, DEFAULT_TCG_TB_SIZE_MIB};

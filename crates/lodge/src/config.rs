@@ -47,6 +47,10 @@ pub struct Config {
     /// (e.g. `loglevel=7` to see the kernel's boot lines in the console
     /// log despite `quiet`). Empty by default.
     pub kernel_args: String,
+    /// `LODGE_TCG_TB_SIZE`: TCG's translation cache per VM, in MiB (a size
+    /// such as `16MiB`, default 16; `qemu` leaves QEMU's own, 1 GiB in
+    /// 7.2). Unused under KVM. See `lodge_hypervisor::QemuOptions`.
+    pub tcg_tb_size_mib: Option<u32>,
 }
 
 /// The console the workload writes to. Both end up in `logs/app.log`.
@@ -108,8 +112,10 @@ impl Config {
             Ok("on") | Ok("1") | Ok("true") | Ok("") | Err(_) => true,
             Ok(other) => anyhow::bail!("LODGE_MEMORY_FILE {other:?}: expected on or off"),
         };
+        let tcg_tb_size_mib = tcg_tb_size_from(std::env::var("LODGE_TCG_TB_SIZE").ok().as_deref())?;
         Ok(Config {
             kernel_args: kernel_args.trim().to_string(),
+            tcg_tb_size_mib,
             console,
             bench_endpoints,
             memory_file,
@@ -144,6 +150,28 @@ pub fn console_from(value: Option<&str>) -> Result<ConsoleKind> {
         Some("serial" | "ttys0" | "uart") => Ok(ConsoleKind::Serial),
         Some(other) => bail!("LODGE_CONSOLE {other:?}: expected virtio or serial"),
     }
+}
+
+/// The largest translation cache QEMU accepts on an x86-64 host, in MiB.
+const MAX_TCG_TB_SIZE_MIB: u64 = 2048;
+
+/// `LODGE_TCG_TB_SIZE`: unset or empty for lodge's default, `qemu` for
+/// QEMU's own, else a whole number of MiB in lodge-common's size syntax
+/// (`16MiB`, `32M`), 1 MiB to 2 GiB.
+pub fn tcg_tb_size_from(value: Option<&str>) -> Result<Option<u32>> {
+    let value = match value.map(str::trim) {
+        None | Some("") => return Ok(Some(lodge_hypervisor::DEFAULT_TCG_TB_SIZE_MIB)),
+        Some(v) if v.eq_ignore_ascii_case("qemu") => return Ok(None),
+        Some(v) => v,
+    };
+    let bytes = lodge_common::size::parse_size(value).with_context(|| {
+        format!("LODGE_TCG_TB_SIZE {value:?}: expected a size like 16MiB, or qemu")
+    })?;
+    let mib = bytes >> 20;
+    if bytes & ((1 << 20) - 1) != 0 || !(1..=MAX_TCG_TB_SIZE_MIB).contains(&mib) {
+        bail!("LODGE_TCG_TB_SIZE {value:?}: expected whole MiB from 1MiB to 2GiB, or qemu");
+    }
+    Ok(Some(mib as u32))
 }
 
 /// `LODGE_LOG_MAX_SIZE` (unset: 50MiB), in lodge-common's size syntax.
@@ -199,6 +227,19 @@ pub fn data_dir_from_env() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tcg_tb_size_from_env() {
+        let default = Some(lodge_hypervisor::DEFAULT_TCG_TB_SIZE_MIB);
+        assert_eq!(tcg_tb_size_from(None).expect("valid"), default);
+        assert_eq!(tcg_tb_size_from(Some(" ")).expect("valid"), default);
+        assert_eq!(tcg_tb_size_from(Some("QEMU")).expect("valid"), None);
+        assert_eq!(tcg_tb_size_from(Some("32MiB")).expect("valid"), Some(32));
+        assert_eq!(tcg_tb_size_from(Some("1G")).expect("valid"), Some(1024));
+        for bad in ["0", "512KiB", "1.5MiB", "3GiB", "lots"] {
+            assert!(tcg_tb_size_from(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn console_kind_from_env() {
         assert_eq!(console_from(None).expect("valid"), ConsoleKind::Virtio);

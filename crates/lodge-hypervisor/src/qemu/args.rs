@@ -169,7 +169,7 @@ pub fn build_argv(
             &format!("{},memory-backend={MEMORY_BACKEND}", opts.machine.as_str()),
         ]),
     }
-    push(&[&"-accel", &opts.accel.as_str()]);
+    push(&[&"-accel", &opts.accel_arg()]);
     push(&[&"-smp", &cfg.vcpus.to_string()]);
     push(&[&"-m", &cfg.memory_mib().to_string()]);
 
@@ -416,7 +416,7 @@ mod tests {
                 "-machine",
                 "q35",
                 "-accel",
-                "tcg",
+                "tcg,tb-size=16",
                 "-smp",
                 "1",
                 "-m",
@@ -552,7 +552,7 @@ mod tests {
             OsStr::new("/opt/qemu/bin/qemu-system-x86_64"),
             &QemuOptions {
                 machine: MachineType::Pc,
-                accel: Accel::Kvm,
+                ..QemuOptions::new(Accel::Kvm)
             },
             &cfg,
         )
@@ -664,7 +664,7 @@ mod tests {
         );
         let pc = QemuOptions {
             machine: MachineType::Pc,
-            accel: Accel::Tcg,
+            ..tcg()
         };
         let argv = build_argv(OsStr::new("qemu"), &pc, &cfg).expect("valid");
         let text = argv_strings(&argv).join(" ");
@@ -713,7 +713,7 @@ mod tests {
                 "-machine",
                 "q35",
                 "-accel",
-                "tcg",
+                "tcg,tb-size=16",
                 "-smp",
                 "1",
                 "-m",

@@ -21,7 +21,10 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use args::{build_argv, escape, CONSOLE_TTY, DEFAULT_QEMU_BINARY, STATUS_TTY};
-pub use options::{Accel, MachineType, ParseAccelError, ParseMachineTypeError, QemuOptions};
+pub use options::{
+    Accel, MachineType, ParseAccelError, ParseMachineTypeError, QemuOptions,
+    DEFAULT_TCG_TB_SIZE_MIB,
+};
 pub use qmp::{
     MigrationInfo, MigrationStatus, QmpClient, QmpError, QmpEvent, RunState, StatusInfo,
 };
@@ -79,6 +82,12 @@ impl QemuBackend {
     /// Runs guests under `accel`.
     pub fn with_accel(mut self, accel: Accel) -> Self {
         self.options.accel = accel;
+        self
+    }
+
+    /// Sizes TCG's translation cache (`None`: QEMU's own default).
+    pub fn with_tcg_tb_size(mut self, mib: Option<u32>) -> Self {
+        self.options.tcg_tb_size_mib = mib;
         self
     }
 

@@ -77,7 +77,8 @@ impl Manager {
         let backends = Backends::new(
             QemuBackend::new()
                 .with_binary(&cfg.qemu_binary)
-                .with_accel(accel),
+                .with_accel(accel)
+                .with_tcg_tb_size(cfg.tcg_tb_size_mib),
         )
         .with_cloud_hypervisor(CloudHypervisorBackend::locate(
             cfg.ch_binary.as_deref().map(|p| p.as_os_str()),
