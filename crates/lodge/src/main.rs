@@ -19,6 +19,7 @@ mod instances;
 mod metrics;
 mod sizes;
 mod tags;
+mod telemetry;
 
 use std::process::ExitCode;
 
