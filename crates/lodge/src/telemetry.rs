@@ -48,7 +48,11 @@ pub enum Setting {
 
 /// Reads the settings through `var` (the environment, or a test's map).
 pub fn setting(var: impl Fn(&str) -> Option<String>) -> Setting {
-    let set = |k: &str| var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let set = |k: &str| {
+        var(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Setting::Off;
     }
@@ -214,10 +218,7 @@ mod tests {
             vec![ep, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
             vec![("OTEL_TRACES_EXPORTER", "zipkin")],
         ] {
-            assert!(
-                matches!(with(&pairs), Setting::Unsupported(_)),
-                "{pairs:?}"
-            );
+            assert!(matches!(with(&pairs), Setting::Unsupported(_)), "{pairs:?}");
         }
     }
 }

@@ -202,7 +202,10 @@ fn installs_into_a_fresh_root(deb: &str, scratch: &Path) {
     let status = dpkg_in(&root, &["-s", "lodge"]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("Status: install ok installed"), "{status}");
-    assert!(status.contains("/etc/lodge/lodge.env"), "a conffile: {status}");
+    assert!(
+        status.contains("/etc/lodge/lodge.env"),
+        "a conffile: {status}"
+    );
     // postinst ran (in the chroot): the data dir, private.
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::metadata(root.join("var/lib/lodge")).expect("postinst made /var/lib/lodge");
@@ -220,7 +223,10 @@ fn installs_into_a_fresh_root(deb: &str, scratch: &Path) {
     );
     let unit = root.join("lib/systemd/system/lodge.service");
     let unit = std::fs::read_to_string(unit).expect("the unit installed");
-    assert!(unit.lines().any(|l| l == "ExecStart=/usr/bin/lodge serve"), "{unit}");
+    assert!(
+        unit.lines().any(|l| l == "ExecStart=/usr/bin/lodge serve"),
+        "{unit}"
+    );
     let bash = root.join("usr/share/bash-completion/completions/lodge");
     let n = Command::new("bash")
         .arg("-n")
@@ -268,7 +274,10 @@ fn installs_into_a_fresh_root(deb: &str, scratch: &Path) {
     ] {
         assert!(!root.join(gone).exists(), "{gone} left after purge");
     }
-    assert!(root.join("var/lib/lodge/guests").is_dir(), "the user's data stays");
+    assert!(
+        root.join("var/lib/lodge/guests").is_dir(),
+        "the user's data stays"
+    );
 }
 
 #[test]

@@ -150,10 +150,7 @@ impl Transfer {
         let secs = self.bar.elapsed().as_secs_f64();
         self.bar.finish_and_clear();
         if ok {
-            eprintln!(
-                "copied {} in {secs:.2}s",
-                indicatif::HumanBytes(bytes)
-            );
+            eprintln!("copied {} in {secs:.2}s", indicatif::HumanBytes(bytes));
         }
     }
 }
