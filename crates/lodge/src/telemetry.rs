@@ -2,10 +2,11 @@
 //! variables and off unless they ask for it.
 //!
 //! The daemon's spans are its `tracing` spans (the API request span opened
-//! by `metrics::track`, the lifecycle verbs' spans in `instances/`), handed
-//! to OpenTelemetry by a `tracing-opentelemetry` layer beside the log
-//! layer; only `lodge`'s own spans at INFO and above go out, so the
-//! exporter's own HTTP client never traces itself.
+//! by `metrics::track`, the lifecycle verbs' spans in `instances/`, the
+//! image store's `image.pull`), handed to OpenTelemetry by a
+//! `tracing-opentelemetry` layer beside the log layer; only lodge's own
+//! spans at INFO and above go out, so the exporter's own HTTP client never
+//! traces itself.
 //!
 //! Export is OTLP over HTTP with protobuf bodies (`http/protobuf`, the
 //! collector's port 4318): no gRPC stack in the binary. The batch
@@ -154,7 +155,8 @@ impl Telemetry {
             .with_tracer(tracer)
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
-                    .with_target("lodge", tracing::Level::INFO),
+                    .with_target("lodge", tracing::Level::INFO)
+                    .with_target("lodge_images", tracing::Level::INFO),
             )
     }
 

@@ -1,8 +1,8 @@
 //! OpenTelemetry traces of the daemon, set by the standard `OTEL_*`
 //! variables: a small OTLP/HTTP receiver run here on 127.0.0.1 (the
 //! protobuf decoded with `opentelemetry-proto`) sees the spans of a real
-//! create (the API request, `instance.create` inside it, the boot) and of
-//! a delete, under the service name given; and a daemon whose collector
+//! create (the API request, `instance.create` inside it, the boot), of
+//! a delete and of an image pull, under the service name given; and a daemon whose collector
 //! refuses connections, or accepts them and never answers, keeps serving
 //! at its usual pace and exits promptly on SIGTERM.
 
@@ -181,12 +181,32 @@ fn a_create_is_traced_to_the_collector() {
     let id = inst["id"].as_str().expect("id").to_string();
     let r = d.api("DELETE", &format!("/instances/{id}"), None);
     assert!(r.status == 204 || r.status == 200, "delete: {}", r.text);
+    // A pull (an archive upload, offline): its span outlives the request.
+    let archive = d.data_dir.join("t.oci.tar");
+    let archive = archive.to_str().expect("utf-8");
+    let mk = d.lodge(&[
+        "mk-image",
+        "--layer",
+        &busybox_rootfs(),
+        "--name",
+        "traced:1",
+        "-o",
+        archive,
+    ]);
+    assert!(mk.status.success(), "mk-image: {mk:?}");
+    let pull = d.lodge(&["pull", &format!("oci-archive:{archive}")]);
+    assert!(pull.status.success(), "pull: {pull:?}");
 
     let mut seen = Vec::new();
     collect_until(&rx, &mut seen, "create, boot and delete spans", |s| {
-        ["instance.create", "instance.boot", "instance.delete"]
-            .iter()
-            .all(|n| s.iter().any(|g| g.name == *n))
+        [
+            "instance.create",
+            "instance.boot",
+            "instance.delete",
+            "image.pull",
+        ]
+        .iter()
+        .all(|n| s.iter().any(|g| g.name == *n))
             && s.iter()
                 .any(|g| g.attrs.get("op").map(String::as_str) == Some("POST /instances"))
     });
@@ -216,6 +236,13 @@ fn a_create_is_traced_to_the_collector() {
     assert_eq!(boot.attrs.get("instance"), Some(&id));
     let delete = by_name("instance.delete");
     assert_eq!(delete.attrs.get("instance"), Some(&id));
+    let pull = by_name("image.pull");
+    assert!(
+        pull.attrs
+            .get("image")
+            .is_some_and(|i| i.contains("traced")),
+        "{pull:?}"
+    );
 }
 
 /// A daemon whose collector is gone, or hangs, answers as fast as one
