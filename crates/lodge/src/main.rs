@@ -20,6 +20,7 @@ mod instances;
 mod metrics;
 mod sizes;
 mod tags;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -59,6 +59,24 @@ pub fn public() -> bool {
     std::env::var(PUBLIC_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// Environment switch that turns metrics off (`LODGE_METRICS=off`): no
+/// `/metrics` route and nothing counted; the boot-storm benchmark
+/// (`scripts/bench-boot-storm.sh`) compares the daemon's CPU both ways.
+pub const ENABLE_ENV: &str = "LODGE_METRICS";
+
+/// Whether metrics are kept and served (the default), read once.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        !std::env::var(ENABLE_ENV).is_ok_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "off" | "0" | "false" | "no"
+            )
+        })
+    })
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -175,11 +193,17 @@ pub fn init(paths: Paths) {
 
 /// A VM boot was started.
 pub fn boot_started() {
+    if !enabled() {
+        return;
+    }
     events().boots.inc();
 }
 
 /// A guest agent session was opened for `kind` (exec, cp, stat, …).
 pub fn agent_session(kind: &'static str) {
+    if !enabled() {
+        return;
+    }
     events()
         .agent_sessions
         .get_or_create(&KindLabel { kind })
@@ -210,6 +234,9 @@ pub fn time(op: Op) -> Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
+        if !enabled() {
+            return;
+        }
         let e = events();
         let h = match self.op {
             Op::Standby => &e.standby_seconds,
@@ -243,6 +270,9 @@ pub async fn track(req: Request, next: Next) -> Response {
     }
     let start = Instant::now();
     let resp = tracing::Instrument::instrument(next.run(req), span).await;
+    if !enabled() {
+        return resp;
+    }
     let e = events();
     let kind = if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
         "read"

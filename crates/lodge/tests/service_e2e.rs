@@ -7,7 +7,8 @@
 //!
 //! Without a VM: the completions parse in each shell present, and the
 //! Debian package (`scripts/build-deb.sh`) holds what it should, its unit
-//! passes `systemd-analyze verify`.
+//! passes `systemd-analyze verify`, and it installs into a fresh root with
+//! `dpkg --root` (maintainer scripts included) and purges clean.
 
 mod common;
 
@@ -143,6 +144,142 @@ fn lodge_init() -> Result<std::path::PathBuf, String> {
     }
 }
 
+fn dpkg_in(root: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(args)
+        // No guest build here (no kernel package in the fresh root).
+        .env("LODGE_SKIP_GUEST_BUILD", "1")
+        .output_limited_for(Duration::from_secs(120))
+        .expect("dpkg");
+    assert!(
+        out.status.success(),
+        "dpkg {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `dpkg --root` into an empty root with only a static busybox for the
+/// maintainer scripts, which dpkg runs chrooted there: the package
+/// installs (its dependencies forced: the root has no QEMU), postinst
+/// makes the data dir, the installed binary, completions and man pages
+/// work; a reinstall keeps an edited conffile; a purge leaves only the
+/// user's data. Needs root (dpkg chroots) and busybox-static.
+fn installs_into_a_fresh_root(deb: &str, scratch: &Path) {
+    let uid = Command::new("id").arg("-u").output_limited().expect("id");
+    let missing = if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        Some("dpkg --root runs maintainer scripts in a chroot: needs root".to_string())
+    } else if !have("dpkg") {
+        Some("dpkg is not installed".to_string())
+    } else {
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .all(|b| !Path::new(b).exists())
+            .then(|| "no busybox (busybox-static) for the fresh root's shell".to_string())
+    };
+    if !common::available("installing the Debian package", missing) {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())
+        .expect("checked");
+    let root = scratch.join("fresh");
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "bin", "tmp"] {
+        std::fs::create_dir_all(root.join(dir)).expect("mkdir");
+    }
+    for file in ["var/lib/dpkg/status", "var/lib/dpkg/available"] {
+        std::fs::write(root.join(file), "").expect("dpkg db");
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "mkdir", "chmod", "rm", "ls", "cp", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
+    }
+
+    dpkg_in(&root, &["--force-depends", "-i", deb]);
+    let status = dpkg_in(&root, &["-s", "lodge"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(
+        status.contains("/etc/lodge/lodge.env"),
+        "a conffile: {status}"
+    );
+    // postinst ran (in the chroot): the data dir, private.
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(root.join("var/lib/lodge")).expect("postinst made /var/lib/lodge");
+    assert_eq!(md.permissions().mode() & 0o7777, 0o711);
+
+    let bin = root.join("usr/bin/lodge");
+    let v = Command::new(&bin)
+        .arg("--version")
+        .output_limited()
+        .expect("lodge --version");
+    let version = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        version.starts_with(&format!("lodge {}", env!("CARGO_PKG_VERSION"))),
+        "{v:?}"
+    );
+    let unit = root.join("lib/systemd/system/lodge.service");
+    let unit = std::fs::read_to_string(unit).expect("the unit installed");
+    assert!(
+        unit.lines().any(|l| l == "ExecStart=/usr/bin/lodge serve"),
+        "{unit}"
+    );
+    let bash = root.join("usr/share/bash-completion/completions/lodge");
+    let n = Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .output_limited()
+        .expect("bash -n");
+    assert!(n.status.success(), "installed bash completion: {n:?}");
+    assert!(std::fs::read_to_string(&bash)
+        .expect("completion")
+        .contains("lodge"));
+    for page in ["lodge.1.gz", "lodge-run.1.gz", "lodge-serve.1.gz"] {
+        let z = Command::new("gzip")
+            .arg("-dc")
+            .arg(root.join("usr/share/man/man1").join(page))
+            .output_limited()
+            .expect("gzip");
+        assert!(z.status.success(), "{page}: {z:?}");
+        assert!(
+            String::from_utf8_lossy(&z.stdout).contains(".TH "),
+            "{page} is a man page"
+        );
+    }
+
+    // A reinstall (as an upgrade runs prerm, postinst) keeps an edited
+    // conffile.
+    let env_file = root.join("etc/lodge/lodge.env");
+    let mut edited = std::fs::read_to_string(&env_file).expect("lodge.env");
+    edited.push_str("LODGE_LISTEN=127.0.0.1:9999\n");
+    std::fs::write(&env_file, &edited).expect("edit");
+    dpkg_in(&root, &["--force-depends", "--force-confold", "-i", deb]);
+    assert_eq!(std::fs::read_to_string(&env_file).expect("kept"), edited);
+
+    // Purge: the package's files and the guest build go, the user's data
+    // under /var/lib/lodge stays.
+    std::fs::create_dir_all(root.join("var/lib/lodge/system")).expect("mkdir");
+    std::fs::write(root.join("var/lib/lodge/system/vmlinuz"), "k").expect("write");
+    std::fs::create_dir_all(root.join("var/lib/lodge/guests")).expect("mkdir");
+    dpkg_in(&root, &["--purge", "lodge"]);
+    for gone in [
+        "usr/bin/lodge",
+        "lib/systemd/system/lodge.service",
+        "etc/lodge/lodge.env",
+        "usr/share/man/man1/lodge.1.gz",
+        "var/lib/lodge/system",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} left after purge");
+    }
+    assert!(
+        root.join("var/lib/lodge/guests").is_dir(),
+        "the user's data stays"
+    );
+}
+
 #[test]
 fn the_debian_package_holds_the_binary_unit_completions_and_man_pages() {
     let init = lodge_init();
@@ -270,6 +407,7 @@ fn the_debian_package_holds_the_binary_unit_completions_and_man_pages() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} in the unit");
     }
+    installs_into_a_fresh_root(&deb, out.path());
     if !have("systemd-analyze") {
         eprintln!("skipping systemd-analyze verify: not installed");
         return;

@@ -248,7 +248,10 @@ impl Images {
         drop(inner);
         let this = self.clone();
         let rec = record.clone();
-        tokio::spawn(async move {
+        // The pull's span (a child of the request's, when traced) lasts as
+        // long as the pull, past the 202.
+        let span = tracing::info_span!("image.pull", image = %name);
+        let job = async move {
             // Frees the job slot however the job ends (even cancelled).
             let _slot = JobSlot {
                 images: this.clone(),
@@ -262,7 +265,8 @@ impl Images {
                 tracing::error!("pull of {name}: {}", e.message);
                 this.record_outcome_by_name(&name, e);
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(job, span));
         Ok(self.info(record))
     }
 

@@ -259,7 +259,7 @@ pub fn router(state: AppState) -> Router {
             "/ingresses/{id}",
             get(ingresses::get_one).delete(ingresses::delete),
         );
-    if !crate::metrics::public() {
+    if crate::metrics::enabled() && !crate::metrics::public() {
         protected = protected.route("/metrics", get(metrics::metrics));
     }
     if state.bench_endpoints {
@@ -268,7 +268,7 @@ pub fn router(state: AppState) -> Router {
     let protected =
         protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let mut open = Router::new();
-    if crate::metrics::public() {
+    if crate::metrics::enabled() && crate::metrics::public() {
         open = open.route("/metrics", get(metrics::metrics));
     }
     open.route("/health", get(health))

@@ -150,6 +150,13 @@ async fn upload(
         }
     };
 
+    // Sized (on a terminal) before the socket opens, so it never idles.
+    let mut progress = super::progress::Transfer::upload(
+        Path::new(src_path),
+        args.follow_link,
+        &format!("{instance}:{target}"),
+    );
+
     let socket = ws::open(client, &format!("/instances/{}/cp", encode(instance))).await?;
     let (mut sink, mut stream) = socket.split();
     let request = CpRequest {
@@ -170,7 +177,10 @@ async fn upload(
     let answer = loop {
         tokio::select! {
             msg = rx.recv(), if !sent_all => match msg {
-                Some(Ok(m)) => sink.send(m).await?,
+                Some(Ok(m)) => {
+                    progress.sent(&m);
+                    sink.send(m).await?
+                }
                 Some(Err(e)) => {
                     ws::close(&mut sink).await;
                     bail!("{e}");
@@ -191,6 +201,7 @@ async fn upload(
         }
     };
     ws::close(&mut sink).await;
+    progress.finish(answer.is_none());
     // `None`: written; else the failure, when the daemon gave one.
     match answer {
         None => Ok(()),
@@ -299,12 +310,14 @@ async fn download(
         unpacker: None,
         target: PathBuf::new(),
     };
+    let mut progress = super::progress::Transfer::download(&format!("{instance}:{src}"));
     let done = loop {
         let Some(msg) = stream.next().await else {
             break Err(anyhow!("the daemon closed the copy before it finished"));
         };
         let t = match msg.context("connection to the daemon")? {
             Message::Binary(data) => {
+                progress.received(data.len());
                 if let Err(e) = receiver.data(&data) {
                     break Err(e);
                 }
@@ -318,6 +331,9 @@ async fn download(
         };
         let message: CpMessage =
             serde_json::from_str(&t).context("unreadable message from the daemon")?;
+        if let CpMessage::Header(h) = &message {
+            progress.entry(h.is_dir, h.is_symlink, h.size);
+        }
         match receiver.message(message) {
             Ok(false) => {}
             Ok(true) => break Ok(()),
@@ -326,7 +342,9 @@ async fn download(
     };
     ws::close(&mut sink).await;
     done?;
-    receiver.finish()
+    receiver.finish()?;
+    progress.finish(true);
+    Ok(())
 }
 
 /// The receiving end of a download: what the guest sends (through the

@@ -13,6 +13,7 @@ mod ingress;
 mod instance_verbs;
 mod logs_dir;
 mod logs_escape;
+mod progress;
 mod push;
 mod rt;
 mod run;

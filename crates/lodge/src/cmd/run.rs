@@ -41,6 +41,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Ok(0);
         }
         eprintln!("{id}");
+        super::progress::wait_for_boot(&client, &id, &inst.name).await;
         // A guest's escape sequences are shown, not acted on, on a terminal.
         let mut out = ConsoleOut::new(args.raw);
         let query = LogsQuery {

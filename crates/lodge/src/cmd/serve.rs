@@ -12,7 +12,8 @@
 //! says `READY=1` once its socket listens, after all of the above, so
 //! units ordered after it find the API answering; `STOPPING=1` on a
 //! signal. The daemon's own log is text, or one JSON object per line with
-//! `--log-format json` (or `LODGE_LOG_FORMAT=json`).
+//! `--log-format json` (or `LODGE_LOG_FORMAT=json`). Traces go out over
+//! OTLP when the `OTEL_*` settings ask (`telemetry`), flushed at exit.
 
 use std::sync::Arc;
 
@@ -26,29 +27,51 @@ use crate::instances::net::{DaemonNet, REAP_INTERVAL};
 use crate::instances::Manager;
 
 pub fn run(args: ServeArgs) -> Result<u8> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("LODGE_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter())
+    // Built before any runtime: the exporter's client lives on its own
+    // thread (see `telemetry`).
+    let (telemetry, pending) = crate::telemetry::from_env();
+    let log = match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .with_filter(filter())
+            .boxed(),
         // One JSON object per line; the fields of the request's span
         // (`op`, `instance`, see `metrics::track`) ride along.
-        LogFormat::Json => tracing_subscriber::fmt()
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter())
             .with_writer(std::io::stderr)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
+            .with_filter(filter())
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(log)
+        .with(telemetry.as_ref().map(|t| t.layer()))
+        .init();
+    if let Some(p) = pending {
+        p.log();
+    }
+    if telemetry.is_some() {
+        tracing::info!("traces: exported over OTLP/HTTP (OTEL_* settings)");
     }
     let cfg = Arc::new(Config::from_env()?);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(serve(cfg))?;
+    let served = rt.block_on(serve(cfg));
+    drop(rt);
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    served?;
     Ok(0)
 }
 

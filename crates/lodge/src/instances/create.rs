@@ -22,6 +22,7 @@ use crate::disks;
 
 impl Manager {
     /// Creates the instance's disks and record, then boots it.
+    #[tracing::instrument(name = "instance.create", skip_all, fields(name = %req.name))]
     pub async fn create(&self, req: CreateRequest) -> Result<Instance> {
         // Asked first, before any pull: is the request valid at all, and is
         // this hypervisor built in?

@@ -26,6 +26,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Manager {
     /// Starts the monitor + VMM for a prepared instance.
+    #[tracing::instrument(name = "instance.boot", skip_all, fields(instance = %meta.id))]
     pub(super) async fn boot(&self, paths: &Paths, mut meta: Metadata) -> Result<()> {
         // Status lines of a previous boot must not leak into this one (the
         // monitor also starts its record afresh).
@@ -61,6 +62,7 @@ impl Manager {
         Ok(())
     }
 
+    #[tracing::instrument(name = "instance.stop", skip_all, fields(instance = %key))]
     pub async fn stop(&self, key: &str) -> Result<Instance> {
         let Locked {
             _guard,
@@ -100,6 +102,7 @@ impl Manager {
         Ok(self.view(&meta))
     }
 
+    #[tracing::instrument(name = "instance.start", skip_all, fields(instance = %key))]
     pub async fn start(
         &self,
         key: &str,
@@ -150,6 +153,7 @@ impl Manager {
     }
 
     /// Stops the VM if needed and removes everything of the instance.
+    #[tracing::instrument(name = "instance.delete", skip_all, fields(instance = %key))]
     pub async fn delete(&self, key: &str, graceful: bool) -> Result<()> {
         let Locked {
             _guard,

@@ -163,6 +163,7 @@ impl Manager {
     /// Puts a running instance in standby (see the module doc), then
     /// compresses the saved memory in the background when `compression`
     /// asks for it (see `compress`).
+    #[tracing::instrument(name = "instance.standby", skip_all, fields(instance = %key))]
     pub async fn standby(
         &self,
         key: &str,
@@ -342,6 +343,7 @@ impl Manager {
     }
 
     /// Restores an instance from standby (see the module doc).
+    #[tracing::instrument(name = "instance.restore", skip_all, fields(instance = %key))]
     pub async fn restore(&self, key: &str) -> Result<Instance> {
         let mut locked = self.lock_instance(key).await?;
         self.restore_locked(&mut locked).await?;

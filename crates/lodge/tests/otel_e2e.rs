@@ -1,0 +1,321 @@
+//! OpenTelemetry traces of the daemon, set by the standard `OTEL_*`
+//! variables: a small OTLP/HTTP receiver run here on 127.0.0.1 (the
+//! protobuf decoded with `opentelemetry-proto`) sees the spans of a real
+//! create (the API request, `instance.create` inside it, the boot), of
+//! a delete and of an image pull, under the service name given; and a daemon whose collector
+//! refuses connections, or accepts them and never answers, keeps serving
+//! at its usual pace and exits promptly on SIGTERM.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{busybox_rootfs, Daemon};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use prost::Message as _;
+use serde_json::json;
+
+/// One span as received, with its resource's service name.
+#[derive(Debug, Clone)]
+struct Got {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    attrs: HashMap<String, String>,
+}
+
+fn string_attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+            any_value::Value::IntValue(i) => Some((kv.key.clone(), i.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spans_of(req: &ExportTraceServiceRequest) -> Vec<Got> {
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let res = rs
+            .resource
+            .as_ref()
+            .map(|r| string_attrs(&r.attributes))
+            .unwrap_or_default();
+        let service = res.get("service.name").cloned().unwrap_or_default();
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                out.push(Got {
+                    service: service.clone(),
+                    name: s.name.clone(),
+                    trace_id: s.trace_id.clone(),
+                    span_id: s.span_id.clone(),
+                    parent: s.parent_span_id.clone(),
+                    attrs: string_attrs(&s.attributes),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Answers OTLP/HTTP export requests on one connection (keep-alive):
+/// each body is decoded and its spans sent on `tx`.
+fn serve_conn(stream: TcpStream, tx: &mpsc::Sender<Result<Vec<Got>, String>>) {
+    let mut w = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut len = 0usize;
+        let mut content_type = String::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "content-type" => content_type = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let got = if !request_line.starts_with("POST /v1/traces ") {
+            Err(format!("unexpected request {request_line:?}"))
+        } else if content_type != "application/x-protobuf" {
+            Err(format!("unexpected content type {content_type:?}"))
+        } else {
+            ExportTraceServiceRequest::decode(body.as_slice())
+                .map(|req| spans_of(&req))
+                .map_err(|e| format!("undecodable export: {e}"))
+        };
+        if tx.send(got).is_err() {
+            return;
+        }
+        // An empty ExportTraceServiceResponse is zero bytes.
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if w.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The receiver: its address, and the spans as they arrive.
+fn receiver() -> (String, mpsc::Receiver<Result<Vec<Got>, String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || serve_conn(conn, &tx));
+        }
+    });
+    (format!("http://{addr}"), rx)
+}
+
+/// Receives until `done` holds for everything seen so far.
+fn collect_until(
+    rx: &mpsc::Receiver<Result<Vec<Got>, String>>,
+    seen: &mut Vec<Got>,
+    what: &str,
+    done: impl Fn(&[Got]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(spans)) => seen.extend(spans),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!(
+                "no {what} within 60 s; spans seen: {:?}",
+                seen.iter().map(|s| &s.name).collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// Fast batches, so the test waits little.
+const FAST_EXPORT: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
+
+#[test]
+fn a_create_is_traced_to_the_collector() {
+    require_guest!();
+    let (endpoint, rx) = receiver();
+    let d = Daemon::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "lodge-under-test"),
+        FAST_EXPORT,
+    ]);
+    let inst = d.create(json!({
+        "name": "traced",
+        "rootfs": busybox_rootfs(),
+        "vcpus": 1,
+        "size": "256MB",
+        "overlay_size": "64MB",
+        "cmd": ["true"],
+    }));
+    let id = inst["id"].as_str().expect("id").to_string();
+    let r = d.api("DELETE", &format!("/instances/{id}"), None);
+    assert!(r.status == 204 || r.status == 200, "delete: {}", r.text);
+    // A pull (an archive upload, offline): its span outlives the request.
+    let archive = d.data_dir.join("t.oci.tar");
+    let archive = archive.to_str().expect("utf-8");
+    let mk = d.lodge(&[
+        "mk-image",
+        "--layer",
+        &busybox_rootfs(),
+        "--name",
+        "traced:1",
+        "-o",
+        archive,
+    ]);
+    assert!(mk.status.success(), "mk-image: {mk:?}");
+    let pull = d.lodge(&["pull", &format!("oci-archive:{archive}")]);
+    assert!(pull.status.success(), "pull: {pull:?}");
+
+    let mut seen = Vec::new();
+    collect_until(&rx, &mut seen, "create, boot and delete spans", |s| {
+        [
+            "instance.create",
+            "instance.boot",
+            "instance.delete",
+            "image.pull",
+        ]
+        .iter()
+        .all(|n| s.iter().any(|g| g.name == *n))
+            && s.iter()
+                .any(|g| g.attrs.get("op").map(String::as_str) == Some("POST /instances"))
+    });
+    assert!(
+        seen.iter().all(|g| g.service == "lodge-under-test"),
+        "{seen:?}"
+    );
+    let by_name = |n: &str| {
+        seen.iter()
+            .find(|g| g.name == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    let request = seen
+        .iter()
+        .find(|g| g.attrs.get("op").map(String::as_str) == Some("POST /instances"))
+        .cloned()
+        .expect("request span");
+    let create = by_name("instance.create");
+    let boot = by_name("instance.boot");
+    // The verb runs inside the request that asked for it, the boot inside
+    // the create: one trace.
+    assert_eq!(create.parent, request.span_id, "{seen:?}");
+    assert_eq!(create.trace_id, request.trace_id);
+    assert_eq!(boot.parent, create.span_id, "{seen:?}");
+    assert_eq!(create.attrs.get("name").map(String::as_str), Some("traced"));
+    assert_eq!(boot.attrs.get("instance"), Some(&id));
+    let delete = by_name("instance.delete");
+    assert_eq!(delete.attrs.get("instance"), Some(&id));
+    let pull = by_name("image.pull");
+    assert!(
+        pull.attrs
+            .get("image")
+            .is_some_and(|i| i.contains("traced")),
+        "{pull:?}"
+    );
+}
+
+/// A daemon whose collector is gone, or hangs, answers as fast as one
+/// with no export at all, and its exit is not held up.
+#[test]
+fn a_dead_collector_never_stalls_the_daemon() {
+    // A port nothing listens on: connections are refused.
+    let refused = format!("http://127.0.0.1:{}", common::free_port());
+    // A collector that accepts and never reads nor answers.
+    let hang = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_url = format!("http://{}", hang.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming().flatten().take(64) {
+            held.push(c);
+        }
+    });
+    for endpoint in [refused, hang_url] {
+        let mut d = Daemon::start_with_env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            // Longer than the whole test: a hung export stays hung.
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            FAST_EXPORT,
+        ]);
+        // Plenty of spans, in batches the exporter cannot deliver; the
+        // queue is small so it fills and drops.
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..300 {
+            let t = Instant::now();
+            let r = d.api("GET", "/instances", None);
+            assert_eq!(r.status, 200, "{}", r.text);
+            slowest = slowest.max(t.elapsed());
+        }
+        let total = started.elapsed();
+        assert!(
+            slowest < Duration::from_secs(2),
+            "{endpoint}: a request took {slowest:?}"
+        );
+        assert!(
+            total < Duration::from_secs(30),
+            "{endpoint}: 300 requests took {total:?}"
+        );
+        // SIGTERM: the exit waits for the last export at most briefly.
+        let mut child = d.child.take().expect("daemon");
+        let t = Instant::now();
+        sigterm(child.id());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint}: the daemon did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{endpoint}: {status:?}");
+        eprintln!(
+            "{endpoint}: 300 requests in {total:?} (slowest {slowest:?}), exit in {:?}",
+            t.elapsed()
+        );
+        let log = std::fs::read_to_string(d.data_dir.join("serve.log")).expect("log");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+fn sigterm(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
