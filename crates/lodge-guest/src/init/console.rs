@@ -214,9 +214,12 @@ impl FastConsole {
     /// Call once every writer is dead (the relay does not wait for them).
     pub fn finish(mut self) {
         self.output = None;
-        if let Err(err) = (&self.stop).write_all(b"x") {
+        match (&self.stop).write_all(b"x") {
+            // A broken pipe: the relay already ended (every writer is gone).
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
             // Without the signal the relay still ends at the pipe's end.
-            eprintln!("lodge-init: stopping the fast console relay: {err}");
+            Err(err) => eprintln!("lodge-init: stopping the fast console relay: {err}"),
         }
         if self.relay.join().is_err() {
             eprintln!("lodge-init: the fast console relay panicked");
