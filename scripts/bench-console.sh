@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Guest console throughput, the fast console (virtio console, hvc0) against
-# the UART (ttyS0), side by side in one VM (issue 17; target: fast >= 40x the
-# UART and >= 20 MB/s under TCG).
+# Guest console throughput, the fast console (a pipe lodge-init relays to a
+# virtio-serial port) against the UART (ttyS0), side by side in one VM
+# (issue 17; target: fast >= 40x the UART and >= 20 MB/s under TCG).
 #
 # One VM with LODGE_CONSOLE=virtio (the default): the workload first builds
 # a 1 MiB file of log lines in the guest's RAM (untimed), then writes it

@@ -57,12 +57,14 @@ pub const SERIAL_CONFIG: &str = "lodge-config";
 pub const STATUS_TTY: &str = "/dev/ttyS1";
 
 /// Kernel command-line flag asking `lodge-init` to give the workload the
-/// fast console, [`FAST_CONSOLE_DEVICE`] (a virtio console the host merges
-/// into the same console log), instead of the serial console.
-pub const FAST_CONSOLE_FLAG: &str = "lodge.console=hvc0";
+/// fast console, the virtio-serial port named [`FAST_CONSOLE_PORT`] (the
+/// host merges it into the same console log), instead of the serial console.
+pub const FAST_CONSOLE_FLAG: &str = "lodge.console=virtio";
 
-/// The workload's fast console in the guest.
-pub const FAST_CONSOLE_DEVICE: &str = "/dev/hvc0";
+/// The virtio-serial port name of the workload's fast console, as the guest
+/// sees it in `/sys/class/virtio-ports/*/name` (its device is
+/// `/dev/vportNpM`, numbered in probe order).
+pub const FAST_CONSOLE_PORT: &str = "org.lodge.console";
 
 /// Kernel command-line flag asking `lodge-init` to prove the guest boots:
 /// it prints [`SELFTEST_OK`] on the console and powers off at once.

@@ -2,7 +2,8 @@
 //! `agentd`), plus one host-side helper.
 //!
 //! Modules: `init` (PID 1) and `agentd` (the agent) share the OS-call layer
-//! `sys`, the rtnetlink client `netlink` and the process starter `spawn`; `init` knows the agent only as
+//! `sys`, the rtnetlink client `netlink`, the process starter `spawn` and the
+//! virtio-serial port finder `virtio_ports`; `init` knows the agent only as
 //! the configuration it hands over (`agentd::AgentConfig`), and `agentd`
 //! imports nothing of `init`.
 //!
@@ -17,6 +18,7 @@ mod init;
 mod netlink;
 mod spawn;
 mod sys;
+mod virtio_ports;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -85,7 +85,7 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_fd: Option<i32>,
     /// When set, the VM gets a fast console for the workload (QEMU: a
-    /// virtio console, the guest's `hvc0`) whose output goes to this
+    /// virtio-serial port) whose output goes to this
     /// inherited descriptor, the write end of a pipe lodge's monitor reads
     /// into the same console log as the serial console. At least 3, not
     /// `status_fd`. Absent in older configs (serial console only).

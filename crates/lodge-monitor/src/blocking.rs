@@ -1,15 +1,18 @@
 //! Keeps the fast console's pipe blocking for the VMM.
 //!
-//! QEMU makes every chardev descriptor non-blocking when it opens it, and
-//! a virtio *console* port (the guest's `hvc0`) whose chardev write comes
-//! back short is not throttled: QEMU drops the rest (only plain
-//! virtio-serial ports are throttled). With a non-blocking pipe, a monitor
-//! that falls 1 MiB behind (a full disk, a busy host) would lose console
-//! bytes (G2). The descriptor QEMU writes to shares its open file
-//! description with the write end the monitor created, so the monitor keeps
-//! a copy of that end until it has seen QEMU set `O_NONBLOCK` and cleared
-//! it again: from then on QEMU's write waits for room in the pipe, the
-//! guest waits with it, and nothing is dropped.
+//! QEMU makes every chardev descriptor non-blocking when it opens it. The
+//! fast console is a plain virtio-serial port, which QEMU throttles when
+//! its chardev write comes back short: the rest of the guest's buffers then
+//! wait in the guest's memory until the pipe has room. That keeps the bytes
+//! while the VM runs, but a guest that powers off right after its workload
+//! ended would take them with it (G2), and the guest cannot see whether the
+//! host took a buffer yet. (A virtio *console*, `hvc`, is not throttled at
+//! all: QEMU drops what does not fit.) The descriptor QEMU writes to shares
+//! its open file description with the write end the monitor created, so the
+//! monitor keeps a copy of that end until it has seen QEMU set
+//! `O_NONBLOCK` and cleared it again: from then on QEMU writes each buffer
+//! out as the guest hands it over, waiting for room in the pipe, the guest
+//! waits with it, and a guest write that returned is on the host.
 //!
 //! QEMU may set the flag more than once while it sets the chardev up, so
 //! the watch clears it whenever it is seen set (looking every 2 ms, backing

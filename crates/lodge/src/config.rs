@@ -60,8 +60,8 @@ pub enum ConsoleKind {
     /// The UART (`ttyS0`) only, like the kernel.
     #[default]
     Serial,
-    /// A virtio console (`hvc0`) for the workload; the kernel and lodge's
-    /// init keep the UART.
+    /// A virtio-serial port for the workload's output (the fast console);
+    /// the kernel and lodge's init keep the UART.
     Virtio,
 }
 

@@ -1,6 +1,8 @@
 //! The fast console on real VMs (issue 17, item 1): the workload writes to
-//! a virtio console (`hvc0`) that the monitor merges into `app.log` with
-//! the serial console (the kernel's and lodge-init's lines).
+//! a pipe that lodge-init relays to a virtio-serial port, which the monitor
+//! merges into `app.log` with the serial console (the kernel's and
+//! lodge-init's lines). Its stdout is a pipe it can reopen by name, its
+//! stdin the port.
 //!
 //! - Megabytes of numbered lines through the fast console with rotation at
 //!   1 MiB and two followers attached the whole time (plus four through the
@@ -8,8 +10,8 @@
 //!   four the same bytes), and the monitor
 //!   frozen (SIGSTOP) for seconds in the middle so the pipe fills: every
 //!   line exactly once and in order in the retained segments and in each
-//!   follower's output, no NUL byte anywhere (QEMU drops a virtio console's
-//!   bytes on a full non-blocking pipe; the monitor keeps it blocking).
+//!   follower's output, no NUL byte anywhere (the monitor keeps the pipe
+//!   blocking, see `lodge_monitor`'s `blocking`).
 //! - With a kernel that is not quiet (`LODGE_KERNEL_ARGS=loglevel=7`), the
 //!   kernel's boot lines come before the workload's first line.
 //! - `LODGE_CONSOLE=serial` still runs the workload on the UART.
@@ -41,6 +43,12 @@ fn numbered_lines_script(lines: u64) -> String {
          echo begin; sleep 1; cat /tmp/lines; echo end"
     )
 }
+
+/// Says what the workload's stdout and stdin are, then reopens its stdout
+/// by name (as images that link their log files to `/dev/stdout`, itself a
+/// link to `/proc/self/fd/1`, do).
+const STDIO_PROBE: &str = "echo stdout=$(readlink /proc/$$/fd/1) stdin=$(readlink /proc/$$/fd/0); \
+     echo reopened stdout > /proc/self/fd/1";
 
 fn expected_line(i: u64) -> String {
     format!("line {i} ......................")
@@ -149,7 +157,7 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
         "vcpus": 1,
         "size": "256MB",
         "overlay_size": "64MB",
-        "cmd": ["sh", "-c", numbered_lines_script(LINES)],
+        "cmd": ["sh", "-c", format!("{}; {STDIO_PROBE}", numbered_lines_script(LINES))],
     }));
     let id = inst["id"].as_str().expect("id").to_string();
     let logs = d.guests_dir().join(&id).join("logs");
@@ -213,6 +221,12 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
         text[..begin].contains("virtio"),
         "boot lines before the workload"
     );
+    // The workload's output is a pipe (relayed to the port), which it can
+    // reopen by name (a port can be opened only once); its stdin is the
+    // port.
+    assert!(text.contains("\nstdout=pipe:"), "stdout not a pipe");
+    assert!(text.contains(" stdin=/dev/vport"), "stdin not the port");
+    assert!(text.contains("\nreopened stdout\n"), "reopening stdout");
 
     for (child, out, name) in [(&mut f1, out1, "follower 1"), (&mut f2, out2, "follower 2")] {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -255,7 +269,11 @@ fn serial_console_mode_still_works() {
         "vcpus": 1,
         "size": "256MB",
         "overlay_size": "64MB",
-        "cmd": ["sh", "-c", format!("{}; ls /dev/hvc0 || echo no-hvc", numbered_lines_script(200))],
+        "cmd": ["sh", "-c", format!(
+            "{}; {STDIO_PROBE}; grep -qs org.lodge.console /sys/class/virtio-ports/*/name \
+             || echo no-fast-port",
+            numbered_lines_script(200)
+        )],
     }));
     let id = inst["id"].as_str().expect("id").to_string();
     let v = d.wait_state(&id, "Stopped", BOOT);
@@ -263,7 +281,11 @@ fn serial_console_mode_still_works() {
     let logs = d.guests_dir().join(&id).join("logs");
     let text = String::from_utf8(retained(&logs)).expect("utf-8");
     check_workload_lines(&text, 200, "app.log");
-    assert!(text.contains("no-hvc"), "{text}");
+    assert!(text.contains("no-fast-port"), "{text}");
+    assert!(
+        text.contains("\nstdout=/dev/ttyS0 stdin=/dev/ttyS0\n"),
+        "{text}"
+    );
     let meta =
         std::fs::read_to_string(d.guests_dir().join(&id).join("metadata.json")).expect("metadata");
     let meta: serde_json::Value = serde_json::from_str(&meta).expect("json");

@@ -1,7 +1,7 @@
 //! Finding the agent's virtio-serial port and waiting for a host on it.
 //!
 //! The kernel names ports `vportNpM` in probe order, so the agent looks the
-//! port up by the name QEMU gave it (`/sys/class/virtio-ports/*/name`).
+//! port up by the name QEMU gave it (see `virtio_ports`).
 //! While no host is connected, reads return 0 at once and `poll` reports a
 //! hang-up, so neither can be used to wait; the port sends SIGIO when the
 //! host side connects, and the agent waits for that on a signalfd (with a
@@ -9,39 +9,12 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use crate::sys;
 
-const PORTS_DIR: &str = "/sys/class/virtio-ports";
-
-/// The device node of the port named `name`, once it exists.
-pub fn find(name: &str, timeout: Duration) -> Option<PathBuf> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(device) = lookup(name) {
-            if device.exists() {
-                return Some(device);
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn lookup(name: &str) -> Option<PathBuf> {
-    std::fs::read_dir(PORTS_DIR)
-        .ok()?
-        .flatten()
-        .find(|entry| {
-            std::fs::read_to_string(entry.path().join("name"))
-                .is_ok_and(|n| n.trim_end_matches('\n') == name)
-        })
-        .map(|entry| Path::new("/dev").join(entry.file_name()))
-}
+pub use crate::virtio_ports::find;
 
 /// The open port and the signalfd that says when a host connects.
 pub struct Port {

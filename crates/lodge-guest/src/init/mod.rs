@@ -88,13 +88,7 @@ pub fn pid1() -> ! {
             Ending::Failed(format!("internal error: {what}"))
         }
     };
-    if let Some(fast) = &fast {
-        // The workload has ended: what it wrote leaves the guest before
-        // anything is torn down (the virtio console is synchronous, so
-        // this returns at once unless the host is still catching up).
-        fast.drain();
-    }
-    finish(&console, &status, &mut mounts, ending)
+    finish(&console, &status, &mut mounts, fast, ending)
 }
 
 fn selftest_requested() -> bool {
@@ -150,7 +144,7 @@ fn run(
     sys::sethostname(hostname).context(|| format!("set hostname {hostname}"))?;
     // The workload writes to the fast console when the host gave the VM
     // one; without it (or if it never appears) to the serial console.
-    *fast = match FastConsole::open_if_asked(FAST_CONSOLE_TIMEOUT) {
+    *fast = match FastConsole::open_if_asked(FAST_CONSOLE_TIMEOUT, console.try_clone()) {
         Some(Ok(port)) => Some(port),
         Some(Err(why)) => {
             console.write(&format!(
@@ -160,14 +154,20 @@ fn run(
         }
         None => None,
     };
-    let workload_fd = fast.as_ref().map_or(console.raw_fd(), FastConsole::raw_fd);
-    let plan = workload::plan(&config, rootfs::NEWROOT, workload_fd, hostname)?;
+    let stdio = fast
+        .as_ref()
+        .map_or((console.raw_fd(), console.raw_fd()), FastConsole::stdio);
+    let plan = workload::plan(&config, rootfs::NEWROOT, stdio, hostname)?;
     let mut agent = agent_supervisor::AgentSupervisor::start(&workload::agent_config(
         &config,
         rootfs::NEWROOT,
         hostname,
     )?);
-    match workload::start(&config, &plan)? {
+    let started = workload::start(&config, &plan);
+    if let Some(fast) = fast.as_mut() {
+        fast.started();
+    }
+    match started? {
         workload::Start::Running(pid) => {
             status.send(&StatusEvent::Started {
                 pid: u32::try_from(pid).unwrap_or_default(),
@@ -197,7 +197,13 @@ fn read_config(disk: &Path) -> Result<GuestConfig> {
 }
 
 /// Stop everything, report, power off.
-fn finish(console: &Console, status: &StatusPort, mounts: &mut Mounts, ending: Ending) -> ! {
+fn finish(
+    console: &Console,
+    status: &StatusPort,
+    mounts: &mut Mounts,
+    fast: Option<FastConsole>,
+    ending: Ending,
+) -> ! {
     // Like docker: when the workload ends, whatever it left behind dies.
     let _ = sys::kill(-1, libc::SIGKILL);
     let deadline = Instant::now() + REAP_TIMEOUT;
@@ -207,6 +213,11 @@ fn finish(console: &Console, status: &StatusPort, mounts: &mut Mounts, ending: E
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(_) => break,
         }
+    }
+    if let Some(fast) = fast {
+        // Every writer is gone: what the workload wrote leaves the guest
+        // before anything is torn down.
+        fast.finish();
     }
     let event = match ending {
         Ending::Exited(ExitStatus::Code(code)) => StatusEvent::Exited { code },

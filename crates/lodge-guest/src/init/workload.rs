@@ -139,7 +139,12 @@ pub fn agent_config(config: &GuestConfig, root: &str, hostname: &str) -> Result<
 }
 
 /// Prepare everything the child needs to become the workload.
-pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) -> Result<ExecPlan> {
+pub fn plan(
+    config: &GuestConfig,
+    root: &str,
+    (stdin, console): (RawFd, RawFd),
+    hostname: &str,
+) -> Result<ExecPlan> {
     let (ids, home) = identity(config, root)?;
     let env = build_env(&config.env, hostname, &home);
     let path = env
@@ -156,6 +161,7 @@ pub fn plan(config: &GuestConfig, root: &str, console: RawFd, hostname: &str) ->
         workdir_prefixes: cstrings(dir_prefixes(&config.workdir), "workdir")?,
         workdir: cstrings([config.workdir.clone()], "workdir")?.remove(0),
         ids,
+        stdin,
         console,
         candidates: cstrings(exec_candidates(program, path), "argv[0]")?,
         argv: cstrings(config.argv.iter().cloned(), "argv")?,

@@ -198,8 +198,8 @@ fn child(
         if libc::setsid() < 0 {
             return (ChildStep::Session, errno());
         }
-        for target in 0..3 {
-            if libc::dup2(plan.console, target) < 0 {
+        for (from, target) in [(plan.stdin, 0), (plan.console, 1), (plan.console, 2)] {
+            if libc::dup2(from, target) < 0 {
                 return (ChildStep::Session, errno());
             }
         }

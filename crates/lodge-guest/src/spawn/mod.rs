@@ -134,6 +134,7 @@ mod tests {
             workdir_prefixes: Vec::new(),
             workdir: c("/"),
             ids: None,
+            stdin: writer.as_raw_fd(),
             console: writer.as_raw_fd(),
             candidates: vec![c(cat)],
             argv: vec![c("cat"), c("/proc/self/status")],

@@ -16,7 +16,9 @@ pub struct ExecPlan {
     pub workdir: CString,
     /// `(uid, gid)` to switch to; `None` stays root.
     pub ids: Option<(libc::uid_t, libc::gid_t)>,
-    /// The console, for stdin, stdout and stderr.
+    /// The console's input side, for stdin.
+    pub stdin: RawFd,
+    /// The console, for stdout and stderr.
     pub console: RawFd,
     /// Paths to try with execve, in order (the PATH search, done up front).
     pub candidates: Vec<CString>,

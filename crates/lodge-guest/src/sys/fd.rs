@@ -36,6 +36,14 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: libc::c_int) -> io::Result<Vec<b
     Ok(pollfds.iter().map(|p| p.revents != 0).collect())
 }
 
+/// `F_SETPIPE_SZ`: make the pipe `fd` hold `bytes` (rounded up to pages).
+pub fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: fcntl on an open fd with an integer argument.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) })?;
+    Ok(())
+}
+
 /// Make `fd` non-blocking.
 pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();

@@ -20,7 +20,7 @@ use std::io;
 use lodge_guest::protocol::tree::io_text;
 
 pub(crate) use cvt::check;
-pub use fd::{install_stdio, poll_readable, set_nonblocking};
+pub use fd::{install_stdio, poll_readable, set_nonblocking, set_pipe_size};
 pub use machine::{
     chroot, disable_ctrl_alt_del, finit_module, mount, power_off, sethostname, sync, umount,
 };

@@ -40,7 +40,7 @@ pub const CONSOLE_CHARDEV: &str = "console";
 pub const STATUS_CHARDEV: &str = "status";
 /// The QEMU fd set holding the status channel's inherited descriptor.
 pub const STATUS_FDSET: u32 = 1;
-/// Chardev id of the workload's fast console (virtio console, guest `hvc0`).
+/// Chardev id of the workload's fast console (a virtio-serial port).
 pub const FAST_CONSOLE_CHARDEV: &str = "fastcon";
 /// The QEMU fd set holding the fast console's inherited descriptor.
 pub const FAST_CONSOLE_FDSET: u32 = 2;
@@ -269,11 +269,13 @@ pub fn build_argv(
         ]);
     }
 
-    // The workload's fast console: a virtio console on its own
-    // virtio-serial bus (port 0, the guest's `hvc0`), written into the pipe
-    // the monitor passed as `console_fd`. The virtio port moves a page per
-    // guest exit where the UART traps on every byte; when the pipe is full
-    // QEMU throttles the port and the guest waits (no byte is dropped).
+    // The workload's fast console: a plain virtio-serial port (not a
+    // `virtconsole`) on its own bus, written into the pipe the monitor
+    // passed as `console_fd`. The UART traps on every byte and a virtio
+    // console (`hvc`) waits for the host after every tty chunk of at most
+    // 2 KiB; a port takes each write (up to 32 KiB) in one buffer and one
+    // guest exit, and makes the writer wait only when the host is behind.
+    // Port 0 of a bus is kept for a console, hence two ports.
     if let Some(fd) = cfg.console_fd {
         push(&[
             &"-add-fd",
@@ -283,10 +285,10 @@ pub fn build_argv(
                 "file,id={FAST_CONSOLE_CHARDEV},path=/dev/fdset/{FAST_CONSOLE_FDSET},append=on"
             ),
             &"-device",
-            &"virtio-serial-pci,id=vcon0,max_ports=1",
+            &"virtio-serial-pci,id=vcon0,max_ports=2",
             &"-device",
             &format!(
-                "virtconsole,bus=vcon0.0,chardev={FAST_CONSOLE_CHARDEV},name={FAST_CONSOLE_PORT}"
+                "virtserialport,bus=vcon0.0,chardev={FAST_CONSOLE_CHARDEV},name={FAST_CONSOLE_PORT}"
             ),
         ]);
     }
@@ -797,8 +799,8 @@ mod tests {
         }
     }
 
-    /// With `console_fd`, the workload's fast console is a virtio console
-    /// on its own virtio-serial bus writing into the inherited pipe; the
+    /// With `console_fd`, the workload's fast console is a virtio-serial
+    /// port on its own bus writing into the inherited pipe; the
     /// serial console stays where it was.
     #[test]
     fn fast_console_on_an_inherited_fd() {
@@ -819,9 +821,9 @@ mod tests {
                 "-chardev",
                 "file,id=fastcon,path=/dev/fdset/2,append=on",
                 "-device",
-                "virtio-serial-pci,id=vcon0,max_ports=1",
+                "virtio-serial-pci,id=vcon0,max_ports=2",
                 "-device",
-                "virtconsole,bus=vcon0.0,chardev=fastcon,name=org.lodge.console",
+                "virtserialport,bus=vcon0.0,chardev=fastcon,name=org.lodge.console",
             ]
         );
         let serials: Vec<_> = argv

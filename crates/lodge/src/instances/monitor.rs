@@ -56,8 +56,9 @@ pub const HOTPLUG_SLOTS: u32 = super::spec::MAX_VOLUMES as u32;
 /// monitor into `logs/app.log` with the serial console.
 const CONSOLE_FD: i32 = 4;
 
-/// Tells lodge's guest init to give the workload the virtio console
-/// (`lodge_guest::FAST_CONSOLE_FLAG`); the kernel keeps `ttyS0`.
+/// Tells lodge's guest init to give the workload the fast console, a
+/// virtio-serial port (`lodge_guest::FAST_CONSOLE_FLAG`); the kernel keeps
+/// `ttyS0`.
 /// Then the operator's `LODGE_KERNEL_ARGS`, last so they win.
 fn kernel_cmdline(console: ConsoleKind, extra: &str) -> String {
     let mut cmdline = KERNEL_CMDLINE.to_string();
@@ -371,4 +372,17 @@ async fn wait_monitor_exit(log_dir: &Path, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     !monitor_alive(log_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host names the fast console's port and the guest looks it up by
+    /// that name: the two crates must agree.
+    #[test]
+    fn host_and_guest_agree_on_the_fast_console_port() {
+        assert_eq!(
+            lodge_hypervisor::qemu::args::FAST_CONSOLE_PORT,
+            lodge_guest::FAST_CONSOLE_PORT
+        );
+    }
 }
