@@ -45,10 +45,10 @@ fn numbered_lines_script(lines: u64) -> String {
 }
 
 /// Says what the workload's stdout and stdin are, then reopens its stdout
-/// by name (as images that link their log files to `/dev/stdout`, itself a
-/// link to `/proc/self/fd/1`, do).
+/// by name, directly and through docker's `/dev/stdout` link (images link
+/// their log files there, e.g. nginx).
 const STDIO_PROBE: &str = "echo stdout=$(readlink /proc/$$/fd/1) stdin=$(readlink /proc/$$/fd/0); \
-     echo reopened stdout > /proc/self/fd/1";
+     echo reopened stdout > /proc/self/fd/1; echo linked stdout > /dev/stdout";
 
 fn expected_line(i: u64) -> String {
     format!("line {i} ......................")
@@ -227,6 +227,7 @@ fn numbered_lines_through_the_fast_console_with_rotation_and_followers() {
     assert!(text.contains("\nstdout=pipe:"), "stdout not a pipe");
     assert!(text.contains(" stdin=/dev/vport"), "stdin not the port");
     assert!(text.contains("\nreopened stdout\n"), "reopening stdout");
+    assert!(text.contains("\nlinked stdout\n"), "writing to /dev/stdout");
 
     for (child, out, name) in [(&mut f1, out1, "follower 1"), (&mut f2, out2, "follower 2")] {
         let deadline = Instant::now() + Duration::from_secs(20);

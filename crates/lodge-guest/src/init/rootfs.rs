@@ -138,7 +138,7 @@ impl Mounts {
             self.mount(fstype, &target, fstype, flags, data)
                 .context(|| format!("mount {fstype} on {target}"))?;
         }
-        Ok(())
+        dev_links(Path::new(&format!("{NEWROOT}/dev")))
     }
 
     /// Unmount everything in reverse order, best effort. A mount that is
@@ -160,6 +160,30 @@ impl Mounts {
         }
         sys::sync();
     }
+}
+
+/// The links docker and podman put in a container's `/dev`; images rely on
+/// them (nginx links its logs to `/dev/stdout`). devtmpfs has none of them.
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// Creates [`DEV_LINKS`] in `dev`; a name that already exists is left.
+fn dev_links(dev: &Path) -> Result<()> {
+    for (name, target) in DEV_LINKS {
+        let link = dev.join(name);
+        match std::os::unix::fs::symlink(target, &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err::<(), _>(e).context(|| format!("link {} to {target}", link.display()))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Mount points under [`NEWROOT`] that are not in `ours`, deepest first.
@@ -185,6 +209,24 @@ fn foreign_mounts(ours: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_links_are_dockers_and_leave_existing_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("stderr"), b"kept").expect("file");
+        dev_links(dir.path()).expect("links");
+        dev_links(dir.path()).expect("again");
+        let link = std::fs::read_link(dir.path().join("stdout")).expect("stdout link");
+        assert_eq!(link, Path::new("/proc/self/fd/1"));
+        assert_eq!(
+            std::fs::read_link(dir.path().join("fd")).expect("fd link"),
+            Path::new("/proc/self/fd")
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("stderr")).expect("kept"),
+            b"kept"
+        );
+    }
 
     #[test]
     fn superblock_magic_decides_the_fstype() {
