@@ -85,7 +85,7 @@ fn receive(out: &StreamOut, path: &str, input: Receiver<Input>) -> Result<(), St
     }
     check_parent(Path::new(path))?;
     // The host sends owners only in archive mode.
-    let mut unpacker = Unpacker::new(PathBuf::from(path), true);
+    let mut unpacker = Unpacker::new(PathBuf::from(path), true).with_block_io();
     let mut credit = InputCredit::new();
     for item in input {
         match item {

@@ -62,14 +62,47 @@ impl Wire {
     }
 }
 
+/// Frames already queued are joined into one write up to this size: one
+/// port write (a virtqueue kick and a QEMU exit under emulation) for an
+/// exec's exit event and its stream's close, or a run of credits. A
+/// virtio-serial port takes at most 32 KiB per write anyway.
+const BATCH: usize = 32 << 10;
+
 fn writer(mut port: std::fs::File, rx: Receiver<Outgoing>, epoch: Arc<AtomicU64>) {
-    for out in rx {
-        if out.epoch != epoch.load(Ordering::SeqCst) {
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
+    let mut next: Option<Outgoing> = None;
+    loop {
+        let Some(first) = next.take().or_else(|| rx.recv().ok()) else {
+            return;
+        };
+        let current = epoch.load(Ordering::SeqCst);
+        if first.epoch != current {
             continue;
         }
+        let mut bytes = first.bytes;
+        if bytes.len() < BATCH {
+            // Join what else is waiting, in order.
+            while let Ok(more) = rx.try_recv() {
+                if more.epoch != current {
+                    continue;
+                }
+                if batch.is_empty() {
+                    batch.extend_from_slice(&bytes);
+                }
+                if batch.len() + more.bytes.len() > BATCH {
+                    next = Some(more);
+                    break;
+                }
+                batch.extend_from_slice(&more.bytes);
+            }
+            if !batch.is_empty() {
+                bytes = std::mem::replace(&mut batch, bytes);
+                batch.clear();
+            }
+        }
         // A write blocks while no host is connected and resumes once one
-        // is; an error (the port went away) drops the frame.
-        if port.write_all(&out.bytes).is_err() {
+        // is; an error (the port went away) drops the frames.
+        if port.write_all(&bytes).is_err() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
