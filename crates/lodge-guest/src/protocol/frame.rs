@@ -487,7 +487,10 @@ mod tests {
     fn read_from_gives_the_same_frames_as_push() {
         let mut bytes = b"garbage".to_vec();
         let mut want = Vec::new();
-        for (i, len) in [0usize, 5, 4096, 32 << 10, 100, MAX_PAYLOAD].iter().enumerate() {
+        for (i, len) in [0usize, 5, 4096, 32 << 10, 100, MAX_PAYLOAD]
+            .iter()
+            .enumerate()
+        {
             let payload: Vec<u8> = (0..*len).map(|b| (b % 251) as u8).collect();
             bytes.extend(encode(Kind::Data, i as u32 + 1, &payload));
             want.push(frame(Kind::Data, i as u32 + 1, &payload));
