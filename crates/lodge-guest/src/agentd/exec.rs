@@ -214,7 +214,14 @@ pub fn run(
                 .map(|i| Box::new(i) as Box<dyn Write + Send>)
         }
     };
-    spawn_stdin(stdin_sink, input, out.clone(), start.tty);
+    // A non-interactive exec's end of input comes right behind its
+    // request: then the pipe is closed here and no stdin thread starts.
+    let first = input.try_recv().ok();
+    if !start.tty && matches!(first, Some(Input::Eof)) {
+        drop(stdin_sink);
+    } else {
+        spawn_stdin(stdin_sink, first, input, out.clone(), start.tty);
+    }
 
     // The timeout: a timer thread kills the group unless the command ends
     // first (dropping `done` wakes it).
@@ -408,6 +415,7 @@ fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -
 /// goes; end-of-input closes a pipe (a terminal stays open).
 fn spawn_stdin(
     sink: Option<Box<dyn Write + Send>>,
+    first: Option<Input>,
     input: Receiver<Input>,
     out: StreamOut,
     tty: bool,
@@ -415,7 +423,7 @@ fn spawn_stdin(
     let run = move || {
         let mut sink = sink;
         let mut credit = InputCredit::new();
-        for item in input {
+        for item in first.into_iter().chain(input) {
             match item {
                 Input::Data(bytes) => {
                     if let Some(s) = sink.as_mut() {
