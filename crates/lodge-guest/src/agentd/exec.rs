@@ -333,11 +333,9 @@ fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &Ow
         }
         let mut i = 0;
         while i < open.len() {
-            if ready[i] || exited {
-                if !drain(&mut open[i], out, &mut buf, exited) {
-                    open.remove(i);
-                    continue;
-                }
+            if (ready[i] || exited) && !drain(&mut open[i], out, &mut buf, exited) {
+                open.remove(i);
+                continue;
             }
             i += 1;
         }
