@@ -13,15 +13,23 @@
 #   The ratio cp/raw is what files, the WebSocket hop and the CLI cost.
 #
 # usage: scripts/bench-exec.sh   (needs the guest: scripts/build-guest.sh)
+#   RUNS=N       exec/inspect pairs (default 100; 0 skips the exec part)
+#   CP_RUNS=N    cp rounds, each raw and cp both ways (default 3; 0 skips)
+#   SIZE_MIB=N   the copied file's size (default 100)
+#   LODGE_BIN=P  time this lodge binary instead of building one (to compare
+#                two builds, each with its LODGE_SYSTEM_DIR)
+# scripts/bench-cp.sh is the cp part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 runs="${RUNS:-100}"
+cp_runs="${CP_RUNS:-3}"
+size_mib="${SIZE_MIB:-100}"
 # The binary users install (static, scripts/build-release.sh), not the
 # dynamic target/release one: its CLI starts faster, and `inspect` is this
 # benchmark's floor.
-lodge="$(./scripts/build-release.sh)"
+lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d /tmp/lodge-bench-exec.XXXXXX)"
 export LODGE_DATA_DIR="$work/data"
 # Benchmarks never touch the host's network (scripts/bench-net.sh builds its own).
@@ -58,12 +66,12 @@ percentile() {
 median() { percentile 50 "$@"; }
 
 exec_us=(); inspect_us=()
-for _ in $(seq "$runs"); do
+for _ in $(seq 1 "$runs"); do
     t0=$(now); "$lodge" exec bench true; exec_us+=($(( ($(now) - t0) / 1000 )))
     t0=$(now); "$lodge" inspect bench >/dev/null; inspect_us+=($(( ($(now) - t0) / 1000 )))
 done
 
-size=$((100 << 20))
+size=$((size_mib << 20))
 head -c "$size" /dev/urandom >"$work/big"
 rate() { awk -v b="$1" -v ns="$2" 'BEGIN {printf "%.1f", b / 1048576 / (ns / 1e9)}'; }
 raw() {
@@ -72,7 +80,7 @@ raw() {
         python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["mib_per_s"])'
 }
 cp_in=(); cp_out=(); raw_to=(); raw_from=()
-for _ in 1 2 3; do
+for _ in $(seq 1 "$cp_runs"); do
     raw_to+=("$(raw to)")
     t0=$(now); "$lodge" cp "$work/big" bench:/tmp/big; cp_in+=("$(rate "$size" $(( $(now) - t0 )))")
     raw_from+=("$(raw from)")
@@ -81,14 +89,17 @@ for _ in 1 2 3; do
     rm -f "$work/back"
 done
 
+echo "accel: $LODGE_ACCEL, $runs runs, $cp_runs cp rounds of $size_mib MiB, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$runs" -gt 0 ]; then
 ep50=$(percentile 50 "${exec_us[@]}"); ep99=$(percentile 99 "${exec_us[@]}")
 ip50=$(percentile 50 "${inspect_us[@]}"); ip99=$(percentile 99 "${inspect_us[@]}")
-ci=$(median "${cp_in[@]}"); co=$(median "${cp_out[@]}")
-rt=$(median "${raw_to[@]}"); rf=$(median "${raw_from[@]}")
-echo "accel: $LODGE_ACCEL, $runs runs"
 awk -v a="$ep50" -v b="$ep99" 'BEGIN {printf "lodge exec true:     p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
 awk -v a="$ip50" -v b="$ip99" 'BEGIN {printf "lodge inspect (CLI): p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
 awk -v a="$ep50" -v b="$ip50" 'BEGIN {printf "exec/inspect p50 ratio: %.2f\n", a/b}'
+fi
+[ "$cp_runs" -gt 0 ] || exit 0
+ci=$(median "${cp_in[@]}"); co=$(median "${cp_out[@]}")
+rt=$(median "${raw_to[@]}"); rf=$(median "${raw_from[@]}")
 echo "cp into the guest:   ${cp_in[*]} MiB/s (median $ci); raw channel host->guest ${raw_to[*]} (median $rt)"
 echo "cp out of the guest: ${cp_out[*]} MiB/s (median $co); raw channel guest->host ${raw_from[*]} (median $rf)"
 awk -v c="$ci" -v r="$rt" 'BEGIN {printf "ratio cp in / raw:  %.2f\n", c/r}'

@@ -8,11 +8,11 @@
 //! destination's parent must exist, as in `docker cp`.
 
 use std::fs::{self, File};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
+use lodge_guest::protocol::blocks::{BlockBuf, BlockReader, BLOCK};
 use lodge_guest::protocol::paths::base_name;
 use lodge_guest::protocol::tree::{check_parent, Unpacker, Walk};
 use lodge_guest::protocol::{Event, Kind, PathInfo, DATA_CHUNK};
@@ -85,7 +85,7 @@ fn receive(out: &StreamOut, path: &str, input: Receiver<Input>) -> Result<(), St
     }
     check_parent(Path::new(path))?;
     // The host sends owners only in archive mode.
-    let mut unpacker = Unpacker::new(PathBuf::from(path), true);
+    let mut unpacker = Unpacker::new(PathBuf::from(path), true).with_block_io();
     let mut credit = InputCredit::new();
     for item in input {
         match item {
@@ -113,7 +113,9 @@ pub fn copy_from(out: &StreamOut, path: &str, follow_links: bool) {
         Err((_, e)) => return error(out, format!("stat {path}: {}", text(&e)), path),
     };
     let mut walk = walk.peekable();
-    let mut buf = vec![0u8; DATA_CHUNK];
+    // Large files are read in blocks bypassing the page cache (see
+    // `protocol::blocks`); the block buffer is made once per copy.
+    let mut blocks: Option<BlockBuf> = None;
     while let Some(item) = walk.next() {
         let found = match item {
             Ok(f) => f,
@@ -122,25 +124,28 @@ pub fn copy_from(out: &StreamOut, path: &str, follow_links: bool) {
                 return error(out, format!("{shown}: {}", text(&e)), &shown);
             }
         };
+        let size = found.header.size;
         out.event(&Event::Header(found.header));
         if found.is_file {
             let shown = found.full.display().to_string();
-            let mut file = match File::open(&found.full) {
+            let file = match File::open(&found.full) {
                 Ok(f) => f,
                 Err(e) => return error(out, format!("open {shown}: {}", text(&e)), &shown),
             };
+            let direct = size >= BLOCK as u64;
+            let mut reader = BlockReader::new(file, blocks.take().unwrap_or_default(), direct);
             loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if !out.data(Kind::Data, &buf[..n]) {
+                match reader.next_block() {
+                    Ok([]) => break,
+                    Ok(bytes) => {
+                        if !out.data(Kind::Data, bytes) {
                             return;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return error(out, format!("read {shown}: {}", text(&e)), &shown),
                 }
             }
+            blocks = Some(reader.into_buf());
         }
         out.event(&Event::End {
             last: walk.peek().is_none(),

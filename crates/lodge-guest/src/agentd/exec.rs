@@ -11,6 +11,12 @@
 //! leave a background process holding them open, so once the command has
 //! exited each pump drains what is already buffered and stops, instead of
 //! waiting for a reader that may never close.
+//!
+//! The session's own thread does that work: it polls the output pipes (or
+//! the terminal) and a pidfd of the command, so an exec costs one thread
+//! besides stdin's, not three more (a thread start is dear on the guest's
+//! emulated CPU). Without pidfds (a kernel before 5.3) a pump thread per
+//! stream and an exit pipe do the same.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -181,18 +187,8 @@ pub fn run(
     *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = master.clone();
     out.event(&Event::Started { pid });
 
-    // The exit notice for the pumps: the write end is dropped on exit.
-    let (exit_rx, exit_tx) = match std::io::pipe() {
-        Ok(pair) => pair,
-        Err(e) => {
-            ctl.kill();
-            let _ = child.wait();
-            return failed(out, format!("create a pipe: {e}"), 126);
-        }
-    };
-    let exit_rx: Arc<OwnedFd> = Arc::new(exit_rx.into());
-
-    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    // The outputs to forward, the session's own thread polling them.
+    let mut outputs: Vec<(OwnedFd, Kind)> = Vec::new();
     let stdin_sink: Option<Box<dyn Write + Send>> = match &master {
         Some(m) => {
             let Ok(reader) = m.try_clone() else {
@@ -200,17 +196,17 @@ pub fn run(
                 let _ = child.wait();
                 return failed(out, "duplicate the terminal".into(), 126);
             };
-            pumps.push(spawn_pump(reader, Kind::Stdout, out, &exit_rx));
+            outputs.push((reader, Kind::Stdout));
             m.try_clone()
                 .ok()
                 .map(|w| Box::new(File::from(w)) as Box<dyn Write + Send>)
         }
         None => {
             if let Some(o) = child.stdout.take() {
-                pumps.push(spawn_pump(o.into(), Kind::Stdout, out, &exit_rx));
+                outputs.push((o.into(), Kind::Stdout));
             }
             if let Some(e) = child.stderr.take() {
-                pumps.push(spawn_pump(e.into(), Kind::Stderr, out, &exit_rx));
+                outputs.push((e.into(), Kind::Stderr));
             }
             child
                 .stdin
@@ -218,7 +214,14 @@ pub fn run(
                 .map(|i| Box::new(i) as Box<dyn Write + Send>)
         }
     };
-    spawn_stdin(stdin_sink, input, out.clone(), start.tty);
+    // A non-interactive exec's end of input comes right behind its
+    // request: then the pipe is closed here and no stdin thread starts.
+    let first = input.try_recv().ok();
+    if !start.tty && matches!(first, Some(Input::Eof)) {
+        drop(stdin_sink);
+    } else {
+        spawn_stdin(stdin_sink, first, input, out.clone(), start.tty);
+    }
 
     // The timeout: a timer thread kills the group unless the command ends
     // first (dropping `done` wakes it).
@@ -239,12 +242,38 @@ pub fn run(
             });
     }
 
-    let status = child.wait();
+    let status = match rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(pidfd) => {
+            forward_until_exit(outputs, out, &pidfd);
+            child.wait()
+        }
+        Err(_) => match std::io::pipe() {
+            Ok((exit_rx, exit_tx)) => {
+                // The exit notice for the pumps: the write end is dropped
+                // on exit.
+                let exit_rx: Arc<OwnedFd> = Arc::new(exit_rx.into());
+                let pumps: Vec<JoinHandle<()>> = outputs
+                    .into_iter()
+                    .map(|(fd, kind)| spawn_pump(fd, kind, out, &exit_rx))
+                    .collect();
+                let status = child.wait();
+                drop(exit_tx);
+                for pump in pumps {
+                    let _ = pump.join();
+                }
+                status
+            }
+            Err(e) => {
+                ctl.kill();
+                let _ = child.wait();
+                return failed(out, format!("create a pipe: {e}"), 126);
+            }
+        },
+    };
     drop(done);
-    drop(exit_tx);
-    for pump in pumps {
-        let _ = pump.join();
-    }
     *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
 
     let event = match status {
@@ -276,6 +305,65 @@ pub fn run(
         },
     };
     out.event(&event);
+}
+
+/// Forward the outputs until each reaches end-of-file, or until the
+/// command has exited (its pidfd is readable) and nothing is left
+/// buffered; returns once the command has exited, so it can be reaped.
+fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &OwnedFd) {
+    let mut open: Vec<(File, Kind)> = outputs
+        .into_iter()
+        .map(|(fd, kind)| (File::from(fd), kind))
+        .collect();
+    let mut buf = vec![0u8; DATA_CHUNK];
+    let mut exited = false;
+    while !exited {
+        let mut fds: Vec<std::os::fd::RawFd> = open.iter().map(|(f, _)| f.as_raw_fd()).collect();
+        fds.push(pidfd.as_raw_fd());
+        let ready = match sys::poll_readable(&fds, -1) {
+            Ok(r) => r,
+            // Cannot poll: wait for the exit, dropping the output.
+            Err(_) => return,
+        };
+        exited = ready[open.len()];
+        if exited {
+            // Take only what is buffered now: a background process may
+            // hold the pipes open for ever.
+            open.retain(|(f, _)| sys::set_nonblocking(f).is_ok());
+        }
+        let mut i = 0;
+        while i < open.len() {
+            if (ready[i] || exited) && !drain(&mut open[i], out, &mut buf, exited) {
+                open.remove(i);
+                continue;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Read from one output and send it on: once when `until_empty` is false
+/// (it polled readable), else until nothing is buffered. False when this
+/// output is finished: end-of-file, an error (EIO: the terminal's other
+/// side closed; WouldBlock after the exit: all is sent), or a stream the
+/// host no longer takes.
+fn drain(output: &mut (File, Kind), out: &StreamOut, buf: &mut [u8], until_empty: bool) -> bool {
+    let (file, kind) = output;
+    loop {
+        match file.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                if !out.data(*kind, &buf[..n]) {
+                    return false;
+                }
+                if !until_empty {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Forward one output stream until end-of-file, or until the command has
@@ -325,6 +413,7 @@ fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -
 /// goes; end-of-input closes a pipe (a terminal stays open).
 fn spawn_stdin(
     sink: Option<Box<dyn Write + Send>>,
+    first: Option<Input>,
     input: Receiver<Input>,
     out: StreamOut,
     tty: bool,
@@ -332,7 +421,7 @@ fn spawn_stdin(
     let run = move || {
         let mut sink = sink;
         let mut credit = InputCredit::new();
-        for item in input {
+        for item in first.into_iter().chain(input) {
             match item {
                 Input::Data(bytes) => {
                     if let Some(s) = sink.as_mut() {
@@ -355,6 +444,70 @@ fn spawn_stdin(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_guest::protocol::Decoder;
+
+    /// One poll loop forwards both outputs, in order per stream, and
+    /// returns at the command's exit though a background process it left
+    /// still holds the pipes open.
+    #[test]
+    fn output_is_forwarded_until_the_command_exits() {
+        let (mut frames, port) = std::io::pipe().expect("pipe");
+        let wire = super::super::wire::Wire::start(File::from(OwnedFd::from(port))).expect("wire");
+        let out = StreamOut::new(
+            7,
+            wire.epoch(),
+            wire.clone(),
+            super::super::wire::Window::new(1 << 20),
+        );
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "printf out; printf err >&2; printf more; sleep 5 & exit 3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let outputs = vec![
+            (
+                OwnedFd::from(child.stdout.take().expect("stdout")),
+                Kind::Stdout,
+            ),
+            (
+                OwnedFd::from(child.stderr.take().expect("stderr")),
+                Kind::Stderr,
+            ),
+        ];
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd");
+        let t0 = std::time::Instant::now();
+        forward_until_exit(outputs, &out, &pidfd);
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "waited for the background process"
+        );
+        assert_eq!(child.wait().expect("wait").code(), Some(3));
+        drop((out, wire));
+        let mut bytes = Vec::new();
+        frames.read_to_end(&mut bytes).expect("frames");
+        let mut decoder = Decoder::new();
+        decoder.push(&bytes);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(f) = decoder.next_frame() {
+            assert_eq!(f.stream, 7);
+            match f.kind {
+                Kind::Stdout => stdout.extend(f.payload),
+                Kind::Stderr => stderr.extend(f.payload),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(stdout, b"outmore");
+        assert_eq!(stderr, b"err");
+    }
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()

@@ -38,7 +38,6 @@ mod session;
 mod wire;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -140,9 +139,8 @@ impl Agent {
     fn serve(self: Arc<Self>, mut port: port::Port) -> ExitCode {
         let mut decoder = Decoder::new();
         let mut nonce: Option<u64> = None;
-        let mut buf = vec![0u8; 64 << 10];
         loop {
-            match port.file().read(&mut buf) {
+            match decoder.read_from(port.file()) {
                 Ok(0) => {
                     // No host connected: whatever ran for the last one is
                     // orphaned. Wait for the next connection.
@@ -152,8 +150,7 @@ impl Agent {
                     decoder.reset();
                     port.wait_for_host();
                 }
-                Ok(n) => {
-                    decoder.push(&buf[..n]);
+                Ok(_) => {
                     while let Some(frame) = decoder.next_frame() {
                         self.handle(frame, &mut nonce);
                     }

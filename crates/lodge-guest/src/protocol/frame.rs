@@ -8,6 +8,15 @@
 //! magic, unknown kind, a length over [`MAX_PAYLOAD`]) makes the decoder skip
 //! ahead to the next `"LA"` and try again; the handshake's nonce then tells
 //! the host where the new connection really starts.
+//!
+//! Payloads are copied once: a frame whose payload is not all buffered
+//! yet (a data frame, read a few KiB at a time) gets a buffer of its exact
+//! length, and the rest of its bytes go there straight from
+//! [`Decoder::push`] or, for a blocking reader, from the transport itself
+//! ([`Decoder::read_from`]). The guest agent's emulated CPU otherwise
+//! copied each byte twice more (into the decoder, then out of it).
+
+use std::io::Read;
 
 /// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"LA";
@@ -133,7 +142,29 @@ pub struct Decoder {
     /// Start of the undecoded bytes in `buf`.
     start: usize,
     skipped: u64,
+    /// A frame whose header was valid and whose payload is still coming.
+    body: Option<Body>,
+    /// Where [`Decoder::read_from`] reads headers and small frames.
+    scratch: Vec<u8>,
 }
+
+/// A frame being filled: its payload buffer has the exact capacity.
+#[derive(Debug)]
+struct Body {
+    kind: Kind,
+    stream: u32,
+    payload: Vec<u8>,
+    len: usize,
+}
+
+impl Body {
+    fn missing(&self) -> usize {
+        self.len - self.payload.len()
+    }
+}
+
+/// Bytes [`Decoder::read_from`] asks for at a time outside a payload.
+const READ_CHUNK: usize = 16 << 10;
 
 enum Header {
     Valid { kind: Kind, stream: u32, len: usize },
@@ -172,7 +203,15 @@ impl Decoder {
     }
 
     /// Add bytes read from the transport.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if let Some(body) = self.body.as_mut() {
+            let n = body.missing().min(bytes.len());
+            body.payload.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+        if bytes.is_empty() {
+            return;
+        }
         if self.start > 0 && self.start >= self.buf.len() / 2 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -180,10 +219,34 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Read once from `reader` (a blocking transport) and take what came.
+    /// The missing part of a payload is read straight into its buffer,
+    /// waiting until it is complete or the transport ends. `Ok(0)` is the
+    /// transport's end (for a virtio-serial port: no host connected).
+    pub fn read_from<R: Read>(&mut self, reader: &mut R) -> std::io::Result<usize> {
+        if let Some(body) = self.body.as_mut() {
+            if body.missing() > 0 && self.start == self.buf.len() {
+                let want = body.missing() as u64;
+                return reader.take(want).read_to_end(&mut body.payload);
+            }
+        }
+        if self.scratch.len() < READ_CHUNK {
+            self.scratch = vec![0u8; READ_CHUNK];
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let read = reader.read(&mut scratch);
+        if let Ok(n) = read {
+            self.push(&scratch[..n]);
+        }
+        self.scratch = scratch;
+        read
+    }
+
     /// Forget everything buffered (the transport was reconnected).
     pub fn reset(&mut self) {
         self.buf.clear();
         self.start = 0;
+        self.body = None;
     }
 
     /// Bytes skipped so far because they were not part of a valid frame.
@@ -193,11 +256,22 @@ impl Decoder {
 
     /// Bytes buffered but not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len() - self.start + self.body.as_ref().map_or(0, |b| b.payload.len())
     }
 
     /// The next complete frame, if one is buffered.
     pub fn next_frame(&mut self) -> Option<Frame> {
+        if let Some(body) = self.body.take() {
+            if body.missing() > 0 {
+                self.body = Some(body);
+                return None;
+            }
+            return Some(Frame {
+                kind: body.kind,
+                stream: body.stream,
+                payload: body.payload,
+            });
+        }
         loop {
             let rest = &self.buf[self.start..];
             if rest.is_empty() {
@@ -224,6 +298,17 @@ impl Decoder {
                 }
                 Header::Valid { kind, stream, len } => {
                     if rest.len() < HEADER_LEN + len {
+                        // The header is whole: the payload gets its own
+                        // buffer now, and the rest goes there directly.
+                        let mut payload = Vec::with_capacity(len);
+                        payload.extend_from_slice(&rest[HEADER_LEN..]);
+                        self.start = self.buf.len();
+                        self.body = Some(Body {
+                            kind,
+                            stream,
+                            payload,
+                            len,
+                        });
                         return None;
                     }
                     let payload = rest[HEADER_LEN..HEADER_LEN + len].to_vec();
@@ -378,6 +463,89 @@ mod tests {
         let huge = "x".repeat(MAX_PAYLOAD);
         assert!(try_encode_json(Kind::Open, 1, &huge).is_none());
         assert!(try_encode_json(Kind::Open, 1, &"small").is_some());
+    }
+
+    /// A reader handing out at most `step` bytes per read, as a
+    /// virtio-serial port hands out one page.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+        reads: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            self.reads += 1;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_from_gives_the_same_frames_as_push() {
+        let mut bytes = b"garbage".to_vec();
+        let mut want = Vec::new();
+        for (i, len) in [0usize, 5, 4096, 32 << 10, 100, MAX_PAYLOAD]
+            .iter()
+            .enumerate()
+        {
+            let payload: Vec<u8> = (0..*len).map(|b| (b % 251) as u8).collect();
+            bytes.extend(encode(Kind::Data, i as u32 + 1, &payload));
+            want.push(frame(Kind::Data, i as u32 + 1, &payload));
+        }
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut reader = Trickle {
+                bytes: &bytes,
+                step,
+                reads: 0,
+            };
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            loop {
+                let n = d.read_from(&mut reader).expect("read");
+                got.extend(all(&mut d));
+                if n == 0 {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(d.skipped(), 7);
+            assert_eq!(d.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn a_payload_is_read_into_its_own_buffer() {
+        let payload = vec![9u8; 32 << 10];
+        let bytes = encode(Kind::Data, 3, &payload);
+        let mut reader = Trickle {
+            bytes: &bytes,
+            step: 4096,
+            reads: 0,
+        };
+        let mut d = Decoder::new();
+        d.read_from(&mut reader).expect("header");
+        assert_eq!(d.next_frame(), None);
+        assert_eq!(d.pending(), 4096 - HEADER_LEN);
+        // The rest in one call, straight into the payload.
+        d.read_from(&mut reader).expect("body");
+        assert_eq!(d.pending(), payload.len());
+        assert_eq!(d.next_frame(), Some(frame(Kind::Data, 3, &payload)));
+        // Only the first read went through the decoder's own buffer.
+        assert!(d.buf.capacity() < 8192, "{}", d.buf.capacity());
+        // A transport that ends mid-payload: no frame, and a reset drops it.
+        let mut torn = Trickle {
+            bytes: &bytes[..100],
+            step: 4096,
+            reads: 0,
+        };
+        d.read_from(&mut torn).expect("torn");
+        assert_eq!(d.read_from(&mut torn).expect("end"), 0);
+        assert_eq!(d.next_frame(), None);
+        d.reset();
+        assert_eq!(d.pending(), 0);
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //! Both sides are built from this crate, so they cannot disagree on the
 //! format; [`PROTOCOL_VERSION`] still guards against a stale initrd.
 
+pub mod blocks;
 pub mod frame;
 pub mod messages;
 pub mod paths;

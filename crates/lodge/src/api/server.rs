@@ -231,7 +231,15 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) -> std::i
             }
         };
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                // Answers and WebSocket messages are whole when written:
+                // Nagle would hold a small one back until the client's
+                // ACK of the one before (an exec's exit after its output).
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+                }
+                stream
+            }
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
                 // Out of descriptors or memory: wait instead of spinning.

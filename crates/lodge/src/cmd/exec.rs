@@ -151,11 +151,12 @@ async fn session(args: ExecArgs, env: BTreeMap<String, String>) -> Result<u8> {
         split_stderr: true,
     };
     let close_stdin = ws::text(&CloseStdin { close_stdin: true })?;
-    ws::send_json(&mut sink, &request).await?;
     let mut stdin = if args.interactive {
+        ws::send_json(&mut sink, &request).await?;
         Some(stdin_reader())
     } else {
-        sink.send(close_stdin.clone()).await?;
+        // The request and the end of input together.
+        ws::send_all(&mut sink, vec![ws::text(&request)?, close_stdin.clone()]).await?;
         None
     };
     let raw = if args.tty && std::io::stdin().is_terminal() {

@@ -44,6 +44,10 @@ pub async fn open(client: &Client, path: &str) -> Result<Ws> {
     let tcp = TcpStream::connect(authority).await.with_context(|| {
         format!("cannot reach the lodge daemon at {base} (is `lodge serve` running?)")
     })?;
+    // Every message is written whole; Nagle would hold the second of two
+    // small ones (exec's request, then its end of input) for an ACK.
+    tcp.set_nodelay(true)
+        .context("TCP_NODELAY on the daemon connection")?;
     match tokio_tungstenite::client_async(request, tcp).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
@@ -65,6 +69,16 @@ pub fn text<T: Serialize>(value: &T) -> Result<Message> {
 /// Send `value` as a text message.
 pub async fn send_json<T: Serialize>(sink: &mut Sink, value: &T) -> Result<()> {
     sink.send(text(value)?).await?;
+    Ok(())
+}
+
+/// Send `messages` in one write (one TCP segment when small): a request
+/// and what follows it at once need not cost the daemon two wake-ups.
+pub async fn send_all(sink: &mut Sink, messages: Vec<Message>) -> Result<()> {
+    for m in messages {
+        sink.feed(m).await?;
+    }
+    sink.flush().await?;
     Ok(())
 }
 
