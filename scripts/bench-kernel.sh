@@ -34,7 +34,8 @@ for pair in "lodge:$lodge_sys" "debian:$debian_sys"; do
         ./scripts/build-guest.sh --kernel "$flavor" "$dir" >&2
     fi
 done
-lodge="$(./scripts/build-release.sh)"
+# LODGE_BIN: a lodge binary to use instead of the static release build.
+lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d /tmp/lodge-bench-kernel.XXXXXX)"
 
 daemons=()
