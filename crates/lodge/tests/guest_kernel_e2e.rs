@@ -64,7 +64,9 @@ fn the_guest_kernel_has_every_feature_lodge_relies_on() {
     let lines = d.log_lines(&id, "tail=100");
 
     let filesystems: Vec<&str> = field(&lines, "filesystems").split_whitespace().collect();
-    for fs in ["ext4", "overlay", "erofs", "tmpfs", "devtmpfs", "devpts", "proc", "sysfs"] {
+    for fs in [
+        "ext4", "overlay", "erofs", "tmpfs", "devtmpfs", "devpts", "proc", "sysfs",
+    ] {
         assert!(
             filesystems.contains(&fs),
             "{fs} missing from /proc/filesystems: {filesystems:?}"

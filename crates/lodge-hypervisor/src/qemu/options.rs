@@ -160,10 +160,7 @@ mod tests {
     #[test]
     fn machine_arg_is_the_type_with_the_lean_properties() {
         for m in [MachineType::Q35, MachineType::Pc] {
-            assert_eq!(
-                m.arg(),
-                format!("{},{LEAN_MACHINE_PROPERTIES}", m.as_str())
-            );
+            assert_eq!(m.arg(), format!("{},{LEAN_MACHINE_PROPERTIES}", m.as_str()));
         }
     }
 
