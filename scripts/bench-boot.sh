@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 runs="${1:-5}"
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
-lodge="$(./scripts/build-release.sh)"
+# LODGE_BIN: a lodge binary to use instead of the static release build.
+lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d /tmp/lodge-bench-boot.XXXXXX)"
 export LODGE_DATA_DIR="$work/data"
 # Benchmarks never touch the host's network (scripts/bench-net.sh builds its own).

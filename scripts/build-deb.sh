@@ -11,6 +11,7 @@
 #   /usr/bin/lodge                         the static binary (build-release.sh)
 #   /usr/lib/lodge/lodge-init              the static guest init
 #   /usr/lib/lodge/build-guest.sh          builds /var/lib/lodge/system (postinst)
+#   /usr/lib/lodge/lodge.config            the lodge guest kernel's config (build-guest.sh)
 #   /lib/systemd/system/lodge.service      Type=notify, KillMode=process
 #   /etc/lodge/lodge.env                   the daemon's settings (a conffile)
 #   /usr/share/{bash-completion,zsh,fish}  completions, from `lodge completion`
@@ -49,6 +50,7 @@ root="$stage/lodge_${version}_$arch"
 install -D -m 0755 "$bin" "$root/usr/bin/lodge"
 install -D -m 0755 "$init" "$root/usr/lib/lodge/lodge-init"
 install -D -m 0755 "$repo/scripts/build-guest.sh" "$root/usr/lib/lodge/build-guest.sh"
+install -D -m 0644 "$repo/guest/kernel/lodge.config" "$root/usr/lib/lodge/lodge.config"
 install -D -m 0644 "$repo/packaging/lodge.service" "$root/lib/systemd/system/lodge.service"
 install -D -m 0644 "$repo/packaging/lodge.env" "$root/etc/lodge/lodge.env"
 install -d "$root/usr/share/bash-completion/completions" \

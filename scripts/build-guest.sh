@@ -1,41 +1,78 @@
 #!/usr/bin/env bash
-# build-guest.sh OUTDIR — build what a lodge guest boots from:
+# build-guest.sh [--kernel lodge|debian] OUTDIR — build what a lodge guest boots from:
 #
-#   OUTDIR/vmlinuz          Debian's kernel (linux-image-amd64's current 6.1 build)
-#   OUTDIR/vmlinux          the same kernel uncompressed (ELF, PVH boot): much
-#                           faster to boot under TCG; prefer it for -kernel
-#   OUTDIR/initrd.img       lodge-init as /init + the kernel modules it loads
+#   OUTDIR/vmlinux          the kernel as an uncompressed ELF: QEMU enters it
+#                           through PVH (much faster to boot under TCG); preferred
+#   OUTDIR/vmlinuz          the same kernel as a bzImage (the fallback)
+#   OUTDIR/initrd.img       lodge-init as /init (+ the kernel modules it loads,
+#                           with Debian's kernel only)
 #   OUTDIR/rootfs-busybox/  a minimal root tree (busybox-static) for demos and tests
-#   OUTDIR/kernel-version   the kernel release, e.g. 6.1.0-56-amd64
-#   OUTDIR/cache/           the downloaded kernel package and its extracted tree
+#   OUTDIR/kernel-version   the kernel release, e.g. 6.1.192-lodge or 6.1.0-56-amd64
+#   OUTDIR/kernel-flavor    which kernel: lodge or debian
+#   OUTDIR/cache/           Debian's kernel package and its extracted tree
+#
+# Kernels (--kernel, or LODGE_GUEST_KERNEL; default lodge):
+#   lodge   built here from Debian's kernel source package (linux-source-6.1,
+#           installed by scripts/install-deps.sh; offline once installed) with
+#           guest/kernel/lodge.config applied over `make allnoconfig`: everything
+#           a lodge VM uses built in, no modules. Cached outside the clone, by
+#           hash of the config fragment and the source version, in
+#           ${XDG_CACHE_HOME:-~/.cache}/lodge/kernel/<hash>/ (LODGE_KERNEL_CACHE
+#           overrides the lodge/kernel dir); rebuilt when either changes.
+#           Without the source package, falls back to debian with a warning.
+#   debian  Debian's prebuilt kernel (linux-image-amd64's current 6.1 build),
+#           with the ~24 modules the guest needs loaded from the initrd.
 #
 # Idempotent: every step is skipped when its output is newer than its inputs,
 # and a kernel package already in the cache is reused without asking apt, so
 # a second run is quick and works offline.
 #
 # Environment:
+#   LODGE_GUEST_KERNEL=K     lodge or debian (the --kernel option wins)
 #   LODGE_INIT=PATH          use this static lodge-init instead of building one
-#   LODGE_KERNEL_PACKAGE=P   kernel package to use (default: what
+#   LODGE_KERNEL_PACKAGE=P   Debian kernel package to use (default: what
 #                            linux-image-amd64 depends on)
 #   LODGE_REFRESH_KERNEL=1   ask apt for the current kernel even if one is cached
 set -euo pipefail
 
-if [ $# -ne 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    echo "usage: $0 OUTDIR" >&2
+usage() {
+    echo "usage: $0 [--kernel lodge|debian] OUTDIR" >&2
     exit 2
-fi
+}
+flavor=${LODGE_GUEST_KERNEL:-lodge}
+outarg=
+while [ $# -gt 0 ]; do
+    case $1 in
+    -h | --help) usage ;;
+    --kernel) [ $# -ge 2 ] || usage; flavor=$2; shift 2 ;;
+    --kernel=*) flavor=${1#--kernel=}; shift ;;
+    -*) usage ;;
+    *) [ -z "$outarg" ] || usage; outarg=$1; shift ;;
+    esac
+done
+[ -n "$outarg" ] || usage
+case $flavor in
+lodge | debian) ;;
+*) echo "build-guest: --kernel must be lodge or debian, got '$flavor'" >&2; exit 2 ;;
+esac
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 script="$repo/scripts/build-guest.sh"
-mkdir -p "$1"
-out=$(cd "$1" && pwd)
+# The config fragment: in the source tree, or next to this script where the
+# Debian package installs both (/usr/lib/lodge).
+fragment="$repo/guest/kernel/lodge.config"
+[ -e "$fragment" ] || fragment="$(cd "$(dirname "$0")" && pwd)/lodge.config"
+mkdir -p "$outarg"
+out=$(cd "$outarg" && pwd)
 cache="$out/cache"
 mkdir -p "$cache"
 
-# Modules the guest loads, by name; their dependencies are added from
-# modules.dep, built-in ones are skipped. button+evdev let the guest see the
-# ACPI power button (graceful stop); virtio_balloon lets the host take back
-# memory the guest does not need (memory reclaim, free page reporting).
+# Modules the guest loads with Debian's kernel, by name; their dependencies
+# are added from modules.dep, built-in ones are skipped. button+evdev let the
+# guest see the ACPI power button (graceful stop); virtio_balloon lets the
+# host take back memory the guest does not need (memory reclaim, free page
+# reporting). The lodge kernel has all of these built in
+# (guest/kernel/lodge.config).
 modules=(
     virtio_pci virtio_blk virtio_console virtio_net
     ext4 overlay erofs
@@ -58,7 +95,112 @@ stale() {
     return 1
 }
 
-# --- 1. the kernel package --------------------------------------------------
+# --- 1. the kernel -----------------------------------------------------------
+
+# The lodge kernel needs Debian's kernel source and a compiler; without them
+# the guest gets Debian's prebuilt kernel instead.
+source_pkg=linux-source-6.1
+source_tar=/usr/src/$source_pkg.tar.xz
+if [ "$flavor" = lodge ]; then
+    missing=()
+    [ -r "$fragment" ] || missing+=("lodge.config")
+    [ -r "$source_tar" ] || missing+=("$source_pkg")
+    for tool in make gcc flex bison bc; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "build-guest: warning: cannot build the lodge kernel (missing: ${missing[*]};" \
+            "run scripts/install-deps.sh): using Debian's kernel" >&2
+        flavor=debian
+    fi
+fi
+
+# Outputs of the other kernel are replaced as a whole, never mixed.
+previous=$(cat "$out/kernel-flavor" 2>/dev/null || echo debian)
+if [ "$previous" != "$flavor" ]; then
+    say "kernel: switching from $previous to $flavor"
+    rm -f "$out/vmlinux" "$out/vmlinuz" "$out/initrd.img" "$out/kernel-version"
+fi
+
+# install_if_changed SRC DEST: copy SRC to DEST unless DEST has the same bytes.
+install_if_changed() {
+    if cmp -s "$1" "$2"; then
+        return 1
+    fi
+    install -m 0644 "$1" "$2.tmp"
+    mv "$2.tmp" "$2"
+}
+
+lodge_kernel() {
+    local version kcache hash dest src obj lock t0 secs line sym
+    version=$(dpkg-query -W -f='${Version}' "$source_pkg" 2>/dev/null || true)
+    [ -n "$version" ] || version=$(stat -c %Y "$source_tar")
+    kcache=${LODGE_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lodge/kernel}
+    hash=$({ echo "$source_pkg $version"; cat "$fragment"; } | sha256sum | cut -c1-16)
+    dest="$kcache/$hash"
+    mkdir -p "$kcache"
+    # One build at a time per cache (the source and object trees are shared).
+    exec {lock}>"$kcache/.lock"
+    flock "$lock"
+    if [ -e "$dest/vmlinux" ] && [ -e "$dest/bzImage" ] && [ -e "$dest/kernel-version" ]; then
+        say "lodge kernel: cached $hash ($(cat "$dest/kernel-version"))"
+    else
+        src="$kcache/src"
+        obj="$kcache/obj"
+        if [ "$(cat "$src/.lodge-source" 2>/dev/null)" != "$source_pkg $version" ]; then
+            say "lodge kernel: unpacking $source_pkg $version"
+            rm -rf "$src" "$obj"
+            mkdir -p "$src"
+            tar -xJf "$source_tar" -C "$src" --strip-components=1
+            echo "$source_pkg $version" > "$src/.lodge-source"
+        fi
+        mkdir -p "$obj"
+        make -s -C "$src" O="$obj" KCONFIG_ALLCONFIG="$fragment" allnoconfig >/dev/null
+        make -s -C "$src" O="$obj" olddefconfig >/dev/null
+        # kconfig drops a symbol whose dependencies are unmet without a word:
+        # every line of the fragment must be in the result.
+        while read -r line; do
+            case $line in
+            CONFIG_*=*)
+                grep -qxF "$line" "$obj/.config" ||
+                    die "lodge.config: $line did not survive olddefconfig (now: $(grep "^${line%%=*}=" "$obj/.config" || echo unset))"
+                ;;
+            "# CONFIG_"*" is not set")
+                sym=${line#\# }
+                sym=${sym%% *}
+                if grep -q "^$sym=" "$obj/.config"; then
+                    die "lodge.config: $sym is set although the fragment unsets it"
+                fi
+                ;;
+            esac
+        done < "$fragment"
+        say "lodge kernel: building $hash with -j$(nproc) (a few minutes per core the first time)"
+        t0=$(date +%s)
+        nice make -s -C "$src" O="$obj" -j"$(nproc)" bzImage >"$kcache/build.log" 2>&1 ||
+            { tail -n 30 "$kcache/build.log" >&2; die "lodge kernel build failed (log: $kcache/build.log)"; }
+        secs=$(( $(date +%s) - t0 ))
+        rm -rf "$dest.tmp"
+        mkdir -p "$dest.tmp"
+        cp "$obj/vmlinux" "$dest.tmp/vmlinux"
+        cp "$obj/arch/x86/boot/bzImage" "$dest.tmp/bzImage"
+        cp "$obj/.config" "$dest.tmp/config"
+        make -s -C "$src" O="$obj" kernelrelease > "$dest.tmp/kernel-version"
+        echo "$secs" > "$dest.tmp/build-seconds"
+        rm -rf "$dest"
+        mv "$dest.tmp" "$dest"
+        say "lodge kernel: built $(cat "$dest/kernel-version") in ${secs} s"
+    fi
+    exec {lock}>&-
+
+    install_if_changed "$dest/vmlinux" "$out/vmlinux" && say "vmlinux: lodge $(cat "$dest/kernel-version")" || say "vmlinux: up to date"
+    install_if_changed "$dest/bzImage" "$out/vmlinuz" && say "vmlinuz: lodge $(cat "$dest/kernel-version")" || say "vmlinuz: up to date"
+    install_if_changed "$dest/kernel-version" "$out/kernel-version" || true
+    kernel_stamp="$out/vmlinux"
+}
+
+debian_kernel() {
+# Debian's kernel package --------------------------------------------------
 
 apt_updated=
 apt_update_once() {
@@ -106,7 +248,7 @@ else
     fi
 fi
 
-# --- 2. extract it ------------------------------------------------------------
+# extract it ------------------------------------------------------------
 
 tree="$cache/kernel-tree"
 stamp="$tree/.extracted-from"
@@ -173,6 +315,16 @@ else
     say "vmlinux: up to date"
 fi
 
+kernel_stamp=$stamp
+}
+
+if [ "$flavor" = lodge ]; then
+    lodge_kernel
+else
+    debian_kernel
+fi
+echo "$flavor" > "$out/kernel-flavor"
+
 # --- 3. lodge-init --------------------------------------------------------------
 
 if [ -n "${LODGE_INIT:-}" ]; then
@@ -191,50 +343,58 @@ fi
 
 # --- 4. the initrd ----------------------------------------------------------------
 
-if stale "$out/initrd.img" "$init_bin" "$stamp" "$script"; then
+if stale "$out/initrd.img" "$init_bin" "$kernel_stamp" "$script"; then
     stage="$cache/initrd-root"
     rm -rf "$stage"
-    mkdir -p "$stage"/{proc,sys,dev,lower,upper,newroot,lib/modules}
+    mkdir -p "$stage"/{proc,sys,dev,lower,upper,newroot}
     if [ "$(id -u)" = 0 ]; then
         mknod -m 0600 "$stage/dev/console" c 5 1
     fi
     strip --strip-all -o "$stage/init" "$init_bin" 2>/dev/null || cp "$init_bin" "$stage/init"
     chmod 0755 "$stage/init"
 
-    # Resolve dependencies (including soft dependencies such as ext4's crc32c)
-    # in load order; modprobe prints "builtin NAME" for built-in modules.
-    declare -A seen=()
+    # Debian's kernel: the modules, their dependencies first. The lodge
+    # kernel has everything built in: no modules, no order file.
     order=()
     builtin=()
-    for name in "${modules[@]}"; do
-        deps=$(modprobe --show-depends -d "$tree" -S "$kver" "$name") ||
-            die "module $name not found in $kver"
-        while read -r kind path _; do
-            case $kind in
-            builtin) builtin+=("$path") ;;
-            insmod)
-                if [ -z "${seen[$path]:-}" ]; then
-                    seen[$path]=1
-                    order+=("$path")
-                fi
-                ;;
-            esac
-        done <<<"$deps"
-    done
+    if [ "$flavor" = debian ]; then
+        mkdir -p "$stage/lib/modules"
+        # Resolve dependencies (including soft dependencies such as ext4's crc32c)
+        # in load order; modprobe prints "builtin NAME" for built-in modules.
+        declare -A seen=()
+        order=()
+        builtin=()
+        for name in "${modules[@]}"; do
+            deps=$(modprobe --show-depends -d "$tree" -S "$kver" "$name") ||
+                die "module $name not found in $kver"
+            while read -r kind path _; do
+                case $kind in
+                builtin) builtin+=("$path") ;;
+                insmod)
+                    if [ -z "${seen[$path]:-}" ]; then
+                        seen[$path]=1
+                        order+=("$path")
+                    fi
+                    ;;
+                esac
+            done <<<"$deps"
+        done
 
-    : > "$stage/lib/modules/lodge.order"
-    for path in "${order[@]}"; do
-        rel=${path#"$tree"}
-        dest="$stage$rel"
-        mkdir -p "$(dirname "$dest")"
-        case $path in
-        *.ko.xz) xz -dc "$path" > "${dest%.xz}"; rel=${rel%.xz} ;;
-        *.ko.zst) zstd -qdc "$path" > "${dest%.zst}"; rel=${rel%.zst} ;;
-        *.ko.gz) gzip -dc "$path" > "${dest%.gz}"; rel=${rel%.gz} ;;
-        *) cp "$path" "$dest" ;;
-        esac
-        echo "$rel" >> "$stage/lib/modules/lodge.order"
-    done
+        : > "$stage/lib/modules/lodge.order"
+        for path in "${order[@]}"; do
+            rel=${path#"$tree"}
+            dest="$stage$rel"
+            mkdir -p "$(dirname "$dest")"
+            case $path in
+            *.ko.xz) xz -dc "$path" > "${dest%.xz}"; rel=${rel%.xz} ;;
+            *.ko.zst) zstd -qdc "$path" > "${dest%.zst}"; rel=${rel%.zst} ;;
+            *.ko.gz) gzip -dc "$path" > "${dest%.gz}"; rel=${rel%.gz} ;;
+            *) cp "$path" "$dest" ;;
+            esac
+            echo "$rel" >> "$stage/lib/modules/lodge.order"
+        done
+
+    fi
 
     # Uncompressed: the kernel unpacks it fastest (no decompressor to run
     # under software emulation), and its size only costs host page cache.
@@ -242,7 +402,7 @@ if stale "$out/initrd.img" "$init_bin" "$stamp" "$script"; then
         cpio --quiet -o -H newc -R 0:0 --reproducible) > "$out/initrd.img.tmp"
     mv "$out/initrd.img.tmp" "$out/initrd.img"
     say "initrd.img: $(du -h "$out/initrd.img" | cut -f1), ${#order[@]} modules:" \
-        "$(for p in "${order[@]}"; do basename "$p" .ko; done | tr '\n' ' ')"
+        "$(for p in "${order[@]+"${order[@]}"}"; do basename "$p" .ko; done | tr '\n' ' ')"
     if [ ${#builtin[@]} -gt 0 ]; then
         say "built into the kernel (not in the initrd): $(printf '%s\n' "${builtin[@]}" | sort -u | tr '\n' ' ')"
     fi
@@ -295,4 +455,4 @@ else
     say "rootfs-busybox: up to date"
 fi
 
-say "done: $out/{vmlinuz,vmlinux,initrd.img,rootfs-busybox}"
+say "done ($flavor kernel): $out/{vmlinuz,vmlinux,initrd.img,rootfs-busybox}"

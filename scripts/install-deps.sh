@@ -31,6 +31,10 @@ packages=(
     wrk               # the ingress benchmark's load generator
     pebble            # an ACME test server: the ingress's TLS certificates in tests
     openssl           # the ingress TLS test's CA for pebble's own HTTPS
+    linux-source-6.1  # the lodge guest kernel's source (scripts/build-guest.sh)
+    make gcc bc       # building the lodge guest kernel
+    flex bison        # the kernel's kconfig parser
+    libelf-dev        # the kernel build's objtool
 )
 
 check_only=

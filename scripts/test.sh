@@ -6,7 +6,17 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
-./scripts/build-guest.sh "$LODGE_SYSTEM_DIR"
+# The suite runs on the lodge kernel (built from Debian's kernel source and
+# cached outside the clone); Debian's prebuilt kernel, the fallback, gets a
+# smoke test of its own below, before the suite.
+./scripts/build-guest.sh --kernel lodge "$LODGE_SYSTEM_DIR"
+if [ "$(cat "$LODGE_SYSTEM_DIR/kernel-flavor")" != lodge ]; then
+    echo "test.sh: the lodge kernel was not built (see build-guest's warning)" >&2
+    exit 1
+fi
+debian_system="${LODGE_DEBIAN_SYSTEM_DIR:-$PWD/.lodge-cache/system-debian}"
+./scripts/build-guest.sh --kernel debian "$debian_system"
+./scripts/boot-smoke.sh "$debian_system"
 
 # hypeman's official Python client, for the API compatibility test, and
 # schemathesis, for the API fuzz test (tests/api_fuzz.rs).

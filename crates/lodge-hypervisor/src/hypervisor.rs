@@ -233,7 +233,8 @@ pub enum BackendError {
 pub struct SnapshotIdentity {
     /// The VMM's version, e.g. `7.2.22 (Debian 1:7.2+dfsg-7)`.
     pub vmm_version: String,
-    /// The machine type, e.g. `q35`.
+    /// The machine type with its properties, e.g.
+    /// `q35,sata=off,smbus=off,vmport=off,i8042=off,smm=off`.
     pub machine: String,
     /// The accelerator, e.g. `tcg`.
     pub accel: String,

@@ -1,7 +1,9 @@
 //! Loading the kernel modules the guest needs, before any disk is touched.
 //!
-//! Debian's kernel builds virtio, ext4, overlayfs, erofs and vsock as
-//! modules, so the initrd carries them. `scripts/build-guest.sh` resolves
+//! Only with Debian's prebuilt kernel (the fallback): it builds virtio,
+//! ext4, overlayfs, erofs and vsock as modules, so its initrd carries them.
+//! The lodge kernel (guest/kernel/lodge.config) has them built in and its
+//! initrd has no order file: nothing is loaded. `scripts/build-guest.sh` resolves
 //! their dependencies on the host (where `modprobe` and `modules.dep` are),
 //! decompresses them, and writes [`ORDER_FILE`]: one absolute path per line
 //! in load order. The init therefore needs no module tooling: it feeds each

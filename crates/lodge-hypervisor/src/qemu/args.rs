@@ -154,7 +154,7 @@ pub fn build_argv(
         &"-no-reboot",
     ]);
     match &cfg.memory_file {
-        None => push(&[&"-machine", &opts.machine.as_str()]),
+        None => push(&[&"-machine", &opts.machine.arg()]),
         // RAM is this file, mapped shared (see `VmConfig::memory_file`).
         Some(file) => push(&[
             &"-object",
@@ -166,7 +166,7 @@ pub fn build_argv(
             .kv("share", "on")
             .done(),
             &"-machine",
-            &format!("{},memory-backend={MEMORY_BACKEND}", opts.machine.as_str()),
+            &format!("{},memory-backend={MEMORY_BACKEND}", opts.machine.arg()),
         ]),
     }
     push(&[&"-accel", &opts.accel_arg()]);
@@ -416,7 +416,7 @@ mod tests {
                 "none",
                 "-no-reboot",
                 "-machine",
-                "q35",
+                "q35,sata=off,smbus=off,vmport=off,i8042=off,smm=off",
                 "-accel",
                 "tcg,tb-size=16",
                 "-smp",
@@ -517,7 +517,7 @@ mod tests {
                 "-object",
                 "memory-backend-file,id=mem0,size=256M,mem-path=/d/my vms,,2/memory.ram,share=on",
                 "-machine",
-                "q35,memory-backend=mem0",
+                "q35,sata=off,smbus=off,vmport=off,i8042=off,smm=off,memory-backend=mem0",
             ]
         );
         assert!(argv.windows(2).any(|w| w == ["-m", "256"]));
@@ -571,7 +571,7 @@ mod tests {
                 "none",
                 "-no-reboot",
                 "-machine",
-                "pc",
+                "pc,sata=off,smbus=off,vmport=off,i8042=off,smm=off",
                 "-accel",
                 "kvm",
                 "-smp",
@@ -713,7 +713,7 @@ mod tests {
                 "none",
                 "-no-reboot",
                 "-machine",
-                "q35",
+                "q35,sata=off,smbus=off,vmport=off,i8042=off,smm=off",
                 "-accel",
                 "tcg,tb-size=16",
                 "-smp",

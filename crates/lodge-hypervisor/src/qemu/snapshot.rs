@@ -147,7 +147,7 @@ impl QemuBackend {
             })?;
         Ok(SnapshotIdentity {
             vmm_version,
-            machine: self.options.machine.as_str().to_string(),
+            machine: self.options.machine.arg().to_string(),
             accel: self.options.accel.as_str().to_string(),
             cpu_model: String::new(),
         })
@@ -163,7 +163,7 @@ impl QemuBackend {
         let cpu_model = qmp.query_cpu_model().await.map_err(|e| qmp_err(cfg, e))?;
         Ok(SnapshotIdentity {
             vmm_version,
-            machine: self.options.machine.as_str().to_string(),
+            machine: self.options.machine.arg().to_string(),
             accel: self.options.accel.as_str().to_string(),
             cpu_model,
         })
