@@ -30,6 +30,7 @@ done
 echo "virtio drivers:$drivers"
 echo "pcieport: $(ls /sys/bus/pci/drivers/pcieport 2>/dev/null | grep -c '^0000:')"
 echo "inputs: $(cat /sys/class/input/*/name 2>/dev/null | tr '\n' ',')"
+echo "printk time: $(cat /sys/module/printk/parameters/time 2>/dev/null)"
 if [ -e /proc/modules ]; then echo "modules: $(wc -l < /proc/modules)"; else echo "modules: unsupported"; fi
 if [ -e /proc/sys/kernel/modprobe ]; then echo "modprobe: present"; else echo "modprobe: absent"; fi
 "#;
@@ -93,6 +94,9 @@ fn the_guest_kernel_has_every_feature_lodge_relies_on() {
         ports >= 1,
         "no PCIe port bound to pcieport: volumes could not be hot-plugged"
     );
+    // Kernel lines in the console log carry their `[seconds]` stamp, which
+    // tells them apart from the program's lines.
+    assert_eq!(field(&lines, "printk time"), "Y", "{lines:#?}");
     assert!(
         field(&lines, "inputs").contains("Power Button"),
         "no ACPI power button input: {}",

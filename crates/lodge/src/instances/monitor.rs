@@ -38,7 +38,10 @@ use crate::config::Config;
 /// on a busy host the kernel's IO-APIC timer check can miss its window and
 /// print "MP-BIOS bug: 8254 timer not connected" (an error-level line that
 /// `quiet` lets through) into the user's log; a VM's timer needs no check.
-const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check";
+/// `printk.time=1`: every kernel line that does reach the log starts with
+/// its `[seconds]` stamp, on any kernel (lodge's own is built without
+/// `CONFIG_PRINTK_TIME`), so it is told apart from the program's lines.
+const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 no_timer_check printk.time=1";
 
 /// The descriptor on which the monitor hands the VMM the write end of the
 /// guest's status channel (`lodge supervise --status-fd`), so the monitor,
