@@ -147,6 +147,8 @@ fn lodge_init() -> Result<std::path::PathBuf, String> {
 fn dpkg_in(root: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new("dpkg")
         .arg(format!("--root={}", root.display()))
+        // dpkg's log is not under --root: keep the host's own log untouched.
+        .arg(format!("--log={}", root.join("dpkg.log").display()))
         .args(args)
         // No guest build here (no kernel package in the fresh root).
         .env("LODGE_SKIP_GUEST_BUILD", "1")
