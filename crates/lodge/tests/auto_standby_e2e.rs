@@ -84,42 +84,14 @@ impl World {
     }
 
     fn run_inner(&self, test: &str) {
-        let exe = std::env::current_exe().expect("current exe");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.names[0]])
-            .arg(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(INNER, "1")
-            .output_limited_for(Duration::from_secs(600))
-            .expect("re-run the test inside the namespace");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("--- inner stdout ---\n{stdout}\n--- inner stderr ---\n{stderr}");
-        assert!(out.status.success(), "inner run of {test} failed");
-        assert!(
-            stdout.contains("1 passed"),
-            "inner run of {test} did not run exactly the test"
-        );
+        common::netns::run_test_inside(&self.names[0], test, INNER, &[], Duration::from_secs(600));
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         for ns in &self.names {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output_limited()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                if let Err(e) = Command::new("kill").args(["-9", pid]).status() {
-                    eprintln!("warning: kill {pid}: {e}");
-                }
-            }
-            match Command::new("ip").args(["netns", "del", ns]).status() {
-                Ok(s) if s.success() => {}
-                other => eprintln!("warning: deleting netns {ns}: {other:?}"),
-            }
+            common::netns::remove(ns);
         }
     }
 }

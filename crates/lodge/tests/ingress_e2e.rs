@@ -77,41 +77,13 @@ impl World {
     }
 
     fn run_inner(&self, test: &str) {
-        let exe = std::env::current_exe().expect("current exe");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(INNER, "1")
-            .output_limited_for(Duration::from_secs(600))
-            .expect("re-run the test inside the namespace");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("--- inner stdout ---\n{stdout}\n--- inner stderr ---\n{stderr}");
-        assert!(out.status.success(), "inner run of {test} failed");
-        assert!(
-            stdout.contains("1 passed"),
-            "inner run did not run the test"
-        );
+        common::netns::run_test_inside(&self.ns, test, INNER, &[], Duration::from_secs(600));
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output_limited()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.split_whitespace() {
-            if let Err(e) = Command::new("kill").args(["-9", pid]).status() {
-                eprintln!("warning: kill {pid}: {e}");
-            }
-        }
-        match Command::new("ip").args(["netns", "del", &self.ns]).status() {
-            Ok(s) if s.success() => {}
-            other => eprintln!("warning: deleting netns {}: {other:?}", self.ns),
-        }
+        common::netns::remove(&self.ns);
     }
 }
 

@@ -28,6 +28,7 @@ mod common;
 
 use common::OutputLimited;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -137,24 +138,9 @@ impl World {
 
     /// Runs `test` again inside the host namespace and checks it passed.
     fn run_inner(&self, test: &str) {
-        let exe = std::env::current_exe().expect("current exe");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host])
-            .arg(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(INNER, "1")
-            .env(OUT_LOG, self.server_log())
-            .env(OUT_PAGE, self.page())
-            .output_limited_for(Duration::from_secs(900))
-            .expect("re-run the test inside the namespace");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("--- inner stdout ---\n{stdout}\n--- inner stderr ---\n{stderr}");
-        assert!(out.status.success(), "inner run of {test} failed");
-        assert!(
-            stdout.contains("1 passed"),
-            "inner run of {test} did not run exactly the test"
-        );
+        let (log, page) = (self.server_log(), self.page());
+        let env = [(OUT_LOG, log.as_os_str()), (OUT_PAGE, OsStr::new(&page))];
+        common::netns::run_test_inside(&self.host, test, INNER, &env, Duration::from_secs(900));
     }
 }
 
@@ -173,21 +159,7 @@ impl Drop for World {
                 continue;
             }
             // Daemon, monitors, QEMU: whatever the inner run left.
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output_limited()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                match Command::new("kill").args(["-9", pid]).status() {
-                    Ok(_) => {}
-                    Err(e) => eprintln!("warning: kill {pid}: {e}"),
-                }
-            }
-            match Command::new("ip").args(["netns", "del", ns]).status() {
-                Ok(s) if s.success() => {}
-                other => eprintln!("warning: deleting netns {ns}: {other:?}"),
-            }
+            common::netns::remove(ns);
         }
     }
 }
