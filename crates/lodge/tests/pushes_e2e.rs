@@ -7,82 +7,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::registry::Registry;
 use common::{busybox_rootfs, wait_until, Daemon};
 use serde_json::{json, Value};
 
 const JOB: Duration = Duration::from_secs(60);
-
-/// A `docker-registry` on 127.0.0.1 with a temp storage dir.
-struct Registry {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Registry {
-    fn start(creds: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::Builder::new()
-            .prefix("lodge-push-registry")
-            .tempdir()
-            .expect("tempdir");
-        let port = common::free_port();
-        let config = dir.path().join("config.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("storage").display()
-        );
-        if let Some((user, password)) = creds {
-            let hash = bcrypt::hash(password, 4).expect("bcrypt");
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
-            yaml.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: lodge-test\n    path: {}\n",
-                file.display()
-            ));
-        }
-        std::fs::write(&config, yaml).expect("config");
-        let log = std::fs::File::create(dir.path().join("access.log")).expect("log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (install it with scripts/install-deps.sh)");
-        let r = Registry { child, dir, port };
-        wait_until("the registry to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Blob PUT/PATCH uploads the registry accepted so far.
-    fn blob_uploads(&self) -> usize {
-        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/"))
-            .count()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Err(e) = self.child.kill() {
-            eprintln!("stopping the registry: {e}");
-        }
-        if let Err(e) = self.child.wait() {
-            eprintln!("reaping the registry: {e}");
-        }
-    }
-}
 
 fn enc(name: &str) -> String {
     name.replace('/', "%2F")
@@ -107,8 +38,8 @@ fn wait_image(d: &Daemon, name: &str) -> Value {
 #[test]
 fn a_local_image_is_pushed_pulled_back_elsewhere_and_boots() {
     require_guest!();
-    let secured = Registry::start(Some(("alice", "s3cret")));
-    let open = Registry::start(None);
+    let secured = Registry::start_with_auth("alice", "s3cret");
+    let open = Registry::start();
     let d = Daemon::start();
 
     // A local image, built here from the busybox tree: no registry has it.

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
