@@ -43,6 +43,7 @@ const ORPHAN_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn observe(paths: &Paths, meta: &Metadata) -> Observed {
     let logs = paths.logs();
     let alive = monitor_alive(&logs);
+    let vmm_exit = read_vmm_exit(&logs);
     Observed {
         monitor_alive: alive,
         ever_started: meta.started_at.is_some(),
@@ -53,12 +54,11 @@ pub fn observe(paths: &Paths, meta: &Metadata) -> Observed {
             GuestProgress::NotStarted if alive && meta.standby.resumed => GuestProgress::Started,
             progress => progress,
         },
-        vmm_exit: read_vmm_exit(&logs),
-        vmm_crash: if alive {
-            None
-        } else {
-            vmm_crash(&logs, meta.hypervisor)
+        vmm_crash: match (&vmm_exit, alive) {
+            (Some(exit), false) => vmm_crash(&logs, meta.hypervisor, exit),
+            _ => None,
         },
+        vmm_exit,
         orphan_vmm: if alive { None } else { orphan_vmm(&logs) },
         capture: if alive { read_capture(&logs) } else { None },
         standby: meta.standby.snapshot.is_some(),
@@ -91,11 +91,14 @@ const CRASH_LINES: u64 = 200;
 /// count: those the time index places at or after its start in
 /// `exit.json`, the last [`CRASH_LINES`] of them. The VMM's log is the
 /// host's (the guest cannot write to it).
-fn vmm_crash(log_dir: &Path, kind: lodge_hypervisor::HypervisorKind) -> Option<String> {
+fn vmm_crash(
+    log_dir: &Path,
+    kind: lodge_hypervisor::HypervisorKind,
+    exit: &lodge_monitor::ExitInfo,
+) -> Option<String> {
     if !lodge_hypervisor::dispatch::vmm_log_reports_crashes(kind) {
         return None;
     }
-    let exit = read_vmm_exit(log_dir)?;
     let since = match lodge_common::time::parse_rfc3339(&exit.started_at) {
         Ok(t) => t,
         Err(e) => {
