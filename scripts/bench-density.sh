@@ -26,17 +26,20 @@
 # instead of 3). ROUNDS (default 1) repeats the modes interleaved; the
 # ratios average over rounds.
 #
-# Measured 2026-11-30 (TCG, 2 busy cores, lodge kernel, debug lodge
-# binary, N=10), this build against the one before (its system dir: the
-# order and the kernel's symbol table), per idle VM: RSS 131.3 vs 139.6
-# MiB (0.94), PSS 85.2 vs 93.1 (0.92), private 79.2 vs 87.6 (0.90); guest
-# RAM 40.3 vs 47.8, TCG code 16 on both, QEMU's other anonymous memory
-# 15.6 vs 16.7. The monitor is 15.6 MiB of RSS only in a debug build (its
-# binary's pages): the release binary's holds 3.6 MiB RSS, 0.2 private.
-# What is left: guest RAM (the kernel image, 16 MiB of page structures for
-# 1 GiB, slab), TCG's 16 MiB, QEMU's binary, libraries and the kernel
-# files it maps (~44 MiB, shared between VMs: RSS counts them per VM, PSS
-# does not). The goal (≤ 64 MiB RSS) is not met under TCG.
+# Measured 2026-11-30 (TCG, 2 busy cores, load ~12, lodge kernel, debug
+# lodge binary, N=10), this build against the one before (MODES="default
+# old:LODGE_SYSTEM_DIR=<main's system dir>": the kernel's own 4 MiB
+# reporting order and its ELF with symbols), per idle VM: RSS 131.4 vs
+# 138.6 MiB (0.95), PSS 83.8 vs 91.3 (0.92), private 79.7 vs 87.0 (0.92);
+# guest RAM 41.6 vs 47.8, QEMU's other anonymous memory 15.3 vs 16.4, TCG
+# code 16 on both. The monitor is 15 MiB of RSS (3.5 PSS) only in a debug
+# build (its binary's pages): the release binary's holds 3.6 MiB RSS, 0.2
+# private. What is left: guest RAM (the kernel image, 16 MiB of page
+# structures for 1 GiB, slab, the initramfs the init runs from), TCG's 16
+# MiB, QEMU's heap and vCPU arena (~15), and QEMU's binary, libraries and
+# the kernel files it maps (~44 MiB, shared between VMs: RSS counts them
+# for every VM, PSS does not). The goal (≤ 64 MiB RSS) is not met under
+# TCG.
 #
 # usage: scripts/bench-density.sh   (needs the guest: scripts/build-guest.sh)
 #        N=4 LODGE_BIN=target/debug/lodge scripts/bench-density.sh
@@ -100,12 +103,11 @@ rollup() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/smaps_rollup"; }
 # kB resident in QEMU's guest RAM, its code cache, its other anonymous
 # memory, the guest kernel and initrd files, and every other file.
 split() { # PID
-    awk -v sys="$LODGE_SYSTEM_DIR/" '
-         /^[0-9a-f]+-[0-9a-f]+ / { perms = $2; path = $6; next }
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { perms = $2; path = $6; next }
          $1 == "Size:" {
             ram = (path ~ /memory\.ram$/) || (path == "" && $2 >= 262144 && perms !~ /x/)
             code = (path == "" && perms ~ /x/)
-            boot = (index(path, sys) == 1) }
+            boot = (path ~ /\/(vmlinux|vmlinuz|initrd\.img)$/) }
          $1 == "Rss:" { if (ram) g += $2; else if (code) c += $2; else if (boot) b += $2; else if (path !~ /^\//) a += $2; else f += $2 }
          END { printf "%d %d %d %d %d\n", g, c, a, b, f }' "/proc/$1/smaps"
 }

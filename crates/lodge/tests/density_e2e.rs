@@ -9,19 +9,20 @@
 //! - Guest RAM is only what the guest touched: no pre-touch, and free page
 //!   reporting returns freed blocks from 32 KiB up (the guest init applies
 //!   the command line's `page_reporting_order=3`, checked in the guest).
-//!   Measured idle with the lodge kernel: 40.3 MiB (47.8 with the kernel's
+//!   Measured idle with the lodge kernel: 39–42 MiB (47.8 with the kernel's
 //!   own 4 MiB order; the rest is its image and 16 MiB of page structures
 //!   for 1 GiB), bound 56 MiB; with Debian's kernel (45 MB image) 112 MiB
 //!   before the finer order, bound 192 MiB. Both far below the 1 GiB a
 //!   pre-touched RAM costs.
 //! - QEMU's own anonymous memory apart from the cache (heap, the vCPU's
-//!   TLBs and arenas, the ACPI tables' 2 MiB block): 15.6 MiB measured with
-//!   the stripped lodge kernel (QEMU keeps an ELF kernel's symbols), bound
+//!   TLBs and arenas, the ACPI tables' 2 MiB block, libraries' relocated
+//!   pages): 20 MiB measured with the stripped lodge kernel (QEMU keeps an
+//!   ELF kernel's symbols in its heap: 1.1 MiB more unstripped), bound
 //!   28 MiB.
 //! - The whole RSS by the stats API, shared pages included (QEMU and its
 //!   libraries ~27 MiB, the kernel image and initrd QEMU maps ~17 MiB with
-//!   the lodge kernel, ≤ 64 with Debian's): measured 116 MiB with the lodge
-//!   kernel, bound 160 MiB (320 with Debian's).
+//!   the lodge kernel, ≤ 64 with Debian's): measured 114–116 MiB with the
+//!   lodge kernel, bound 160 MiB (320 with Debian's).
 //!
 //! The numbers are printed for the notes.
 

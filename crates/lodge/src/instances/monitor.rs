@@ -43,7 +43,7 @@ use crate::config::Config;
 /// `CONFIG_PRINTK_TIME`), so it is told apart from the program's lines.
 /// `page_reporting.page_reporting_order=3`: the balloon hands the host back
 /// free blocks from 32 KiB up instead of the pageblock order (4 MiB on the
-/// lodge kernel): an idle busybox guest's RAM on the host 47.8 → 40.3 MiB
+/// lodge kernel): an idle busybox guest's RAM on the host 47.8 → 40.3–41.6 MiB
 /// (scripts/bench-density.sh; order 0 gains no more, 5 and 7 keep 1.5 and
 /// 2.5 MiB more). Linux 6.1 overrides the command line when the balloon
 /// registers; lodge's guest init writes it back (lodge-guest `init::memory`).
