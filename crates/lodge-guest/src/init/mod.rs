@@ -1,7 +1,8 @@
 //! `lodge-init` as PID 1: the boot sequence and the one way out.
 //!
 //! Sequence: take over signals, mount proc/sys/dev, open the console,
-//! answer a self-test, open the status port, load modules, find the disks,
+//! answer a self-test, open the status port, load modules, set the free
+//! page reporting order, find the disks,
 //! read the config, assemble the overlay root while the network comes up
 //! (loopback always, the NIC when the config has one), mount the volumes
 //! attached at create, write the network's
@@ -15,6 +16,7 @@ mod button;
 mod console;
 mod disks;
 mod error;
+mod memory;
 mod modules;
 mod network;
 mod rootfs;
@@ -105,6 +107,12 @@ fn run(
     signals: Option<&OwnedFd>,
 ) -> Result<ExitStatus> {
     let module_failures = modules::load_all();
+    // After the modules: the balloon has registered by now (see `memory`).
+    if let Err(e) = memory::apply_reporting_order() {
+        console.write(&format!(
+            "lodge-init: cannot set the free page reporting order: {e}\n"
+        ));
+    }
     let explain = |e: Error| {
         if module_failures.is_empty() {
             e
