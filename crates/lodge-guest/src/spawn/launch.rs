@@ -92,7 +92,12 @@ impl CommandPlan {
         ids: Option<(libc::uid_t, libc::gid_t)>,
         terminal: bool,
     ) -> io::Result<CommandPlan> {
-        let nul = || io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data");
+        let nul = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "nul byte found in provided data",
+            )
+        };
         let cstrings = |items: &[String]| -> io::Result<Vec<CString>> {
             items
                 .iter()
@@ -361,11 +366,7 @@ fn setup(args: &ChildArgs) -> Result<(), i32> {
             if libc::syscall(libc::SYS_getuid) == 0 {
                 // As std: a root parent's extra groups are dropped; a
                 // failure here is not one (std ignores it too).
-                libc::syscall(
-                    libc::SYS_setgroups,
-                    0,
-                    std::ptr::null::<libc::gid_t>(),
-                );
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
             }
             raw(libc::syscall(libc::SYS_setuid, uid))?;
         }
@@ -428,7 +429,11 @@ mod tests {
 
     /// Run `argv` with `env` through `launch`, stdin empty; its stdout and
     /// exit status, or the launch's errno.
-    fn run(argv: &[&str], env: &[&str], cwd: &str) -> Result<(String, crate::sys::ExitStatus), i32> {
+    fn run(
+        argv: &[&str],
+        env: &[&str],
+        cwd: &str,
+    ) -> Result<(String, crate::sys::ExitStatus), i32> {
         let (in_r, in_w) = std::io::pipe().expect("pipe");
         let (mut out_r, out_w) = std::io::pipe().expect("pipe");
         drop(in_w);
@@ -461,16 +466,25 @@ mod tests {
         assert!(out.contains("SigIgn:\t0000000000000000\n"), "{out}");
         let ids = out.lines().find(|l| l.starts_with("sid=")).expect("ids");
         let (sid, pid) = ids.split_once(' ').expect("two");
-        assert_eq!(sid.trim_start_matches("sid="), pid.trim_start_matches("pid="));
+        assert_eq!(
+            sid.trim_start_matches("sid="),
+            pid.trim_start_matches("pid=")
+        );
         assert!(out.contains("\n/tmp\n21\n"), "{out}");
     }
 
     #[test]
     fn launch_failures_carry_the_exec_errno() {
-        assert_eq!(run(&["no-such-program"], &["PATH=/bin"], "/").err(), Some(libc::ENOENT));
+        assert_eq!(
+            run(&["no-such-program"], &["PATH=/bin"], "/").err(),
+            Some(libc::ENOENT)
+        );
         assert_eq!(run(&["/no/such"], &[], "/").err(), Some(libc::ENOENT));
         assert_eq!(run(&["/etc/passwd"], &[], "/").err(), Some(libc::EACCES));
-        assert_eq!(run(&["true"], &[], "/no/such/dir").err(), Some(libc::ENOENT));
+        assert_eq!(
+            run(&["true"], &[], "/no/such/dir").err(),
+            Some(libc::ENOENT)
+        );
         // Without PATH, glibc's default search path.
         let (_, status) = run(&["true"], &[], "/").expect("true");
         assert_eq!(status, crate::sys::ExitStatus::Code(0));
