@@ -83,6 +83,32 @@ pub fn merge_env(base: &[String], extra: &[String], tty: bool) -> Vec<String> {
     env
 }
 
+/// The `Started` event, sent once and before anything else of the
+/// command's: at once for a terminal (the host holds resizes until then),
+/// else with its first output or its end, so that a short command's start,
+/// exit and close reach the host in one port write.
+#[derive(Clone)]
+struct Starting {
+    out: StreamOut,
+    pid: u32,
+    sent: Arc<AtomicBool>,
+}
+
+impl Starting {
+    fn announce(&self) {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            self.out.event(&Event::Started { pid: self.pid });
+        }
+    }
+
+    /// Forward output (announcing the start first); false when the host
+    /// no longer takes this stream.
+    fn data(&self, kind: Kind, bytes: &[u8]) -> bool {
+        self.announce();
+        self.out.data(kind, bytes)
+    }
+}
+
 fn failed(out: &StreamOut, message: String, code: i32) {
     out.event(&Event::Failed { message, code });
 }
@@ -181,9 +207,14 @@ pub fn run(
         ctl.kill();
     }
     *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = master.clone();
-    out.event(&Event::Started {
+    let starting = Starting {
+        out: out.clone(),
         pid: u32::try_from(pid).unwrap_or_default(),
-    });
+        sent: Arc::new(AtomicBool::new(false)),
+    };
+    if start.tty {
+        starting.announce();
+    }
 
     // The outputs to forward, the session's own thread polling them.
     let mut outputs: Vec<(OwnedFd, Kind)> = Vec::new();
@@ -241,7 +272,7 @@ pub fn run(
     };
     let status = match pidfd {
         Ok(pidfd) => {
-            forward_until_exit(outputs, out, &pidfd);
+            forward_until_exit(outputs, &starting, &pidfd);
             sys::wait_for(pid)
         }
         Err(_) => match std::io::pipe() {
@@ -251,7 +282,7 @@ pub fn run(
                 let exit_rx: Arc<OwnedFd> = Arc::new(exit_rx.into());
                 let pumps: Vec<JoinHandle<()>> = outputs
                     .into_iter()
-                    .map(|(fd, kind)| spawn_pump(fd, kind, out, &exit_rx))
+                    .map(|(fd, kind)| spawn_pump(fd, kind, &starting, &exit_rx))
                     .collect();
                 let status = sys::wait_for(pid);
                 drop(exit_tx);
@@ -263,6 +294,7 @@ pub fn run(
             Err(e) => {
                 ctl.kill();
                 let _ = sys::wait_for(pid);
+                starting.announce();
                 return failed(out, format!("create a pipe: {e}"), 126);
             }
         },
@@ -291,13 +323,14 @@ pub fn run(
             code: 255,
         },
     };
+    starting.announce();
     out.event(&event);
 }
 
 /// Forward the outputs until each reaches end-of-file, or until the
 /// command has exited (its pidfd is readable) and nothing is left
 /// buffered; returns once the command has exited, so it can be reaped.
-fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &OwnedFd) {
+fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &Starting, pidfd: &OwnedFd) {
     let mut open: Vec<(File, Kind)> = outputs
         .into_iter()
         .map(|(fd, kind)| (File::from(fd), kind))
@@ -334,7 +367,7 @@ fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &Ow
 /// output is finished: end-of-file, an error (EIO: the terminal's other
 /// side closed; WouldBlock after the exit: all is sent), or a stream the
 /// host no longer takes.
-fn drain(output: &mut (File, Kind), out: &StreamOut, buf: &mut [u8], until_empty: bool) -> bool {
+fn drain(output: &mut (File, Kind), out: &Starting, buf: &mut [u8], until_empty: bool) -> bool {
     let (file, kind) = output;
     loop {
         match file.read(buf) {
@@ -355,7 +388,7 @@ fn drain(output: &mut (File, Kind), out: &StreamOut, buf: &mut [u8], until_empty
 
 /// Forward one output stream until end-of-file, or until the command has
 /// exited and nothing is left buffered.
-fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -> JoinHandle<()> {
+fn spawn_pump(fd: OwnedFd, kind: Kind, out: &Starting, exited: &Arc<OwnedFd>) -> JoinHandle<()> {
     let out = out.clone();
     let exited = exited.clone();
     let run = move || {
@@ -474,13 +507,18 @@ mod tests {
         )
         .expect("pidfd");
         let t0 = std::time::Instant::now();
-        forward_until_exit(outputs, &out, &pidfd);
+        let starting = Starting {
+            out: out.clone(),
+            pid: 0,
+            sent: Arc::new(AtomicBool::new(true)),
+        };
+        forward_until_exit(outputs, &starting, &pidfd);
         assert!(
             t0.elapsed() < Duration::from_secs(4),
             "waited for the background process"
         );
         assert_eq!(child.wait().expect("wait").code(), Some(3));
-        drop((out, wire));
+        drop((starting, out, wire));
         let mut bytes = Vec::new();
         frames.read_to_end(&mut bytes).expect("frames");
         let mut decoder = Decoder::new();
