@@ -248,18 +248,19 @@ pub fn launch(plan: &CommandPlan) -> io::Result<libc::pid_t> {
     // The top of the mapping, 16-byte aligned as the ABI wants.
     let top = ((region.base + region.len) & !15) as *mut libc::c_void;
 
-    let mut all: libc::sigset_t = unsafe_zeroed_sigset();
-    let mut old: libc::sigset_t = unsafe_zeroed_sigset();
-    // SAFETY: `all` is a local set; filling it and blocking it (with the
-    // raw call, so glibc's own signals are blocked too) touches only this
-    // thread's mask, restored below.
+    // Every signal, in the kernel's own set (glibc's `sigfillset` leaves
+    // out the two it keeps for itself).
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: blocking every signal with the raw call touches only this
+    // thread's mask, restored below; both sets are locals of the kernel's
+    // size.
     unsafe {
-        libc::sigfillset(&mut all);
         libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
-            &all as *const libc::sigset_t,
-            &mut old as *mut libc::sigset_t,
+            &all as *const u64,
+            &mut old as *mut u64,
             KERNEL_SIGSET_BYTES,
         );
     }
@@ -281,8 +282,8 @@ pub fn launch(plan: &CommandPlan) -> io::Result<libc::pid_t> {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
-            &old as *const libc::sigset_t,
-            std::ptr::null_mut::<libc::sigset_t>(),
+            &old as *const u64,
+            std::ptr::null_mut::<u64>(),
             KERNEL_SIGSET_BYTES,
         );
     }
@@ -301,11 +302,6 @@ pub fn launch(plan: &CommandPlan) -> io::Result<libc::pid_t> {
 
 /// Bytes of the kernel's signal set.
 const KERNEL_SIGSET_BYTES: usize = 8;
-
-fn unsafe_zeroed_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; all zeroes is the empty set.
-    unsafe { std::mem::zeroed() }
-}
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings

@@ -868,8 +868,11 @@ impl StreamRx {
 
 impl Drop for StreamRx {
     fn drop(&mut self) {
-        self.conn.streams().remove(&self.id);
-        if !self.finished && self.conn.is_alive() {
+        // Gone from the table already: the agent closed the stream itself
+        // (its `Close` arrived, maybe unread), so there is nothing to
+        // cancel, and a cancel would only wake the guest for nothing.
+        let open = self.conn.streams().remove(&self.id).is_some();
+        if !self.finished && open && self.conn.is_alive() {
             self.conn.cancel(self.id);
         }
     }
