@@ -4,7 +4,8 @@
 //! The command gets the workload's environment overlaid with the request's,
 //! the workload's user, its own session (so the whole process group can be
 //! killed on timeout or cancel), default signal dispositions and an empty
-//! signal mask (see `spawn`), and either three pipes or a fresh
+//! signal mask (see `spawn::launch`, which starts it without copying the
+//! agent), and either three pipes or a fresh
 //! pseudo-terminal (then stdout and stderr are one stream, as in docker).
 //!
 //! Output ends when the command's pipes reach end-of-file. A command may
@@ -20,8 +21,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -166,28 +166,31 @@ pub fn run(
     // command's ends, closed here once it runs.
     let mut master: Option<Arc<OwnedFd>> = None;
     let theirs: Vec<OwnedFd>;
+    let stdio: [RawFd; 3];
     let mut ours: Vec<OwnedFd> = Vec::new();
     if start.tty {
         let (m, slave) = match sys::openpty(start.rows, start.cols) {
             Ok(pair) => pair,
             Err(e) => return failed(out, format!("open a terminal: {e}"), 126),
         };
+        stdio = [slave.as_raw_fd(); 3];
         theirs = vec![slave];
         master = Some(Arc::new(m));
     } else {
         let pipes = (std::io::pipe(), std::io::pipe(), std::io::pipe());
         let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = match pipes {
             (Ok(i), Ok(o), Ok(e)) => (i, o, e),
-            _ => return failed(out, "create a pipe".into(), 126),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                // As std's `Command` reported it: the spawn failed.
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let (message, code) = spawn::exec_failure(program, errno);
+                return failed(out, message, code);
+            }
         };
+        stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         theirs = vec![in_r.into(), out_w.into(), err_w.into()];
         ours = vec![in_w.into(), out_r.into(), err_r.into()];
     }
-    let stdio = match theirs.as_slice() {
-        [one] => [one.as_raw_fd(); 3],
-        [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
-        _ => unreachable!("one terminal or three pipes"),
-    };
 
     let spawned = CommandPlan::new(&start.command, &env, &cwd, stdio, config.user, start.tty)
         .and_then(|plan| spawn::launch(&plan));

@@ -189,7 +189,15 @@ fn map_stack() -> io::Result<Stack> {
     // SAFETY: the lowest page of the mapping just made; a stack overflow
     // then faults instead of writing below the mapping.
     if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        // SAFETY: unmapping the mapping made above, which nothing uses.
+        if unsafe { libc::munmap(base, len) } < 0 {
+            eprintln!(
+                "lodge-agent: unmap a spawn stack: {}",
+                io::Error::last_os_error()
+            );
+        }
+        return Err(err);
     }
     Ok(Stack {
         base: base as usize,
