@@ -46,7 +46,8 @@ if [ -n "$base" ]; then
     base_port=$((20000 + RANDOM % 20000))
     [ "$base_port" != "${LODGE_LISTEN##*:}" ] || base_port=$((base_port + 1))
 fi
-# base ARGS...: the "before" build's CLI, with its own daemon and guest.
+# base ARGS...: the "before" build's CLI, with its own daemon and guest
+# (a function, so a sample costs the same fork and exec as this build's).
 base() {
     LODGE_DATA_DIR="$work/base-data" LODGE_LISTEN="127.0.0.1:$base_port" \
         LODGE_BASE_URL="http://127.0.0.1:$base_port" \
@@ -56,7 +57,13 @@ base() {
 daemon=$!
 base_daemon=
 if [ -n "$base" ]; then
-    base serve >"$work/base-serve.log" 2>&1 &
+    # Through env, not the function: `$!` must be the daemon itself (a
+    # function in the background is a subshell, and killing that would
+    # leave the daemon running).
+    env LODGE_DATA_DIR="$work/base-data" LODGE_LISTEN="127.0.0.1:$base_port" \
+        LODGE_BASE_URL="http://127.0.0.1:$base_port" \
+        LODGE_SYSTEM_DIR="${BASE_SYSTEM_DIR:-$LODGE_SYSTEM_DIR}" \
+        "$base" serve >"$work/base-serve.log" 2>&1 &
     base_daemon=$!
 fi
 cleanup() {
