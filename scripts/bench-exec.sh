@@ -16,8 +16,12 @@
 #   RUNS=N       exec/inspect pairs (default 100; 0 skips the exec part)
 #   CP_RUNS=N    cp rounds, each raw and cp both ways (default 3; 0 skips)
 #   SIZE_MIB=N   the copied file's size (default 100)
-#   LODGE_BIN=P  time this lodge binary instead of building one (to compare
-#                two builds, each with its LODGE_SYSTEM_DIR)
+#   LODGE_BIN=P  time this lodge binary instead of building one
+#   BASE_BIN=P   also time this "before" build, side by side: a second daemon
+#                and VM (BASE_SYSTEM_DIR, default /work/main/.lodge-cache/system
+#                style: the main checkout's), exec and inspect interleaved
+#                with this build's, so load hits both alike; prints both and
+#                the after/before ratio of the exec/inspect ratios
 # scripts/bench-cp.sh is the cp part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,24 +41,59 @@ export LODGE_NETWORK="${LODGE_NETWORK:-off}"
 export LODGE_BENCH_ENDPOINTS=1 # the agent throughput route (off by default)
 export LODGE_LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))"
 export LODGE_BASE_URL="http://$LODGE_LISTEN"
+base="${BASE_BIN:-}"
+if [ -n "$base" ]; then
+    base_port=$((20000 + RANDOM % 20000))
+    [ "$base_port" != "${LODGE_LISTEN##*:}" ] || base_port=$((base_port + 1))
+fi
+# base ARGS...: the "before" build's CLI, with its own daemon and guest
+# (a function, so a sample costs the same fork and exec as this build's).
+base() {
+    LODGE_DATA_DIR="$work/base-data" LODGE_LISTEN="127.0.0.1:$base_port" \
+        LODGE_BASE_URL="http://127.0.0.1:$base_port" \
+        LODGE_SYSTEM_DIR="${BASE_SYSTEM_DIR:-$LODGE_SYSTEM_DIR}" "$base" "$@"
+}
 "$lodge" serve >"$work/serve.log" 2>&1 &
 daemon=$!
+base_daemon=
+if [ -n "$base" ]; then
+    # Through env, not the function: `$!` must be the daemon itself (a
+    # function in the background is a subshell, and killing that would
+    # leave the daemon running).
+    env LODGE_DATA_DIR="$work/base-data" LODGE_LISTEN="127.0.0.1:$base_port" \
+        LODGE_BASE_URL="http://127.0.0.1:$base_port" \
+        LODGE_SYSTEM_DIR="${BASE_SYSTEM_DIR:-$LODGE_SYSTEM_DIR}" \
+        "$base" serve >"$work/base-serve.log" 2>&1 &
+    base_daemon=$!
+fi
 cleanup() {
     "$lodge" rm -f bench >/dev/null 2>&1 || true
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
+    if [ -n "$base_daemon" ]; then
+        base rm -f bench >/dev/null 2>&1 || true
+        kill "$base_daemon" 2>/dev/null || true
+        wait "$base_daemon" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do "$lodge" ps >/dev/null 2>&1 && break; sleep 0.1; done
+# start_guest SYSTEM_DIR CLI...: a daemon up and the bench VM running with
+# its agent.
+start_guest() {
+    local sys=$1
+    shift
+    for _ in $(seq 100); do "$@" ps >/dev/null 2>&1 && break; sleep 0.1; done
+    "$@" run -d --name bench --cpus 1 --memory 256MB --overlay-size 1GB \
+        --rootfs "$sys/rootfs-busybox" sh -c 'while :; do sleep 3600; done' >/dev/null
+    until [ "$("$@" inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = Running ]; do
+        sleep 0.1
+    done
+    "$@" exec --wait-for-agent 60 bench true
+}
+start_guest "$LODGE_SYSTEM_DIR" "$lodge"
+[ -z "$base" ] || start_guest "${BASE_SYSTEM_DIR:-$LODGE_SYSTEM_DIR}" base
 token=$("$lodge" token)
-
-"$lodge" run -d --name bench --cpus 1 --memory 256MB --overlay-size 1GB \
-    --rootfs "$LODGE_SYSTEM_DIR/rootfs-busybox" sh -c 'while :; do sleep 3600; done' >/dev/null
-until [ "$("$lodge" inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = Running ]; do
-    sleep 0.1
-done
-"$lodge" exec --wait-for-agent 60 bench true
 
 now() { date +%s%N; }
 # percentile P VALUES...: nearest-rank percentile.
@@ -65,10 +104,16 @@ percentile() {
 }
 median() { percentile 50 "$@"; }
 
-exec_us=(); inspect_us=()
+# The exec and inspect samples read bash's $EPOCHREALTIME (microseconds)
+# instead of forking `date`: a fork per sample costs more than a
+# millisecond under load, and it blurred the exec/inspect ratio.
+exec_us=(); inspect_us=(); base_exec_us=(); base_inspect_us=()
 for _ in $(seq 1 "$runs"); do
-    t0=$(now); "$lodge" exec bench true; exec_us+=($(( ($(now) - t0) / 1000 )))
-    t0=$(now); "$lodge" inspect bench >/dev/null; inspect_us+=($(( ($(now) - t0) / 1000 )))
+    t0=${EPOCHREALTIME/./}; "$lodge" exec bench true; exec_us+=($((${EPOCHREALTIME/./} - t0)))
+    t0=${EPOCHREALTIME/./}; "$lodge" inspect bench >/dev/null; inspect_us+=($((${EPOCHREALTIME/./} - t0)))
+    [ -n "$base" ] || continue
+    t0=${EPOCHREALTIME/./}; base exec bench true; base_exec_us+=($((${EPOCHREALTIME/./} - t0)))
+    t0=${EPOCHREALTIME/./}; base inspect bench >/dev/null; base_inspect_us+=($((${EPOCHREALTIME/./} - t0)))
 done
 
 size=$((size_mib << 20))
@@ -96,6 +141,14 @@ ip50=$(percentile 50 "${inspect_us[@]}"); ip99=$(percentile 99 "${inspect_us[@]}
 awk -v a="$ep50" -v b="$ep99" 'BEGIN {printf "lodge exec true:     p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
 awk -v a="$ip50" -v b="$ip99" 'BEGIN {printf "lodge inspect (CLI): p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
 awk -v a="$ep50" -v b="$ip50" 'BEGIN {printf "exec/inspect p50 ratio: %.2f\n", a/b}'
+if [ -n "$base" ]; then
+bep50=$(percentile 50 "${base_exec_us[@]}"); bep99=$(percentile 99 "${base_exec_us[@]}")
+bip50=$(percentile 50 "${base_inspect_us[@]}"); bip99=$(percentile 99 "${base_inspect_us[@]}")
+awk -v a="$bep50" -v b="$bep99" 'BEGIN {printf "before: lodge exec true:     p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
+awk -v a="$bip50" -v b="$bip99" 'BEGIN {printf "before: lodge inspect (CLI): p50 %.1f ms  p99 %.1f ms\n", a/1000, b/1000}'
+awk -v a="$bep50" -v b="$bip50" 'BEGIN {printf "before: exec/inspect p50 ratio: %.2f\n", a/b}'
+awk -v a="$ep50" -v b="$bep50" 'BEGIN {printf "exec p50 after/before: %.2f\n", a/b}'
+fi
 fi
 [ "$cp_runs" -gt 0 ] || exit 0
 ci=$(median "${cp_in[@]}"); co=$(median "${cp_out[@]}")

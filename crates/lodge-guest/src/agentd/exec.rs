@@ -4,7 +4,8 @@
 //! The command gets the workload's environment overlaid with the request's,
 //! the workload's user, its own session (so the whole process group can be
 //! killed on timeout or cancel), default signal dispositions and an empty
-//! signal mask (see `spawn`), and either three pipes or a fresh
+//! signal mask (see `spawn::launch`, which starts it without copying the
+//! agent), and either three pipes or a fresh
 //! pseudo-terminal (then stdout and stderr are one stream, as in docker).
 //!
 //! Output ends when the command's pipes reach end-of-file. A command may
@@ -20,9 +21,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -31,7 +30,7 @@ use std::time::Duration;
 
 use lodge_guest::protocol::{Event, ExecStart, Kind, DATA_CHUNK};
 
-use crate::spawn::{self, Session};
+use crate::spawn::{self, CommandPlan};
 use crate::sys;
 
 use super::config::AgentConfig;
@@ -84,6 +83,32 @@ pub fn merge_env(base: &[String], extra: &[String], tty: bool) -> Vec<String> {
     env
 }
 
+/// The `Started` event, sent once and before anything else of the
+/// command's: at once for a terminal (the host holds resizes until then),
+/// else with its first output or its end, so that a short command's start,
+/// exit and close reach the host in one port write.
+#[derive(Clone)]
+struct Starting {
+    out: StreamOut,
+    pid: u32,
+    sent: Arc<AtomicBool>,
+}
+
+impl Starting {
+    fn announce(&self) {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            self.out.event(&Event::Started { pid: self.pid });
+        }
+    }
+
+    /// Forward output (announcing the start first); false when the host
+    /// no longer takes this stream.
+    fn data(&self, kind: Kind, bytes: &[u8]) -> bool {
+        self.announce();
+        self.out.data(kind, bytes)
+    }
+}
+
 fn failed(out: &StreamOut, message: String, code: i32) {
     out.event(&Event::Failed { message, code });
 }
@@ -128,64 +153,71 @@ pub fn run(
         }
     }
 
-    let mut cmd = Command::new(program);
-    cmd.args(&start.command[1..])
-        .env_clear()
-        .envs(
-            merge_env(&config.env, &start.env, start.tty)
-                .iter()
-                .map(|e| e.split_once('=').unwrap_or((e.as_str(), ""))),
-        )
-        .current_dir(&cwd);
-    if let Some((uid, gid)) = config.user {
-        cmd.uid(uid).gid(gid);
-    }
-    spawn::prepare(
-        &mut cmd,
-        Session::New {
-            terminal: start.tty,
-        },
-    );
+    // The environment as std's `Command` built it before: one entry per
+    // key, sorted by key.
+    let merged = merge_env(&config.env, &start.env, start.tty);
+    let env: std::collections::BTreeMap<&str, &str> = merged
+        .iter()
+        .map(|e| e.split_once('=').unwrap_or((e.as_str(), "")))
+        .collect();
+    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
 
-    // Set up the streams: a terminal, or three pipes.
+    // Set up the streams: a terminal, or three pipes. `theirs` are the
+    // command's ends, closed here once it runs.
     let mut master: Option<Arc<OwnedFd>> = None;
+    let theirs: Vec<OwnedFd>;
+    let stdio: [RawFd; 3];
+    let mut ours: Vec<OwnedFd> = Vec::new();
     if start.tty {
         let (m, slave) = match sys::openpty(start.rows, start.cols) {
             Ok(pair) => pair,
             Err(e) => return failed(out, format!("open a terminal: {e}"), 126),
         };
-        let stdio = || slave.try_clone().map(Stdio::from);
-        match (stdio(), stdio(), stdio()) {
-            (Ok(i), Ok(o), Ok(e)) => {
-                cmd.stdin(i).stdout(o).stderr(e);
-            }
-            _ => return failed(out, "duplicate the terminal".into(), 126),
-        }
+        stdio = [slave.as_raw_fd(); 3];
+        theirs = vec![slave];
         master = Some(Arc::new(m));
     } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let pipes = (std::io::pipe(), std::io::pipe(), std::io::pipe());
+        let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = match pipes {
+            (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                // As std's `Command` reported it: the spawn failed.
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let (message, code) = spawn::exec_failure(program, errno);
+                return failed(out, message, code);
+            }
+        };
+        stdio = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        theirs = vec![in_r.into(), out_w.into(), err_w.into()];
+        ours = vec![in_w.into(), out_r.into(), err_r.into()];
     }
 
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let spawned = CommandPlan::new(&start.command, &env, &cwd, stdio, config.user, start.tty)
+        .and_then(|plan| spawn::launch(&plan));
+    // The command holds its ends now; ours must go so that a pipe (or the
+    // terminal's master) reads end-of-file once the command's are closed.
+    drop(theirs);
+    let pid = match spawned {
+        Ok(pid) => pid,
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             let (message, code) = spawn::exec_failure(program, errno);
             return failed(out, message, code);
         }
     };
-    // The command holds the terminal's slave side now; ours must go so
-    // the master reads EIO once the command's side is closed.
-    drop(cmd);
-    let pid = child.id();
-    ctl.pgid.store(pid as i32, Ordering::SeqCst);
+    ctl.pgid.store(pid, Ordering::SeqCst);
     if ctl.cancelled.load(Ordering::SeqCst) {
         ctl.kill();
     }
     *ctl.master.lock().unwrap_or_else(|p| p.into_inner()) = master.clone();
-    out.event(&Event::Started { pid });
+    let starting = Starting {
+        out: out.clone(),
+        pid: u32::try_from(pid).unwrap_or_default(),
+        sent: Arc::new(AtomicBool::new(false)),
+    };
+    if start.tty {
+        starting.announce();
+    }
 
     // The outputs to forward, the session's own thread polling them.
     let mut outputs: Vec<(OwnedFd, Kind)> = Vec::new();
@@ -193,7 +225,7 @@ pub fn run(
         Some(m) => {
             let Ok(reader) = m.try_clone() else {
                 ctl.kill();
-                let _ = child.wait();
+                let _ = sys::wait_for(pid);
                 return failed(out, "duplicate the terminal".into(), 126);
             };
             outputs.push((reader, Kind::Stdout));
@@ -202,16 +234,10 @@ pub fn run(
                 .map(|w| Box::new(File::from(w)) as Box<dyn Write + Send>)
         }
         None => {
-            if let Some(o) = child.stdout.take() {
-                outputs.push((o.into(), Kind::Stdout));
-            }
-            if let Some(e) = child.stderr.take() {
-                outputs.push((e.into(), Kind::Stderr));
-            }
-            child
-                .stdin
-                .take()
-                .map(|i| Box::new(i) as Box<dyn Write + Send>)
+            let mut ours = ours.into_iter();
+            let stdin = ours.next();
+            outputs.extend(ours.zip([Kind::Stdout, Kind::Stderr]));
+            stdin.map(|i| Box::new(File::from(i)) as Box<dyn Write + Send>)
         }
     };
     // A non-interactive exec's end of input comes right behind its
@@ -242,13 +268,15 @@ pub fn run(
             });
     }
 
-    let status = match rustix::process::pidfd_open(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::PidfdFlags::empty(),
-    ) {
+    let pidfd = match rustix::process::Pid::from_raw(pid) {
+        Some(p) => rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+            .map_err(std::io::Error::from),
+        None => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
+    };
+    let status = match pidfd {
         Ok(pidfd) => {
-            forward_until_exit(outputs, out, &pidfd);
-            child.wait()
+            forward_until_exit(outputs, &starting, &pidfd);
+            sys::wait_for(pid)
         }
         Err(_) => match std::io::pipe() {
             Ok((exit_rx, exit_tx)) => {
@@ -257,9 +285,9 @@ pub fn run(
                 let exit_rx: Arc<OwnedFd> = Arc::new(exit_rx.into());
                 let pumps: Vec<JoinHandle<()>> = outputs
                     .into_iter()
-                    .map(|(fd, kind)| spawn_pump(fd, kind, out, &exit_rx))
+                    .map(|(fd, kind)| spawn_pump(fd, kind, &starting, &exit_rx))
                     .collect();
-                let status = child.wait();
+                let status = sys::wait_for(pid);
                 drop(exit_tx);
                 for pump in pumps {
                     let _ = pump.join();
@@ -268,7 +296,8 @@ pub fn run(
             }
             Err(e) => {
                 ctl.kill();
-                let _ = child.wait();
+                let _ = sys::wait_for(pid);
+                starting.announce();
                 return failed(out, format!("create a pipe: {e}"), 126);
             }
         },
@@ -282,35 +311,29 @@ pub fn run(
             signal: Some(libc::SIGKILL),
             timed_out: true,
         },
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => Event::Exit {
-                code,
-                signal: None,
-                timed_out: false,
-            },
-            (None, Some(signal)) => Event::Exit {
-                code: 128 + signal,
-                signal: Some(signal),
-                timed_out: false,
-            },
-            (None, None) => Event::Exit {
-                code: 255,
-                signal: None,
-                timed_out: false,
-            },
+        Ok(sys::ExitStatus::Code(code)) => Event::Exit {
+            code,
+            signal: None,
+            timed_out: false,
+        },
+        Ok(sys::ExitStatus::Signal(signal)) => Event::Exit {
+            code: 128 + signal,
+            signal: Some(signal),
+            timed_out: false,
         },
         Err(e) => Event::Failed {
             message: format!("wait for the command: {e}"),
             code: 255,
         },
     };
+    starting.announce();
     out.event(&event);
 }
 
 /// Forward the outputs until each reaches end-of-file, or until the
 /// command has exited (its pidfd is readable) and nothing is left
 /// buffered; returns once the command has exited, so it can be reaped.
-fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &OwnedFd) {
+fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &Starting, pidfd: &OwnedFd) {
     let mut open: Vec<(File, Kind)> = outputs
         .into_iter()
         .map(|(fd, kind)| (File::from(fd), kind))
@@ -347,7 +370,7 @@ fn forward_until_exit(outputs: Vec<(OwnedFd, Kind)>, out: &StreamOut, pidfd: &Ow
 /// output is finished: end-of-file, an error (EIO: the terminal's other
 /// side closed; WouldBlock after the exit: all is sent), or a stream the
 /// host no longer takes.
-fn drain(output: &mut (File, Kind), out: &StreamOut, buf: &mut [u8], until_empty: bool) -> bool {
+fn drain(output: &mut (File, Kind), out: &Starting, buf: &mut [u8], until_empty: bool) -> bool {
     let (file, kind) = output;
     loop {
         match file.read(buf) {
@@ -368,7 +391,7 @@ fn drain(output: &mut (File, Kind), out: &StreamOut, buf: &mut [u8], until_empty
 
 /// Forward one output stream until end-of-file, or until the command has
 /// exited and nothing is left buffered.
-fn spawn_pump(fd: OwnedFd, kind: Kind, out: &StreamOut, exited: &Arc<OwnedFd>) -> JoinHandle<()> {
+fn spawn_pump(fd: OwnedFd, kind: Kind, out: &Starting, exited: &Arc<OwnedFd>) -> JoinHandle<()> {
     let out = out.clone();
     let exited = exited.clone();
     let run = move || {
@@ -443,6 +466,8 @@ fn spawn_stdin(
 
 #[cfg(test)]
 mod tests {
+    use std::process::{Command, Stdio};
+
     use super::*;
     use lodge_guest::protocol::Decoder;
 
@@ -485,13 +510,18 @@ mod tests {
         )
         .expect("pidfd");
         let t0 = std::time::Instant::now();
-        forward_until_exit(outputs, &out, &pidfd);
+        let starting = Starting {
+            out: out.clone(),
+            pid: 0,
+            sent: Arc::new(AtomicBool::new(true)),
+        };
+        forward_until_exit(outputs, &starting, &pidfd);
         assert!(
             t0.elapsed() < Duration::from_secs(4),
             "waited for the background process"
         );
         assert_eq!(child.wait().expect("wait").code(), Some(3));
-        drop((out, wire));
+        drop((starting, out, wire));
         let mut bytes = Vec::new();
         frames.read_to_end(&mut bytes).expect("frames");
         let mut decoder = Decoder::new();

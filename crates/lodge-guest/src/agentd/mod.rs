@@ -19,7 +19,8 @@
 //!   resolve inside the container, not in the initramfs.
 //! - **Threads, not an event loop**: the reader (this module) decodes
 //!   frames and routes them; one writer thread owns the port's write end
-//!   ([`wire`]); each session runs on its own threads ([`exec`], [`copy`]).
+//!   ([`wire`]); each session runs on its own threads ([`exec`], [`copy`]),
+//!   taken from a few kept from earlier sessions ([`workers`]).
 //!   Blocking I/O with per-stream credit keeps every session independent:
 //!   a command that stops reading its stdin or a client that stops reading
 //!   output stalls only its own stream.
@@ -36,6 +37,7 @@ mod port;
 mod readdress;
 mod session;
 mod wire;
+mod workers;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -54,6 +56,7 @@ use crate::sys;
 pub use config::AgentConfig;
 use session::{fatal, Input, NoControl, SessionControl};
 use wire::{StreamOut, Window, Wire};
+use workers::Workers;
 
 /// How long to wait for the port device to show up after boot.
 const PORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +91,7 @@ pub fn main(config: &str) -> ExitCode {
         wire: Wire::start(writer)
             .unwrap_or_else(|e| fatal(&format!("start the writer thread: {e}"))),
         sessions: Mutex::new(HashMap::new()),
+        workers: Workers::default(),
     });
     // Tell a host that may still hold a connection that we are new.
     agent.wire.send(
@@ -108,6 +112,7 @@ struct Agent {
     config: AgentConfig,
     wire: Wire,
     sessions: Mutex<HashMap<u32, Session>>,
+    workers: Workers,
 }
 
 impl Agent {
@@ -271,26 +276,24 @@ impl Agent {
             },
         );
         let agent = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("stream-{id}"))
-            .spawn(move || {
-                match request {
-                    Request::Exec(start) => exec::run(&agent.config, &out, start, rx, exec_control),
-                    Request::CopyTo { path } => copy::copy_to(&out, &path, rx),
-                    Request::CopyFrom { path, follow_links } => {
-                        copy::copy_from(&out, &path, follow_links)
-                    }
-                    Request::Stat { path, follow_links } => {
-                        out.event(&Event::Stat(copy::stat(&path, follow_links)))
-                    }
-                    Request::Discard => copy::discard(&out, rx),
-                    Request::Generate { bytes } => copy::generate(&out, bytes),
-                    Request::Readdress(req) => readdress::readdress(&out, &req),
-                    Request::Mount(m) => mount::mount(&out, &m),
-                    Request::Unmount { mount_path } => mount::unmount(&out, &mount_path),
+        let spawned = self.workers.run(move || {
+            match request {
+                Request::Exec(start) => exec::run(&agent.config, &out, start, rx, exec_control),
+                Request::CopyTo { path } => copy::copy_to(&out, &path, rx),
+                Request::CopyFrom { path, follow_links } => {
+                    copy::copy_from(&out, &path, follow_links)
                 }
-                agent.finish(&out);
-            });
+                Request::Stat { path, follow_links } => {
+                    out.event(&Event::Stat(copy::stat(&path, follow_links)))
+                }
+                Request::Discard => copy::discard(&out, rx),
+                Request::Generate { bytes } => copy::generate(&out, bytes),
+                Request::Readdress(req) => readdress::readdress(&out, &req),
+                Request::Mount(m) => mount::mount(&out, &m),
+                Request::Unmount { mount_path } => mount::unmount(&out, &mount_path),
+            }
+            agent.finish(&out);
+        });
         if let Err(e) = spawned {
             let out = StreamOut::new(id, epoch, self.wire.clone(), Window::new(0));
             out.event(&Event::Error {

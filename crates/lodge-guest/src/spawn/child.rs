@@ -47,7 +47,7 @@ const KERNEL_SIGSET_BYTES: usize = 8;
 /// and 33 in glibc), which a parent may still have ignored. A failure
 /// there (SIGKILL, SIGSTOP) is skipped: those are never ignored anyway.
 /// Returns the errno of a failed `sigprocmask`.
-fn reset_signals(last: libc::c_int) -> Result<(), i32> {
+pub(super) fn reset_signals(last: libc::c_int) -> Result<(), i32> {
     // SAFETY: rt_sigaction and sigprocmask are plain system calls, safe
     // between fork and exec; `DEFAULT_ACTION` outlives the calls, the old
     // action is not asked for, and `empty` is a local set initialised by
@@ -71,28 +71,17 @@ fn reset_signals(last: libc::c_int) -> Result<(), i32> {
     Ok(())
 }
 
-/// Have `cmd`'s child reset its signal state (and start the session the
-/// caller asks for) just before exec.
+/// Have `cmd`'s child reset its signal state just before exec (in the
+/// parent's session: [`Session::Inherit`] is the only one).
 pub fn install_pre_exec(cmd: &mut Command, session: Session) {
+    let Session::Inherit = session;
     let last = last_signal();
     let hook = move || -> io::Result<()> {
         reset_signals(last).map_err(io::Error::from_raw_os_error)?;
-        if let Session::New { terminal } = session {
-            // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe
-            // syscalls on integers only.
-            unsafe {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec; it captures
-    // only a copied integer and an enum and makes only async-signal-safe
+    // only a copied integer and makes only async-signal-safe
     // calls (see `reset_signals`), touching no memory shared with threads
     // of the parent.
     unsafe {

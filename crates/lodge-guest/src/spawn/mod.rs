@@ -8,17 +8,23 @@
 //!   user switch, the exact environment order docker produces, a `PATH`
 //!   search inside the chroot with the workload's own `PATH`, and a precise
 //!   report of which step of the exec failed ([`ChildStep`]).
+//! - [`launch`], for the agent's exec'd commands: a `CLONE_VM |
+//!   CLONE_VFORK` spawn that does what std's `Command` did for them (the
+//!   agent is multi-threaded, and a fork of it is dear under emulation;
+//!   see [`launch`]'s module for why and for its safety argument).
 //! - [`prepare`], for children started with `std::process::Command` (the
-//!   agent, exec'd commands), where std's pipes, user switch and wait are
-//!   worth keeping: it adds the same signal reset and the session setup.
+//!   agent itself), where std's pipes, user switch and wait are worth
+//!   keeping: it adds the same signal reset and the session setup.
 //!
 //! Either way the new program starts as docker, runc and systemd start
 //! theirs: every signal disposition at its default and no signal blocked.
 //! Without that, a workload would inherit the SIGPIPE the Rust runtime
 //! ignores, and `yes | head` would never end. All the code that runs
-//! between fork and exec, and its `unsafe`, is in [`child`].
+//! between fork and exec, and its `unsafe`, is in [`child`] and
+//! [`launch`].
 
 mod child;
+mod launch;
 mod plan;
 
 use std::io;
@@ -26,6 +32,7 @@ use std::process::Command;
 
 use crate::sys;
 
+pub use launch::{launch, CommandPlan};
 pub use plan::{ChildStep, ExecPlan, Session, Spawned};
 
 /// Fork, set up the child as described by `plan` and exec it. Returns once
@@ -114,7 +121,7 @@ mod tests {
         let mut cmd = Command::new("cat");
         cmd.arg("/proc/self/status");
         child::tests::spoil_signals_before_exec(&mut cmd);
-        prepare(&mut cmd, Session::New { terminal: false });
+        prepare(&mut cmd, Session::Inherit);
         let out = cmd.output().expect("run cat");
         assert!(out.status.success());
         let status = String::from_utf8_lossy(&out.stdout);

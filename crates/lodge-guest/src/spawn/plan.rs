@@ -69,12 +69,10 @@ pub enum Spawned {
     Failed { step: ChildStep, errno: i32 },
 }
 
-/// Which session a `prepare`d command runs in.
+/// Which session a `prepare`d command runs in: the parent's (the child may
+/// call `setsid` itself, as the agent does). Exec'd commands, which get a
+/// session of their own, are started by `launch` instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Session {
-    /// The parent's (the child may call `setsid` itself, as the agent does).
     Inherit,
-    /// A new session, so its whole process group can be killed; with
-    /// `terminal`, its stdin becomes the controlling terminal.
-    New { terminal: bool },
 }

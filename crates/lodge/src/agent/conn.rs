@@ -438,6 +438,25 @@ impl Conn {
         self: &Arc<Self>,
         request: &Request,
     ) -> Result<(StreamTx, StreamRx), AgentError> {
+        self.open_with(request, false).await
+    }
+
+    /// Open a stream for `request` whose input is already over: the `Open`
+    /// and the `Eof` go out in one write, so the agent reads them together
+    /// (one wake-up of the guest instead of two, and the session sees its
+    /// end of input before it decides whether to feed a stdin).
+    pub async fn open_without_input(
+        self: &Arc<Self>,
+        request: &Request,
+    ) -> Result<(StreamTx, StreamRx), AgentError> {
+        self.open_with(request, true).await
+    }
+
+    async fn open_with(
+        self: &Arc<Self>,
+        request: &Request,
+        input_over: bool,
+    ) -> Result<(StreamTx, StreamRx), AgentError> {
         let inbox = Arc::new(Inbox::default());
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
         let id = {
@@ -465,8 +484,12 @@ impl Conn {
             pending_credit: 0,
             finished: false,
         };
-        let open = try_encode_json(Kind::Open, id, request).ok_or(AgentError::TooLarge("request"));
-        self.send(open?).await?;
+        let mut open =
+            try_encode_json(Kind::Open, id, request).ok_or(AgentError::TooLarge("request"))?;
+        if input_over {
+            open.extend_from_slice(&encode(Kind::Eof, id, b""));
+        }
+        self.send(open).await?;
         Ok((
             StreamTx {
                 id,
@@ -707,6 +730,10 @@ async fn read_loop(
     }
 }
 
+/// Queued frames are joined into one write up to about this size (the
+/// guest's virtio-serial port takes 32 KiB per buffer anyway).
+const WRITE_BATCH: usize = 32 << 10;
+
 async fn write_loop(
     mut writer: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Vec<u8>>,
@@ -719,7 +746,7 @@ async fn write_loop(
             frame = rx.recv() => frame,
             () = hang_up.notified() => None,
         };
-        let Some(frame) = frame else {
+        let Some(mut frame) = frame else {
             // Failed, or every handle dropped: hang up (the reader half
             // ends with the read loop).
             if let Err(e) = writer.shutdown().await {
@@ -727,6 +754,14 @@ async fn write_loop(
             }
             return;
         };
+        // Join the frames already queued behind it, in order: one write is
+        // one read (and one wake-up) of the emulated guest's agent.
+        while frame.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => frame.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
         if writer.write_all(&frame).await.is_err() {
             if let Some(conn) = conn.upgrade() {
                 conn.fail(LOST);
@@ -833,8 +868,11 @@ impl StreamRx {
 
 impl Drop for StreamRx {
     fn drop(&mut self) {
-        self.conn.streams().remove(&self.id);
-        if !self.finished && self.conn.is_alive() {
+        // Gone from the table already: the agent closed the stream itself
+        // (its `Close` arrived, maybe unread), so there is nothing to
+        // cancel, and a cancel would only wake the guest for nothing.
+        let open = self.conn.streams().remove(&self.id).is_some();
+        if !self.finished && open && self.conn.is_alive() {
             self.conn.cancel(self.id);
         }
     }

@@ -33,7 +33,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 
 use lodge_guest::agent::{Control, Event, ExecStart, Request};
 
@@ -44,7 +44,7 @@ use super::ws::{
     after_agent_failure, close, connect, drain, endpoint, first_request, send_json, unavailable,
     upgrade, Sink, CLOSE_TIMEOUT,
 };
-use crate::agent::{AgentError, Inbound};
+use crate::agent::{AgentError, Inbound, StreamTx};
 use crate::instances::{AgentEndpoint, Manager};
 
 /// Run a command in the instance.
@@ -130,6 +130,59 @@ fn exec_start(req: &ExecRequest) -> Result<ExecStart, String> {
     })
 }
 
+/// Pass one client message on to the command: stdin, its end, or a resize
+/// (held in `held` until the command has `started`). False when the client
+/// closed.
+async fn forward(
+    msg: Result<Message, axum::Error>,
+    tx: &StreamTx,
+    tty: bool,
+    started: bool,
+    held: &mut Option<Control>,
+    open: &mut bool,
+) -> bool {
+    let sent = match msg {
+        Ok(Message::Binary(b)) if *open => tx.data(&b).await,
+        Ok(Message::Text(t)) => {
+            if let Ok(r) = serde_json::from_str::<ResizeMessage>(&t) {
+                if tty && r.resize.rows > 0 && r.resize.cols > 0 {
+                    let resize = Control::Resize {
+                        rows: r.resize.rows,
+                        cols: r.resize.cols,
+                    };
+                    if started {
+                        tx.control(&resize).await
+                    } else {
+                        *held = Some(resize);
+                        Ok(())
+                    }
+                } else {
+                    Ok(())
+                }
+            } else if let Ok(c) = serde_json::from_str::<CloseStdin>(&t) {
+                if c.close_stdin && *open {
+                    *open = false;
+                    tx.eof().await
+                } else {
+                    Ok(())
+                }
+            } else if *open {
+                tx.data(t.as_bytes()).await
+            } else {
+                Ok(())
+            }
+        }
+        Ok(Message::Close(_)) | Err(_) => return false,
+        Ok(_) => Ok(()),
+    };
+    if sent.is_err() {
+        // The command is gone; its exit is on the way out. Keep reading
+        // until the client closes (see `drain`).
+        *open = false;
+    }
+    true
+}
+
 async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (mut sink, mut source) = socket.split();
     let req: ExecRequest = match first_request(&mut source).await {
@@ -156,7 +209,27 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
             return drain(source).await;
         }
     };
-    let (tx, mut rx) = match conn.open(&Request::Exec(start)).await {
+    // A client that has no input sends its end right behind the request
+    // (lodge's CLI does, in the same segment): when it is already here,
+    // it travels with the request to the agent.
+    let mut pending = None;
+    let mut input_over = false;
+    match source.next().now_or_never() {
+        Some(Some(Ok(Message::Text(t))))
+            if serde_json::from_str::<CloseStdin>(&t).is_ok_and(|c| c.close_stdin) =>
+        {
+            input_over = true;
+        }
+        Some(next) => pending = Some(next),
+        None => {}
+    }
+    let request = Request::Exec(start);
+    let opened = if input_over {
+        conn.open_without_input(&request).await
+    } else {
+        conn.open(&request).await
+    };
+    let (tx, mut rx) = match opened {
         Ok(pair) => pair,
         Err(e) => {
             finish(sink, split, ExecExit::failed(127, e.to_string())).await;
@@ -171,11 +244,18 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (started_tx, mut started_rx) = tokio::sync::oneshot::channel::<()>();
     let mut started_tx = Some(started_tx);
     let mut input = tokio::spawn(async move {
-        let mut open = true;
+        let mut open = !input_over;
         // Until the command has its terminal, the latest resize waits here.
         let mut started = false;
         let mut held: Option<Control> = None;
         loop {
+            if let Some(next) = pending.take() {
+                let Some(msg) = next else { break };
+                if !forward(msg, &tx, tty, started, &mut held, &mut open).await {
+                    break;
+                }
+                continue;
+            }
             let msg = tokio::select! {
                 got = &mut started_rx, if !started => {
                     started = true;
@@ -191,44 +271,8 @@ async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
                     None => break,
                 },
             };
-            let sent = match msg {
-                Ok(Message::Binary(b)) if open => tx.data(&b).await,
-                Ok(Message::Text(t)) => {
-                    if let Ok(r) = serde_json::from_str::<ResizeMessage>(&t) {
-                        if tty && r.resize.rows > 0 && r.resize.cols > 0 {
-                            let resize = Control::Resize {
-                                rows: r.resize.rows,
-                                cols: r.resize.cols,
-                            };
-                            if started {
-                                tx.control(&resize).await
-                            } else {
-                                held = Some(resize);
-                                Ok(())
-                            }
-                        } else {
-                            Ok(())
-                        }
-                    } else if let Ok(c) = serde_json::from_str::<CloseStdin>(&t) {
-                        if c.close_stdin && open {
-                            open = false;
-                            tx.eof().await
-                        } else {
-                            Ok(())
-                        }
-                    } else if open {
-                        tx.data(t.as_bytes()).await
-                    } else {
-                        Ok(())
-                    }
-                }
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => Ok(()),
-            };
-            if sent.is_err() {
-                // The command is gone; its exit is on the way out. Keep
-                // reading until the client closes (see `drain`).
-                open = false;
+            if !forward(msg, &tx, tty, started, &mut held, &mut open).await {
+                break;
             }
         }
     });
