@@ -213,6 +213,7 @@ pub fn supervise(
     agent: &mut AgentSupervisor,
 ) -> Result<ExitStatus> {
     let buttons: Vec<File> = button::open_all();
+    let mut terminated = false;
     loop {
         // Reap first: the workload may have exited before we got here.
         loop {
@@ -246,7 +247,11 @@ pub fn supervise(
         }
         let ready = sys::poll_readable(&fds, timeout).context(|| "poll".to_owned())?;
         for (button, _) in buttons.iter().zip(&ready).filter(|(_, r)| **r) {
-            if button::pressed(button) {
+            // The host presses again every second in case a press was lost
+            // before we watched the button; the workload gets one SIGTERM,
+            // as `docker stop` sends one (a shell's trap would run twice).
+            if button::pressed(button) && !terminated {
+                terminated = true;
                 let _ = sys::kill(pid, libc::SIGTERM);
             }
         }
