@@ -82,6 +82,9 @@ fi
 # lasts seconds and tokio keeps an idle blocking thread 10 s, and the
 # scrapes keep it busy, so none does in practice.
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
+# The same from /proc/PID/stat (user + system, clock ticks), as a check.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 # time SIDE PATH: RUNS requests on one keep-alive connection, each timed
 # by curl; appends the ms to $work/SIDE.PATH.ms and the daemon CPU ns to
 # $work/SIDE.PATH.cpu.
@@ -92,9 +95,11 @@ time_path() {
         args+=(-o /dev/null -w '%{time_total}\n' "${url[$side]}$path")
     done
     c0=$(cpu_ns "${pid[$side]}")
+    k0=$(ticks "${pid[$side]}")
     curl -sf -H "Authorization: Bearer $token" "${args[@]}" | awk '{ print $1 * 1000 }' >>"$work/$key.ms"
     c1=$(cpu_ns "${pid[$side]}")
-    echo "$((c1 - c0))" >>"$work/$key.cpu"
+    k1=$(ticks "${pid[$side]}")
+    echo "$((c1 - c0)) $((k1 - k0))" >>"$work/$key.cpu"
 }
 # summary SIDE PATH: "p50 p90 p95 max cpu_ms_per_request"
 summary() {
@@ -103,7 +108,7 @@ summary() {
     n=$(wc -l <"$work/$key.sorted")
     echo "$(sed -n "$(((50 * n + 99) / 100))p" "$work/$key.sorted") $(sed -n "$(((90 * n + 99) / 100))p" "$work/$key.sorted") \
 $(sed -n "$(((95 * n + 99) / 100))p" "$work/$key.sorted") $(tail -n 1 "$work/$key.sorted") \
-$(awk -v n="$n" '{ s += $1 } END { printf "%.3f", s / 1e6 / n }' "$work/$key.cpu")"
+$(awk -v n="$n" -v hz="$hz" '{ s += $1; k += $2 } END { printf "%.3f %.3f", s / 1e6 / n, k * 1000 / hz / n }' "$work/$key.cpu")"
 }
 for side in "${sides[@]}"; do
     # Warm: the first scrape of a daemon reads everything.
@@ -133,8 +138,8 @@ for b in $(seq "$blocks"); do
 done
 echo "scrape with $count instances: $bytes bytes, $series samples; $blocks blocks of $runs per side; load average $load0 -> $(cut -d' ' -f1-3 /proc/loadavg)"
 for side in "${sides[@]}"; do
-    read -r m50 m90 m95 mmax mcpu < <(summary "$side" /metrics)
-    read -r l50 l90 l95 lmax lcpu < <(summary "$side" /instances)
-    echo "$side GET /metrics:   p50 $m50 ms, p90 $m90 ms, p95 $m95 ms, max $mmax ms; daemon CPU $mcpu ms each (goal: <= 5 ms)"
-    echo "$side GET /instances: p50 $l50 ms, p90 $l90 ms, p95 $l95 ms, max $lmax ms; daemon CPU $lcpu ms each (the state derivation both share)"
+    read -r m50 m90 m95 mmax mcpu mtck < <(summary "$side" /metrics)
+    read -r l50 l90 l95 lmax lcpu ltck < <(summary "$side" /instances)
+    echo "$side GET /metrics:   p50 $m50 ms, p90 $m90 ms, p95 $m95 ms, max $mmax ms; daemon CPU $mcpu ms each ($mtck by clock ticks) (goal: <= 5 ms)"
+    echo "$side GET /instances: p50 $l50 ms, p90 $l90 ms, p95 $l95 ms, max $lmax ms; daemon CPU $lcpu ms each ($ltck by clock ticks) (the state derivation both share)"
 done

@@ -211,9 +211,13 @@ pub fn paths() -> &'static Paths {
 
 /// How long a file must have been left alone before its [`StatKey`] is
 /// trusted to change with its content (see the module doc). File
-/// timestamps tick in jiffies (a few ms); a second leaves room for that
-/// and for a clock slewed by NTP.
-pub const SETTLED: Duration = Duration::from_secs(1);
+/// timestamps come from the kernel's coarse clock, which lags the real
+/// time by at most one tick (10 ms at HZ=100): a write after the key was
+/// taken is stamped later than `scrape start - tick`, so later than any
+/// mtime older than `scrape start - SETTLED`. 100 ms is ten ticks (a
+/// clock slewed by NTP moves far less); a clock stepped back by more
+/// than that could hide one change until the file changes again.
+pub const SETTLED: Duration = Duration::from_millis(100);
 
 /// What `statx` says of a file that changes whenever its content does
 /// (once the file has [settled](SETTLED)): a rename brings a new inode, a
@@ -865,7 +869,7 @@ mod tests {
         Ok(())
     }
 
-    /// A cutoff after everything the test wrote (as if a second had passed).
+    /// A cutoff after everything the test wrote (as if time had passed).
     fn later() -> SystemTime {
         SystemTime::now() + Duration::from_secs(10)
     }
