@@ -78,9 +78,10 @@ fi
 
 # The daemon's CPU time so far in ns: the sum of its threads' run time
 # (/proc/PID/task/*/schedstat), not /proc/PID/stat's 10 ms clock ticks.
-# A thread that ends within a block would take its time with it; a block
-# lasts seconds and tokio keeps an idle blocking thread 10 s, and the
-# scrapes keep it busy, so none does in practice.
+# A thread that ends within a block takes its time with it: the blocking
+# threads the creates used end 10 s after their last job, so the blocks
+# start only once they have (below), and the clock ticks are printed
+# beside as a check.
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
 # The same from /proc/PID/stat (user + system, clock ticks), as a check.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -114,7 +115,8 @@ for side in "${sides[@]}"; do
     # Warm: the first scrape of a daemon reads everything.
     curl -sf -H "Authorization: Bearer $token" "${url[$side]}/metrics" >/dev/null
 done
-sleep 1.5
+# tokio ends an idle blocking thread after 10 s (see cpu_ns).
+sleep 11
 if [ -n "$before" ]; then
     for side in before after; do
         curl -sf -H "Authorization: Bearer $token" "${url[$side]}/metrics" |

@@ -545,10 +545,14 @@ fn read_log_dir(dir: &Path) -> io::Result<LogDir> {
     Ok(out)
 }
 
-/// The rotated segments `(sequence, length)` of `app.log` and `vmm.log`,
-/// sorted, and the lengths of the live files, from one listing.
-fn read_log_segments(dir: &Path) -> io::Result<([Vec<(u64, u64)>; 2], [u64; 2])> {
-    let mut seqs: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
+/// The rotated segments `(sequence, length)` of `app.log` and of
+/// `vmm.log`, each sorted by sequence.
+type Segments = [Vec<(u64, u64)>; 2];
+
+/// The rotated segments of `app.log` and `vmm.log` and the lengths of the
+/// live files, from one listing.
+fn read_log_segments(dir: &Path) -> io::Result<(Segments, [u64; 2])> {
+    let mut seqs: Segments = [Vec::new(), Vec::new()];
     let mut live = [0u64; 2];
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -603,7 +607,7 @@ fn stalled_logs(dir: &Path) -> Vec<String> {
 struct InstanceFiles {
     /// The rotated segments `(sequence, length)` of `app` and `vmm`,
     /// sorted, while the directory has this key.
-    segments: Option<(StatKey, [Vec<(u64, u64)>; 2])>,
+    segments: Option<(StatKey, Segments)>,
     /// The stalled logs while `capture.json` has this key (`None`: no file).
     stalled: Option<(Option<StatKey>, Vec<String>)>,
 }
