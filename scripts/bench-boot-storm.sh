@@ -124,14 +124,15 @@ for _ in $(seq 100); do
     [ -f "$work/threads.${pid[on]}" ] && [ -f "$work/threads.${pid[off]}" ] && break
     sleep 0.1
 done
-# cpu PID: the daemon's CPU time so far in ns: each thread's run time now
+# cpu PID: the daemon's CPU time so far in ns (printed with %.0f: mawk's
+# %d stops at 2^31 ns): each thread's run time now
 # or, if it has ended since the sampler saw it, then, plus the threads
 # that ended before.
 cpu() {
     for f in /proc/"$1"/task/*/schedstat; do
         { read -r ns _ <"$f"; } 2>/dev/null && echo "${f#/proc/$1/task/} $ns"
     done | sed 's|/schedstat||' | cat - "$work/threads.$1" |
-        awk '$1 == "dead" { d = $2; next } { if ($2 > m[$1]) m[$1] = $2 } END { for (t in m) s += m[t]; printf "%d", s + d }'
+        awk '$1 == "dead" { d = $2; next } { if ($2 > m[$1]) m[$1] = $2 } END { for (t in m) s += m[t]; printf "%.0f", s + d }'
 }
 api() { # SIDE METHOD PATH [BODY]
     curl -sf -X "$2" -H "Authorization: Bearer ${token[$1]}" -H 'Content-Type: application/json' \

@@ -14,9 +14,14 @@
 # size of the answer; GET /instances, which derives the same states, is
 # timed the same way beside it.
 #
+# With RUNNING=1 the instances run `sleep 600` instead (all started at
+# once, measured once all are Running; deleted at the end): a boot
+# storm's instances, e.g. COUNT=10 RUNNING=1 for the daemon's CPU per
+# scrape during one (scripts/bench-boot-storm.sh).
+#
 # With BEFORE_BIN set, a second daemon of that binary serves the same
-# data dir on another port (the instances are stopped: neither daemon
-# changes them) and the two are measured in turn, BLOCKS times each
+# data dir on another port (neither daemon changes the instances while
+# they are measured) and the two are measured in turn, BLOCKS times each
 # (default 5, alternating which goes first), so host load hits both
 # alike; the answers of both are compared line by line first (counters
 # of the daemon's own events aside).
@@ -30,6 +35,7 @@ export LODGE_SYSTEM_DIR="${LODGE_SYSTEM_DIR:-$PWD/.lodge-cache/system}"
 export LODGE_ACCEL="${LODGE_ACCEL:-tcg}"
 count="${COUNT:-50}"
 runs="${RUNS:-200}"
+running="${RUNNING:-0}"
 lodge="${LODGE_BIN:-$(./scripts/build-release.sh)}"
 work="$(mktemp -d /tmp/lodge-bench-metrics.XXXXXX)"
 export LODGE_NETWORK=off
@@ -40,9 +46,12 @@ export LODGE_DATA_DIR="$work/data"
 "$lodge" serve >"$work/serve.log" 2>&1 &
 daemon=$!
 cleanup() {
+    if [ "$running" = 1 ]; then
+        # Running VMs outlive the daemon: delete them through it first.
+        "$lodge" ps -aq | xargs -r "$lodge" rm -f >/dev/null 2>&1 || true
+    fi
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
-    # The instances have all stopped; their monitors are gone.
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,14 +59,23 @@ for _ in $(seq 100); do "$lodge" ps >/dev/null 2>&1 && break; sleep 0.1; done
 token=$("$lodge" token)
 rootfs="$LODGE_SYSTEM_DIR/rootfs-busybox"
 
-echo "creating $count instances (each runs true and stops)..."
-for i in $(seq "$count"); do
-    "$lodge" run -d --name "m$i" --memory 128MB --cpus 1 --rootfs "$rootfs" true >/dev/null
-    # At most 4 booting at once on a small host.
-    while [ "$("$lodge" ps -q | wc -l)" -ge 4 ]; do sleep 0.2; done
-done
-while [ "$("$lodge" ps -q | wc -l)" -gt 0 ]; do sleep 0.2; done
-echo "all $count Stopped: $("$lodge" ps -a --filter state=Stopped -q | wc -l)"
+if [ "$running" = 1 ]; then
+    echo "creating $count instances (each runs sleep 600)..."
+    for i in $(seq "$count"); do
+        "$lodge" run -d --name "m$i" --memory 128MB --cpus 1 --rootfs "$rootfs" sleep 600 >/dev/null
+    done
+    while [ "$("$lodge" ps --filter state=Running -q | wc -l)" -lt "$count" ]; do sleep 0.5; done
+    echo "all $count Running"
+else
+    echo "creating $count instances (each runs true and stops)..."
+    for i in $(seq "$count"); do
+        "$lodge" run -d --name "m$i" --memory 128MB --cpus 1 --rootfs "$rootfs" true >/dev/null
+        # At most 4 booting at once on a small host.
+        while [ "$("$lodge" ps -q | wc -l)" -ge 4 ]; do sleep 0.2; done
+    done
+    while [ "$("$lodge" ps -q | wc -l)" -gt 0 ]; do sleep 0.2; done
+    echo "all $count Stopped: $("$lodge" ps -a --filter state=Stopped -q | wc -l)"
+fi
 
 before="${BEFORE_BIN:-}"
 blocks="${BLOCKS:-5}"
@@ -82,7 +100,8 @@ fi
 # threads the creates used end 10 s after their last job, so the blocks
 # start only once they have (below), and the clock ticks are printed
 # beside as a check.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
+# (%.0f: mawk's %d stops at 2^31, 2.1 s.)
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'; }
 # The same from /proc/PID/stat (user + system, clock ticks), as a check.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

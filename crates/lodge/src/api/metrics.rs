@@ -16,14 +16,14 @@
 //! on every scrape. So a scrape of instances that did not change costs a
 //! few `statx` each, not a dozen opens and JSON parses.
 
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
-
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
