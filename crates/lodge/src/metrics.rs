@@ -27,12 +27,24 @@
 //! This module knows nothing of the instance manager or the API (they
 //! depend on it): the handler in `api/metrics.rs` gathers [`InstanceFacts`]
 //! and calls [`render`].
+//!
+//! A scrape is cheap because what it reads from files is remembered
+//! between scrapes, keyed by the file's [`StatKey`] (inode, size, mtime,
+//! ctime): an unchanged file costs one `statx` instead of open, read,
+//! parse and close. A key is trusted only for files last changed more
+//! than [`SETTLED`] before the scrape began (timestamps are coarse, so a
+//! file rewritten twice within one tick keeps its key; git's "racily
+//! clean" rule), and only when it reads the same before and after the
+//! read it stands for. The log totals are keyed by their directory (the
+//! rotated segments change only by rename and delete, which change the
+//! directory; the live files are `statx`ed every time).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -191,6 +203,72 @@ pub fn init(paths: Paths) {
     }
 }
 
+/// Where the instances' directories are (as given to [`init`], else the
+/// data dir of the environment).
+pub fn paths() -> &'static Paths {
+    PATHS.get_or_init(|| Paths::new(crate::config::data_dir_from_env()))
+}
+
+/// How long a file must have been left alone before its [`StatKey`] is
+/// trusted to change with its content (see the module doc). File
+/// timestamps come from the kernel's coarse clock, which lags the real
+/// time by at most one tick (10 ms at HZ=100): a write after the key was
+/// taken is stamped later than `scrape start - tick`, so later than any
+/// mtime older than `scrape start - SETTLED`. 100 ms is ten ticks (a
+/// clock slewed by NTP moves far less); a clock stepped back by more
+/// than that could hide one change until the file changes again.
+pub const SETTLED: Duration = Duration::from_millis(100);
+
+/// What `statx` says of a file that changes whenever its content does
+/// (once the file has [settled](SETTLED)): a rename brings a new inode, a
+/// write a new size or mtime, both a new ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatKey {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl StatKey {
+    /// The key of `path` (symlinks followed, as a read does); `None` when
+    /// there is no file, `Err` when it cannot be looked at.
+    pub fn of(path: &Path) -> io::Result<Option<StatKey>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(StatKey::from_metadata(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn from_metadata(m: &std::fs::Metadata) -> StatKey {
+        StatKey {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file was last changed before `cutoff` (so a later
+    /// change gives it another key).
+    pub fn settled_before(&self, cutoff: SystemTime) -> bool {
+        let Ok(c) = cutoff.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let cut = (c.as_secs() as i64, i64::from(c.subsec_nanos()));
+        self.mtime < cut && self.ctime < cut
+    }
+}
+
+/// The moment before which a file must have last changed for its key to
+/// be trusted by a scrape starting now.
+pub fn settled_cutoff() -> SystemTime {
+    SystemTime::now()
+        .checked_sub(SETTLED)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// A VM boot was started.
 pub fn boot_started() {
     if !enabled() {
@@ -315,14 +393,14 @@ pub struct InstanceFacts {
 pub type PullStats = lodge_images::PullStats;
 
 /// The whole scrape: every state in `states` is reported (zeros
-/// included), then the per-instance series. Blocking (reads files).
+/// included), then the per-instance series. Reads files (a few `statx`
+/// per instance once they settled).
 pub fn render(
     instances: &[InstanceFacts],
     states: &[&'static str],
     pulls: PullStats,
 ) -> Result<String, std::fmt::Error> {
-    let paths = PATHS.get_or_init(|| Paths::new(crate::config::data_dir_from_env()));
-    render_in(paths, instances, states, pulls)
+    render_in(paths(), instances, states, pulls)
 }
 
 fn render_in(
@@ -332,15 +410,23 @@ fn render_in(
     pulls: PullStats,
 ) -> Result<String, std::fmt::Error> {
     let e = events();
+    let cutoff = settled_cutoff();
     let mut per_instance = Vec::with_capacity(instances.len());
-    for inst in instances {
-        let log_dir = paths.guest(&inst.id).logs();
-        let logs = read_log_dir(&log_dir).unwrap_or(NO_LOGS);
-        let stalled = stalled_logs(&log_dir);
-        if inst.state == "Running" {
-            observe_boot(e, inst, &log_dir);
+    {
+        let mut cache = FILE_CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+        // Deleted instances are forgotten.
+        let ids: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        cache.retain(|id, _| ids.contains(id.as_str()));
+        for inst in instances {
+            let log_dir = paths.guest(&inst.id).logs();
+            let files = cache.entry(inst.id.clone()).or_default();
+            let logs = files.log_totals(&log_dir, cutoff);
+            let stalled = files.stalled_logs(&log_dir, cutoff);
+            if inst.state == "Running" {
+                observe_boot(e, inst, &log_dir);
+            }
+            per_instance.push((inst, logs, stalled));
         }
-        per_instance.push((inst, logs, stalled));
     }
     // Boots of deleted instances are forgotten, so the set stays as small
     // as the instance list.
@@ -449,8 +535,24 @@ const NO_LOGS: LogDir = [
 /// highest sequence number is the number of rotations, and the segments
 /// deleted by retention (numbers below the oldest kept) each held what
 /// the oldest kept one holds (the writer cuts every segment at its limit).
+#[cfg(test)]
 fn read_log_dir(dir: &Path) -> io::Result<LogDir> {
-    let mut seqs: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
+    let (mut seqs, live) = read_log_segments(dir)?;
+    let mut out = NO_LOGS;
+    for i in 0..2 {
+        out[i].1 = totals(&mut seqs[i], live[i]);
+    }
+    Ok(out)
+}
+
+/// The rotated segments `(sequence, length)` of `app.log` and of
+/// `vmm.log`, each sorted by sequence.
+type Segments = [Vec<(u64, u64)>; 2];
+
+/// The rotated segments of `app.log` and `vmm.log` and the lengths of the
+/// live files, from one listing.
+fn read_log_segments(dir: &Path) -> io::Result<(Segments, [u64; 2])> {
+    let mut seqs: Segments = [Vec::new(), Vec::new()];
     let mut live = [0u64; 2];
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -464,15 +566,20 @@ fn read_log_dir(dir: &Path) -> io::Result<LogDir> {
             }
         }
     }
-    let mut out = NO_LOGS;
-    for i in 0..2 {
-        out[i].1 = totals(&mut seqs[i], live[i]);
+    for s in &mut seqs {
+        s.sort_unstable();
     }
-    Ok(out)
+    Ok((seqs, live))
 }
 
+#[cfg(test)]
 fn totals(segments: &mut [(u64, u64)], live: u64) -> LogTotals {
     segments.sort_unstable();
+    sorted_totals(segments, live)
+}
+
+/// [`read_log_dir`]'s arithmetic on segments sorted by sequence.
+fn sorted_totals(segments: &[(u64, u64)], live: u64) -> LogTotals {
     let kept: u64 = segments.iter().map(|(_, len)| len).sum();
     match (segments.first(), segments.last()) {
         (Some(&(oldest, oldest_len)), Some(&(newest, _))) => LogTotals {
@@ -491,6 +598,80 @@ fn stalled_logs(dir: &Path) -> Vec<String> {
     match lodge_monitor::read_capture_info(dir) {
         Ok(Some(info)) => info.stalled.into_iter().map(|s| s.source).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// What the last scrapes read from one instance's log directory, with the
+/// keys that say whether it still holds (see the module doc).
+#[derive(Debug, Default)]
+struct InstanceFiles {
+    /// The rotated segments `(sequence, length)` of `app` and `vmm`,
+    /// sorted, while the directory has this key.
+    segments: Option<(StatKey, Segments)>,
+    /// The stalled logs while `capture.json` has this key (`None`: no file).
+    stalled: Option<(Option<StatKey>, Vec<String>)>,
+}
+
+/// Per instance id, what the scrapes remember of its files.
+static FILE_CACHE: Mutex<BTreeMap<String, InstanceFiles>> = Mutex::new(BTreeMap::new());
+
+impl InstanceFiles {
+    /// [`read_log_dir`]'s totals; the directory is listed again only when
+    /// its key changed (a rotation, a retention delete, a file created or
+    /// renamed in), and the live files are `statx`ed every time.
+    fn log_totals(&mut self, dir: &Path, cutoff: SystemTime) -> LogDir {
+        let Ok(Some(key)) = StatKey::of(dir) else {
+            self.segments = None;
+            return NO_LOGS;
+        };
+        let mut fresh = None;
+        let segments = match &self.segments {
+            Some((k, segs)) if *k == key => segs,
+            _ => {
+                self.segments = None;
+                let Ok((segs, _)) = read_log_segments(dir) else {
+                    return NO_LOGS;
+                };
+                if key.settled_before(cutoff) && matches!(StatKey::of(dir), Ok(Some(k)) if k == key)
+                {
+                    &self.segments.insert((key, segs)).1
+                } else {
+                    fresh.insert(segs)
+                }
+            }
+        };
+        let mut out = NO_LOGS;
+        for (i, source) in MONITOR_LOGS.iter().enumerate() {
+            // As a listing sees it: the entry itself, not a link's target.
+            let live = std::fs::symlink_metadata(dir.join(source.file_name()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            out[i].1 = sorted_totals(&segments[i], live);
+        }
+        out
+    }
+
+    /// [`stalled_logs`], read again only when `capture.json` changed.
+    fn stalled_logs(&mut self, dir: &Path, cutoff: SystemTime) -> Vec<String> {
+        let path = dir.join(lodge_monitor::CAPTURE_JSON);
+        let Ok(key) = StatKey::of(&path) else {
+            self.stalled = None;
+            return stalled_logs(dir);
+        };
+        if let Some((k, stalled)) = &self.stalled {
+            if *k == key {
+                return stalled.clone();
+            }
+        }
+        let stalled = if key.is_some() {
+            stalled_logs(dir)
+        } else {
+            Vec::new()
+        };
+        let settled = key.is_none_or(|k| k.settled_before(cutoff));
+        let trusted = settled && matches!(StatKey::of(&path), Ok(k) if k == key);
+        self.stalled = trusted.then(|| (key, stalled.clone()));
+        stalled
     }
 }
 
@@ -689,6 +870,84 @@ mod tests {
                 rotations: 0
             }
         );
+        Ok(())
+    }
+
+    /// A cutoff after everything the test wrote (as if time had passed).
+    fn later() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn remembered_log_totals_follow_writes_and_rotations() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let logs = dir.path();
+        std::fs::write(logs.join("app.log"), b"abc")?;
+        std::fs::write(logs.join("app.log.00000001"), b"0123456789")?;
+        let mut files = InstanceFiles::default();
+        let mut totals = |cutoff| files.log_totals(logs, cutoff)[0].1;
+        // Not settled yet: read, not remembered.
+        assert_eq!(
+            totals(settled_cutoff()),
+            LogTotals {
+                bytes: 13,
+                rotations: 1
+            }
+        );
+        assert_eq!(
+            totals(later()),
+            LogTotals {
+                bytes: 13,
+                rotations: 1
+            }
+        );
+        // A write to the live file is seen without listing again.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs.join("app.log"))
+            .and_then(|mut f| io::Write::write_all(&mut f, b"de"))?;
+        assert_eq!(
+            totals(settled_cutoff()),
+            LogTotals {
+                bytes: 15,
+                rotations: 1
+            }
+        );
+        // A rotation changes the directory: listed again.
+        std::fs::rename(logs.join("app.log"), logs.join("app.log.00000002"))?;
+        std::fs::write(logs.join("app.log"), b"x")?;
+        assert_eq!(
+            totals(settled_cutoff()),
+            LogTotals {
+                bytes: 16,
+                rotations: 2
+            }
+        );
+        assert_eq!(
+            totals(settled_cutoff()),
+            LogTotals {
+                bytes: 16,
+                rotations: 2
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_stat_key_settles_and_changes_with_the_file() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("capture.json");
+        assert_eq!(StatKey::of(&path)?, None);
+        std::fs::write(&path, b"{}")?;
+        let key = StatKey::of(&path)?.ok_or_else(|| io::Error::other("no key"))?;
+        assert!(!key.settled_before(settled_cutoff()));
+        assert!(key.settled_before(later()));
+        // Same size, rewritten in place, within the same tick maybe: the
+        // key may stay, which is why only settled keys are trusted; once
+        // the clock has moved on, a rewrite moves the times.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, b"[]")?;
+        assert_ne!(StatKey::of(&path)?, Some(key));
         Ok(())
     }
 
