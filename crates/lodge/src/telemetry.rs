@@ -25,6 +25,12 @@
 //!   `http://localhost:4318`;
 //! - any other exporter, or a protocol other than `http/protobuf`: a
 //!   warning, and no export (never a refused start).
+//!
+//! The metrics of `GET /metrics` go out over OTLP too, on their own
+//! settings (`OTEL_METRICS_EXPORTER`, `OTEL_EXPORTER_OTLP_METRICS_*`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`): see [`otlp_metrics`].
+
+pub mod otlp_metrics;
 
 use std::time::Duration;
 

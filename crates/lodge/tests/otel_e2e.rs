@@ -4,7 +4,10 @@
 //! create (the API request, `instance.create` inside it, the boot), of
 //! a delete and of an image pull, under the service name given; and a daemon whose collector
 //! refuses connections, or accepts them and never answers, keeps serving
-//! at its usual pace and exits promptly on SIGTERM.
+//! at its usual pace and exits promptly on SIGTERM. The same receiver
+//! takes `/v1/metrics`: the metrics exported every
+//! `OTEL_METRIC_EXPORT_INTERVAL` are the series a `/metrics` scrape of the
+//! same daemon shows, with the same values.
 
 mod common;
 
@@ -15,8 +18,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{busybox_rootfs, Daemon};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric};
 use prost::Message as _;
 use serde_json::json;
 
@@ -67,8 +72,13 @@ fn spans_of(req: &ExportTraceServiceRequest) -> Vec<Got> {
 }
 
 /// Answers OTLP/HTTP export requests on one connection (keep-alive):
-/// each body is decoded and its spans sent on `tx`.
-fn serve_conn(stream: TcpStream, tx: &mpsc::Sender<Result<Vec<Got>, String>>) {
+/// each body is decoded and its spans sent on `tx`, its metrics on `mtx`
+/// (nobody listening there is fine).
+fn serve_conn(
+    stream: TcpStream,
+    tx: &mpsc::Sender<Result<Vec<Got>, String>>,
+    mtx: &mpsc::Sender<ExportMetricsServiceRequest>,
+) {
     let mut w = match stream.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -102,17 +112,37 @@ fn serve_conn(stream: TcpStream, tx: &mpsc::Sender<Result<Vec<Got>, String>>) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        let got = if !request_line.starts_with("POST /v1/traces ") {
-            Err(format!("unexpected request {request_line:?}"))
-        } else if content_type != "application/x-protobuf" {
-            Err(format!("unexpected content type {content_type:?}"))
+        if request_line.starts_with("POST /v1/metrics ") {
+            let got = if content_type != "application/x-protobuf" {
+                Err(format!("unexpected content type {content_type:?}"))
+            } else {
+                ExportMetricsServiceRequest::decode(body.as_slice())
+                    .map_err(|e| format!("undecodable metrics export: {e}"))
+            };
+            match got {
+                Ok(req) => {
+                    // A test that does not look at metrics dropped `mrx`.
+                    if mtx.send(req).is_err() {}
+                }
+                Err(e) => {
+                    if tx.send(Err(e)).is_err() {
+                        return;
+                    }
+                }
+            }
         } else {
-            ExportTraceServiceRequest::decode(body.as_slice())
-                .map(|req| spans_of(&req))
-                .map_err(|e| format!("undecodable export: {e}"))
-        };
-        if tx.send(got).is_err() {
-            return;
+            let got = if !request_line.starts_with("POST /v1/traces ") {
+                Err(format!("unexpected request {request_line:?}"))
+            } else if content_type != "application/x-protobuf" {
+                Err(format!("unexpected content type {content_type:?}"))
+            } else {
+                ExportTraceServiceRequest::decode(body.as_slice())
+                    .map(|req| spans_of(&req))
+                    .map_err(|e| format!("undecodable export: {e}"))
+            };
+            if tx.send(got).is_err() {
+                return;
+            }
         }
         // An empty ExportTraceServiceResponse is zero bytes.
         let answer =
@@ -123,18 +153,24 @@ fn serve_conn(stream: TcpStream, tx: &mpsc::Sender<Result<Vec<Got>, String>>) {
     }
 }
 
-/// The receiver: its address, and the spans as they arrive.
-fn receiver() -> (String, mpsc::Receiver<Result<Vec<Got>, String>>) {
+/// What the receiver hands over: spans (or why an export was wrong).
+type Spans = mpsc::Receiver<Result<Vec<Got>, String>>;
+
+/// The receiver: its address, the spans and the metric exports as they
+/// arrive.
+fn receiver() -> (String, Spans, mpsc::Receiver<ExportMetricsServiceRequest>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::channel();
+    let (mtx, mrx) = mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let tx = tx.clone();
-            std::thread::spawn(move || serve_conn(conn, &tx));
+            let mtx = mtx.clone();
+            std::thread::spawn(move || serve_conn(conn, &tx, &mtx));
         }
     });
-    (format!("http://{addr}"), rx)
+    (format!("http://{addr}"), rx, mrx)
 }
 
 /// Receives until `done` holds for everything seen so far.
@@ -164,7 +200,7 @@ const FAST_EXPORT: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
 #[test]
 fn a_create_is_traced_to_the_collector() {
     require_guest!();
-    let (endpoint, rx) = receiver();
+    let (endpoint, rx, _metrics) = receiver();
     let d = Daemon::start_with_env(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_SERVICE_NAME", "lodge-under-test"),
@@ -267,6 +303,8 @@ fn a_dead_collector_never_stalls_the_daemon() {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
             FAST_EXPORT,
+            // Metric exports while the requests run, each one failing.
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ]);
         // Plenty of spans, in batches the exporter cannot deliver; the
         // queue is small so it fills and drops.
@@ -287,6 +325,32 @@ fn a_dead_collector_never_stalls_the_daemon() {
             total < Duration::from_secs(30),
             "{endpoint}: 300 requests took {total:?}"
         );
+        // Requests go on as fast while the metric exports (every 200 ms)
+        // fail, for a second past the first failure.
+        let log_path = d.data_dir.join("serve.log");
+        let phase = Instant::now();
+        let mut warned_at: Option<Instant> = None;
+        while warned_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+            assert!(
+                phase.elapsed() < Duration::from_secs(10),
+                "{endpoint}: no failed metric export within 10 s"
+            );
+            let t = Instant::now();
+            let r = d.api("GET", "/metrics", None);
+            assert_eq!(r.status, 200, "{}", r.text);
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{endpoint}: a scrape took {took:?}"
+            );
+            if warned_at.is_none()
+                && std::fs::read_to_string(&log_path)
+                    .is_ok_and(|l| l.contains("OTLP metric export to"))
+            {
+                warned_at = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // SIGTERM: the exit waits for the last export at most briefly.
         let mut child = d.child.take().expect("daemon");
         let t = Instant::now();
@@ -309,6 +373,12 @@ fn a_dead_collector_never_stalls_the_daemon() {
         );
         let log = std::fs::read_to_string(d.data_dir.join("serve.log")).expect("log");
         assert!(!log.contains("panicked"), "{log}");
+        // The failing metric exports were said once (rate-limited).
+        assert_eq!(
+            log.matches("OTLP metric export to").count(),
+            1,
+            "{endpoint}: {log}"
+        );
     }
 }
 
@@ -318,4 +388,157 @@ fn sigterm(pid: u32) {
         .status()
         .expect("kill");
     assert!(st.success());
+}
+
+/// One exported series: metric name, its labels as `k=v` sorted, value.
+fn series_of(m: &Metric) -> Vec<(String, String, f64)> {
+    let label_text = |kvs: &[KeyValue]| {
+        let mut l: Vec<String> = string_attrs(kvs)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        l.sort();
+        l.join(",")
+    };
+    let num = |v: &Option<number_data_point::Value>| match v {
+        Some(number_data_point::Value::AsInt(i)) => *i as f64,
+        Some(number_data_point::Value::AsDouble(d)) => *d,
+        None => f64::NAN,
+    };
+    let mut out = Vec::new();
+    match &m.data {
+        Some(metric::Data::Sum(s)) => {
+            assert!(s.is_monotonic, "{}", m.name);
+            for p in &s.data_points {
+                out.push((m.name.clone(), label_text(&p.attributes), num(&p.value)));
+            }
+        }
+        Some(metric::Data::Gauge(g)) => {
+            for p in &g.data_points {
+                out.push((m.name.clone(), label_text(&p.attributes), num(&p.value)));
+            }
+        }
+        Some(metric::Data::Histogram(h)) => {
+            for p in &h.data_points {
+                let name = format!("{}_count", m.name);
+                out.push((name, label_text(&p.attributes), p.count as f64));
+                assert_eq!(
+                    p.bucket_counts.len(),
+                    p.explicit_bounds.len() + 1,
+                    "{}",
+                    m.name
+                );
+                assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count, "{}", m.name);
+            }
+        }
+        other => panic!("{}: unexpected data {other:?}", m.name),
+    }
+    out
+}
+
+/// The value of one series in a `/metrics` text (`labels` as `k=v`
+/// sorted, joined by commas).
+fn scraped(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, l) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let mut l: Vec<String> = l
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.replace('"', ""))
+            .collect();
+        l.sort();
+        (l.join(",") == labels).then(|| value.parse().ok())?
+    })
+}
+
+/// Metrics go out every `OTEL_METRIC_EXPORT_INTERVAL`, named, labelled
+/// and valued as a scrape of the same daemon shows them.
+#[test]
+fn metrics_reach_the_collector_as_scraped() {
+    let (endpoint, _spans, metrics) = receiver();
+    let d = Daemon::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ("OTEL_SERVICE_NAME", "lodge-metrics"),
+    ]);
+    const N: usize = 7;
+    for _ in 0..N {
+        let r = d.api("GET", "/instances", None);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let route = "method=GET,route=/instances,status=200";
+    // Exports until one has seen the N requests.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (req, series) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let req = metrics
+            .recv_timeout(left)
+            .expect("a metrics export within 15 s");
+        let series: Vec<(String, String, f64)> = req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .flat_map(series_of)
+            .collect();
+        let requests = series
+            .iter()
+            .find(|(n, l, _)| n == "lodge_http_requests_total" && l == route)
+            .map(|s| s.2);
+        if requests == Some(N as f64) {
+            break (req, series);
+        }
+    };
+    let service = req.resource_metrics[0]
+        .resource
+        .as_ref()
+        .map(|r| string_attrs(&r.attributes))
+        .unwrap_or_default();
+    assert_eq!(
+        service.get("service.name").map(String::as_str),
+        Some("lodge-metrics")
+    );
+    let r = d.api("GET", "/metrics", None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Every family the scrape names was exported, and no other.
+    let mut scraped_names: Vec<&str> = r
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    scraped_names.sort();
+    scraped_names.dedup();
+    let mut exported_names: Vec<&str> = req.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    exported_names.sort();
+    assert_eq!(exported_names, scraped_names);
+    // Values that the scrape did not move are the same on both sides.
+    for (name, labels) in [
+        ("lodge_http_requests_total", route),
+        ("lodge_instances", "state=Running"),
+        ("lodge_instances", "state=Stopped"),
+        ("lodge_boots_total", ""),
+        ("lodge_boot_duration_seconds_count", ""),
+        ("lodge_image_pull_bytes_total", ""),
+    ] {
+        let exported = series
+            .iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|s| s.2);
+        let scraped = scraped(&r.text, name, labels);
+        assert!(scraped.is_some(), "{name}{{{labels}}} not in\n{}", r.text);
+        assert_eq!(exported, scraped, "{name}{{{labels}}}");
+    }
 }

@@ -183,6 +183,9 @@ async fn forward(
     true
 }
 
+/// The agent session, in a span of its own (`instance.exec`): it runs
+/// after the upgrade's answer, so outside the request's span.
+#[tracing::instrument(name = "instance.exec", skip_all, fields(instance = %ep.id))]
 async fn run(socket: WebSocket, manager: Arc<Manager>, ep: AgentEndpoint) {
     let (mut sink, mut source) = socket.split();
     let req: ExecRequest = match first_request(&mut source).await {

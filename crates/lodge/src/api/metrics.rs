@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -65,12 +65,39 @@ fn state_name(s: InstanceState) -> &'static str {
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let pulls = state.images.pull_stats();
-    let facts = instance_facts(&metrics::paths().guests_dir())
-        .map_err(|e| ApiError::internal(format!("reading the instances: {e}")))?;
-    let text = metrics::render(&facts, &STATES.map(state_name), pulls)
-        .map_err(|e| ApiError::internal(format!("encoding the metrics: {e}")))?;
+    let text = gather(&state.images).map_err(ApiError::internal)?;
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// What a scrape answers now: the scrape itself and the OTLP export
+/// ([`start_otlp_export`]) both call this, so both see the same series
+/// and share the caches below.
+pub fn gather(images: &lodge_images::Images) -> Result<String, String> {
+    let pulls = images.pull_stats();
+    let facts = instance_facts(&metrics::paths().guests_dir())
+        .map_err(|e| format!("reading the instances: {e}"))?;
+    metrics::render(&facts, &STATES.map(state_name), pulls)
+        .map_err(|e| format!("encoding the metrics: {e}"))
+}
+
+/// Starts the periodic OTLP export of the metrics when the `OTEL_*`
+/// settings ask for it (and `LODGE_METRICS` is not off); a setting lodge
+/// cannot follow is a warning. Runs on the current runtime, so it stops
+/// with the daemon.
+pub fn start_otlp_export(images: Arc<lodge_images::Images>) {
+    use crate::telemetry::otlp_metrics::{self, Setting};
+    match otlp_metrics::setting(|k| std::env::var(k).ok(), metrics::enabled()) {
+        Setting::Off => {}
+        Setting::Unsupported(why) => tracing::warn!("{why}; metrics are not exported"),
+        Setting::Otlp(export) => {
+            tracing::info!(
+                "metrics: exported over OTLP/HTTP to {} every {} ms",
+                export.endpoint,
+                export.interval.as_millis()
+            );
+            otlp_metrics::spawn(export, move || gather(&images));
+        }
+    }
 }
 
 /// What a state was derived from (see the module doc).

@@ -23,7 +23,7 @@ mod images;
 pub mod ingresses;
 pub mod instances;
 pub mod logs;
-mod metrics;
+pub mod metrics;
 mod policies;
 pub mod pushes;
 mod resources;

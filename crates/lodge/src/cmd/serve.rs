@@ -151,6 +151,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         }
     });
     crate::metrics::init(cfg.paths());
+    crate::api::metrics::start_otlp_export(images.clone());
     let ingresses = Arc::new(crate::ingress::Ingresses::open(&cfg)?);
     ingresses.start().await;
     let app = api::router(AppState {
