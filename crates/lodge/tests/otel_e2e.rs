@@ -2,7 +2,7 @@
 //! variables: a small OTLP/HTTP receiver run here on 127.0.0.1 (the
 //! protobuf decoded with `opentelemetry-proto`) sees the spans of a real
 //! create (the API request, `instance.create` inside it, the boot), of
-//! a delete and of an image pull, under the service name given; and a daemon whose collector
+//! an exec, a delete and an image pull, under the service name given; and a daemon whose collector
 //! refuses connections, or accepts them and never answers, keeps serving
 //! at its usual pace and exits promptly on SIGTERM. The same receiver
 //! takes `/v1/metrics`: the metrics exported every
@@ -212,9 +212,13 @@ fn a_create_is_traced_to_the_collector() {
         "vcpus": 1,
         "size": "256MB",
         "overlay_size": "64MB",
-        "cmd": ["true"],
+        "cmd": ["sleep", "60"],
     }));
     let id = inst["id"].as_str().expect("id").to_string();
+    // An exec: its agent session has a span of its own.
+    d.wait_state(&id, "Running", Duration::from_secs(30));
+    let exec = d.lodge(&["exec", &id, "true"]);
+    assert!(exec.status.success(), "exec: {exec:?}");
     let r = d.api("DELETE", &format!("/instances/{id}"), None);
     assert!(r.status == 204 || r.status == 200, "delete: {}", r.text);
     // A pull (an archive upload, offline): its span outlives the request.
@@ -240,6 +244,7 @@ fn a_create_is_traced_to_the_collector() {
             "instance.boot",
             "instance.delete",
             "image.pull",
+            "instance.exec",
         ]
         .iter()
         .all(|n| s.iter().any(|g| g.name == *n))
@@ -272,6 +277,8 @@ fn a_create_is_traced_to_the_collector() {
     assert_eq!(boot.attrs.get("instance"), Some(&id));
     let delete = by_name("instance.delete");
     assert_eq!(delete.attrs.get("instance"), Some(&id));
+    let exec = by_name("instance.exec");
+    assert_eq!(exec.attrs.get("instance"), Some(&id));
     let pull = by_name("image.pull");
     assert!(
         pull.attrs
