@@ -162,7 +162,7 @@ fn parse(text: &str) -> Result<Vec<Family>, String> {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
             out.push(Family {
                 name: name.to_owned(),
-                help: help.replace("\\n", "\n").replace("\\\\", "\\"),
+                help: unescape_help(help),
                 ..Family::default()
             });
             continue;
@@ -190,6 +190,24 @@ fn parse(text: &str) -> Result<Vec<Family>, String> {
         family.samples.push((name, labels, value));
     }
     Ok(out)
+}
+
+/// A HELP text as written (`\\` and `\n` escaped) back to itself.
+fn unescape_help(help: &str) -> String {
+    let mut out = String::with_capacity(help.len());
+    let mut chars = help.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// `name{k="v",…} value`, label values unescaped.
@@ -650,6 +668,7 @@ lodge_daemon_resident_memory_bytes 1234
             ]
         );
         assert_eq!(m[0].description, "VM boots started.");
+        assert_eq!(unescape_help("a\\\\n b\\nc"), "a\\n b\nc");
         let Some(metric::Data::Sum(sum)) = &m[0].data else {
             return Err(format!("{:?}", m[0]));
         };
