@@ -53,6 +53,31 @@ pub enum Setting {
     Unsupported(String),
 }
 
+/// What an `OTEL_<SIGNAL>_EXPORTER` list asks of lodge, which has one
+/// exporter (the spec allows a list).
+pub(crate) enum ExporterList {
+    /// Only `none`.
+    None,
+    /// `otlp` among them.
+    Otlp,
+    /// No `otlp`: why, for the warning.
+    Unsupported(String),
+}
+
+/// Reads the list in `var` (its value `list`) for `signal`.
+pub(crate) fn exporter_list(var: &str, list: &str, signal: &str) -> ExporterList {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.iter().all(|n| *n == "none") {
+        ExporterList::None
+    } else if names.contains(&"otlp") {
+        ExporterList::Otlp
+    } else {
+        ExporterList::Unsupported(format!(
+            "{var}={list}: lodge exports {signal} only with otlp"
+        ))
+    }
+}
+
 /// Reads the settings through `var` (the environment, or a test's map).
 pub fn setting(var: impl Fn(&str) -> Option<String>) -> Setting {
     let set = |k: &str| {
@@ -68,19 +93,11 @@ pub fn setting(var: impl Fn(&str) -> Option<String>) -> Setting {
         .is_some();
     let wanted = match set("OTEL_TRACES_EXPORTER").as_deref() {
         None => endpoint,
-        Some(list) => {
-            // A list, as the spec allows; lodge has one exporter.
-            let names: Vec<&str> = list.split(',').map(str::trim).collect();
-            if names.iter().all(|n| *n == "none") {
-                return Setting::Off;
-            }
-            if !names.contains(&"otlp") {
-                return Setting::Unsupported(format!(
-                    "OTEL_TRACES_EXPORTER={list}: lodge exports traces only with otlp"
-                ));
-            }
-            true
-        }
+        Some(list) => match exporter_list("OTEL_TRACES_EXPORTER", list, "traces") {
+            ExporterList::None => return Setting::Off,
+            ExporterList::Unsupported(why) => return Setting::Unsupported(why),
+            ExporterList::Otlp => true,
+        },
     };
     if !wanted {
         return Setting::Off;

@@ -156,7 +156,8 @@ pub fn fork_exec(plan: &ExecPlan) -> io::Result<Spawned> {
     Ok(Spawned::Failed { step, errno })
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+/// The `argv`/`envp` shape exec wants: the strings' pointers, then NULL.
+pub(super) fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

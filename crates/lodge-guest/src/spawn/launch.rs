@@ -43,7 +43,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
-use super::child::reset_signals;
+use super::child::{null_terminated, reset_signals};
 
 /// glibc's default search path when the environment has no `PATH`
 /// (`_CS_PATH`).
@@ -310,14 +310,6 @@ pub fn launch(plan: &CommandPlan) -> io::Result<libc::pid_t> {
 
 /// Bytes of the kernel's signal set.
 const KERNEL_SIGSET_BYTES: usize = 8;
-
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
 
 /// The errno of the last failed call (the suspended caller's slot, shared).
 fn errno() -> i32 {

@@ -29,6 +29,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
+use super::{exporter_list, ExporterList};
+
 /// The export interval when `OTEL_METRIC_EXPORT_INTERVAL` is unset (the
 /// spec's default).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(60_000);
@@ -73,18 +75,11 @@ pub fn setting(var: impl Fn(&str) -> Option<String>, metrics_on: bool) -> Settin
     }
     let exporter_otlp = match set("OTEL_METRICS_EXPORTER").as_deref() {
         None => false,
-        Some(list) => {
-            let names: Vec<&str> = list.split(',').map(str::trim).collect();
-            if names.iter().all(|n| *n == "none") {
-                return Setting::Off;
-            }
-            if !names.contains(&"otlp") {
-                return Setting::Unsupported(format!(
-                    "OTEL_METRICS_EXPORTER={list}: lodge exports metrics only with otlp"
-                ));
-            }
-            true
-        }
+        Some(list) => match exporter_list("OTEL_METRICS_EXPORTER", list, "metrics") {
+            ExporterList::None => return Setting::Off,
+            ExporterList::Unsupported(why) => return Setting::Unsupported(why),
+            ExporterList::Otlp => true,
+        },
     };
     let endpoint = if let Some(e) = set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
         e
