@@ -318,7 +318,15 @@ async fn refuse_devices(state: &AppState, keys: Vec<String>) -> ApiError {
 
 /// Create an instance and boot it.
 #[utoipa::path(post, path = "/instances", request_body = CreateInstance,
-    responses((status = 201, body = Instance), (status = 400, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+    description = "Creates and starts an instance, pulling its image first when it is not stored. \
+A failed pull answers with the image error codes: 403 registry_denied, 404 not_found, \
+413 image_too_large, 422 unsafe_layer or unsupported_image, 502 registry_unreachable, \
+registry_error or digest_mismatch, 507 insufficient_storage.",
+    responses((status = 201, body = Instance), (status = 400, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody),
+        (status = 507, body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstance>,
