@@ -77,7 +77,7 @@ fn spans_of(req: &ExportTraceServiceRequest) -> Vec<Got> {
 fn serve_conn(
     stream: TcpStream,
     tx: &mpsc::Sender<Result<Vec<Got>, String>>,
-    mtx: &mpsc::Sender<ExportMetricsServiceRequest>,
+    mtx: &mpsc::Sender<Metrics>,
 ) {
     let mut w = match stream.try_clone() {
         Ok(w) => w,
@@ -91,6 +91,7 @@ fn serve_conn(
         }
         let mut len = 0usize;
         let mut content_type = String::new();
+        let mut test_header = None;
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -104,6 +105,7 @@ fn serve_conn(
                 match k.trim().to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "content-type" => content_type = v.trim().to_string(),
+                    "x-lodge-test" => test_header = Some(v.trim().to_string()),
                     _ => {}
                 }
             }
@@ -122,7 +124,7 @@ fn serve_conn(
             match got {
                 Ok(req) => {
                     // A test that does not look at metrics dropped `mrx`.
-                    if mtx.send(req).is_err() {}
+                    if mtx.send((req, test_header)).is_err() {}
                 }
                 Err(e) => {
                     if tx.send(Err(e)).is_err() {
@@ -156,9 +158,12 @@ fn serve_conn(
 /// What the receiver hands over: spans (or why an export was wrong).
 type Spans = mpsc::Receiver<Result<Vec<Got>, String>>;
 
+/// A metrics export, with the value of its `x-lodge-test` header if any.
+type Metrics = (ExportMetricsServiceRequest, Option<String>);
+
 /// The receiver: its address, the spans and the metric exports as they
 /// arrive.
-fn receiver() -> (String, Spans, mpsc::Receiver<ExportMetricsServiceRequest>) {
+fn receiver() -> (String, Spans, mpsc::Receiver<Metrics>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::channel();
@@ -465,6 +470,65 @@ fn scraped(text: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// What was counted since the last batch is not lost when the daemon
+/// stops: SIGTERM sends one last export, long before the next interval.
+#[test]
+fn the_last_metrics_batch_goes_out_at_exit() {
+    let (endpoint, _spans, metrics) = receiver();
+    let mut d = Daemon::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        // Far longer than the test: no periodic export happens.
+        ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-lodge-test=a%2Cb"),
+    ]);
+    const N: usize = 5;
+    for _ in 0..N {
+        let r = d.api("GET", "/instances", None);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert!(
+        metrics.recv_timeout(Duration::from_millis(500)).is_err(),
+        "an export before the interval"
+    );
+    let mut child = d.child.take().expect("daemon");
+    sigterm(child.id());
+    let (req, header) = metrics
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the last batch at exit");
+    // The header's value was percent-decoded.
+    assert_eq!(header.as_deref(), Some("a,b"));
+    let series: Vec<(String, String, f64)> = req
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .flat_map(series_of)
+        .collect();
+    let route = "method=GET,route=/instances,status=200";
+    assert_eq!(
+        series
+            .iter()
+            .find(|(n, l, _)| n == "lodge_http_requests_total" && l == route)
+            .map(|s| s.2),
+        Some(N as f64),
+        "{series:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // Exactly one batch: the last.
+    assert!(metrics.recv_timeout(Duration::from_millis(300)).is_err());
+    let log = std::fs::read_to_string(d.data_dir.join("serve.log")).expect("log");
+    assert!(!log.contains("OTLP metric export to"), "{log}");
+}
+
 /// Metrics go out every `OTEL_METRIC_EXPORT_INTERVAL`, named, labelled
 /// and valued as a scrape of the same daemon shows them.
 #[test]
@@ -486,7 +550,7 @@ fn metrics_reach_the_collector_as_scraped() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let (req, series) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let req = metrics
+        let (req, _) = metrics
             .recv_timeout(left)
             .expect("a metrics export within 15 s");
         let series: Vec<(String, String, f64)> = req

@@ -82,20 +82,25 @@ pub fn gather(images: &lodge_images::Images) -> Result<String, String> {
 
 /// Starts the periodic OTLP export of the metrics when the `OTEL_*`
 /// settings ask for it (and `LODGE_METRICS` is not off); a setting lodge
-/// cannot follow is a warning. Runs on the current runtime, so it stops
-/// with the daemon.
-pub fn start_otlp_export(images: Arc<lodge_images::Images>) {
+/// cannot follow is a warning. Runs on the current runtime; the daemon
+/// finishes it on the way out (the last batch).
+pub fn start_otlp_export(
+    images: Arc<lodge_images::Images>,
+) -> Option<crate::telemetry::otlp_metrics::Exporter> {
     use crate::telemetry::otlp_metrics::{self, Setting};
     match otlp_metrics::setting(|k| std::env::var(k).ok(), metrics::enabled()) {
-        Setting::Off => {}
-        Setting::Unsupported(why) => tracing::warn!("{why}; metrics are not exported"),
+        Setting::Off => None,
+        Setting::Unsupported(why) => {
+            tracing::warn!("{why}; metrics are not exported");
+            None
+        }
         Setting::Otlp(export) => {
             tracing::info!(
                 "metrics: exported over OTLP/HTTP to {} every {} ms",
                 export.endpoint,
                 export.interval.as_millis()
             );
-            otlp_metrics::spawn(export, move || gather(&images));
+            Some(otlp_metrics::spawn(export, move || gather(&images)))
         }
     }
 }

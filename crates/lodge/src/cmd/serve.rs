@@ -151,7 +151,7 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
         }
     });
     crate::metrics::init(cfg.paths());
-    crate::api::metrics::start_otlp_export(images.clone());
+    let metrics_export = crate::api::metrics::start_otlp_export(images.clone());
     let ingresses = Arc::new(crate::ingress::Ingresses::open(&cfg)?);
     ingresses.start().await;
     let app = api::router(AppState {
@@ -179,13 +179,19 @@ async fn serve(cfg: Arc<Config>) -> Result<()> {
     notify(&[sd_notify::NotifyState::Ready]);
     // Follow streams may stay open for days, so a signal ends the daemon at
     // once instead of waiting for them; VMs live on under their monitors.
-    tokio::select! {
-        r = server => r?,
+    let served = tokio::select! {
+        r = server => r,
         _ = shutdown_signal() => {
             notify(&[sd_notify::NotifyState::Stopping]);
             tracing::info!("lodge: shutting down; VMs keep running");
+            Ok(())
         }
+    };
+    // What was counted since the last metrics batch goes out too.
+    if let Some(export) = metrics_export {
+        export.finish().await;
     }
+    served?;
     Ok(())
 }
 

@@ -13,8 +13,10 @@
 //! which prometheus-client's protobuf encoding needs, would have needed
 //! `protoc` at build time.
 //!
-//! The export runs on a task of the daemon's runtime, so it stops with
-//! the daemon. The POST has a timeout no longer than the interval; a
+//! The export runs on a task of the daemon's runtime. When the daemon
+//! stops it sends one last batch ([`Exporter::finish`]), so what was
+//! counted since the previous one is not lost; the wait is bounded by the
+//! POST's timeout. The POST has a timeout no longer than the interval; a
 //! collector that is down costs the batch and a warning (at most one per
 //! [`WARN_EVERY`]), never a stalled request or a failed start.
 
@@ -121,13 +123,19 @@ pub fn setting(var: impl Fn(&str) -> Option<String>, metrics_on: bool) -> Settin
     })
 }
 
-/// `k1=v1,k2=v2` (the `OTEL_*` list form), blanks trimmed.
+/// `k1=v1,k2=v2` (the `OTEL_*` list form), blanks trimmed and each value
+/// percent-decoded as the specification asks (`a%2Cb` is `a,b`); a value
+/// that does not decode to UTF-8 is kept as written.
 fn pairs(list: &str) -> Vec<(String, String)> {
     list.split(',')
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_owned(), v.trim().to_owned()))
+            let v = v.trim();
+            let v = percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_or_else(|_| v.to_owned(), |d| d.into_owned());
+            (!k.is_empty()).then(|| (k.to_owned(), v))
         })
         .collect()
 }
@@ -449,14 +457,44 @@ pub fn request(
     })
 }
 
+/// How long past the POST's timeout [`Exporter::finish`] waits at most.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
+
+/// The running export.
+pub struct Exporter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl Exporter {
+    /// Sends one last batch (what was counted since the previous one) and
+    /// ends the export; returns once it went out, failed, or took longer
+    /// than the POST's timeout.
+    pub async fn finish(self) {
+        if self.stop.send(()).is_err() {
+            // The export never ran (its client could not be built).
+            return;
+        }
+        if tokio::time::timeout(self.timeout + FINISH_GRACE, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("OTLP metric export: the last batch did not go out in time");
+        }
+    }
+}
+
 /// Starts the periodic export on the current runtime: `gather` returns
 /// what `GET /metrics` would answer now.
-pub fn spawn<G>(export: Export, gather: G)
+pub fn spawn<G>(export: Export, gather: G) -> Exporter
 where
     G: Fn() -> Result<String, String> + Send + 'static,
 {
     let start = SystemTime::now();
-    tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let timeout = export.timeout;
+    let task = tokio::spawn(async move {
         let client = match reqwest::Client::builder().timeout(export.timeout).build() {
             Ok(c) => c,
             Err(e) => {
@@ -473,7 +511,11 @@ where
         let mut last_warning: Option<Instant> = None;
         let mut failing = false;
         loop {
-            tick.tick().await;
+            // A finish (or a dropped handle) asks for the last batch.
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut stopped => true,
+            };
             let outcome = match gather().and_then(|text| {
                 request(&text, start, SystemTime::now(), |k| std::env::var(k).ok())
             }) {
@@ -501,8 +543,16 @@ where
                     }
                 }
             }
+            if last {
+                return;
+            }
         }
     });
+    Exporter {
+        stop,
+        task,
+        timeout,
+    }
 }
 
 async fn post(client: &reqwest::Client, export: &Export, body: Vec<u8>) -> Result<(), String> {
@@ -596,7 +646,10 @@ mod tests {
         let Setting::Otlp(e) = with(&[
             ep,
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1, b = two"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "a=1, b = two,c=x%2Cy%3Dz,d=%FF",
+            ),
         ]) else {
             panic!("not on")
         };
@@ -605,7 +658,13 @@ mod tests {
         assert_eq!(e.timeout, Duration::from_millis(500));
         assert_eq!(
             e.headers,
-            vec![("a".into(), "1".into()), ("b".into(), "two".into())]
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "two".into()),
+                // Percent-decoded; not UTF-8 once decoded: as written.
+                ("c".into(), "x,y=z".into()),
+                ("d".into(), "%FF".into()),
+            ]
         );
         let Setting::Otlp(e) = with(&[ep, ("OTEL_METRIC_EXPORT_INTERVAL", "soon")]) else {
             panic!("not on")
