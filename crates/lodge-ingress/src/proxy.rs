@@ -46,6 +46,10 @@ pub const LOCATE_TTL: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a woken instance's port is probed before forwarding anyway.
 const WAKE_REACHABLE: Duration = Duration::from_secs(30);
+/// The longest a request waits for a standby or restore under way to end.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often it looks.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 /// A client that has not sent a request head within this is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,6 +60,9 @@ pub enum Located {
     Running { id: String, ip: Ipv4Addr },
     /// In standby: wake it, then look again.
     Standby { id: String },
+    /// A standby or restore is under way: wait for it to end, then look
+    /// again (a request arriving mid-standby then wakes the instance).
+    Settling { id: String },
     /// Neither: answer 503 with the state.
     Down { id: String, state: String },
     /// Running without a network: nothing to forward to.
@@ -67,6 +74,7 @@ impl Located {
         match self {
             Located::Running { id, .. }
             | Located::Standby { id }
+            | Located::Settling { id }
             | Located::Down { id, .. }
             | Located::NoNetwork { id } => id,
         }
@@ -82,8 +90,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Restores instance `id` from standby and returns once it runs.
     fn wake(&self, id: &str) -> BoxFuture<'static, Result<(), String>>;
     /// A cheap check that a [`Located::Running`] instance `id` found a
-    /// moment ago still runs (its monitor is alive): the proxy asks it on
-    /// every request and only locates afresh when it says no.
+    /// moment ago still runs (its monitor is alive, nothing changed its
+    /// record since): the proxy asks it on every request and only locates
+    /// afresh when it says no.
     fn still_running(&self, id: &str) -> bool;
     /// `GuestPaths::ingress_activity()` of instance `id`.
     fn activity_path(&self, id: &str) -> PathBuf;
@@ -450,7 +459,8 @@ impl Proxy {
         port: u16,
     ) -> Result<(String, Ipv4Addr), (StatusCode, String)> {
         let mut woken = false;
-        for attempt in 0..2 {
+        let settle_by = Instant::now() + SETTLE_TIMEOUT;
+        loop {
             match self.locate(key)? {
                 Located::Running { id, ip } => {
                     if woken {
@@ -458,7 +468,19 @@ impl Proxy {
                     }
                     return Ok((id, ip));
                 }
-                Located::Standby { id } if attempt == 0 => {
+                Located::Settling { .. } => {
+                    if Instant::now() >= settle_by {
+                        return Err((
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "instance {key} is still being saved or restored after {} s\n",
+                                SETTLE_TIMEOUT.as_secs()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+                Located::Standby { id } if !woken => {
                     self.wake(&id).await.map_err(|why| {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -490,10 +512,6 @@ impl Proxy {
                 }
             }
         }
-        Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("instance {key} is not running\n"),
-        ))
     }
 
     fn locate(&self, key: &str) -> Result<Located, (StatusCode, String)> {
@@ -1017,6 +1035,86 @@ mod tests {
             self.0.join(id)
         }
         fn set_api(&self, _api: &str) {}
+    }
+
+    /// A backend whose instance is being saved for its first `settling`
+    /// lookups, then in standby until woken, then running on loopback.
+    struct MidStandby {
+        dir: PathBuf,
+        settling: std::sync::atomic::AtomicUsize,
+        wakes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Backend for MidStandby {
+        fn locate(&self, key: &str) -> Result<Located, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let id = key.to_string();
+            if self
+                .settling
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Ok(Located::Settling { id });
+            }
+            Ok(if self.wakes.load(SeqCst) == 0 {
+                Located::Standby { id }
+            } else {
+                Located::Running {
+                    id,
+                    ip: Ipv4Addr::LOCALHOST,
+                }
+            })
+        }
+        fn wake(&self, _id: &str) -> BoxFuture<'static, Result<(), String>> {
+            let wakes = self.wakes.clone();
+            async move {
+                wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+            .boxed()
+        }
+        fn still_running(&self, _id: &str) -> bool {
+            false
+        }
+        fn activity_path(&self, id: &str) -> PathBuf {
+            self.dir.join(id)
+        }
+        fn set_api(&self, _api: &str) {}
+    }
+
+    /// A request that finds a standby under way waits for it to end, then
+    /// wakes the instance once, instead of answering 503.
+    #[tokio::test]
+    async fn a_request_mid_standby_waits_and_wakes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = upstream.local_addr().expect("addr").port();
+        let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = Arc::new(MidStandby {
+            dir: dir.path().to_path_buf(),
+            settling: std::sync::atomic::AtomicUsize::new(4),
+            wakes: wakes.clone(),
+        });
+        let certs = Certificates::new(Default::default(), dir.path());
+        let records = crate::store::records_dir(dir.path());
+        let proxy = Proxy::new(
+            backend.clone(),
+            certs,
+            records,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8,
+        )
+        .expect("proxy");
+        let started = Instant::now();
+        let found = proxy.ready("web", port).await.expect("ready");
+        assert_eq!(found, ("web".to_string(), Ipv4Addr::LOCALHOST));
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Every settling lookup was waited out.
+        assert_eq!(
+            backend.settling.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        assert!(started.elapsed() >= SETTLE_POLL * 4);
     }
 
     fn free_port() -> u16 {

@@ -846,6 +846,36 @@ fn ingress_routes_streams_wakes_and_outlives_the_daemon() {
         "one restore for all 20 requests"
     );
 
+    // A request arriving while a standby is saving the VM (its record
+    // says `pending`) waits for the save to end, then wakes the instance;
+    // it used to get a 503 ("Paused"). The window is short (~70 ms for
+    // this guest), so the request goes out the moment the record shows it.
+    let record = d.guests_dir().join(&api).join("metadata.json");
+    let before = restores(&d, &api);
+    let (seen, mid, saved) = std::thread::scope(|s| {
+        let saving = s.spawn(|| d.api("POST", &format!("/instances/{api}/standby"), None));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = false;
+        while !seen && !saving.is_finished() && Instant::now() < deadline {
+            seen = std::fs::read_to_string(&record).is_ok_and(|r| r.contains("\"pending\""));
+        }
+        let mid = get("api.apps.test", "/");
+        (seen, mid, saving.join().expect("standby thread"))
+    });
+    assert!(
+        seen,
+        "the standby ended before its record showed it under way"
+    );
+    assert_eq!(saved.status, 200, "standby: {}", saved.text);
+    assert_eq!(
+        (mid.status, mid.text()),
+        (200, "hello from api\n".to_string()),
+        "{}",
+        mid.head
+    );
+    assert_eq!(d.state(&api), "Running");
+    assert_eq!(restores(&d, &api), before + 1, "one restore");
+
     // A restore that cannot happen (no daemon) is a clear 503.
     let r = d.api("POST", &format!("/instances/{api}/standby"), None);
     assert_eq!(r.status, 200, "standby: {}", r.text);

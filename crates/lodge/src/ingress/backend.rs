@@ -3,13 +3,18 @@
 //!
 //! Lookups read the instance records and derive the state the way the
 //! daemon does (`instances::observe` + `Instance::from_parts`), so they
-//! work while the daemon is down. Waking needs the daemon (it owns the
+//! work while the daemon is down. A record with a standby or restore
+//! under way is [`Located::Settling`]: the proxy waits for it instead of
+//! answering from a half-saved VM. A running instance found once is
+//! trusted while its monitor lives and its record is the one read then
+//! (every save renames a new file in, so one `statx` tells). Waking needs the daemon (it owns the
 //! restore): the proxy calls `POST /instances/{id}/restore` with a token
 //! minted from the local secret, as the CLI does, then waits until the
 //! records say Running.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
@@ -17,8 +22,10 @@ use lodge_ingress::Located;
 
 use crate::auth::Auth;
 use crate::instances::state::State;
+use crate::instances::store::Metadata;
 use crate::instances::store::{self, Paths};
 use crate::instances::Instance;
+use crate::metrics::StatKey;
 
 /// The longest a wake waits for the instance to run again.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,6 +35,8 @@ pub struct LodgeBackend {
     guests: PathBuf,
     api: RwLock<Option<String>>,
     http: reqwest::Client,
+    /// Per instance found running: the key of the record it was found in.
+    running: Mutex<HashMap<String, StatKey>>,
 }
 
 impl LodgeBackend {
@@ -42,17 +51,24 @@ impl LodgeBackend {
             guests,
             api: RwLock::new(None),
             http,
+            running: Mutex::new(HashMap::new()),
         })
     }
 
     /// The instance `key` names (id, name, unique id prefix), as viewed now.
     fn view(guests: &std::path::Path, key: &str) -> Result<Instance, String> {
+        let (paths, meta) = Self::record(guests, key)?;
+        Ok(Instance::from_parts(
+            &meta,
+            &crate::instances::observe(&paths, &meta),
+        ))
+    }
+
+    /// The record of the instance `key` names, and where it lives.
+    fn record(guests: &std::path::Path, key: &str) -> Result<(Paths, Metadata), String> {
         let direct = Paths::new(guests.join(key));
         if let Ok(meta) = store::load(&direct) {
-            return Ok(Instance::from_parts(
-                &meta,
-                &crate::instances::observe(&direct, &meta),
-            ));
+            return Ok((direct, meta));
         }
         let ids = store::list_ids(guests).map_err(|e| format!("listing instances: {e}"))?;
         let mut metas = Vec::new();
@@ -72,24 +88,41 @@ impl LodgeBackend {
                 }
             }
         };
-        let paths = Paths::new(guests.join(&found.id));
-        Ok(Instance::from_parts(
-            &found,
-            &crate::instances::observe(&paths, &found),
-        ))
+        Ok((Paths::new(guests.join(&found.id)), found))
+    }
+
+    fn record_key(&self, id: &str) -> Option<StatKey> {
+        StatKey::of(&Paths::new(self.guests.join(id)).metadata())
+            .ok()
+            .flatten()
     }
 }
 
 impl lodge_ingress::Backend for LodgeBackend {
     fn locate(&self, key: &str) -> Result<Located, String> {
-        let inst = Self::view(&self.guests, key)?;
+        let (paths, found) = Self::record(&self.guests, key)?;
+        // The key is taken before the record the answer comes from is
+        // read: a save in between changes it, and the next check looks
+        // afresh.
+        let record_key = self.record_key(&found.id);
+        let meta = store::load(&paths).map_err(|e| format!("reading the instance record: {e}"))?;
+        if meta.standby.pending.is_some() {
+            return Ok(Located::Settling { id: meta.id });
+        }
+        let inst = Instance::from_parts(&meta, &crate::instances::observe(&paths, &meta));
         let id = inst.id.clone();
         Ok(match inst.state {
             State::Running | State::Initializing => match inst.network.ip.as_deref() {
-                Some(ip) => Located::Running {
-                    id,
-                    ip: ip.parse().map_err(|e| format!("address {ip:?}: {e}"))?,
-                },
+                Some(ip) => {
+                    let ip = ip.parse().map_err(|e| format!("address {ip:?}: {e}"))?;
+                    if let Some(k) = record_key {
+                        self.running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id.clone(), k);
+                    }
+                    Located::Running { id, ip }
+                }
                 None => Located::NoNetwork { id },
             },
             State::Standby => Located::Standby { id },
@@ -150,7 +183,15 @@ impl lodge_ingress::Backend for LodgeBackend {
 
     fn still_running(&self, id: &str) -> bool {
         let logs = Paths::new(self.guests.join(id)).logs();
-        lodge_logs::monitor_alive(&logs).unwrap_or(false)
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if !lodge_logs::monitor_alive(&logs).unwrap_or(false) {
+            running.remove(id);
+            return false;
+        }
+        // A standby (or anything else) that saved the record since.
+        let seen = running.get(id).copied();
+        drop(running);
+        seen.is_some() && seen == self.record_key(id)
     }
 
     fn activity_path(&self, id: &str) -> PathBuf {
