@@ -402,6 +402,16 @@ fn sigterm(pid: u32) {
     assert!(st.success());
 }
 
+/// Every series of one export.
+fn all_series(req: &ExportMetricsServiceRequest) -> Vec<(String, String, f64)> {
+    req.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .flat_map(series_of)
+        .collect()
+}
+
 /// One exported series: metric name, its labels as `k=v` sorted, value.
 fn series_of(m: &Metric) -> Vec<(String, String, f64)> {
     let label_text = |kvs: &[KeyValue]| {
@@ -498,13 +508,7 @@ fn the_last_metrics_batch_goes_out_at_exit() {
         .expect("the last batch at exit");
     // The header's value was percent-decoded.
     assert_eq!(header.as_deref(), Some("a,b"));
-    let series: Vec<(String, String, f64)> = req
-        .resource_metrics
-        .iter()
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .flat_map(series_of)
-        .collect();
+    let series = all_series(&req);
     let route = "method=GET,route=/instances,status=200";
     assert_eq!(
         series
@@ -553,13 +557,7 @@ fn metrics_reach_the_collector_as_scraped() {
         let (req, _) = metrics
             .recv_timeout(left)
             .expect("a metrics export within 15 s");
-        let series: Vec<(String, String, f64)> = req
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .flat_map(series_of)
-            .collect();
+        let series = all_series(&req);
         let requests = series
             .iter()
             .find(|(n, l, _)| n == "lodge_http_requests_total" && l == route)
