@@ -23,12 +23,25 @@ use serde_json::{json, Value};
 const BOOT: Duration = Duration::from_secs(120);
 
 /// Runs the instance's QEMU command line by hand. The monitor hands QEMU
-/// the guest status channel as fd 3 (`-add-fd fd=3`), so a QEMU started
-/// without a monitor needs an fd 3 too; `exec` keeps the pid. `-S` keeps
+/// descriptors (`-add-fd fd=N`: the guest status channel, the fast
+/// console), so a QEMU started without a monitor needs each of them too
+/// ([`stray_script`]); without one it exits at start, and a test that was
+/// slower than that start saw no kill. `exec` keeps the pid. `-S` keeps
 /// the vCPUs stopped: the stray holds the disks as a real orphan does, and
 /// no guest runs inside it that could end it on its own (a guest booted
 /// with the first boot's configuration can power off mid-test).
-const STRAY_EXEC: &str = "exec \"$@\" -S 3>>/dev/null 2>>\"$STRAY_STDERR\"";
+fn stray_script(args: &[String]) -> String {
+    let mut opens = String::new();
+    for pair in args.windows(2).filter(|w| w[0] == "-add-fd") {
+        let fd = pair[1]
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("fd="))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("an -add-fd without its fd: {}", pair[1]));
+        opens.push_str(&format!(" {fd}>>/dev/null"));
+    }
+    format!("exec \"$@\" -S{opens} 2>>\"$STRAY_STDERR\"")
+}
 
 fn sleeper(name: &str) -> Value {
     json!({
@@ -81,7 +94,7 @@ impl Stray {
     fn spawn(argv: &[String], dir: &Path, stderr: &Path) -> Stray {
         let (program, args) = argv.split_first().expect("argv");
         let child = Command::new("sh")
-            .args(["-c", STRAY_EXEC, "sh", program])
+            .args(["-c", &stray_script(args), "sh", program])
             .args(args)
             .env("STRAY_STDERR", stderr)
             .current_dir(dir)
